@@ -1,0 +1,304 @@
+"""The command line: parse arguments, read stdin, print one JSON object, exit.
+
+The only module that prints or exits. Every failure becomes one stderr line
+starting ``ollama-credential-helper: `` and the exit status of its error class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+from .errors import EXIT_INTERNAL, EXIT_OK, HelperError, InputError
+
+PROG = "ollama-credential-helper"
+MAX_STDIN_BYTES = 64 * 1024
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_CLOUD_BASE = "https://ollama.com"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise InputError(f"{message} (see '{self.prog} --help')")
+
+
+class _Verbose:
+    """Step-by-step log on stderr; callers pass already-redacted text."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            message = _redact(message)
+            sys.stderr.write(f"{PROG}: [{time.monotonic() - self.started:6.3f}s] {message}\n")
+
+
+def _redact(text: str) -> str:
+    """Last line of defence: the API key never reaches stderr, even by mistake."""
+    api_key = os.environ.get("OLLAMA_API_KEY", "").strip()
+    if api_key:
+        text = text.replace(api_key, "[redacted]")
+    return text
+
+
+def _timeout(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid timeout {value!r}: give seconds, e.g. 10") from None
+    if not 0 < seconds <= 600 or seconds != seconds:
+        raise argparse.ArgumentTypeError("the timeout must be more than 0 and at most 600 seconds")
+    return seconds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--identity", metavar="FILE", help="the Ed25519 private key (default: ~/.ollama/id_ed25519)")
+    common.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
+    network = argparse.ArgumentParser(add_help=False)
+    network.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)")
+
+    parser = _Parser(
+        prog=PROG,
+        description="Keyless Ed25519 credentials for Ollama (ollama.com and its registry), "
+        "computed exactly as Ollama's own client does.",
+        epilog="Exit status: 0 success, 1 the server refused, 2 bad input or a refused realm, "
+        "3 identity problem, 4 network or server failure, 5 internal error.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    get = commands.add_parser(
+        "get",
+        parents=[common, network],
+        help="exchange a Bearer challenge on stdin for a token (registry pulls and pushes)",
+        description="Read a challenge on stdin (a JSON object, a WWW-Authenticate value, or a URL "
+        "that answers 401) and print {token, token_type, expires_at, source} as JSON.",
+    )
+    get.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
+    get.add_argument("--dry-run", action="store_true", help="print the signed request that would be sent; send nothing")
+    get.add_argument("--no-cache", action="store_true", help="neither read nor write the token cache")
+    get.add_argument("--refresh", action="store_true", help="ignore a cached token, exchange, and cache the new one")
+    get.set_defaults(func=cmd_get)
+
+    sign = commands.add_parser(
+        "sign",
+        parents=[common],
+        help="sign one ollama.com API request (scheme 2)",
+        description="Sign METHOD URL (or stdin {\"method\": ..., \"url\": ...}) and print "
+        "{method, url, authorization, ts, source} as JSON.",
+    )
+    sign.add_argument("method", nargs="?", metavar="METHOD", help="HTTP method, e.g. POST")
+    sign.add_argument("url", nargs="?", metavar="URL", help="the full request URL")
+    sign.set_defaults(func=cmd_sign)
+
+    erase = commands.add_parser(
+        "erase",
+        parents=[common, network],
+        help="forget the cached token for the challenge on stdin, or every token",
+        description="With a challenge on stdin (as for get) forget that cache entry; "
+        "with empty stdin forget every entry. Exits 0 even when nothing was cached.",
+    )
+    erase.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
+    erase.set_defaults(func=cmd_erase)
+
+    key = commands.add_parser(
+        "key",
+        parents=[common],
+        help="print or create the identity's public key",
+        description="Print the public key line (ssh-ed25519 AAAA...), its fingerprint, or the "
+        "ollama.com page that links it to an account; or create a new identity.",
+    )
+    shown = key.add_mutually_exclusive_group()
+    shown.add_argument("--fingerprint", action="store_true", help="print the fingerprint as ssh-keygen -l does")
+    shown.add_argument("--connect-url", action="store_true", help="print the ollama.com page that links this key to an account")
+    shown.add_argument("--generate", action="store_true", help="create a new key (never overwrites an existing one)")
+    key.set_defaults(func=cmd_key)
+
+    whoami = commands.add_parser(
+        "whoami",
+        parents=[common, network],
+        help="ask ollama.com which account this key is linked to",
+        description="Send a signed POST /api/me to $OLLAMA_CLOUD_BASE_URL (default "
+        "https://ollama.com) and print the account.",
+    )
+    whoami.add_argument("--json", action="store_true", help="print the account as a JSON object")
+    whoami.set_defaults(func=cmd_whoami)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in argv
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        log = _Verbose(args.verbose)
+        return args.func(args, log)
+    except HelperError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if verbose:
+            import traceback
+
+            sys.stderr.write(_redact(traceback.format_exc()))
+        _fail(
+            f"internal error ({type(exc).__name__}); rerun with --verbose for details "
+            "and report it"
+        )
+        return EXIT_INTERNAL
+
+
+def _fail(message: str) -> None:
+    line = " ".join(_redact(message).split())
+    sys.stderr.write(f"{PROG}: {line}\n")
+
+
+def _print_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def read_stdin() -> str:
+    """At most 64 KiB of UTF-8; anything else is bad input."""
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    if stream is None:
+        return ""
+    data = stream.read(MAX_STDIN_BYTES + 1)
+    if len(data) > MAX_STDIN_BYTES:
+        raise InputError(f"standard input is larger than {MAX_STDIN_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"standard input is not valid UTF-8 (byte {exc.start})") from None
+
+
+def _cache_for(args):
+    if getattr(args, "no_cache", False) or getattr(args, "dry_run", False):
+        return None
+    from .cache import TokenCache
+
+    return TokenCache()
+
+
+def cmd_get(args, log) -> int:
+    from . import client
+
+    if args.no_cache and args.refresh:
+        raise InputError("--refresh and --no-cache contradict each other")
+    text = read_stdin()
+    log(f"read {len(text)} characters on stdin")
+    parsed = client.resolve_input(text, host=args.host, timeout=args.timeout)
+    result = client.get_token(
+        parsed.challenge,
+        host=parsed.host,
+        identity=args.identity,
+        timeout=args.timeout,
+        nonce=parsed.nonce,
+        cache=_cache_for(args),
+        refresh=args.refresh,
+        dry_run=args.dry_run,
+        log=log,
+    )
+    _print_json(result.as_dict())
+    return EXIT_OK
+
+
+def cmd_sign(args, log) -> int:
+    from . import client
+
+    if args.method is not None and args.url is None:
+        raise InputError("sign needs METHOD and URL, or neither and a JSON object on stdin")
+    if args.method is None:
+        text = read_stdin()
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise InputError("the JSON on standard input is nested too deeply") from None
+        except ValueError:
+            raise InputError('sign reads METHOD URL arguments, or stdin {"method": ..., "url": ...}') from None
+        if not isinstance(data, dict) or not isinstance(data.get("method"), str) or not isinstance(data.get("url"), str):
+            raise InputError('stdin must be a JSON object with string "method" and "url"')
+        method, url = data["method"], data["url"]
+    else:
+        method, url = args.method, args.url
+    signed = client.sign_request(method, url, identity=args.identity)
+    log(f"signed {signed.method} {signed.url} (Authorization: [redacted], source {signed.source})")
+    _print_json(signed.as_dict())
+    return EXIT_OK
+
+
+def cmd_erase(args, log) -> int:
+    from . import client
+    from .cache import TokenCache
+    from .errors import KeyNotFoundError
+    from .identity import default_identity_path, read_key_file
+
+    cache = TokenCache()
+    text = read_stdin()
+    if not text.strip():
+        removed = cache.erase_all()
+        log(f"erased {removed} cache entries from {cache.directory}")
+        return EXIT_OK
+    parsed = client.resolve_input(text, host=args.host, timeout=args.timeout)
+    path = args.identity or default_identity_path()
+    try:
+        key_bytes = read_key_file(path)
+    except KeyNotFoundError:
+        log("no identity, so nothing can be cached for it")
+        return EXIT_OK
+    cache.erase(client.cache_key_for(parsed.challenge, key_bytes))
+    log("erased the entry for this challenge and identity")
+    return EXIT_OK
+
+
+def cmd_key(args, log) -> int:
+    from . import account
+
+    if args.generate:
+        identity = account.generate_identity(args.identity)
+        sys.stdout.write(f"{identity.public_key_line}\n")
+        sys.stdout.write(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
+        sys.stdout.write(f"{account.connect_url(identity)}\n")
+        return EXIT_OK
+    from .identity import load_identity
+
+    identity = load_identity(args.identity)
+    if args.fingerprint:
+        sys.stdout.write(f"256 {identity.fingerprint} (ED25519)\n")
+    elif args.connect_url:
+        sys.stdout.write(f"{account.connect_url(identity)}\n")
+    else:
+        sys.stdout.write(f"{identity.public_key_line}\n")
+    return EXIT_OK
+
+
+def cmd_whoami(args, log) -> int:
+    from . import account
+
+    base = os.environ.get("OLLAMA_CLOUD_BASE_URL", "").strip() or DEFAULT_CLOUD_BASE
+    who = account.whoami(base, identity=args.identity, timeout=args.timeout, log=log)
+    if args.json:
+        _print_json(who)
+    else:
+        plan = f", plan {who['plan']}" if who.get("plan") else ""
+        email = f" <{who['email']}>" if who.get("email") else ""
+        sys.stdout.write(f"{who['name']}{email}{plan}\n")
+    return EXIT_OK

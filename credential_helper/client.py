@@ -1,0 +1,356 @@
+"""The Python API: challenges to tokens (scheme 1) and signed requests (scheme 2).
+
+Each function checks its input and the realm rules before it reads the key,
+raises only :class:`~credential_helper.errors.HelperError` subclasses, and
+returns objects whose ``repr`` hides every secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from . import protocol
+from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
+from .errors import InputError, KeyNotFoundError, NetworkError, ServerRefusedError
+from .identity import Identity, api_key_from_env, default_identity_path, load_identity, parse_private_key, read_key_file
+
+# Ollama servers explain refusals in the body; show this much of it.
+BODY_EXCERPT_CHARS = 200
+# A Date header further off than this makes a 401 worth one retry with corrected ts.
+CLOCK_SKEW_TOLERANCE = 30.0
+
+
+class Token:
+    """A Bearer token. ``str()``/``repr()`` never show its value."""
+
+    __slots__ = ("token", "expires_at", "source", "token_type")
+
+    def __init__(self, token: str, expires_at: float | None, source: str) -> None:
+        self.token = token
+        self.expires_at = expires_at
+        self.source = source
+        self.token_type = "Bearer"
+
+    def __repr__(self) -> str:
+        return f"Token(token=[redacted], expires_at={self.expires_at!r}, source={self.source!r})"
+
+    def as_dict(self) -> dict:
+        return {
+            "token": self.token,
+            "token_type": self.token_type,
+            "expires_at": format_rfc3339(self.expires_at) if self.expires_at is not None else None,
+            "source": self.source,
+        }
+
+
+class SignedRequest:
+    """A scheme-2 request ready to send: URL and Authorization value."""
+
+    __slots__ = ("method", "url", "authorization", "ts", "source")
+
+    def __init__(self, method: str, url: str, authorization: str, ts: int | None, source: str) -> None:
+        self.method = method
+        self.url = url
+        self.authorization = authorization
+        self.ts = ts
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"SignedRequest(method={self.method!r}, url={self.url!r}, authorization=[redacted], source={self.source!r})"
+
+    def as_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "url": self.url,
+            "authorization": self.authorization,
+            "ts": self.ts,
+            "source": self.source,
+        }
+
+
+class DryRun:
+    """What ``get`` would send, without sending it."""
+
+    __slots__ = ("token_url", "host", "signed_data", "authorization", "source")
+
+    def __init__(self, token_url: str | None, host: str | None, signed_data: str | None, authorization: str, source: str) -> None:
+        self.token_url = token_url
+        self.host = host
+        self.signed_data = signed_data
+        self.authorization = authorization
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"DryRun(token_url={self.token_url!r}, authorization=[redacted])"
+
+    def as_dict(self) -> dict:
+        return {
+            "dry_run": True,
+            "method": "GET" if self.token_url else None,
+            "token_url": self.token_url,
+            "host": self.host,
+            "signed_data": self.signed_data,
+            "authorization": self.authorization,
+            "source": self.source,
+        }
+
+
+def fetch_challenge(url: str | protocol.URL, *, timeout: float = 10.0) -> tuple[protocol.Challenge, str]:
+    """GET ``url`` without credentials; return its Bearer challenge and its host."""
+    from . import transport
+
+    target = url if isinstance(url, protocol.URL) else protocol.parse_url(url)
+    response = transport.send("GET", target, timeout=timeout, max_body=64 * 1024)
+    if response.status != 401:
+        raise NetworkError(
+            f"{target.host} answered {response.status} {response.reason} without "
+            "credentials; expected 401 with a Bearer challenge",
+            response.status,
+        )
+    for value in response.headers.get("www-authenticate", []):
+        if value.strip()[:7].lower() == "bearer ":
+            try:
+                return protocol.parse_www_authenticate(value), target.host
+            except InputError as exc:
+                raise NetworkError(f"{target.host} sent a malformed Bearer challenge: {exc}") from None
+    raise NetworkError(f"{target.host} answered 401 without a Bearer challenge")
+
+
+def resolve_input(text: str, *, host: str | None = None, timeout: float = 10.0) -> protocol.ChallengeInput:
+    """Parse stdin-style input; for a URL, fetch its challenge. Host from --host too."""
+    parsed = protocol.parse_challenge_input(text)
+    if host is not None:
+        protocol.check_host_value(host)
+        if parsed.host is not None and parsed.host != host:
+            raise InputError(f"--host {host!r} differs from the input's \"host\" {parsed.host!r}")
+    if parsed.url is not None:
+        if host is not None and host != parsed.url.host:
+            raise InputError(f"--host {host!r} differs from the URL's host {parsed.url.host!r}")
+        parsed.challenge, parsed.host = fetch_challenge(parsed.url, timeout=timeout)
+    elif host is not None:
+        parsed.host = host
+    return parsed
+
+
+def cache_key_for(challenge: protocol.Challenge, key_bytes: bytes) -> str:
+    return entry_key(identity_digest(key_bytes), challenge.realm, challenge.service, challenge.scopes)
+
+
+def get_token(
+    challenge: protocol.Challenge | str,
+    *,
+    host: str | None = None,
+    identity: str | os.PathLike[str] | None = None,
+    timeout: float = 10.0,
+    nonce: str | None = None,
+    cache: TokenCache | None = None,
+    refresh: bool = False,
+    dry_run: bool = False,
+    log=None,
+) -> Token | DryRun:
+    """Exchange a Bearer challenge for a token (scheme 1, server/auth.go).
+
+    ``challenge`` is a :class:`Challenge` or a ``WWW-Authenticate`` value. ``host``
+    is the host[:port] that sent it, when known (Ollama's cross-origin rule).
+    ``cache`` (a :class:`TokenCache`) enables caching; ``refresh`` skips reading it.
+    """
+    log = log or _quiet
+    if isinstance(challenge, str):
+        challenge = protocol.parse_www_authenticate(challenge)
+    if host is not None:
+        protocol.check_host_value(host)
+    realm = protocol.parse_url(challenge.realm, what="realm")
+    protocol.check_realm(realm, host)  # before the key is read
+    log(f"challenge: realm={challenge.realm} service={challenge.service!r} scope={challenge.scope!r}")
+
+    key_path = os.fspath(identity) if identity is not None else default_identity_path()
+    try:
+        key_bytes = read_key_file(key_path)
+    except KeyNotFoundError:
+        api_key = api_key_from_env()
+        if api_key is None:
+            raise
+        log(f"no key at {key_path}; using OLLAMA_API_KEY ([redacted])")
+        if dry_run:
+            return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
+        return Token(api_key, None, "api_key")
+
+    key = None
+    if cache is not None and not dry_run:
+        key = cache_key_for(challenge, key_bytes)
+        if not refresh:
+            hit = cache.lookup(key)
+            if hit is not None:
+                log("cache: hit")
+                return Token(hit.token, hit.expires_at, "ed25519")
+        with cache.lock(key, timeout) as lock:
+            log(f"cache: miss; lock {'taken' if lock.acquired else 'not taken'}")
+            if not refresh:
+                # Single flight: whoever held the lock may have stored a token.
+                hit = cache.lookup(key)
+                if hit is not None:
+                    log("cache: filled by a concurrent caller")
+                    return Token(hit.token, hit.expires_at, "ed25519")
+            token = _exchange(challenge, realm, parse_private_key(key_bytes, key_path), nonce, timeout, log)
+            stored = cache.store(key, Entry(token.token, token.expires_at, token.lifetime))
+            log(f"cache: {'stored' if stored else 'not writable; token not cached'}")
+            return Token(token.token, token.expires_at, "ed25519")
+
+    ident = parse_private_key(key_bytes, key_path)
+    if dry_run:
+        request = protocol.build_token_request(challenge, realm, int(time.time()), nonce or _new_nonce())
+        return DryRun(request.token_url, request.host_header, request.signed_data, ident.sign(request.signed_data), "ed25519")
+    token = _exchange(challenge, realm, ident, nonce, timeout, log)
+    return Token(token.token, token.expires_at, "ed25519")
+
+
+class _Exchanged:
+    __slots__ = ("token", "expires_at", "lifetime")
+
+    def __init__(self, token: str, expires_at: float, lifetime: float) -> None:
+        self.token, self.expires_at, self.lifetime = token, expires_at, lifetime
+
+
+def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> _Exchanged:
+    from . import transport
+
+    deadline = time.monotonic() + timeout
+    clock_offset = 0.0
+    for attempt in (1, 2):
+        ts = int(time.time() + clock_offset)
+        request = protocol.build_token_request(challenge, realm, ts, nonce or _new_nonce())
+        authorization = ident.sign(request.signed_data)
+        log(f"GET {request.token_url} (Host: {request.host_header}, Authorization: [redacted])")
+        started = time.monotonic()
+        remaining = max(deadline - started, 0.001)
+        response = transport.send(
+            "GET",
+            request.url,
+            headers={"Authorization": authorization},
+            host_header=request.host_header,
+            timeout=remaining,
+        )
+        log(f"token endpoint answered {response.status} in {time.monotonic() - started:.3f}s")
+        if response.status == 401 and attempt == 1 and nonce is None:
+            skew = _clock_skew(response)
+            if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE:
+                _warn(
+                    f"the local clock is {abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} "
+                    f"{realm.host}; retrying once with a corrected timestamp (sync your clock)"
+                )
+                clock_offset = skew
+                continue
+        return _read_token_response(response, realm.host, (authorization,))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_token_response(response, where: str, secrets: tuple[str, ...]) -> _Exchanged:
+    status = response.status
+    if status >= 500:
+        raise NetworkError(f"{where} failed with {status} {response.reason}{_excerpt(response.body, secrets)}", status)
+    if status >= 400:
+        raise ServerRefusedError(
+            f"{where} refused the token request: {status} {response.reason}{_excerpt(response.body, secrets)}"
+            + _refusal_hint(status),
+            status,
+        )
+    if status < 200 or status >= 300:
+        raise NetworkError(f"{where} answered {status} {response.reason}; expected 200 with a token", status)
+    try:
+        body = json.loads(response.body)
+    except (ValueError, RecursionError):
+        raise NetworkError(f"{where} answered {status} but the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise NetworkError(f"{where} answered {status} but the JSON is not an object")
+    token = body.get("token")
+    if not isinstance(token, str):
+        raise NetworkError(f'{where} answered {status} without a string "token"')
+    if not token or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in token):
+        raise NetworkError(f"{where} answered {status} with an empty or unusable token")
+    expires_at, lifetime = lifetime_from_response(body, token, time.time())
+    return _Exchanged(token, expires_at, lifetime)
+
+
+def _refusal_hint(status: int) -> str:
+    if status == 401:
+        return " (is this key linked to your ollama.com account? see 'ollama-credential-helper key --connect-url')"
+    return ""
+
+
+def _excerpt(body: bytes, secrets: tuple[str, ...]) -> str:
+    """A short, single-line, secret-free excerpt of a response body."""
+    text = body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+            for part in secret.split(":"):
+                if len(part) >= 16:
+                    text = text.replace(part, "[redacted]")
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    if not text:
+        return ""
+    if len(text) > BODY_EXCERPT_CHARS:
+        text = text[:BODY_EXCERPT_CHARS] + "..."
+    return f": {text}"
+
+
+def _clock_skew(response) -> float | None:
+    """Server clock minus local clock, from the Date header (RFC 9110 IMF-fixdate)."""
+    value = response.header("date")
+    if not value:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        server = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return server - time.time()
+
+
+def _new_nonce() -> str:
+    return protocol.make_nonce(os.urandom(16))
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    sys.stderr.write(f"ollama-credential-helper: warning: {message}\n")
+
+
+def sign_request(
+    method: str,
+    url: str,
+    *,
+    identity: str | os.PathLike[str] | Identity | None = None,
+    ts: int | None = None,
+) -> SignedRequest:
+    """Sign one API request (scheme 2, api/client.go and server/cloud_proxy.go).
+
+    Returns the URL to send (``ts`` set, query re-encoded) and the Authorization
+    value. With no key file and ``OLLAMA_API_KEY`` set, returns ``Bearer <key>``
+    and the URL unchanged.
+    """
+    if not isinstance(method, str) or not isinstance(url, str):
+        raise InputError("method and url must be strings")
+    parsed = protocol.parse_url(url)
+    plan = protocol.build_signed_request(method, parsed, int(time.time()) if ts is None else ts)
+    if isinstance(identity, Identity):
+        ident = identity
+    else:
+        key_path = os.fspath(identity) if identity is not None else default_identity_path()
+        try:
+            key_bytes = read_key_file(key_path)
+        except KeyNotFoundError:
+            api_key = api_key_from_env()
+            if api_key is None:
+                raise
+            return SignedRequest(plan.method, url, f"Bearer {api_key}", None, "api_key")
+        ident = parse_private_key(key_bytes, key_path)
+    return SignedRequest(plan.method, str(plan.url), ident.sign(plan.signed_data), plan.ts, "ed25519")

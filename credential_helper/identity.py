@@ -1,0 +1,161 @@
+"""The Ed25519 identity: find it, check it is safe to use, load it, sign with it.
+
+Only this module imports ``cryptography``, and only when a key is actually
+parsed: a cache hit needs the file's bytes (to key the cache) but never the key.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .errors import IdentityError, KeyNotFoundError
+
+MAX_KEY_FILE_BYTES = 64 * 1024
+SYSTEM_SERVICE_PUBKEY = "/usr/share/ollama/.ollama/id_ed25519.pub"
+
+
+def default_identity_path() -> str:
+    """``~/.ollama/id_ed25519`` under $HOME, as Ollama's auth/auth.go uses it."""
+    return os.path.join(os.path.expanduser("~"), ".ollama", "id_ed25519")
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """Read the key file after the checks ssh makes; raise IdentityError if unsafe.
+
+    Refuses a file readable or writable by group or others (ssh's rule), a
+    non-regular file, and anything too large to be a key.
+    """
+    path = os.fspath(path)
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the helper.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise KeyNotFoundError(_missing_key_message(path), path) from None
+    except PermissionError:
+        raise IdentityError(f"cannot read the key {path}: permission denied") from None
+    except OSError as exc:
+        raise IdentityError(f"cannot read the key {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IdentityError(f"the key {path} is not a regular file")
+        if os.name == "posix" and info.st_mode & 0o077:
+            raise IdentityError(
+                f"the key {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"run: chmod 600 {path}"
+            )
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise IdentityError(f"cannot read the key {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise IdentityError(f"the key {path} is not a valid private key (too large)")
+    return data
+
+
+def _missing_key_message(path: str) -> str:
+    message = (
+        f"no identity at {path}: create one with 'ollama-credential-helper key "
+        "--generate' (or 'ollama signin'), or set OLLAMA_API_KEY"
+    )
+    if os.path.exists(SYSTEM_SERVICE_PUBKEY):
+        message += (
+            f"; note that Ollama's system service has its own key under "
+            f"{os.path.dirname(SYSTEM_SERVICE_PUBKEY)}/, which you cannot read"
+        )
+    return message
+
+
+class Identity:
+    """An Ed25519 private key and the public forms Ollama derives from it."""
+
+    def __init__(self, private_key, path: str | None = None) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        self._private_key = private_key
+        self.path = path
+        line = private_key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        #: ``ssh-ed25519 AAAA...`` without a comment (ssh.MarshalAuthorizedKey).
+        self.public_key_line: str = line.decode("ascii")
+        #: The second field of that line: what precedes ':' in a signature.
+        self.public_key_b64: str = self.public_key_line.split(" ")[1]
+
+    def __repr__(self) -> str:
+        return f"<Identity {self.public_key_line} path={self.path!r}>"
+
+    @property
+    def fingerprint(self) -> str:
+        """``SHA256:...`` as ``ssh-keygen -l`` prints it (unpadded base64)."""
+        import base64
+        import hashlib
+
+        blob = base64.b64decode(self.public_key_b64)
+        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+        return f"SHA256:{digest}"
+
+    def sign(self, data: str | bytes) -> str:
+        """auth/auth.go Sign: ``<public key base64>:<standard base64 signature>``."""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        import base64
+
+        signature = self._private_key.sign(data)
+        return f"{self.public_key_b64}:{base64.b64encode(signature).decode()}"
+
+
+def parse_private_key(data: bytes, path: str = "<memory>") -> Identity:
+    """Parse an unencrypted OpenSSH or PKCS#8 PEM Ed25519 key (as ssh.ParsePrivateKey)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data:
+        raise _encrypted(path)
+    try:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            key = serialization.load_ssh_private_key(data, password=None)
+        elif b"-----BEGIN" in data and b"PRIVATE KEY-----" in data:
+            key = serialization.load_pem_private_key(data, password=None)
+        else:
+            raise ValueError("no private key block")
+    except TypeError:
+        # cryptography raises TypeError when a password is needed but not given.
+        raise _encrypted(path) from None
+    except (ValueError, IndexError, OverflowError):
+        raise IdentityError(
+            f"{path} is not a valid private key: expected an unencrypted OpenSSH "
+            "or PKCS#8 PEM Ed25519 key such as 'ollama' or 'ssh-keygen -t ed25519' writes"
+        ) from None
+    except Exception as exc:  # cryptography's UnsupportedAlgorithm, among others
+        raise IdentityError(f"{path} holds a key this tool cannot use ({type(exc).__name__})") from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        kind = type(key).__name__.replace("PrivateKey", "").replace("_", "")
+        kind = {"RSA": "an RSA", "EllipticCurve": "an ECDSA", "EC": "an ECDSA", "DSA": "a DSA"}.get(kind, f"a {kind or 'non-Ed25519'}")
+        raise IdentityError(
+            f"{path} is {kind} key; only Ed25519 keys are supported "
+            "(create one with 'ollama-credential-helper key --generate')"
+        )
+    return Identity(key, path)
+
+
+def _encrypted(path: str) -> IdentityError:
+    return IdentityError(
+        f"{path} is passphrase-protected; Ollama's keys are unencrypted: remove the "
+        f"passphrase with 'ssh-keygen -p -N \"\" -f {path}' or use another --identity"
+    )
+
+
+def load_identity(path: str | os.PathLike[str] | None = None) -> Identity:
+    """Load the identity at ``path`` (default ``~/.ollama/id_ed25519``), checked."""
+    key_path = os.fspath(path) if path is not None else default_identity_path()
+    return parse_private_key(read_key_file(key_path), key_path)
+
+
+def api_key_from_env() -> str | None:
+    """OLLAMA_API_KEY when it is set and non-empty."""
+    value = os.environ.get("OLLAMA_API_KEY", "").strip()
+    return value or None

@@ -1,0 +1,186 @@
+"""One HTTP request, sent exactly as built, bounded in time and size.
+
+The only module that imports urllib3. It sends the request target and Host header
+byte for byte as the protocol module produced them (a connection pool would
+re-encode the target), never follows a redirect, verifies TLS against the system
+trust store (OpenSSL honours SSL_CERT_FILE and SSL_CERT_DIR), reads at most
+``max_body`` bytes, and enforces one deadline over connect, send and receive.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+
+from . import __version__
+from .errors import NetworkError
+from .protocol import URL
+
+MAX_BODY_BYTES = 1024 * 1024
+USER_AGENT = f"ollama-credential-helper/{__version__}"
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    headers: dict[str, list[str]] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+
+def send(
+    method: str,
+    url: URL,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10.0,
+    max_body: int = MAX_BODY_BYTES,
+    host_header: str | None = None,
+) -> Response:
+    """Send one request; raise NetworkError for anything but an HTTP answer.
+
+    ``host_header`` defaults to the URL's authority exactly as written, which is
+    what Go's client sends (an explicit default port included).
+    """
+    deadline = time.monotonic() + timeout
+    all_headers = {
+        "Host": host_header if host_header is not None else url.host,
+        "User-Agent": USER_AGENT,
+        # Refuse compression: a small gzip body could expand past any limit.
+        "Accept-Encoding": "identity",
+        "Accept": "application/json",
+    }
+    all_headers.update(headers or {})
+    if body is not None:
+        all_headers.setdefault("Content-Length", str(len(body)))
+    where = f"{url.host}"
+    conn_class = HTTPSConnection if url.scheme == "https" else HTTPConnection
+    conn = conn_class(url.hostname, url.port, timeout=timeout)
+    if url.scheme == "https":
+        conn.cert_reqs = "CERT_REQUIRED"
+    # A hard deadline: a server that drips bytes slowly would otherwise reset the
+    # socket timeout on every byte. Closing the socket ends any blocked call.
+    watchdog = threading.Timer(timeout, _abort, args=(conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request(method, url.request_target, body=body, headers=all_headers)
+        response = conn.getresponse()
+        status = response.status
+        reason = response.reason or ""
+        response_headers: dict[str, list[str]] = {}
+        for name, value in response.headers.items():
+            response_headers.setdefault(name.lower(), []).append(value)
+        if 300 <= status < 400:
+            # Never follow: the signature would go wherever Location points.
+            location_host = _location_host(response.headers.get("location", ""))
+            raise NetworkError(
+                f"{where} answered {status} {reason} (a redirect{location_host}); "
+                "redirects are never followed with credentials",
+                status,
+            )
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_body:
+            raise NetworkError(
+                f"{where} sent a response of {int(length)} bytes, over the "
+                f"{max_body}-byte limit",
+                status,
+            )
+        data = _read_bounded(response, max_body, deadline, where, status)
+        return Response(status, reason, response_headers, data)
+    except NetworkError:
+        raise
+    except Exception as exc:  # urllib3, ssl, socket and http.client errors
+        if time.monotonic() >= deadline - 0.05 or _is_timeout(exc):
+            raise NetworkError(f"timed out after {timeout:g}s talking to {where}") from None
+        raise NetworkError(_describe(exc, where)) from None
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def _read_bounded(response, max_body: int, deadline: float, where: str, status: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        if time.monotonic() >= deadline:
+            raise socket.timeout("deadline")
+        chunk = response.read(65536, decode_content=False)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > max_body:
+            raise NetworkError(
+                f"{where} sent a response over the {max_body}-byte limit", status
+            )
+        chunks.append(chunk)
+
+
+def _abort(conn) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _location_host(location: str) -> str:
+    if "://" in location:
+        return " to " + location.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    return ""
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _describe(exc: BaseException, where: str) -> str:
+    """One line naming the host and the kind of failure; never a header value."""
+    chain = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for err in chain:
+        if isinstance(err, urllib3.exceptions.NameResolutionError) or isinstance(
+            err, socket.gaierror
+        ):
+            return f"cannot resolve {where}: DNS lookup failed"
+    for err in chain:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            detail = err.verify_message or str(err.reason or "certificate not trusted")
+            return f"TLS failure talking to {where}: certificate verification failed ({detail})"
+        if isinstance(err, (ssl.SSLError, urllib3.exceptions.SSLError)):
+            return f"TLS failure talking to {where}: {_first_line(err)}"
+        if isinstance(err, urllib3.exceptions.CertificateError) or type(err).__name__ == "CertificateError":
+            return f"TLS failure talking to {where}: certificate does not match the host"
+    for err in chain:
+        if isinstance(err, ConnectionRefusedError):
+            return f"cannot connect to {where}: connection refused (is the server running?)"
+    for err in chain:
+        if isinstance(err, (ConnectionError, urllib3.exceptions.ProtocolError)):
+            return f"connection to {where} failed: {_first_line(err)}"
+    return f"request to {where} failed: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
