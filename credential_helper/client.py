@@ -13,7 +13,7 @@ import time
 
 from . import protocol
 from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
-from .errors import InputError, KeyNotFoundError, NetworkError, ServerRefusedError
+from .errors import InputError, KeyNotFoundError, NetworkError, RealmRefusedError, ServerRefusedError
 from .identity import Identity, api_key_from_env, default_identity_path, load_identity, parse_private_key, read_key_file
 
 # Ollama servers explain refusals in the body; show this much of it.
@@ -340,6 +340,13 @@ def sign_request(
     if not isinstance(method, str) or not isinstance(url, str):
         raise InputError("method and url must be strings")
     parsed = protocol.parse_url(url)
+    if parsed.scheme != "https" and not protocol.is_loopback(parsed.hostname):
+        # A scheme-2 signature does not name the host: one seen in clear text
+        # could be replayed against ollama.com until its ts goes stale.
+        raise RealmRefusedError(
+            f"refusing to sign a request to {parsed.scheme}://{parsed.host}: use https "
+            "(http is allowed only to loopback)"
+        )
     plan = protocol.build_signed_request(method, parsed, int(time.time()) if ts is None else ts)
     if isinstance(identity, Identity):
         ident = identity

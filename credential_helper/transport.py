@@ -75,7 +75,7 @@ def send(
     watchdog.daemon = True
     watchdog.start()
     try:
-        conn.request(method, url.request_target, body=body, headers=all_headers)
+        conn.request(method, url.request_target, body=body, headers=all_headers, preload_content=False, decode_content=False)
         response = conn.getresponse()
         status = response.status
         reason = response.reason or ""

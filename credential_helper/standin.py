@@ -1,0 +1,245 @@
+"""A loopback stand-in for ollama.com and its registry, for demos and tests.
+
+It checks signatures the way a server must: from the bytes on the wire (the raw
+request target and the Host header), with ``cryptography``'s Ed25519 verifier,
+and shares no code with the helper's signing side. It knows a set of linked
+keys, rejects unknown keys, stale ``ts`` and replayed nonces, and counts token
+exchanges so tests can prove single flight.
+
+Run it alone with ``python -m credential_helper.standin --authorize KEY.pub``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import struct
+import threading
+import time
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+# Independently derived: base64 of the hex SHA-256 of an empty body.
+_EMPTY_DIGEST = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
+MODELS = [{"name": "gpt-oss:120b-cloud"}, {"name": "qwen3-coder:480b-cloud"}]
+
+
+def public_key_from_blob(blob_b64: str) -> Ed25519PublicKey:
+    """Parse the SSH wire format: string "ssh-ed25519", string 32-byte key."""
+    blob = base64.b64decode(blob_b64, validate=True)
+    (n,) = struct.unpack(">I", blob[:4])
+    kind = blob[4 : 4 + n]
+    (m,) = struct.unpack(">I", blob[4 + n : 8 + n])
+    raw = blob[8 + n : 8 + n + m]
+    if kind != b"ssh-ed25519" or len(raw) != 32 or 8 + n + m != len(blob):
+        raise ValueError("not an ssh-ed25519 public key blob")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+class StandIn:
+    """The server state; ``start()`` serves on 127.0.0.1 on a free port."""
+
+    def __init__(
+        self,
+        *,
+        max_skew: float = 60.0,
+        clock_offset: float = 0.0,
+        expires_in: int | None = 300,
+        exchange_delay: float = 0.0,
+        service: str = "ollama.com",
+    ) -> None:
+        self.accounts: dict[str, dict] = {}
+        self.max_skew = max_skew
+        self.clock_offset = clock_offset  # the server's clock runs this far ahead
+        self.expires_in = expires_in
+        self.exchange_delay = exchange_delay
+        self.service = service
+        self.tokens: dict[str, dict] = {}
+        self.seen_nonces: set[str] = set()
+        self.exchanges = 0
+        self.log: list[str] = []
+        self._lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- accounts --------------------------------------------------------------
+    def authorize(self, public_line: str, name: str = "jdoe", email: str = "jdoe@example.com", plan: str = "free") -> None:
+        """Link a public key (``ssh-ed25519 AAAA... [comment]``) to an account."""
+        blob = public_line.split()[1]
+        public_key_from_blob(blob)
+        self.accounts[blob] = {"name": name, "email": email, "plan": plan}
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> "StandIn":
+        handler = type("Handler", (_Handler,), {"state": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def __enter__(self) -> "StandIn":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        assert self.server is not None
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}"
+
+    def now(self) -> float:
+        return time.time() + self.clock_offset
+
+    # -- verification ------------------------------------------------------------
+    def verify(self, authorization: str | None, signed: str) -> dict | None:
+        """The account whose key signed ``signed``, or None."""
+        if not authorization:
+            return None
+        value = authorization[7:] if authorization.startswith("Bearer ") else authorization
+        blob, sep, signature = value.partition(":")
+        account = self.accounts.get(blob)
+        if not sep or account is None:
+            return None
+        try:
+            public_key_from_blob(blob).verify(base64.b64decode(signature, validate=True), signed.encode())
+        except (InvalidSignature, ValueError):
+            return None
+        return account
+
+    def fresh_ts(self, query: dict[str, list[str]]) -> bool:
+        values = query.get("ts", [])
+        if len(values) != 1 or not values[0].isdigit():
+            return False
+        return abs(int(values[0]) - self.now()) <= self.max_skew
+
+
+class _Handler(BaseHTTPRequestHandler):
+    state: StandIn
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:  # keep test output quiet
+        self.state.log.append(format % args)
+
+    def date_time_string(self, timestamp=None) -> str:
+        return formatdate(self.state.now(), usegmt=True)
+
+    def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _unauthorized(self, reason: str, headers: dict[str, str] | None = None) -> None:
+        self._send(401, {"error": reason}, headers)
+
+    def do_GET(self) -> None:
+        target = urlsplit(self.path)
+        if target.path == "/token":
+            return self._token()
+        if target.path.startswith("/v2/"):
+            return self._registry(target.path)
+        if target.path == "/api/tags":
+            return self._send(200, {"models": MODELS})  # like ollama.com: no auth needed
+        self._send(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        target = urlsplit(self.path)
+        if not target.path.startswith("/api/"):
+            return self._send(404, {"error": "not found"})
+        # Scheme 2: METHOD,<raw request target> exactly as received.
+        query = parse_qs(target.query, keep_blank_values=True)
+        if not self.state.fresh_ts(query):
+            return self._unauthorized("missing or stale ts")
+        account = self.state.verify(self.headers.get("Authorization"), f"POST,{self.path}")
+        if account is None:
+            return self._unauthorized("unauthorized", {})
+        if target.path == "/api/me":
+            return self._send(200, dict(account))
+        return self._send(200, {"ok": True, "path": target.path, "account": account["name"]})
+
+    def _token(self) -> None:
+        state = self.state
+        query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        host = self.headers.get("Host", "")
+        signed = f"GET,http://{host}{self.path},{_EMPTY_DIGEST}"
+        account = state.verify(self.headers.get("Authorization"), signed)
+        if account is None:
+            return self._unauthorized("invalid signature or unknown key")
+        if not state.fresh_ts(query):
+            return self._unauthorized("request timestamp is too old or too new")
+        nonces = query.get("nonce", [])
+        with state._lock:
+            if len(nonces) != 1 or not nonces[0] or nonces[0] in state.seen_nonces:
+                return self._unauthorized("missing or replayed nonce")
+            state.seen_nonces.add(nonces[0])
+            state.exchanges += 1
+        if state.exchange_delay:
+            time.sleep(state.exchange_delay)
+        token = secrets.token_urlsafe(24)
+        scopes = [s for s in query.get("scope", []) if s]
+        state.tokens[token] = {"account": account["name"], "scopes": scopes}
+        body: dict = {"token": token}
+        if state.expires_in is not None:
+            body["expires_in"] = state.expires_in
+        self._send(200, body)
+
+    def _registry(self, path: str) -> None:
+        # /v2/<name>/manifests/<reference>
+        parts = path[len("/v2/") :].rsplit("/manifests/", 1)
+        if len(parts) != 2:
+            return self._send(404, {"error": "not found"})
+        scope = f"repository:{parts[0]}:pull"
+        authorization = self.headers.get("Authorization", "")
+        grant = self.state.tokens.get(authorization[7:]) if authorization.startswith("Bearer ") else None
+        if grant is None or scope not in grant["scopes"]:
+            challenge = f'Bearer realm="http://{self.state.host}/token",service="{self.state.service}",scope="{scope}"'
+            return self._unauthorized("authentication required", {"WWW-Authenticate": challenge})
+        self._send(200, {"schemaVersion": 2, "name": parts[0], "tag": parts[1], "layers": []})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--authorize", action="append", default=[], metavar="KEY.pub", help="link this public key")
+    args = parser.parse_args(argv)
+    state = StandIn()
+    for path in args.authorize:
+        with open(path) as handle:
+            state.authorize(handle.read())
+    state.start()
+    print(f"stand-in listening on {state.base_url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        state.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
