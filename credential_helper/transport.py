@@ -102,9 +102,10 @@ def send(
     except NetworkError:
         raise
     except Exception as exc:  # urllib3, ssl, socket and http.client errors
-        if time.monotonic() >= deadline - 0.05 or _is_timeout(exc):
-            raise NetworkError(f"timed out after {timeout:g}s talking to {where}") from None
-        raise NetworkError(_describe(exc, where)) from None
+        message = _describe(exc, where)
+        if message is None:
+            message = f"timed out after {timeout:.3g}s talking to {where}"
+        raise NetworkError(message) from None
     finally:
         watchdog.cancel()
         conn.close()
@@ -142,18 +143,13 @@ def _location_host(location: str) -> str:
     return ""
 
 
-def _is_timeout(exc: BaseException) -> bool:
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, (socket.timeout, TimeoutError, urllib3.exceptions.TimeoutError)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
+def _describe(exc: BaseException, where: str) -> str | None:
+    """One line naming the host and the kind of failure, or None for a timeout.
 
-
-def _describe(exc: BaseException, where: str) -> str:
-    """One line naming the host and the kind of failure; never a header value."""
+    Never includes a header value. Checked from the most specific cause out:
+    urllib3's NewConnectionError subclasses its ConnectTimeoutError, so a refused
+    connection must be recognised before anything that looks like a timeout.
+    """
     chain = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 10:
@@ -170,11 +166,18 @@ def _describe(exc: BaseException, where: str) -> str:
             return f"TLS failure talking to {where}: certificate verification failed ({detail})"
         if isinstance(err, (ssl.SSLError, urllib3.exceptions.SSLError)):
             return f"TLS failure talking to {where}: {_first_line(err)}"
-        if isinstance(err, urllib3.exceptions.CertificateError) or type(err).__name__ == "CertificateError":
+        if type(err).__name__ == "CertificateError":
             return f"TLS failure talking to {where}: certificate does not match the host"
     for err in chain:
         if isinstance(err, ConnectionRefusedError):
             return f"cannot connect to {where}: connection refused (is the server running?)"
+    for err in chain:
+        if isinstance(err, (socket.timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
+            return None
+        if isinstance(err, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
+            err, urllib3.exceptions.NewConnectionError
+        ):
+            return None
     for err in chain:
         if isinstance(err, (ConnectionError, urllib3.exceptions.ProtocolError)):
             return f"connection to {where} failed: {_first_line(err)}"

@@ -1,0 +1,140 @@
+"""Shared fixtures: golden assets, private copies of the test keys, a loopback
+stand-in server, and a runner for the *installed* executable."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from credential_helper.standin import StandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "golden"
+KEY_NAMES = [
+    "ed25519-a",
+    "ed25519-b",
+    "ed25519-a.pkcs8.pem",
+    "ed25519-encrypted",
+    "rsa-2048",
+    "ecdsa-p256",
+    "garbage",
+    "truncated",
+]
+
+
+def asset(name: str) -> Path:
+    """A file under golden/ (copied from the independent reference vectors)."""
+    return GOLDEN / name
+
+
+def load_vectors(name: str) -> list[dict]:
+    return json.loads(asset(name).read_text())
+
+
+def helper_executable() -> list[str]:
+    """The console script installed beside this interpreter (never a source checkout)."""
+    script = Path(sys.executable).with_name("ollama-credential-helper")
+    found = str(script) if script.exists() else shutil.which("ollama-credential-helper")
+    assert found, "ollama-credential-helper is not installed in this environment"
+    return [found]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """The golden keys copied into a private directory with mode 0600 (git keeps 0644)."""
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o700)
+    for name in os.listdir(GOLDEN / "keys"):
+        shutil.copy(GOLDEN / "keys" / name, directory / name)
+        os.chmod(directory / name, 0o600)
+    return directory
+
+
+@pytest.fixture
+def home(tmp_path: Path, keys: Path) -> Path:
+    """A $HOME whose ~/.ollama/id_ed25519 is golden key ed25519-a."""
+    directory = tmp_path / "home"
+    (directory / ".ollama").mkdir(parents=True)
+    shutil.copy(keys / "ed25519-a", directory / ".ollama" / "id_ed25519")
+    os.chmod(directory / ".ollama" / "id_ed25519", 0o600)
+    return directory
+
+
+@pytest.fixture
+def env(home: Path) -> dict[str, str]:
+    """An environment with that $HOME, a private cache, and no API key."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OLLAMA_API_KEY", "OLLAMA_CLOUD_BASE_URL", "XDG_CACHE_HOME")
+    }
+    environment["HOME"] = str(home)
+    environment["XDG_CACHE_HOME"] = str(home / ".cache")
+    return environment
+
+
+@pytest.fixture
+def public_line(keys: Path):
+    def read(name: str = "ed25519-a") -> str:
+        return (keys / f"{name}.pub").read_text().strip()
+
+    return read
+
+
+@pytest.fixture
+def standin(public_line):
+    """The loopback stand-in with ed25519-a linked to account 'jdoe'."""
+    server = StandIn()
+    server.authorize(public_line("ed25519-a"), name="jdoe", email="jdoe@example.com", plan="pro")
+    server.start()
+    yield server
+    server.stop()
+
+
+class Result:
+    def __init__(self, completed: subprocess.CompletedProcess) -> None:
+        self.code = completed.returncode
+        self.out = completed.stdout
+        self.err = completed.stderr
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+@pytest.fixture
+def run(env):
+    """Run the installed executable with stdin; return code, stdout, stderr."""
+
+    def runner(args: list[str], stdin: str | bytes = "", *, environment: dict | None = None, timeout: float = 60) -> Result:
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        completed = subprocess.run(
+            [*helper_executable(), *args],
+            input=data,
+            capture_output=True,
+            env=environment if environment is not None else env,
+            timeout=timeout,
+        )
+        completed.stdout = completed.stdout.decode("utf-8", "replace")
+        completed.stderr = completed.stderr.decode("utf-8", "replace")
+        return Result(completed)
+
+    return runner
+
+
+def assert_one_line_error(result: Result, code: int) -> None:
+    """The failure contract: exit code, empty stdout, one prefixed stderr line."""
+    assert result.code == code, result
+    assert result.out == "", result
+    lines = result.err.splitlines()
+    assert len(lines) == 1, result
+    assert lines[0].startswith("ollama-credential-helper: "), result
+    assert "Traceback" not in result.err
