@@ -6,7 +6,6 @@ starting ``ollama-credential-helper: `` and the exit status of its error class.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -19,13 +18,6 @@ PROG = "ollama-credential-helper"
 MAX_STDIN_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CLOUD_BASE = "https://ollama.com"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line and exit status 2."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise InputError(f"{message} (see '{self.prog} --help')")
 
 
 class _Verbose:
@@ -50,6 +42,8 @@ def _redact(text: str) -> str:
 
 
 def _timeout(value: str) -> float:
+    import argparse
+
     try:
         seconds = float(value)
     except ValueError:
@@ -59,7 +53,16 @@ def _timeout(value: str) -> float:
     return seconds
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser():
+    """The full parser. Imported lazily: argparse costs a cache hit ~10 ms."""
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        """Usage errors as one line and exit status 2."""
+
+        def error(self, message: str):  # type: ignore[override]
+            raise InputError(f"{message} (see '{self.prog} --help')")
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--identity", metavar="FILE", help="the Ed25519 private key (default: ~/.ollama/id_ed25519)")
     common.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
@@ -138,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
+    _stdin_read.clear()  # main() may run more than once in one process (tests)
     try:
+        if argv[:1] == ["get"] and _serve_cache_hit(argv[1:]):
+            return EXIT_OK
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
@@ -176,8 +182,70 @@ def _print_json(obj: dict) -> None:
     sys.stdout.flush()
 
 
+_FAST_GET_OPTIONS = {"--host": "host", "--identity": "identity", "--timeout": "timeout"}
+
+
+def _serve_cache_hit(args: list[str]) -> bool:
+    """The cache-hit fast path of ``get``: no argparse, cryptography or urllib3.
+
+    Handles only plain invocations (--host, --identity, --timeout) of input forms
+    1 and 2. Anything else, any error and any miss returns False, and the full
+    path runs with the same standard input (read once, remembered).
+    """
+    options: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if name not in _FAST_GET_OPTIONS:
+            return False
+        if not eq:
+            if i + 1 >= len(args):
+                return False
+            value = args[i + 1]
+            i += 1
+        options[_FAST_GET_OPTIONS[name]] = value
+        i += 1
+    if "timeout" in options:
+        try:
+            if not 0 < float(options["timeout"]) <= 600:
+                return False
+        except ValueError:
+            return False
+    from . import client, protocol
+    from .cache import TokenCache
+
+    try:
+        parsed = protocol.parse_challenge_input(read_stdin())
+        host = options.get("host")
+        if parsed.url is not None or (host is not None and parsed.host not in (None, host)):
+            return False
+        token = client.cached_token(
+            parsed.challenge, host=host or parsed.host, identity=options.get("identity"), cache=TokenCache()
+        )
+    except HelperError:
+        return False
+    if token is None:
+        return False
+    _print_json(token.as_dict())
+    return True
+
+
+_stdin_read: list = []
+
+
 def read_stdin() -> str:
-    """At most 64 KiB of UTF-8; anything else is bad input."""
+    """At most 64 KiB of UTF-8; anything else is bad input. Read once per process."""
+    if not _stdin_read:
+        try:
+            _stdin_read.append(_read_stdin_once())
+        except InputError as exc:
+            _stdin_read.append(exc)
+    if isinstance(_stdin_read[0], InputError):
+        raise _stdin_read[0]
+    return _stdin_read[0]
+
+
+def _read_stdin_once() -> str:
     stream = sys.stdin.buffer if sys.stdin is not None else None
     if stream is None:
         return ""

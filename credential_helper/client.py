@@ -159,13 +159,10 @@ def get_token(
     log = log or _quiet
     if isinstance(challenge, str):
         challenge = protocol.parse_www_authenticate(challenge)
-    if host is not None:
-        protocol.check_host_value(host)
-    realm = protocol.parse_url(challenge.realm, what="realm")
-    protocol.check_realm(realm, host)  # before the key is read
+    realm = _checked_realm(challenge, host)
     log(f"challenge: realm={challenge.realm} service={challenge.service!r} scope={challenge.scope!r}")
 
-    key_path = os.fspath(identity) if identity is not None else default_identity_path()
+    key_path = _key_path(identity)
     try:
         key_bytes = read_key_file(key_path)
     except KeyNotFoundError:
@@ -177,7 +174,6 @@ def get_token(
             return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
         return Token(api_key, None, "api_key")
 
-    key = None
     if cache is not None and not dry_run:
         key = cache_key_for(challenge, key_bytes)
         if not refresh:
@@ -204,6 +200,40 @@ def get_token(
         return DryRun(request.token_url, request.host_header, request.signed_data, ident.sign(request.signed_data), "ed25519")
     token = _exchange(challenge, realm, ident, nonce, timeout, log)
     return Token(token.token, token.expires_at, "ed25519")
+
+
+def _checked_realm(challenge: protocol.Challenge, host: str | None) -> protocol.URL:
+    """Input and realm rules, always before the key is read."""
+    if host is not None:
+        protocol.check_host_value(host)
+    realm = protocol.parse_url(challenge.realm, what="realm")
+    protocol.check_realm(realm, host)
+    return realm
+
+
+def _key_path(identity) -> str:
+    return os.fspath(identity) if identity is not None else default_identity_path()
+
+
+def cached_token(
+    challenge: protocol.Challenge,
+    *,
+    host: str | None = None,
+    identity: str | os.PathLike[str] | None = None,
+    cache: TokenCache,
+) -> Token | None:
+    """A fresh cached token for this challenge and identity, or None.
+
+    The same checks as :func:`get_token` come first; the key file is read (to key
+    the cache) but never parsed, so no cryptography is loaded.
+    """
+    _checked_realm(challenge, host)
+    try:
+        key_bytes = read_key_file(_key_path(identity))
+    except KeyNotFoundError:
+        return None
+    hit = cache.lookup(cache_key_for(challenge, key_bytes))
+    return Token(hit.token, hit.expires_at, "ed25519") if hit is not None else None
 
 
 class _Exchanged:
@@ -351,7 +381,7 @@ def sign_request(
     if isinstance(identity, Identity):
         ident = identity
     else:
-        key_path = os.fspath(identity) if identity is not None else default_identity_path()
+        key_path = _key_path(identity)
         try:
             key_bytes = read_key_file(key_path)
         except KeyNotFoundError:
