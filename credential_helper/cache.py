@@ -268,8 +268,10 @@ def _parse_rfc3339(value: object) -> float | None:
     # Python 3.10's fromisoformat does not take more than 6 fractional digits.
     if "." in text:
         head, _, tail = text.partition(".")
-        digits = "".join(ch for ch in tail if ch.isdigit())
-        rest = tail[len(digits):]
+        count = 0
+        while count < len(tail) and tail[count].isdigit():
+            count += 1
+        digits, rest = tail[:count], tail[count:]
         text = f"{head}.{digits[:6].ljust(6, '0')}{rest}"
     try:
         moment = datetime.fromisoformat(text)
