@@ -53,6 +53,7 @@ class StandIn:
         expires_in: int | None = 300,
         exchange_delay: float = 0.0,
         service: str = "ollama.com",
+        tls_context=None,
     ) -> None:
         self.accounts: dict[str, dict] = {}
         self.max_skew = max_skew
@@ -60,6 +61,7 @@ class StandIn:
         self.expires_in = expires_in
         self.exchange_delay = exchange_delay
         self.service = service
+        self.tls_context = tls_context  # an ssl.SSLContext makes it serve https
         self.tokens: dict[str, dict] = {}
         self.seen_nonces: set[str] = set()
         self.exchanges = 0
@@ -79,6 +81,8 @@ class StandIn:
     def start(self) -> "StandIn":
         handler = type("Handler", (_Handler,), {"state": self})
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if self.tls_context is not None:
+            self.server.socket = self.tls_context.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
@@ -103,7 +107,7 @@ class StandIn:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls_context else 'http'}://{self.host}"
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -185,7 +189,8 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
         host = self.headers.get("Host", "")
-        signed = f"GET,http://{host}{self.path},{_EMPTY_DIGEST}"
+        scheme = "https" if state.tls_context else "http"
+        signed = f"GET,{scheme}://{host}{self.path},{_EMPTY_DIGEST}"
         account = state.verify(self.headers.get("Authorization"), signed)
         if account is None:
             return self._unauthorized("invalid signature or unknown key")
@@ -216,7 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         authorization = self.headers.get("Authorization", "")
         grant = self.state.tokens.get(authorization[7:]) if authorization.startswith("Bearer ") else None
         if grant is None or scope not in grant["scopes"]:
-            challenge = f'Bearer realm="http://{self.state.host}/token",service="{self.state.service}",scope="{scope}"'
+            challenge = f'Bearer realm="{self.state.base_url}/token",service="{self.state.service}",scope="{scope}"'
             return self._unauthorized("authentication required", {"WWW-Authenticate": challenge})
         self._send(200, {"schemaVersion": 2, "name": parts[0], "tag": parts[1], "layers": []})
 

@@ -71,7 +71,8 @@ def send(
         conn.cert_reqs = "CERT_REQUIRED"
     # A hard deadline: a server that drips bytes slowly would otherwise reset the
     # socket timeout on every byte. Closing the socket ends any blocked call.
-    watchdog = threading.Timer(timeout, _abort, args=(conn,))
+    fired = threading.Event()
+    watchdog = threading.Timer(timeout, _abort, args=(conn, fired))
     watchdog.daemon = True
     watchdog.start()
     try:
@@ -98,11 +99,13 @@ def send(
                 status,
             )
         data = _read_bounded(response, max_body, deadline, where, status)
+        if fired.is_set():  # the body ended because the watchdog cut it short
+            raise socket.timeout("deadline")
         return Response(status, reason, response_headers, data)
     except NetworkError:
         raise
     except Exception as exc:  # urllib3, ssl, socket and http.client errors
-        message = _describe(exc, where)
+        message = None if fired.is_set() else _describe(exc, where)
         if message is None:
             message = f"timed out after {timeout:.3g}s talking to {where}"
         raise NetworkError(message) from None
@@ -128,7 +131,8 @@ def _read_bounded(response, max_body: int, deadline: float, where: str, status: 
         chunks.append(chunk)
 
 
-def _abort(conn) -> None:
+def _abort(conn, fired: threading.Event) -> None:
+    fired.set()
     sock = getattr(conn, "sock", None)
     if sock is not None:
         try:

@@ -1,0 +1,157 @@
+"""Misbehaving servers on loopback, and a throwaway certificate authority.
+
+``ScriptedServer`` is a raw socket server: each connection's request head is
+recorded and handed to a script that writes whatever bytes the test wants
+(a 5xx, a redirect, an endless body, nothing at all).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+import threading
+import time
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+class ScriptedServer:
+    def __init__(self, script) -> None:
+        self.script = script
+        self.requests: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.host = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def realm_challenge(self) -> str:
+        return f'Bearer realm="http://{self.host}/token",service="s",scope="repository:x:pull"'
+
+    def __enter__(self) -> "ScriptedServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                head += chunk
+            self.requests.append(head)
+            self.script(conn, head)
+        except OSError:
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+
+def reply(status: str, body: bytes = b"", headers: dict[str, str] | None = None):
+    """A script that answers once with a complete response."""
+
+    def script(conn: socket.socket, head: bytes) -> None:
+        lines = [f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    return script
+
+
+def endless_body(conn: socket.socket, head: bytes) -> None:
+    """200 with no length, then bytes until the client hangs up (bounded to 60 s)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+    chunk = b"x" * 65536
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        conn.sendall(chunk)
+
+
+def silent(conn: socket.socket, head: bytes) -> None:
+    """Accept, read the request, never answer (bounded to 60 s)."""
+    time.sleep(60)
+
+
+def slow_drip(conn: socket.socket, head: bytes) -> None:
+    """Headers one byte at a time, each inside any per-read timeout."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n" + b'{"token": "t"}      '
+    for byte in response:
+        conn.sendall(bytes([byte]))
+        time.sleep(0.4)
+
+
+class CertificateAuthority:
+    """A private CA that issues leaf certificates for loopback test servers."""
+
+    def __init__(self, directory) -> None:
+        self.directory = directory
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ollama-credential-helper test CA")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.ca_file = directory / "ca.pem"
+        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def server_context(self, names: list[str], ips: list[str]):
+        import ssl
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        san = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names or ips)[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        stem = self.directory / f"leaf-{x509.random_serial_number()}"
+        cert_file, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+        return context
