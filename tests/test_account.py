@@ -92,7 +92,8 @@ def test_generate_creates_an_identity_as_ollama_does(run, env, tmp_path):
     alone.mkdir()
     (alone / "k").write_bytes(key_file.read_bytes())
     os.chmod(alone / "k", 0o600)
-    assert "no comment" in ssh_keygen("-l", "-f", str(alone / "k"))
+    listed = ssh_keygen("-l", "-f", str(alone / "k")).split()
+    assert len(listed) == 3 and listed[0] == "256" and listed[2] == "(ED25519)"  # empty comment
     assert "https://ollama.com/connect?name=" in result.out
     # And it is usable at once.
     assert run(["key", "--fingerprint"], environment=environment).code == 0
