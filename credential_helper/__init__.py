@@ -13,7 +13,6 @@ Every error is a subclass of :class:`HelperError`; ``exc.exit_code`` is the
 status the command line would exit with.
 """
 
-from __future__ import annotations
 
 __version__ = "0.1.0"
 

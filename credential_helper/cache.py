@@ -12,7 +12,6 @@ corrupt or unwritable cache behaves as a miss.
 Kept lean on purpose: a cache hit must not import cryptography or urllib3.
 """
 
-from __future__ import annotations
 
 import json
 import os

@@ -4,7 +4,6 @@ The only module that prints or exits. Every failure becomes one stderr line
 starting ``ollama-credential-helper: `` and the exit status of its error class.
 """
 
-from __future__ import annotations
 
 import json
 import os

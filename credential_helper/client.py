@@ -5,7 +5,6 @@ raises only :class:`~credential_helper.errors.HelperError` subclasses, and
 returns objects whose ``repr`` hides every secret.
 """
 
-from __future__ import annotations
 
 import json
 import os

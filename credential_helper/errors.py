@@ -13,7 +13,6 @@ Messages never contain a token, signature or API key: they are printed on
 stderr, which callers log.
 """
 
-from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_REFUSED = 1

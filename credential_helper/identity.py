@@ -4,7 +4,6 @@ Only this module imports ``cryptography``, and only when a key is actually
 parsed: a cache hit needs the file's bytes (to key the cache) but never the key.
 """
 
-from __future__ import annotations
 
 import os
 import stat

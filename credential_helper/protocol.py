@@ -9,7 +9,6 @@ Values.Encode, QueryEscape), because Ollama builds and signs its URLs with it;
 Python's ``urllib.parse`` normalises differently and would sign other bytes.
 """
 
-from __future__ import annotations
 
 from .errors import InputError, RealmRefusedError
 
@@ -167,7 +166,7 @@ class URL:
         target = self.escaped_path or "/"
         return target + "?" + self.raw_query if self.raw_query else target
 
-    def with_query(self, raw_query: str) -> URL:
+    def with_query(self, raw_query: str) -> "URL":
         return URL(self.scheme, self.host, self.path, raw_query)
 
     def __str__(self) -> str:
