@@ -1,0 +1,119 @@
+"""The README and man page, held to what the program does.
+
+The Quick start's commands, the provider example and the man page are checked
+against the real program so that none of them can drift into fiction.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, helper_executable
+from credential_helper.standin import StandIn
+
+README = (ROOT / "README.md").read_text()
+MAN = (ROOT / "man" / "ollama-credential-helper.1").read_text()
+COMMANDS = ["get", "sign", "erase", "key", "whoami"]
+
+
+def shell_blocks_after(heading: str) -> list[str]:
+    section = README.split(heading, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.*?)\n```", section, re.S)
+
+
+def test_quick_start_is_exactly_two_commands():
+    blocks = shell_blocks_after("## Quick start")
+    assert len(blocks) == 2 and all("\n" not in block for block in blocks)
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    test_command = shell_blocks_after("## Quick start")[1]
+    assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_quick_start_demo_runs_the_full_flow(env):
+    demo_command = shell_blocks_after("## Quick start")[0]
+    assert demo_command.endswith("python -m credential_helper.demo")
+    done = subprocess.run([sys.executable, "-m", "credential_helper.demo"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "-> 401, WWW-Authenticate: Bearer realm=" in out
+    assert "source ed25519" in out and "-> 200:" in out
+    assert "same token: True; exchanges so far: 1" in out
+    assert "demo-user <demo@example.com>, plan free" in out
+
+
+def test_provider_example_runs_as_written(tmp_path, keys, public_line):
+    example = README.split("<!-- provider-example:start -->", 1)[1].split("<!-- provider-example:end -->", 1)[0]
+    code = re.search(r"```python\n(.*?)\n```", example, re.S).group(1)
+    script = tmp_path / "provider.py"
+    script.write_text(code)
+    home = tmp_path / "only-a-key"
+    (home / ".ollama").mkdir(parents=True)
+    shutil.copy(keys / "ed25519-a", home / ".ollama" / "id_ed25519")
+    os.chmod(home / ".ollama" / "id_ed25519", 0o600)
+    bin_dir = os.path.dirname(helper_executable()[0])
+    environment = {
+        "HOME": str(home),
+        "PATH": bin_dir + os.pathsep + "/usr/bin:/bin",
+        "XDG_CACHE_HOME": str(home / ".cache"),
+    }
+    with StandIn() as server:
+        server.authorize(public_line("ed25519-a"), name="provider-user")
+        environment["OLLAMA_CLOUD_BASE_URL"] = server.base_url
+        environment["OLLAMA_REGISTRY_URL"] = server.base_url
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=120)
+        assert server.exchanges == 1
+    assert done.returncode == 0, done.stderr
+    assert "manifest schema: 2" in done.stdout
+    assert "models: gpt-oss:120b-cloud, qwen3-coder:480b-cloud" in done.stdout
+    assert "account: provider-user" in done.stdout
+
+
+# --- man page ---------------------------------------------------------------------------
+
+
+def _options(text: str) -> set[str]:
+    return set(re.findall(r"--[a-z][a-z-]*", text.replace("\\-", "-")))
+
+
+def _help(command: list[str]) -> str:
+    return subprocess.run([*helper_executable(), *command, "--help"], capture_output=True, text=True, check=True).stdout
+
+
+def _man_synopsis(command: str) -> str:
+    synopsis = MAN.split(".SH SYNOPSIS", 1)[1].split(".SH", 1)[0]
+    block = synopsis.split(f".B ollama-credential-helper {command}\n", 1)[1]
+    return block.split(".PP", 1)[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_man_synopsis_matches_help_for_each_command(command):
+    assert _options(_man_synopsis(command)) == _options(_help([command])) - {"--help"}
+
+
+def test_man_documents_every_option_and_command():
+    options_section = MAN.split(".SH OPTIONS", 1)[1].split(".SH", 1)[0]
+    every = set().union(*(_options(_help([c])) for c in COMMANDS), _options(_help([])))
+    assert every <= _options(options_section)
+    commands_section = MAN.split(".SH COMMANDS", 1)[1].split(".SH", 1)[0]
+    assert re.findall(r"^\.TP\n\.B (\w+)$", commands_section, re.M) == COMMANDS
+    listed = re.findall(r"^    (\w+)\s", _help([]), re.M)
+    assert listed == COMMANDS
+
+
+def test_man_page_has_the_required_sections():
+    sections = re.findall(r"^\.SH (.+)$", MAN, re.M)
+    assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"]
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_man_page_is_warning_free():
+    done = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
