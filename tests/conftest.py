@@ -138,3 +138,12 @@ def assert_one_line_error(result: Result, code: int) -> None:
     assert len(lines) == 1, result
     assert lines[0].startswith("ollama-credential-helper: "), result
     assert "Traceback" not in result.err
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption(
+        "--record",
+        action="store_true",
+        default=False,
+        help="live tests: save redacted transcripts under golden/live/",
+    )
