@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
 
 from . import protocol
-from .errors import IdentityError, InputError, NetworkError, ServerRefusedError
+from .errors import IdentityError, InputError, ServerRefusedError
 from .identity import Identity, default_identity_path, parse_private_key
 
 CONNECT_PAGE = "https://ollama.com/connect"
@@ -89,7 +88,7 @@ def whoami(base_url: str, *, identity=None, timeout: float = 10.0, log=None) -> 
     the key is not linked: ServerRefusedError naming the connect URL.
     """
     from . import transport
-    from .client import sign_request
+    from .client import raise_for_status, sign_request
 
     log = log or (lambda message: None)
     base = protocol.parse_url(base_url.rstrip("/"), what="OLLAMA_CLOUD_BASE_URL")
@@ -108,16 +107,8 @@ def whoami(base_url: str, *, identity=None, timeout: float = 10.0, log=None) -> 
     link_hint = _link_hint(identity, signed.source)
     if response.status == 401:
         raise ServerRefusedError(f"{target.host} does not recognise this key (401){link_hint}", 401)
-    if response.status >= 500:
-        raise NetworkError(f"{target.host} failed with {response.status} {response.reason}", response.status)
-    if response.status >= 400:
-        raise ServerRefusedError(f"{target.host} refused: {response.status} {response.reason}", response.status)
-    try:
-        body = json.loads(response.body)
-    except (ValueError, RecursionError):
-        raise NetworkError(f"{target.host} answered {response.status} but the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise NetworkError(f"{target.host} answered {response.status} but the JSON is not an object")
+    raise_for_status(response, target.host, "POST /api/me", (signed.authorization,))
+    body = response.json_object(target.host)
     fields = {key.lower(): value for key, value in body.items() if isinstance(key, str)}
     account = {name: fields.get(name) if isinstance(fields.get(name), str) else None for name in ("name", "email", "plan")}
     if not account["name"]:

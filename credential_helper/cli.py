@@ -67,6 +67,8 @@ def build_parser():
     common.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
     network = argparse.ArgumentParser(add_help=False)
     network.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)")
+    challenged = argparse.ArgumentParser(add_help=False)
+    challenged.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
 
     parser = _Parser(
         prog=PROG,
@@ -80,12 +82,11 @@ def build_parser():
 
     get = commands.add_parser(
         "get",
-        parents=[common, network],
+        parents=[common, network, challenged],
         help="exchange a Bearer challenge on stdin for a token (registry pulls and pushes)",
         description="Read a challenge on stdin (a JSON object, a WWW-Authenticate value, or a URL "
         "that answers 401) and print {token, token_type, expires_at, source} as JSON.",
     )
-    get.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
     get.add_argument("--dry-run", action="store_true", help="print the signed request that would be sent; send nothing")
     get.add_argument("--no-cache", action="store_true", help="neither read nor write the token cache")
     get.add_argument("--refresh", action="store_true", help="ignore a cached token, exchange, and cache the new one")
@@ -104,12 +105,11 @@ def build_parser():
 
     erase = commands.add_parser(
         "erase",
-        parents=[common, network],
+        parents=[common, network, challenged],
         help="forget the cached token for the challenge on stdin, or every token",
         description="With a challenge on stdin (as for get) forget that cache entry; "
         "with empty stdin forget every entry. Exits 0 even when nothing was cached.",
     )
-    erase.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
     erase.set_defaults(func=cmd_erase)
 
     key = commands.add_parser(

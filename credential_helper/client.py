@@ -6,7 +6,6 @@ returns objects whose ``repr`` hides every secret.
 """
 
 
-import json
 import os
 import time
 
@@ -275,24 +274,26 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def raise_for_status(response, where: str, what: str, secrets: tuple[str, ...] = (), hint: str = "") -> None:
+    """5xx and other non-2xx answers: NetworkError (exit 4); 4xx: ServerRefusedError (exit 1).
+
+    The message quotes the status and a short, secret-free excerpt of the body:
+    Ollama's servers explain refusals there.
+    """
+    status = response.status
+    excerpt = _excerpt(response.body, secrets)
+    if 400 <= status < 500:
+        raise ServerRefusedError(f"{where} refused {what}: {status} {response.reason}{excerpt}{hint}", status)
+    if status >= 500:
+        raise NetworkError(f"{where} failed with {status} {response.reason}{excerpt}", status)
+    if not 200 <= status < 300:
+        raise NetworkError(f"{where} answered {status} {response.reason} to {what}", status)
+
+
 def _read_token_response(response, where: str, secrets: tuple[str, ...]) -> _Exchanged:
     status = response.status
-    if status >= 500:
-        raise NetworkError(f"{where} failed with {status} {response.reason}{_excerpt(response.body, secrets)}", status)
-    if status >= 400:
-        raise ServerRefusedError(
-            f"{where} refused the token request: {status} {response.reason}{_excerpt(response.body, secrets)}"
-            + _refusal_hint(status),
-            status,
-        )
-    if status < 200 or status >= 300:
-        raise NetworkError(f"{where} answered {status} {response.reason}; expected 200 with a token", status)
-    try:
-        body = json.loads(response.body)
-    except (ValueError, RecursionError):
-        raise NetworkError(f"{where} answered {status} but the body is not JSON") from None
-    if not isinstance(body, dict):
-        raise NetworkError(f"{where} answered {status} but the JSON is not an object")
+    raise_for_status(response, where, "the token request", secrets, _refusal_hint(status))
+    body = response.json_object(where)
     token = body.get("token")
     if not isinstance(token, str):
         raise NetworkError(f'{where} answered {status} without a string "token"')

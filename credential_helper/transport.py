@@ -37,6 +37,18 @@ class Response:
         values = self.headers.get(name.lower())
         return values[0] if values else None
 
+    def json_object(self, where: str) -> dict:
+        """The body as a JSON object, or NetworkError (a malformed response)."""
+        import json
+
+        try:
+            body = json.loads(self.body)
+        except (ValueError, RecursionError):
+            raise NetworkError(f"{where} answered {self.status} but the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise NetworkError(f"{where} answered {self.status} but the JSON is not an object")
+        return body
+
 
 def send(
     method: str,
