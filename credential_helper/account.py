@@ -91,12 +91,14 @@ def whoami(base_url: str, *, identity=None, timeout: float = 10.0, log=None) -> 
     from .client import raise_for_status, sign_request
 
     log = log or (lambda message: None)
-    base = protocol.parse_url(base_url.rstrip("/"), what="OLLAMA_CLOUD_BASE_URL")
+    # The same rules as Ollama's resolveCloudProxyBaseURL (server/cloud_proxy.go):
+    # scheme and host only, https unless loopback.
+    base = protocol.parse_url(base_url, what="OLLAMA_CLOUD_BASE_URL")
     if base.scheme != "https" and not protocol.is_loopback(base.hostname):
         raise InputError("OLLAMA_CLOUD_BASE_URL must use https (http is allowed only to loopback)")
-    if base.raw_query:
-        raise InputError("OLLAMA_CLOUD_BASE_URL must not have a query")
-    url = f"{base}/api/me"
+    if base.path not in ("", "/") or base.raw_query:
+        raise InputError("OLLAMA_CLOUD_BASE_URL must be a scheme and host only, without a path or query")
+    url = f"{base.scheme}://{base.host}/api/me"
     signed = sign_request("POST", url, identity=identity)
     log(f"POST {signed.url} (Authorization: [redacted], source {signed.source})")
     target = protocol.parse_url(signed.url)

@@ -165,8 +165,15 @@ def test_whoami_reads_fields_case_insensitively(run, env):
     assert "\r\nContent-Length: 0\r\n" in request
 
 
-def test_whoami_refuses_a_cleartext_remote_base(run, env):
-    assert_one_line_error(run(["whoami"], environment=dict(env, OLLAMA_CLOUD_BASE_URL="http://ollama.example")), 2)
+@pytest.mark.parametrize("base", ["http://ollama.example", "https://ollama.example/prefix", "https://ollama.example/?a=1", "https://u:p@ollama.example"])
+def test_whoami_refuses_bases_ollama_refuses(run, env, base):
+    # server/cloud_proxy.go resolveCloudProxyBaseURL: https unless loopback; no path, query or user info.
+    assert_one_line_error(run(["whoami"], environment=dict(env, OLLAMA_CLOUD_BASE_URL=base)), 2)
+
+
+def test_whoami_accepts_a_base_with_a_trailing_slash(run, env, standin):
+    result = run(["whoami"], environment=dict(env, OLLAMA_CLOUD_BASE_URL=standin.base_url + "/"))
+    assert result.code == 0, result
 
 
 # --- the missing-key message ----------------------------------------------------------------
