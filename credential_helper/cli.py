@@ -272,12 +272,13 @@ def cmd_get(args, log) -> int:
         raise InputError("--refresh and --no-cache contradict each other")
     text = read_stdin()
     log(f"read {len(text)} characters on stdin")
+    deadline = time.monotonic() + args.timeout  # --timeout bounds the whole command
     parsed = client.resolve_input(text, host=args.host, timeout=args.timeout)
     result = client.get_token(
         parsed.challenge,
         host=parsed.host,
         identity=args.identity,
-        timeout=args.timeout,
+        timeout=max(deadline - time.monotonic(), 0.05),
         nonce=parsed.nonce,
         cache=_cache_for(args),
         refresh=args.refresh,

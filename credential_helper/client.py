@@ -155,6 +155,7 @@ def get_token(
     ``cache`` (a :class:`TokenCache`) enables caching; ``refresh`` skips reading it.
     """
     log = log or _quiet
+    deadline = time.monotonic() + timeout  # one bound over lock wait and exchange
     if isinstance(challenge, str):
         challenge = protocol.parse_www_authenticate(challenge)
     realm = _checked_realm(challenge, host)
@@ -187,7 +188,8 @@ def get_token(
                 if hit is not None:
                     log("cache: filled by a concurrent caller")
                     return Token(hit.token, hit.expires_at, "ed25519")
-            token = _exchange(challenge, realm, parse_private_key(key_bytes, key_path), nonce, timeout, log)
+            ident = parse_private_key(key_bytes, key_path)
+            token = _exchange(challenge, realm, ident, nonce, _remaining(deadline), log)
             stored = cache.store(key, Entry(token.token, token.expires_at, token.lifetime))
             log(f"cache: {'stored' if stored else 'not writable; token not cached'}")
             return Token(token.token, token.expires_at, "ed25519")
@@ -338,6 +340,11 @@ def _clock_skew(response) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     return server - time.time()
+
+
+def _remaining(deadline: float) -> float:
+    """Time left before ``deadline``; at least a moment, so a late start fails as a timeout."""
+    return max(deadline - time.monotonic(), 0.05)
 
 
 def _new_nonce() -> str:

@@ -174,8 +174,8 @@ def test_replayed_nonce_is_refused(run, standin):
 def test_stale_timestamp_is_refused(run, public_line):
     from credential_helper.standin import StandIn
 
-    # The stand-in's clock is an hour ahead but it sends no Date header skew hint
-    # the helper can act on within one retry when the caller fixed the nonce.
+    # The stand-in's clock is an hour ahead. A caller-supplied nonce rules out the
+    # clock-skew retry (it would replay the nonce), so the stale ts is refused.
     with StandIn(clock_offset=3600) as server:
         server.authorize(public_line("ed25519-a"))
         stdin = json.dumps({"realm": f"{server.base_url}/token", "service": "s", "scope": "x", "nonce": "n-stale"})

@@ -347,3 +347,24 @@ def test_every_failure_exit_code_is_documented_in_the_man_page():
     page = open(os.path.join(os.path.dirname(__file__), "..", "man", "ollama-credential-helper.1")).read()
     section = page.split(".SH EXIT STATUS", 1)[1].split(".SH", 1)[0]
     assert [int(m) for m in re.findall(r"^\.B (\d)$", section, re.M)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_timeout_bounds_probe_and_exchange_together(run, secret_env):
+    # Input form 3: a slow challenge (1.5 s) then a token endpoint that never
+    # answers. --timeout 2 must bound the whole command, not each request.
+    def script(conn, head):
+        if head.startswith(b"GET /v2/"):
+            time.sleep(1.5)
+            challenge = f'Bearer realm="http://{server.host}/token",service="s",scope="x"'
+            reply("401 Unauthorized", b"", {"WWW-Authenticate": challenge})(conn, head)
+        else:
+            silent(conn, head)
+
+    with ScriptedServer(script) as server:
+        started = time.monotonic()
+        result = run(["get", "--no-cache", "--timeout", "2"], f"http://{server.host}/v2/x/manifests/latest", environment=secret_env)
+        elapsed = time.monotonic() - started
+        assert len(server.requests) == 2
+    assert_one_line_error(result, 4)
+    assert "timed out" in result.err
+    assert elapsed < 2 + 1.5
