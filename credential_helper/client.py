@@ -168,6 +168,7 @@ def get_token(
         api_key = api_key_from_env()
         if api_key is None:
             raise
+        _check_api_key_destination(realm)
         log(f"no key at {key_path}; using OLLAMA_API_KEY ([redacted])")
         if dry_run:
             return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
@@ -209,6 +210,21 @@ def _checked_realm(challenge: protocol.Challenge, host: str | None) -> protocol.
     realm = protocol.parse_url(challenge.realm, what="realm")
     protocol.check_realm(realm, host)
     return realm
+
+
+def _check_api_key_destination(url: protocol.URL) -> None:
+    """OLLAMA_API_KEY is an ollama.com credential: never hand it out for another host.
+
+    Unlike a signature, an API key is not bound to one request; a caller that
+    sent it to a third-party realm would give that party the account.
+    """
+    name = url.hostname.lower()
+    if name in protocol.KNOWN_REALM_HOSTS or name.endswith(".ollama.com") or protocol.is_loopback(name):
+        return
+    raise RealmRefusedError(
+        f"no key file, and OLLAMA_API_KEY is an ollama.com credential: refusing to "
+        f"hand it out for {url.host} (create a key with 'ollama-credential-helper key --generate')"
+    )
 
 
 def _key_path(identity) -> str:
@@ -395,6 +411,7 @@ def sign_request(
             api_key = api_key_from_env()
             if api_key is None:
                 raise
+            _check_api_key_destination(parsed)
             return SignedRequest(plan.method, url, f"Bearer {api_key}", None, "api_key")
         ident = parse_private_key(key_bytes, key_path)
     return SignedRequest(plan.method, str(plan.url), ident.sign(plan.signed_data), plan.ts, "ed25519")

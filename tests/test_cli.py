@@ -286,6 +286,20 @@ def test_api_key_fallback_only_when_the_key_file_is_missing(run, env, standin):
     assert standin.exchanges == 0  # no network for the fallback
 
 
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        (["get", "--host", "auth.example.com"], 'Bearer realm="https://auth.example.com/token",service="s",scope="x"'),
+        (["sign", "POST", "https://api.example.com/v1/chat"], ""),
+    ],
+)
+def test_api_key_is_never_handed_out_for_another_host(run, env, args, stdin):
+    shutil.rmtree(os.path.join(env["HOME"], ".ollama"))
+    result = run(args, stdin, environment=dict(env, OLLAMA_API_KEY=SECRET_API_KEY))
+    assert_one_line_error(result, 2)
+    assert "OLLAMA_API_KEY" in result.err and SECRET_API_KEY not in result.err
+
+
 def test_broken_key_never_falls_back_to_the_api_key(run, env, keys, standin):
     environment = dict(env, OLLAMA_API_KEY=SECRET_API_KEY)
     result = run(["get", "--identity", str(keys / "garbage")], challenge_for(standin), environment=environment)
