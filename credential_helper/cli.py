@@ -342,6 +342,7 @@ def cmd_key(args, log) -> int:
 
     if args.generate:
         identity = account.generate_identity(args.identity)
+        log(f"created {identity.path} and {identity.path}.pub")
         sys.stdout.write(f"{identity.public_key_line}\n")
         sys.stdout.write(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
         sys.stdout.write(f"{account.connect_url(identity)}\n")
@@ -349,6 +350,7 @@ def cmd_key(args, log) -> int:
     from .identity import load_identity
 
     identity = load_identity(args.identity)
+    log(f"loaded {identity.path} ({identity.fingerprint})")
     if args.fingerprint:
         sys.stdout.write(f"256 {identity.fingerprint} (ED25519)\n")
     elif args.connect_url:
