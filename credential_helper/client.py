@@ -12,7 +12,7 @@ import time
 from . import protocol
 from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
 from .errors import InputError, KeyNotFoundError, NetworkError, RealmRefusedError, ServerRefusedError
-from .identity import Identity, api_key_from_env, default_identity_path, load_identity, parse_private_key, read_key_file
+from .identity import Identity, api_key_from_env, default_identity_path, parse_private_key, read_key_file
 
 # Ollama servers explain refusals in the body; show this much of it.
 BODY_EXCERPT_CHARS = 200

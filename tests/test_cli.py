@@ -16,7 +16,6 @@ import urllib.error
 import urllib.request
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from conftest import assert_one_line_error, helper_executable
 from credential_helper.standin import public_key_from_blob
