@@ -199,7 +199,7 @@ def get_token(
     if dry_run:
         request = protocol.build_token_request(challenge, realm, int(time.time()), nonce or _new_nonce())
         return DryRun(request.token_url, request.host_header, request.signed_data, ident.sign(request.signed_data), "ed25519")
-    token = _exchange(challenge, realm, ident, nonce, timeout, log)
+    token = _exchange(challenge, realm, ident, nonce, _remaining(deadline), log)
     return Token(token.token, token.expires_at, "ed25519")
 
 

@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from conftest import assert_one_line_error, helper_executable
+from conftest import assert_one_line_error
 from credential_helper.standin import public_key_from_blob
 
 SECRET_API_KEY = "sk-test-4b1d-never-print-me-9f3e"
@@ -348,6 +348,3 @@ def test_no_command_prints_usage_and_exits_2(run):
     result = run([])
     assert result.code == 2 and "usage:" in result.err and result.out == ""
 
-
-def test_installed_executable_is_not_the_source_tree():
-    assert os.path.basename(helper_executable()[0]) == "ollama-credential-helper"

@@ -226,13 +226,18 @@ def test_skewed_clock_is_corrected_once_with_a_warning(run, env, public_line):
     assert result.json()["token"] not in result.err
 
 
-def test_clock_retry_happens_at_most_once(run, secret_env):
+def refuse_with_clock_ahead(seconds: float):
+    """A script answering 401 with a Date header ``seconds`` ahead of this clock."""
     from email.utils import formatdate
 
-    def always_401(conn, head):
-        reply("401 Unauthorized", b'{"error": "stale"}', {"Date": formatdate(time.time() + 7200, usegmt=True)})(conn, head)
+    def script(conn, head):
+        reply("401 Unauthorized", b'{"error": "stale"}', {"Date": formatdate(time.time() + seconds, usegmt=True)})(conn, head)
 
-    with ScriptedServer(always_401) as server:
+    return script
+
+
+def test_clock_retry_happens_at_most_once(run, secret_env):
+    with ScriptedServer(refuse_with_clock_ahead(7200)) as server:
         result = run(["get", "--no-cache"], server.realm_challenge(), environment=secret_env)
     assert result.code == 1
     assert len(server.requests) == 2
@@ -241,12 +246,7 @@ def test_clock_retry_happens_at_most_once(run, secret_env):
 
 
 def test_small_skew_is_not_retried(run, secret_env):
-    from email.utils import formatdate
-
-    def refuse(conn, head):
-        reply("401 Unauthorized", b"no", {"Date": formatdate(time.time() + 5, usegmt=True)})(conn, head)
-
-    with ScriptedServer(refuse) as server:
+    with ScriptedServer(refuse_with_clock_ahead(5)) as server:
         result = run(["get", "--no-cache"], server.realm_challenge(), environment=secret_env)
     assert_one_line_error(result, 1)
     assert len(server.requests) == 1
