@@ -6,8 +6,8 @@ import base64
 import os
 import socket
 
-from . import protocol
-from .errors import IdentityError, InputError, ServerRefusedError
+from . import policy, protocol
+from .errors import IdentityError, ServerRefusedError
 from .identity import Identity, default_identity_path, parse_private_key
 
 CONNECT_PAGE = "https://ollama.com/connect"
@@ -81,24 +81,21 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def whoami(base_url: str, *, identity=None, timeout: float = 10.0, log=None) -> dict:
+def whoami(base_url: str | None = None, *, identity=None, timeout: float = 10.0, log=None) -> dict:
     """POST <base>/api/me, signed (scheme 2): the proof that keyless auth works.
 
-    Returns {"name", "email", "plan"}. A 401, or a 200 with an empty name, means
-    the key is not linked: ServerRefusedError naming the connect URL.
+    ``base_url`` is checked under Ollama's rules for OLLAMA_CLOUD_BASE_URL (None:
+    https://ollama.com). Returns {"name", "email", "plan"}, each cleaned by the
+    server-text sanitiser. A 401, or a 200 with an empty name, means the key is
+    not linked: ServerRefusedError naming the connect URL.
     """
     from . import transport
     from .client import raise_for_status, sign_request
+    from .sanitize import server_text
 
     log = log or (lambda message: None)
-    # The same rules as Ollama's resolveCloudProxyBaseURL (server/cloud_proxy.go):
-    # scheme and host only, https unless loopback.
-    base = protocol.parse_url(base_url, what="OLLAMA_CLOUD_BASE_URL")
-    if base.scheme != "https" and not protocol.is_loopback(base.hostname):
-        raise InputError("OLLAMA_CLOUD_BASE_URL must use https (http is allowed only to loopback)")
-    if base.path not in ("", "/") or base.raw_query:
-        raise InputError("OLLAMA_CLOUD_BASE_URL must be a scheme and host only, without a path or query")
-    url = f"{base.scheme}://{base.host}/api/me"
+    base = policy.cloud_base_url(base_url)
+    url = f"{base}/api/me"
     signed = sign_request("POST", url, identity=identity)
     log(f"POST {signed.url} (Authorization: [redacted], source {signed.source})")
     target = protocol.parse_url(signed.url)
@@ -109,10 +106,13 @@ def whoami(base_url: str, *, identity=None, timeout: float = 10.0, log=None) -> 
     link_hint = _link_hint(identity, signed.source)
     if response.status == 401:
         raise ServerRefusedError(f"{target.host} does not recognise this key (401){link_hint}", 401)
-    raise_for_status(response, target.host, "POST /api/me", (signed.authorization,))
+    raise_for_status(response, target.host, "POST /api/me")
     body = response.json_object(target.host)
     fields = {key.lower(): value for key, value in body.items() if isinstance(key, str)}
-    account = {name: fields.get(name) if isinstance(fields.get(name), str) else None for name in ("name", "email", "plan")}
+    account = {
+        name: server_text(fields[name], response.secrets) if isinstance(fields.get(name), str) else None
+        for name in ("name", "email", "plan")
+    }
     if not account["name"]:
         raise ServerRefusedError(f"this key is not linked to an ollama.com account{link_hint}")
     return account

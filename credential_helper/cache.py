@@ -7,7 +7,11 @@ A lock file beside each entry gives single flight: the first caller exchanges,
 the others wait, look again and find its token.
 
 The cache is an optimisation, never a source of failure: an unreadable,
-corrupt or unwritable cache behaves as a miss.
+corrupt or unwritable cache behaves as a miss. It touches only its own files:
+the directory must be a real directory (not a symlink) owned by the user, and
+only regular files owned by the user whose names have the cache's own shape
+are read, locked or removed; a FIFO or symlink planted there is never opened.
+Every number in an entry is checked on the way in (a bad one is a miss).
 
 Kept lean on purpose: a cache hit must not import cryptography or urllib3.
 """
@@ -15,7 +19,10 @@ Kept lean on purpose: a cache hit must not import cryptography or urllib3.
 
 import json
 import os
+import stat
 import time
+
+from .protocol import is_header_token
 
 try:  # the builtin SHA-256; hashlib would load OpenSSL (~10 ms) on the hit path
     from _sha256 import sha256
@@ -30,8 +37,14 @@ ENTRY_SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 # Docker registry token specification: a response without expires_in lasts 60 s.
 DEFAULT_LIFETIME = 60.0
+# No token is kept longer than this, whatever a server or a cache file says.
+MAX_LIFETIME = 24 * 3600.0
 MAX_SAFETY_MARGIN = 30.0
 MAX_ENTRY_BYTES = 64 * 1024
+# Entry, lock and temporary files: a SHA-256 key, then a suffix this module writes.
+_OWN_NAME = r"[0-9a-f]{64}(?:\.json|\.lock|\.json\.[A-Za-z0-9_]{1,32}\.tmp)"
+# Opened files must never block (a FIFO) or follow a planted symlink.
+_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def default_cache_dir() -> str:
@@ -71,6 +84,27 @@ class Entry:
     def is_fresh(self, now: float) -> bool:
         return self.expires_at - now > safety_margin(self.lifetime)
 
+    @classmethod
+    def from_json(cls, raw: object, now: float) -> "Entry | None":
+        """A valid entry, or None: token usable in a header, numbers real and bounded."""
+        if not isinstance(raw, dict):
+            return None
+        token, expires_at, lifetime = raw.get("token"), raw.get("expires_at"), raw.get("lifetime")
+        if not is_header_token(token) or not _is_number(expires_at) or not _is_number(lifetime):
+            return None
+        # Comparisons with NaN are false, so NaN and infinities fail here too.
+        if not (0 < lifetime <= MAX_LIFETIME and expires_at <= now + MAX_LIFETIME):
+            return None
+        return cls(token, float(expires_at), float(lifetime))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_ours(info: os.stat_result) -> bool:
+    return not hasattr(os, "getuid") or info.st_uid == os.getuid()
+
 
 class TokenCache:
     """The on-disk cache. Every method swallows OS errors by design (a miss)."""
@@ -81,59 +115,88 @@ class TokenCache:
     def _path(self, key: str, suffix: str) -> str:
         return os.path.join(self.directory, key + suffix)
 
-    def _usable_dir(self, create: bool) -> bool:
-        """The directory exists (or was made), is ours and is private."""
+    def problem(self, create: bool = False) -> str | None:
+        """Why the directory cannot be used (None: it can), tightening it to 0700.
+
+        A symlink or a directory owned by someone else means no cache at all:
+        following it would read, write and erase files wherever it points.
+        """
         try:
             if create:
                 os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            info = os.stat(self.directory)
-        except OSError:
-            return False
-        if hasattr(os, "getuid") and info.st_uid != os.getuid():
-            return False  # someone else's directory: never trust or feed it
-        if info.st_mode & 0o077:
-            try:
-                os.chmod(self.directory, 0o700)
-            except OSError:
-                return False
-        return True
-
-    def lookup(self, key: str, now: float | None = None) -> Entry | None:
-        """A fresh entry, or None (missing, stale, corrupt or unreadable)."""
-        now = time.time() if now is None else now
+            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _OPEN_FLAGS)
+        except FileNotFoundError:
+            return f"{self.directory} does not exist"
+        except OSError as exc:
+            if os.path.islink(self.directory):
+                return f"{self.directory} is a symlink"
+            return f"{self.directory} cannot be opened ({exc.strerror})"
         try:
-            fd = os.open(self._path(key, ENTRY_SUFFIX), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            info = os.fstat(fd)
+            if not stat.S_ISDIR(info.st_mode):
+                return f"{self.directory} is not a directory"
+            if not _is_ours(info):
+                return f"{self.directory} belongs to another user"
+            if info.st_mode & 0o077:
+                os.fchmod(fd, 0o700)  # on the opened directory: no symlink race
+            return None
+        except OSError as exc:
+            return f"{self.directory} cannot be made private ({exc.strerror})"
+        finally:
+            os.close(fd)
+
+    def _open_own_file(self, path: str, flags: int) -> int | None:
+        """An fd for one of our regular files, or None (missing, planted, foreign)."""
+        try:
+            fd = os.open(path, flags | _OPEN_FLAGS, 0o600)
         except OSError:
             return None
         try:
             info = os.fstat(fd)
-            if info.st_mode & 0o077 or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
-                return None
+        except OSError:
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode) or not _is_ours(info) or info.st_mode & 0o077:
+            os.close(fd)
+            return None
+        return fd
+
+    def lookup(self, key: str, now: float | None = None) -> Entry | None:
+        """A fresh entry, or None (missing, stale, corrupt, unreadable or planted)."""
+        now = time.time() if now is None else now
+        if self.problem() is not None:
+            return None
+        fd = self._open_own_file(self._path(key, ENTRY_SUFFIX), os.O_RDONLY)
+        if fd is None:
+            return None
+        try:
             data = os.read(fd, MAX_ENTRY_BYTES + 1)
         except OSError:
             return None
         finally:
             os.close(fd)
         try:
-            raw = json.loads(data)
-            entry = Entry(raw["token"], float(raw["expires_at"]), float(raw["lifetime"]))
-        except (ValueError, KeyError, TypeError, RecursionError):
+            entry = Entry.from_json(json.loads(data), now)
+        except (ValueError, RecursionError):
             return None
-        if not isinstance(entry.token, str) or not entry.token or entry.lifetime <= 0:
-            return None
-        return entry if entry.is_fresh(now) else None
+        return entry if entry is not None and entry.is_fresh(now) else None
 
     def store(self, key: str, entry: Entry) -> bool:
-        """Write atomically (temporary file, fsync, rename); False if not cached."""
-        if not self._usable_dir(create=True):
+        """Write atomically (new temporary file, fsync, rename); False if not cached."""
+        if self.problem(create=True) is not None:
             return False
-        target = self._path(key, ENTRY_SUFFIX)
-        temporary = f"{target}.{os.getpid()}.tmp"
+        import tempfile
+
         payload = json.dumps(
             {"token": entry.token, "expires_at": entry.expires_at, "lifetime": entry.lifetime}
         ).encode()
+        target = self._path(key, ENTRY_SUFFIX)
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, an unpredictable name,
+            # so a file or hard link planted in advance can never be written through.
+            fd, temporary = tempfile.mkstemp(prefix=f"{key}{ENTRY_SUFFIX}.", suffix=".tmp", dir=self.directory)
+        except OSError:
+            return False
+        try:
             try:
                 os.write(fd, payload)
                 os.fsync(fd)
@@ -148,27 +211,41 @@ class TokenCache:
                 pass
             return False
 
+    def _remove_own(self, name: str) -> bool:
+        path = os.path.join(self.directory, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode) or not _is_ours(info):
+                return False
+            os.unlink(path)
+            return True
+        except OSError:
+            return False
+
     def erase(self, key: str) -> None:
-        for suffix in (ENTRY_SUFFIX, LOCK_SUFFIX):
-            try:
-                os.unlink(self._path(key, suffix))
-            except OSError:
-                pass
+        if self.problem() is None:
+            for suffix in (ENTRY_SUFFIX, LOCK_SUFFIX):
+                self._remove_own(key + suffix)
 
     def erase_all(self) -> int:
-        """Forget every entry; returns how many entries were removed."""
+        """Forget every entry; returns how many entries were removed.
+
+        Only names this cache writes, and only our own regular files: the
+        directory may hold anything else, and none of it is ours to delete.
+        """
+        import re
+
+        if self.problem() is not None:
+            return 0
         try:
             names = os.listdir(self.directory)
         except OSError:
             return 0
+        own = re.compile(_OWN_NAME)
         removed = 0
         for name in names:
-            if name.endswith((ENTRY_SUFFIX, LOCK_SUFFIX)) or name.endswith(".tmp"):
-                try:
-                    os.unlink(os.path.join(self.directory, name))
-                    removed += name.endswith(ENTRY_SUFFIX)
-                except OSError:
-                    pass
+            if own.fullmatch(name) and self._remove_own(name):
+                removed += name.endswith(ENTRY_SUFFIX)
         return removed
 
     def lock(self, key: str, timeout: float) -> "_Lock":
@@ -194,11 +271,10 @@ class _Lock:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return self
-        if not self.cache._usable_dir(create=True):
+        if self.cache.problem(create=True) is not None:
             return self
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError:
+        self.fd = self.cache._open_own_file(self.path, os.O_RDWR | os.O_CREAT)
+        if self.fd is None:
             return self
         deadline = time.monotonic() + self.timeout
         delay = 0.005
@@ -225,21 +301,33 @@ def lifetime_from_response(body: dict, token: str, now: float) -> tuple[float, f
     """(expires_at, lifetime) from a token response, per the Docker token spec.
 
     ``expires_in`` (counted from ``issued_at`` when present), else the JWT ``exp``
-    claim, else the specification's default of 60 seconds.
+    claim, else the specification's default of 60 seconds. Every number is a
+    server's word: it is used only when real and plausible, and a lifetime is
+    clamped to (0, MAX_LIFETIME], so the result is always printable and storable.
     """
     expires_in = body.get("expires_in")
-    if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and expires_in > 0:
-        issued = _parse_rfc3339(body.get("issued_at"))
+    if _is_number(expires_in) and expires_in > 0:  # NaN fails the comparison
+        lifetime = min(float(expires_in), MAX_LIFETIME)  # also clamps infinity
+        issued = _plausible_time(_parse_rfc3339(body.get("issued_at")), now)
         start = issued if issued is not None else now
-        return start + float(expires_in), float(expires_in)
-    exp = _jwt_claims(token)
-    if exp is not None:
-        claim_exp = exp.get("exp")
-        if isinstance(claim_exp, (int, float)) and not isinstance(claim_exp, bool):
-            iat = exp.get("iat")
-            start = float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else now
-            return float(claim_exp), max(float(claim_exp) - start, 1.0)
+        return min(start + lifetime, now + MAX_LIFETIME), lifetime
+    claims = _jwt_claims(token)
+    if claims is not None:
+        exp = _plausible_time(claims.get("exp"), now)
+        if exp is not None:
+            iat = _plausible_time(claims.get("iat"), now)
+            start = iat if iat is not None else now
+            expires_at = min(exp, now + MAX_LIFETIME)
+            return expires_at, min(max(expires_at - start, 1.0), MAX_LIFETIME)
     return now + DEFAULT_LIFETIME, DEFAULT_LIFETIME
+
+
+def _plausible_time(value: object, now: float) -> float | None:
+    """A finite Unix time no earlier than MAX_LIFETIME ago, else None (1e300 is
+    kept and clamped by the caller; NaN, infinities and the distant past are not)."""
+    if _is_number(value) and now - MAX_LIFETIME <= value < float("inf"):
+        return float(value)
+    return None
 
 
 def _jwt_claims(token: str) -> dict | None:
@@ -281,6 +369,13 @@ def _parse_rfc3339(value: object) -> float | None:
     return moment.timestamp()
 
 
+# 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z as Unix time: four-digit years.
+_RFC3339_RANGE = (-62135596800, 253402300799)
+
+
 def format_rfc3339(timestamp: float) -> str:
-    """UTC, whole seconds: 2026-11-28T01:17:52Z."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+    """UTC, whole seconds: 2026-11-28T01:17:52Z. Always a valid four-digit year."""
+    low, high = _RFC3339_RANGE
+    seconds = int(timestamp) if low <= timestamp <= high else (high if timestamp > 0 else low)
+    t = time.gmtime(seconds)
+    return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}Z"

@@ -11,12 +11,11 @@ import sys
 import time
 
 from . import __version__
-from .errors import EXIT_INTERNAL, EXIT_OK, HelperError, InputError
+from .errors import EXIT_INTERNAL, EXIT_OK, HelperError, InputError, OutputError
 
 PROG = "ollama-credential-helper"
 MAX_STDIN_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
-DEFAULT_CLOUD_BASE = "https://ollama.com"
 
 
 class _Verbose:
@@ -33,11 +32,10 @@ class _Verbose:
 
 
 def _redact(text: str) -> str:
-    """Last line of defence: the API key never reaches stderr, even by mistake."""
-    api_key = os.environ.get("OLLAMA_API_KEY", "").strip()
-    if api_key:
-        text = text.replace(api_key, "[redacted]")
-    return text
+    """Last line of defence on stderr: no API key in any form, one printable line."""
+    from .sanitize import server_text
+
+    return server_text(text, limit=None)
 
 
 def _timeout(value: str) -> float:
@@ -75,7 +73,8 @@ def build_parser():
         description="Keyless Ed25519 credentials for Ollama (ollama.com and its registry), "
         "computed exactly as Ollama's own client does.",
         epilog="Exit status: 0 success, 1 the server refused, 2 bad input or a refused realm, "
-        "3 identity problem, 4 network or server failure, 5 internal error.",
+        "3 identity problem, 4 network or server failure, 5 internal error, "
+        "6 standard output closed, full or a broken pipe.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -157,13 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
-    except BrokenPipeError:
-        return EXIT_OK
     except Exception as exc:  # a bug: one line, the traceback only on request
         if verbose:
             import traceback
 
-            sys.stderr.write(_redact(traceback.format_exc()))
+            for line in traceback.format_exc().splitlines():
+                sys.stderr.write(_redact(line) + "\n")
         _fail(
             f"internal error ({type(exc).__name__}); rerun with --verbose for details "
             "and report it"
@@ -172,13 +170,36 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str) -> None:
-    line = " ".join(_redact(message).split())
-    sys.stderr.write(f"{PROG}: {line}\n")
+    sys.stderr.write(f"{PROG}: {_redact(message)}\n")
 
 
 def _print_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    write_stdout(json.dumps(obj) + "\n")
+
+
+def write_stdout(text: str) -> None:
+    """Every byte of output goes through here: a closed, full or broken stdout
+    is an OutputError (exit 6, one stderr line), never a crash or a false 0."""
+    try:
+        if sys.stdout is None:  # started with stdout closed (>&-)
+            raise OSError("standard output is closed")
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        _discard_stdout()
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OutputError(f"cannot write the result to standard output: {reason}") from None
+
+
+def _discard_stdout() -> None:
+    # Python flushes stdout again at exit; pointed at /dev/null that flush cannot
+    # fail and print a second stderr line (the advice of Python's signal docs).
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 _FAST_GET_OPTIONS = {"--host": "host", "--identity": "identity", "--timeout": "timeout"}
@@ -343,32 +364,31 @@ def cmd_key(args, log) -> int:
     if args.generate:
         identity = account.generate_identity(args.identity)
         log(f"created {identity.path} and {identity.path}.pub")
-        sys.stdout.write(f"{identity.public_key_line}\n")
-        sys.stdout.write(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
-        sys.stdout.write(f"{account.connect_url(identity)}\n")
+        write_stdout(f"{identity.public_key_line}\n")
+        write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
+        write_stdout(f"{account.connect_url(identity)}\n")
         return EXIT_OK
     from .identity import load_identity
 
     identity = load_identity(args.identity)
     log(f"loaded {identity.path} ({identity.fingerprint})")
     if args.fingerprint:
-        sys.stdout.write(f"256 {identity.fingerprint} (ED25519)\n")
+        write_stdout(f"256 {identity.fingerprint} (ED25519)\n")
     elif args.connect_url:
-        sys.stdout.write(f"{account.connect_url(identity)}\n")
+        write_stdout(f"{account.connect_url(identity)}\n")
     else:
-        sys.stdout.write(f"{identity.public_key_line}\n")
+        write_stdout(f"{identity.public_key_line}\n")
     return EXIT_OK
 
 
 def cmd_whoami(args, log) -> int:
     from . import account
 
-    base = os.environ.get("OLLAMA_CLOUD_BASE_URL", "").strip() or DEFAULT_CLOUD_BASE
-    who = account.whoami(base, identity=args.identity, timeout=args.timeout, log=log)
+    who = account.whoami(os.environ.get("OLLAMA_CLOUD_BASE_URL"), identity=args.identity, timeout=args.timeout, log=log)
     if args.json:
         _print_json(who)
     else:
         plan = f", plan {who['plan']}" if who.get("plan") else ""
         email = f" <{who['email']}>" if who.get("email") else ""
-        sys.stdout.write(f"{who['name']}{email}{plan}\n")
+        write_stdout(f"{who['name']}{email}{plan}\n")
     return EXIT_OK

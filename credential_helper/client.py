@@ -9,15 +9,18 @@ returns objects whose ``repr`` hides every secret.
 import os
 import time
 
-from . import protocol
+from . import policy, protocol
 from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
-from .errors import InputError, KeyNotFoundError, NetworkError, RealmRefusedError, ServerRefusedError
+from .errors import InputError, KeyNotFoundError, NetworkError, ServerRefusedError
 from .identity import Identity, api_key_from_env, default_identity_path, parse_private_key, read_key_file
+from .sanitize import server_text
 
 # Ollama servers explain refusals in the body; show this much of it.
 BODY_EXCERPT_CHARS = 200
 # A Date header further off than this makes a 401 worth one retry with corrected ts.
 CLOCK_SKEW_TOLERANCE = 30.0
+# A Date outside these years is nonsense, not a clock to correct to.
+PLAUSIBLE_DATE_RANGE = (1577836800.0, 7258118400.0)  # 2020-01-01 .. 2200-01-01 UTC
 
 
 class Token:
@@ -33,6 +36,10 @@ class Token:
 
     def __repr__(self) -> str:
         return f"Token(token=[redacted], expires_at={self.expires_at!r}, source={self.source!r})"
+
+    @classmethod
+    def from_entry(cls, entry: Entry) -> "Token":
+        return cls(entry.token, entry.expires_at, "ed25519")
 
     def as_dict(self) -> dict:
         return {
@@ -103,8 +110,8 @@ def fetch_challenge(url: str | protocol.URL, *, timeout: float = 10.0) -> tuple[
     response = transport.send("GET", target, timeout=timeout, max_body=64 * 1024)
     if response.status != 401:
         raise NetworkError(
-            f"{target.host} answered {response.status} {response.reason} without "
-            "credentials; expected 401 with a Bearer challenge",
+            f"{target.host} answered {response.status} {server_text(response.reason, limit=60)} "
+            "without credentials; expected 401 with a Bearer challenge",
             response.status,
         )
     for value in response.headers.get("www-authenticate", []):
@@ -158,29 +165,26 @@ def get_token(
     deadline = time.monotonic() + timeout  # one bound over lock wait and exchange
     if isinstance(challenge, str):
         challenge = protocol.parse_www_authenticate(challenge)
-    realm = _checked_realm(challenge, host)
+    realm = _checked_realm(challenge, host, nonce)
     log(f"challenge: realm={challenge.realm} service={challenge.service!r} scope={challenge.scope!r}")
 
     key_path = _key_path(identity)
-    try:
-        key_bytes = read_key_file(key_path)
-    except KeyNotFoundError:
-        api_key = api_key_from_env()
-        if api_key is None:
-            raise
-        _check_api_key_destination(realm)
+    key_bytes, api_key = _key_or_api_key(key_path, realm)
+    if api_key is not None:
         log(f"no key at {key_path}; using OLLAMA_API_KEY ([redacted])")
         if dry_run:
             return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
         return Token(api_key, None, "api_key")
 
+    if cache is not None and not dry_run and cache.problem() is not None:
+        log(f"cache: not used ({cache.problem()})")
     if cache is not None and not dry_run:
         key = cache_key_for(challenge, key_bytes)
         if not refresh:
             hit = cache.lookup(key)
             if hit is not None:
                 log("cache: hit")
-                return Token(hit.token, hit.expires_at, "ed25519")
+                return Token.from_entry(hit)
         with cache.lock(key, timeout) as lock:
             log(f"cache: miss; lock {'taken' if lock.acquired else 'not taken'}")
             if not refresh:
@@ -188,7 +192,7 @@ def get_token(
                 hit = cache.lookup(key)
                 if hit is not None:
                     log("cache: filled by a concurrent caller")
-                    return Token(hit.token, hit.expires_at, "ed25519")
+                    return Token.from_entry(hit)
             ident = parse_private_key(key_bytes, key_path)
             token = _exchange(challenge, realm, ident, nonce, _remaining(deadline), log)
             stored = cache.store(key, Entry(token.token, token.expires_at, token.lifetime))
@@ -203,28 +207,30 @@ def get_token(
     return Token(token.token, token.expires_at, "ed25519")
 
 
-def _checked_realm(challenge: protocol.Challenge, host: str | None) -> protocol.URL:
+def _checked_realm(challenge: protocol.Challenge, host: str | None, nonce: str | None = None) -> protocol.URL:
     """Input and realm rules, always before the key is read."""
     if host is not None:
         protocol.check_host_value(host)
+    for value, what in ((challenge.service, '"service"'), (challenge.scope, '"scope"'), (nonce or "", '"nonce"')):
+        if not isinstance(value, str):
+            raise InputError(f"{what} must be a string")
+        protocol.check_text(value, what)
     realm = protocol.parse_url(challenge.realm, what="realm")
-    protocol.check_realm(realm, host)
+    policy.check_realm(realm, host)
     return realm
 
 
-def _check_api_key_destination(url: protocol.URL) -> None:
-    """OLLAMA_API_KEY is an ollama.com credential: never hand it out for another host.
-
-    Unlike a signature, an API key is not bound to one request; a caller that
-    sent it to a third-party realm would give that party the account.
-    """
-    name = url.hostname.lower()
-    if name in protocol.KNOWN_REALM_HOSTS or name.endswith(".ollama.com") or protocol.is_loopback(name):
-        return
-    raise RealmRefusedError(
-        f"no key file, and OLLAMA_API_KEY is an ollama.com credential: refusing to "
-        f"hand it out for {url.host} (create a key with 'ollama-credential-helper key --generate')"
-    )
+def _key_or_api_key(key_path: str, destination: protocol.URL) -> tuple[bytes | None, str | None]:
+    """The key file's bytes; or, only when no file exists at the path at all,
+    OLLAMA_API_KEY for a destination allowed to receive it (policy)."""
+    try:
+        return read_key_file(key_path), None
+    except KeyNotFoundError:
+        api_key = api_key_from_env()
+        if api_key is None:
+            raise
+        policy.check_api_key_destination(destination)
+        return None, api_key
 
 
 def _key_path(identity) -> str:
@@ -249,7 +255,7 @@ def cached_token(
     except KeyNotFoundError:
         return None
     hit = cache.lookup(cache_key_for(challenge, key_bytes))
-    return Token(hit.token, hit.expires_at, "ed25519") if hit is not None else None
+    return Token.from_entry(hit) if hit is not None else None
 
 
 class _Exchanged:
@@ -264,6 +270,7 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
 
     deadline = time.monotonic() + timeout
     clock_offset = 0.0
+    skew_note = ""
     for attempt in (1, 2):
         ts = int(time.time() + clock_offset)
         request = protocol.build_token_request(challenge, realm, ts, nonce or _new_nonce())
@@ -271,52 +278,73 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
         log(f"GET {request.token_url} (Host: {request.host_header}, Authorization: [redacted])")
         started = time.monotonic()
         remaining = max(deadline - started, 0.001)
-        response = transport.send(
-            "GET",
-            request.url,
-            headers={"Authorization": authorization},
-            host_header=request.host_header,
-            timeout=remaining,
-        )
+        try:
+            response = transport.send(
+                "GET",
+                request.url,
+                headers={"Authorization": authorization},
+                host_header=request.host_header,
+                timeout=remaining,
+            )
+        except NetworkError as exc:
+            raise _with_note(exc, skew_note) from None
         log(f"token endpoint answered {response.status} in {time.monotonic() - started:.3f}s")
         if response.status == 401 and attempt == 1 and nonce is None:
-            skew = _clock_skew(response)
+            skew = clock_skew(response.header("date"), time.time())
             if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE:
-                _warn(
-                    f"the local clock is {abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} "
-                    f"{realm.host}; retrying once with a corrected timestamp (sync your clock)"
+                skew_note = (
+                    f" (retried once with a timestamp corrected for the local clock being "
+                    f"{abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} {realm.host}: sync your clock)"
                 )
+                log("clock skew: retrying once with a corrected timestamp")
                 clock_offset = skew
                 continue
-        return _read_token_response(response, realm.host, (authorization,))
+        try:
+            token = _read_token_response(response, realm.host)
+        except (NetworkError, ServerRefusedError) as exc:
+            raise _with_note(exc, skew_note) from None
+        if skew_note:  # success after a correction: worth one warning line
+            _warn(f"the local clock is off; a corrected timestamp was used{skew_note}")
+        return token
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def raise_for_status(response, where: str, what: str, secrets: tuple[str, ...] = (), hint: str = "") -> None:
+def _with_note(exc, note: str):
+    """The same error with ``note`` appended: one stderr line, never two."""
+    if not note:
+        return exc
+    return type(exc)(f"{exc}{note}", getattr(exc, "status", None))
+
+
+def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
     """5xx and other non-2xx answers: NetworkError (exit 4); 4xx: ServerRefusedError (exit 1).
 
-    The message quotes the status and a short, secret-free excerpt of the body:
-    Ollama's servers explain refusals there.
+    The message quotes the status, the reason phrase and a short excerpt of the
+    body (Ollama's servers explain refusals there), all through the one sanitiser.
     """
     status = response.status
-    excerpt = _excerpt(response.body, secrets)
+    if 200 <= status < 300:
+        return
+    reason = server_text(response.reason, response.secrets, limit=60)
+    excerpt = server_text(response.body[: BODY_EXCERPT_CHARS * 4], response.secrets, limit=BODY_EXCERPT_CHARS)
+    excerpt = f": {excerpt}" if excerpt else ""
     if 400 <= status < 500:
-        raise ServerRefusedError(f"{where} refused {what}: {status} {response.reason}{excerpt}{hint}", status)
+        raise ServerRefusedError(f"{where} refused {what}: {status} {reason}{excerpt}{hint}", status)
     if status >= 500:
-        raise NetworkError(f"{where} failed with {status} {response.reason}{excerpt}", status)
-    if not 200 <= status < 300:
-        raise NetworkError(f"{where} answered {status} {response.reason} to {what}", status)
+        raise NetworkError(f"{where} failed with {status} {reason}{excerpt}", status)
+    raise NetworkError(f"{where} answered {status} {reason} to {what}", status)
 
 
-def _read_token_response(response, where: str, secrets: tuple[str, ...]) -> _Exchanged:
+def _read_token_response(response, where: str) -> _Exchanged:
     status = response.status
-    raise_for_status(response, where, "the token request", secrets, _refusal_hint(status))
+    raise_for_status(response, where, "the token request", _refusal_hint(status))
     body = response.json_object(where)
     token = body.get("token")
     if not isinstance(token, str):
         raise NetworkError(f'{where} answered {status} without a string "token"')
-    if not token or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in token):
-        raise NetworkError(f"{where} answered {status} with an empty or unusable token")
+    if not protocol.is_header_token(token):
+        # It would break the caller's Authorization header (or inject into it).
+        raise NetworkError(f"{where} answered {status} with an empty or unusable token (not visible ASCII)")
     expires_at, lifetime = lifetime_from_response(body, token, time.time())
     return _Exchanged(token, expires_at, lifetime)
 
@@ -327,35 +355,20 @@ def _refusal_hint(status: int) -> str:
     return ""
 
 
-def _excerpt(body: bytes, secrets: tuple[str, ...]) -> str:
-    """A short, single-line, secret-free excerpt of a response body."""
-    text = body[: BODY_EXCERPT_CHARS * 4].decode("utf-8", "replace")
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-            for part in secret.split(":"):
-                if len(part) >= 16:
-                    text = text.replace(part, "[redacted]")
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    if not text:
-        return ""
-    if len(text) > BODY_EXCERPT_CHARS:
-        text = text[:BODY_EXCERPT_CHARS] + "..."
-    return f": {text}"
-
-
-def _clock_skew(response) -> float | None:
-    """Server clock minus local clock, from the Date header (RFC 9110 IMF-fixdate)."""
-    value = response.header("date")
-    if not value:
+def clock_skew(date_header: str | None, now: float) -> float | None:
+    """Server clock minus local clock from a Date header (RFC 9110 IMF-fixdate);
+    None when absent, unparsable or outside a plausible range of years."""
+    if not date_header:
         return None
     from email.utils import parsedate_to_datetime
 
     try:
-        server = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
+        server = parsedate_to_datetime(date_header).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return server - time.time()
+    if not PLAUSIBLE_DATE_RANGE[0] <= server <= PLAUSIBLE_DATE_RANGE[1]:
+        return None
+    return server - now
 
 
 def _remaining(deadline: float) -> float:
@@ -393,25 +406,16 @@ def sign_request(
     if not isinstance(method, str) or not isinstance(url, str):
         raise InputError("method and url must be strings")
     parsed = protocol.parse_url(url)
-    if parsed.scheme != "https" and not protocol.is_loopback(parsed.hostname):
-        # A scheme-2 signature does not name the host: one seen in clear text
-        # could be replayed against ollama.com until its ts goes stale.
-        raise RealmRefusedError(
-            f"refusing to sign a request to {parsed.scheme}://{parsed.host}: use https "
-            "(http is allowed only to loopback)"
-        )
+    # A scheme-2 signature does not name the host: one seen in clear text could
+    # be replayed against ollama.com until its ts goes stale.
+    policy.check_cleartext(parsed, "a signature")
     plan = protocol.build_signed_request(method, parsed, int(time.time()) if ts is None else ts)
     if isinstance(identity, Identity):
         ident = identity
     else:
         key_path = _key_path(identity)
-        try:
-            key_bytes = read_key_file(key_path)
-        except KeyNotFoundError:
-            api_key = api_key_from_env()
-            if api_key is None:
-                raise
-            _check_api_key_destination(parsed)
+        key_bytes, api_key = _key_or_api_key(key_path, parsed)
+        if api_key is not None:
             return SignedRequest(plan.method, url, f"Bearer {api_key}", None, "api_key")
         ident = parse_private_key(key_bytes, key_path)
     return SignedRequest(plan.method, str(plan.url), ident.sign(plan.signed_data), plan.ts, "ed25519")

@@ -6,8 +6,10 @@
     │   └── RealmRefusedError   2  a realm rule refused to send credentials
     ├── IdentityError           3  no usable key (missing, permissions, encrypted,
     │                              wrong type, unreadable, malformed)
-    └── NetworkError            4  connection, DNS, TLS, timeout, 5xx, redirect,
-                                   malformed or oversized response
+    ├── NetworkError            4  connection, DNS, TLS, timeout, 5xx, redirect,
+    │                              malformed or oversized response
+    └── OutputError             6  standard output is closed, full or a broken
+                                   pipe: the result was not delivered
 
 Messages never contain a token, signature or API key: they are printed on
 stderr, which callers log.
@@ -20,6 +22,7 @@ EXIT_USAGE = 2
 EXIT_IDENTITY = 3
 EXIT_NETWORK = 4
 EXIT_INTERNAL = 5
+EXIT_OUTPUT = 6
 
 
 class HelperError(Exception):
@@ -70,3 +73,13 @@ class KeyNotFoundError(IdentityError):
     def __init__(self, message: str, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class OutputError(HelperError):
+    """The result could not be written to standard output (closed, full, broken pipe).
+
+    Nothing is wrong with the helper or the credential; the caller stopped
+    listening. Not 0: whoever runs the helper did not get the token.
+    """
+
+    exit_code = EXIT_OUTPUT

@@ -30,6 +30,10 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         # O_NONBLOCK: a FIFO planted at the path must not hang the helper.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
+        if os.path.lexists(path):
+            # Something is there (a dangling symlink): an identity problem, never
+            # the "no key file" that would allow the OLLAMA_API_KEY fallback.
+            raise IdentityError(f"the key {path} is a symlink to a file that does not exist") from None
         raise KeyNotFoundError(_missing_key_message(path), path) from None
     except PermissionError:
         raise IdentityError(f"cannot read the key {path}: permission denied") from None

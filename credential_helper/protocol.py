@@ -10,7 +10,7 @@ Python's ``urllib.parse`` normalises differently and would sign other bytes.
 """
 
 
-from .errors import InputError, RealmRefusedError
+from .errors import InputError
 
 # server/auth.go signs "GET,<url>,<digest>" where <digest> is the standard base64 of
 # the lower-case hex SHA-256 of the empty request body. A literal, so that the
@@ -19,15 +19,35 @@ EMPTY_BODY_DIGEST = (
     "ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ=="
 )
 
-# Hosts that may receive a signature when the caller cannot say which host sent the
-# challenge (issue 2: ollama.com, registry.ollama.ai, loopback).
-KNOWN_REALM_HOSTS = frozenset({"ollama.com", "registry.ollama.ai"})
-
 _ALNUM = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _UNRESERVED = _ALNUM | frozenset(b"-_.~")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _HOST_CHARS = _UNRESERVED
 _SCHEME_CHARS = _ALNUM | frozenset(b"+-.")
+
+
+# --- Text a caller or server hands us ----------------------------------------------
+
+
+def check_text(value: str, what: str, *, allow_tab: bool = False) -> str:
+    """Refuse control characters (C0, DEL, C1) and lone surrogates in ``value``.
+
+    A control character could split a header or forge a log line; a lone
+    surrogate (JSON's "\\ud800") has no UTF-8 form to sign or send.
+    """
+    for ch in value:
+        code = ord(ch)
+        if (code < 0x20 and not (allow_tab and ch == "\t")) or 0x7F <= code <= 0x9F:
+            raise InputError(f"{what} contains a control character")
+        if 0xD800 <= code <= 0xDFFF:
+            raise InputError(f"{what} contains a lone surrogate (not valid Unicode)")
+    return value
+
+
+def is_header_token(token: object) -> bool:
+    """A credential that can go into ``Authorization: Bearer <token>`` as is:
+    non-empty, visible ASCII only (RFC 9110 field-value, no space or control)."""
+    return isinstance(token, str) and bool(token) and all(0x21 <= ord(ch) <= 0x7E for ch in token)
 
 
 # --- Go net/url, the parts Ollama's signing depends on -------------------------
@@ -187,8 +207,7 @@ def parse_url(text: str, *, what: str = "URL") -> URL:
     """
     if not isinstance(text, str) or not text:
         raise InputError(f"the {what} is empty")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
-        raise InputError(f"the {what} contains a control character")
+    check_text(text, f"the {what}")
     scheme, sep, rest = text.partition(":")
     if (
         not sep
@@ -281,8 +300,7 @@ def parse_www_authenticate(value: str) -> Challenge:
     A leading ``WWW-Authenticate:`` is accepted. Unbalanced quotes, a scheme
     other than Bearer, duplicate parameters or a missing realm are errors.
     """
-    if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value.strip()):
-        raise InputError("the challenge contains a control character")
+    check_text(value.strip(), "the challenge", allow_tab=True)
     text = value.strip()
     if text[:17].lower() == "www-authenticate:":
         text = text[17:].strip()
@@ -349,54 +367,7 @@ def _parse_auth_params(text: str) -> dict[str, str]:
         params[name] = param
 
 
-# --- Realm rules -----------------------------------------------------------------
-
-
-def is_loopback(hostname: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost; decided without DNS."""
-    name = hostname.lower()
-    if name == "localhost":
-        return True
-    octets = name.split(".")
-    if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 for o in octets):
-        return octets[0] == "127" and all(int(o) <= 255 for o in octets)
-    if ":" in name:
-        import ipaddress  # only for IPv6 literals; kept off the common path
-
-        try:
-            return ipaddress.IPv6Address(name).is_loopback
-        except ValueError:
-            return False
-    return False
-
-
-def check_realm(realm: URL, host: str | None) -> None:
-    """Refuse to send a signature where Ollama would not, before the key is read.
-
-    - https, or http only to loopback (a signature in clear text is replayable);
-    - when the host that sent the challenge is known, the realm's host[:port] must
-      equal it exactly (server/auth.go, the 2026 cross-origin check);
-    - otherwise the realm must be ollama.com, registry.ollama.ai or loopback.
-    """
-    loopback = is_loopback(realm.hostname)
-    if realm.scheme != "https" and not loopback:
-        raise RealmRefusedError(
-            f"refusing to send a signature to {realm.scheme}://{realm.host}: "
-            "the realm must use https (http is allowed only to loopback)"
-        )
-    if host is not None:
-        if realm.host != host:
-            raise RealmRefusedError(
-                f"refusing to send a signature to realm host {realm.host!r}: "
-                f"the challenge came from {host!r} and the two must be equal"
-            )
-        return
-    if realm.hostname.lower() not in KNOWN_REALM_HOSTS and not loopback:
-        raise RealmRefusedError(
-            f"refusing to send a signature to realm host {realm.host!r} without "
-            "knowing who sent the challenge: pass --host HOST (the host[:port] "
-            "of the request that got the 401)"
-        )
+# --- Caller-supplied values ------------------------------------------------------
 
 
 def check_host_value(host: str) -> str:
@@ -536,8 +507,7 @@ def _parse_json_input(text: str) -> ChallengeInput:
             continue
         if not isinstance(value, str):
             raise InputError(f'"{name}" must be a string, not {type(value).__name__}')
-        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
-            raise InputError(f'"{name}" contains a control character')
+        check_text(value, f'"{name}"')
         fields[name] = value
     if not fields["realm"]:
         raise InputError('"realm" is empty')

@@ -21,6 +21,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from . import __version__
 from .errors import NetworkError
 from .protocol import URL
+from .sanitize import server_text
 
 MAX_BODY_BYTES = 1024 * 1024
 USER_AGENT = f"ollama-credential-helper/{__version__}"
@@ -32,6 +33,8 @@ class Response:
     reason: str
     headers: dict[str, list[str]] = field(default_factory=dict)
     body: bytes = b""
+    #: What we sent that must never be echoed to stderr (the Authorization value).
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def header(self, name: str) -> str | None:
         values = self.headers.get(name.lower())
@@ -77,6 +80,9 @@ def send(
     if body is not None:
         all_headers.setdefault("Content-Length", str(len(body)))
     where = f"{url.host}"
+    secrets = tuple(value for name, value in all_headers.items() if name.lower() == "authorization")
+    if url.scheme == "https":
+        _check_ca_file()
     conn_class = HTTPSConnection if url.scheme == "https" else HTTPConnection
     conn = conn_class(url.hostname, url.port, timeout=timeout)
     if url.scheme == "https":
@@ -91,13 +97,13 @@ def send(
         conn.request(method, url.request_target, body=body, headers=all_headers, preload_content=False, decode_content=False)
         response = conn.getresponse()
         status = response.status
-        reason = response.reason or ""
+        reason = server_text(response.reason or "", secrets, limit=60)
         response_headers: dict[str, list[str]] = {}
         for name, value in response.headers.items():
             response_headers.setdefault(name.lower(), []).append(value)
         if 300 <= status < 400:
             # Never follow: the signature would go wherever Location points.
-            location_host = _location_host(response.headers.get("location", ""))
+            location_host = server_text(_location_host(response.headers.get("location", "")), secrets, limit=80)
             raise NetworkError(
                 f"{where} answered {status} {reason} (a redirect{location_host}); "
                 "redirects are never followed with credentials",
@@ -113,17 +119,35 @@ def send(
         data = _read_bounded(response, max_body, deadline, where, status)
         if fired.is_set():  # the body ended because the watchdog cut it short
             raise socket.timeout("deadline")
-        return Response(status, reason, response_headers, data)
+        return Response(status, response.reason or "", response_headers, data, secrets)
     except NetworkError:
         raise
     except Exception as exc:  # urllib3, ssl, socket and http.client errors
         message = None if fired.is_set() else _describe(exc, where)
         if message is None:
             message = f"timed out after {timeout:.3g}s talking to {where}"
-        raise NetworkError(message) from None
+        # Exception texts quote what the server sent (a malformed status line).
+        raise NetworkError(server_text(message, secrets, limit=None)) from None
     finally:
         watchdog.cancel()
         conn.close()
+
+
+def _check_ca_file() -> None:
+    """OpenSSL reads SSL_CERT_FILE with a blocking open: a FIFO there would hang
+    past any deadline. Anything but a regular file is refused up front."""
+    import os
+    import stat
+
+    path = os.environ.get("SSL_CERT_FILE")
+    if not path:
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: OpenSSL ignores it, and verification fails clearly
+    if not stat.S_ISREG(mode):
+        raise NetworkError(f"SSL_CERT_FILE={path!r} is not a regular file; point it at a PEM bundle")
 
 
 def _read_bounded(response, max_body: int, deadline: float, where: str, status: int) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from credential_helper import protocol
+from credential_helper import policy, protocol
 from credential_helper.errors import InputError, RealmRefusedError
 
 UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~")
@@ -164,7 +164,7 @@ def test_quoted_parameters_round_trip(realm_tail, scope):
     ],
 )
 def test_realm_allowed(realm, host):
-    protocol.check_realm(protocol.parse_url(realm), host)
+    policy.check_realm(protocol.parse_url(realm), host)
 
 
 @pytest.mark.parametrize(
@@ -183,7 +183,7 @@ def test_realm_allowed(realm, host):
 )
 def test_realm_refused(realm, host, message):
     with pytest.raises(RealmRefusedError, match=message):
-        protocol.check_realm(protocol.parse_url(realm), host)
+        policy.check_realm(protocol.parse_url(realm), host)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,124 @@
+"""Where a credential may go: every such decision, once, as a pure function.
+
+Each function takes parsed URLs (``protocol.URL``) and raises
+:class:`~credential_helper.errors.RealmRefusedError` (exit 2) or returns. Every
+caller (``get``, ``sign``, ``whoami``, the Python API and the HTTP-library
+adapters) goes through these, so a test of a rule tests every caller at once.
+No I/O, no clock, no environment reads: callers pass what they found.
+"""
+
+
+from .errors import InputError, RealmRefusedError
+from .protocol import URL, encode_query, parse_query, parse_url
+
+# Hosts that may receive a signature when the caller cannot say which host sent
+# the challenge: Ollama's own registry and API hosts (and loopback, below).
+KNOWN_REALM_HOSTS = frozenset({"ollama.com", "registry.ollama.ai"})
+# Ollama's default cloud base (server/cloud_proxy.go defaultCloudProxyBaseURL).
+DEFAULT_CLOUD_BASE = "https://ollama.com"
+
+
+def is_loopback(hostname: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; decided without DNS."""
+    name = hostname.lower()
+    if name == "localhost":
+        return True
+    octets = name.split(".")
+    if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 for o in octets):
+        return octets[0] == "127" and all(int(o) <= 255 for o in octets)
+    if ":" in name:
+        import ipaddress  # only for IPv6 literals; kept off the common path
+
+        try:
+            return ipaddress.IPv6Address(name).is_loopback
+        except ValueError:
+            return False
+    return False
+
+
+def check_cleartext(url: URL, what: str) -> None:
+    """https, or http only to loopback: a signature or token seen in clear text
+    can be replayed (a scheme-2 signature does not even name the host)."""
+    if url.scheme != "https" and not is_loopback(url.hostname):
+        raise RealmRefusedError(
+            f"refusing to send {what} to {url.scheme}://{url.host}: "
+            "it must use https (http is allowed only to loopback)"
+        )
+
+
+def check_realm(realm: URL, host: str | None) -> None:
+    """Refuse to send a signature where Ollama would not, before the key is read.
+
+    - https, or http only to loopback;
+    - when the host that sent the challenge is known, the realm's host[:port] must
+      equal it exactly (server/auth.go, the 2026 cross-origin check);
+    - otherwise the realm must be ollama.com, registry.ollama.ai or loopback;
+    - the realm's query must not outlast ``ts`` (see check_realm_query).
+    """
+    check_cleartext(realm, "a signature")
+    check_realm_query(realm)
+    if host is not None:
+        if realm.host != host:
+            raise RealmRefusedError(
+                f"refusing to send a signature to realm host {realm.host!r}: "
+                f"the challenge came from {host!r} and the two must be equal"
+            )
+        return
+    if realm.hostname.lower() not in KNOWN_REALM_HOSTS and not is_loopback(realm.hostname):
+        raise RealmRefusedError(
+            f"refusing to send a signature to realm host {realm.host!r} without "
+            "knowing who sent the challenge: pass --host HOST (the host[:port] "
+            "of the request that got the 401)"
+        )
+
+
+def check_realm_query(realm: URL) -> None:
+    """Hardening beyond Ollama: the signed token URL must end in ``ts=<digits>``.
+
+    The exchange signs ``GET,<realm>?...&ts=T&...,<digest>`` with the query keys
+    sorted (url.Values.Encode). A realm query key that sorts after ``ts`` (say
+    ``zzz=``) would swallow the rest of the string as one query value, and a
+    server verifying scheme 2 over an absolute request target could then read
+    the registry signature as ``GET /path``. Real realms have no query.
+    """
+    for key in parse_query(realm.raw_query):
+        if key.encode("utf-8", "surrogateescape") > b"ts":
+            raise RealmRefusedError(
+                f"refusing the realm {realm.host}{realm.escaped_path}: its query key "
+                f"{encode_query({key: ['']})[:-1]!r} would follow ts in the signed string"
+            )
+
+
+def may_receive_api_key(url: URL) -> bool:
+    """OLLAMA_API_KEY is an ollama.com credential: ollama.com, registry.ollama.ai,
+    a whole-label ``*.ollama.com`` name, or loopback; never another host.
+
+    Unlike a signature, an API key is not bound to one request: handing it to a
+    third-party realm would give that party the account.
+    """
+    name = url.hostname.lower().rstrip(".")
+    return name in KNOWN_REALM_HOSTS or name.endswith(".ollama.com") or is_loopback(name)
+
+
+def check_api_key_destination(url: URL) -> None:
+    check_cleartext(url, "OLLAMA_API_KEY")
+    if not may_receive_api_key(url):
+        raise RealmRefusedError(
+            f"no key file, and OLLAMA_API_KEY is an ollama.com credential: refusing to "
+            f"hand it out for {url.host} (create a key with 'ollama-credential-helper key --generate')"
+        )
+
+
+def cloud_base_url(value: str | None) -> URL:
+    """The API base under Ollama's resolveCloudProxyBaseURL rules (server/cloud_proxy.go).
+
+    ``value`` is $OLLAMA_CLOUD_BASE_URL (empty or None: https://ollama.com). A
+    scheme and host only (a trailing '/' is allowed), https unless loopback.
+    """
+    text = (value or "").strip() or DEFAULT_CLOUD_BASE
+    base = parse_url(text, what="OLLAMA_CLOUD_BASE_URL")
+    if base.scheme != "https" and not is_loopback(base.hostname):
+        raise InputError("OLLAMA_CLOUD_BASE_URL must use https (http is allowed only to loopback)")
+    if base.path not in ("", "/") or base.raw_query:
+        raise InputError("OLLAMA_CLOUD_BASE_URL must be a scheme and host only, without a path or query")
+    return URL(base.scheme, base.host, "", "")
