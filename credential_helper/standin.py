@@ -54,6 +54,7 @@ class StandIn:
         exchange_delay: float = 0.0,
         service: str = "ollama.com",
         tls_context=None,
+        port: int = 0,
     ) -> None:
         self.accounts: dict[str, dict] = {}
         self.max_skew = max_skew
@@ -62,6 +63,11 @@ class StandIn:
         self.exchange_delay = exchange_delay
         self.service = service
         self.tls_context = tls_context  # an ssl.SSLContext makes it serve https
+        self.port = port
+        # When set, an authenticated registry request is answered with a redirect here.
+        self.redirect_authenticated: str | None = None
+        # Every request's Host header, in order (tests check it is sent as written).
+        self.hosts_seen: list[str] = []
         self.tokens: dict[str, dict] = {}
         self.seen_nonces: set[str] = set()
         self.exchanges = 0
@@ -80,7 +86,7 @@ class StandIn:
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "StandIn":
         handler = type("Handler", (_Handler,), {"state": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         if self.tls_context is not None:
             self.server.socket = self.tls_context.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
@@ -158,6 +164,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _unauthorized(self, reason: str, headers: dict[str, str] | None = None) -> None:
         self._send(401, {"error": reason}, headers)
 
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if ok:
+            self.state.hosts_seen.append(self.headers.get("Host", ""))
+        return ok
+
     def do_GET(self) -> None:
         target = urlsplit(self.path)
         if target.path == "/token":
@@ -223,6 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
         if grant is None or scope not in grant["scopes"]:
             challenge = f'Bearer realm="{self.state.base_url}/token",service="{self.state.service}",scope="{scope}"'
             return self._unauthorized("authentication required", {"WWW-Authenticate": challenge})
+        if self.state.redirect_authenticated:
+            return self._send(302, {}, {"Location": self.state.redirect_authenticated})
         self._send(200, {"schemaVersion": 2, "name": parts[0], "tag": parts[1], "layers": []})
 
 

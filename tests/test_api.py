@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -93,3 +95,13 @@ def test_public_names_resolve_lazily():
     assert set(credential_helper.__all__) >= {"get_token", "sign_request", "load_identity", "TokenCache", "HelperError"}
     with pytest.raises(AttributeError):
         credential_helper.no_such_name  # noqa: B018
+    # In a fresh interpreter: importing the package loads none of its modules;
+    # touching a name loads just the module that defines it.
+    probe = (
+        "import sys, credential_helper as c\n"
+        "mods = lambda: sorted(m for m in sys.modules if m.startswith(('credential_helper.', 'cryptography', 'urllib3')))\n"
+        "print(mods()); c.sign_request; print(mods())\n"
+    )
+    before, after = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert before == "[]"
+    assert "credential_helper.client" in after and "cryptography" not in after and "urllib3" not in after

@@ -7,7 +7,9 @@ worked out by hand; concurrency against a stand-in that counts its exchanges.
 from __future__ import annotations
 
 import base64
+import calendar
 import json
+import time
 import os
 import stat
 import subprocess
@@ -163,8 +165,13 @@ def test_expiry_from_expires_in_reaches_the_output(run, public_line):
 def test_expiry_defaults_to_sixty_seconds(run, public_line):
     with StandIn(expires_in=None) as server:
         server.authorize(public_line("ed25519-a"))
+        before = time.time()
         result = run(["get"], challenge(server))
-    assert result.code == 0 and result.json()["expires_at"] is not None
+        after = time.time()
+    assert result.code == 0, result
+    # The Docker token specification: no expires_in means 60 seconds.
+    expires = calendar.timegm(time.strptime(result.json()["expires_at"], "%Y-%m-%dT%H:%M:%SZ"))
+    assert int(before) + 60 - 1 <= expires <= int(after) + 60
 
 
 def test_early_refresh_margin_with_frozen_time(tmp_path):

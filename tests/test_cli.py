@@ -147,6 +147,7 @@ def test_sign_refuses_cleartext_to_a_remote_host(run):
 
 def test_signature_from_an_unlinked_key_is_refused(run, standin, keys):
     result = run(["sign", "--identity", str(keys / "ed25519-b"), "POST", f"{standin.base_url}/api/me"])
+    assert result.code == 0 and result.err == "", result  # signing succeeds; the server refuses
     request = urllib.request.Request(result.json()["url"], data=b"", method="POST", headers={"Authorization": result.json()["authorization"]})
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)

@@ -49,21 +49,28 @@ def test_quick_start_demo_runs_the_full_flow(env):
     assert "demo-user <demo@example.com>, plan free" in out
 
 
-def test_provider_example_runs_as_written(tmp_path, keys, public_line):
+def provider_example() -> str:
     example = README.split("<!-- provider-example:start -->", 1)[1].split("<!-- provider-example:end -->", 1)[0]
-    code = re.search(r"```python\n(.*?)\n```", example, re.S).group(1)
-    script = tmp_path / "provider.py"
-    script.write_text(code)
+    return re.search(r"```python\n(.*?)\n```", example, re.S).group(1)
+
+
+def key_only_environment(tmp_path, keys) -> dict[str, str]:
     home = tmp_path / "only-a-key"
     (home / ".ollama").mkdir(parents=True)
     shutil.copy(keys / "ed25519-a", home / ".ollama" / "id_ed25519")
     os.chmod(home / ".ollama" / "id_ed25519", 0o600)
     bin_dir = os.path.dirname(helper_executable()[0])
-    environment = {
+    return {
         "HOME": str(home),
         "PATH": bin_dir + os.pathsep + "/usr/bin:/bin",
         "XDG_CACHE_HOME": str(home / ".cache"),
     }
+
+
+def test_provider_example_runs_as_written(tmp_path, keys, public_line):
+    script = tmp_path / "provider.py"
+    script.write_text(provider_example())
+    environment = key_only_environment(tmp_path, keys)
     with StandIn() as server:
         server.authorize(public_line("ed25519-a"), name="provider-user")
         environment["OLLAMA_CLOUD_BASE_URL"] = server.base_url
@@ -74,6 +81,32 @@ def test_provider_example_runs_as_written(tmp_path, keys, public_line):
     assert "manifest schema: 2" in done.stdout
     assert "models: gpt-oss:120b-cloud, qwen3-coder:480b-cloud" in done.stdout
     assert "account: provider-user" in done.stdout
+
+
+def test_provider_example_never_carries_the_token_through_a_redirect(tmp_path, keys, public_line):
+    """The example's own functions, run verbatim: a registry that redirects the
+    authenticated retry to another host must not hand that host the token."""
+    from faults import ScriptedServer, reply
+
+    definitions = provider_example().split("\nmanifest = ", 1)[0]
+    with ScriptedServer(reply("200 OK", b"{}")) as elsewhere, StandIn() as registry:
+        registry.authorize(public_line("ed25519-a"))
+        target = f"{registry.base_url}/v2/library/gpt-oss/manifests/latest"
+        # The registry's 401 challenge is real; its authenticated answer is a
+        # redirect to another loopback host.
+        registry.redirect_authenticated = f"http://{elsewhere.host}/landing"
+        script = tmp_path / "redirected.py"
+        script.write_text(
+            definitions
+            + f"\ntry:\n    registry_get({target!r})\nexcept urllib.error.HTTPError as err:\n    print('stopped at', err.code)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, env=key_only_environment(tmp_path, keys), timeout=120
+        )
+        assert registry.exchanges == 1, done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "stopped at 302" in done.stdout
+    assert elsewhere.requests == [], "the redirect was followed"
 
 
 # --- man page ---------------------------------------------------------------------------

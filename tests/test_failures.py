@@ -346,7 +346,10 @@ def test_verbose_with_api_key_fallback_never_shows_the_key(run, secret_env, stan
 def test_every_failure_exit_code_is_documented_in_the_man_page():
     page = open(os.path.join(os.path.dirname(__file__), "..", "man", "ollama-credential-helper.1")).read()
     section = page.split(".SH EXIT STATUS", 1)[1].split(".SH", 1)[0]
-    assert [int(m) for m in re.findall(r"^\.B (\d)$", section, re.M)] == [0, 1, 2, 3, 4, 5]
+    from credential_helper import errors
+
+    codes = sorted({value for name, value in vars(errors).items() if name.startswith("EXIT_")})
+    assert [int(m) for m in re.findall(r"^\.B (\d)$", section, re.M)] == codes
 
 
 def test_timeout_bounds_probe_and_exchange_together(run, secret_env):

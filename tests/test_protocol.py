@@ -1,6 +1,7 @@
 """The pure protocol layer: encoder, URL parser, challenge parser, realm rules.
 
-Expectations come from the rules stated in golden/README.md and PROTOCOL.md,
+Expectations come from the rules stated in golden/README.md and Ollama's own
+sources (Go's net/url as api/client.go and server/auth.go use it),
 from Python's own urllib.parse (an independent implementation of the same
 escaping), and from hand-written tables -- never from the module's output.
 """

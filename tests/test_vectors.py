@@ -17,7 +17,9 @@ import sys
 import pytest
 from freezegun import freeze_time
 
-from conftest import asset, load_vectors
+from pathlib import Path
+
+from conftest import KEY_NAMES, asset, load_vectors
 from credential_helper import cli, client, protocol
 from credential_helper.account import connect_url
 from credential_helper.identity import Identity, load_identity
@@ -125,13 +127,22 @@ def test_signature_format_against_rfc8032(secret, public, message, signature):
 
 
 def test_empty_body_digest_is_the_documented_constant():
-    """PROTOCOL.md's literal, derived here from hashlib rather than trusted."""
+    """server/auth.go's digest of an empty body, derived here from hashlib rather than trusted."""
     derived = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
     assert protocol.EMPTY_BODY_DIGEST == derived
     assert all(v["signed_data"].endswith("," + derived) for v in REGISTRY)
 
 
 def test_golden_assets_stand_alone():
-    """The tests read golden/, never ../shared."""
-    assert asset("registry.json").exists() and asset("keys/ed25519-a").exists()
+    """The tests read golden/, never the shared folder outside the repository,
+    and every vector file the tests load is there."""
+    tests_dir = Path(__file__).resolve().parent
+    for source in tests_dir.glob("*.py"):
+        text = source.read_text()
+        outside = ("..", "/shared")  # spelled in two parts so this file does not match itself
+        assert "".join(outside) not in text and "shared" + "/vectors" not in text, source.name
+    for name in ("registry.json", "request.json", "identity.json"):
+        assert isinstance(json.loads(asset(name).read_text()), list) and json.loads(asset(name).read_text()), name
+    for name in KEY_NAMES:
+        assert asset(f"keys/{name}").is_file(), name
     assert "computed by an independent program" in asset("README.md").read_text()
