@@ -176,8 +176,10 @@ def get_token(
             return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
         return Token(api_key, None, "api_key")
 
-    if cache is not None and not dry_run and cache.problem() is not None:
-        log(f"cache: not used ({cache.problem()})")
+    problem = cache.problem(create=True) if cache is not None and not dry_run else None
+    if problem is not None:
+        log(f"cache: not used ({problem})")
+        cache = None
     if cache is not None and not dry_run:
         key = cache_key_for(challenge, key_bytes)
         if not refresh:
@@ -326,7 +328,7 @@ def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
     if 200 <= status < 300:
         return
     reason = server_text(response.reason, response.secrets, limit=60)
-    excerpt = server_text(response.body[: BODY_EXCERPT_CHARS * 4], response.secrets, limit=BODY_EXCERPT_CHARS)
+    excerpt = server_text(response.body, response.secrets, limit=BODY_EXCERPT_CHARS)
     excerpt = f": {excerpt}" if excerpt else ""
     if 400 <= status < 500:
         raise ServerRefusedError(f"{where} refused {what}: {status} {reason}{excerpt}{hint}", status)

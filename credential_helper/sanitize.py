@@ -107,7 +107,10 @@ def server_text(text, secrets=(), limit: int | None = 200) -> str:
     elif not isinstance(text, str):
         text = str(text)
     if limit is not None:
-        text = text[: limit * 8]  # bound the work; the cut below is the real one
+        # Bound the work. Far enough out that redactions (a 140-character secret
+        # percent-encoded becomes "[redacted]") cannot pull a secret cut in two
+        # by this bound into the first ``limit`` characters.
+        text = text[: limit * 64 + 4096]
     # Redact before and after cleaning: an escape sequence can split a secret,
     # and a secret can contain nothing the cleaning would change.
     text = redact(printable(redact(text, secrets)), secrets)

@@ -233,7 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
         authorization = self.headers.get("Authorization", "")
         grant = self.state.tokens.get(authorization[7:]) if authorization.startswith("Bearer ") else None
         if grant is None or scope not in grant["scopes"]:
-            challenge = f'Bearer realm="{self.state.base_url}/token",service="{self.state.service}",scope="{scope}"'
+            # The realm names this server as the client addressed it (its Host).
+            scheme = "https" if self.state.tls_context else "http"
+            realm = f"{scheme}://{self.headers.get('Host') or self.state.host}/token"
+            challenge = f'Bearer realm="{realm}",service="{self.state.service}",scope="{scope}"'
             return self._unauthorized("authentication required", {"WWW-Authenticate": challenge})
         if self.state.redirect_authenticated:
             return self._send(302, {}, {"Location": self.state.redirect_authenticated})

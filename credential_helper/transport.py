@@ -103,7 +103,9 @@ def send(
             response_headers.setdefault(name.lower(), []).append(value)
         if 300 <= status < 400:
             # Never follow: the signature would go wherever Location points.
-            location_host = server_text(_location_host(response.headers.get("location", "")), secrets, limit=80)
+            # Cleaned before the host is cut out, so no piece of an echoed secret survives.
+            location = server_text(response.headers.get("location", ""), secrets, limit=None)
+            location_host = server_text(_location_host(location), limit=80)
             raise NetworkError(
                 f"{where} answered {status} {reason} (a redirect{location_host}); "
                 "redirects are never followed with credentials",
@@ -127,7 +129,7 @@ def send(
         if message is None:
             message = f"timed out after {timeout:.3g}s talking to {where}"
         # Exception texts quote what the server sent (a malformed status line).
-        raise NetworkError(server_text(message, secrets, limit=None)) from None
+        raise NetworkError(server_text(message, secrets, limit=300)) from None
     finally:
         watchdog.cancel()
         conn.close()
@@ -225,5 +227,6 @@ def _describe(exc: BaseException, where: str) -> str | None:
 
 
 def _first_line(exc: BaseException) -> str:
+    # Not shortened here: the caller's sanitiser redacts, then shortens.
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return text[0] if text else type(exc).__name__
