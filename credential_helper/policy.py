@@ -117,8 +117,7 @@ def cloud_base_url(value: str | None) -> URL:
     """
     text = (value or "").strip() or DEFAULT_CLOUD_BASE
     base = parse_url(text, what="OLLAMA_CLOUD_BASE_URL")
-    if base.scheme != "https" and not is_loopback(base.hostname):
-        raise InputError("OLLAMA_CLOUD_BASE_URL must use https (http is allowed only to loopback)")
+    check_cleartext(base, "signed requests (OLLAMA_CLOUD_BASE_URL)")
     if base.path not in ("", "/") or base.raw_query:
         raise InputError("OLLAMA_CLOUD_BASE_URL must be a scheme and host only, without a path or query")
     return URL(base.scheme, base.host, "", "")

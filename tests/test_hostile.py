@@ -685,3 +685,22 @@ def test_an_explicit_port_is_sent_in_host_exactly_as_written(run, env, standin_o
     who = run(["whoami"], environment=dict(environment, OLLAMA_CLOUD_BASE_URL="https://127.0.0.1:443"))
     assert who.code == 0, who
     assert server.hosts_seen[-1] == "127.0.0.1:443"
+
+
+@pytest.mark.parametrize("layout", [status_line(403, "raw"), body_echo("percent"), location_echo("json"), malformed_status], ids=["reason", "body", "location", "status-line"])
+def test_get_token_raises_nothing_that_carries_the_signature(keys, layout):
+    """In-process: str(), repr() and args of the exception are secret-free."""
+    from credential_helper import Challenge, HelperError, get_token
+
+    captured = []
+
+    def script(conn, head):
+        captured.append(authorization_of(head))
+        echo_authorization(layout)(conn, head)
+
+    with ScriptedServer(script) as server:
+        with pytest.raises(HelperError) as caught:
+            get_token(Challenge(f"http://{server.host}/token", "s", "x"), identity=keys / "ed25519-a", timeout=5)
+    exc = caught.value
+    for text in (str(exc), repr(exc), repr(exc.args)):
+        assert_secret_absent(text, captured[0])
