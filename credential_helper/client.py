@@ -222,17 +222,24 @@ def _checked_realm(challenge: protocol.Challenge, host: str | None, nonce: str |
     return realm
 
 
-def _key_or_api_key(key_path: str, destination: protocol.URL) -> tuple[bytes | None, str | None]:
-    """The key file's bytes; or, only when no file exists at the path at all,
-    OLLAMA_API_KEY for a destination allowed to receive it (policy)."""
+def load_credential(key_path: str) -> tuple[bytes | None, str | None]:
+    """The key file's bytes; or, only when nothing exists at the path at all,
+    OLLAMA_API_KEY. A key that exists but cannot be used is an error, never a
+    fallback. Where the API key may then go is for the caller to check (policy)."""
     try:
         return read_key_file(key_path), None
     except KeyNotFoundError:
         api_key = api_key_from_env()
         if api_key is None:
             raise
-        policy.check_api_key_destination(destination)
         return None, api_key
+
+
+def _key_or_api_key(key_path: str, destination: protocol.URL) -> tuple[bytes | None, str | None]:
+    key_bytes, api_key = load_credential(key_path)
+    if api_key is not None:
+        policy.check_api_key_destination(destination)
+    return key_bytes, api_key
 
 
 def _key_path(identity) -> str:
@@ -274,9 +281,7 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
     clock_offset = 0.0
     skew_note = ""
     for attempt in (1, 2):
-        ts = int(time.time() + clock_offset)
-        request = protocol.build_token_request(challenge, realm, ts, nonce or _new_nonce())
-        authorization = ident.sign(request.signed_data)
+        request, authorization = prepare_exchange(challenge, realm, ident, clock_offset, nonce)
         log(f"GET {request.token_url} (Host: {request.host_header}, Authorization: [redacted])")
         started = time.monotonic()
         remaining = max(deadline - started, 0.001)
@@ -291,24 +296,42 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
         except NetworkError as exc:
             raise _with_note(exc, skew_note) from None
         log(f"token endpoint answered {response.status} in {time.monotonic() - started:.3f}s")
-        if response.status == 401 and attempt == 1 and nonce is None:
-            skew = clock_skew(response.header("date"), time.time())
-            if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE:
-                skew_note = (
-                    f" (retried once with a timestamp corrected for the local clock being "
-                    f"{abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} {realm.host}: sync your clock)"
-                )
-                log("clock skew: retrying once with a corrected timestamp")
-                clock_offset = skew
-                continue
+        skew = skew_to_correct(response) if attempt == 1 and nonce is None else None
+        if skew is not None:
+            skew_note = _skew_note(skew, realm.host)
+            log("clock skew: retrying once with a corrected timestamp")
+            clock_offset = skew
+            continue
         try:
-            token = _read_token_response(response, realm.host)
+            token = read_token_response(response, realm.host)
         except (NetworkError, ServerRefusedError) as exc:
             raise _with_note(exc, skew_note) from None
         if skew_note:  # success after a correction: worth one warning line
             _warn(f"the local clock is off; a corrected timestamp was used{skew_note}")
         return token
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def prepare_exchange(challenge, realm, ident: Identity, clock_offset: float = 0.0, nonce: str | None = None):
+    """The signed token request (server/auth.go): (TokenRequest, Authorization value)."""
+    ts = int(time.time() + clock_offset)
+    request = protocol.build_token_request(challenge, realm, ts, nonce or _new_nonce())
+    return request, ident.sign(request.signed_data)
+
+
+def skew_to_correct(response) -> float | None:
+    """A 401 whose plausible Date is more than the tolerance off: the offset to retry with."""
+    if response.status != 401:
+        return None
+    skew = clock_skew(response.header("date"), time.time())
+    return skew if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE else None
+
+
+def _skew_note(skew: float, host: str) -> str:
+    return (
+        f" (retried once with a timestamp corrected for the local clock being "
+        f"{abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} {host}: sync your clock)"
+    )
 
 
 def _with_note(exc, note: str):
@@ -337,7 +360,7 @@ def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
     raise NetworkError(f"{where} answered {status} {reason} to {what}", status)
 
 
-def _read_token_response(response, where: str) -> _Exchanged:
+def read_token_response(response, where: str) -> _Exchanged:
     status = response.status
     raise_for_status(response, where, "the token request", _refusal_hint(status))
     body = response.json_object(where)

@@ -109,6 +109,18 @@ def check_api_key_destination(url: URL) -> None:
         )
 
 
+def origin(scheme: str, hostname: str, port: int | None) -> tuple[str, str, int]:
+    """(scheme, host name, port) with the scheme's default port filled in, lower-cased:
+    how a request's destination is compared with the API hosts."""
+    scheme = scheme.lower()
+    name = hostname.lower().strip("[]").rstrip(".")
+    return scheme, name, port if port is not None else (443 if scheme == "https" else 80)
+
+
+def url_origin(url: URL) -> tuple[str, str, int]:
+    return origin(url.scheme, url.hostname, url.port)
+
+
 def cloud_base_url(value: str | None) -> URL:
     """The API base under Ollama's resolveCloudProxyBaseURL rules (server/cloud_proxy.go).
 

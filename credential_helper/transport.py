@@ -13,7 +13,6 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -21,36 +20,11 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from . import __version__
 from .errors import NetworkError
 from .protocol import URL
+from .response import Response
 from .sanitize import server_text
 
 MAX_BODY_BYTES = 1024 * 1024
 USER_AGENT = f"ollama-credential-helper/{__version__}"
-
-
-@dataclass
-class Response:
-    status: int
-    reason: str
-    headers: dict[str, list[str]] = field(default_factory=dict)
-    body: bytes = b""
-    #: What we sent that must never be echoed to stderr (the Authorization value).
-    secrets: tuple[str, ...] = field(default=(), repr=False)
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.get(name.lower())
-        return values[0] if values else None
-
-    def json_object(self, where: str) -> dict:
-        """The body as a JSON object, or NetworkError (a malformed response)."""
-        import json
-
-        try:
-            body = json.loads(self.body)
-        except (ValueError, RecursionError):
-            raise NetworkError(f"{where} answered {self.status} but the body is not JSON") from None
-        if not isinstance(body, dict):
-            raise NetworkError(f"{where} answered {self.status} but the JSON is not an object")
-        return body
 
 
 def send(

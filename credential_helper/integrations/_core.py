@@ -1,0 +1,261 @@
+"""What every HTTP-library adapter decides, written once and library-agnostic.
+
+Per request: a request to an API host gets scheme 2 (``ts`` set, query
+re-encoded, ``Authorization`` overwritten); any other request goes out
+unchanged, and a ``401`` with a Bearer challenge is answered by
+:func:`bearer_retries`, a generator that tells the library's driver what to do
+next (wait for a concurrent exchange, send a token request, retry) so the same
+steps run in a thread, in an event loop or in a requests hook. Every rule is
+the CLI's: the realm rules and the cross-origin check (``client``, ``policy``),
+the API-key rules, the token-response checks and the shared disk cache.
+"""
+
+
+import os
+import threading
+import time
+
+from .. import client, policy, protocol
+from ..cache import Entry, TokenCache
+from ..errors import InputError, NetworkError, ServerRefusedError
+from ..identity import Identity, default_identity_path, parse_private_key
+from ..response import Response
+
+# The same bound as the CLI's transport: no token response is read past this.
+MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
+
+
+class TokenCall:
+    """A token request to send: the exact URL, request target, Host and Authorization."""
+
+    __slots__ = ("url", "target", "host_header", "authorization")
+
+    def __init__(self, url: str, target: str, host_header: str, authorization: str) -> None:
+        self.url, self.target, self.host_header, self.authorization = url, target, host_header, authorization
+
+    def __repr__(self) -> str:
+        return f"TokenCall(url={self.url!r}, authorization=[redacted])"
+
+
+class _Credential:
+    __slots__ = ("identity", "key_bytes", "api_key")
+
+    def __init__(self, identity: Identity | None, key_bytes: bytes | None, api_key: str | None) -> None:
+        self.identity, self.key_bytes, self.api_key = identity, key_bytes, api_key
+
+
+class _Claim:
+    """One exchange in flight; waiters in threads or event loops are told when it ends."""
+
+    __slots__ = ("done", "async_waiters")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.async_waiters: list = []  # (loop, asyncio.Event)
+
+
+class KeylessCore:
+    """The state one adapter instance keeps: API origins, identity, tokens, claims."""
+
+    def __init__(self, *, identity=None, api_base: str | None = None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+            raise InputError("timeout must be more than 0 and at most 600 seconds")
+        self.timeout = float(timeout)
+        self.identity_path = os.fspath(identity) if identity is not None else default_identity_path()
+        # The API host: api_base, else OLLAMA_CLOUD_BASE_URL under Ollama's rules, else ollama.com.
+        base = policy.cloud_base_url(api_base if api_base is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"))
+        origins = [policy.url_origin(base)]
+        for host in api_hosts or ():
+            url = protocol.parse_url(host if "://" in host else f"https://{host}", what="API host")
+            policy.check_cleartext(url, "signed requests")
+            origins.append(policy.url_origin(url))
+        self.api_origins = frozenset(origins)
+        self.cache = TokenCache() if cache is True else (cache or None)
+        self._credential: _Credential | None = None
+        self._lock = threading.Lock()
+        self._tokens: dict[str, Entry] = {}
+        self._claims: dict[str, _Claim] = {}
+
+    def describe(self) -> str:
+        hosts = sorted(f"{scheme}://{name}:{port}" for scheme, name, port in self.api_origins)
+        return f"identity={self.identity_path!r}, api_hosts={hosts!r}"
+
+    # -- identity: loaded once, with the CLI's rules and errors -------------------------
+
+    def credential(self) -> _Credential:
+        found = self._credential
+        if found is None:
+            key_bytes, api_key = client.load_credential(self.identity_path)
+            identity = parse_private_key(key_bytes, self.identity_path) if key_bytes is not None else None
+            found = self._credential = _Credential(identity, key_bytes, api_key)
+        return found
+
+    # -- scheme 2 ------------------------------------------------------------------------
+
+    def is_api(self, scheme: str, hostname: str, port: int | None) -> bool:
+        return policy.origin(scheme, hostname, port) in self.api_origins
+
+    def sign(self, method: str, url_text: str) -> tuple[str, str | None, str]:
+        """(URL to send, its request target or None if unchanged, Authorization value)."""
+        credential = self.credential()
+        if credential.api_key is not None:
+            url = protocol.parse_url(url_text)
+            policy.check_cleartext(url, "OLLAMA_API_KEY")
+            policy.check_api_key_destination(url)
+            return url_text, None, f"Bearer {credential.api_key}"
+        signed = client.sign_request(method, url_text, identity=credential.identity)
+        return signed.url, protocol.parse_url(signed.url).request_target, signed.authorization
+
+    # -- scheme 1: tokens ----------------------------------------------------------------
+
+    def challenge(self, status: int, www_authenticate: list[str], url_text: str):
+        """(Challenge, realm URL) for a 401 with a Bearer challenge, checked; else None."""
+        if status != 401:
+            return None
+        host = protocol.parse_url(url_text).host  # the host that answered: Ollama's cross-origin rule
+        for value in www_authenticate:
+            if value.strip()[:7].lower() == "bearer ":
+                try:
+                    challenge = protocol.parse_www_authenticate(value)
+                except InputError as exc:
+                    raise NetworkError(f"{host} sent a malformed Bearer challenge: {exc}") from None
+                return challenge, client._checked_realm(challenge, host)
+        return None
+
+    def cached(self, key: str) -> str | None:
+        now = time.time()
+        with self._lock:
+            entry = self._tokens.get(key)
+        if entry is not None and entry.is_fresh(now):
+            return entry.token
+        entry = self.cache.lookup(key, now) if self.cache is not None else None
+        if entry is None:
+            return None
+        with self._lock:
+            self._tokens[key] = entry
+        return entry.token
+
+    def forget(self, key: str, token: str) -> None:
+        """A token the server rejected is never offered again, here or from disk."""
+        with self._lock:
+            entry = self._tokens.get(key)
+            if entry is not None and entry.token == token:
+                del self._tokens[key]
+        if self.cache is not None:
+            on_disk = self.cache.lookup(key)
+            if on_disk is not None and on_disk.token == token:
+                self.cache.erase(key)
+
+    def claim(self, key: str) -> bool:
+        with self._lock:
+            if key in self._claims:
+                return False
+            self._claims[key] = _Claim()
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            claim = self._claims.pop(key, None)
+        if claim is not None:
+            claim.done.set()
+            for loop, event in claim.async_waiters:
+                loop.call_soon_threadsafe(event.set)
+
+    def wait(self, key: str) -> None:
+        with self._lock:
+            claim = self._claims.get(key)
+        if claim is not None and not claim.done.wait(self.timeout):
+            raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange")
+
+    async def wait_async(self, key: str) -> None:
+        import asyncio
+
+        event = asyncio.Event()
+        with self._lock:
+            claim = self._claims.get(key)
+            if claim is None:
+                return
+            claim.async_waiters.append((asyncio.get_running_loop(), event))
+        try:
+            await asyncio.wait_for(event.wait(), self.timeout)
+        except asyncio.TimeoutError:
+            raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange") from None
+
+    def prepare_exchange(self, challenge, realm: protocol.URL, clock_offset: float) -> TokenCall:
+        request, authorization = client.prepare_exchange(challenge, realm, self.credential().identity, clock_offset)
+        return TokenCall(request.token_url, request.url.request_target, request.host_header, authorization)
+
+    def finish_exchange(self, key: str, realm: protocol.URL, call: TokenCall, answer: Response, attempt: int, note: str):
+        """A float: retry once with this clock offset. A str: the token (cached)."""
+        answer.secrets = (call.authorization,)
+        if attempt == 1:
+            skew = client.skew_to_correct(answer)
+            if skew is not None:
+                return skew
+        try:
+            exchanged = client.read_token_response(answer, realm.host)
+        except (NetworkError, ServerRefusedError) as exc:
+            raise client._with_note(exc, note) from None
+        entry = Entry(exchanged.token, exchanged.expires_at, exchanged.lifetime)
+        with self._lock:
+            self._tokens[key] = entry
+        if self.cache is not None:
+            self.cache.store(key, entry)
+        return exchanged.token
+
+
+def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authenticate: list[str]):
+    """The answer to a 401, as instructions for a library's driver.
+
+    Yields ``("wait", key)`` (send back None), ``("exchange", TokenCall)`` (send
+    back a :class:`Response` read within MAX_TOKEN_RESPONSE_BYTES) and
+    ``("retry", authorization)`` (send back the retried response's status).
+    A token from a cache that the server rejects is refreshed once; any other
+    second 401 is the caller's to see.
+    """
+    found = core.challenge(status, www_authenticate, url_text)
+    if found is None:
+        return
+    challenge, realm = found
+    credential = core.credential()
+    if credential.api_key is not None:  # the CLI's fallback: only for an allowed host
+        policy.check_api_key_destination(realm)
+        yield ("retry", f"Bearer {credential.api_key}")
+        return
+    key = client.cache_key_for(challenge, credential.key_bytes)
+    token, from_cache = yield from _obtain(core, key, challenge, realm)
+    status = yield ("retry", f"Bearer {token}")
+    if status == 401 and from_cache:
+        core.forget(key, token)
+        token, _ = yield from _obtain(core, key, challenge, realm)
+        yield ("retry", f"Bearer {token}")
+
+
+def _obtain(core: KeylessCore, key: str, challenge, realm):
+    """(token, came from a cache): memory, disk, or one exchange per key at a time."""
+    while True:
+        token = core.cached(key)
+        if token is not None:
+            return token, True
+        if core.claim(key):
+            break
+        yield ("wait", key)
+    try:
+        token = core.cached(key)  # filled between the look and the claim
+        if token is not None:
+            return token, True
+        offset, note = 0.0, ""
+        for attempt in (1, 2):
+            call = core.prepare_exchange(challenge, realm, offset)
+            answer = yield ("exchange", call)
+            outcome = core.finish_exchange(key, realm, call, answer, attempt, note)
+            if isinstance(outcome, str):
+                return outcome, False
+            offset, note = outcome, client._skew_note(outcome, realm.host)
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        core.release(key)
+
+
+def oversized(where: str) -> NetworkError:
+    return NetworkError(f"{where} sent a token response over the {MAX_TOKEN_RESPONSE_BYTES}-byte limit")

@@ -1,0 +1,154 @@
+"""The auth flow for httpx and httpx2, which share their ``Auth`` protocol.
+
+``build(module)`` returns an ``OllamaAuth`` class for that module. Its flow
+yields the token request to the client like the libraries' own digest auth
+does, so the exchange travels through the caller's client, transport, proxies
+and timeouts, and in an ``AsyncClient`` never blocks the event loop.
+"""
+
+
+from ..errors import NetworkError
+from ..response import Response
+from ._core import MAX_TOKEN_RESPONSE_BYTES, KeylessCore, bearer_retries, oversized
+
+
+def build(httpx):
+    class OllamaAuth(httpx.Auth):
+        __doc__ = f"""Keyless Ollama auth for ``{httpx.__name__}.Client`` and ``{httpx.__name__}.AsyncClient``.
+
+        Requests to the API host (``api_base``: default ``$OLLAMA_CLOUD_BASE_URL``
+        under Ollama's rules, else https://ollama.com; more with ``api_hosts=``)
+        are signed (scheme 2), overwriting any ``Authorization``. Any other
+        request goes out unchanged; a ``401`` with a Bearer challenge gets a token
+        (scheme 1, the CLI's rules and cache) and one retry.
+        """
+
+        def __init__(self, *, identity=None, api_base=None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+            self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
+
+        def __repr__(self) -> str:
+            return f"OllamaAuth({self._core.describe()})"
+
+        def _sign_if_api(self, request) -> bool:
+            url = request.url
+            if not self._core.is_api(url.scheme, url.host, url.port):
+                return False
+            _, target, authorization = self._core.sign(request.method, str(url))
+            if target is not None:
+                # The exact bytes that were signed go on the request line.
+                request.url = url.copy_with(raw_path=target.encode("ascii"))
+            request.headers["Authorization"] = authorization
+            return True
+
+        def _token_request(self, call):
+            request = httpx.Request(
+                "GET",
+                call.url,
+                headers={"Authorization": call.authorization, "Host": call.host_header, "Accept": "application/json"},
+                extensions={"timeout": httpx.Timeout(self._core.timeout).as_dict()},
+            )
+            request.url = request.url.copy_with(raw_path=call.target.encode("ascii"))
+            return request
+
+        @staticmethod
+        def _answer(sent, response, body: bytes) -> Response:
+            if response.request.url != sent.url:  # a client that follows redirects followed one
+                raise NetworkError(
+                    f"{sent.url.netloc.decode()} answered the token request with a "
+                    "redirect; redirects are never followed with credentials"
+                )
+            # httpx reads each response again before the next request; hand it the body.
+            response._content = body
+            headers: dict[str, list[str]] = {}
+            for name, value in response.headers.multi_items():
+                headers.setdefault(name.lower(), []).append(value)
+            return Response(response.status_code, response.reason_phrase or "", headers, body)
+
+        def sync_auth_flow(self, request):
+            if self._sign_if_api(request):
+                yield request
+                return
+            request.read()  # a retry resends the body
+            response = yield request
+            flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
+            result = None
+            while True:
+                try:
+                    kind, argument = flow.send(result)
+                except StopIteration:
+                    return
+                if kind == "wait":
+                    self._core.wait(argument)
+                    result = None
+                elif kind == "exchange":
+                    sent = self._token_request(argument)
+                    answer = yield sent
+                    result = self._answer(sent, answer, _read_sync(answer))
+                else:  # retry
+                    request.headers["Authorization"] = argument
+                    response = yield request
+                    result = response.status_code
+
+        async def async_auth_flow(self, request):
+            if self._sign_if_api(request):
+                yield request
+                return
+            await request.aread()
+            response = yield request
+            flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
+            result = None
+            while True:
+                try:
+                    kind, argument = flow.send(result)
+                except StopIteration:
+                    return
+                if kind == "wait":
+                    await self._core.wait_async(argument)
+                    result = None
+                elif kind == "exchange":
+                    sent = self._token_request(argument)
+                    answer = yield sent
+                    result = self._answer(sent, answer, await _read_async(answer))
+                else:  # retry
+                    request.headers["Authorization"] = argument
+                    response = yield request
+                    result = response.status_code
+
+    OllamaAuth.__module__ = f"credential_helper.integrations.{httpx.__name__}"
+    OllamaAuth.__qualname__ = "OllamaAuth"
+    return OllamaAuth
+
+
+def _declared_too_large(response) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and int(length) > MAX_TOKEN_RESPONSE_BYTES
+
+
+def _read_sync(response) -> bytes:
+    where = response.request.url.netloc.decode()
+    if _declared_too_large(response):
+        response.close()
+        raise oversized(where)
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_TOKEN_RESPONSE_BYTES:
+            response.close()
+            raise oversized(where)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_async(response) -> bytes:
+    where = response.request.url.netloc.decode()
+    if _declared_too_large(response):
+        await response.aclose()
+        raise oversized(where)
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_TOKEN_RESPONSE_BYTES:
+            await response.aclose()
+            raise oversized(where)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,15 @@
+"""``OllamaAuth`` for ``httpx.Client`` and ``httpx.AsyncClient`` (``pip install 'ollama-credential-helper[httpx]'``).
+
+    import httpx
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    client = httpx.Client(auth=OllamaAuth())
+"""
+
+import httpx
+
+from ._httpx_flow import build
+
+OllamaAuth = build(httpx)
+
+__all__ = ["OllamaAuth"]

@@ -1,0 +1,110 @@
+"""``OllamaAuth`` for ``requests`` (``pip install 'ollama-credential-helper[requests]'``).
+
+    import requests
+    from credential_helper.integrations.requests import OllamaAuth
+
+    session = requests.Session()
+    session.auth = OllamaAuth()
+
+Requests to the API host are signed (scheme 2) as they are prepared. For any
+other host a response hook answers a ``401`` Bearer challenge, the way
+``requests``' own digest auth does: the token request and the retry go out
+through the same connection adapter, with the caller's TLS, proxy and
+certificate settings.
+"""
+
+import functools
+from urllib.parse import urlsplit
+
+import requests
+from requests.auth import AuthBase
+
+from ..errors import NetworkError
+from ..response import Response
+from ._core import MAX_TOKEN_RESPONSE_BYTES, KeylessCore, bearer_retries, oversized
+
+
+class OllamaAuth(AuthBase):
+    """Keyless Ollama auth for ``requests``; see the module documentation."""
+
+    def __init__(self, *, identity=None, api_base=None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+        self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
+
+    def __repr__(self) -> str:
+        return f"OllamaAuth({self._core.describe()})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        parts = urlsplit(request.url)
+        if self._core.is_api(parts.scheme, parts.hostname or "", parts.port):
+            url, _, authorization = self._core.sign(request.method, request.url)
+            request.url = url  # set after preparation: sent exactly as signed
+            request.headers["Authorization"] = authorization
+            return request
+        position = request.body.tell() if hasattr(request.body, "tell") else None
+        request.register_hook("response", functools.partial(self._on_response, request.url, position))
+        return request
+
+    def _on_response(self, original_url: str, position, response: requests.Response, **kwargs) -> requests.Response:
+        if response.request.url != original_url:
+            return response  # a redirect led elsewhere: never authenticate there
+        flow = bearer_retries(self._core, original_url, response.status_code, _header_values(response, "www-authenticate"))
+        result = None
+        while True:
+            try:
+                kind, argument = flow.send(result)
+            except StopIteration:
+                return response
+            if kind == "wait":
+                self._core.wait(argument)
+                result = None
+            elif kind == "exchange":
+                result = self._exchange(response, argument, kwargs)
+            else:  # retry with the same connection adapter, without this hook
+                response.content  # noqa: B018 - release the connection, as digest auth does
+                response.close()
+                retry = response.request.copy()
+                retry.hooks = {"response": [h for h in retry.hooks["response"] if getattr(h, "func", None) != self._on_response]}
+                retry.headers["Authorization"] = argument
+                if position is not None:
+                    retry.body.seek(position)
+                new = response.connection.send(retry, **kwargs)
+                new.history.append(response)
+                new.request = retry
+                response = new
+                result = response.status_code
+
+    def _exchange(self, response: requests.Response, call, kwargs: dict) -> Response:
+        token_request = requests.Request("GET", call.url, headers={"Accept": "application/json"}).prepare()
+        token_request.url = call.url  # exactly as signed
+        token_request.headers["Host"] = call.host_header
+        token_request.headers["Authorization"] = call.authorization
+        options = {k: v for k, v in kwargs.items() if k in ("verify", "cert", "proxies")}
+        answer = response.connection.send(token_request, stream=True, timeout=self._core.timeout, **options)
+        try:
+            where = urlsplit(call.url).netloc
+            length = answer.headers.get("content-length", "")
+            if length.isdigit() and int(length) > MAX_TOKEN_RESPONSE_BYTES:
+                raise oversized(where)
+            body = answer.raw.read(MAX_TOKEN_RESPONSE_BYTES + 1, decode_content=True)
+            if len(body) > MAX_TOKEN_RESPONSE_BYTES:
+                raise oversized(where)
+        except NetworkError:
+            raise
+        except requests.RequestException as exc:
+            raise NetworkError(f"reading the token response from {urlsplit(call.url).netloc} failed ({type(exc).__name__})") from None
+        finally:
+            answer.close()
+        headers = {name.lower(): [value] for name, value in answer.headers.items()}
+        return Response(answer.status_code, answer.reason or "", headers, body)
+
+
+def _header_values(response: requests.Response, name: str) -> list[str]:
+    # requests joins repeated headers with ", "; the raw urllib3 headers keep them apart.
+    raw = getattr(response.raw, "headers", None)
+    if raw is not None and hasattr(raw, "getlist"):
+        return raw.getlist(name)
+    value = response.headers.get(name)
+    return [value] if value is not None else []
+
+
+__all__ = ["OllamaAuth"]
