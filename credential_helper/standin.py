@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 # Independently derived: base64 of the hex SHA-256 of an empty body.
 _EMPTY_DIGEST = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
-MODELS = [{"name": "gpt-oss:120b-cloud"}, {"name": "qwen3-coder:480b-cloud"}]
+MODELS = [
+    {"name": "gpt-oss:120b-cloud", "model": "gpt-oss:120b-cloud", "size": 384, "digest": "0" * 64},
+    {"name": "qwen3-coder:480b-cloud", "model": "qwen3-coder:480b-cloud", "size": 384, "digest": "1" * 64},
+]
+# What the stand-in's model "says", one chunk per word when streaming.
+REPLY_WORDS = ["Hello", " from", " the", " stand-in."]
 
 
 def public_key_from_blob(blob_b64: str) -> Ed25519PublicKey:
@@ -52,6 +57,7 @@ class StandIn:
         clock_offset: float = 0.0,
         expires_in: int | None = 300,
         exchange_delay: float = 0.0,
+        chunk_delay: float = 0.0,
         service: str = "ollama.com",
         tls_context=None,
         port: int = 0,
@@ -61,6 +67,11 @@ class StandIn:
         self.clock_offset = clock_offset  # the server's clock runs this far ahead
         self.expires_in = expires_in
         self.exchange_delay = exchange_delay
+        self.chunk_delay = chunk_delay  # pause between streamed chunks
+        # Every scheme-2 request the stand-in verified: (method, raw request target).
+        self.signed_requests: list[tuple[str, str]] = []
+        # Every request it refused for a missing or bad signature: (method, target).
+        self.refused_requests: list[tuple[str, str]] = []
         self.service = service
         self.tls_context = tls_context  # an ssl.SSLContext makes it serve https
         self.port = port
@@ -176,26 +187,94 @@ class _Handler(BaseHTTPRequestHandler):
             return self._token()
         if target.path.startswith("/v2/"):
             return self._registry(target.path)
-        if target.path == "/api/tags":
-            return self._send(200, {"models": MODELS})  # like ollama.com: no auth needed
-        self._send(404, {"error": "not found"})
+        self._api("GET", target)
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        self.rfile.read(length)
-        target = urlsplit(self.path)
-        if not target.path.startswith("/api/"):
+        self._api("POST", urlsplit(self.path))
+
+    def _body(self) -> bytes:
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _api(self, method: str, target) -> None:
+        """Scheme 2 on every /api/ and /v1/ request: METHOD,<raw request target>."""
+        body = self._body() if method == "POST" else b""
+        if not target.path.startswith(("/api/", "/v1/")):
             return self._send(404, {"error": "not found"})
-        # Scheme 2: METHOD,<raw request target> exactly as received.
         query = parse_qs(target.query, keep_blank_values=True)
-        if not self.state.fresh_ts(query):
-            return self._unauthorized("missing or stale ts")
-        account = self.state.verify(self.headers.get("Authorization"), f"POST,{self.path}")
-        if account is None:
-            return self._unauthorized("unauthorized", {})
-        if target.path == "/api/me":
+        account = self.state.verify(self.headers.get("Authorization"), f"{method},{self.path}")
+        if account is None or not self.state.fresh_ts(query):
+            self.state.refused_requests.append((method, self.path))
+            return self._unauthorized("unauthorized" if account is None else "missing or stale ts")
+        self.state.signed_requests.append((method, self.path))
+        try:
+            request = json.loads(body) if body else {}
+        except ValueError:
+            return self._send(400, {"error": "the body is not JSON"})
+        route = (method, target.path)
+        if route == ("GET", "/api/tags"):
+            return self._send(200, {"models": MODELS})
+        if route == ("POST", "/api/me"):
             return self._send(200, dict(account))
-        return self._send(200, {"ok": True, "path": target.path, "account": account["name"]})
+        if route == ("POST", "/api/show"):
+            return self._send(200, {"modelfile": "FROM stand-in", "parameters": "", "template": "{{ .Prompt }}",
+                                    "details": {"family": "stand-in", "format": "gguf"}, "capabilities": ["completion"]})
+        if route == ("POST", "/api/chat"):
+            return self._chat(request)
+        if route == ("POST", "/v1/chat/completions"):
+            return self._openai_chat(request)
+        if route == ("POST", "/api/web_search"):
+            return self._send(200, {"results": [{"title": "Stand-in", "url": "https://example.com/", "content": request.get("query", "")}]})
+        if route == ("POST", "/api/web_fetch"):
+            return self._send(200, {"title": "Stand-in", "content": request.get("url", ""), "links": []})
+        if method == "POST" and target.path.startswith("/api/"):
+            return self._send(200, {"ok": True, "path": target.path, "account": account["name"]})
+        self._send(404, {"error": "not found"})
+
+    def _stream(self, content_type: str, chunks) -> None:
+        """Chunked transfer encoding, one chunk per piece, each flushed at once."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for piece in chunks:
+            data = piece.encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+            if self.state.chunk_delay:
+                time.sleep(self.state.chunk_delay)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _chat(self, request: dict) -> None:
+        model = request.get("model", "")
+        created = "2026-11-29T00:00:00Z"
+        if request.get("stream", True):
+            pieces = [
+                json.dumps({"model": model, "created_at": created, "message": {"role": "assistant", "content": word}, "done": False}) + "\n"
+                for word in REPLY_WORDS
+            ]
+            pieces.append(json.dumps({"model": model, "created_at": created, "message": {"role": "assistant", "content": ""},
+                                      "done": True, "done_reason": "stop"}) + "\n")
+            return self._stream("application/x-ndjson", pieces)
+        self._send(200, {"model": model, "created_at": created, "message": {"role": "assistant", "content": "".join(REPLY_WORDS)},
+                         "done": True, "done_reason": "stop"})
+
+    def _openai_chat(self, request: dict) -> None:
+        model = request.get("model", "")
+        base = {"id": "chatcmpl-standin", "created": 1764374400, "model": model}
+        if request.get("stream"):
+            pieces = [
+                "data: " + json.dumps({**base, "object": "chat.completion.chunk",
+                                       "choices": [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}]}) + "\n\n"
+                for word in REPLY_WORDS
+            ]
+            pieces.append("data: " + json.dumps({**base, "object": "chat.completion.chunk",
+                                                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n")
+            pieces.append("data: [DONE]\n\n")
+            return self._stream("text/event-stream", pieces)
+        self._send(200, {**base, "object": "chat.completion",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(REPLY_WORDS)}, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}})
 
     def _token(self) -> None:
         state = self.state

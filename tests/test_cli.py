@@ -85,7 +85,7 @@ def test_form_url_fetches_the_challenge(run, standin):
 def test_form_url_without_challenge_is_a_server_failure(run, standin):
     result = run(["get"], f"{standin.base_url}/api/tags")
     assert_one_line_error(result, 4)
-    assert "expected 401" in result.err
+    assert "without a Bearer challenge" in result.err
 
 
 def test_python_module_entry_point_works_too(env, standin):
@@ -131,10 +131,10 @@ def test_sign_arguments_and_the_stand_in_accepts_it(run, standin):
 
 
 def test_sign_from_stdin_json(run, standin):
-    result = run(["sign"], json.dumps({"method": "post", "url": f"{standin.base_url}/api/chat?b=2&a=1"}))
+    result = run(["sign"], json.dumps({"method": "post", "url": f"{standin.base_url}/api/generate?b=2&a=1"}))
     assert result.code == 0, result
     printed = result.json()
-    assert printed["url"] == f"{standin.base_url}/api/chat?a=1&b=2&ts={printed['ts']}"
+    assert printed["url"] == f"{standin.base_url}/api/generate?a=1&b=2&ts={printed['ts']}"
     request = urllib.request.Request(printed["url"], data=b"{}", method="POST", headers={"Authorization": printed["authorization"]})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["account"] == "jdoe"
