@@ -217,7 +217,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, dict(account))
         if route == ("POST", "/api/show"):
             return self._send(200, {"modelfile": "FROM stand-in", "parameters": "", "template": "{{ .Prompt }}",
-                                    "details": {"family": "stand-in", "format": "gguf"}, "capabilities": ["completion"]})
+                                    "details": {"family": "stand-in", "format": "gguf"}, "model_info": {"general.architecture": "stand-in"},
+                                    "capabilities": ["completion"]})
         if route == ("POST", "/api/chat"):
             return self._chat(request)
         if route == ("POST", "/v1/chat/completions"):

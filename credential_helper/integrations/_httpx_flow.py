@@ -70,6 +70,8 @@ def build(httpx):
                 return
             request.read()  # a retry resends the body
             response = yield request
+            if _origin(response.request.url) != _origin(request.url):
+                return  # a redirect led elsewhere: never authenticate there
             flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
             result = None
             while True:
@@ -93,8 +95,10 @@ def build(httpx):
             if self._sign_if_api(request):
                 yield request
                 return
-            await request.aread()
+            await request.aread()  # a retry resends the body
             response = yield request
+            if _origin(response.request.url) != _origin(request.url):
+                return  # a redirect led elsewhere: never authenticate there
             flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
             result = None
             while True:
@@ -117,6 +121,10 @@ def build(httpx):
     OllamaAuth.__module__ = f"credential_helper.integrations.{httpx.__name__}"
     OllamaAuth.__qualname__ = "OllamaAuth"
     return OllamaAuth
+
+
+def _origin(url) -> tuple:
+    return url.scheme, url.host, url.port
 
 
 def _declared_too_large(response) -> bool:

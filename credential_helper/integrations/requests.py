@@ -45,7 +45,7 @@ class OllamaAuth(AuthBase):
         return request
 
     def _on_response(self, original_url: str, position, response: requests.Response, **kwargs) -> requests.Response:
-        if response.request.url != original_url:
+        if _origin(response.request.url) != _origin(original_url):
             return response  # a redirect led elsewhere: never authenticate there
         flow = bearer_retries(self._core, original_url, response.status_code, _header_values(response, "www-authenticate"))
         result = None
@@ -96,6 +96,11 @@ class OllamaAuth(AuthBase):
             answer.close()
         headers = {name.lower(): [value] for name, value in answer.headers.items()}
         return Response(answer.status_code, answer.reason or "", headers, body)
+
+
+def _origin(url: str) -> tuple:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
 
 
 def _header_values(response: requests.Response, name: str) -> list[str]:
