@@ -13,7 +13,6 @@ from . import policy, protocol
 from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
 from .errors import InputError, KeyNotFoundError, NetworkError, ServerRefusedError
 from .identity import Identity, api_key_from_env, default_identity_path, parse_private_key, read_key_file
-from .sanitize import server_text
 
 # Ollama servers explain refusals in the body; show this much of it.
 BODY_EXCERPT_CHARS = 200
@@ -105,6 +104,8 @@ class DryRun:
 def fetch_challenge(url: str | protocol.URL, *, timeout: float = 10.0) -> tuple[protocol.Challenge, str]:
     """GET ``url`` without credentials; return its Bearer challenge and its host."""
     from . import transport
+
+    from .sanitize import server_text
 
     target = url if isinstance(url, protocol.URL) else protocol.parse_url(url)
     response = transport.send("GET", target, timeout=timeout, max_body=64 * 1024)
@@ -350,6 +351,8 @@ def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
     status = response.status
     if 200 <= status < 300:
         return
+    from .sanitize import server_text
+
     reason = server_text(response.reason, response.secrets, limit=60)
     excerpt = server_text(response.body, response.secrets, limit=BODY_EXCERPT_CHARS)
     excerpt = f": {excerpt}" if excerpt else ""

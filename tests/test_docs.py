@@ -150,3 +150,36 @@ def test_man_page_has_the_required_sections():
 def test_man_page_is_warning_free():
     done = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+
+
+# --- the client snippets ------------------------------------------------------------------------
+
+CLIENT_EXAMPLES = dict(re.findall(r"<!-- client-example:(\w+) -->\n```python\n(.*?)\n```", README, re.S))
+EXPECTED_OUTPUT = {
+    "ollama": ["['gpt-oss:120b-cloud', 'qwen3-coder:480b-cloud']", "Hello from the stand-in.", "Hello from the stand-in."],
+    "openai": ["Hello from the stand-in.", "Hello from the stand-in."],
+    "httpx": ["docs-user 2"],
+    "requests": ["docs-user", "2"],
+    "langchain": ["Hello from the stand-in."],
+}
+
+
+def test_every_client_has_a_tested_example():
+    assert sorted(CLIENT_EXAMPLES) == sorted(EXPECTED_OUTPUT)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
+def test_client_example_runs_as_written(tmp_path, keys, public_line, name):
+    script = tmp_path / f"example_{name}.py"  # not httpx.py: it would shadow the library
+    script.write_text(CLIENT_EXAMPLES[name])
+    environment = key_only_environment(tmp_path, keys)
+    with StandIn() as api, StandIn() as registry:
+        for server in (api, registry):
+            server.authorize(public_line("ed25519-a"), name="docs-user")
+        environment["OLLAMA_CLOUD_BASE_URL"] = api.base_url
+        environment["OLLAMA_REGISTRY_URL"] = registry.base_url
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=environment, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.splitlines() == EXPECTED_OUTPUT[name]
+        assert api.signed_requests and api.refused_requests == []
+        assert registry.exchanges == (1 if name in ("httpx", "requests") else 0)
