@@ -10,8 +10,6 @@ Python's ``urllib.parse`` normalises differently and would sign other bytes.
 """
 
 
-import re
-
 from .errors import InputError
 
 # server/auth.go signs "GET,<url>,<digest>" where <digest> is the standard base64 of
@@ -31,21 +29,20 @@ _SCHEME_CHARS = _ALNUM | frozenset(b"+-.")
 # --- Text a caller or server hands us ----------------------------------------------
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_TAB = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def check_text(value: str, what: str, *, allow_tab: bool = False) -> str:
     """Refuse control characters (C0, DEL, C1) and lone surrogates in ``value``.
 
     A control character could split a header or forge a log line; a lone
     surrogate (JSON's "\\ud800") has no UTF-8 form to sign or send.
     """
-    if (_CONTROL_BUT_TAB if allow_tab else _CONTROL).search(value):
-        raise InputError(f"{what} contains a control character")
-    if _SURROGATE.search(value):
-        raise InputError(f"{what} contains a lone surrogate (not valid Unicode)")
+    if value.isprintable():  # no Cc or Cs character: the common case, kept fast
+        return value
+    for ch in value:
+        code = ord(ch)
+        if (code < 0x20 and not (allow_tab and ch == "\t")) or 0x7F <= code <= 0x9F:
+            raise InputError(f"{what} contains a control character")
+        if 0xD800 <= code <= 0xDFFF:
+            raise InputError(f"{what} contains a lone surrogate (not valid Unicode)")
     return value
 
 
@@ -58,13 +55,13 @@ def is_header_token(token: object) -> bool:
 # --- Go net/url, the parts Ollama's signing depends on -------------------------
 
 
-_ALL_UNRESERVED = re.compile("[A-Za-z0-9_.~-]*")
+_UNRESERVED_TEXT = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
 
 
 def query_escape(text: str) -> str:
     """Go's url.QueryEscape: space as '+', all but A-Z a-z 0-9 - _ . ~ as %XX."""
-    if _ALL_UNRESERVED.fullmatch(text):
-        return text  # nothing to escape: the common case, kept fast
+    if not text.strip(_UNRESERVED_TEXT):
+        return text  # only unreserved characters: nothing to escape, kept fast
     out = []
     for byte in text.encode("utf-8", "surrogateescape"):
         if byte in _UNRESERVED:
