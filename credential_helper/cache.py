@@ -184,18 +184,14 @@ class TokenCache:
         """Write atomically (new temporary file, fsync, rename); False if not cached."""
         if self.problem(create=True) is not None:
             return False
-        import tempfile
-
         payload = json.dumps(
             {"token": entry.token, "expires_at": entry.expires_at, "lifetime": entry.lifetime}
         ).encode()
         target = self._path(key, ENTRY_SUFFIX)
-        try:
-            # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, an unpredictable name,
-            # so a file or hard link planted in advance can never be written through.
-            fd, temporary = tempfile.mkstemp(prefix=f"{key}{ENTRY_SUFFIX}.", suffix=".tmp", dir=self.directory)
-        except OSError:
+        created = self._create_temporary(target)
+        if created is None:
             return False
+        fd, temporary = created
         try:
             try:
                 os.write(fd, payload)
@@ -210,6 +206,23 @@ class TokenCache:
             except OSError:
                 pass
             return False
+
+    @staticmethod
+    def _create_temporary(target: str) -> tuple[int, str] | None:
+        """A new file beside ``target``, as tempfile.mkstemp makes one (without
+        its 7 ms of imports): O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, and an
+        unpredictable name, so a file or hard link planted in advance is never
+        written through."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        for _ in range(8):
+            temporary = f"{target}.{os.urandom(8).hex()}.tmp"
+            try:
+                return os.open(temporary, flags, 0o600), temporary
+            except FileExistsError:
+                continue
+            except OSError:
+                return None
+        return None
 
     def _remove_own(self, name: str) -> bool:
         path = os.path.join(self.directory, name)
