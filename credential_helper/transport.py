@@ -9,6 +9,7 @@ trust store (OpenSSL honours SSL_CERT_FILE and SSL_CERT_DIR), reads at most
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -20,6 +21,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from . import __version__
 from .errors import NetworkError
 from .protocol import URL
+from .proxy_env import proxy_for
 from .response import Response
 from .sanitize import server_text
 
@@ -57,8 +59,25 @@ def send(
     secrets = tuple(value for name, value in all_headers.items() if name.lower() == "authorization")
     if url.scheme == "https":
         _check_ca_file()
+    proxy = proxy_for(url, os.environ)  # Go's http.ProxyFromEnvironment rules
+    target = url.request_target
     conn_class = HTTPSConnection if url.scheme == "https" else HTTPConnection
-    conn = conn_class(url.hostname, url.port, timeout=timeout)
+    if proxy is None:
+        conn = conn_class(url.hostname, url.port, timeout=timeout)
+    else:
+        where = f"{url.host} (through the proxy {proxy} from {proxy.variable})"
+        proxy_authorization = proxy.authorization()
+        if proxy_authorization:
+            secrets += (proxy_authorization, proxy.password or "")
+        conn = conn_class(proxy.host, proxy.port, timeout=timeout)
+        if url.scheme == "https":
+            # CONNECT, then TLS to the origin inside the tunnel, verified end to end.
+            tunnel_headers = {"Proxy-Authorization": proxy_authorization} if proxy_authorization else None
+            conn.set_tunnel(url.hostname, url.port, headers=tunnel_headers)
+        else:
+            target = f"http://{url.host}{url.request_target}"  # the absolute form a proxy needs
+            if proxy_authorization:
+                all_headers["Proxy-Authorization"] = proxy_authorization
     if url.scheme == "https":
         conn.cert_reqs = "CERT_REQUIRED"
     # A hard deadline: a server that drips bytes slowly would otherwise reset the
@@ -68,7 +87,7 @@ def send(
     watchdog.daemon = True
     watchdog.start()
     try:
-        conn.request(method, url.request_target, body=body, headers=all_headers, preload_content=False, decode_content=False)
+        conn.request(method, target, body=body, headers=all_headers, preload_content=False, decode_content=False)
         response = conn.getresponse()
         status = response.status
         reason = server_text(response.reason or "", secrets, limit=60)
@@ -112,7 +131,6 @@ def send(
 def _check_ca_file() -> None:
     """OpenSSL reads SSL_CERT_FILE with a blocking open: a FIFO there would hang
     past any deadline. Anything but a regular file is refused up front."""
-    import os
     import stat
 
     path = os.environ.get("SSL_CERT_FILE")
@@ -184,6 +202,9 @@ def _describe(exc: BaseException, where: str) -> str | None:
             return f"TLS failure talking to {where}: {_first_line(err)}"
         if type(err).__name__ == "CertificateError":
             return f"TLS failure talking to {where}: certificate does not match the host"
+    for err in chain:
+        if "Tunnel connection failed" in str(err):
+            return f"the proxy refused the tunnel to {where}: {_first_line(err).split('failed: ', 1)[-1]}"
     for err in chain:
         if isinstance(err, ConnectionRefusedError):
             return f"cannot connect to {where}: connection refused (is the server running?)"

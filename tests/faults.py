@@ -155,3 +155,88 @@ class CertificateAuthority:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
         return context
+
+
+class ConnectProxy:
+    """A loopback forward proxy that records what passes through it.
+
+    CONNECT host:port opens a tunnel (bytes relayed both ways, TLS untouched);
+    an absolute-form request (GET http://host/...) is forwarded as is. Host
+    names are resolved through ``names`` (so tests can use names no DNS knows,
+    as a real proxy resolves them for its clients). With ``credentials`` set,
+    a request without the matching Basic Proxy-Authorization gets 407.
+    """
+
+    def __init__(self, names: dict[str, str] | None = None, credentials: tuple[str, str] | None = None) -> None:
+        self.names = names or {}
+        self.credentials = credentials
+        self.requests: list[bytes] = []  # each request head as received
+        self.server = ScriptedServer(self._handle)
+        self.host = self.server.host
+
+    def __enter__(self) -> "ConnectProxy":
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.server.__exit__(*exc_info)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def connects(self) -> list[str]:
+        return [h.split(b" ", 2)[1].decode() for h in self.requests if h.startswith(b"CONNECT ")]
+
+    def _authorized(self, head: bytes) -> bool:
+        if self.credentials is None:
+            return True
+        import base64
+
+        expected = base64.b64encode(":".join(self.credentials).encode())
+        return b"\r\nproxy-authorization: basic " + expected.lower() in head.lower()
+
+    def _handle(self, conn: socket.socket, head: bytes) -> None:
+        request_line = head.split(b"\r\n", 1)[0].decode()
+        self.requests.append(head.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+        if not self._authorized(head):
+            conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        method, target, _ = request_line.split(" ", 2)
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            upstream = socket.create_connection((self.names.get(host, host), int(port)), timeout=10)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            leftover = head.split(b"\r\n\r\n", 1)[1]
+            if leftover:
+                upstream.sendall(leftover)
+        else:
+            rest = target.split("://", 1)[1]
+            authority, _, path = rest.partition("/")
+            host, _, port = authority.rpartition(":") if ":" in authority else (authority, "", "80")
+            upstream = socket.create_connection((self.names.get(host, host), int(port)), timeout=10)
+            upstream.sendall(head.replace(target.encode(), b"/" + path.encode(), 1))
+        self._relay(conn, upstream)
+
+    @staticmethod
+    def _relay(client: socket.socket, upstream: socket.socket) -> None:
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while True:
+                    data = source.recv(65536)
+                    if not data:
+                        break
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    sink.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        other = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        other.start()
+        pump(client, upstream)
+        other.join(timeout=30)
+        upstream.close()
