@@ -98,6 +98,55 @@ class Entry:
         return cls(token, float(expires_at), float(lifetime))
 
 
+def private_directory_problem(directory: str, create: bool = False) -> str | None:
+    """Why ``directory`` cannot hold private files (None: it can), tightening it to 0700.
+
+    It must be a real directory owned by the user: a symlink or a directory
+    owned by someone else is refused, since following it would read, write and
+    erase files wherever it points. Used for the cache and the proxy's token.
+    """
+    try:
+        if create:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _OPEN_FLAGS)
+    except FileNotFoundError:
+        return f"{directory} does not exist"
+    except OSError as exc:
+        if os.path.islink(directory):
+            return f"{directory} is a symlink"
+        return f"{directory} cannot be opened ({exc.strerror})"
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{directory} is not a directory"
+        if not _is_ours(info):
+            return f"{directory} belongs to another user"
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o700)  # on the opened directory: no symlink race
+        return None
+    except OSError as exc:
+        return f"{directory} cannot be made private ({exc.strerror})"
+    finally:
+        os.close(fd)
+
+
+def open_own_file(path: str, flags: int, mode: int = 0o600) -> int | None:
+    """An fd for a regular file of ours that others cannot access, or None
+    (missing, a FIFO or symlink planted there, someone else's, too open)."""
+    try:
+        fd = os.open(path, flags | _OPEN_FLAGS, mode)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode) or not _is_ours(info) or info.st_mode & 0o077:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -116,49 +165,11 @@ class TokenCache:
         return os.path.join(self.directory, key + suffix)
 
     def problem(self, create: bool = False) -> str | None:
-        """Why the directory cannot be used (None: it can), tightening it to 0700.
+        return private_directory_problem(self.directory, create)
 
-        A symlink or a directory owned by someone else means no cache at all:
-        following it would read, write and erase files wherever it points.
-        """
-        try:
-            if create:
-                os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd = os.open(self.directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _OPEN_FLAGS)
-        except FileNotFoundError:
-            return f"{self.directory} does not exist"
-        except OSError as exc:
-            if os.path.islink(self.directory):
-                return f"{self.directory} is a symlink"
-            return f"{self.directory} cannot be opened ({exc.strerror})"
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISDIR(info.st_mode):
-                return f"{self.directory} is not a directory"
-            if not _is_ours(info):
-                return f"{self.directory} belongs to another user"
-            if info.st_mode & 0o077:
-                os.fchmod(fd, 0o700)  # on the opened directory: no symlink race
-            return None
-        except OSError as exc:
-            return f"{self.directory} cannot be made private ({exc.strerror})"
-        finally:
-            os.close(fd)
-
-    def _open_own_file(self, path: str, flags: int) -> int | None:
-        """An fd for one of our regular files, or None (missing, planted, foreign)."""
-        try:
-            fd = os.open(path, flags | _OPEN_FLAGS, 0o600)
-        except OSError:
-            return None
-        try:
-            info = os.fstat(fd)
-        except OSError:
-            info = None
-        if info is None or not stat.S_ISREG(info.st_mode) or not _is_ours(info) or info.st_mode & 0o077:
-            os.close(fd)
-            return None
-        return fd
+    @staticmethod
+    def _open_own_file(path: str, flags: int) -> int | None:
+        return open_own_file(path, flags)
 
     def lookup(self, key: str, now: float | None = None) -> Entry | None:
         """A fresh entry, or None (missing, stale, corrupt, unreadable or planted)."""

@@ -50,6 +50,14 @@ def _timeout(value: str) -> float:
     return seconds
 
 
+def _positive_int(value: str) -> int:
+    import argparse
+
+    if not value.isdigit() or not 0 < int(value) <= 10000:
+        raise argparse.ArgumentTypeError(f"invalid count {value!r}: give a whole number from 1 to 10000")
+    return int(value)
+
+
 def build_parser():
     """The full parser. Imported lazily: argparse costs a cache hit ~10 ms."""
     import argparse
@@ -133,6 +141,23 @@ def build_parser():
     )
     whoami.add_argument("--json", action="store_true", help="print the account as a JSON object")
     whoami.set_defaults(func=cmd_whoami)
+
+    proxy = commands.add_parser(
+        "proxy",
+        parents=[common],
+        help="a loopback signing proxy: any OpenAI- or Ollama-compatible tool reaches Ollama Cloud keylessly",
+        description="Listen on loopback and forward every request to the upstream (default "
+        "$OLLAMA_CLOUD_BASE_URL, else https://ollama.com), signed as Ollama signs it, streaming both ways. "
+        "Clients authenticate with the local access token (see --print-env).",
+    )
+    proxy.add_argument("--listen", default="127.0.0.1:11470", metavar="HOST:PORT", help="loopback address to listen on; port 0 picks one (default: 127.0.0.1:11470)")
+    proxy.add_argument("--upstream", metavar="URL", help="where to forward (scheme and host; https unless loopback)")
+    proxy.add_argument("--no-local-token", action="store_true", help="accept requests without the local access token (single-user machines only)")
+    proxy.add_argument("--print-env", action="store_true", help="print shell lines that point clients at the proxy, then exit")
+    proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
+    proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
+    proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
+    proxy.set_defaults(func=cmd_proxy)
     return parser
 
 
@@ -392,3 +417,25 @@ def cmd_whoami(args, log) -> int:
         email = f" <{who['email']}>" if who.get("email") else ""
         write_stdout(f"{who['name']}{email}{plan}\n")
     return EXIT_OK
+
+
+def cmd_proxy(args, log) -> int:
+    from . import proxy
+    from .identity import default_identity_path
+
+    if args.print_env:
+        host, port = proxy.parse_listen(args.listen)
+        shown = f"[{host}]" if ":" in host else host
+        token = None if args.no_local_token else proxy.local_token()
+        write_stdout("".join(f"{line}\n" for line in proxy.env_lines(f"http://{shown}:{port}", token)))
+        return EXIT_OK
+    return proxy.serve(
+        listen=args.listen,
+        upstream_text=args.upstream if args.upstream is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"),
+        identity_path=args.identity or default_identity_path(),
+        require_token=not args.no_local_token,
+        timeout=args.timeout,
+        max_in_flight=args.max_concurrency,
+        grace=args.grace,
+        verbose=args.verbose,
+    )

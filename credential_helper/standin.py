@@ -16,6 +16,7 @@ import hashlib
 import json
 import secrets
 import struct
+import sys
 import threading
 import time
 from email.utils import formatdate
@@ -72,6 +73,12 @@ class StandIn:
         self.signed_requests: list[tuple[str, str]] = []
         # Every request it refused for a missing or bad signature: (method, target).
         self.refused_requests: list[tuple[str, str]] = []
+        # The headers of every /api/ or /v1/ request, as received.
+        self.request_headers: list[list[tuple[str, str]]] = []
+        # Streams whose client hung up before the end.
+        self.aborted_streams = 0
+        # Chunks a stream sends (the stand-in's reply, then more words if longer).
+        self.stream_chunks = len(REPLY_WORDS)
         self.service = service
         self.tls_context = tls_context  # an ssl.SSLContext makes it serve https
         self.port = port
@@ -97,7 +104,7 @@ class StandIn:
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "StandIn":
         handler = type("Handler", (_Handler,), {"state": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self.server = _QuietServer(("127.0.0.1", self.port), handler)
         if self.tls_context is not None:
             self.server.socket = self.tls_context.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
@@ -152,9 +159,17 @@ class StandIn:
         return abs(int(values[0]) - self.now()) <= self.max_skew
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up mid-stream is a case the tests make on purpose.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(BaseHTTPRequestHandler):
     state: StandIn
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # stream chunks leave at once
 
     def log_message(self, format: str, *args) -> None:  # keep test output quiet
         self.state.log.append(format % args)
@@ -193,6 +208,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._api("POST", urlsplit(self.path))
 
     def _body(self) -> bytes:
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.read(2)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _api(self, method: str, target) -> None:
@@ -200,12 +225,15 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body() if method == "POST" else b""
         if not target.path.startswith(("/api/", "/v1/")):
             return self._send(404, {"error": "not found"})
+        self.state.request_headers.append(list(self.headers.items()))
         query = parse_qs(target.query, keep_blank_values=True)
         account = self.state.verify(self.headers.get("Authorization"), f"{method},{self.path}")
         if account is None or not self.state.fresh_ts(query):
             self.state.refused_requests.append((method, self.path))
             return self._unauthorized("unauthorized" if account is None else "missing or stale ts")
         self.state.signed_requests.append((method, self.path))
+        if (method, target.path) == ("POST", "/api/upload"):  # any bytes: echo their size and digest
+            return self._send(200, {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()})
         try:
             request = json.loads(body) if body else {}
         except ValueError:
@@ -225,6 +253,18 @@ class _Handler(BaseHTTPRequestHandler):
             return self._openai_chat(request)
         if route == ("POST", "/api/web_search"):
             return self._send(200, {"results": [{"title": "Stand-in", "url": "https://example.com/", "content": request.get("query", "")}]})
+        if route == ("GET", "/api/redirect"):
+            return self._send(302, {}, {"Location": "https://elsewhere.example/landing"})
+        if route == ("GET", "/api/gzip"):
+            import gzip
+
+            data = gzip.compress(json.dumps({"compressed": True}).encode(), mtime=0)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self.wfile.write(data)
         if route == ("POST", "/api/web_fetch"):
             return self._send(200, {"title": "Stand-in", "content": request.get("url", ""), "links": []})
         if method == "POST" and target.path.startswith("/api/"):
@@ -237,14 +277,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for piece in chunks:
-            data = piece.encode()
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        try:
+            for piece in chunks:
+                data = piece.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                if self.state.chunk_delay:
+                    time.sleep(self.state.chunk_delay)
+            self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
-            if self.state.chunk_delay:
-                time.sleep(self.state.chunk_delay)
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        except OSError:
+            with self.state._lock:
+                self.state.aborted_streams += 1
+            raise
 
     def _chat(self, request: dict) -> None:
         model = request.get("model", "")
@@ -252,13 +297,17 @@ class _Handler(BaseHTTPRequestHandler):
         if request.get("stream", True):
             pieces = [
                 json.dumps({"model": model, "created_at": created, "message": {"role": "assistant", "content": word}, "done": False}) + "\n"
-                for word in REPLY_WORDS
+                for word in self._words()
             ]
             pieces.append(json.dumps({"model": model, "created_at": created, "message": {"role": "assistant", "content": ""},
                                       "done": True, "done_reason": "stop"}) + "\n")
             return self._stream("application/x-ndjson", pieces)
         self._send(200, {"model": model, "created_at": created, "message": {"role": "assistant", "content": "".join(REPLY_WORDS)},
                          "done": True, "done_reason": "stop"})
+
+    def _words(self) -> list[str]:
+        extra = max(self.state.stream_chunks - len(REPLY_WORDS), 0)
+        return REPLY_WORDS + [" more"] * extra
 
     def _openai_chat(self, request: dict) -> None:
         model = request.get("model", "")
@@ -267,7 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
             pieces = [
                 "data: " + json.dumps({**base, "object": "chat.completion.chunk",
                                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}]}) + "\n\n"
-                for word in REPLY_WORDS
+                for word in self._words()
             ]
             pieces.append("data: " + json.dumps({**base, "object": "chat.completion.chunk",
                                                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n")
