@@ -142,6 +142,17 @@ def build_parser():
     whoami.add_argument("--json", action="store_true", help="print the account as a JSON object")
     whoami.set_defaults(func=cmd_whoami)
 
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[common, network],
+        help="check identity, API key, network, clock, link, registry and cache, and say what to fix",
+        description="Run every check in order and print one line each (ok, warn or FAIL) with the fix for "
+        "anything not ok. Exit 0 when nothing failed, 1 when a check failed. Never prints a secret.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print {checks: [{name, status, detail, fix}], ok} as JSON")
+    doctor.add_argument("--registry", metavar="URL", help="the registry to check (default: https://registry.ollama.ai)")
+    doctor.set_defaults(func=cmd_doctor, timeout=20.0)
+
     proxy = commands.add_parser(
         "proxy",
         parents=[common],
@@ -439,3 +450,15 @@ def cmd_proxy(args, log) -> int:
         grace=args.grace,
         verbose=args.verbose,
     )
+
+
+def cmd_doctor(args, log) -> int:
+    from . import doctor
+
+    checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
+    failed = any(check.status == "fail" for check in checks)
+    if args.json:
+        _print_json({"checks": [check.as_dict() for check in checks], "ok": not failed})
+    else:
+        write_stdout(doctor.render(checks))
+    return 1 if failed else EXIT_OK
