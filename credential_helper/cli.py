@@ -151,7 +151,7 @@ def build_parser():
     )
     doctor.add_argument("--json", action="store_true", help="print {checks: [{name, status, detail, fix}], ok} as JSON")
     doctor.add_argument("--registry", metavar="URL", help="the registry to check (default: https://registry.ollama.ai)")
-    doctor.set_defaults(func=cmd_doctor, timeout=20.0)
+    doctor.set_defaults(func=cmd_doctor)
 
     proxy = commands.add_parser(
         "proxy",
