@@ -426,7 +426,7 @@ class _Handler(socketserver.StreamRequestHandler):
         try:
             conn, reused = server.pool.get()
         except (OSError, http.client.HTTPException) as exc:
-            return self._upstream_failed(head, path, started, exc)
+            return self._upstream_failed(head, path, started, exc, authorization)
         try:
             response = self._send_upstream(conn, head.method, target, headers, framing, reused)
         except BadRequest as exc:
@@ -438,7 +438,7 @@ class _Handler(socketserver.StreamRequestHandler):
             raise
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
-            return self._upstream_failed(head, path, started, exc)
+            return self._upstream_failed(head, path, started, exc, authorization)
         return self._relay(conn, response, head, path, started)
 
     def _send_upstream(self, conn, method, target, headers, framing, reused):
@@ -552,15 +552,17 @@ class _Handler(socketserver.StreamRequestHandler):
             method, path = (parts[0][:16], parts[1].split("?", 1)[0][:200]) if len(parts) > 1 else (parts[0][:16], "-")
         self._log(method, path, status, 0, time.monotonic(), note=message if self.server.verbose else None)
 
-    def _upstream_failed(self, head, path: str, started: float, exc: BaseException) -> bool:
+    def _upstream_failed(self, head, path: str, started: float, exc: BaseException, authorization: str) -> bool:
         timed_out = isinstance(exc, (socket.timeout, TimeoutError))
         where = self.server.upstream.host
         if timed_out:
             self._refuse(504, f"the upstream {where} did not answer in time", head=head)
         else:
+            from .sanitize import server_text
             from .transport import _describe
 
-            detail = _describe(exc, where) or f"timed out talking to {where}"
+            # Exception texts can quote what the upstream sent (a malformed status line).
+            detail = server_text(_describe(exc, where) or f"timed out talking to {where}", (authorization,), limit=300)
             self._refuse(502, detail, head=head)
         return False
 

@@ -408,3 +408,20 @@ def test_https_upstream_through_a_connect_proxy(public_line, start_proxy, proxy_
         status, _, body = request(proxy, "POST", "/api/me", b"")
         assert status == 200 and json.loads(body)["name"] == "jdoe"
         assert tunnel.connects() == [f"ollama.test:{origin.server.server_address[1]}"]
+
+
+def test_an_upstream_echoing_the_signature_in_a_bad_status_line_never_gets_it_shown(start_proxy):
+    import re as re_module
+
+    def echo(conn, head):
+        authorization = re_module.search(rb"(?im)^authorization: *(.+?)\r$", head).group(1)
+        conn.sendall(b"HTTP/1.1 " + authorization + b"\r\n\r\n")
+
+    with ScriptedServer(echo) as hostile:
+        proxy = start_proxy("--upstream", f"http://{hostile.host}", "--verbose")
+        status, _, body = request(proxy, "POST", "/api/me", b"")
+        signature = re_module.search(rb"(?im)^authorization: *\S+:(\S+?)\r$", hostile.requests[0]).group(1).decode()
+    assert status == 502
+    proxy.stop()
+    for text in (body.decode(), "\n".join(proxy.log)):
+        assert signature not in text and signature[:40] not in text
