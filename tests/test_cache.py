@@ -143,6 +143,13 @@ def _jwt(claims: dict) -> str:
         ({"expires_in": "300"}, "opaque", (NOW + 60, 60)),  # not a number: ignored
         ({"expires_in": True}, "opaque", (NOW + 60, 60)),
         ({}, "a.b.c", (NOW + 60, 60)),  # three parts, not a JWT
+        # A server's numbers are bounded where they enter: at most 24 hours.
+        ({"expires_in": 1e300}, "opaque", (NOW + 86400, 86400)),
+        ({"expires_in": float("inf")}, "opaque", (NOW + 86400, 86400)),
+        ({"expires_in": float("nan")}, "opaque", (NOW + 60, 60)),
+        ({"expires_in": 300, "issued_at": "0001-01-01T00:00:00Z"}, "opaque", (NOW + 300, 300)),
+        ({}, _jwt({"exp": 1e300}), (NOW + 86400, 86400)),
+        ({}, _jwt({"exp": -1e300}), (NOW + 60, 60)),
     ],
 )
 def test_lifetime_sources(body, token, expected):

@@ -374,7 +374,8 @@ def test_time_to_first_chunk_is_not_buffered(public_line, start_proxy):
     assert first < 0.25, first
 
 
-def test_sigterm_lets_a_stream_finish_then_exits_0(public_line, start_proxy):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_lets_a_stream_finish_then_exits_0(public_line, start_proxy, sig):
     with StandIn(chunk_delay=0.2) as slow:
         slow.authorize(public_line("ed25519-a"))
         proxy = start_proxy("--upstream", slow.base_url)
@@ -382,7 +383,7 @@ def test_sigterm_lets_a_stream_finish_then_exits_0(public_line, start_proxy):
             body = b'{"stream": true}'
             sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             sock.recv(100)
-            proxy.process.send_signal(signal.SIGTERM)
+            proxy.process.send_signal(sig)
             data = b""
             while not data.endswith(b"0\r\n\r\n"):
                 chunk = sock.recv(4096)
