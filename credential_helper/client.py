@@ -434,16 +434,26 @@ def sign_request(
     if not isinstance(method, str) or not isinstance(url, str):
         raise InputError("method and url must be strings")
     parsed = protocol.parse_url(url)
-    # A scheme-2 signature does not name the host: one seen in clear text could
-    # be replayed against ollama.com until its ts goes stale.
-    policy.check_cleartext(parsed, "a signature")
-    plan = protocol.build_signed_request(method, parsed, int(time.time()) if ts is None else ts)
-    if isinstance(identity, Identity):
-        ident = identity
-    else:
+    if not isinstance(identity, Identity):
         key_path = _key_path(identity)
+        policy.check_cleartext(parsed, "a signature")
+        protocol.check_method(method)  # input first, then the key
         key_bytes, api_key = _key_or_api_key(key_path, parsed)
         if api_key is not None:
-            return SignedRequest(plan.method, url, f"Bearer {api_key}", None, "api_key")
-        ident = parse_private_key(key_bytes, key_path)
-    return SignedRequest(plan.method, str(plan.url), ident.sign(plan.signed_data), plan.ts, "ed25519")
+            return SignedRequest(method.upper(), url, f"Bearer {api_key}", None, "api_key")
+        identity = parse_private_key(key_bytes, key_path)
+    plan, authorization = sign_parsed(method, parsed, identity, ts)
+    return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")
+
+
+def sign_parsed(method: str, url: protocol.URL, identity: Identity, ts: int | None = None):
+    """Scheme 2 for a parsed URL: (SignedRequestPlan, Authorization value).
+
+    The one place every signer (``sign_request``, the HTTP-library adapters, the
+    proxy) goes through. A scheme-2 signature does not name the host: one seen
+    in clear text could be replayed against ollama.com until its ts goes stale,
+    so it goes over https only (http to loopback).
+    """
+    policy.check_cleartext(url, "a signature")
+    plan = protocol.build_signed_request(method, url, int(time.time()) if ts is None else ts)
+    return plan, identity.sign(plan.signed_data)

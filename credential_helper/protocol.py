@@ -445,11 +445,16 @@ class SignedRequestPlan:
         self.ts = ts
 
 
-def build_signed_request(method: str, url: URL, ts: int) -> SignedRequestPlan:
-    """api/client.go, server/cloud_proxy.go: set ts, re-encode, sign METHOD,target."""
+def check_method(method: str) -> str:
+    """An HTTP method of letters, upper-cased (what goes before the comma)."""
     if not method or not method.isascii() or not method.isalpha():
         raise InputError(f"the method {_quote(method, 20)} is not an HTTP method")
-    method = method.upper()
+    return method.upper()
+
+
+def build_signed_request(method: str, url: URL, ts: int) -> SignedRequestPlan:
+    """api/client.go, server/cloud_proxy.go: set ts, re-encode, sign METHOD,target."""
+    method = check_method(method)
     values = parse_query(url.raw_query)
     values["ts"] = [str(ts)]  # Values.Set replaces any ts already present
     signed_url = url.with_query(encode_query(values))

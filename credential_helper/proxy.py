@@ -154,8 +154,8 @@ class Signer:
         kind, credential = self._credential()
         if kind == "api_key":
             return url.request_target, f"Bearer {credential}"
-        plan = protocol.build_signed_request(method, url, int(time.time()))
-        return plan.url.request_target, credential.sign(plan.signed_data)
+        plan, authorization = client.sign_parsed(method, url, credential)
+        return plan.url.request_target, authorization
 
 
 # --- upstream connections --------------------------------------------------------------------

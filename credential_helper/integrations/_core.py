@@ -103,11 +103,8 @@ class KeylessCore:
             policy.check_cleartext(url, "OLLAMA_API_KEY")
             policy.check_api_key_destination(url)
             return url_text, None, f"Bearer {credential.api_key}"
-        # client.sign_request's steps, keeping the parsed URL to hand the target over.
-        url = protocol.parse_url(url_text)
-        policy.check_cleartext(url, "a signature")
-        plan = protocol.build_signed_request(method, url, int(time.time()))
-        return str(plan.url), plan.url.request_target, credential.identity.sign(plan.signed_data)
+        plan, authorization = client.sign_parsed(method, protocol.parse_url(url_text), credential.identity)
+        return str(plan.url), plan.url.request_target, authorization
 
     # -- scheme 1: tokens ----------------------------------------------------------------
 
