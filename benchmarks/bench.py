@@ -104,10 +104,10 @@ def adapter_costs(rounds: int = 7, count: int = 2000) -> list[tuple[str, float, 
             continue
         auth = adapter.OllamaAuth(identity=key, api_base="https://ollama.com", cache=False)
         if name == "requests":
-            build = lambda: library.Request("POST", url, data=b"{}").prepare()  # noqa: E731
+            build = lambda library=library: library.Request("POST", url, data=b"{}").prepare()  # noqa: E731
             apply = auth
         else:
-            build = lambda: library.Request("POST", url, content=b"{}")  # noqa: E731
+            build = lambda library=library: library.Request("POST", url, content=b"{}")  # noqa: E731
 
             def apply(request, auth=auth):
                 return next(auth.sync_auth_flow(request))

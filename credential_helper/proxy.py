@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import select
+import signal
 import socket
 import socketserver
 import ssl
@@ -671,7 +672,9 @@ def serve(*, listen: str, upstream_text: str | None, identity_path: str, require
     def on_signal(signum, frame) -> None:
         stop.set()
 
-    previous = {sig: signal_handler(sig, on_signal) for sig in _stop_signals()}
+    # Handlers can be set only from the main thread (tests may serve from another).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     loop = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     loop.start()
     if ready is not None:
@@ -690,18 +693,6 @@ def serve(*, listen: str, upstream_text: str | None, identity_path: str, require
         server.server_close()
         server.pool.close_all()
         for sig, handler in previous.items():
-            signal_handler(sig, handler)
+            signal.signal(sig, handler)
     log("stopped")
     return 0
-
-
-def _stop_signals():
-    import signal
-
-    return [s for s in (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread()]
-
-
-def signal_handler(sig, handler):
-    import signal
-
-    return signal.signal(sig, handler)

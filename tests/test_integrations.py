@@ -21,7 +21,7 @@ import httpx2
 import pytest
 import requests
 
-from credential_helper.errors import HelperError, IdentityError, RealmRefusedError
+from credential_helper.errors import IdentityError, RealmRefusedError
 from credential_helper.integrations import httpx as for_httpx
 from credential_helper.integrations import httpx2 as for_httpx2
 from credential_helper.integrations import requests as for_requests
