@@ -167,16 +167,12 @@ class TokenCache:
     def problem(self, create: bool = False) -> str | None:
         return private_directory_problem(self.directory, create)
 
-    @staticmethod
-    def _open_own_file(path: str, flags: int) -> int | None:
-        return open_own_file(path, flags)
-
     def lookup(self, key: str, now: float | None = None) -> Entry | None:
         """A fresh entry, or None (missing, stale, corrupt, unreadable or planted)."""
         now = time.time() if now is None else now
         if self.problem() is not None:
             return None
-        fd = self._open_own_file(self._path(key, ENTRY_SUFFIX), os.O_RDONLY)
+        fd = open_own_file(self._path(key, ENTRY_SUFFIX), os.O_RDONLY)
         if fd is None:
             return None
         try:
@@ -297,7 +293,7 @@ class _Lock:
             return self
         if self.cache.problem(create=True) is not None:
             return self
-        self.fd = self.cache._open_own_file(self.path, os.O_RDWR | os.O_CREAT)
+        self.fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT)
         if self.fd is None:
             return self
         deadline = time.monotonic() + self.timeout

@@ -166,7 +166,7 @@ def get_token(
     deadline = time.monotonic() + timeout  # one bound over lock wait and exchange
     if isinstance(challenge, str):
         challenge = protocol.parse_www_authenticate(challenge)
-    realm = _checked_realm(challenge, host, nonce)
+    realm = checked_realm(challenge, host, nonce)
     log(f"challenge: realm={challenge.realm} service={challenge.service!r} scope={challenge.scope!r}")
 
     key_path = _key_path(identity)
@@ -210,7 +210,7 @@ def get_token(
     return Token(token.token, token.expires_at, "ed25519")
 
 
-def _checked_realm(challenge: protocol.Challenge, host: str | None, nonce: str | None = None) -> protocol.URL:
+def checked_realm(challenge: protocol.Challenge, host: str | None, nonce: str | None = None) -> protocol.URL:
     """Input and realm rules, always before the key is read."""
     if host is not None:
         protocol.check_host_value(host)
@@ -259,7 +259,7 @@ def cached_token(
     The same checks as :func:`get_token` come first; the key file is read (to key
     the cache) but never parsed, so no cryptography is loaded.
     """
-    _checked_realm(challenge, host)
+    checked_realm(challenge, host)
     try:
         key_bytes = read_key_file(_key_path(identity))
     except KeyNotFoundError:
@@ -280,7 +280,7 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
 
     deadline = time.monotonic() + timeout
     clock_offset = 0.0
-    skew_note = ""
+    note = ""
     for attempt in (1, 2):
         request, authorization = prepare_exchange(challenge, realm, ident, clock_offset, nonce)
         log(f"GET {request.token_url} (Host: {request.host_header}, Authorization: [redacted])")
@@ -295,20 +295,20 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
                 timeout=remaining,
             )
         except NetworkError as exc:
-            raise _with_note(exc, skew_note) from None
+            raise with_note(exc, note) from None
         log(f"token endpoint answered {response.status} in {time.monotonic() - started:.3f}s")
         skew = skew_to_correct(response) if attempt == 1 and nonce is None else None
         if skew is not None:
-            skew_note = _skew_note(skew, realm.host)
+            note = skew_note(skew, realm.host)
             log("clock skew: retrying once with a corrected timestamp")
             clock_offset = skew
             continue
         try:
             token = read_token_response(response, realm.host)
         except (NetworkError, ServerRefusedError) as exc:
-            raise _with_note(exc, skew_note) from None
-        if skew_note:  # success after a correction: worth one warning line
-            _warn(f"the local clock is off; a corrected timestamp was used{skew_note}")
+            raise with_note(exc, note) from None
+        if note:  # success after a correction: worth one warning line
+            _warn(f"the local clock is off; a corrected timestamp was used{note}")
         return token
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -328,14 +328,14 @@ def skew_to_correct(response) -> float | None:
     return skew if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE else None
 
 
-def _skew_note(skew: float, host: str) -> str:
+def skew_note(skew: float, host: str) -> str:
     return (
         f" (retried once with a timestamp corrected for the local clock being "
         f"{abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} {host}: sync your clock)"
     )
 
 
-def _with_note(exc, note: str):
+def with_note(exc, note: str):
     """The same error with ``note`` appended: one stderr line, never two."""
     if not note:
         return exc

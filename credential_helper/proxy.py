@@ -167,14 +167,14 @@ class UpstreamPool:
 
     def __init__(self, upstream: protocol.URL, read_timeout: float) -> None:
         from .proxy_env import proxy_for
-        from .transport import _check_ca_file
+        from .transport import check_ca_file
 
         self.upstream = upstream
         self.read_timeout = read_timeout
         self.via = proxy_for(upstream, os.environ)
         self.context = None
         if upstream.scheme == "https":
-            _check_ca_file()
+            check_ca_file()
             self.context = ssl.create_default_context()
         self._idle: list = []  # (connection, when it became idle)
         self._lock = threading.Lock()
@@ -560,10 +560,10 @@ class _Handler(socketserver.StreamRequestHandler):
             self._refuse(504, f"the upstream {where} did not answer in time", head=head)
         else:
             from .sanitize import server_text
-            from .transport import _describe
+            from .transport import describe_failure
 
             # Exception texts can quote what the upstream sent (a malformed status line).
-            detail = server_text(_describe(exc, where) or f"timed out talking to {where}", (authorization,), limit=300)
+            detail = server_text(describe_failure(exc, where) or f"timed out talking to {where}", (authorization,), limit=300)
             self._refuse(502, detail, head=head)
         return False
 

@@ -58,7 +58,7 @@ def send(
     where = f"{url.host}"
     secrets = tuple(value for name, value in all_headers.items() if name.lower() == "authorization")
     if url.scheme == "https":
-        _check_ca_file()
+        check_ca_file()
     proxy = proxy_for(url, os.environ)  # Go's http.ProxyFromEnvironment rules
     target = url.request_target
     conn_class = HTTPSConnection if url.scheme == "https" else HTTPConnection
@@ -118,7 +118,7 @@ def send(
     except NetworkError:
         raise
     except Exception as exc:  # urllib3, ssl, socket and http.client errors
-        message = None if fired.is_set() else _describe(exc, where)
+        message = None if fired.is_set() else describe_failure(exc, where)
         if message is None:
             message = f"timed out after {timeout:.3g}s talking to {where}"
         # Exception texts quote what the server sent (a malformed status line).
@@ -128,7 +128,7 @@ def send(
         conn.close()
 
 
-def _check_ca_file() -> None:
+def check_ca_file() -> None:
     """OpenSSL reads SSL_CERT_FILE with a blocking open: a FIFO there would hang
     past any deadline. Anything but a regular file is refused up front."""
     import stat
@@ -177,7 +177,7 @@ def _location_host(location: str) -> str:
     return ""
 
 
-def _describe(exc: BaseException, where: str) -> str | None:
+def describe_failure(exc: BaseException, where: str) -> str | None:
     """One line naming the host and the kind of failure, or None for a timeout.
 
     Never includes a header value. Checked from the most specific cause out:

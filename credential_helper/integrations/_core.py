@@ -119,7 +119,7 @@ class KeylessCore:
                     challenge = protocol.parse_www_authenticate(value)
                 except InputError as exc:
                     raise NetworkError(f"{host} sent a malformed Bearer challenge: {exc}") from None
-                return challenge, client._checked_realm(challenge, host)
+                return challenge, client.checked_realm(challenge, host)
         return None
 
     def cached(self, key: str) -> str | None:
@@ -195,7 +195,7 @@ class KeylessCore:
         try:
             exchanged = client.read_token_response(answer, realm.host)
         except (NetworkError, ServerRefusedError) as exc:
-            raise client._with_note(exc, note) from None
+            raise client.with_note(exc, note) from None
         entry = Entry(exchanged.token, exchanged.expires_at, exchanged.lifetime)
         with self._lock:
             self._tokens[key] = entry
@@ -251,7 +251,7 @@ def _obtain(core: KeylessCore, key: str, challenge, realm):
             outcome = core.finish_exchange(key, realm, call, answer, attempt, note)
             if isinstance(outcome, str):
                 return outcome, False
-            offset, note = outcome, client._skew_note(outcome, realm.host)
+            offset, note = outcome, client.skew_note(outcome, realm.host)
         raise AssertionError("unreachable")  # pragma: no cover
     finally:
         core.release(key)
