@@ -233,6 +233,11 @@ class ProxyServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    # socketserver's default listen backlog is 5: a burst of clients (an agent
+    # opening parallel streams) would overflow it, and the kernel would drop their
+    # handshakes into seconds of retransmission. The connection cap is enforced
+    # after accept (MAX_CONNECTIONS); the backlog only has to absorb a burst.
+    request_queue_size = 128
 
     def __init__(self, address, *, upstream, signer, token, timeout, max_in_flight, log, verbose) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -117,6 +117,9 @@ class StandIn:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
 
     def __enter__(self) -> "StandIn":
         return self.start()
@@ -160,6 +163,11 @@ class StandIn:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 overflows when a test opens dozens of
+    # connections at once on a loaded machine: the kernel drops the handshakes
+    # and the clients wait through retransmissions (seen as read timeouts).
+    request_queue_size = 128
+
     def handle_error(self, request, client_address) -> None:
         # A client that hangs up mid-stream is a case the tests make on purpose.
         if not isinstance(sys.exc_info()[1], OSError):

@@ -147,3 +147,61 @@ def pytest_addoption(parser) -> None:
         default=False,
         help="live tests: save redacted transcripts under golden/live/",
     )
+
+
+# --- a hung test fails, visibly -------------------------------------------------------------
+#
+# A hang must never run silently into CI's time limit. After TEST_TIME_LIMIT
+# seconds a test (setup, call and teardown together) is interrupted with every
+# thread's stack in its failure report. If even that cannot interrupt it (a
+# wait that ignores signals), HARD_GRACE seconds later the same stacks are
+# written to the real standard output and the run ends with status 3.
+
+TEST_TIME_LIMIT = 180.0
+HARD_GRACE = 30.0
+
+
+class TestTimedOut(Exception):
+    pass
+
+
+def _all_stacks() -> str:
+    import threading
+    import traceback
+
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    parts = []
+    for ident, frame in sys._current_frames().items():
+        parts.append(f"--- thread {names.get(ident, ident)} ---\n" + "".join(traceback.format_stack(frame)))
+    return "\n".join(parts)
+
+
+def pytest_configure(config) -> None:
+    # Output capture is suspended while plugins configure: fd 1 is the real stdout here.
+    config._watchdog_fd = os.dup(1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import signal
+    import threading
+
+    def on_alarm(signum, frame) -> None:
+        raise TestTimedOut(f"{item.nodeid} ran past {TEST_TIME_LIMIT:g}s; every thread's stack:\n{_all_stacks()}")
+
+    def last_resort() -> None:
+        text = f"\n{item.nodeid} is stuck past {TEST_TIME_LIMIT + HARD_GRACE:g}s; ending the run. Stacks:\n{_all_stacks()}\n"
+        os.write(item.config._watchdog_fd, text.encode("utf-8", "replace"))
+        os._exit(3)
+
+    hard = threading.Timer(TEST_TIME_LIMIT + HARD_GRACE, last_resort)
+    hard.daemon = True
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT)
+    hard.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        hard.cancel()

@@ -40,7 +40,14 @@ class ScriptedServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stopped.set()
+        # close() alone does not wake a thread blocked in accept() on Linux: the
+        # thread (and the listening socket it holds) would outlive the test.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(5)
 
     def _serve(self) -> None:
         while not self.stopped.is_set():

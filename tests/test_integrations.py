@@ -30,6 +30,7 @@ from faults import ScriptedServer, reply
 
 REPLY = "".join(REPLY_WORDS)
 PLACEHOLDER = "sk-placeholder-the-adapter-overwrites"
+CLIENT_TIMEOUT = 30  # the clients' defaults (openai: 600 s) would let a stalled stand-in hang a test
 ADAPTERS = {"httpx": (for_httpx, httpx), "httpx2": (for_httpx2, httpx2)}
 
 
@@ -77,7 +78,7 @@ def test_ollama_client_list_show_chat_and_stream(api, monkeypatch):
     import ollama
 
     monkeypatch.setenv("OLLAMA_API_KEY", PLACEHOLDER)  # ollama-python sends it; the adapter overwrites it
-    client = ollama.Client(host=api.base_url, auth=for_httpx.OllamaAuth(identity=None, api_base=api.base_url))
+    client = ollama.Client(host=api.base_url, auth=for_httpx.OllamaAuth(identity=None, api_base=api.base_url), timeout=CLIENT_TIMEOUT)
     assert [m.model for m in client.list().models] == ["gpt-oss:120b-cloud", "qwen3-coder:480b-cloud"]
     assert client.show("gpt-oss:120b-cloud").modelfile == "FROM stand-in"
     answer = client.chat(model="gpt-oss:120b-cloud", messages=[{"role": "user", "content": "hi"}])
@@ -93,7 +94,7 @@ def test_ollama_async_client_with_the_api_host_from_the_environment(api, monkeyp
     monkeypatch.setenv("OLLAMA_CLOUD_BASE_URL", api.base_url)
 
     async def main():
-        client = ollama.AsyncClient(host=api.base_url, auth=for_httpx.OllamaAuth())
+        client = ollama.AsyncClient(host=api.base_url, auth=for_httpx.OllamaAuth(), timeout=CLIENT_TIMEOUT)
         models = await client.list()
         shown = await client.show("gpt-oss:120b-cloud")
         answer = await client.chat(model="m", messages=[{"role": "user", "content": "hi"}])
@@ -147,6 +148,7 @@ def test_openai_client_chat_and_stream(api):
         api_key="unused",
         http_client=httpx2.Client(auth=for_httpx2.OllamaAuth(api_base=api.base_url)),
         max_retries=0,
+        timeout=CLIENT_TIMEOUT,
     )
     completion = client.chat.completions.create(model="gpt-oss:120b", messages=[{"role": "user", "content": "hi"}])
     assert completion.choices[0].message.content == REPLY
@@ -165,6 +167,7 @@ def test_openai_async_client_chat_and_stream(api):
             api_key="unused",
             http_client=httpx2.AsyncClient(auth=for_httpx2.OllamaAuth(api_base=api.base_url)),
             max_retries=0,
+            timeout=CLIENT_TIMEOUT,
         )
         completion = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
@@ -180,7 +183,7 @@ def test_an_unsigned_client_is_refused_by_the_stand_in(api):
     """The control: without the adapter the same call fails, so the tests above prove signing."""
     import openai
 
-    client = openai.OpenAI(base_url=f"{api.base_url}/v1", api_key="unused", http_client=httpx2.Client(), max_retries=0)
+    client = openai.OpenAI(base_url=f"{api.base_url}/v1", api_key="unused", http_client=httpx2.Client(), max_retries=0, timeout=CLIENT_TIMEOUT)
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert api.signed_requests == [] and len(api.refused_requests) == 1

@@ -119,13 +119,13 @@ def test_openai_client_through_the_proxy_sync_and_async(upstream, start_proxy):
     import openai
 
     proxy = start_proxy("--upstream", upstream.base_url)
-    client = openai.OpenAI(base_url=f"{proxy.base}/v1", api_key=proxy.token, max_retries=0)
+    client = openai.OpenAI(base_url=f"{proxy.base}/v1", api_key=proxy.token, max_retries=0, timeout=30)
     assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == REPLY
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
     assert [c.choices[0].delta.content for c in stream if c.choices[0].delta.content] == REPLY_WORDS
 
     async def main():
-        aclient = openai.AsyncOpenAI(base_url=f"{proxy.base}/v1", api_key=proxy.token, max_retries=0)
+        aclient = openai.AsyncOpenAI(base_url=f"{proxy.base}/v1", api_key=proxy.token, max_retries=0, timeout=30)
         done = await aclient.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         astream = await aclient.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
         return done.choices[0].message.content, [c.choices[0].delta.content async for c in astream if c.choices[0].delta.content]
@@ -142,7 +142,7 @@ def test_ollama_client_through_the_proxy(upstream, start_proxy, monkeypatch):
 
     proxy = start_proxy("--upstream", upstream.base_url)
     monkeypatch.setenv("OLLAMA_API_KEY", proxy.token)  # as --print-env sets it
-    client = ollama.Client(host=proxy.base)
+    client = ollama.Client(host=proxy.base, timeout=30)
     assert [part.message.content for part in client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)] == [*REPLY_WORDS, ""]
     assert client.show("m").modelfile == "FROM stand-in"
     assert len(client.list().models) == 2
@@ -314,6 +314,34 @@ def test_over_the_concurrency_limit_is_503(public_line, start_proxy):
             first.recv(100)  # the stream has started
             status, _, reply = request(proxy, "POST", "/api/me", b"")
         assert status == 503 and "concurrency" in json.loads(reply)["error"]
+
+
+def test_a_burst_of_clients_is_queued_by_the_kernel_not_dropped(upstream, start_proxy):
+    """64 clients connect while the proxy cannot accept (stopped): the listen
+    backlog holds them all, and each is served once it runs again. With
+    socketserver's default backlog of 5 the kernel drops the other handshakes."""
+    proxy = start_proxy("--upstream", upstream.base_url)
+    os.kill(proxy.process.pid, signal.SIGSTOP)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5))
+    except socket.timeout:
+        pass
+    finally:
+        os.kill(proxy.process.pid, signal.SIGCONT)
+    try:
+        assert len(clients) == 64
+        head = f"POST /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        for client in clients:
+            client.settimeout(30)
+            client.sendall(head.encode())
+        answers = [client.makefile("rb").readline() for client in clients]
+        assert answers == [b"HTTP/1.1 200 OK\r\n"] * 64
+        assert len(upstream.signed_requests) == 64
+    finally:
+        for client in clients:
+            client.close()
 
 
 # --- streaming, disconnects, shutdown ------------------------------------------------------------
