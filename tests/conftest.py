@@ -181,6 +181,20 @@ def pytest_configure(config) -> None:
     config._watchdog_fd = os.dup(1)
 
 
+def pytest_unconfigure(config) -> None:
+    # Python joins non-daemon and executor threads at exit with no time limit;
+    # one stuck thread would hang the finished run until CI's limit.
+    import threading
+
+    def stuck_at_exit() -> None:
+        os.write(config._watchdog_fd, f"\nthe test run is stuck at exit; stacks:\n{_all_stacks()}\n".encode("utf-8", "replace"))
+        os._exit(3)
+
+    guard = threading.Timer(HARD_GRACE, stuck_at_exit)
+    guard.daemon = True
+    guard.start()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     import signal
