@@ -154,8 +154,9 @@ def pytest_addoption(parser) -> None:
 # A hang must never run silently into CI's time limit. After TEST_TIME_LIMIT
 # seconds a test (setup, call and teardown together) is interrupted with every
 # thread's stack in its failure report. If even that cannot interrupt it (a
-# wait that ignores signals), HARD_GRACE seconds later the same stacks are
-# written to the real standard output and the run ends with status 3.
+# wait that ignores signals, a thread that never gives up the GIL), HARD_GRACE
+# seconds later faulthandler -- a C thread that needs no GIL -- writes every
+# thread's stack to the real standard output and ends the run with status 1.
 
 TEST_TIME_LIMIT = 180.0
 HARD_GRACE = 30.0
@@ -181,41 +182,33 @@ def pytest_configure(config) -> None:
     config._watchdog_fd = os.dup(1)
 
 
-def pytest_unconfigure(config) -> None:
-    # Python joins non-daemon and executor threads at exit with no time limit;
-    # one stuck thread would hang the finished run until CI's limit.
-    import threading
+def _arm_last_resort(config, seconds: float) -> None:
+    import faulthandler
 
-    def stuck_at_exit() -> None:
-        os.write(config._watchdog_fd, f"\nthe test run is stuck at exit; stacks:\n{_all_stacks()}\n".encode("utf-8", "replace"))
-        os._exit(3)
-
-    guard = threading.Timer(HARD_GRACE, stuck_at_exit)
-    guard.daemon = True
-    guard.start()
+    # The stacks it writes include the test's own frame, which names the test.
+    faulthandler.dump_traceback_later(seconds, exit=True, file=config._watchdog_fd)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
+    import faulthandler
     import signal
-    import threading
 
     def on_alarm(signum, frame) -> None:
         raise TestTimedOut(f"{item.nodeid} ran past {TEST_TIME_LIMIT:g}s; every thread's stack:\n{_all_stacks()}")
 
-    def last_resort() -> None:
-        text = f"\n{item.nodeid} is stuck past {TEST_TIME_LIMIT + HARD_GRACE:g}s; ending the run. Stacks:\n{_all_stacks()}\n"
-        os.write(item.config._watchdog_fd, text.encode("utf-8", "replace"))
-        os._exit(3)
-
-    hard = threading.Timer(TEST_TIME_LIMIT + HARD_GRACE, last_resort)
-    hard.daemon = True
     previous = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT)
-    hard.start()
+    _arm_last_resort(item.config, TEST_TIME_LIMIT + HARD_GRACE)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-        hard.cancel()
+        faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_unconfigure(config) -> None:
+    # Python joins non-daemon and executor threads at exit with no time limit;
+    # one stuck thread would hang the finished run until CI's limit.
+    _arm_last_resort(config, HARD_GRACE)
