@@ -193,17 +193,23 @@ def _arm_last_resort(config, seconds: float) -> None:
 def pytest_runtest_protocol(item, nextitem):
     import faulthandler
     import signal
+    import threading
 
     def on_alarm(signum, frame) -> None:
         raise TestTimedOut(f"{item.nodeid} ran past {TEST_TIME_LIMIT:g}s; every thread's stack:\n{_all_stacks()}")
 
+    # Sent to the main thread itself: a process-wide timer signal may land on any
+    # of the tests' server threads and leave the main thread blocked in a syscall.
+    main = threading.get_ident()
+    soft = threading.Timer(TEST_TIME_LIMIT, signal.pthread_kill, (main, signal.SIGALRM))
+    soft.daemon = True
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT)
+    soft.start()
     _arm_last_resort(item.config, TEST_TIME_LIMIT + HARD_GRACE)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        soft.cancel()
         signal.signal(signal.SIGALRM, previous)
         faulthandler.cancel_dump_traceback_later()
 
