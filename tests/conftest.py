@@ -98,6 +98,16 @@ def standin(public_line):
     server.stop()
 
 
+@pytest.fixture
+def streaming_standin(public_line):
+    """A stand-in whose streamed replies pause 10 ms between chunks, as a model's do."""
+    server = StandIn(chunk_delay=0.01)
+    server.authorize(public_line("ed25519-a"), name="jdoe")
+    server.start()
+    yield server
+    server.stop()
+
+
 class Result:
     def __init__(self, completed: subprocess.CompletedProcess) -> None:
         self.code = completed.returncode

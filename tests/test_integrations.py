@@ -45,12 +45,8 @@ def keyed(env, monkeypatch):
 
 
 @pytest.fixture
-def api(public_line, keyed):
-    server = StandIn(chunk_delay=0.01)
-    server.authorize(public_line("ed25519-a"), name="jdoe")
-    server.start()
-    yield server
-    server.stop()
+def api(streaming_standin, keyed):
+    return streaming_standin
 
 
 @pytest.fixture

@@ -47,12 +47,8 @@ class RunningProxy:
 
 
 @pytest.fixture
-def upstream(public_line):
-    server = StandIn(chunk_delay=0.01)
-    server.authorize(public_line("ed25519-a"), name="jdoe")
-    server.start()
-    yield server
-    server.stop()
+def upstream(streaming_standin):
+    return streaming_standin
 
 
 @pytest.fixture
