@@ -164,6 +164,7 @@ def build_parser():
     proxy.add_argument("--listen", default="127.0.0.1:11470", metavar="HOST:PORT", help="loopback address to listen on; port 0 picks one (default: 127.0.0.1:11470)")
     proxy.add_argument("--upstream", metavar="URL", help="where to forward (scheme and host; https unless loopback)")
     proxy.add_argument("--no-local-token", action="store_true", help="accept requests without the local access token (single-user machines only)")
+    proxy.add_argument("--allow-origin", action="append", metavar="ORIGIN", help="admit requests from this web page origin (scheme://host:port); repeatable; default: none")
     proxy.add_argument("--print-env", action="store_true", help="print shell lines that point clients at the proxy, then exit")
     proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
@@ -431,20 +432,22 @@ def cmd_whoami(args, log) -> int:
 
 
 def cmd_proxy(args, log) -> int:
-    from . import proxy
     from .identity import default_identity_path
+    from .serve import commands, sign
 
     if args.print_env:
-        host, port = proxy.parse_listen(args.listen)
-        shown = f"[{host}]" if ":" in host else host
-        token = None if args.no_local_token else proxy.local_token()
-        write_stdout("".join(f"{line}\n" for line in proxy.env_lines(f"http://{shown}:{port}", token)))
+        host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
+                                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+        token = None if args.no_local_token else sign.local_token()
+        write_stdout("".join(f"{line}\n" for line in sign.env_lines(commands.shown_base(host, port), token)))
         return EXIT_OK
-    return proxy.serve(
+    return commands.serve_proxy(
         listen=args.listen,
         upstream_text=args.upstream if args.upstream is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"),
         identity_path=args.identity or default_identity_path(),
+        default_identity=args.identity is None,
         require_token=not args.no_local_token,
+        allow_origins=args.allow_origin,
         timeout=args.timeout,
         max_in_flight=args.max_concurrency,
         grace=args.grace,

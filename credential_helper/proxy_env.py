@@ -156,3 +156,11 @@ def _ip(text: str):
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def proxy_secrets(proxy: "Proxy | None") -> tuple[str, ...]:
+    """What must never be shown of a proxy's credentials."""
+    if proxy is None or proxy.username is None:
+        return ()
+    pair = f"{proxy.username}:{proxy.password or ''}"
+    return tuple(s for s in (proxy.authorization(), pair, proxy.password) if s)

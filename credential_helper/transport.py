@@ -225,3 +225,9 @@ def _first_line(exc: BaseException) -> str:
     # Not shortened here: the caller's sanitiser redacts, then shortens.
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS context for every outbound connection."""
+    check_ca_file()
+    return ssl.create_default_context()

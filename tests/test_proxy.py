@@ -31,6 +31,7 @@ class RunningProxy:
         self.first_line = first_line
         self.base = first_line.split()[2]
         self.port = int(self.base.rsplit(":", 1)[1])
+        self.host = f"127.0.0.1:{self.port}"  # the Host a client of the proxy sends
         self.token = token
         self.log: list[str] = []
 
@@ -212,7 +213,7 @@ def test_print_env_lines(run, proxy_env):
 def test_hop_by_hop_and_local_headers_are_dropped(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url)
     reply = raw_exchange(proxy, (
-        "POST /api/me?secret=value HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n"
+        f"POST /api/me?secret=value HTTP/1.1\r\nHost: localhost:{proxy.port}\r\nContent-Length: 0\r\n"
         f"x-api-key: {proxy.token}\r\nConnection: close, X-Private-Hop\r\nX-Private-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
         "TE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Forwarded-For: 10.1.2.3\r\n"
         "Forwarded: for=10.1.2.3\r\nAccept-Encoding: gzip\r\nX-Custom: kept\r\n\r\n"
@@ -237,7 +238,7 @@ def test_compression_passes_through_untouched(upstream, start_proxy):
 
 def test_redirects_are_returned_not_followed(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url)
-    reply = raw_exchange(proxy, f"GET /api/redirect HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nConnection: close\r\n\r\n".encode())
+    reply = raw_exchange(proxy, f"GET /api/redirect HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nConnection: close\r\n\r\n".encode())
     assert reply.startswith(b"HTTP/1.1 302 ") and b"\r\nLocation: https://elsewhere.example/landing\r\n" in reply
     assert len(upstream.signed_requests) == 1
 
@@ -263,7 +264,7 @@ MALFORMED = {
 @pytest.mark.parametrize("data", MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_requests_get_400_and_never_reach_upstream(upstream, start_proxy, data):
     proxy = start_proxy("--upstream", upstream.base_url)
-    authorized = data.replace(b"Host: x\r\n", f"Host: x\r\nAuthorization: Bearer {proxy.token}\r\n".encode(), 1)
+    authorized = data.replace(b"Host: x\r\n", f"Host: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n".encode(), 1)
     reply = raw_exchange(proxy, authorized)
     assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
     assert b'"error"' in reply
@@ -289,13 +290,13 @@ def test_upstream_timeout_is_504(start_proxy):
     assert time.monotonic() - started < 10
 
 
-def test_identity_problem_is_503_with_the_cli_message(upstream, start_proxy, proxy_env, run):
+def test_no_usable_identity_exits_3_at_start_with_the_cli_message(upstream, proxy_env, run):
+    """Issue 14.8: a proxy that cannot sign says so at once, not with a 503 per request."""
     environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey")
-    proxy = start_proxy("--upstream", upstream.base_url, environment=environment)
-    status, _, body = request(proxy, "POST", "/api/me", b"")
+    proxy = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url], environment=environment)
     cli = run(["sign", "POST", f"{upstream.base_url}/api/me"], environment=environment)
-    assert status == 503 and cli.code == 3
-    assert json.loads(body)["error"] == cli.err.strip().split("ollama-credential-helper: ", 1)[1]
+    assert proxy.code == 3 and cli.code == 3
+    assert proxy.err == cli.err and proxy.err.count("\n") == 1
     assert upstream.request_headers == []
 
 
@@ -306,7 +307,7 @@ def test_over_the_concurrency_limit_is_503(public_line, start_proxy):
         proxy = start_proxy("--upstream", slow.base_url, "--max-concurrency", "1")
         with socket.create_connection(("127.0.0.1", proxy.port)) as first:
             body = b'{"stream": true}'
-            first.sendall(f"POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            first.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             first.recv(100)  # the stream has started
             status, _, reply = request(proxy, "POST", "/api/me", b"")
         assert status == 503 and "concurrency" in json.loads(reply)["error"]
@@ -328,7 +329,7 @@ def test_a_burst_of_clients_is_queued_by_the_kernel_not_dropped(upstream, start_
         os.kill(proxy.process.pid, signal.SIGCONT)
     try:
         assert len(clients) == 64
-        head = f"POST /api/me HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        head = f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         for client in clients:
             client.settimeout(30)
             client.sendall(head.encode())
@@ -365,7 +366,7 @@ def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line
         threads_before = proxy.threads()
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
             body = b'{"stream": true}'
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             data = b""
             while b"Hello" not in data:
                 data += sock.recv(4096)
@@ -389,7 +390,7 @@ def test_time_to_first_chunk_is_not_buffered(public_line, start_proxy):
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
             body = b'{"stream": true}'
             started = time.monotonic()
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             data = b""
             while b"Hello" not in data:
                 data += sock.recv(4096)
@@ -405,7 +406,7 @@ def test_a_stop_signal_lets_a_stream_finish_then_exits_0(public_line, start_prox
         proxy = start_proxy("--upstream", slow.base_url)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
             body = b'{"stream": true}'
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
             sock.recv(100)
             proxy.process.send_signal(sig)
             data = b""

@@ -1,0 +1,89 @@
+"""Starting ``proxy`` and ``gate``: parse what the command line gave, build the
+policy and the engine, serve until a stop signal. The CLI calls only these."""
+
+import sys
+import threading
+
+from .. import policy
+from ..errors import IdentityError, InputError
+
+DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
+DEFAULT_GATE_PORT = 11435
+
+
+def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "") -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``); ``localhost`` means 127.0.0.1."""
+    if text.startswith("["):
+        host, _, port_text = text[1:].partition("]:")
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise InputError(f"--listen {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
+    if loopback_only and not policy.is_loopback(host):
+        raise InputError(f"--listen {host}: {why}")
+    return ("127.0.0.1" if host.lower() == "localhost" else host), int(port_text)
+
+
+def shown_base(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def make_log():
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        with lock:
+            sys.stderr.write(f"{line}\n")
+            sys.stderr.flush()
+
+    return log
+
+
+def _stop_signals():
+    import signal
+
+    names = ("SIGINT", "SIGTERM", "SIGBREAK")  # SIGBREAK: Ctrl+Break on Windows
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
+
+
+def _prepare_socket(sock) -> None:
+    import socket
+
+    if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):  # Windows: SO_REUSEADDR there lets others bind our port
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
+def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
+                require_token: bool, allow_origins, timeout: float, max_in_flight: int, grace: float,
+                verbose: bool, ready=None) -> int:
+    from . import engine, sign
+    from .upstream import Upstream
+
+    address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
+                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+    upstream_url = policy.cloud_base_url(upstream_text)
+    allowed = sign.parse_origins(allow_origins)
+    token = sign.local_token() if require_token else None
+    signer = sign.Signer(upstream_url, identity_path, token)  # exit 3 now, not 503 on every request
+    log = make_log()
+    upstream = Upstream(upstream_url, timeout)
+    server = engine.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
+                           verbose=verbose, prepare_socket=_prepare_socket)
+    server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
+    log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
+    if token is None:
+        log("warning: --no-local-token: any program on this machine can use your ollama.com account through this proxy")
+    if default_identity and signer.identity is not None and upstream_url.hostname.lower() != "ollama.com":
+        log(_shared_server_warning(upstream_url.host))
+    if upstream.via is not None and verbose:
+        log(f"upstream through the proxy {upstream.via} ({upstream.via.variable})")
+    return engine.run(server, grace=grace, log=log, stop_signals=_stop_signals(), ready=ready)
+
+
+def _shared_server_warning(host: str) -> str:
+    return (f"warning: signing with your default key toward {host}: whoever runs it can replay each signature "
+            "at ollama.com as you (same method and path, any body) while its ts is fresh; use a second key "
+            "for shared servers (--identity, made with 'key --generate --identity PATH')")
+

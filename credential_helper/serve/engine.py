@@ -1,0 +1,529 @@
+"""The HTTP/1.1 intermediary engine: h11 on both sides, a thread per client connection.
+
+The engine decides nothing about credentials. For each request head it asks a
+policy (``policy.decide(head)``, pure), then either answers for the policy or
+relays the request to the upstream and the answer back, streaming both ways.
+What it owns: framing (h11), deadlines, the connection cap, requests in flight,
+client hang-up, the upstream pool, and one log line per request.
+
+Rules it keeps (each cites why):
+- an upstream ``1xx`` is never taken for the answer (h11 models interim answers);
+  a connection goes back to the pool only after both messages ended cleanly;
+- an upstream body cut short cuts the client's connection: never kept alive;
+- only a safe method without a body is retried on a fresh connection, and only
+  when a reused connection failed before any answer (RFC 9110 9.2.1, RFC 9112 9.3.1);
+- a request head must arrive within HEAD_TIMEOUT in total, and at the
+  connection cap the longest-idle connection makes room (slow or idle sockets
+  cannot lock the token holder out).
+"""
+
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import OrderedDict
+
+import h11
+
+from .messages import MAX_HEAD_BYTES, REASONS, Answer, Forward, Head, end_to_end, head_problem, request_has_body
+from .upstream import Upstream
+
+HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
+IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
+BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
+MAX_CONNECTIONS = 512
+LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
+
+
+class ClientGone(Exception):
+    """The client hung up or stopped reading: stop, and cut the upstream request."""
+
+
+class UpstreamCut(Exception):
+    """The upstream's answer ended before its framing said it would."""
+
+
+class Server:
+    def __init__(self, address, policy, *, upstream: Upstream | None, log, timeout: float = 300.0,
+                 max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
+                 tls_context: ssl.SSLContext | None = None, prepare_socket=None) -> None:
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        if prepare_socket is not None:
+            prepare_socket(self.sock)
+        self.sock.bind(address)
+        self.sock.listen(LISTEN_BACKLOG)
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()[:2]
+        self.policy, self.upstream, self.log = policy, upstream, log
+        self.timeout, self.verbose, self.tls_context = timeout, verbose, tls_context
+        self.max_connections = max_connections
+        self.slots = threading.BoundedSemaphore(max_in_flight)
+        self.stopping = threading.Event()
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._open: set = set()
+        self._idle: OrderedDict = OrderedDict()  # connections waiting for a request, oldest first
+
+    # -- accepting ---------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                sock, peer = self.sock.accept()
+            except (socket.timeout, BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    return
+                time.sleep(0.05)  # out of file descriptors: let others finish
+                continue
+            sock.settimeout(None)
+            client = _Client(self, sock)
+            with self._lock:
+                if len(self._open) >= self.max_connections:
+                    victim = next(iter(self._idle), None)
+                    if victim is None:
+                        sock.close()  # every connection is mid-request: refuse this one
+                        continue
+                    del self._idle[victim]
+                    victim.evict()
+                self._open.add(client)
+                self._idle[client] = None
+            threading.Thread(target=client.run, daemon=True).start()
+
+    def idle(self, client, waiting: bool) -> None:
+        with self._lock:
+            if waiting:
+                self._idle[client] = None
+            else:
+                self._idle.pop(client, None)
+
+    def closed(self, client) -> None:
+        with self._lock:
+            self._open.discard(client)
+            self._idle.pop(client, None)
+
+    def stop_accepting(self) -> None:
+        """Stop accepting; connections waiting for a request close now."""
+        self.stopping.set()
+        with self._lock:
+            idle, self._idle = list(self._idle), OrderedDict()
+        for client in idle:
+            client.evict()
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.upstream is not None:
+            self.upstream.close_all()
+
+    def count_in_flight(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
+
+
+class _Client:
+    """One client connection: requests in order, each answered or relayed."""
+
+    def __init__(self, server: Server, sock: socket.socket) -> None:
+        self.server = server
+        self.sock = sock
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.evicted = False
+        self.sent = 0  # body bytes the client has been sent for the current answer
+        self.status = None  # the status of the answer being relayed, once its head went out
+
+    def evict(self) -> None:
+        self.evicted = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        try:
+            if self.server.tls_context is not None:
+                self.sock.settimeout(HEAD_TIMEOUT)
+                self.sock = self.server.tls_context.wrap_socket(self.sock, server_side=True)
+            first = True
+            while not self.server.stopping.is_set():
+                head = self._read_head(HEAD_TIMEOUT if first else IDLE_TIMEOUT)
+                first = False
+                if head is None or not self._serve(head):
+                    break
+                self.conn.start_next_cycle()
+        except (OSError, ssl.SSLError, ClientGone):
+            pass
+        except Exception as exc:  # a bug must cost one connection, never the server, and no traceback
+            self.server.log(f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it")
+        finally:
+            self.server.closed(self)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    # -- the request head --------------------------------------------------------------------
+
+    def _read_head(self, idle_timeout: float) -> Head | None:
+        """The next request head, checked; None when the connection should end."""
+        raw = bytearray(self.conn.trailing_data[0])  # a pipelined request already received
+        deadline = time.monotonic() + (HEAD_TIMEOUT if raw else idle_timeout)
+        started = bool(raw)
+        self.server.idle(self, not started)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.server.idle(self, False)
+                self._answer_bad_head(exc)
+                return None
+            if isinstance(event, h11.Request):
+                self.server.idle(self, False)
+                head = Head(
+                    event.method.decode("latin-1"), event.target.decode("latin-1"), event.http_version.decode("latin-1"),
+                    tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()),
+                )
+                problem = head_problem(bytes(raw), head)
+                if problem is not None:
+                    self._finish(head, Answer(400, problem), time.monotonic())
+                    return None
+                return head
+            if event is not h11.NEED_DATA:  # ConnectionClosed
+                return None
+            left = deadline - time.monotonic()
+            if left <= 0 or self.evicted:
+                return None
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if self.evicted:
+                return None
+            if data and not raw:
+                data = data.lstrip(b"\r\n")  # RFC 9112 2.2: ignore empty lines before a request
+                if not data:
+                    continue
+            if data and not started:
+                started = True
+                deadline = time.monotonic() + HEAD_TIMEOUT  # the whole head, not per read
+                self.server.idle(self, False)
+            if len(raw) <= MAX_HEAD_BYTES:
+                raw += data
+            self.conn.receive_data(data)
+
+    def _answer_bad_head(self, exc: h11.RemoteProtocolError) -> None:
+        status = 431 if exc.error_status_hint == 431 else 400
+        message = _protocol_message(exc)
+        if self.conn.our_state is h11.IDLE or self.conn.our_state is h11.SEND_RESPONSE:
+            self._write_answer(Answer(status, message), None)
+        self.server.log(f"- - {status} 0B 0ms" + (f" ({message})" if self.server.verbose else ""))
+
+    # -- one request ---------------------------------------------------------------------------
+
+    def _serve(self, head: Head) -> bool:
+        """Answer or relay one request; True to keep the connection for another."""
+        started = time.monotonic()
+        decision = self.server.policy.decide(head)
+        if isinstance(decision, Answer):
+            return self._finish(head, decision, started)
+        if not self.server.slots.acquire(blocking=False):
+            return self._finish(head, Answer(503, "the server is at its concurrency limit; try again shortly"), started)
+        self.server.count_in_flight(+1)
+        try:
+            return self._relay(head, decision, started)
+        finally:
+            self.server.count_in_flight(-1)
+            self.server.slots.release()
+
+    def _finish(self, head: Head, answer: Answer, started: float) -> bool:
+        keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
+        written = self._write_answer(answer, head, keep)
+        note = answer.message if (self.server.verbose and answer.status >= 400) else None
+        self._log(head, answer.status, written, started, who=answer.who, note=note)
+        return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> int:
+        body = answer.payload() if (head is None or head.method != "HEAD") else b""
+        headers = list(answer.headers)
+        if answer.status != 204:
+            if answer.body is None:
+                headers.append(("Content-Type", "application/json"))
+            headers.append(("Content-Length", str(len(answer.payload()))))
+        if not keep:
+            headers.append(("Connection", "close"))
+        try:
+            self._send(h11.Response(status_code=answer.status, headers=headers, reason=REASONS.get(answer.status, "")))
+            if body:
+                self._send(h11.Data(data=body))
+            self._send(h11.EndOfMessage())
+        except (ClientGone, h11.LocalProtocolError):
+            return -1
+        return len(body)
+
+    def _relay(self, head: Head, forward: Forward, started: float) -> bool:
+        upstream = self.server.upstream
+        has_body = request_has_body(head)
+        headers = list(forward.headers)
+        length = head.get("content-length")
+        if has_body:
+            headers.append(("Content-Length", str(int(length.split(",")[0]))) if length is not None else ("Transfer-Encoding", "chunked"))
+        request = h11.Request(method=head.method, target=upstream.request_target(forward.target), headers=headers)
+        replayable = head.method in SAFE_METHODS and not has_body
+        secrets = forward.secrets + upstream.secrets()
+        for attempt in (1, 2):
+            try:
+                up, reused = upstream.take()
+            except Exception as exc:  # OSError, TLS, a refused CONNECT tunnel
+                return self._upstream_failed(head, exc, started, secrets, forward)
+            try:
+                up.send(request)
+                self._send_body(up)
+                return self._answer_from(up, head, forward, started, secrets)
+            except _Stale as exc:
+                up.close()
+                if not (reused and replayable and attempt == 1):
+                    return self._upstream_failed(head, exc.__cause__ or exc, started, secrets, forward)
+            except ClientGone:
+                up.close()
+                self._log(head, self.status or "-", self.sent, started, who=forward.who, note="client gone")
+                return False
+            except _BadBody as exc:
+                up.close()  # the upstream never sees a complete request
+                self._finish(head, Answer(400, str(exc)), started)
+                return False
+            except (OSError, ssl.SSLError, h11.ProtocolError, _UpstreamMalformed) as exc:
+                up.close()
+                return self._upstream_failed(head, exc, started, secrets, forward)
+        return False  # pragma: no cover
+
+    def _send_body(self, up) -> None:
+        """The client's request body to the upstream as it arrives."""
+        if self.conn.their_state is h11.DONE:  # a retry: the body (none) was read before
+            up.send(h11.EndOfMessage())
+            return
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _BadBody(_protocol_message(exc)) from None
+            if event is h11.NEED_DATA:
+                if self.conn.they_are_waiting_for_100_continue:
+                    self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                self.sock.settimeout(BODY_READ_TIMEOUT)
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    raise ClientGone() from None
+                if not data:
+                    raise ClientGone()
+                self.conn.receive_data(data)
+                continue
+            try:
+                if isinstance(event, h11.Data):
+                    up.send(h11.Data(data=bytes(event.data)))
+                elif isinstance(event, h11.EndOfMessage):
+                    up.send(h11.EndOfMessage())
+                    return
+                else:
+                    raise ClientGone()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise _Stale() from exc
+
+    def _answer_from(self, up, head: Head, forward: Forward, started: float, secrets) -> bool:
+        """Relay the upstream's answer; True when both connections may carry another request."""
+        self.sent = 0
+        self.status = status = None
+        received = False
+        with selectors.DefaultSelector() as selector:  # poll/epoll: fds above 1024 too
+            selector.register(up.sock, selectors.EVENT_READ, "upstream")
+            watching = self.conn.their_state is h11.DONE  # the whole request is in: a read now means hang-up
+            if watching:
+                selector.register(self.sock, selectors.EVENT_READ, "client")
+            while True:
+                try:
+                    event = up.h11.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if status is None:
+                        raise _UpstreamMalformed(_protocol_message(exc)) from None
+                    return self._cut(up, head, status, started, forward, "upstream cut its answer short")
+                if event is h11.NEED_DATA:
+                    data = self._wait_upstream(up, selector, status is None)
+                    if data is None:  # timed out
+                        if status is None:
+                            raise socket.timeout()
+                        return self._cut(up, head, status, started, forward, "upstream stalled")
+                    if not data and not received:
+                        raise _Stale()  # closed before a byte of an answer: a kept-alive connection gone stale
+                    received = True
+                    up.h11.receive_data(data)
+                    continue
+                if isinstance(event, h11.InformationalResponse):
+                    continue  # interim (100, 103): never the answer; the final one follows
+                if isinstance(event, h11.Response):
+                    if event.status_code == 101:
+                        raise _UpstreamMalformed("the upstream switched protocols, which the client did not ask for")
+                    self.status = status = event.status_code
+                    self._send_response_head(event, head)
+                elif isinstance(event, h11.Data):
+                    self._send(h11.Data(data=bytes(event.data)))
+                    self.sent += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self._send(h11.EndOfMessage())
+                    self.server.upstream.give_back(up)
+                    self._log(head, status, self.sent, started, who=forward.who)
+                    return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+                else:  # ConnectionClosed before an answer
+                    if status is None:
+                        raise _Stale()
+                    return self._cut(up, head, status, started, forward, "upstream cut its answer short")
+
+    def _wait_upstream(self, up, selector, before_answer: bool) -> bytes | None:
+        """The next bytes from the upstream, watching the client for a hang-up meanwhile."""
+        if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
+            return up.sock.recv(65536)
+        deadline = time.monotonic() + self.server.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            for key, _ in selector.select(left):
+                if key.data == "client":
+                    try:
+                        data = self.sock.recv(65536)
+                    except (BlockingIOError, ssl.SSLWantReadError):
+                        continue
+                    except OSError:
+                        raise ClientGone() from None
+                    if not data:
+                        raise ClientGone()
+                    self.conn.receive_data(data)  # a pipelined request: h11 keeps it for the next cycle
+                    if len(self.conn.trailing_data[0]) > MAX_HEAD_BYTES:
+                        selector.unregister(self.sock)  # enough read ahead; stop watching
+                else:
+                    try:
+                        data = up.sock.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    except (ConnectionResetError, BrokenPipeError) as exc:
+                        if before_answer:
+                            raise _Stale() from exc
+                        raise
+                    return data
+
+    def _send_response_head(self, event: h11.Response, head: Head) -> None:
+        headers = end_to_end([(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()])
+        length = event.headers and [v for n, v in event.headers if n == b"content-length"]
+        if length and not any(n == b"transfer-encoding" for n, _ in event.headers):
+            headers.append(("Content-Length", length[0].decode("latin-1")))
+        if self.server.stopping.is_set():
+            headers.append(("Connection", "close"))
+        from ..sanitize import printable
+
+        reason = printable(event.reason.decode("latin-1"))[:100]
+        self._send(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
+
+    def _cut(self, up, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
+        up.close()
+        self._log(head, status, self.sent, started, who=forward.who, note=why)
+        return False  # the client's connection closes mid-answer: it sees a cut message
+
+    def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets, forward: Forward) -> bool:
+        if self.conn.our_state is not h11.SEND_RESPONSE and self.conn.our_state is not h11.IDLE:
+            self._log(head, "-", self.sent, started, who=forward.who, note="upstream failed mid-answer")
+            return False
+        where = self.server.upstream.url.host
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            answer = Answer(504, f"the upstream {where} did not answer in time", who=forward.who)
+        elif isinstance(exc, _UpstreamMalformed):
+            from ..sanitize import server_text
+
+            answer = Answer(502, server_text(f"the upstream {where} sent a malformed answer: {exc}", secrets, limit=300), who=forward.who)
+        else:
+            from ..sanitize import server_text
+            from ..transport import describe_failure
+
+            detail = describe_failure(exc, where) if not isinstance(exc, _Stale) else None
+            text = detail or f"the connection to {where} failed before an answer"
+            answer = Answer(502, server_text(text, secrets, limit=300), who=forward.who)
+        self._finish(head, answer, started)
+        return False
+
+    # -- writing and logging ---------------------------------------------------------------------
+
+    def _send(self, event) -> None:
+        data = self.conn.send(event)
+        if data:
+            self.sock.settimeout(self.server.timeout)
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                raise ClientGone() from None
+
+    def _log(self, head: Head, status, size: int, started: float, who: str | None = None, note: str | None = None) -> None:
+        from ..sanitize import printable
+
+        milliseconds = (time.monotonic() - started) * 1000
+        line = f"{printable(head.method)[:16]} {printable(head.path)[:200]} {status} {max(size, 0)}B {milliseconds:.0f}ms"
+        if who:
+            line += f" {printable(who)[:100]}"
+        if note:
+            line += f" ({printable(note)[:200]})"
+        self.server.log(line)
+
+
+class _Stale(Exception):
+    """The upstream connection failed before any answer began."""
+
+
+class _BadBody(Exception):
+    """The client's body turned malformed part-way."""
+
+
+class _UpstreamMalformed(Exception):
+    """The upstream's answer head could not be read as HTTP/1.1."""
+
+
+def _protocol_message(exc: h11.ProtocolError) -> str:
+    from ..sanitize import printable
+
+    text = str(exc).split(":", 1)[0] if "bytearray(" in str(exc) else str(exc)
+    return printable(text)[:120] or "malformed request"
+
+
+def run(server: Server, *, grace: float, log, stop_signals, ready=None) -> int:
+    """Serve until a stop signal; then stop accepting, let requests in flight
+    finish within ``grace`` seconds, and return 0."""
+    import signal
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    # Handlers can be set only from the main thread (tests may serve from another).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals} if in_main else {}
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    if ready is not None:
+        ready(server)
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        server.stop_accepting()
+        loop.join(timeout=2)
+        deadline = time.monotonic() + grace
+        while server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if server.in_flight:
+            log(f"stopping with {server.in_flight} request(s) still in flight after {grace:g}s")
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log("stopped")
+    return 0

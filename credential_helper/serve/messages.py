@@ -1,0 +1,136 @@
+"""What the engine and its policies exchange, and the message rules h11 leaves to us. Pure.
+
+h11 frames HTTP/1.1 (request line, header syntax, Content-Length and chunked,
+keep-alive, interim responses). An intermediary must be stricter than a server in
+a few places, because the server behind it may read the same bytes differently
+(request smuggling): those checks are :func:`head_problem`, run on every request
+head before any policy sees it.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+MAX_HEAD_BYTES = 32 * 1024  # request line and header fields together
+MAX_HEADERS = 100
+
+# RFC 9110 7.6.1: connection-specific fields an intermediary must not forward.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+     "te", "trailer", "transfer-encoding", "upgrade"}
+)
+# Framing is the engine's (h11 writes its own Content-Length or chunking).
+FRAMING = frozenset({"content-length", "transfer-encoding"})
+REASONS = {
+    204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+
+
+@dataclass(frozen=True)
+class Head:
+    """A request head as received: method and target exactly as sent, header names
+    in their original case, values decoded as latin-1 (bytes preserved)."""
+
+    method: str
+    target: str
+    version: str  # "1.1" or "1.0"
+    headers: tuple[tuple[str, str], ...]
+
+    def get_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key.lower() == name]
+
+    def get(self, name: str) -> str | None:
+        values = self.get_all(name)
+        return values[0] if values else None
+
+    @property
+    def path(self) -> str:
+        """The target without its query: what a log line may show."""
+        return self.target.split("?", 1)[0]
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Send the request upstream with ``target`` and ``headers`` (no framing
+    fields: the engine adds them). ``secrets`` are values to redact from any
+    message built from the upstream's answer; ``who`` labels the log line."""
+
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    secrets: tuple[str, ...] = ()
+    who: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Answer the client directly. ``message`` goes into a one-line JSON body as
+    both ``error`` and ``status`` (Ollama's Go client prints ``status`` for some
+    calls and ``error`` for others, api/client.go); 204 has no body."""
+
+    status: int
+    message: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    who: str | None = None
+    keep_alive: bool = False  # only honoured when the request had no body left to read
+    body: bytes | None = field(default=None, repr=False)
+
+    def payload(self) -> bytes:
+        if self.body is not None:
+            return self.body
+        if self.status == 204:
+            return b""
+        return json.dumps({"error": self.message, "status": self.message}).encode() + b"\n"
+
+
+def head_problem(raw: bytes, head: Head) -> str | None:
+    """Why a head that h11 accepted must still be refused (400), or None.
+
+    ``raw`` is the bytes received up to and including the head (leading empty
+    lines already dropped); the body that may follow it is ignored.
+    """
+    end = raw.find(b"\r\n\r\n")
+    if end > MAX_HEAD_BYTES or (end < 0 and len(raw) > MAX_HEAD_BYTES):
+        return "the request head is too large"  # h11 bounds only a head that arrives in pieces
+    text = raw[:end] if end >= 0 else raw
+    if end < 0 or text.count(b"\n") != text.count(b"\r\n"):
+        return "a line of the request head ends in a bare LF"  # RFC 9112 2.2: MAY accept; we do not
+    if b"\n " in text or b"\n\t" in text:
+        return "folded header lines are not allowed"  # RFC 9112 5.2: obs-fold, reject
+    if head.version not in ("1.1", "1.0"):
+        return "unsupported HTTP version"
+    if not head.target.startswith("/"):
+        return "the request target must be a path (origin form)"
+    if len(head.headers) > MAX_HEADERS:
+        return "too many header fields"
+    encodings, lengths = head.get_all("transfer-encoding"), head.get_all("content-length")
+    if encodings and lengths:
+        return "both Content-Length and Transfer-Encoding"  # RFC 9112 6.1: a server MAY reject; smuggling
+    if encodings and head.version == "1.0":
+        return "Transfer-Encoding in an HTTP/1.0 request"  # RFC 9112 6.1
+    if len(head.get_all("host")) > 1:
+        return "more than one Host header"
+    return None
+
+
+def connection_tokens(headers) -> set[str]:
+    """Field names listed in Connection: hop-by-hop for this message too (RFC 9110 7.6.1)."""
+    return {
+        token.strip().lower()
+        for name, value in headers if name.lower() == "connection"
+        for token in value.split(",") if token.strip()
+    }
+
+
+def end_to_end(headers, also_drop=frozenset()) -> list[tuple[str, str]]:
+    """The fields an intermediary passes on: no hop-by-hop field, none that
+    Connection names, no framing field, nothing in ``also_drop`` (lower case)."""
+    dropped = HOP_BY_HOP | FRAMING | connection_tokens(headers) | also_drop
+    return [(name, value) for name, value in headers if name.lower() not in dropped]
+
+
+def request_has_body(head: Head) -> bool:
+    if head.get_all("transfer-encoding"):
+        return True
+    return any(value.strip() not in ("", "0") for value in head.get_all("content-length"))

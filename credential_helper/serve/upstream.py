@@ -1,0 +1,165 @@
+"""Connections to the one upstream an intermediary forwards to, kept alive in a pool.
+
+Each connection is a socket and an h11 client state machine. h11 knows which
+answer belongs to which request (interim ``1xx`` answers included), when a body
+ends, and whether the connection may carry another request: a connection goes
+back to the pool only when both sides finished their messages cleanly.
+"""
+
+import os
+import selectors
+import socket
+import ssl
+import threading
+import time
+
+import h11
+
+from .. import protocol
+from ..errors import NetworkError
+
+CONNECT_TIMEOUT = 10.0
+MAX_IDLE_UPSTREAM = 32
+MAX_IDLE_SECONDS = 20.0  # servers drop idle connections; do not find out mid-request
+MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head
+
+
+class Connection:
+    __slots__ = ("sock", "h11", "idle_since")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.idle_since = 0.0
+
+    def send(self, event) -> None:
+        data = self.h11.send(event)
+        if data:
+            self.sock.sendall(data)
+
+    def quiet(self) -> bool:
+        """Nothing arrived while idle: no close, and no stray bytes (an answer to
+        nobody must never be read as the answer to the next request)."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return False
+        with selectors.DefaultSelector() as selector:  # poll/epoll: any fd number
+            selector.register(self.sock, selectors.EVENT_READ)
+            return not selector.select(0)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class Upstream:
+    """Where requests go: ``url`` (scheme and host), through ``HTTPS_PROXY`` /
+    ``HTTP_PROXY`` when Go's rules say so (proxy_env)."""
+
+    def __init__(self, url: protocol.URL, read_timeout: float, environ=None) -> None:
+        from ..proxy_env import proxy_for
+
+        self.url = url
+        self.read_timeout = read_timeout
+        self.via = proxy_for(url, os.environ if environ is None else environ)
+        self.context = None
+        if url.scheme == "https":
+            from ..transport import tls_context
+
+            self.context = tls_context()
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+
+    def secrets(self) -> tuple[str, ...]:
+        """What to redact from messages about this upstream: the proxy's credentials."""
+        from ..proxy_env import proxy_secrets
+
+        return proxy_secrets(self.via)
+
+    def request_target(self, target: str) -> str:
+        """The absolute form through an http:// proxy for http URLs (RFC 9112 3.2.2)."""
+        if self.via is not None and self.url.scheme == "http":
+            return f"http://{self.url.host}{target}"
+        return target
+
+    def take(self) -> tuple[Connection, bool]:
+        """(connection, reused): the most recently idle quiet one, else a new one."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return self.connect(), False
+            if now - conn.idle_since < MAX_IDLE_SECONDS and conn.quiet():
+                conn.sock.settimeout(self.read_timeout)
+                return conn, True
+            conn.close()
+
+    def give_back(self, conn: Connection) -> None:
+        """Pool the connection if both messages ended cleanly; otherwise close it."""
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            conn.idle_since = time.monotonic()
+            with self._lock:
+                if len(self._idle) < MAX_IDLE_UPSTREAM:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def connect(self) -> Connection:
+        host, port = self.url.hostname, self.url.port or (443 if self.url.scheme == "https" else 80)
+        first = (self.via.host, self.via.port) if self.via is not None else (host, port)
+        sock = socket.create_connection(first, timeout=CONNECT_TIMEOUT)
+        try:
+            # Head and body go out in separate writes: without this, Nagle's
+            # algorithm holds the body until the server's delayed ACK (~40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.url.scheme == "https":
+                if self.via is not None:
+                    self._tunnel(sock, f"{host}:{port}")
+                sock = self.context.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(self.read_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return Connection(sock)
+
+    def _tunnel(self, sock: socket.socket, authority: str) -> None:
+        """CONNECT through the http:// proxy (RFC 9110 9.3.6), with h11 reading its answer."""
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
+        headers = [("Host", authority)]
+        authorization = self.via.authorization()
+        if authorization:
+            headers.append(("Proxy-Authorization", authorization))
+        sock.sendall(conn.send(h11.Request(method="CONNECT", target=authority, headers=headers)))
+        sock.sendall(conn.send(h11.EndOfMessage()))
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("the proxy did not answer CONNECT in time")
+                sock.settimeout(left)
+                conn.receive_data(sock.recv(65536))
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            if isinstance(event, h11.Response):
+                if 200 <= event.status_code < 300 and not conn.trailing_data[0]:
+                    return
+                from ..sanitize import server_text
+
+                reason = server_text(event.reason.decode("latin-1"), self.secrets(), limit=100)
+                raise NetworkError(
+                    f"the proxy {self.via} ({self.via.variable}) refused the tunnel to {authority}: "
+                    f"{event.status_code} {reason}"
+                )
+            raise NetworkError(f"the proxy {self.via} closed the tunnel to {authority}")
