@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from credential_helper.standin import StandIn
+
+import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
@@ -235,3 +238,43 @@ def pytest_unconfigure(config) -> None:
     # Python joins non-daemon and executor threads at exit with no time limit;
     # one stuck thread would hang the finished run until CI's limit.
     _arm_last_resort(config, HARD_GRACE)
+
+
+# --- the proxy and the gate, as subprocesses of the installed executable -----------------
+
+
+@pytest.fixture
+def upstream(streaming_standin):
+    return streaming_standin
+
+
+@pytest.fixture
+def proxy_env(env, tmp_path):
+    return dict(env, XDG_CONFIG_HOME=str(tmp_path / "config"))
+
+
+@pytest.fixture
+def start_proxy(proxy_env):
+    started: list[RunningProxy] = []
+
+    def start(*args: str, environment: dict | None = None, token: bool = True) -> RunningProxy:
+        environment = environment or proxy_env
+        process = subprocess.Popen(
+            [*helper_executable(), "proxy", "--listen", "127.0.0.1:0", *args],
+            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        first = process.stderr.readline()
+        assert first.startswith("listening on http://127.0.0.1:"), first + process.stderr.read()
+        secret = None
+        if token:
+            printed = subprocess.run([*helper_executable(), "proxy", "--print-env"], env=environment, capture_output=True, text=True, check=True).stdout
+            secret = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
+        running = serving.RunningProxy(process, first, secret)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop(signal.SIGKILL)
+
+

@@ -247,3 +247,56 @@ class ConnectProxy:
         pump(client, upstream)
         other.join(timeout=30)
         upstream.close()
+
+
+class KeepAliveServer:
+    """A raw upstream that reads request after request on each connection and
+    answers each with whatever bytes ``respond(head, body, index)`` returns
+    (``index`` counts requests on that connection from 0; ``None`` closes the
+    connection without answering). Records (connection number, head, body)."""
+
+    def __init__(self, respond) -> None:
+        self.respond = respond
+        self.requests: list[tuple[int, bytes, bytes]] = []
+        self.connections = 0
+        self.inner = ScriptedServer(self._script)
+
+    @property
+    def host(self) -> str:
+        return self.inner.host
+
+    def __enter__(self) -> "KeepAliveServer":
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.inner.__exit__(*exc_info)
+
+    def _script(self, conn: socket.socket, head: bytes) -> None:
+        self.inner.requests.clear()
+        self.connections += 1
+        number, index, buffered = self.connections, 0, head
+        while True:
+            while b"\r\n\r\n" not in buffered:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffered += chunk
+            head, _, rest = buffered.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(rest) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                rest += chunk
+            body, buffered = rest[:length], rest[length:]
+            self.requests.append((number, head, body))
+            answer = self.respond(head, body, index)
+            if answer is None:
+                return
+            conn.sendall(answer)
+            index += 1

@@ -134,6 +134,8 @@ class _Client:
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
         self.status = None  # the status of the answer being relayed, once its head went out
+        self._out = bytearray()  # bytes for the client not yet written
+        self._out_body = 0
 
     def evict(self) -> None:
         self.evicted = True
@@ -300,9 +302,12 @@ class _Client:
                 return self._upstream_failed(head, exc, started, secrets, forward)
         return False  # pragma: no cover
 
+    def _request_read(self) -> bool:
+        return self.conn.their_state is h11.DONE or self.conn.their_state is h11.MUST_CLOSE
+
     def _send_body(self, up) -> None:
         """The client's request body to the upstream as it arrives."""
-        if self.conn.their_state is h11.DONE:  # a retry: the body (none) was read before
+        if self._request_read():  # a retry: the body (none) was read before
             up.send(h11.EndOfMessage())
             return
         while True:
@@ -340,7 +345,7 @@ class _Client:
         received = False
         with selectors.DefaultSelector() as selector:  # poll/epoll: fds above 1024 too
             selector.register(up.sock, selectors.EVENT_READ, "upstream")
-            watching = self.conn.their_state is h11.DONE  # the whole request is in: a read now means hang-up
+            watching = self._request_read()  # the whole request is in: a read now means hang-up
             if watching:
                 selector.register(self.sock, selectors.EVENT_READ, "client")
             while True:
@@ -351,6 +356,7 @@ class _Client:
                         raise _UpstreamMalformed(_protocol_message(exc)) from None
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
                 if event is h11.NEED_DATA:
+                    self._flush()  # what arrived goes out before we wait for more
                     data = self._wait_upstream(up, selector, status is None)
                     if data is None:  # timed out
                         if status is None:
@@ -369,11 +375,12 @@ class _Client:
                     self.status = status = event.status_code
                     self._send_response_head(event, head)
                 elif isinstance(event, h11.Data):
-                    self._send(h11.Data(data=bytes(event.data)))
-                    self.sent += len(event.data)
+                    self._queue(h11.Data(data=bytes(event.data)), len(event.data))
                 elif isinstance(event, h11.EndOfMessage):
-                    self._send(h11.EndOfMessage())
+                    # Pooled before the client can see the end: its next request may follow at once.
                     self.server.upstream.give_back(up)
+                    self._queue(h11.EndOfMessage())
+                    self._flush()
                     self._log(head, status, self.sent, started, who=forward.who)
                     return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
                 else:  # ConnectionClosed before an answer
@@ -424,10 +431,11 @@ class _Client:
         from ..sanitize import printable
 
         reason = printable(event.reason.decode("latin-1"))[:100]
-        self._send(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
+        self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
 
     def _cut(self, up, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
         up.close()
+        self._flush()  # what did arrive, then the connection closes
         self._log(head, status, self.sent, started, who=forward.who, note=why)
         return False  # the client's connection closes mid-answer: it sees a cut message
 
@@ -453,6 +461,22 @@ class _Client:
         return False
 
     # -- writing and logging ---------------------------------------------------------------------
+
+    def _queue(self, event, body_bytes: int = 0) -> None:
+        """Batch what is ready for the client (one write per upstream read)."""
+        self._out += self.conn.send(event) or b""
+        self._out_body += body_bytes
+
+    def _flush(self) -> None:
+        if self._out:
+            data, self._out = bytes(self._out), bytearray()
+            self.sock.settimeout(self.server.timeout)
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                raise ClientGone() from None
+        self.sent += self._out_body
+        self._out_body = 0
 
     def _send(self, event) -> None:
         data = self.conn.send(event)

@@ -1,0 +1,383 @@
+"""Issue 14: the proxy as a correct HTTP intermediary. Each test drives the
+installed executable with raw sockets against upstreams that misbehave on
+purpose (interim answers, bodies cut short, stale kept-alive connections), and
+checks what reaches each side on the wire."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import helper_executable, load_vectors
+from credential_helper.standin import StandIn
+from faults import ConnectProxy, KeepAliveServer, ScriptedServer
+from serving import raw_exchange, request
+
+
+def read_response(sock: socket.socket, method: str = "GET") -> http.client.HTTPResponse:
+    """One response off a kept-alive socket, parsed by http.client (not the proxy's engine)."""
+    response = http.client.HTTPResponse(sock, method=method)
+    response.begin()
+    return response
+
+
+def send(sock: socket.socket, proxy, method: str, path: str, body: bytes = b"", extra: str = "") -> None:
+    length = f"Content-Length: {len(body)}\r\n" if body or method in ("POST", "PUT", "PATCH") else ""
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{length}{extra}\r\n".encode() + body)
+
+
+def named_answer(head: bytes, body: bytes, index: int) -> bytes:
+    """103 Early Hints, then the final answer naming the request's own path."""
+    path = head.split(b" ", 2)[1].split(b"?")[0]
+    payload = json.dumps({"path": path.decode()}).encode()
+    return (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+
+
+# --- 1. interim answers ---------------------------------------------------------------------
+
+
+def test_an_interim_103_never_becomes_the_answer_and_never_reaches_another_client(start_proxy):
+    with KeepAliveServer(named_answer) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        answers = {}
+        for name in ("a", "b", "c"):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:  # a new client each time
+                send(sock, proxy, "GET", f"/api/{name}")
+                response = read_response(sock)
+                answers[name] = (response.status, json.loads(response.read()))
+    assert answers == {name: (200, {"path": f"/api/{name}"}) for name in ("a", "b", "c")}
+    assert upstream.connections == 1  # all three on one pooled upstream connection, each its own answer
+
+
+# --- 2. a body cut short --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_an_upstream_body_cut_short_cuts_the_client_connection(start_proxy, framing):
+    def cut(head: bytes, body: bytes, index: int):
+        if index == 0:
+            if framing == "length":
+                return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater"
+
+    with ScriptedServer(lambda conn, head: (conn.sendall(cut(head, b"", 0)), conn.shutdown(socket.SHUT_WR))) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            send(sock, proxy, "GET", "/api/tags")
+            received = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break  # the proxy closed the connection after what arrived
+                received += chunk
+            send_after = None
+            try:
+                send(sock, proxy, "GET", "/api/tags")
+                send_after = sock.recv(100)
+            except OSError:
+                pass
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"0123456789" in body and b"later" not in received
+    if framing == "chunked":
+        assert not body.endswith(b"0\r\n\r\n")  # no terminating chunk: the client sees the cut
+    assert not send_after  # never kept alive
+    proxy.stop()
+    line = next(line for line in proxy.log if "/api/tags" in line)
+    assert line.startswith("GET /api/tags 200 10B") and "cut" in line, line
+
+
+# --- 3. one Content-Length ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lengths", [["5, 5"], ["5", "5"], ["005"], ["5,5"]])
+def test_exactly_one_content_length_reaches_upstream(start_proxy, lengths):
+    with KeepAliveServer(lambda head, body, i: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        fields = "".join(f"Content-Length: {value}\r\n" for value in lengths)
+        reply = raw_exchange(proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{fields}Connection: close\r\n\r\nhello".encode())
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    (_, head, body), = upstream.requests
+    assert [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length")] == [b"content-length: 5"]
+    assert body == b"hello"
+
+
+@pytest.mark.parametrize("lengths", [["5", "6"], ["5, 6"], ["-5"], ["5x"], ["0x5"]])
+def test_conflicting_or_malformed_content_length_is_400(start_proxy, lengths):
+    with KeepAliveServer(lambda head, body, i: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        fields = "".join(f"Content-Length: {value}\r\n" for value in lengths)
+        reply = raw_exchange(proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{fields}\r\nhello!".encode())
+        time.sleep(0.3)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert upstream.requests == []
+
+
+# --- 4. never twice -------------------------------------------------------------------------
+
+
+def closes_after_reading_the_second(head: bytes, body: bytes, index: int):
+    """Answers the first request on a connection; reads the second and hangs up."""
+    if index == 0:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    return None
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH", "DELETE", "PUT"])
+def test_a_non_safe_request_is_never_sent_twice(start_proxy, method):
+    with KeepAliveServer(closes_after_reading_the_second) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        status, _, _ = request(proxy, "GET", "/api/tags")
+        assert status == 200
+        status, _, body = request(proxy, method, "/api/delete" if method == "DELETE" else "/api/me")
+    assert status == 502 and json.loads(body)["error"]
+    assert [head.split(b" ")[0].decode() for _, head, _ in upstream.requests] == ["GET", method]
+
+
+def test_a_safe_request_on_a_stale_connection_is_retried_once_on_a_fresh_one(start_proxy):
+    with KeepAliveServer(closes_after_reading_the_second) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        assert request(proxy, "GET", "/api/tags")[0] == 200
+        status, _, body = request(proxy, "GET", "/api/ps")
+    assert (status, body) == (200, b"ok")
+    assert [(number, head.split(b" ")[1].split(b"?")[0]) for number, head, _ in upstream.requests] == [
+        (1, b"/api/tags"), (1, b"/api/ps"), (2, b"/api/ps")]
+
+
+# --- 5. DNS rebinding and web pages ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1:1", "localhost.evil.example:{port}",
+                                  "127.0.0.2:{port}", "", "evillocalhost:{port}"])
+@pytest.mark.parametrize("token", [True, False])
+def test_a_host_that_is_not_the_proxy_is_refused(upstream, start_proxy, host, token):
+    args = ("--upstream", upstream.base_url) + (() if token else ("--no-local-token",))
+    proxy = start_proxy(*args, token=token)
+    auth = f"Authorization: Bearer {proxy.token}\r\n" if token else ""
+    host_line = f"Host: {host.format(port=proxy.port)}\r\n" if host else "Host: \r\n"
+    reply = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\n{host_line}{auth}Content-Length: 0\r\n\r\n".encode())
+    time.sleep(0.3)
+    assert reply.split(b" ", 2)[1] in (b"400", b"403"), reply
+    assert upstream.request_headers == []
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "LOCALHOST:{port}", "localhost:{port}"])
+def test_the_proxys_own_host_names_are_admitted(upstream, start_proxy, host):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    reply = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\nHost: {host.format(port=proxy.port)}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+
+
+BROWSER = {
+    "cross-site-origin": "Origin: http://evil.example\r\nContent-Type: text/plain\r\n",
+    "null-origin": "Origin: null\r\n",
+    "sec-fetch-cross-site": "Sec-Fetch-Site: cross-site\r\n",
+    "sec-fetch-same-site": "Sec-Fetch-Site: same-site\r\n",
+    "localhost-origin-not-allowed": "Origin: http://localhost:3000\r\n",
+}
+
+
+@pytest.mark.parametrize("fields", BROWSER.values(), ids=BROWSER.keys())
+@pytest.mark.parametrize("token", [True, False])
+def test_a_web_pages_request_is_refused_without_allow_origin(upstream, start_proxy, fields, token):
+    proxy = start_proxy("--upstream", upstream.base_url, *(() if token else ("--no-local-token",)), token=token)
+    auth = f"Authorization: Bearer {proxy.token}\r\n" if token else ""
+    reply = raw_exchange(proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\n{auth}{fields}Content-Length: 2\r\n\r\n{{}}".encode())
+    time.sleep(0.3)
+    assert reply.startswith(b"HTTP/1.1 403 "), reply
+    assert "--allow-origin" in json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
+    assert upstream.request_headers == []
+
+
+def test_allow_origin_admits_that_origin_only(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url, "--allow-origin", "http://localhost:3000")
+    admitted = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nOrigin: http://LocalHost:3000\r\nSec-Fetch-Site: same-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    refused = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nOrigin: http://localhost:3001\r\nContent-Length: 0\r\n\r\n".encode())
+    assert admitted.startswith(b"HTTP/1.1 200 ") and refused.startswith(b"HTTP/1.1 403 ")
+    assert len(upstream.request_headers) == 1
+    assert "origin" not in {name.lower() for name, _ in upstream.request_headers[0]}
+
+
+# --- 6. slow and idle connections -----------------------------------------------------------
+
+
+def test_idle_sockets_beyond_the_connection_cap_do_not_lock_out_the_token_holder(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    idle = []
+    try:
+        for _ in range(520):
+            idle.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=5))
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, _, _ = request(proxy, "POST", "/api/me", b"")
+        assert status == 200 and time.monotonic() - started < 5
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_request_head_must_arrive_within_a_total_deadline(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as sock:
+        started = time.monotonic()
+        closed_after = None
+        for byte in f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nX-Slow: {'a' * 40}".encode():
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.5)  # each byte well inside any per-read timeout
+            sock.setblocking(False)
+            try:
+                if sock.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except BlockingIOError:
+                pass
+            finally:
+                sock.setblocking(True)
+    assert closed_after is not None and closed_after < 15, closed_after
+    assert upstream.request_headers == []
+
+
+# --- 7. the hang-up watch -------------------------------------------------------------------
+
+
+def test_complete_curl_streams_are_never_reported_as_client_gone(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    for _ in range(12):
+        done = subprocess.run(
+            ["curl", "-sS", "-N", "--fail", f"{proxy.base}/api/chat", "-H", f"Authorization: Bearer {proxy.token}",
+             "-d", '{"model": "m", "messages": [], "stream": true}'], capture_output=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    proxy.stop()
+    chats = [line for line in proxy.log if "/api/chat" in line]
+    assert len(chats) == 12 and not [line for line in chats if "gone" in line or "cut" in line], chats
+
+
+def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp_path):
+    """select() cannot watch a descriptor past FD_SETSIZE; the proxy must not use it."""
+    wrapper = tmp_path / "many_fds.py"
+    wrapper.write_text(
+        "import os, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\n"
+        "for _ in range(1100):\n"
+        "    os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n"
+    )
+    process = subprocess.Popen([sys.executable, str(wrapper), *helper_executable(), "proxy", "--listen", "127.0.0.1:0",
+                                "--upstream", upstream.base_url], env=proxy_env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        port = int(first.split()[2].rsplit(":", 1)[1])
+        token = (tmp_path / "config" / "ollama-credential-helper" / "proxy-token").read_text().strip()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            body = b'{"stream": true}'
+            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"0\r\n\r\n"), data[-200:]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        log = process.communicate(timeout=20)[1]
+    assert "internal error" not in log and "/api/chat 200" in log, log
+
+
+# --- 8. the local token never goes upstream -------------------------------------------------
+
+
+def test_the_local_token_in_ollama_api_key_is_never_sent_upstream(upstream, run, proxy_env):
+    printed = run(["proxy", "--print-env"], environment=proxy_env).out
+    exported = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())
+    environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY=exported["OLLAMA_API_KEY"])
+    started = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url], environment=environment, timeout=20)
+    assert started.code == 3 and "local access token" in started.err and exported["OLLAMA_API_KEY"] not in started.err
+    assert upstream.request_headers == []
+
+
+def test_the_start_line_names_the_credential(upstream, start_proxy, proxy_env):
+    identity = load_vectors("identity.json")
+    fingerprint = (identity[0] if isinstance(identity, list) else identity)["fingerprint"]
+    proxy = start_proxy("--upstream", upstream.base_url)
+    assert f"signing with key {fingerprint})" in proxy.first_line
+    environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY="sk-a-real-ollama-api-key-0123456789")
+    with_key = start_proxy("--upstream", upstream.base_url, environment=environment)
+    assert "signing with OLLAMA_API_KEY (an API key)" in with_key.first_line
+    assert "sk-a-real" not in with_key.first_line
+
+
+def test_the_api_key_fallback_obeys_the_destination_rule(run, proxy_env):
+    environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY="sk-a-real-ollama-api-key-0123456789")
+    result = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", "https://api.example.net"], environment=environment, timeout=20)
+    assert result.code == 2 and "OLLAMA_API_KEY" in result.err and "sk-a-real" not in result.err
+
+
+# --- 9. the method is signed as sent, or refused ------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "Post", "M-SEARCH"])
+def test_a_method_that_is_not_upper_case_letters_is_refused(upstream, start_proxy, method):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    reply = raw_exchange(proxy, f"{method} /api/tags HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n\r\n".encode())
+    time.sleep(0.3)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert upstream.request_headers == []
+
+
+# --- 10. our own answers --------------------------------------------------------------------
+
+
+def test_the_proxys_own_answers_carry_status_and_error_and_end_in_a_newline(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url, "--max-concurrency", "1")
+    status, headers, body = request(proxy, "POST", "/api/me", b"", headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and body.endswith(b"}\n")
+    answer = json.loads(body)
+    assert answer["error"] == answer["status"] and "local access token" in answer["status"]
+    assert headers["Content-Type"] == "application/json" and int(headers["Content-Length"]) == len(body)
+
+
+# --- 11. a forward proxy's 407 never shows its credentials ----------------------------------
+
+
+@pytest.mark.parametrize("user", ["u", "us", "use", "user", "a-much-longer-user-name"])
+def test_a_407_echoing_the_proxy_credentials_never_shows_them(start_proxy, proxy_env, user):
+    password = "pr0xy-Passw0rd-zz"
+
+    def echo_407(conn, head):
+        value = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"proxy-authorization"))
+        conn.sendall(b"HTTP/1.1 407 " + value + b"\r\nContent-Length: 0\r\n\r\n")
+
+    with ScriptedServer(echo_407) as forward:
+        environment = dict(proxy_env, HTTPS_PROXY=f"http://{user}:{password}@{forward.host}", NO_PROXY="")
+        proxy = start_proxy("--upstream", "https://ollama.com", "--verbose", environment=environment)
+        status, _, body = request(proxy, "POST", "/api/me", b"")
+        proxy.stop()
+    encoded = base64.b64encode(f"{user}:{password}".encode()).decode()
+    assert status == 502 and "407" in json.loads(body)["error"]
+    for text in (body.decode(), "\n".join(proxy.log)):
+        for secret in (encoded, encoded[:20], password, f"{user}:{password}"):
+            assert secret not in text, (secret, text)
+
+
+def test_the_connect_tunnel_carries_the_proxy_credentials(start_proxy, proxy_env):
+    with ConnectProxy(credentials=("alice", "s3cret")) as forward:
+        environment = dict(proxy_env, HTTPS_PROXY=forward.url.replace("http://", "http://alice:s3cret@"), NO_PROXY="")
+        proxy = start_proxy("--upstream", "https://ollama.test", environment=environment)
+        request(proxy, "POST", "/api/me", b"")
+        heads = list(forward.requests)
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert any(f"Proxy-Authorization: {expected}".encode().lower() in head.lower() for head in heads), heads
