@@ -306,9 +306,17 @@ class Windows:
                 self._sleep(REPLACE_RETRY_DELAY)
 
     def publish_new(self, source: str, target: str) -> None:
-        # Windows rename (MoveFileEx without MOVEFILE_REPLACE_EXISTING) never
-        # replaces: FileExistsError when target exists. Works on FAT too.
-        os.rename(source, target)
+        # A hard link (CreateHardLinkW) never replaces, as on POSIX. FAT and some
+        # network shares have none; there Windows rename (MoveFileEx without
+        # MOVEFILE_REPLACE_EXISTING) refuses an existing target just the same.
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            raise
+        except OSError:
+            os.rename(source, target)
+            return
+        os.unlink(source)
 
     # --- locks -------------------------------------------------------------------
 
