@@ -6,7 +6,7 @@ import base64
 import os
 import socket
 
-from . import policy, protocol
+from . import policy, protocol, system
 from .errors import IdentityError, ServerRefusedError
 from .identity import Identity, default_identity_path, parse_private_key
 
@@ -35,9 +35,11 @@ def connect_url(identity: Identity, hostname: str | None = None) -> str:
 def generate_identity(path: str | os.PathLike[str] | None = None) -> Identity:
     """Create a key as ``ollama serve`` does (cmd/cmd.go initializeKeypair).
 
-    Unencrypted OpenSSH, empty comment, file 0600 (created with O_EXCL and mode
-    0600, so it is never readable by others, even for an instant), directory 0755,
-    and ``<path>.pub`` 0644. Refuses when either file already exists.
+    Unencrypted OpenSSH, empty comment, file 0600, directory 0755, and
+    ``<path>.pub`` 0644. Each file is written completely or not at all (a
+    temporary file, synced, then linked into place: system.write_new_file), so
+    a crash, a full disk or a missing os.fchmod never leaves an empty key that
+    would stop Ollama itself. Refuses when either file already exists.
     """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -68,17 +70,11 @@ def generate_identity(path: str | os.PathLike[str] | None = None) -> Identity:
 
 def _write_new(path: str, data: bytes, mode: int) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        system.write_new_file(path, data, mode)
     except FileExistsError:
         raise IdentityError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
-        raise IdentityError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits Ollama sets (0644 on .pub)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raise IdentityError(f"cannot create {path}: {exc.strerror or exc}") from None
 
 
 def whoami(base_url: str | None = None, *, identity=None, timeout: float = 10.0, log=None) -> dict:

@@ -1,7 +1,8 @@
 """A token cache that many concurrent helpers can share safely.
 
 Entries live in ``$XDG_CACHE_HOME/ollama-credential-helper/`` (default
-``~/.cache/ollama-credential-helper/``), directory 0700, files 0600, each written
+``~/.cache/ollama-credential-helper/``; on Windows
+``%LOCALAPPDATA%\\ollama-credential-helper``), directory 0700, files 0600, each written
 to a temporary file and renamed into place so a reader never sees a torn entry.
 A lock file beside each entry gives single flight: the first caller exchanges,
 the others wait, look again and find its token.
@@ -22,6 +23,7 @@ import os
 import stat
 import time
 
+from . import system
 from .protocol import is_header_token
 
 try:  # the builtin SHA-256; hashlib would load OpenSSL (~10 ms) on the hit path
@@ -43,15 +45,11 @@ MAX_SAFETY_MARGIN = 30.0
 MAX_ENTRY_BYTES = 64 * 1024
 # Entry, lock and temporary files: a SHA-256 key, then a suffix this module writes.
 _OWN_NAME = r"[0-9a-f]{64}(?:\.json|\.lock|\.json\.[A-Za-z0-9_]{1,32}\.tmp)"
-# Opened files must never block (a FIFO) or follow a planted symlink.
-_OPEN_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def default_cache_dir() -> str:
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):  # the XDG spec says to ignore a relative path
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, APP_DIR)
+    """XDG on POSIX, %LOCALAPPDATA% on Windows (system.cache_dir)."""
+    return system.cache_dir()
 
 
 def identity_digest(key_file_bytes: bytes) -> str:
@@ -99,60 +97,24 @@ class Entry:
 
 
 def private_directory_problem(directory: str, create: bool = False) -> str | None:
-    """Why ``directory`` cannot hold private files (None: it can), tightening it to 0700.
+    """Why ``directory`` cannot hold private files (None: it can), tightening it.
 
-    It must be a real directory owned by the user: a symlink or a directory
-    owned by someone else is refused, since following it would read, write and
-    erase files wherever it points. Used for the cache and the proxy's token.
+    It must be a real directory of the user's: a symlink (or a Windows
+    junction) or a directory owned by someone else is refused, since following
+    it would read, write and erase files wherever it points. Used for the cache
+    and the proxy's token. Kept for proxy.py; see system.private_directory_problem.
     """
-    try:
-        if create:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _OPEN_FLAGS)
-    except FileNotFoundError:
-        return f"{directory} does not exist"
-    except OSError as exc:
-        if os.path.islink(directory):
-            return f"{directory} is a symlink"
-        return f"{directory} cannot be opened ({exc.strerror})"
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISDIR(info.st_mode):
-            return f"{directory} is not a directory"
-        if not _is_ours(info):
-            return f"{directory} belongs to another user"
-        if info.st_mode & 0o077:
-            os.fchmod(fd, 0o700)  # on the opened directory: no symlink race
-        return None
-    except OSError as exc:
-        return f"{directory} cannot be made private ({exc.strerror})"
-    finally:
-        os.close(fd)
+    return system.private_directory_problem(directory, create)
 
 
 def open_own_file(path: str, flags: int, mode: int = 0o600) -> int | None:
-    """An fd for a regular file of ours that others cannot access, or None
-    (missing, a FIFO or symlink planted there, someone else's, too open)."""
-    try:
-        fd = os.open(path, flags | _OPEN_FLAGS, mode)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode) or not _is_ours(info) or info.st_mode & 0o077:
-        os.close(fd)
-        return None
-    return fd
+    """An fd for a regular file of ours that others cannot access, or None.
+    Kept for proxy.py; see system.open_own_file."""
+    return system.open_own_file(path, flags, mode)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_ours(info: os.stat_result) -> bool:
-    return not hasattr(os, "getuid") or info.st_uid == os.getuid()
 
 
 class TokenCache:
@@ -205,7 +167,7 @@ class TokenCache:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(temporary, target)
+            system.replace(temporary, target)  # retried briefly on Windows
             return True
         except OSError:
             try:
@@ -217,14 +179,13 @@ class TokenCache:
     @staticmethod
     def _create_temporary(target: str) -> tuple[int, str] | None:
         """A new file beside ``target``, as tempfile.mkstemp makes one (without
-        its 7 ms of imports): O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, and an
-        unpredictable name, so a file or hard link planted in advance is never
-        written through."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        its 7 ms of imports): O_CREAT | O_EXCL, no link followed, mode 0600, and
+        an unpredictable name, so a file or hard link planted in advance is
+        never written through."""
         for _ in range(8):
             temporary = f"{target}.{os.urandom(8).hex()}.tmp"
             try:
-                return os.open(temporary, flags, 0o600), temporary
+                return system.create_new(temporary, 0o600), temporary
             except FileExistsError:
                 continue
             except OSError:
@@ -235,7 +196,7 @@ class TokenCache:
         path = os.path.join(self.directory, name)
         try:
             info = os.lstat(path)
-            if not stat.S_ISREG(info.st_mode) or not _is_ours(info):
+            if not stat.S_ISREG(info.st_mode) or not system.is_mine(info):
                 return False
             os.unlink(path)
             return True
@@ -273,9 +234,10 @@ class TokenCache:
 
 
 class _Lock:
-    """An exclusive flock on the entry's lock file, waited for at most ``timeout``.
+    """An exclusive lock on the entry's lock file (flock on POSIX, msvcrt.locking
+    on Windows: system.try_lock), waited for at most ``timeout``.
 
-    When the lock cannot be had (no directory, no flock, timed out) the holder
+    When the lock cannot be had (no directory, no locking, timed out) the holder
     proceeds unlocked: a duplicate exchange is better than a failure.
     """
 
@@ -287,9 +249,7 @@ class _Lock:
         self.acquired = False
 
     def __enter__(self) -> "_Lock":
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
+        if not system.can_lock():  # said once by --verbose and doctor (system.limitations)
             return self
         if self.cache.problem(create=True) is not None:
             return self
@@ -299,21 +259,20 @@ class _Lock:
         deadline = time.monotonic() + self.timeout
         delay = 0.005
         while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = system.try_lock(self.fd)
+            if taken:
                 self.acquired = True
                 return self
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return self
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            except OSError:
+            if taken is None or time.monotonic() >= deadline:
                 return self
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def __exit__(self, *exc_info: object) -> None:
         if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
+            if self.acquired:
+                system.unlock(self.fd)
+            os.close(self.fd)  # on POSIX, closing alone releases the flock
             self.fd = None
 
 

@@ -186,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         log = _Verbose(args.verbose)
+        if args.verbose:
+            from . import system
+
+            for line in system.limitations():  # what cannot hold here, said once
+                log(f"note: {line}")
         return args.func(args, log)
     except HelperError as exc:
         _fail(str(exc))

@@ -80,6 +80,7 @@ def run(*, identity_path: str | None, registry: str | None, timeout: float, envi
     checks.append(check_link(base, key_path, budget) if api_check.status == "ok" else _skipped("link", "the API host could not be reached"))
     checks.append(check_registry(registry_url, key_path, budget) if registry_check.status == "ok" else _skipped("registry", "the registry could not be reached"))
     checks.append(check_cache())
+    checks.append(check_platform())
     return checks
 
 
@@ -249,3 +250,19 @@ def check_cache() -> Check:
     info = os.lstat(directory)
     entries = sum(1 for name in os.listdir(directory) if re.fullmatch(r"[0-9a-f]{64}\.json", name))
     return Check("cache", "ok", f"{directory}: yours, mode {stat.S_IMODE(info.st_mode):04o}, {entries} cached token(s)")
+
+
+# --- 8. platform ------------------------------------------------------------------------------
+
+
+def check_platform() -> Check:
+    """Where this system keeps things, which trust store verifies TLS, and any
+    guarantee that cannot hold here (system.limitations), each said plainly."""
+    from . import system
+
+    trust = "SSL_CERT_FILE (OpenSSL)" if os.environ.get("SSL_CERT_FILE") else "the system trust store (truststore)"
+    detail = f"{system.platform_name()}: cache {system.cache_dir()}, config {system.config_dir()}, TLS trust from {trust}"
+    limits = system.limitations()
+    if limits:
+        return Check("platform", "warn", f"{detail}; " + "; ".join(limits), "nothing to fix: this is what this system allows (see the README's macOS and Windows section)")
+    return Check("platform", "ok", detail)

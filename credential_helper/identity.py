@@ -8,6 +8,7 @@ parsed: a cache hit needs the file's bytes (to key the cache) but never the key.
 import os
 import stat
 
+from . import system
 from .errors import IdentityError, KeyNotFoundError
 
 MAX_KEY_FILE_BYTES = 64 * 1024
@@ -15,20 +16,23 @@ SYSTEM_SERVICE_PUBKEY = "/usr/share/ollama/.ollama/id_ed25519.pub"
 
 
 def default_identity_path() -> str:
-    """``~/.ollama/id_ed25519`` under $HOME, as Ollama's auth/auth.go uses it."""
+    """``~/.ollama/id_ed25519`` under the home directory, as Ollama's auth/auth.go
+    uses it on every system (os.UserHomeDir: %USERPROFILE% on Windows)."""
     return os.path.join(os.path.expanduser("~"), ".ollama", "id_ed25519")
 
 
 def read_key_file(path: str | os.PathLike[str]) -> bytes:
     """Read the key file after the checks ssh makes; raise IdentityError if unsafe.
 
-    Refuses a file readable or writable by group or others (ssh's rule), a
-    non-regular file, and anything too large to be a key.
+    Refuses a file readable or writable by group or others (ssh's rule; on
+    Windows, where mode bits mean nothing, the profile's ACL is relied on), a
+    non-regular file, and anything too large to be a key. The key may be a
+    symlink (people link ~/.ollama to another disk), so links are followed.
     """
     path = os.fspath(path)
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the helper.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
         if os.path.lexists(path):
             # Something is there (a dangling symlink): an identity problem, never
@@ -43,11 +47,11 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise IdentityError(f"the key {path} is not a regular file")
-        if os.name == "posix" and info.st_mode & 0o077:
+        if system.too_open(info):
             raise IdentityError(
                 f"the key {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); "
-                f"run: chmod 600 {path}"
+                f"{system.permission_advice(path)}"
             )
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:

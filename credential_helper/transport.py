@@ -2,8 +2,10 @@
 
 The only module that imports urllib3. It sends the request target and Host header
 byte for byte as the protocol module produced them (a connection pool would
-re-encode the target), never follows a redirect, verifies TLS against the system
-trust store (OpenSSL honours SSL_CERT_FILE and SSL_CERT_DIR), reads at most
+re-encode the target), never follows a redirect, verifies TLS against the
+operating system's trust store (``tls_context``: the Keychain on macOS, the
+Windows certificate store, OpenSSL's store on Linux; SSL_CERT_FILE wins when
+set), reads at most
 ``max_body`` bytes, and enforces one deadline over connect, send and receive.
 """
 
@@ -57,19 +59,19 @@ def send(
         all_headers.setdefault("Content-Length", str(len(body)))
     where = f"{url.host}"
     secrets = tuple(value for name, value in all_headers.items() if name.lower() == "authorization")
-    if url.scheme == "https":
-        check_ca_file()
+    context = tls_context() if url.scheme == "https" else None
     proxy = proxy_for(url, os.environ)  # Go's http.ProxyFromEnvironment rules
     target = url.request_target
     conn_class = HTTPSConnection if url.scheme == "https" else HTTPConnection
+    tls = {"ssl_context": context} if context is not None else {}
     if proxy is None:
-        conn = conn_class(url.hostname, url.port, timeout=timeout)
+        conn = conn_class(url.hostname, url.port, timeout=timeout, **tls)
     else:
         where = f"{url.host} (through the proxy {proxy} from {proxy.variable})"
         proxy_authorization = proxy.authorization()
         if proxy_authorization:
             secrets += (proxy_authorization, proxy.password or "")
-        conn = conn_class(proxy.host, proxy.port, timeout=timeout)
+        conn = conn_class(proxy.host, proxy.port, timeout=timeout, **tls)
         if url.scheme == "https":
             # CONNECT, then TLS to the origin inside the tunnel, verified end to end.
             tunnel_headers = {"Proxy-Authorization": proxy_authorization} if proxy_authorization else None
@@ -126,6 +128,27 @@ def send(
     finally:
         watchdog.cancel()
         conn.close()
+
+
+def tls_context() -> ssl.SSLContext:
+    """The one TLS client context for every outbound connection (get, the URL
+    probe, whoami, doctor, and the proxy's upstream).
+
+    The operating system's trust store through ``truststore`` (as pip does since
+    24.2): the Keychain and its corporate CAs on macOS, where python.org builds
+    ship no CA bundle; the Windows certificate store; on Linux OpenSSL's store,
+    which SSL_CERT_DIR can point elsewhere. When SSL_CERT_FILE is set it wins on
+    every system: OpenSSL's store exactly as before (that file, and SSL_CERT_DIR
+    or OpenSSL's default directory), no system store. Hostname checking and
+    certificate verification are on in both. Imported lazily: truststore loads
+    the platform's verifier, which a cache hit never needs.
+    """
+    check_ca_file()
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context()
+    import truststore
+
+    return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def check_ca_file() -> None:

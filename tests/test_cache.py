@@ -293,13 +293,13 @@ def test_entry_with_loose_permissions_is_ignored(run, env, standin):
     assert standin.exchanges == 2
 
 
-def test_cache_hit_does_not_load_cryptography_or_urllib3(env, standin):
+def test_cache_hit_does_not_load_cryptography_urllib3_or_tls(env, standin):
     assert subprocess.run([*helper_executable(), "get"], input=challenge(standin).encode(), env=env, capture_output=True).returncode == 0
     probe = (
         "import sys, json\n"
         "from credential_helper.cli import main\n"
         "code = main(['get'])\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'urllib3', 'argparse'))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('cryptography', 'urllib3', 'argparse', 'truststore', 'ssl'))\n"
         "sys.stderr.write(json.dumps({'code': code, 'loaded': loaded}))\n"
     )
     completed = subprocess.run([sys.executable, "-c", probe], input=challenge(standin).encode(), env=env, capture_output=True)

@@ -47,7 +47,7 @@ def assert_no_secret(text: str, server: StandIn | None) -> None:
 def test_everything_ok(run, env, linked):
     result, checks = doctor(run, env, linked, OLLAMA_API_KEY=API_KEY)
     assert result.code == 0
-    assert [c["status"] for c in checks.values()] == ["ok"] * 8
+    assert [c["status"] for c in checks.values()] == ["ok"] * 9
     assert "SHA256:" in checks["identity"]["detail"] and "ssh-ed25519 AAAA" in checks["identity"]["detail"]
     assert "not used" in checks["api key"]["detail"] and f"{len(API_KEY)} characters" in checks["api key"]["detail"]
     assert "jdoe, plan pro" in checks["link"]["detail"]
