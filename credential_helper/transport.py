@@ -249,8 +249,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
-
-def tls_context() -> ssl.SSLContext:
-    """The TLS context for every outbound connection."""
-    check_ca_file()
-    return ssl.create_default_context()

@@ -4,7 +4,7 @@ policy and the engine, serve until a stop signal. The CLI calls only these."""
 import sys
 import threading
 
-from .. import policy
+from .. import policy, system
 from ..errors import IdentityError, InputError
 
 DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
@@ -39,22 +39,6 @@ def make_log():
     return log
 
 
-def _stop_signals():
-    import signal
-
-    names = ("SIGINT", "SIGTERM", "SIGBREAK")  # SIGBREAK: Ctrl+Break on Windows
-    return [getattr(signal, name) for name in names if hasattr(signal, name)]
-
-
-def _prepare_socket(sock) -> None:
-    import socket
-
-    if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):  # Windows: SO_REUSEADDR there lets others bind our port
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
-    else:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-
-
 def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
                 require_token: bool, allow_origins, timeout: float, max_in_flight: int, grace: float,
                 verbose: bool, ready=None) -> int:
@@ -70,7 +54,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     log = make_log()
     upstream = Upstream(upstream_url, timeout)
     server = engine.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
-                           verbose=verbose, prepare_socket=_prepare_socket)
+                           verbose=verbose, prepare_socket=system.prepare_listening_socket)
     server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
@@ -79,7 +63,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
         log(_shared_server_warning(upstream_url.host))
     if upstream.via is not None and verbose:
         log(f"upstream through the proxy {upstream.via} ({upstream.via.variable})")
-    return engine.run(server, grace=grace, log=log, stop_signals=_stop_signals(), ready=ready)
+    return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready)
 
 
 def _shared_server_warning(host: str) -> str:

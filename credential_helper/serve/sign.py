@@ -19,7 +19,7 @@ import os
 import secrets
 import threading
 
-from .. import client, policy, protocol
+from .. import client, policy, protocol, system
 from ..errors import HelperError, IdentityError, InputError
 from .messages import Answer, Forward, Head, end_to_end
 
@@ -37,29 +37,20 @@ BROWSER_SITES = frozenset({"cross-site", "same-site"})
 # --- the local access token ------------------------------------------------------------
 
 
-def config_dir() -> str:
-    base = os.environ.get("XDG_CONFIG_HOME", "")
-    if not os.path.isabs(base):  # the XDG spec says to ignore a relative path
-        base = os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "ollama-credential-helper")
-
-
 def token_path() -> str:
-    return os.path.join(config_dir(), TOKEN_FILE)
+    return os.path.join(system.config_dir(), TOKEN_FILE)
 
 
 def local_token(create: bool = True) -> str:
     """The proxy's access token: read it, or make it once (0600, O_EXCL)."""
-    from ..cache import open_own_file, private_directory_problem
-
     path = token_path()
-    problem = private_directory_problem(os.path.dirname(path), create=create)
+    problem = system.private_directory_problem(os.path.dirname(path), create=create)
     if problem is not None:
         raise IdentityError(f"cannot keep the proxy's access token: {problem}")
-    fd = open_own_file(path, os.O_RDONLY)
+    fd = system.open_own_file(path, os.O_RDONLY)
     if fd is None and os.path.lexists(path):
         raise IdentityError(
-            f"{path} is not a private regular file of yours: remove it, or run chmod 600 {path}, and start again"
+            f"{path} is not a private regular file of yours: remove it, or {system.permission_advice(path)}, and start again"
         )
     if fd is not None:
         try:
@@ -71,7 +62,7 @@ def local_token(create: bool = True) -> str:
         raise IdentityError(f"{path} does not hold a usable token: remove it and start again")
     token = "och-" + secrets.token_urlsafe(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        fd = system.create_new(path, 0o600)
     except FileExistsError:
         return local_token(create=False)  # another proxy made it first
     except OSError as exc:
