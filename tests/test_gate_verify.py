@@ -366,6 +366,19 @@ def test_a_malformed_authorization_is_401(make):
     assert "root" not in result.message and "X-Ollama" not in result.message
 
 
+def test_only_the_canonical_base64_spelling_is_accepted():
+    # The last character before "==" of a 64-byte signature carries 2 data bits
+    # and 4 unused ones: setting an unused bit leaves the decoded bytes (and so
+    # the signature) unchanged. Go's encoder never writes it; the gate refuses it.
+    target = f"/api/tags?ts={NOW}"
+    key, signature = sign("GET", target).split(":")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    stray = alphabet[alphabet.index(signature[-3]) | 0b0001]
+    odd = signature[:-3] + stray + "=="
+    assert odd != signature and base64.b64decode(odd) == base64.b64decode(signature)
+    check(verify("GET", target, f"{key}:{odd}", TAGS_ONLY, NOW), 401)
+
+
 def test_an_rsa_key_is_refused_even_with_a_wildcard_line():
     target = f"/api/tags?ts={NOW}"
     signature = base64.b64encode(bytes(64)).decode()
