@@ -388,6 +388,8 @@ class KeyFile:
                     self._failed = ()
                     self._warn(f"{printable(self.path)}: cannot read the authorized_keys file; keeping the last good set")
                 return self._keys
+            if seen == self._failed:
+                return self._keys  # still the unsafe state already warned about
             if seen != self._seen or self._racy:
                 self._refresh(forced=False)
             return self._keys
