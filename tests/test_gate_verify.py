@@ -428,6 +428,16 @@ def test_a_signed_head_slash_is_verified_like_any_other():
     check(verify("HEAD", target, bad, keys_for(PUB_A), NOW), 401)
 
 
+def test_a_signed_heartbeat_passes_for_every_key_the_file_knows():
+    # "ollama ls" calls HEAD / first: the draft's "* * * /api/tags" must let it.
+    target = f"/?ts={NOW}"
+    check(verify("HEAD", target, sign("HEAD", target), TAGS_ONLY, NOW), None)
+    check(verify("HEAD", target, sign("HEAD", target, KEY_B), keys_for("* * * /api/tags\n"), NOW), None)
+    # GET / is no heartbeat; an unknown key hears 401 and its line even at HEAD /
+    check(verify("GET", target, sign("GET", target), TAGS_ONLY, NOW), 403)
+    assert B_B64 in check(verify("HEAD", target, sign("HEAD", target, KEY_B), TAGS_ONLY, NOW), 401).message
+
+
 # --- --auth-only: the front server's headers ------------------------------------------------
 
 TARGET = f"/api/chat?ts={NOW}"

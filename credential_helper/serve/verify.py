@@ -143,6 +143,19 @@ def is_health_check(method: str, target: str, authorization: str | None) -> bool
     return method == "HEAD" and target == "/" and (authorization is None or authorization.strip() == "")
 
 
+def is_heartbeat(method: str, path: str) -> bool:
+    """``HEAD /``: granted to every key the file knows, whatever its endpoint list.
+
+    Ollama's CLI calls ``Heartbeat`` (``HEAD /``) before ``list``, ``run``,
+    ``pull`` and the rest (cmd/cmd.go, ``checkServerHeartbeat``), and the draft
+    exempts ``HEAD /`` from its middleware, so the draft's own example
+    ``* * * /api/tags`` ("ollama ls" for everyone) only works if a signed
+    ``HEAD /`` passes for a key granted ``/api/tags`` alone. It is still
+    verified (signature, ts), and an unknown key still hears 401 and its line.
+    """
+    return method == "HEAD" and path == "/"
+
+
 def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
     if len(value) > MAX_AUTHORIZATION_CHARS:
         return Refused(401, "the Authorization header is too long to be '<public key>:<signature>'")
@@ -235,7 +248,10 @@ def verify(
     grants = keys.grants_for(blob)
     print_ = fingerprint(blob)
     own = [grant for grant in grants if not grant.wildcard]
-    allowing = [grant for grant in grants if grant.allows(path)]
+    if is_heartbeat(method, path):
+        allowing = grants
+    else:
+        allowing = [grant for grant in grants if grant.allows(path)]
     if allowing:
         # The key's own name (its first named line, as the draft keeps the first
         # name), else the name of the wildcard line that let it in.
