@@ -1,0 +1,443 @@
+"""The gate's key file: Ollama's draft ``~/.ollama/authorized_keys``, parsed and watched.
+
+The format is the one of ollama/ollama PR #11574 (``auth/authorized_keys.go``,
+commit 5968989, "server: add authorized_keys file"), so one file serves both::
+
+    <key type> <public key> [<name>] [<endpoint>,...]
+
+- ``#`` starts a comment line; blank lines are ignored; runs of white space
+  (Go's ``\\s``: space, tab, CR, LF, FF) count as one separator, and the fourth
+  field is everything after the name, split on ``,`` with each item trimmed.
+- ``<key type>`` is ``ssh-ed25519`` or ``*``; ``<public key>`` is the base64 of
+  the SSH wire-format key, or ``*`` for "any key whose signature verifies"
+  (``* <key>`` is invalid, as in the draft).
+- ``<name>`` is a label for logs; a missing name or ``*`` means "none" (the draft
+  says ``default``; here the key's fingerprint is shown instead).
+- ``<endpoint>`` is ``*`` (every endpoint; anywhere in the list it wins, as in the
+  draft) or a path matched *exactly* against the request's canonical path: the
+  draft compares ``c.Request.URL.Path`` with ``==``, with no prefixes and no
+  patterns. A missing list means ``*``, so a plain ``id_ed25519.pub`` line
+  (``ssh-ed25519 AAAA... comment``) grants full access under its comment.
+- Several lines for one key add up (the draft merges their endpoint lists).
+
+Where this module is stricter than the draft, it is so that an odd line can only
+grant less: a line the draft would accept but that cannot mean what its author
+intended (an endpoint that is not a canonical path, ``/api/*`` read as a prefix,
+a name with control or non-ASCII characters, which would reach a header) is
+skipped with a warning naming its line number. Nothing here ever raises on the
+file's content.
+"""
+
+
+import base64
+import hashlib
+import os
+import re
+import stat
+import threading
+import time
+from typing import Callable
+
+from ..errors import IdentityError
+from ..sanitize import printable
+
+KEY_TYPE = "ssh-ed25519"
+# The SSH wire form of an Ed25519 key (RFC 8709 section 4): string "ssh-ed25519",
+# string of the 32-byte key. Exactly 51 bytes; anything else is not one.
+_WIRE_PREFIX = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
+WIRE_KEY_BYTES = len(_WIRE_PREFIX) + 32
+MAX_FILE_BYTES = 1024 * 1024
+MAX_LINE_CHARS = 8192
+MAX_NAME_CHARS = 256
+# git's "racy git" rule: a file modified this recently may change again with no
+# visible change in its stat (Linux stamps files with a coarse clock, FAT and
+# some network file systems to 1-2 s), so its bytes are compared on every call.
+RACY_NS = 2_000_000_000
+
+# Go's regexp \s, which the draft uses to collapse white space.
+_GO_SPACE = re.compile(r"[\t\n\f\r ]+")
+_GO_SPACE_CHARS = "\t\n\f\r "
+# RFC 3986 section 3.3 pchar without percent-encoding and without ';' (see
+# path_problem), plus '/'.
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+
+
+def default_path() -> str:
+    """``~/.ollama/authorized_keys``, as the draft's ``authkeyPath`` builds it."""
+    return os.path.join(os.path.expanduser("~"), ".ollama", "authorized_keys")
+
+
+def fingerprint(key_blob: bytes) -> str:
+    """``SHA256:<unpadded base64 of SHA-256(blob)>`` exactly as ``ssh-keygen -l`` prints it."""
+    digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode("ascii").rstrip("=")
+    return f"SHA256:{digest}"
+
+
+def is_ed25519_blob(blob: bytes) -> bool:
+    """True for exactly the 51-byte wire form of an Ed25519 public key."""
+    return len(blob) == WIRE_KEY_BYTES and blob.startswith(_WIRE_PREFIX)
+
+
+def decode_base64(text: str) -> bytes | None:
+    """Standard base64 with padding, accepted only in its one canonical spelling.
+
+    Re-encoding must give the text back: no white space, no missing padding, no
+    stray bits in the last character. Ollama's client (Go's StdEncoding) only
+    ever writes that spelling, and a verifier gains nothing from others.
+    """
+    if not text or len(text) % 4 or not text.isascii():
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    if base64.b64encode(raw).decode("ascii") != text:
+        return None
+    return raw
+
+
+def path_problem(path: str) -> str | None:
+    """None when ``path`` is a canonical origin-form path; otherwise why not.
+
+    Canonical means the upstream routes exactly these characters: Ollama's
+    router (gin) matches the decoded ``URL.Path`` byte for byte and
+    case-sensitively, so any spelling that decodes or normalises to something
+    else (a dot segment, ``//``, a percent-encoding, a backslash) could dodge an
+    endpoint list. No Ollama route needs percent-encoding (model names travel in
+    the body; blob digests are ``sha256:<hex>``), so a path with ``%`` differs
+    from its own decoding and is refused. ``;`` is refused too: some servers
+    strip ``;params`` before routing (RFC 3986 section 3.3 leaves it to them).
+    """
+    if not path.startswith("/"):
+        return "the path does not start with /"
+    if not path.isascii():
+        return "the path holds non-ASCII characters"
+    if any(ch < " " or ch == "\x7f" for ch in path):
+        return "the path holds control characters"
+    if "\\" in path:
+        return "the path holds a backslash"
+    if "%" in path:
+        lowered = path.lower()
+        if "%2f" in lowered or "%5c" in lowered:
+            return "the path holds an encoded / or \\"
+        return "the path is percent-encoded (it differs from its own decoding)"
+    if "//" in path:
+        return "the path holds an empty segment (//)"
+    segments = path.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return "the path holds a dot segment (. or ..)"
+    if ";" in path:
+        return "the path holds ';' (path parameters)"
+    if not _PATH_CHARS.fullmatch(path):
+        return "the path holds characters outside RFC 3986's path set"
+    return None
+
+
+class Grant:
+    """One usable line of the file, as it applies to one key.
+
+    ``name`` is the line's name, or the key's fingerprint when the line has
+    none; ``fingerprint`` is the key's (for a wildcard line, the key that asked).
+    """
+
+    __slots__ = ("name", "fingerprint", "line", "endpoints", "wildcard", "named")
+
+    def __init__(self, name: str | None, fingerprint: str, line: int, endpoints: frozenset[str], wildcard: bool) -> None:
+        self.name: str = name if name is not None else fingerprint
+        self.named: bool = name is not None
+        self.fingerprint: str = fingerprint
+        self.line: int = line
+        self.endpoints: frozenset[str] = endpoints
+        self.wildcard: bool = wildcard
+
+    def allows(self, path: str) -> bool:
+        """Exact match of the canonical path (no query), or ``*``: the draft's ``Authorize``."""
+        return "*" in self.endpoints or path in self.endpoints
+
+    def __repr__(self) -> str:
+        return f"<Grant line {self.line} {self.name!r} {self.fingerprint} {sorted(self.endpoints)}>"
+
+
+class _Line:
+    __slots__ = ("line", "name", "endpoints")
+
+    def __init__(self, line: int, name: str | None, endpoints: frozenset[str]) -> None:
+        self.line = line
+        self.name = name
+        self.endpoints = endpoints
+
+
+class AuthorizedKeys:
+    """The parsed file: lines by key blob, and the wildcard lines. Immutable."""
+
+    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line]) -> None:
+        self._by_key = by_key
+        self._wildcards = wildcards
+
+    def grants_for(self, key_blob: bytes) -> list[Grant]:
+        """The key's own lines (file order), then the wildcard lines (file order)."""
+        own = self._by_key.get(key_blob, ())
+        if not own and not self._wildcards:
+            return []
+        print_ = fingerprint(key_blob)
+        grants = [Grant(entry.name, print_, entry.line, entry.endpoints, False) for entry in own]
+        grants += [Grant(entry.name, print_, entry.line, entry.endpoints, True) for entry in self._wildcards]
+        return grants
+
+    def is_listed(self, key_blob: bytes) -> bool:
+        """True when the key has a line of its own (a wildcard line does not count)."""
+        return key_blob in self._by_key
+
+    def __len__(self) -> int:
+        return sum(len(lines) for lines in self._by_key.values()) + len(self._wildcards)
+
+    def __repr__(self) -> str:
+        return f"<AuthorizedKeys {len(self._by_key)} keys, {len(self._wildcards)} wildcard lines>"
+
+
+def _parse_endpoints(field: str) -> tuple[frozenset[str] | None, str | None]:
+    items = [item.strip(_GO_SPACE_CHARS) for item in field.split(",")]
+    if any(item == "" for item in items):
+        return None, "empty endpoint in the list"
+    if "*" in items:
+        return frozenset({"*"}), None
+    for item in items:
+        if "*" in item:
+            return None, f"endpoint {_shown(item)} uses '*' inside a path; the format matches whole paths only (list each one, or use * alone)"
+        if "?" in item:
+            return None, f"endpoint {_shown(item)} holds a query; endpoints are paths"
+        problem = path_problem(item)
+        if problem is not None:
+            return None, f"endpoint {_shown(item)} is not a canonical path ({problem})"
+    return frozenset(items), None
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    text = printable(text)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None]:
+    """(key blob or None for a wildcard, name, endpoints, problem)."""
+    parts = _GO_SPACE.split(line, maxsplit=3)
+    if len(parts) < 2:
+        return None, None, None, "expected '<key type> <public key> [<name>] [<endpoint>,...]'"
+    kind, key_text = parts[0], parts[1]
+    if kind not in (KEY_TYPE, "*"):
+        return None, None, None, f"unsupported key type {_shown(kind, 30)} (only ssh-ed25519 keys can sign for Ollama)"
+    if kind == "*" and key_text != "*":
+        return None, None, None, "key type '*' needs public key '*'"
+    blob = None
+    if key_text != "*":
+        blob = decode_base64(key_text)
+        if blob is None:
+            return None, None, None, "the public key is not valid base64"
+        if not is_ed25519_blob(blob):
+            return None, None, None, "the public key is not an Ed25519 key"
+    name = None
+    if len(parts) >= 3 and parts[2] not in ("", "*"):
+        name = parts[2]
+        if len(name) > MAX_NAME_CHARS:
+            return None, None, None, f"the name is longer than {MAX_NAME_CHARS} characters"
+        if not all("!" <= ch <= "~" for ch in name):
+            return None, None, None, "the name holds control or non-ASCII characters (it is sent as a header)"
+    endpoints = frozenset({"*"})
+    if len(parts) == 4 and parts[3] != "":
+        endpoints, problem = _parse_endpoints(parts[3])
+        if problem is not None:
+            return None, None, None, problem
+    return blob, name, endpoints, None
+
+
+def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
+    """Parse the file's text; warnings name the (1-based) line of each skipped line."""
+    by_key: dict[bytes, list[_Line]] = {}
+    wildcards: list[_Line] = []
+    warnings: list[str] = []
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip(_GO_SPACE_CHARS)
+        if line == "" or line.startswith("#"):
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            warnings.append(f"line {number}: skipped: longer than {MAX_LINE_CHARS} characters")
+            continue
+        try:
+            blob, name, endpoints, problem = _parse_line(line)
+        except Exception as exc:  # never a crash on the file's content
+            blob, name, endpoints, problem = None, None, None, f"unreadable ({type(exc).__name__})"
+        if problem is not None or endpoints is None:
+            warnings.append(f"line {number}: skipped: {problem}")
+            continue
+        entry = _Line(number, name, endpoints)
+        if blob is None:
+            wildcards.append(entry)
+        else:
+            by_key.setdefault(blob, []).append(entry)
+    return AuthorizedKeys(by_key, wildcards), warnings
+
+
+# --- the file on disk ---------------------------------------------------------------------
+
+
+def _owner_ok(uid: int) -> bool:
+    # sshd's StrictModes: the user's own file, or root's.
+    return not hasattr(os, "getuid") or uid in (os.getuid(), 0)
+
+
+def _directory_problem(path: str) -> str | None:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        info = os.stat(directory)
+    except OSError as exc:
+        return f"cannot inspect its directory {directory}: {exc.strerror}"
+    if not _owner_ok(info.st_uid):
+        return f"its directory {directory} belongs to another user (uid {info.st_uid})"
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        return f"its directory {directory} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def read_key_file(path: str) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and the fstat of what was read; IdentityError if unsafe.
+
+    The file must be the operator's: a regular file owned by this user (or root),
+    not writable by group or others, in a directory only they can change.
+    """
+    shown = printable(path)
+    problem = _directory_problem(path)
+    if problem is not None:
+        raise IdentityError(f"refusing the authorized_keys file {shown}: {problem}")
+    try:
+        # O_NONBLOCK: a FIFO planted at the path must not hang the gate.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise IdentityError(
+            f"no authorized_keys file at {shown}: create it with one line per key "
+            "('ssh-ed25519 AAAA... <name> [<endpoint>,...]', e.g. a copy of someone's id_ed25519.pub)"
+        ) from None
+    except OSError as exc:
+        raise IdentityError(f"cannot read the authorized_keys file {shown}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IdentityError(f"refusing the authorized_keys file {shown}: not a regular file")
+        if not _owner_ok(info.st_uid):
+            raise IdentityError(f"refusing the authorized_keys file {shown}: it belongs to another user (uid {info.st_uid})")
+        if info.st_mode & 0o022:
+            raise IdentityError(
+                f"refusing the authorized_keys file {shown}: writable by group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {shown}"
+            )
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise IdentityError(f"refusing the authorized_keys file {shown}: larger than {MAX_FILE_BYTES} bytes")
+    except OSError as exc:
+        raise IdentityError(f"cannot read the authorized_keys file {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks), info
+
+
+def _signature(info: os.stat_result) -> tuple[int, ...]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid)
+
+
+class KeyFile:
+    """The authorized_keys file, reloaded when it changes (checked on every call).
+
+    A change is any difference in (device, inode, size, mtime, ctime, mode,
+    owner): an in-place edit, an editor's rename over it, a ``chmod``. While the
+    file's mtime is within RACY_NS of when it was read, its bytes are also
+    compared on every call, so that a second edit landing in the same clock
+    tick with the same size is still seen; in that window an unterminated last
+    line is not trusted yet (it may be a line still being written, whose
+    endpoint list has not arrived: read alone it would mean full access).
+
+    At start a missing or unsafe file raises IdentityError (exit 3). Later, an
+    unsafe, unreadable or missing file keeps the last good set and warns once
+    per state of the file.
+    """
+
+    def __init__(self, path: str, warn: Callable[[str], None]) -> None:
+        self.path = path
+        self._warn = warn
+        self._lock = threading.Lock()
+        self._failed: tuple[int, ...] | None = None
+        data, info = read_key_file(path)
+        self._install(data, info)
+
+    def current(self) -> AuthorizedKeys:
+        """The set in force now; a cheap ``stat`` per call, a reload on change."""
+        try:
+            info = os.stat(self.path)
+            seen = _signature(info)
+        except OSError:
+            seen = None
+        if seen == self._seen and not self._racy:
+            return self._keys
+        with self._lock:
+            if seen is None:
+                if self._failed != ():
+                    self._failed = ()
+                    self._warn(f"{printable(self.path)}: cannot read the authorized_keys file; keeping the last good set")
+                return self._keys
+            if seen == self._failed:
+                return self._keys  # still the unsafe state already warned about
+            if seen != self._seen or self._racy:
+                self._refresh(forced=False)
+            return self._keys
+
+    def reload(self) -> None:
+        """Reread now (SIGHUP), whatever the stat says."""
+        with self._lock:
+            self._refresh(forced=True)
+
+    # -- internals (called with the lock held, except from __init__) --
+
+    def _refresh(self, forced: bool) -> None:
+        try:
+            data, info = read_key_file(self.path)
+        except IdentityError as exc:
+            try:
+                state = _signature(os.stat(self.path))
+            except OSError:
+                state = ()
+            if forced or state != self._failed:
+                self._failed = state
+                self._warn(f"{exc}; keeping the last good set")
+            return
+        self._failed = None
+        if data == self._data and not forced:
+            self._seen = _signature(info)
+            self._racy = self._is_racy(info)
+            if self._racy or not self._partial:
+                return
+        self._install(data, info)
+
+    def _install(self, data: bytes, info: os.stat_result) -> None:
+        racy = self._is_racy(info)
+        usable = data
+        partial = False
+        if racy and data and not data.endswith(b"\n"):
+            usable = data[: data.rfind(b"\n") + 1]
+            partial = True
+        keys, warnings = parse(usable.decode("utf-8", "replace"))
+        shown = printable(self.path)
+        for warning in warnings:
+            self._warn(f"{shown}: {warning}")
+        self._keys = keys
+        self._data = data
+        self._seen = _signature(info)
+        self._racy = racy
+        self._partial = partial
+
+    @staticmethod
+    def _is_racy(info: os.stat_result) -> bool:
+        return time.time_ns() - info.st_mtime_ns < RACY_NS

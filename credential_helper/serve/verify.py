@@ -1,0 +1,336 @@
+"""The gate's policy: is this request signed by a key the operator admitted?
+
+Pure and socket-free: the engine hands over the request line's method and
+target, the ``Authorization`` value, the key set and its clock, and gets back
+``Admitted`` or ``Refused`` (status and a one-line message for the caller).
+
+A request is admitted only when (issue 15, "The rules"):
+
+1. the target is in canonical form (else 400: the endpoint lists are matched on
+   the path that the upstream will route, so no other spelling may pass);
+2. ``Authorization`` is ``<public key>:<signature>``, optionally after
+   ``Bearer `` (``auth/auth.go`` Sign; some of Ollama's callers add ``Bearer``);
+3. the key is Ed25519 and the signature, a raw 64-byte Ed25519 signature
+   (RFC 8032), verifies over ``<METHOD>,<target as received>``: what the
+   draft's ``allowedEndpointsMiddleware`` (``RequestURI``) and Ollama's
+   ``server/cloud_proxy.go`` sign;
+4. ``ts`` occurs exactly once in the query, as decimal digits, within
+   ``max_skew`` seconds of ``now`` either way (the draft checks no time at all,
+   so a signature seen once would work forever);
+5. the key's lines (or a wildcard line) grant the path; the query is ignored.
+
+Refusals: 400 for a target or method that is not canonical; 401 for a missing,
+malformed, unverifiable, stale or unknown credential; 403 for a listed key on an
+endpoint it is not granted. The signature is checked before the key set is
+consulted, so only the holder of a key learns whether it is listed, and a
+message never says which key almost matched. Messages hold no signature, no
+``ts`` and no query value, and quote the caller's path only after it passed the
+canonical check (then through ``sanitize.printable``, bounded).
+"""
+
+
+import math
+import re
+from dataclasses import dataclass
+
+from ..sanitize import printable
+from .authorized_keys import (
+    AuthorizedKeys,
+    decode_base64,
+    fingerprint,
+    is_ed25519_blob,
+    path_problem,
+)
+
+DEFAULT_MAX_SKEW = 300.0
+MAX_TARGET_CHARS = 8192
+# "Bearer " + 68 characters of key + ":" + 88 of signature is 164; leave room.
+MAX_AUTHORIZATION_CHARS = 1024
+SIGNATURE_BYTES = 64
+HEALTH_CHECK_NAME = "-"
+# RFC 9110 section 5.6.2 token, bounded.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
+# What Ollama's client sends: strconv.FormatInt(time.Now().Unix(), 10). No sign,
+# no leading zero, at most 12 digits (year 33658): no value can overflow or cost.
+_TS = re.compile(r"0|[1-9][0-9]{0,11}")
+# RFC 3986 section 3.4 query characters without ';' (Go's url.ParseQuery rejects
+# it, other parsers split on it) and with percent-encoding checked separately.
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/?%]*")
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})|%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[Ff]|7[Ee])")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """Forward it: ``name`` for the log and ``X-Ollama-User``, ``fingerprint`` for ``X-Ollama-Key``."""
+
+    name: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Answer ``status`` (400, 401 or 403) with ``message`` (one line) and forward nothing."""
+
+    status: int
+    message: str
+
+
+def split_target(target: str) -> tuple[str, str | None]:
+    """(path, query or None) of an origin-form target."""
+    path, mark, query = target.partition("?")
+    return path, (query if mark else None)
+
+
+def canonical_path_problem(target: str) -> str | None:
+    """None when the request target is canonical origin-form; else why (answer 400).
+
+    Only origin-form (RFC 9112 section 3.2.1) is accepted: Ollama's client
+    sends nothing else, and absolute-form (a proxy request), authority-form
+    (CONNECT) and asterisk-form (``OPTIONS *``) have no endpoint to match.
+    The path rules are ``authorized_keys.path_problem``'s. In the query,
+    ``;``, a malformed ``%`` and a percent-encoded unreserved character are
+    refused: Go's ``url.QueryEscape`` never writes them, and each could make
+    two parsers disagree about where ``ts`` is.
+    """
+    if not isinstance(target, str) or target == "":
+        return "the request target is empty"
+    if len(target) > MAX_TARGET_CHARS:
+        return f"the request target is longer than {MAX_TARGET_CHARS} characters"
+    if target == "*":
+        return "the asterisk-form target (OPTIONS *) is not served"
+    if not target.startswith("/"):
+        return "the request target is not origin-form (a path starting with /)"
+    if not target.isascii() or any(ch <= " " or ch == "\x7f" for ch in target):
+        return "the request target holds spaces, control or non-ASCII characters"
+    if "#" in target:
+        return "the request target holds a fragment (#)"
+    path, query = split_target(target)
+    problem = path_problem(path)
+    if problem is not None:
+        return problem
+    if query is not None:
+        if not _QUERY_CHARS.fullmatch(query):
+            return "the query holds characters outside RFC 3986's query set (or ';')"
+        if _PERCENT.search(query):
+            return "the query holds a malformed or needless percent-encoding"
+    return None
+
+
+def _ts_values(query: str | None) -> list[str]:
+    """Every value of ``ts`` in the query, split as Go's url.ParseQuery does
+    (``&`` between pairs, the first ``=`` inside one; ``ts`` alone is ``ts=``)."""
+    if not query:
+        return []
+    values = []
+    for pair in query.split("&"):
+        if pair == "":
+            continue
+        key, _, value = pair.partition("=")
+        if key == "ts":
+            values.append(value)
+    return values
+
+
+def is_health_check(method: str, target: str, authorization: str | None) -> bool:
+    """An unsigned ``HEAD /``: what load balancers send to see if the server is up.
+
+    Ollama answers ``HEAD /`` with 200 and no body, and its own client signs even
+    that call (``Heartbeat``) when OLLAMA_AUTH=1, so only unsigned probes are in
+    question. The draft exempts every ``HEAD /`` from checking; here only an
+    exact ``HEAD /`` (no query) with no ``Authorization`` at all is, and a
+    signed one is verified like any other request (a bad key must hear 401).
+    """
+    return method == "HEAD" and target == "/" and (authorization is None or authorization.strip() == "")
+
+
+def is_heartbeat(method: str, path: str) -> bool:
+    """``HEAD /``: granted to every key the file knows, whatever its endpoint list.
+
+    Ollama's CLI calls ``Heartbeat`` (``HEAD /``) before ``list``, ``run``,
+    ``pull`` and the rest (cmd/cmd.go, ``checkServerHeartbeat``), and the draft
+    exempts ``HEAD /`` from its middleware, so the draft's own example
+    ``* * * /api/tags`` ("ollama ls" for everyone) only works if a signed
+    ``HEAD /`` passes for a key granted ``/api/tags`` alone. It is still
+    verified (signature, ts), and an unknown key still hears 401 and its line.
+    """
+    return method == "HEAD" and path == "/"
+
+
+def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
+    if len(value) > MAX_AUTHORIZATION_CHARS:
+        return Refused(401, "the Authorization header is too long to be '<public key>:<signature>'")
+    credential = value.strip(" \t")
+    if credential[:7].lower() == "bearer ":
+        credential = credential[7:].lstrip(" ")
+    key_text, colon, signature_text = credential.partition(":")
+    if not colon:
+        return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)")
+    blob = decode_base64(key_text)
+    if blob is None:
+        return Refused(401, "the public key in the Authorization header is not valid base64")
+    signature = decode_base64(signature_text)
+    if signature is None:
+        return Refused(401, "the signature in the Authorization header is not valid base64")
+    if not is_ed25519_blob(blob):
+        return Refused(401, "the key in the Authorization header is not an Ed25519 key; only ssh-ed25519 keys are admitted")
+    if len(signature) != SIGNATURE_BYTES:
+        return Refused(401, "the signature in the Authorization header is not 64 bytes (Ed25519)")
+    return blob, signature
+
+
+def _signature_verifies(blob: bytes, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        Ed25519PublicKey.from_public_bytes(blob[-32:]).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _quoted(path: str, limit: int = 120) -> str:
+    path = printable(path)
+    return path if len(path) <= limit else path[:limit] + "..."
+
+
+def verify(
+    method: str,
+    target: str,
+    authorization: str | None,
+    keys: AuthorizedKeys,
+    now: float,
+    max_skew: float = DEFAULT_MAX_SKEW,
+    allow_health_check: bool = True,
+) -> Admitted | Refused:
+    """Admit or refuse one request (see the module's docstring for the rules).
+
+    ``allow_health_check``: admit an unsigned exact ``HEAD /`` as
+    ``Admitted(HEALTH_CHECK_NAME, "")`` (see :func:`is_health_check`).
+    """
+    if not (isinstance(max_skew, (int, float)) and math.isfinite(max_skew) and max_skew >= 0):
+        raise ValueError("max_skew must be a finite number of seconds, 0 or more")
+    if not isinstance(method, str) or not _METHOD.fullmatch(method):
+        return Refused(400, "the request method is not an HTTP token")
+    problem = canonical_path_problem(target)
+    if problem is not None:
+        return Refused(400, f"the request target is not in canonical form: {problem}; send the path exactly as the server routes it")
+    if allow_health_check and is_health_check(method, target, authorization):
+        return Admitted(HEALTH_CHECK_NAME, "")
+    if authorization is None or authorization.strip() == "":
+        return Refused(401, "this server admits only requests signed with an admitted Ed25519 key: run Ollama's CLI with OLLAMA_AUTH=1, or use ollama-credential-helper's proxy or OllamaAuth")
+    parsed = _parse_authorization(authorization)
+    if isinstance(parsed, Refused):
+        return parsed
+    blob, signature = parsed
+    path, query = split_target(target)
+    stamps = _ts_values(query)
+    if not stamps:
+        return Refused(401, "the signed target has no ts= in its query (Ollama's client adds it when OLLAMA_AUTH=1)")
+    if len(stamps) > 1:
+        return Refused(401, "the signed target has more than one ts= in its query")
+    if not _TS.fullmatch(stamps[0]):
+        return Refused(401, "ts= in the query is not Unix seconds in plain decimal digits")
+    ts = int(stamps[0])
+    if not _signature_verifies(blob, signature, f"{method},{target}".encode("ascii")):
+        return Refused(401, f"the signature does not verify over {method} {_quoted(path)} with its query (signed for another method, path or query, or by another key)")
+    # Written as "not within" so that a NaN clock refuses rather than admits.
+    skew = now - ts
+    if not abs(skew) <= max_skew:
+        if not math.isfinite(skew):
+            return Refused(401, "the signature's ts cannot be compared with this server's clock")
+        direction = "behind" if skew > 0 else "ahead of"
+        return Refused(
+            401,
+            f"the signature's ts is {abs(skew):.0f} s {direction} this server's clock, more than the {max_skew:.0f} s allowed: "
+            "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
+        )
+    grants = keys.grants_for(blob)
+    print_ = fingerprint(blob)
+    own = [grant for grant in grants if not grant.wildcard]
+    if is_heartbeat(method, path):
+        allowing = grants
+    else:
+        allowing = [grant for grant in grants if grant.allows(path)]
+    if allowing:
+        # The key's own name (its first named line, as the draft keeps the first
+        # name), else the name of the wildcard line that let it in.
+        named = [grant for grant in own if grant.named] or [grant for grant in allowing if grant.named]
+        return Admitted(named[0].name if named else print_, print_)
+    key_line = f"ssh-ed25519 {_b64(blob)}"
+    shown = _quoted(path)
+    if own:
+        name = next((grant.name for grant in own if grant.named), print_)
+        return Refused(
+            403,
+            f"key {print_} ({_quoted(name, 64)}) is not granted {shown}: the operator can add {shown} "
+            "to its endpoint list in the server's authorized_keys",
+        )
+    return Refused(
+        401,
+        f"key {print_} is not in this server's authorized_keys; to admit it the operator adds the line: "
+        f"{key_line} <name> {shown}   (or * instead of {shown} for every endpoint)",
+    )
+
+
+def _b64(blob: bytes) -> str:
+    import base64
+
+    return base64.b64encode(blob).decode("ascii")
+
+
+# --- --auth-only: the request as the front server describes it ------------------------------
+
+_FAMILIES = (
+    ("x-original-method", "x-original-uri"),  # nginx auth_request
+    ("x-forwarded-method", "x-forwarded-uri"),  # Caddy forward_auth, Traefik ForwardAuth
+)
+_WATCHED = {name for family in _FAMILIES for name in family} | {"authorization"}
+
+
+def _collect(headers: list[tuple[str, str]]) -> dict[str, str] | Refused:
+    seen: dict[str, str] = {}
+    for name, value in headers:
+        if not isinstance(name, str) or not name.isascii():
+            continue
+        lowered = name.lower()
+        if lowered not in _WATCHED:
+            continue
+        if lowered in seen:
+            return Refused(400, f"the header {lowered} appears more than once")
+        seen[lowered] = value.strip(" \t") if isinstance(value, str) else ""
+    return seen
+
+
+def forwarded_request(headers: list[tuple[str, str]]) -> tuple[str, str] | Refused:
+    """(method, target) of the request a front server asks about (``--auth-only``).
+
+    nginx sends ``X-Original-Method``/``X-Original-URI``; Caddy and Traefik send
+    ``X-Forwarded-Method``/``X-Forwarded-Uri``. Both also pass the client's own
+    headers to the auth request, so a client can send these names too: a family
+    that is present must be complete, both families present must agree exactly,
+    and a name that appears twice is refused (400), since either copy could be
+    the client's. The values are checked later by :func:`verify`.
+    """
+    seen = _collect(headers)
+    if isinstance(seen, Refused):
+        return seen
+    found = []
+    for method_name, uri_name in _FAMILIES:
+        if method_name in seen or uri_name in seen:
+            if method_name not in seen or uri_name not in seen:
+                return Refused(400, f"the front server sent {method_name if method_name in seen else uri_name} without its pair")
+            found.append((seen[method_name], seen[uri_name]))
+    if not found:
+        return Refused(400, "no X-Original-Method/X-Original-URI (nginx) or X-Forwarded-Method/X-Forwarded-Uri (Caddy, Traefik) headers: configure the front server as the README shows")
+    if len(found) == 2 and found[0] != found[1]:
+        return Refused(400, "the X-Original-* and X-Forwarded-* headers disagree about the request")
+    return found[0]
+
+
+def authorization_header(headers: list[tuple[str, str]]) -> str | None | Refused:
+    """The one ``Authorization`` value, None when absent, Refused (400) when repeated."""
+    seen = _collect(headers)
+    if isinstance(seen, Refused):
+        return seen
+    return seen.get("authorization")
