@@ -20,6 +20,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -159,6 +160,76 @@ class Gate:
         if self.process.stdout is not None:
             self.process.stdout.close()
         return self.log
+
+
+class Relay:
+    """A loopback TCP relay before the gate that keeps every byte the front server
+    sent it: the auth requests as they were on the wire (they have no bodies)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sent: list[bytearray] = []
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def heads(self) -> list[dict[str, list[str]]]:
+        """Each request head: lower-cased header name -> values, plus ':target'."""
+        found = []
+        for data in list(self.sent):
+            for head in bytes(data).split(b"\r\n\r\n")[:-1]:
+                lines = head.decode("latin-1").split("\r\n")
+                parsed: dict[str, list[str]] = {":target": [lines[0].split(" ")[1]]}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    parsed.setdefault(name.strip().lower(), []).append(value.strip())
+                found.append(parsed)
+        return found
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()  # the gate is down: the front server sees a refused hop
+                continue
+            record = bytearray()
+            self.sent.append(record)
+            threading.Thread(target=self._pump, args=(client, server, record), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, record: bytearray | None) -> None:
+        try:
+            source.settimeout(None)
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if record is not None:
+                    record += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
 
 
 # --- the front servers --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from credential_helper.client import sign_request
 from credential_helper.identity import load_identity
 from credential_helper.standin import REPLY_WORDS
 from faults import CertificateAuthority
-from frontends import Caddy, Gate, Nginx
+from frontends import Caddy, Gate, Nginx, Relay
 
 FRONTS = {"nginx": Nginx, "caddy": Caddy}
 # What a stand-in "model" streams here: 12 words 60 ms apart, about 0.7 s in all.
@@ -41,8 +41,8 @@ def fingerprint(public_file) -> str:
 class Chain:
     """client -> front server (TLS) -> gate --auth-only ; front server -> stand-in Ollama."""
 
-    def __init__(self, front, gate: Gate, ollama, keys) -> None:
-        self.front, self.gate, self.ollama, self.keys = front, gate, ollama, keys
+    def __init__(self, front, gate: Gate, relay: Relay, ollama, keys) -> None:
+        self.front, self.gate, self.relay, self.ollama, self.keys = front, gate, relay, ollama, keys
 
     def signed(self, method: str, path: str, key: str = "ed25519-a", ts: int | None = None) -> tuple[str, str]:
         """(request target with ts, Authorization) signed by golden key ``key``."""
@@ -94,14 +94,16 @@ def local_ollama(streaming_standin):
 @pytest.fixture(params=sorted(FRONTS))
 def chain(request, tmp_path, env, keys, authorized_keys, local_ollama):
     gate = Gate(authorized_keys, env)
+    relay = Relay(gate.port)
     front = None
     try:
         ca = CertificateAuthority(tmp_path)
-        front = FRONTS[request.param](tmp_path / request.param, ca, local_ollama.server.server_address[1], gate.port)
-        yield Chain(front, gate, local_ollama, keys)
+        front = FRONTS[request.param](tmp_path / request.param, ca, local_ollama.server.server_address[1], relay.port)
+        yield Chain(front, gate, relay, local_ollama, keys)
     finally:
         if front is not None:
             front.stop()
+        relay.stop()
         log = gate.stop()
         # The gate's log names requests, never their credentials or ts values.
         for line in log:
@@ -222,6 +224,13 @@ def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
     assert status in (400, 401, 403), (status, body)
     assert set(json.loads(body)) == {"error", "status"}
     chain.assert_nothing_reached_ollama()
+    # On the wire to the gate: only the front server's own family, naming the real request
+    # (so the refusal does not rest on the gate noticing two families that disagree).
+    own, other = (("x-original-method", "x-original-uri"), ("x-forwarded-method", "x-forwarded-uri"))[:: 1 if chain.front.name == "nginx" else -1]
+    spoofed = [head for head in chain.relay.heads() if head.get("authorization") == [authorization]]
+    assert len(spoofed) == 1, chain.relay.heads()
+    assert spoofed[0].get(own[0]) == ["POST"] and spoofed[0].get(own[1]) == [f"/api/chat?{chat_ts_query}"], spoofed[0]
+    assert other[0] not in spoofed[0] and other[1] not in spoofed[0], spoofed[0]
     # The same signature is good for what it signs: the refusal above was the target's.
     assert chain.front.request("GET", granted, {"Authorization": authorization})[0] == 200
     assert chain.ollama.unverified_requests == [("GET", granted)]
