@@ -1,0 +1,382 @@
+"""Real nginx and Caddy on loopback, configured with the README's own blocks, in
+front of the installed ``gate --auth-only`` (issue 15).
+
+The configurations are read from whichever of README.md or docs/gate-frontends.md
+holds the fenced block after ``<!-- gate-nginx.conf -->`` / ``<!-- gate-Caddyfile -->``
+(README first), so the text people copy is the text that runs. Only the values a
+test must own are replaced: ports, certificate paths, the server name; each
+replacement must find its literal, so a changed block fails instead of running
+half-substituted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from conftest import ROOT, helper_executable
+
+SERVER_NAME = "ollama.example.com"
+# The values the blocks are written with (an operator's defaults) and that a test replaces.
+OLLAMA_PORT = "11434"
+GATE_PORT = "11435"
+CERT_PATH = "/etc/ssl/ollama/fullchain.pem"
+KEY_PATH = "/etc/ssl/ollama/privkey.pem"
+DOCUMENTS = ("README.md", "docs/gate-frontends.md")
+
+
+def config_block(marker: str) -> tuple[str, str]:
+    """(text of the fenced block after ``<!-- marker -->``, the file it came from)."""
+    pattern = re.compile(r"<!-- " + re.escape(marker) + r" -->\s*\n```[\w-]*\n(.*?)\n```", re.S)
+    for name in DOCUMENTS:
+        path = ROOT / name
+        if path.exists():
+            found = pattern.search(path.read_text())
+            if found:
+                return found.group(1) + "\n", name
+    raise AssertionError(f"no block marked <!-- {marker} --> in {' or '.join(DOCUMENTS)}")
+
+
+def substitute(text: str, replacements: dict[str, str]) -> str:
+    for literal, value in replacements.items():
+        assert literal in text, f"the configuration no longer contains {literal!r}"
+        text = text.replace(literal, value)
+    return text
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def find_binary(name: str) -> str:
+    found = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None)
+    if not found:
+        pytest.skip(f"{name} is not installed (.ci/run installs Debian's {name} with apt-get)")
+    return found
+
+
+def issue_certificate(ca, directory: Path, name: str) -> tuple[Path, Path]:
+    """A leaf certificate for ``name`` from the test CA (tests/faults.py), as files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "fullchain.pem", directory / "privkey.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    os.chmod(key_file, 0o600)
+    return cert_file, key_file
+
+
+def wait_for_port(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}:\n{read_log(log)}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g}s:\n{read_log(log)}")
+
+
+def read_log(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else "(no log)"
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+# --- the gate ----------------------------------------------------------------------------------
+
+
+class Gate:
+    """``ollama-credential-helper gate --auth-only`` as installed, on a free loopback port."""
+
+    def __init__(self, authorized_keys: Path, environment: dict[str, str], *extra: str) -> None:
+        self.process = subprocess.Popen(
+            [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", str(authorized_keys), *extra],
+            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.first_line = self.process.stderr.readline()
+        if not self.first_line.startswith("listening on http://127.0.0.1:"):
+            rest = self.process.stderr.read() if self.process.poll() is not None else ""
+            stop_process(self.process, signal.SIGKILL)
+            raise AssertionError(f"`gate --auth-only` did not start: {self.first_line!r} {rest!r}")
+        self.port = int(self.first_line.split()[2].rsplit(":", 1)[1].rstrip("/"))
+        self.log: list[str] = []
+
+    def ask(self, headers: dict[str, str], path: str = "/_gate") -> tuple[int, dict[str, str], bytes]:
+        """One auth request straight to the gate, as a front server would make it."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def stop(self) -> list[str]:
+        stop_process(self.process)
+        if self.process.stderr is not None and not self.process.stderr.closed:
+            self.log += self.process.stderr.read().splitlines()
+            self.process.stderr.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.log
+
+
+class Relay:
+    """A loopback TCP relay before the gate that keeps every byte the front server
+    sent it: the auth requests as they were on the wire (they have no bodies)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sent: list[bytearray] = []
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def heads(self) -> list[dict[str, list[str]]]:
+        """Each request head: lower-cased header name -> values, plus ':target'."""
+        found = []
+        for data in list(self.sent):
+            for head in bytes(data).split(b"\r\n\r\n")[:-1]:
+                lines = head.decode("latin-1").split("\r\n")
+                parsed: dict[str, list[str]] = {":target": [lines[0].split(" ")[1]]}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    parsed.setdefault(name.strip().lower(), []).append(value.strip())
+                found.append(parsed)
+        return found
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()  # the gate is down: the front server sees a refused hop
+                continue
+            record = bytearray()
+            self.sent.append(record)
+            threading.Thread(target=self._pump, args=(client, server, record), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, None), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, record: bytearray | None) -> None:
+        try:
+            source.settimeout(None)
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if record is not None:
+                    record += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.stopped = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+# --- the front servers --------------------------------------------------------------------------
+
+
+class FrontServer:
+    """A running nginx or Caddy; ``base`` is its https URL under SERVER_NAME."""
+
+    name = ""
+    process: subprocess.Popen
+    log_file: Path
+
+    def __init__(self, directory: Path, ca_file: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.ca_file = ca_file
+        self.base = f"https://{SERVER_NAME}:{port}"
+
+    def connection(self, timeout: float = 30) -> http.client.HTTPSConnection:
+        return _PinnedConnection(SERVER_NAME, self.port, ssl.create_default_context(cafile=str(self.ca_file)), timeout)
+
+    def request(self, method: str, target: str, headers: dict[str, str] | None = None, body: bytes | None = None):
+        """(status, lower-cased headers, body) for one request over TLS."""
+        connection = self.connection()
+        try:
+            connection.request(method, target, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def stream(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, list[tuple[float, bytes]]]:
+        """(status, [(seconds since the request was sent, line), ...]) reading line by line."""
+        connection = self.connection()
+        try:
+            connection.request(method, target, body=body, headers=headers)
+            sent = time.monotonic()
+            response = connection.getresponse()
+            lines = []
+            while True:
+                line = response.readline()
+                if not line:
+                    break
+                lines.append((time.monotonic() - sent, line))
+            return response.status, lines
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def error_log(self) -> str:
+        return read_log(self.log_file)
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTPS to SERVER_NAME (SNI, Host, certificate check) at 127.0.0.1, with no DNS."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._tls = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+
+
+def _replacements(ollama_port: int, gate_port: int, cert: Path, key: Path) -> dict[str, str]:
+    return {OLLAMA_PORT: str(ollama_port), GATE_PORT: str(gate_port), CERT_PATH: str(cert), KEY_PATH: str(key)}
+
+
+class Nginx(FrontServer):
+    name = "nginx"
+
+    def __init__(self, directory: Path, ca, ollama_port: int, gate_port: int) -> None:
+        binary = find_binary("nginx")
+        directory.mkdir()
+        cert, key = issue_certificate(ca, directory, SERVER_NAME)
+        super().__init__(directory, ca.ca_file, free_port())
+        block, self.source = config_block("gate-nginx.conf")
+        replacements = _replacements(ollama_port, gate_port, cert, key)
+        replacements["listen 443 ssl;"] = f"listen 127.0.0.1:{self.port} ssl;"
+        site = substitute(block, replacements)
+        (directory / "ollama.conf").write_text(site)
+        self.log_file = directory / "error.log"
+        temp = {kind: directory / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        # What Debian's /etc/nginx/nginx.conf provides around conf.d/*.conf, in the test's directory.
+        (directory / "nginx.conf").write_text(
+            ("user root;\n" if os.geteuid() == 0 else "")
+            + f"worker_processes 1;\nerror_log {self.log_file} info;\npid {directory / 'nginx.pid'};\n"
+            "events { worker_connections 256; }\n"
+            "http {\n"
+            f"    access_log {directory / 'access.log'};\n"
+            + "".join(f"    {kind}_temp_path {path};\n" for kind, path in temp.items())
+            + f"    include {directory / 'ollama.conf'};\n"
+            "}\n"
+        )
+        test = subprocess.run([binary, "-t", "-p", str(directory), "-c", str(directory / "nginx.conf")], capture_output=True, text=True)
+        assert test.returncode == 0, f"nginx -t refused the {self.source} configuration:\n{test.stderr}"
+        self.process = subprocess.Popen(
+            [binary, "-p", str(directory), "-c", str(directory / "nginx.conf"), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(directory / "stderr.log", "w"),
+        )
+        wait_for_port(self.port, self.process, "nginx", self.log_file)
+
+
+class Caddy(FrontServer):
+    name = "caddy"
+
+    def __init__(self, directory: Path, ca, ollama_port: int, gate_port: int) -> None:
+        binary = find_binary("caddy")
+        directory.mkdir()
+        cert, key = issue_certificate(ca, directory, SERVER_NAME)
+        super().__init__(directory, ca.ca_file, free_port())
+        block, self.source = config_block("gate-Caddyfile")
+        site = substitute(block, _replacements(ollama_port, gate_port, cert, key))
+        data = directory / "data"
+        # Global options for the test only: no admin endpoint, the test's ports, HTTP/1.1
+        # and HTTP/2 (no UDP listener), nothing written outside the directory.
+        caddyfile = (
+            "{\n"
+            "    admin off\n"
+            f"    http_port {free_port()}\n"
+            f"    https_port {self.port}\n"
+            "    auto_https disable_redirects\n"
+            "    skip_install_trust\n"
+            f"    storage file_system {{\n        root {data}\n    }}\n"
+            "    servers {\n        protocols h1 h2\n    }\n"
+            "}\n\n" + site
+        )
+        (directory / "Caddyfile").write_text(caddyfile)
+        self.log_file = directory / "caddy.log"
+        environment = {key: value for key, value in os.environ.items() if not key.startswith(("XDG_", "CADDY"))}
+        environment.update(HOME=str(directory), XDG_DATA_HOME=str(data), XDG_CONFIG_HOME=str(directory / "config"))
+        self.process = subprocess.Popen(
+            [binary, "run", "--config", str(directory / "Caddyfile"), "--adapter", "caddyfile"],
+            env=environment, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.log_file, "w"),
+        )
+        wait_for_port(self.port, self.process, "caddy", self.log_file)
+        # Listening is not yet serving: wait for a complete TLS exchange with the test's certificate.
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.request("GET", "/_frontends_ready")
+                return
+            except (OSError, ssl.SSLError, http.client.HTTPException):
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise AssertionError(f"caddy did not serve TLS:\n{self.error_log()}")
+                time.sleep(0.1)

@@ -1,0 +1,256 @@
+"""Issue 15: real nginx and Caddy, configured with the README's blocks, in front of
+the installed ``gate --auth-only`` and a stand-in local Ollama.
+
+Signatures are made by this project's signer (proven against golden vectors in
+test_vectors.py); the verifying is done by the gate; what the caller sees and what
+reaches Ollama is read from the wire on both sides. Fingerprints are computed by
+ssh-keygen, not by this project.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from credential_helper.client import sign_request
+from credential_helper.identity import load_identity
+from credential_helper.standin import REPLY_WORDS
+from faults import CertificateAuthority
+from frontends import Caddy, Gate, Nginx, Relay
+
+FRONTS = {"nginx": Nginx, "caddy": Caddy}
+# What a stand-in "model" streams here: 12 words 60 ms apart, about 0.7 s in all.
+STREAM_CHUNKS = 12
+CHUNK_DELAY = 0.06
+# How long a refused request is given to (wrongly) arrive upstream before we look.
+SETTLE = 0.3
+
+
+def fingerprint(public_file) -> str:
+    """``SHA256:...`` as ssh-keygen computes it."""
+    return subprocess.run(["ssh-keygen", "-lf", str(public_file)], capture_output=True, text=True, check=True).stdout.split()[1]
+
+
+class Chain:
+    """client -> front server (TLS) -> gate --auth-only ; front server -> stand-in Ollama."""
+
+    def __init__(self, front, gate: Gate, relay: Relay, ollama, keys) -> None:
+        self.front, self.gate, self.relay, self.ollama, self.keys = front, gate, relay, ollama, keys
+
+    def signed(self, method: str, path: str, key: str = "ed25519-a", ts: int | None = None) -> tuple[str, str]:
+        """(request target with ts, Authorization) signed by golden key ``key``."""
+        done = sign_request(method, self.front.base + path, identity=str(self.keys / key), ts=ts)
+        parts = urlsplit(done.url)
+        return f"{parts.path}?{parts.query}", done.authorization
+
+    def upstream_headers(self, index: int = -1) -> dict[str, list[str]]:
+        headers: dict[str, list[str]] = {}
+        for name, value in self.ollama.request_headers[index]:
+            headers.setdefault(name.lower(), []).append(value)
+        return headers
+
+    def assert_nothing_reached_ollama(self) -> None:
+        time.sleep(SETTLE)
+        assert self.ollama.hosts_seen == [] and self.ollama.request_headers == [] and self.ollama.unverified_requests == [], (
+            f"{self.front.name} forwarded a refused request: {self.ollama.unverified_requests or self.ollama.hosts_seen}"
+        )
+
+    def gate_direct(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, dict]:
+        """What the gate itself answers for this request (nginx's header family)."""
+        status, answer_headers, body = self.gate.ask({**headers, "X-Original-Method": method, "X-Original-URI": target})
+        assert body, f"the gate's {status} has no body"
+        parsed = json.loads(body)
+        assert answer_headers.get("x-ollama-error") == parsed["error"], "X-Ollama-Error must repeat the body's message (nginx reads it)"
+        return status, parsed
+
+
+@pytest.fixture
+def authorized_keys(tmp_path, keys):
+    """alice (ed25519-a) may call anything; bob (ed25519-b) only /api/tags."""
+    path = tmp_path / "authorized_keys"
+    a = (keys / "ed25519-a.pub").read_text().split()
+    b = (keys / "ed25519-b.pub").read_text().split()
+    path.write_text(f"# test users\n{a[0]} {a[1]} alice *\n{b[0]} {b[1]} bob /api/tags\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def local_ollama(streaming_standin):
+    """The streaming stand-in as a local `ollama serve`: it checks no signature."""
+    streaming_standin.verify_signatures = False
+    streaming_standin.stream_chunks = STREAM_CHUNKS
+    streaming_standin.chunk_delay = CHUNK_DELAY
+    return streaming_standin
+
+
+@pytest.fixture(params=sorted(FRONTS))
+def chain(request, tmp_path, env, keys, authorized_keys, local_ollama):
+    gate = Gate(authorized_keys, env)
+    relay = Relay(gate.port)
+    front = None
+    try:
+        ca = CertificateAuthority(tmp_path)
+        front = FRONTS[request.param](tmp_path / request.param, ca, local_ollama.server.server_address[1], relay.port)
+        yield Chain(front, gate, relay, local_ollama, keys)
+    finally:
+        if front is not None:
+            front.stop()
+        relay.stop()
+        log = gate.stop()
+        # The gate's log names requests, never their credentials or ts values.
+        for line in log:
+            assert "ts=" not in line and "AAAAC3NzaC1lZDI1NTE5" not in line, line
+
+
+# --- admitted ----------------------------------------------------------------------------------
+
+
+def test_a_listed_key_streams_chat_incrementally_and_only_the_gate_names_the_user(chain, keys):
+    target, authorization = chain.signed("POST", "/api/chat")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    status, lines = chain.front.stream("POST", target, {
+        "Authorization": authorization, "Content-Type": "application/json",
+        # A client claiming an identity of its own: the upstream must see the gate's.
+        "X-Ollama-User": "root", "X-Ollama-Key": "SHA256:forged",
+    }, body)
+    assert status == 200, lines
+    words = [json.loads(line)["message"]["content"] for _, line in lines]
+    assert words[:len(REPLY_WORDS)] == REPLY_WORDS and len(words) == STREAM_CHUNKS + 1 and json.loads(lines[-1][1])["done"]
+    # Incremental: the first line arrived well before the stream ended, and no
+    # line waited for the next one (a buffering front server delivers them together).
+    first, last = lines[0][0], lines[-1][0]
+    assert last - first >= 0.5 * CHUNK_DELAY * STREAM_CHUNKS, [round(t, 3) for t, _ in lines]
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(lines, lines[1:])]
+    assert sum(gap >= CHUNK_DELAY / 3 for gap in gaps) >= STREAM_CHUNKS // 2, [round(g, 3) for g in gaps]
+
+    assert chain.ollama.unverified_requests == [("POST", target)], "the upstream routes the target the gate verified"
+    seen = chain.upstream_headers()
+    assert seen["x-ollama-user"] == ["alice"]
+    assert seen["x-ollama-key"] == [fingerprint(keys / "ed25519-a.pub")]
+    assert "authorization" not in seen, "the signature must not reach Ollama"
+    signature = authorization.split(":", 1)[1]
+    assert not any(signature in value for values in seen.values() for value in values)
+    # An Ollama on loopback answers 403 to a non-local Host (server/routes.go, allowedHostsMiddleware).
+    assert seen["host"] == [f"localhost:{chain.ollama.server.server_address[1]}"]
+
+
+def test_a_grant_for_one_endpoint_admits_that_endpoint(chain):
+    target, authorization = chain.signed("GET", "/api/tags", key="ed25519-b")
+    status, _, body = chain.front.request("GET", target, {"Authorization": authorization})
+    assert status == 200 and len(json.loads(body)["models"]) == 2
+    assert chain.ollama.unverified_requests == [("GET", target)]
+    assert chain.upstream_headers()["x-ollama-user"] == ["bob"]
+
+
+# --- refused, with the gate's reason, and nothing forwarded -------------------------------------
+
+
+def _unknown_key(tmp_path):
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = tmp_path / "stranger"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    private.chmod(0o600)
+    public = tmp_path / "stranger.pub"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
+    return private, public
+
+
+def _tampered(authorization: str) -> str:
+    blob, signature = authorization.split(":", 1)
+    raw = bytearray(base64.b64decode(signature))
+    raw[10] ^= 0x01
+    return f"{blob}:{base64.b64encode(bytes(raw)).decode()}"
+
+
+REFUSALS = {
+    # name: (expected status, how to build (method, target, headers))
+    "unsigned": (401, lambda c, tmp: ("POST", "/api/chat", {})),
+    "stale-ts": (401, lambda c, tmp: ("POST", *_sig(c.signed("POST", "/api/chat", ts=int(time.time()) - 3600)))),
+    "future-ts": (401, lambda c, tmp: ("POST", *_sig(c.signed("POST", "/api/chat", ts=int(time.time()) + 3600)))),
+    "tampered-signature": (401, lambda c, tmp: ("POST", *_tamper(c.signed("POST", "/api/chat")))),
+    "unknown-key": (401, lambda c, tmp: ("POST", *_sig(c.signed("POST", "/api/chat", key=str(_unknown_key(tmp)[0]))))),
+    "ungranted-endpoint": (403, lambda c, tmp: ("POST", *_sig(c.signed("POST", "/api/chat", key="ed25519-b")))),
+}
+
+
+def _sig(signed):
+    target, authorization = signed
+    return target, {"Authorization": authorization}
+
+
+def _tamper(signed):
+    target, authorization = signed
+    return target, {"Authorization": _tampered(authorization)}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_refused_request_shows_the_gates_reason_and_never_reaches_ollama(chain, tmp_path, case):
+    expected, build = REFUSALS[case]
+    method, target, headers = build(chain, tmp_path)
+    status, answer_headers, body = chain.front.request(method, target, {**headers, "Content-Type": "application/json"}, b'{"model": "m"}')
+    assert status == expected, (status, body)
+    assert answer_headers.get("content-type", "").startswith("application/json"), answer_headers
+    shown = json.loads(body)
+    assert set(shown) == {"error", "status"} and shown["error"] == shown["status"] and shown["error"].strip()
+    # Exactly what the gate says when asked itself, carried through the front server.
+    assert chain.gate_direct(method, target, headers) == (expected, shown)
+    if case == "unknown-key":
+        assert fingerprint(tmp_path / "stranger.pub") in shown["error"], "the message names the unknown key's fingerprint"
+    for value in headers.values():
+        assert value.split(":")[-1] not in body.decode(), "a signature never appears in an answer"
+    chain.assert_nothing_reached_ollama()
+
+
+@pytest.mark.parametrize("family", ["nginx-names", "caddy-names", "both"])
+def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
+    """bob holds a valid signature for GET /api/tags and asks for POST /api/chat while
+    claiming, in the headers the front server uses for the gate, to ask for /api/tags."""
+    granted, authorization = chain.signed("GET", "/api/tags", key="ed25519-b")
+    _, chat_ts_query = granted.split("?", 1)
+    claim = {}
+    if family in ("nginx-names", "both"):
+        claim.update({"X-Original-Method": "GET", "X-Original-URI": granted})
+    if family in ("caddy-names", "both"):
+        claim.update({"X-Forwarded-Method": "GET", "X-Forwarded-Uri": granted})
+    status, _, body = chain.front.request("POST", f"/api/chat?{chat_ts_query}", {"Authorization": authorization, **claim}, b'{"model": "m"}')
+    assert status in (400, 401, 403), (status, body)
+    assert set(json.loads(body)) == {"error", "status"}
+    chain.assert_nothing_reached_ollama()
+    # On the wire to the gate: only the front server's own family, naming the real request
+    # (so the refusal does not rest on the gate noticing two families that disagree).
+    own, other = (("x-original-method", "x-original-uri"), ("x-forwarded-method", "x-forwarded-uri"))[:: 1 if chain.front.name == "nginx" else -1]
+    spoofed = [head for head in chain.relay.heads() if head.get("authorization") == [authorization]]
+    assert len(spoofed) == 1, chain.relay.heads()
+    assert spoofed[0].get(own[0]) == ["POST"] and spoofed[0].get(own[1]) == [f"/api/chat?{chat_ts_query}"], spoofed[0]
+    assert other[0] not in spoofed[0] and other[1] not in spoofed[0], spoofed[0]
+    # The same signature is good for what it signs: the refusal above was the target's.
+    assert chain.front.request("GET", granted, {"Authorization": authorization})[0] == 200
+    assert chain.ollama.unverified_requests == [("GET", granted)]
+
+
+@pytest.mark.parametrize("path", ["/api//chat", "/api/./chat", "/api/%63hat", "/api/chat%2F", '/api/chat"x'])
+def test_a_non_canonical_target_is_refused_with_the_gates_400(chain, keys, path):
+    """Signed as sent, by a key allowed everything: only the target's form can refuse it."""
+    target = f"{path}?ts={int(time.time())}"
+    headers = {"Authorization": load_identity(str(keys / "ed25519-a")).sign(f"POST,{target}")}
+    status, _, body = chain.front.request("POST", target, headers, b"{}")
+    shown = json.loads(body)  # valid JSON even when the gate's message quotes the target
+    assert status == 400 and set(shown) == {"error", "status"}, (status, body)
+    assert chain.gate_direct("POST", target, headers) == (400, shown)
+    chain.assert_nothing_reached_ollama()
+
+
+def test_with_the_gate_down_nothing_is_forwarded(chain):
+    target, authorization = chain.signed("POST", "/api/chat")
+    chain.gate.stop()
+    status, _, body = chain.front.request("POST", target, {"Authorization": authorization}, b'{"model": "m"}')
+    assert status in (500, 502, 503), (status, body)
+    chain.assert_nothing_reached_ollama()
