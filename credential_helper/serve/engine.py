@@ -245,7 +245,8 @@ class _Client:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
         written = self._write_answer(answer, head, keep)
         note = answer.message if (self.server.verbose and answer.status >= 400) else None
-        self._log(head, answer.status, written, started, who=answer.who, note=note)
+        shown = head if answer.about is None else Head(*answer.about, head.version, ())
+        self._log(shown, answer.status, written, started, who=answer.who, note=note)
         return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> int:
@@ -518,26 +519,28 @@ def _protocol_message(exc: h11.ProtocolError) -> str:
     return printable(text)[:120] or "malformed request"
 
 
-def run(server: Server, *, grace: float, log, stop_signals, ready=None) -> int:
+def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reload=None) -> int:
     """Serve until a stop signal; then stop accepting, let requests in flight
-    finish within ``grace`` seconds, and return 0."""
+    finish within ``grace`` seconds, and return 0. ``SIGHUP`` (where it exists)
+    calls ``on_reload`` from this thread, not from the signal handler."""
     import signal
 
-    stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:
-        stop.set()
-
+    stop, reload = threading.Event(), threading.Event()
+    handlers = {sig: (lambda signum, frame: stop.set()) for sig in stop_signals}
+    if on_reload is not None and hasattr(signal, "SIGHUP"):
+        handlers[signal.SIGHUP] = lambda signum, frame: reload.set()
     # Handlers can be set only from the main thread (tests may serve from another).
     in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, on_signal) for sig in stop_signals} if in_main else {}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()} if in_main else {}
     loop = threading.Thread(target=server.serve_forever, daemon=True)
     loop.start()
     if ready is not None:
         ready(server)
     try:
         while not stop.wait(0.2):
-            pass
+            if reload.is_set():
+                reload.clear()
+                on_reload()
     finally:
         server.stop_accepting()
         loop.join(timeout=2)

@@ -75,6 +75,7 @@ class Answer:
     who: str | None = None
     keep_alive: bool = False  # only honoured when the request had no body left to read
     body: bytes | None = field(default=None, repr=False)
+    about: tuple[str, str] | None = None  # (method, target) the answer is about, if not the received one
 
     def payload(self) -> bytes:
         if self.body is not None:

@@ -1,0 +1,90 @@
+"""The gate's policies: admit a request when its Ollama key signature verifies
+(serve/verify.py) for a key in authorized_keys that may call that endpoint.
+
+Two policies on the one engine: ``GatePolicy`` forwards what it admits to a
+self-hosted Ollama (reverse proxy); ``AuthOnlyPolicy`` only answers ``204`` or
+the refusal, for nginx ``auth_request``, Caddy ``forward_auth`` and Traefik
+``ForwardAuth``, which read the method and target from headers they set.
+"""
+
+import time
+
+from ..sanitize import printable
+from .authorized_keys import KeyFile
+from .messages import Answer, Forward, Head, end_to_end
+from .verify import Admitted, Refused, authorization_header, forwarded_request, verify
+
+# Never forwarded to Ollama besides hop-by-hop fields: the signature (replayable at
+# ollama.com while its ts is fresh) and any client copy of what the gate asserts.
+NOT_FORWARDED = frozenset({"host", "authorization", "x-ollama-user", "x-ollama-key"})
+
+
+def header_text(message: str) -> str:
+    """A message as a header value nginx can paste into a JSON string: printable,
+    one line, without quote or backslash."""
+    return printable(message).replace('"', "'").replace("\\", "/")[:400]
+
+
+def refusal(refused: Refused) -> Answer:
+    message = header_text(refused.message)
+    headers = [("X-Ollama-Error", message)]
+    if refused.status == 401:
+        headers.append(("WWW-Authenticate", 'Ollama realm="ollama-credential-helper gate"'))
+    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True)
+
+
+def identity_headers(admitted: Admitted) -> list[tuple[str, str]]:
+    headers = [("X-Ollama-User", header_text(admitted.name))]
+    if admitted.fingerprint:
+        headers.append(("X-Ollama-Key", admitted.fingerprint))
+    return headers
+
+
+def label(admitted: Admitted) -> str:
+    """The log's name for the caller: the key's name, else its fingerprint."""
+    return admitted.name if admitted.name and admitted.name != admitted.fingerprint else (admitted.fingerprint or "-")
+
+
+class _Verifying:
+    def __init__(self, keys: KeyFile, max_skew: float, clock=time.time) -> None:
+        self.keys, self.max_skew, self.clock = keys, max_skew, clock
+
+    def check(self, method: str, target: str, headers) -> Admitted | Refused:
+        authorization = authorization_header(list(headers))
+        if isinstance(authorization, Refused):
+            return authorization
+        return verify(method, target, authorization, self.keys.current(), self.clock(), self.max_skew)
+
+
+class GatePolicy(_Verifying):
+    """Reverse proxy: verify the request as received, forward it unchanged but
+    for Host, without Authorization, with who it is from."""
+
+    def __init__(self, keys: KeyFile, max_skew: float, upstream_host: str, clock=time.time) -> None:
+        super().__init__(keys, max_skew, clock)
+        self.upstream_host = upstream_host
+
+    def decide(self, head: Head) -> Forward | Answer:
+        result = self.check(head.method, head.target, head.headers)
+        if isinstance(result, Refused):
+            return refusal(result)
+        headers = end_to_end(head.headers, NOT_FORWARDED)
+        # Ollama checks Host on loopback (server/routes.go allowedHostsMiddleware): name the upstream.
+        headers += [("Host", self.upstream_host), *identity_headers(result)]
+        return Forward(head.target, tuple(headers), who=label(result))
+
+
+class AuthOnlyPolicy(_Verifying):
+    """Forward auth: the front server asks with the original method and target in headers."""
+
+    def decide(self, head: Head) -> Answer:
+        original = forwarded_request(list(head.headers))
+        if isinstance(original, Refused):
+            return refusal(original)
+        method, target = original
+        result = self.check(method, target, head.headers)
+        if isinstance(result, Refused):
+            answer = refusal(result)
+            return Answer(answer.status, answer.message, answer.headers, keep_alive=True, about=(method, target))
+        return Answer(204, headers=tuple(identity_headers(result)), keep_alive=True, who=label(result),
+                      about=(method, target))
