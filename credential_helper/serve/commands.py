@@ -94,7 +94,15 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     context = _server_tls(tls_cert, tls_key) if tls_cert is not None else None
     log = make_log()
     path = authorized_keys or default_path()
-    keys = KeyFile(path, lambda text: log(f"warning: {path}: {text}"))  # IdentityError (exit 3) when unusable
+    early: list[str] = []  # warnings of the first read, shown after the listening line
+
+    def warn(text: str) -> None:
+        if early is not None:
+            early.append(text)
+        else:
+            log(f"warning: {text}")
+
+    keys = KeyFile(path, warn)  # IdentityError (exit 3) when unusable
     if auth_only:
         decider = gate.AuthOnlyPolicy(keys, max_skew)
     else:
@@ -107,6 +115,9 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     mode = "forward auth" if auth_only else f"upstream {upstream_url}"
     log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
+    shown, early = early, None
+    for text in shown:
+        log(f"warning: {text}")
 
     def reload() -> None:
         keys.reload()

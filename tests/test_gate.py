@@ -1,0 +1,360 @@
+"""Issue 15: ``gate``, the verifying half. Requests exactly as Ollama's own
+client sent them (golden/gate.json) go through the engine and the gate's policy
+to a recording stand-in for Ollama; this project's proxy and OllamaAuth go
+through the installed gate; hostile requests are refused and nothing is
+forwarded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import GOLDEN, helper_executable, load_vectors
+from credential_helper.identity import load_identity
+from credential_helper.serve import engine, gate
+from credential_helper.serve.authorized_keys import KeyFile
+from credential_helper.standin import REPLY_WORDS, StandIn
+from faults import CertificateAuthority, KeepAliveServer
+
+VECTORS = load_vectors("gate.json")
+POSITIVES = [v for v in VECTORS if v["expect"] == "admit"]
+NEGATIVES = [v for v in VECTORS if v["expect"] == "refuse"]
+
+
+def ok_answer(head: bytes, body: bytes, index: int) -> bytes:
+    if head.startswith(b"HEAD "):
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n"
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def both_keys_file(tmp_path, extra: str = "") -> str:
+    path = tmp_path / "authorized_keys"
+    lines = [(GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2] + ["alice", "*"],
+             (GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2] + ["bob", "*"]]
+    path.write_text("".join(" ".join(line) + "\n" for line in lines) + extra)
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+class InProcessGate:
+    """The engine and GatePolicy in this process, with the verifier's clock set by the test."""
+
+    def __init__(self, keys_path: str, upstream_host: str, clock) -> None:
+        from credential_helper import protocol
+        from credential_helper.serve.upstream import Upstream
+
+        self.log: list[str] = []
+        upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 30, environ={})
+        policy = gate.GatePolicy(KeyFile(keys_path, self.log.append), 300, upstream_host, clock=clock)
+        self.server = engine.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.log.append, timeout=30)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.port = self.server.address[1]
+
+    def send(self, method: str, target: str, authorization: str | None, host: str = "box.example:443") -> bytes:
+        auth = f"Authorization: {authorization}\r\n" if authorization is not None else ""
+        body = b"{}" if method in ("POST", "PUT", "PATCH") else b""
+        length = f"Content-Length: {len(body)}\r\n" if body else ""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{auth}{length}Connection: close\r\n\r\n".encode() + body)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        return data
+
+    def close(self) -> None:
+        self.server.stop_accepting()
+        self.thread.join(2)
+        self.server.close()
+
+
+@pytest.fixture
+def recorded(tmp_path):
+    with KeepAliveServer(ok_answer) as ollama:
+        clock = {"now": 0.0}
+        gate_ = InProcessGate(both_keys_file(tmp_path), ollama.host, lambda: clock["now"])
+        try:
+            yield gate_, ollama, clock
+        finally:
+            gate_.close()
+
+
+@pytest.mark.parametrize("vector", POSITIVES, ids=[v["name"] for v in POSITIVES])
+def test_ollamas_own_requests_are_admitted_at_their_ts_and_forwarded_without_the_signature(recorded, vector):
+    gate_, ollama, clock = recorded
+    clock["now"] = vector["ts"]
+    reply = gate_.send(vector["method"], vector["target"], vector["authorization"], vector["host_header"])
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    (_, head, _), = ollama.requests
+    request_line, *fields = head.decode("latin-1").split("\r\n")
+    assert request_line == f"{vector['method']} {vector['target']} HTTP/1.1"
+    names = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip() for line in fields}
+    assert "authorization" not in names and vector["authorization"].split(":")[1] not in head.decode("latin-1")
+    assert names["x-ollama-user"] == ("alice" if vector["key_file"].endswith("-a") else "bob")
+    assert names["host"] == ollama.host
+
+
+@pytest.mark.parametrize("vector", POSITIVES[:6], ids=[v["name"] for v in POSITIVES[:6]])
+@pytest.mark.parametrize("offset", [301, -301])
+def test_the_same_requests_one_skew_window_away_are_refused(recorded, vector, offset):
+    gate_, ollama, clock = recorded
+    clock["now"] = vector["ts"] + offset
+    reply = gate_.send(vector["method"], vector["target"], vector["authorization"])
+    assert reply.startswith(b"HTTP/1.1 401 "), reply
+    assert ollama.requests == []
+
+
+@pytest.mark.parametrize("vector", NEGATIVES, ids=[f"{v['why']}-{i}" for i, v in enumerate(NEGATIVES)])
+def test_the_recorded_negatives_are_refused_and_never_forwarded(recorded, vector):
+    gate_, ollama, clock = recorded
+    clock["now"] = vector["now"]
+    reply = gate_.send(vector["method"], vector["target"], vector["authorization"])
+    assert reply.split(b" ", 2)[1] in (b"400", b"401", b"403"), reply
+    body = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert body["error"] == body["status"] and vector["authorization"].split(":")[1] not in reply.decode()
+    time.sleep(0.05)
+    assert ollama.requests == []
+
+
+# --- the installed gate, with clients of this project ---------------------------------------
+
+
+class RunningGate:
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process = process
+        self.first_line = process.stderr.readline()
+        assert self.first_line.startswith("listening on http"), self.first_line + (process.stderr.read() if process.poll() is not None else "")
+        self.base = self.first_line.split()[2]
+        self.port = int(self.base.rsplit(":", 1)[1])
+        self.log: list[str] = []
+
+    def stop(self) -> list[str]:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(20)
+        self.log += self.process.stderr.read().splitlines()
+        return self.log
+
+
+@pytest.fixture
+def start_gate(env):
+    started: list[RunningGate] = []
+
+    def start(*args: str) -> RunningGate:
+        process = subprocess.Popen([*helper_executable(), "gate", "--listen", "127.0.0.1:0", *args], env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running = RunningGate(process)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait(10)
+
+
+@pytest.fixture
+def local_ollama():
+    """A stand-in for a self-hosted Ollama: no signatures of its own, streams chat."""
+    server = StandIn(chunk_delay=0.01, verify_signatures=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def signed(keys, method: str, path: str, name: str = "ed25519-a", ts: int | None = None) -> tuple[str, str]:
+    target = f"{path}{'&' if '?' in path else '?'}ts={int(time.time()) if ts is None else ts}"
+    return target, load_identity(str(keys / name)).sign(f"{method},{target}")
+
+
+def raw(port: int, data: bytes, timeout: float = 10, context: ssl.SSLContext | None = None) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as plain:
+        sock = context.wrap_socket(plain, server_hostname="localhost") if context else plain
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (socket.timeout, ssl.SSLError):
+            pass
+        return received
+
+
+def test_this_projects_proxy_streams_chat_through_the_gate(tmp_path, start_gate, start_proxy, local_ollama):
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
+    proxy = start_proxy("--upstream", f"http://127.0.0.1:{gate_.port}")
+    import urllib.request
+
+    request_ = urllib.request.Request(f"{proxy.base}/api/chat", data=b'{"model": "m", "messages": [], "stream": true}',
+                                      headers={"Authorization": f"Bearer {proxy.token}"}, method="POST")
+    with urllib.request.urlopen(request_, timeout=30) as response:
+        lines = [json.loads(line) for line in response if line.strip()]
+    assert "".join(line["message"]["content"] for line in lines) == "".join(REPLY_WORDS)
+    assert [method for method, _ in local_ollama.unverified_requests] == ["POST"]
+    assert "warning: signing with your default key toward" in "\n".join(proxy.stop() or proxy.log)
+    logged = [line for line in gate_.stop() if "/api/chat" in line]
+    assert logged and logged[0].startswith("POST /api/chat 200 ") and logged[0].endswith(" alice")
+
+
+def test_the_ollama_client_with_ollamaauth_chats_through_the_gate(tmp_path, start_gate, local_ollama, keys):
+    import ollama
+
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
+    client = ollama.Client(host=gate_.base, auth=OllamaAuth(identity=keys / "ed25519-b", api_base=gate_.base), timeout=30)
+    pieces = [part["message"]["content"] for part in client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)]
+    assert "".join(pieces) == "".join(REPLY_WORDS) and len(pieces) > 1
+    assert client.show("m")["modelfile"]
+    logged = gate_.stop()
+    assert any(line.startswith("POST /api/chat 200 ") and line.endswith(" bob") for line in logged), logged
+
+
+def hostile_cases(keys):
+    def sign(method, target, name="ed25519-a"):
+        return load_identity(str(keys / name)).sign(f"{method},{target}")
+
+    now = int(time.time())
+    tags, chat = f"/api/tags?ts={now}", f"/api/chat?ts={now}"
+    unknown = load_identity(str(keys / "ed25519-a")).sign  # key a is unknown in this file: only b is listed
+    return {
+        "no-authorization": ("GET", tags, None, 401),
+        "no-ts": ("GET", "/api/tags", sign("GET", "/api/tags", "ed25519-b"), 401),
+        "two-ts": ("GET", f"{tags}&ts={now}", sign("GET", f"{tags}&ts={now}", "ed25519-b"), 401),
+        "stale-ts": ("GET", f"/api/tags?ts={now - 400}", sign("GET", f"/api/tags?ts={now - 400}", "ed25519-b"), 401),
+        "future-ts": ("GET", f"/api/tags?ts={now + 400}", sign("GET", f"/api/tags?ts={now + 400}", "ed25519-b"), 401),
+        "other-method": ("POST", tags, sign("GET", tags, "ed25519-b"), 401),
+        "replayed-on-another-path": ("GET", f"/api/ps?ts={now}", sign("GET", tags, "ed25519-b"), 401),
+        "unknown-key": ("GET", tags, unknown(f"GET,{tags}"), 401),
+        "ungranted-endpoint": ("POST", chat, sign("POST", chat, "ed25519-b"), 403),
+        "dot-segment": ("POST", f"/api/tags/../chat?ts={now}", sign("POST", f"/api/tags/../chat?ts={now}", "ed25519-b"), 400),
+        "double-slash": ("POST", f"/api//chat?ts={now}", sign("POST", f"/api//chat?ts={now}", "ed25519-b"), 400),
+        "encoded-letter": ("POST", f"/api/%63hat?ts={now}", sign("POST", f"/api/%63hat?ts={now}", "ed25519-b"), 400),
+        "encoded-slash": ("POST", f"/api%2Fchat?ts={now}", sign("POST", f"/api%2Fchat?ts={now}", "ed25519-b"), 400),
+        "malformed-base64": ("GET", tags, "AAAA!!!:@@@", 401),
+        "bearer-garbage": ("GET", tags, "Bearer x", 401),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "no-authorization", "no-ts", "two-ts", "stale-ts", "future-ts", "other-method", "replayed-on-another-path",
+    "unknown-key", "ungranted-endpoint", "dot-segment", "double-slash", "encoded-letter", "encoded-slash",
+    "malformed-base64", "bearer-garbage"])
+def test_hostile_requests_are_refused_and_nothing_is_forwarded(tmp_path, start_gate, local_ollama, keys, case):
+    b_line = " ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2])
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"# bob may list models only\n{b_line} bob /api/tags\nssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ carol *\n")
+    os.chmod(path, 0o600)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(path))
+    method, target, authorization, status = hostile_cases(keys)[case]
+    auth = f"Authorization: {authorization}\r\n" if authorization else ""
+    reply = raw(gate_.port, f"{method} {target} HTTP/1.1\r\nHost: box\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    time.sleep(0.2)
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply
+    body = json.loads(reply.partition(b"\r\n\r\n")[2])
+    assert body["error"] == body["status"] and body["error"]
+    assert local_ollama.unverified_requests == [] and local_ollama.request_headers == []
+    if case == "unknown-key":
+        fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-a.pub")],
+                                     capture_output=True, text=True).stdout.split()[1]
+        assert fingerprint in body["error"] and "ssh-ed25519 AAAA" in body["error"]
+    log = gate_.stop()
+    assert any("line 3" in line and "warning" in line for line in log), log  # the RSA line is skipped, named
+    for line in log:
+        assert "ts=" not in line and str(int(time.time()))[:6] not in line.split(" ms")[0]
+        if authorization and ":" in authorization:
+            assert authorization.split(":")[1][:20] not in line
+
+
+@pytest.mark.parametrize("data", [
+    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nAuthorization: a\r\n b\r\n\r\n",
+    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nX-Ollama-User: admin\rX: y\r\n\r\n",
+    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n",
+    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nAuthorization: x\r\nAuthorization: y\r\n\r\n",
+], ids=["folded", "bare-cr", "oversized", "two-authorizations"])
+def test_malformed_heads_are_refused_and_nothing_is_forwarded(tmp_path, start_gate, local_ollama, data):
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
+    reply = raw(gate_.port, data)
+    time.sleep(0.2)
+    assert reply.split(b" ", 2)[1] in (b"400", b"431"), reply[:200]
+    assert local_ollama.request_headers == []
+
+
+def test_revocation_takes_effect_on_the_next_request(tmp_path, start_gate, local_ollama, keys):
+    path = both_keys_file(tmp_path)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", path)
+
+    def ask() -> bytes:
+        target, authorization = signed(keys, "GET", "/api/tags", "ed25519-b")
+        return raw(gate_.port, f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode())
+
+    assert ask().startswith(b"HTTP/1.1 200 ")
+    lines = open(path).read().splitlines()
+    with open(path, "w") as handle:
+        handle.write(lines[0] + "\n")  # bob's line removed
+    assert ask().startswith(b"HTTP/1.1 401 ")
+    os.chmod(path, 0o666)  # now unsafe: the last good set stays, with a warning
+    assert ask().startswith(b"HTTP/1.1 401 ")
+    os.chmod(path, 0o600)
+    gate_.process.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    log = gate_.stop()
+    assert any("warning" in line for line in log) and any(line.startswith("reloaded ") for line in log), log
+
+
+def test_a_non_loopback_listen_address_needs_tls(run, tmp_path):
+    result = run(["gate", "--listen", "0.0.0.0:0", "--authorized-keys", both_keys_file(tmp_path)])
+    assert result.code == 2 and "--tls-cert" in result.err and result.err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--upstream", "http://127.0.0.1:11434/ollama"], 2),
+    (["--auth-only", "--upstream", "http://127.0.0.1:11434"], 2),
+    (["--tls-cert", "/nonexistent"], 2),
+])
+def test_configurations_that_cannot_work_are_refused(run, tmp_path, args, code):
+    result = run(["gate", "--listen", "127.0.0.1:0", "--authorized-keys", both_keys_file(tmp_path), *args])
+    assert result.code == code and result.err.count("\n") == 1, result.err
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o602])
+def test_an_authorized_keys_file_others_can_write_is_refused_at_start(run, tmp_path, mode):
+    path = both_keys_file(tmp_path)
+    os.chmod(path, mode)
+    result = run(["gate", "--listen", "127.0.0.1:0", "--authorized-keys", path])
+    assert result.code == 3 and result.err.count("\n") == 1, result.err
+
+
+def test_the_gate_serves_https_with_its_certificate(tmp_path, start_gate, local_ollama, keys):
+    from frontends import issue_certificate
+
+    ca = CertificateAuthority(tmp_path)
+    cert, key = issue_certificate(ca, tmp_path, "localhost")
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path), "--tls-cert", str(cert), "--tls-key", str(key))
+    client = ssl.create_default_context(cafile=str(ca.ca_file))
+    target, authorization = signed(keys, "GET", "/api/tags")
+    reply = raw(gate_.port, f"GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode(), context=client)
+    assert reply.startswith(b"HTTP/1.1 200 ") and gate_.first_line.startswith("listening on https://")
+
+
+def test_auth_only_answers_204_with_who_and_refuses_disagreeing_header_families(tmp_path, start_gate, keys):
+    gate_ = start_gate("--auth-only", "--authorized-keys", both_keys_file(tmp_path))
+    target, authorization = signed(keys, "POST", "/api/chat", "ed25519-b")
+    ask = f"GET /_gate HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\nX-Original-Method: POST\r\nX-Original-URI: {target}\r\n"
+    admitted = raw(gate_.port, (ask + "Connection: close\r\n\r\n").encode())
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-b.pub")], capture_output=True, text=True).stdout.split()[1]
+    assert admitted.startswith(b"HTTP/1.1 204 ") and b"\r\nX-Ollama-User: bob\r\n" in admitted
+    assert f"\r\nX-Ollama-Key: {fingerprint}\r\n".encode() in admitted
+    disagreeing = raw(gate_.port, (ask + "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /api/tags\r\nConnection: close\r\n\r\n").encode())
+    assert disagreeing.startswith(b"HTTP/1.1 400 ") and b"X-Ollama-Error: " in disagreeing
+    log = gate_.stop()
+    assert any(line.startswith("POST /api/chat 204 0B ") and line.endswith(" bob") for line in log), log
