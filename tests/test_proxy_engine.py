@@ -381,3 +381,113 @@ def test_the_connect_tunnel_carries_the_proxy_credentials(start_proxy, proxy_env
         heads = list(forward.requests)
     expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
     assert any(f"Proxy-Authorization: {expected}".encode().lower() in head.lower() for head in heads), heads
+
+
+# --- what the HTTP engine must pin (issue 14, "Tests the suite lacks") ---------------------
+
+
+def test_upgrade_and_connection_named_fields_are_hop_by_hop_whatever_their_case(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    reply = raw_exchange(proxy, (
+        f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\n"
+        "Connection: Upgrade, X-PRIVATE-HOP, close\r\nUpgrade: websocket\r\nx-private-hop: 1\r\n"
+        "X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Anything: 1\r\n\r\n").encode())
+    assert reply.startswith(b"HTTP/1.1 200 "), reply
+    received = {name.lower() for name, _ in upstream.request_headers[-1]}
+    assert "upgrade" not in received and "x-private-hop" not in received
+    assert not [name for name in received if name.startswith("x-forwarded-")]
+
+
+def test_http_1_0_is_not_kept_alive_without_keep_alive(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(f"POST /api/me HTTP/1.0\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):  # the proxy closes: the loop ends
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in data.partition(b"\r\n\r\n")[0] + b"\r\n"
+
+
+MORE_MALFORMED = {
+    "tab-in-request-line": "POST\t/api/me HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\n\r\n",
+    "double-space": "POST  /api/me HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\n\r\n",
+    "nul-in-value": "POST /api/me HTTP/1.1\r\nHost: {host}\r\n{auth}X-A: a\x00b\r\nContent-Length: 0\r\n\r\n",
+    "cr-in-value": "POST /api/me HTTP/1.1\r\nHost: {host}\r\n{auth}X-A: a\rb\r\nContent-Length: 0\r\n\r\n",
+    "two-hosts": "POST /api/me HTTP/1.1\r\nHost: {host}\r\nHost: {host}\r\n{auth}Content-Length: 0\r\n\r\n",
+    "te-in-http-1.0": "POST /api/me HTTP/1.0\r\nHost: {host}\r\n{auth}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("template", MORE_MALFORMED.values(), ids=MORE_MALFORMED.keys())
+def test_more_malformed_heads_get_400_and_never_reach_upstream(upstream, start_proxy, template):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    data = template.format(host=proxy.host, auth=f"Authorization: Bearer {proxy.token}\r\n")
+    reply = raw_exchange(proxy, data.encode("latin-1"))
+    time.sleep(0.3)
+    assert reply.startswith(b"HTTP/1.1 400 "), reply
+    assert upstream.request_headers == []
+
+
+@pytest.mark.parametrize("offered", ["prefix", "longer", "empty-x-api-key", "empty-bearer", "basic", "case"])
+def test_the_local_token_is_compared_whole(upstream, start_proxy, offered):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    field = {
+        "prefix": f"Authorization: Bearer {proxy.token[:-1]}",
+        "longer": f"Authorization: Bearer {proxy.token}x",
+        "empty-x-api-key": "x-api-key: ",
+        "empty-bearer": "Authorization: Bearer ",
+        "basic": f"Authorization: Basic {proxy.token}",
+        "case": f"Authorization: Bearer {proxy.token.upper()}",
+    }[offered]
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        # A second request pipelined behind the refused one: neither may be forwarded.
+        one = f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\n{field}\r\nContent-Length: 0\r\n\r\n"
+        sock.sendall((one + one.replace(field, f"Authorization: Bearer {proxy.token}")).encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    time.sleep(0.5)  # long enough for a forward that happened after the 401 was written
+    assert reply.startswith(b"HTTP/1.1 401 ") and reply.count(b"HTTP/1.1 ") == 1, reply
+    assert upstream.request_headers == []
+
+
+def test_a_304_carries_no_body(start_proxy):
+    def not_modified(head: bytes, body: bytes, index: int) -> bytes:
+        if index == 0:
+            return b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 5\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
+
+    with KeepAliveServer(not_modified) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            send(sock, proxy, "GET", "/api/tags", extra='If-None-Match: "x"\r\n')
+            first = read_response(sock)
+            assert first.status == 304 and first.read() == b""
+            send(sock, proxy, "GET", "/api/tags")
+            second = read_response(sock)
+            assert (second.status, second.read()) == (200, b"fresh")
+
+
+def test_grace_bounds_the_wait_on_stop(public_line, start_proxy):
+    with StandIn(chunk_delay=1.0) as slow:
+        slow.authorize(public_line("ed25519-a"))
+        slow.stream_chunks = 60  # a minute of stream
+        proxy = start_proxy("--upstream", slow.base_url, "--grace", "1")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            send(sock, proxy, "POST", "/api/chat", b'{"stream": true}')
+            sock.recv(100)
+            started = time.monotonic()
+            code = proxy.stop(signal.SIGTERM, timeout=15)
+            took = time.monotonic() - started
+    assert code == 0 and took < 5, took
+    assert any("still in flight after 1s" in line for line in proxy.log), proxy.log
+
+
+@pytest.mark.parametrize("content, mode", [("och-short", 0o600), ("och-" + "x" * 40, 0o644)])
+def test_a_token_file_too_short_or_not_private_is_refused(upstream, run, proxy_env, tmp_path, content, mode):
+    directory = tmp_path / "config" / "ollama-credential-helper"
+    directory.mkdir(parents=True, mode=0o700)
+    (directory / "proxy-token").write_text(content + "\n")
+    os.chmod(directory / "proxy-token", mode)
+    result = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url], environment=proxy_env, timeout=20)
+    assert result.code == 3 and result.err.count("\n") == 1 and content not in result.err, result.err
