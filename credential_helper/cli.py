@@ -180,7 +180,7 @@ def build_parser():
         "or, with --auth-only, answer 204/401/403 for nginx auth_request, Caddy forward_auth or Traefik ForwardAuth. "
         "The file is reloaded when it changes, and on SIGHUP.",
     )
-    gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs --tls-cert/--tls-key (default: 127.0.0.1:11435)")
+    gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
     gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
     gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
     gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")

@@ -19,7 +19,7 @@ from credential_helper.standin import StandIn
 
 README = (ROOT / "README.md").read_text()
 MAN = (ROOT / "man" / "ollama-credential-helper.1").read_text()
-COMMANDS = ["get", "sign", "erase", "key", "whoami", "doctor", "proxy"]
+COMMANDS = ["get", "sign", "erase", "key", "whoami", "doctor", "proxy", "gate"]
 
 
 def shell_blocks_after(heading: str) -> list[str]:
