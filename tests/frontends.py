@@ -1,9 +1,8 @@
 """Real nginx and Caddy on loopback, configured with the README's own blocks, in
 front of the installed ``gate --auth-only`` (issue 15).
 
-The configurations are read from whichever of README.md or docs/gate-frontends.md
-holds the fenced block after ``<!-- gate-nginx.conf -->`` / ``<!-- gate-Caddyfile -->``
-(README first), so the text people copy is the text that runs. Only the values a
+The configurations are the README's fenced blocks after ``<!-- gate-nginx.conf -->``
+and ``<!-- gate-Caddyfile -->``, so the text people copy is the text that runs. Only the values a
 test must own are replaced: ports, certificate paths, the server name; each
 replacement must find its literal, so a changed block fails instead of running
 half-substituted.
@@ -38,7 +37,7 @@ OLLAMA_PORT = "11434"
 GATE_PORT = "11435"
 CERT_PATH = "/etc/ssl/ollama/fullchain.pem"
 KEY_PATH = "/etc/ssl/ollama/privkey.pem"
-DOCUMENTS = ("README.md", "docs/gate-frontends.md")
+DOCUMENTS = ("README.md",)
 
 
 def config_block(marker: str) -> tuple[str, str]:
