@@ -10,7 +10,8 @@ helper follows the same rules, so that it works wherever Ollama does.
 - ``host:port`` without a scheme means ``http://host:port``.
 - ``HTTP_PROXY`` is refused when ``REQUEST_METHOD`` is set (a CGI environment,
   where a client can set it through a ``Proxy:`` header).
-- ``localhost`` and loopback addresses never use a proxy.
+- loopback never uses a proxy, under ``policy.is_loopback``: the same rule
+  that allows http, so a credential sent in clear text never reaches a proxy.
 - ``NO_PROXY`` (else ``no_proxy``): comma-separated; ``*`` matches everything;
   an IP, an IP with a port or a CIDR prefix matches IP hosts; ``example.com``
   matches it and its subdomains, ``.example.com`` (or ``*.example.com``) only
@@ -25,6 +26,7 @@ import ipaddress
 from urllib.parse import unquote, urlsplit
 
 from .errors import NetworkError
+from .policy import is_loopback
 from .protocol import URL
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -99,11 +101,9 @@ def parse_proxy(value: str, variable: str) -> Proxy:
 def use_proxy(hostname: str, port: int, no_proxy: str) -> bool:
     """httpproxy's useProxy: False for loopback and for hosts NO_PROXY names."""
     host = hostname.lower().strip("[]")
-    if host == "localhost":
+    if is_loopback(host):
         return False
     ip = _ip(host)
-    if ip is not None and ip.is_loopback:
-        return False
     port_text = str(port)
     for entry in no_proxy.split(","):
         entry = entry.strip().lower()
