@@ -25,11 +25,13 @@ class Check:
     __slots__ = ("name", "status", "detail", "fix")
 
     def __init__(self, name: str, status: str, detail: str, fix: str | None = None) -> None:
-        from .sanitize import printable
+        from .sanitize import server_text
 
+        # One printable line, and no OLLAMA_API_KEY or proxy credential in any form:
+        # the last filter before doctor's output, whatever a check put in its text.
         self.name, self.status = name, status
-        self.detail = printable(detail)
-        self.fix = printable(fix) if fix else None
+        self.detail = server_text(detail, limit=None)
+        self.fix = server_text(fix, limit=None) if fix else None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}

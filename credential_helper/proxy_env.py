@@ -58,6 +58,43 @@ class Proxy:
         return "Basic " + base64.b64encode(pair).decode()
 
 
+def proxy_secrets(proxy: Proxy | None) -> tuple[str, ...]:
+    """What must never be shown of ``proxy``'s credentials, for ``sanitize.redact``:
+    the ``Proxy-Authorization`` value, the ``user:password`` pair and the password.
+
+    The proxy engine passes these with its other secrets when it builds a message
+    from anything the upstream proxy said (a 407 reason can echo the header).
+    """
+    if proxy is None or proxy.username is None:
+        return ()
+    password = proxy.password or ""
+    return tuple(s for s in (proxy.authorization() or "", f"{proxy.username}:{password}", password) if s)
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def environment_secrets(environ) -> tuple[str, ...]:
+    """``proxy_secrets`` for every proxy variable set, whichever a request would use.
+
+    A value that does not parse still has its user info (the text between
+    ``://`` and the last ``@``) hidden, raw and %-decoded.
+    """
+    found: list[str] = []
+    for name in PROXY_VARIABLES:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            found.extend(proxy_secrets(parse_proxy(value, name)))
+        except NetworkError:
+            pass
+        userinfo = value.split("://", 1)[-1].rpartition("@")[0]
+        if userinfo:
+            found.extend((userinfo, unquote(userinfo)))
+    return tuple(found)
+
+
 def _first(environ, *names: str) -> tuple[str, str]:
     for name in names:
         value = environ.get(name, "")
