@@ -120,12 +120,34 @@ def check_identity(key_path: str) -> Check:
 
 
 def _service_key() -> str | None:
+    data = read_regular_file(identity.SYSTEM_SERVICE_PUBKEY, 4096)
+    if data is None:
+        return None
+    fields = data.decode("ascii", "replace").split()
+    return " ".join(fields[:2]) if len(fields) >= 2 else None
+
+
+def read_regular_file(path: str, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of a regular file, or None; never blocks.
+
+    The service's key directory is writable by the service account: a FIFO
+    planted there would block a plain open() forever. Opened non-blocking and
+    checked to be a regular file before reading, as cache.open_own_file does.
+    """
+    import stat
+
     try:
-        with open(identity.SYSTEM_SERVICE_PUBKEY, encoding="ascii", errors="replace") as handle:
-            fields = handle.read(4096).split()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
-    return " ".join(fields[:2]) if len(fields) >= 2 else None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 # --- 2. API key -----------------------------------------------------------------------------

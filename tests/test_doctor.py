@@ -182,3 +182,28 @@ def test_one_timeout_budget_for_every_network_check(run, env):
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     assert "timed out" in checks["network (API)"]["detail"]
     assert "budget" in checks["network (registry)"]["detail"] or "timed out" in checks["network (registry)"]["detail"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero"])
+def test_a_service_key_that_is_not_a_regular_file_never_hangs_doctor(monkeypatch, tmp_path, keys, kind):
+    import threading
+
+    from credential_helper import doctor as doctor_module, identity
+
+    path = tmp_path / "id_ed25519.pub"
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open() would wait forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = "/dev/zero"
+    monkeypatch.setattr(identity, "SYSTEM_SERVICE_PUBKEY", str(path))
+    found = []
+    worker = threading.Thread(target=lambda: found.append(doctor_module.check_identity(str(keys / "ed25519-a"))), daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive() and kind == "fifo":
+        with open(path, "wb"):  # release the stuck open so the thread can end
+            pass
+    assert found, f"check_identity hung on a {kind} at the service key path"
+    assert found[0].status == "ok"  # no service key to compare with
