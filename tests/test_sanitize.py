@@ -165,3 +165,21 @@ def test_a_407_echo_never_shows_the_proxy_credentials_in_doctor(run, env, user):
     assert checks["network (API)"]["status"] == "fail" and "407" in checks["network (API)"]["detail"]
     for result in (text, as_json):
         assert leaked(result.out + result.err, user) == [], result
+
+
+def test_every_non_printable_becomes_one_space_and_runs_collapse():
+    text = "a\r\nforged: line\x07b\x00c\u2028d\u200be\x85f\t\tg"
+    assert sanitize.printable(text) == "a forged: line b c d e f g"
+    assert sanitize.server_text("x\x1b]0;title\x07y\x1b[2Jz") == "xyz"
+
+
+def test_a_basic_password_with_a_colon_is_hidden_whole():
+    # RFC 7617 §2: the user-id ends at the first colon; the password may hold more.
+    header = "Basic " + base64.b64encode(b"bob:first-part:second-part").decode()
+    out = sanitize.server_text("said first-part:second-part", [header])
+    assert out == "said [redacted]"
+
+
+def test_proxy_secrets_of_a_user_without_a_password():
+    proxy = parse_proxy("http://alice-the-user@127.0.0.1:8080", "HTTPS_PROXY")
+    assert proxy_secrets(proxy) == ("Basic " + base64.b64encode(b"alice-the-user:").decode(), "alice-the-user:")
