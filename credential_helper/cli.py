@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     verbose = "--verbose" in argv
     _stdin_read.clear()  # main() may run more than once in one process (tests)
     try:
+        argv = decode_arguments(argv)
         if argv[:1] == ["get"] and _serve_cache_hit(argv[1:]):
             return EXIT_OK
         parser = build_parser()
@@ -230,6 +231,24 @@ def main(argv: list[str] | None = None) -> int:
             "and report it"
         )
         return EXIT_INTERNAL
+
+
+def decode_arguments(argv: list[str]) -> list[str]:
+    """Arguments as UTF-8, whatever the locale; anything not UTF-8 is bad input (exit 2).
+
+    Arguments are bytes. Python decodes them with the locale's encoding and
+    ``surrogateescape`` (PEP 383), so under ``LC_ALL=C PYTHONUTF8=0`` an ``é``
+    arrives as two lone surrogates; ``os.fsencode`` gives the bytes back
+    exactly, and Ollama (Go) treats strings as UTF-8 bytes, so that is how
+    they are read.
+    """
+    decoded = []
+    for position, arg in enumerate(argv, 1):
+        try:
+            decoded.append(os.fsencode(arg).decode("utf-8"))
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            raise InputError(f"argument {position} is not valid UTF-8") from None
+    return decoded
 
 
 def _fail(message: str) -> None:

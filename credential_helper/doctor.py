@@ -25,11 +25,13 @@ class Check:
     __slots__ = ("name", "status", "detail", "fix")
 
     def __init__(self, name: str, status: str, detail: str, fix: str | None = None) -> None:
-        from .sanitize import printable
+        from .sanitize import server_text
 
+        # One printable line, and no OLLAMA_API_KEY or proxy credential in any form:
+        # the last filter before doctor's output, whatever a check put in its text.
         self.name, self.status = name, status
-        self.detail = printable(detail)
-        self.fix = printable(fix) if fix else None
+        self.detail = server_text(detail, limit=None)
+        self.fix = server_text(fix, limit=None) if fix else None
 
     def as_dict(self) -> dict:
         return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
@@ -119,12 +121,34 @@ def check_identity(key_path: str) -> Check:
 
 
 def _service_key() -> str | None:
+    data = read_regular_file(identity.SYSTEM_SERVICE_PUBKEY, 4096)
+    if data is None:
+        return None
+    fields = data.decode("ascii", "replace").split()
+    return " ".join(fields[:2]) if len(fields) >= 2 else None
+
+
+def read_regular_file(path: str, limit: int) -> bytes | None:
+    """At most ``limit`` bytes of a regular file, or None; never blocks.
+
+    The service's key directory is writable by the service account: a FIFO
+    planted there would block a plain open() forever. Opened non-blocking and
+    checked to be a regular file before reading, as cache.open_own_file does.
+    """
+    import stat
+
     try:
-        with open(identity.SYSTEM_SERVICE_PUBKEY, encoding="ascii", errors="replace") as handle:
-            fields = handle.read(4096).split()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
-    return " ".join(fields[:2]) if len(fields) >= 2 else None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 # --- 2. API key -----------------------------------------------------------------------------

@@ -19,21 +19,47 @@ DEFAULT_CLOUD_BASE = "https://ollama.com"
 
 
 def is_loopback(hostname: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost; decided without DNS."""
+    """THE loopback rule: who may get a credential over http, and who never uses a proxy.
+
+    Decided without DNS, and used both by ``check_cleartext`` and by
+    ``proxy_env.use_proxy``, so that a host that may receive a signature in clear
+    text is exactly a host that is reached directly: a scheme-2 signature names
+    neither host nor body, and one that reached an HTTP proxy could be replayed.
+
+    - ``localhost``, any case, and nothing else: not ``localhost.`` (a resolver
+      may send the fully qualified name to DNS), not ``evillocalhost``;
+    - 127.0.0.0/8 in canonical dotted decimal only: four octets, each ``0`` or
+      1-3 digits without a leading zero, each at most 255. ``127.000.000.001``,
+      ``127.1``, ``0x7f.0.0.1`` and ``2130706433`` are not loopback (Go's
+      net.ParseIP and Python's ipaddress refuse them, while the C resolver reads
+      some of them as octal or hex, and passes ``127.0.0.099`` to DNS);
+    - ``::1``, in any of its spellings, without a zone.
+    """
     name = hostname.lower()
     if name == "localhost":
         return True
     octets = name.split(".")
-    if len(octets) == 4 and all(o.isascii() and o.isdigit() and len(o) <= 3 for o in octets):
-        return octets[0] == "127" and all(int(o) <= 255 for o in octets)
-    if ":" in name:
+    if len(octets) == 4 and all(_canonical_octet(o) for o in octets):
+        return octets[0] == "127"
+    if ":" in name and "%" not in name:
         import ipaddress  # only for IPv6 literals; kept off the common path
 
         try:
-            return ipaddress.IPv6Address(name).is_loopback
+            return ipaddress.IPv6Address(name) == ipaddress.IPv6Address("::1")
         except ValueError:
             return False
     return False
+
+
+def _canonical_octet(text: str) -> bool:
+    """One dotted-decimal octet as Go's net.ParseIP accepts it (no leading zero)."""
+    return (
+        0 < len(text) <= 3
+        and text.isascii()
+        and text.isdigit()
+        and (text == "0" or text[0] != "0")
+        and int(text) <= 255
+    )
 
 
 def check_cleartext(url: URL, what: str) -> None:

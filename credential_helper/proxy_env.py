@@ -10,7 +10,8 @@ helper follows the same rules, so that it works wherever Ollama does.
 - ``host:port`` without a scheme means ``http://host:port``.
 - ``HTTP_PROXY`` is refused when ``REQUEST_METHOD`` is set (a CGI environment,
   where a client can set it through a ``Proxy:`` header).
-- ``localhost`` and loopback addresses never use a proxy.
+- loopback never uses a proxy, under ``policy.is_loopback``: the same rule
+  that allows http, so a credential sent in clear text never reaches a proxy.
 - ``NO_PROXY`` (else ``no_proxy``): comma-separated; ``*`` matches everything;
   an IP, an IP with a port or a CIDR prefix matches IP hosts; ``example.com``
   matches it and its subdomains, ``.example.com`` (or ``*.example.com``) only
@@ -25,6 +26,7 @@ import ipaddress
 from urllib.parse import unquote, urlsplit
 
 from .errors import NetworkError
+from .policy import is_loopback
 from .protocol import URL
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -54,6 +56,43 @@ class Proxy:
 
         pair = f"{self.username}:{self.password or ''}".encode()
         return "Basic " + base64.b64encode(pair).decode()
+
+
+def proxy_secrets(proxy: Proxy | None) -> tuple[str, ...]:
+    """What must never be shown of ``proxy``'s credentials, for ``sanitize.redact``:
+    the ``Proxy-Authorization`` value, the ``user:password`` pair and the password.
+
+    The proxy engine passes these with its other secrets when it builds a message
+    from anything the upstream proxy said (a 407 reason can echo the header).
+    """
+    if proxy is None or proxy.username is None:
+        return ()
+    password = proxy.password or ""
+    return tuple(s for s in (proxy.authorization() or "", f"{proxy.username}:{password}", password) if s)
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def environment_secrets(environ) -> tuple[str, ...]:
+    """``proxy_secrets`` for every proxy variable set, whichever a request would use.
+
+    A value that does not parse still has its user info (the text between
+    ``://`` and the last ``@``) hidden, raw and %-decoded.
+    """
+    found: list[str] = []
+    for name in PROXY_VARIABLES:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        try:
+            found.extend(proxy_secrets(parse_proxy(value, name)))
+        except NetworkError:
+            pass
+        userinfo = value.split("://", 1)[-1].rpartition("@")[0]
+        if userinfo:
+            found.extend((userinfo, unquote(userinfo)))
+    return tuple(found)
 
 
 def _first(environ, *names: str) -> tuple[str, str]:
@@ -99,11 +138,9 @@ def parse_proxy(value: str, variable: str) -> Proxy:
 def use_proxy(hostname: str, port: int, no_proxy: str) -> bool:
     """httpproxy's useProxy: False for loopback and for hosts NO_PROXY names."""
     host = hostname.lower().strip("[]")
-    if host == "localhost":
+    if is_loopback(host):
         return False
     ip = _ip(host)
-    if ip is not None and ip.is_loopback:
-        return False
     port_text = str(port)
     for entry in no_proxy.split(","):
         entry = entry.strip().lower()

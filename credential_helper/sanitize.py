@@ -27,22 +27,54 @@ def secret_parts(secrets) -> list[str]:
     """Each secret, and the pieces of it that are secret on their own.
 
     An Authorization value ``pub:sig`` gives ``pub:sig`` and ``sig`` (the public
-    key alone is not secret, but it is harmless to hide); ``Bearer X`` gives ``X``.
-    ``OLLAMA_API_KEY`` from the environment is always included.
+    key alone is not secret, but it is harmless to hide); ``Bearer X`` gives
+    ``X``; ``Basic B`` (RFC 7617) gives ``B``, the ``user:password`` it decodes
+    to and the password. The base64 of the pair must be hidden whole: the
+    password's own base64 appears inside it only when the user name's length
+    keeps it aligned to three bytes.
+
+    Always included, whatever the caller passes: ``OLLAMA_API_KEY`` and the
+    credentials of every proxy the environment names (``proxy_env.environment_secrets``).
     """
     found: list[str] = []
     api_key = os.environ.get("OLLAMA_API_KEY", "").strip()
-    for secret in (*secrets, api_key):
+    for secret in (*secrets, api_key, *_environment_proxy_secrets()):
         if not isinstance(secret, str):
             continue
         secret = secret.strip()
-        if secret[:7].lower() == "bearer ":
-            secret = secret[7:].strip()
-        for part in (secret, *secret.split(":")):
-            if len(part) >= MIN_SECRET_CHARS and part not in found:
-                found.append(part)
+        scheme, _, rest = secret.partition(" ")
+        pieces = [secret]
+        if scheme.lower() == "bearer":
+            pieces = [rest.strip()]
+        elif scheme.lower() == "basic":
+            pieces = [rest.strip(), *_basic_pair(rest.strip())]
+        for piece in pieces:
+            for part in (piece, *piece.split(":")):
+                if len(part) >= MIN_SECRET_CHARS and part not in found:
+                    found.append(part)
     found.sort(key=len, reverse=True)  # the whole before its parts
     return found
+
+
+def _basic_pair(encoded: str) -> list[str]:
+    """``user:password`` and the password from Basic credentials (RFC 7617 §2)."""
+    import base64
+    import binascii
+
+    try:
+        pair = base64.b64decode(encoded, validate=True).decode("utf-8", "surrogateescape")
+    except (binascii.Error, ValueError):
+        return []
+    return [pair, pair.partition(":")[2]]
+
+
+def _environment_proxy_secrets() -> tuple[str, ...]:
+    names = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
+    if not any(os.environ.get(name) for name in names):
+        return ()  # the common case imports nothing
+    from .proxy_env import environment_secrets
+
+    return environment_secrets(os.environ)
 
 
 def _char_forms(ch: str) -> str:
@@ -88,7 +120,8 @@ def redact(text: str, secrets=()) -> str:
     alternatives = []
     for part in parts:
         alternatives.append(_pattern(part))
-        alternatives.extend(re.escape(form) for form in _encoded_forms(part))
+        # With its padding, if any: a lone "=" left behind would hint at the length.
+        alternatives.extend(re.escape(form) + "(?:=|%3d){0,2}" for form in _encoded_forms(part))
     return re.sub("|".join(alternatives), REDACTED, text, flags=re.IGNORECASE)
 
 

@@ -182,3 +182,82 @@ def test_one_timeout_budget_for_every_network_check(run, env):
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     assert "timed out" in checks["network (API)"]["detail"]
     assert "budget" in checks["network (registry)"]["detail"] or "timed out" in checks["network (registry)"]["detail"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "dev-zero"])
+def test_a_service_key_that_is_not_a_regular_file_never_hangs_doctor(monkeypatch, tmp_path, keys, kind):
+    import threading
+
+    from credential_helper import doctor as doctor_module, identity
+
+    path = tmp_path / "id_ed25519.pub"
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: a blocking open() would wait forever
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        path = "/dev/zero"
+    monkeypatch.setattr(identity, "SYSTEM_SERVICE_PUBKEY", str(path))
+    found = []
+    worker = threading.Thread(target=lambda: found.append(doctor_module.check_identity(str(keys / "ed25519-a"))), daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive() and kind == "fifo":
+        with open(path, "wb"):  # release the stuck open so the thread can end
+            pass
+    assert found, f"check_identity hung on a {kind} at the service key path"
+    assert found[0].status == "ok"  # no service key to compare with
+
+
+def test_a_local_clock_ahead_of_the_server_fails_too(run, env, public_line):
+    with StandIn(clock_offset=-600, max_skew=900) as server:  # the server's clock is behind: ours is ahead
+        server.authorize(public_line("ed25519-a"))
+        _, checks = doctor(run, env, server)
+    assert checks["clock"]["status"] == "fail" and "ahead of" in checks["clock"]["detail"]
+    with StandIn(clock_offset=-10, max_skew=900) as server:  # inside the tolerance
+        server.authorize(public_line("ed25519-a"))
+        _, checks = doctor(run, env, server)
+    assert checks["clock"]["status"] == "ok"
+
+
+def test_a_dangling_key_symlink_is_a_broken_key_not_an_api_key_in_use(run, env, linked, home):
+    key = home / ".ollama" / "id_ed25519"
+    key.unlink()
+    os.symlink(home / "nowhere" / "id_ed25519", key)
+    _, checks = doctor(run, env, linked, OLLAMA_API_KEY=API_KEY)
+    assert checks["identity"]["status"] == "fail"
+    assert checks["api key"]["status"] == "ok" and "not used" in checks["api key"]["detail"]
+
+
+def test_the_registry_check_depends_on_the_registry_not_the_api(run, env, linked):
+    # API unreachable, registry fine: the registry check still runs (and passes).
+    result = run(["doctor", "--json", "--registry", linked.base_url], environment=dict(env, OLLAMA_CLOUD_BASE_URL="http://127.0.0.1:9"))
+    checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
+    assert checks["network (API)"]["status"] == "fail" and checks["link"]["status"] == "warn"
+    assert checks["registry"]["status"] == "ok", checks["registry"]
+    # API fine, registry unreachable: the registry check is skipped, link still runs.
+    _, checks = doctor(run, env, linked, registry="http://127.0.0.1:9")
+    assert checks["link"]["status"] == "ok"
+    assert checks["registry"]["status"] == "warn" and "registry could not be reached" in checks["registry"]["detail"]
+
+
+def test_the_link_check_stays_inside_the_timeout_budget(run, env):
+    import time
+    from email.utils import formatdate
+
+    from faults import ScriptedServer, reply
+
+    def script(conn, head):
+        if head.startswith(b"POST /api/me"):
+            time.sleep(30)  # held: only the --timeout budget ends the wait
+        reply("200 OK", b"{}", {"Date": formatdate(usegmt=True)})(conn, head)
+
+    with ScriptedServer(script) as server:
+        started = time.monotonic()
+        result = run(["doctor", "--json", "--timeout", "3", "--registry", "http://127.0.0.1:9"],
+                     environment=dict(env, OLLAMA_CLOUD_BASE_URL=f"http://{server.host}"), timeout=60)
+        elapsed = time.monotonic() - started
+    checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
+    assert checks["network (API)"]["status"] == "ok" and checks["link"]["status"] == "fail", checks
+    assert "timed out" in checks["link"]["detail"]
+    assert elapsed < 6, elapsed

@@ -181,3 +181,79 @@ def test_loopback_never_uses_the_proxy(run, env, standin):
     stdin = json.dumps({"realm": f"{standin.base_url}/token", "service": "s", "scope": "x"})
     result = run(["get"], stdin, environment=dict(env, HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9"))
     assert result.code == 0, result
+
+
+# --- one rule for loopback: what may go in clear text never goes through a proxy ------------
+
+# Loopback spellings that the C resolver connects to but that are not canonical
+# dotted decimal: not loopback for policy, so http is refused before anything
+# is signed and before any connection (to a proxy or not) is made.
+NON_CANONICAL_LOOPBACK = ["127.000.000.001", "127.0.0.01"]
+
+
+@pytest.mark.parametrize("spelling", NON_CANONICAL_LOOPBACK)
+def test_whoami_never_sends_a_signature_to_an_http_proxy(run, env, standin, spelling):
+    port = standin.server.server_address[1]
+    with ConnectProxy({spelling: "127.0.0.1"}) as proxy:
+        environment = dict(env, HTTP_PROXY=proxy.url, OLLAMA_CLOUD_BASE_URL=f"http://{spelling}:{port}")
+        result = run(["whoami"], environment=environment)
+    assert_one_line_error(result, 2)
+    assert "must use https" in result.err
+    assert proxy.requests == [] and standin.signed_requests == []
+
+
+@pytest.mark.parametrize("spelling", NON_CANONICAL_LOOPBACK)
+def test_get_never_sends_a_signature_to_an_http_proxy(run, env, standin, spelling):
+    port = standin.server.server_address[1]
+    stdin = json.dumps({"realm": f"http://{spelling}:{port}/token", "service": "s", "scope": "repository:x:pull"})
+    with ConnectProxy({spelling: "127.0.0.1"}) as proxy:
+        result = run(["get", "--no-cache"], stdin, environment=dict(env, HTTP_PROXY=proxy.url))
+        by_url = run(["get", "--no-cache"], f"http://{spelling}:{port}/v2/library/x/manifests/latest", environment=dict(env, HTTP_PROXY=proxy.url))
+    assert_one_line_error(result, 2)
+    assert "must use https" in result.err
+    assert_one_line_error(by_url, 2)
+    # The unsigned probe for the challenge may use the proxy; nothing signed ever does.
+    assert all(b"authorization" not in head.lower() for head in proxy.requests), proxy.requests
+    assert standin.exchanges == 0
+
+
+def test_canonical_loopback_goes_direct_and_works(run, env, standin):
+    """The control for the two tests above: the same calls, canonical spelling, succeed
+    without touching the proxy."""
+    port = standin.server.server_address[1]
+    stdin = json.dumps({"realm": f"http://127.0.0.1:{port}/token", "service": "s", "scope": "repository:x:pull"})
+    with ConnectProxy() as proxy:
+        environment = dict(env, HTTP_PROXY=proxy.url, OLLAMA_CLOUD_BASE_URL=f"http://127.0.0.1:{port}")
+        who = run(["whoami"], environment=environment)
+        got = run(["get", "--no-cache"], stdin, environment=environment)
+    assert who.code == 0 and who.out.startswith("jdoe"), who
+    assert got.code == 0, got
+    assert proxy.requests == []
+
+
+# --- NO_PROXY details Go's tables do not pin ----------------------------------------------------
+
+
+def test_the_request_host_is_lower_cased_before_no_proxy_matching():
+    assert use_proxy("WWW.Example.COM", 443, "example.com") is False
+    assert use_proxy("Example.Com", 443, ".EXAMPLE.com") is True  # only subdomains
+    assert use_proxy("A.Example.Com", 443, ".EXAMPLE.com") is False
+    assert proxy_for(parse_url("https://X.TEST/"), {"HTTPS_PROXY": "p:1", "NO_PROXY": "x.test"}) is None
+
+
+def test_upper_case_no_proxy_wins_over_lower_case():
+    environ = {"HTTPS_PROXY": "p:1", "NO_PROXY": "other.test", "no_proxy": "x.test"}
+    assert str(proxy_for(parse_url("https://x.test/"), environ)) == "http://p:1"
+    environ = {"HTTPS_PROXY": "p:1", "NO_PROXY": "x.test", "no_proxy": "other.test"}
+    assert proxy_for(parse_url("https://x.test/"), environ) is None
+
+
+@pytest.mark.parametrize("no_proxy", ["a.test,x.test", "a.test, x.test", "x.test,", ",x.test", " x.test ,a.test"])
+def test_no_proxy_entries_are_separated_by_a_comma_with_or_without_space(no_proxy):
+    assert use_proxy("x.test", 443, no_proxy) is False
+    assert use_proxy("y.test", 443, no_proxy) is True
+
+
+def test_no_proxy_entries_are_not_separated_by_spaces_alone():
+    # Go splits on "," only; "a.test x.test" is one (unmatchable) entry.
+    assert use_proxy("x.test", 443, "a.test x.test") is True

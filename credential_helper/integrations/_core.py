@@ -17,7 +17,7 @@ import time
 
 from .. import client, policy, protocol
 from ..cache import Entry, TokenCache
-from ..errors import InputError, NetworkError, ServerRefusedError
+from ..errors import InputError, NetworkError, RealmRefusedError, ServerRefusedError
 from ..identity import Identity, default_identity_path, parse_private_key
 from ..response import Response
 
@@ -75,6 +75,27 @@ class KeylessCore:
         self._lock = threading.Lock()
         self._tokens: dict[str, Entry] = {}
         self._claims: dict[str, _Claim] = {}
+        # Set by each adapter: the proxy its library would take from the environment
+        # for a URL (None: direct). See check_not_proxied.
+        self.environment_proxy = None
+
+    def check_not_proxied(self, url_text: str, what: str) -> None:
+        """No credential over http through a proxy: refused before it is sent.
+
+        policy allows http only to loopback, but httpx, httpx2 and requests all
+        send http://127.0.0.1 through HTTP_PROXY (or ALL_PROXY) unless NO_PROXY
+        names it, and a scheme-2 signature seen there can be replayed against
+        ollama.com (it covers neither host nor body). The auth object cannot
+        change the client's routing, so it refuses instead.
+        """
+        if url_text[:5].lower() != "http:" or self.environment_proxy is None:
+            return
+        if self.environment_proxy(url_text):
+            url = protocol.parse_url(url_text)
+            raise RealmRefusedError(
+                f"refusing to send {what} to http://{url.host} in clear text through the proxy "
+                f"that HTTP_PROXY or ALL_PROXY names for it: add {url.hostname} to NO_PROXY, or use https"
+            )
 
     def describe(self) -> str:
         hosts = sorted(f"{scheme}://{name}:{port}" for scheme, name, port in self.api_origins)
@@ -98,6 +119,7 @@ class KeylessCore:
     def sign(self, method: str, url_text: str) -> tuple[str, str | None, str]:
         """(URL to send, its request target or None if unchanged, Authorization value)."""
         credential = self.credential()
+        self.check_not_proxied(url_text, "a signed request" if credential.api_key is None else "OLLAMA_API_KEY")
         if credential.api_key is not None:
             url = protocol.parse_url(url_text)
             policy.check_cleartext(url, "OLLAMA_API_KEY")
@@ -212,6 +234,11 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
     ``("retry", authorization)`` (send back the retried response's status).
     A token from a cache that the server rejects is refreshed once; any other
     second 401 is the caller's to see.
+
+    A driver must ``close()`` this generator when it stops early (an exception
+    from its library): that runs ``_obtain``'s ``finally`` at once, so a failed
+    exchange releases its single-flight claim now, not when the garbage
+    collector gets to a traceback that holds the frame.
     """
     found = core.challenge(status, www_authenticate, url_text)
     if found is None:
@@ -220,9 +247,11 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
     credential = core.credential()
     if credential.api_key is not None:  # the CLI's fallback: only for an allowed host
         policy.check_api_key_destination(realm)
+        core.check_not_proxied(url_text, "OLLAMA_API_KEY")
         yield ("retry", f"Bearer {credential.api_key}")
         return
     key = client.cache_key_for(challenge, credential.key_bytes)
+    core.check_not_proxied(url_text, "a token")
     token, from_cache = yield from _obtain(core, key, challenge, realm)
     status = yield ("retry", f"Bearer {token}")
     if status == 401 and from_cache:
@@ -247,6 +276,7 @@ def _obtain(core: KeylessCore, key: str, challenge, realm):
         offset, note = 0.0, ""
         for attempt in (1, 2):
             call = core.prepare_exchange(challenge, realm, offset)
+            core.check_not_proxied(call.url, "a signed token request")
             answer = yield ("exchange", call)
             outcome = core.finish_exchange(key, realm, call, answer, attempt, note)
             if isinstance(outcome, str):

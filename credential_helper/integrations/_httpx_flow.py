@@ -6,6 +6,7 @@ does, so the exchange travels through the caller's client, transport, proxies
 and timeouts, and in an ``AsyncClient`` never blocks the event loop.
 """
 
+import functools
 
 from ..errors import NetworkError
 from ..response import Response
@@ -25,6 +26,7 @@ def build(httpx):
 
         def __init__(self, *, identity=None, api_base=None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
             self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
+            self._core.environment_proxy = functools.partial(_environment_proxy, httpx)
 
         def __repr__(self) -> str:
             return f"OllamaAuth({self._core.describe()})"
@@ -73,23 +75,26 @@ def build(httpx):
             if _origin(response.request.url) != _origin(request.url):
                 return  # a redirect led elsewhere: never authenticate there
             flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
-            result = None
-            while True:
-                try:
-                    kind, argument = flow.send(result)
-                except StopIteration:
-                    return
-                if kind == "wait":
-                    self._core.wait(argument)
-                    result = None
-                elif kind == "exchange":
-                    sent = self._token_request(argument)
-                    answer = yield sent
-                    result = self._answer(sent, answer, _read_sync(answer))
-                else:  # retry
-                    request.headers["Authorization"] = argument
-                    response = yield request
-                    result = response.status_code
+            try:
+                result = None
+                while True:
+                    try:
+                        kind, argument = flow.send(result)
+                    except StopIteration:
+                        return
+                    if kind == "wait":
+                        self._core.wait(argument)
+                        result = None
+                    elif kind == "exchange":
+                        sent = self._token_request(argument)
+                        answer = yield sent
+                        result = self._answer(sent, answer, _read_sync(answer))
+                    else:  # retry
+                        request.headers["Authorization"] = argument
+                        response = yield request
+                        result = response.status_code
+            finally:
+                flow.close()  # an exception from the library: release the exchange's claim now
 
         async def async_auth_flow(self, request):
             if self._sign_if_api(request):
@@ -100,27 +105,42 @@ def build(httpx):
             if _origin(response.request.url) != _origin(request.url):
                 return  # a redirect led elsewhere: never authenticate there
             flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
-            result = None
-            while True:
-                try:
-                    kind, argument = flow.send(result)
-                except StopIteration:
-                    return
-                if kind == "wait":
-                    await self._core.wait_async(argument)
-                    result = None
-                elif kind == "exchange":
-                    sent = self._token_request(argument)
-                    answer = yield sent
-                    result = self._answer(sent, answer, await _read_async(answer))
-                else:  # retry
-                    request.headers["Authorization"] = argument
-                    response = yield request
-                    result = response.status_code
+            try:
+                result = None
+                while True:
+                    try:
+                        kind, argument = flow.send(result)
+                    except StopIteration:
+                        return
+                    if kind == "wait":
+                        await self._core.wait_async(argument)
+                        result = None
+                    elif kind == "exchange":
+                        sent = self._token_request(argument)
+                        answer = yield sent
+                        result = self._answer(sent, answer, await _read_async(answer))
+                    else:  # retry
+                        request.headers["Authorization"] = argument
+                        response = yield request
+                        result = response.status_code
+            finally:
+                flow.close()  # an exception from the library: release the exchange's claim now
 
     OllamaAuth.__module__ = f"credential_helper.integrations.{httpx.__name__}"
     OllamaAuth.__qualname__ = "OllamaAuth"
     return OllamaAuth
+
+
+def _environment_proxy(httpx, url_text: str) -> str | None:
+    """The proxy a default client (trust_env=True) takes from the environment for
+    ``url_text``, found with the library's own rules (Client._transport_for_url)."""
+    url = httpx.URL(url_text)
+    utils = httpx._utils  # pinned versions; the same module in httpx and httpx2
+    mounts = sorted(((utils.URLPattern(key), value) for key, value in utils.get_environment_proxies().items()), key=lambda item: item[0])
+    for pattern, proxy in mounts:
+        if pattern.matches(url):
+            return proxy
+    return None
 
 
 def _origin(url) -> tuple:

@@ -10,7 +10,8 @@ Requests to the API host are signed (scheme 2) as they are prepared. For any
 other host a response hook answers a ``401`` Bearer challenge, the way
 ``requests``' own digest auth does: the token request and the retry go out
 through the same connection adapter, with the caller's TLS, proxy and
-certificate settings.
+certificate settings. A body given as a file, a pipe or a generator is read
+into memory first, so that the retry sends the same bytes.
 """
 
 import functools
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.auth import AuthBase
 
-from ..errors import NetworkError
+from ..errors import InputError, NetworkError
 from ..response import Response
 from ._core import MAX_TOKEN_RESPONSE_BYTES, KeylessCore, bearer_retries, oversized
 
@@ -29,6 +30,7 @@ class OllamaAuth(AuthBase):
 
     def __init__(self, *, identity=None, api_base=None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
         self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
+        self._core.environment_proxy = _environment_proxy
 
     def __repr__(self) -> str:
         return f"OllamaAuth({self._core.describe()})"
@@ -40,14 +42,20 @@ class OllamaAuth(AuthBase):
             request.url = url  # set after preparation: sent exactly as signed
             request.headers["Authorization"] = authorization
             return request
-        position = request.body.tell() if hasattr(request.body, "tell") else None
-        request.register_hook("response", functools.partial(self._on_response, request.url, position))
+        _buffer_body(request)
+        request.register_hook("response", functools.partial(self._on_response, request.url))
         return request
 
-    def _on_response(self, original_url: str, position, response: requests.Response, **kwargs) -> requests.Response:
+    def _on_response(self, original_url: str, response: requests.Response, **kwargs) -> requests.Response:
         if _origin(response.request.url) != _origin(original_url):
             return response  # a redirect led elsewhere: never authenticate there
         flow = bearer_retries(self._core, original_url, response.status_code, _header_values(response, "www-authenticate"))
+        try:
+            return self._drive(flow, response, kwargs)
+        finally:
+            flow.close()  # an exception from requests: release the exchange's claim now
+
+    def _drive(self, flow, response: requests.Response, kwargs: dict) -> requests.Response:
         result = None
         while True:
             try:
@@ -65,8 +73,6 @@ class OllamaAuth(AuthBase):
                 retry = response.request.copy()
                 retry.hooks = {"response": [h for h in retry.hooks["response"] if getattr(h, "func", None) != self._on_response]}
                 retry.headers["Authorization"] = argument
-                if position is not None:
-                    retry.body.seek(position)
                 new = response.connection.send(retry, **kwargs)
                 new.history.append(response)
                 new.request = retry
@@ -96,6 +102,36 @@ class OllamaAuth(AuthBase):
             answer.close()
         headers = {name.lower(): [value] for name, value in answer.headers.items()}
         return Response(answer.status_code, answer.reason or "", headers, body)
+
+
+def _buffer_body(request: requests.PreparedRequest) -> None:
+    """A file, pipe or generator body, read into memory: a 401 retry must send the
+    same bytes, and a stream can be read once (a pipe cannot even ``tell()``)."""
+    body = request.body
+    if body is None or isinstance(body, (bytes, str)):
+        return
+    try:
+        if isinstance(body, (bytearray, memoryview)):
+            data = bytes(body)
+        elif hasattr(body, "read"):
+            data = body.read()
+        else:
+            data = b"".join(chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk) for chunk in body)
+    except (OSError, TypeError, ValueError) as exc:
+        raise InputError(f"could not read the request body into memory for a possible 401 retry ({type(exc).__name__})") from None
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    request.body = data
+    request.headers.pop("Transfer-Encoding", None)
+    request.headers["Content-Length"] = str(len(data))
+    # requests would try to seek the old stream on a redirect (utils.rewind_body).
+    request._body_position = None
+
+
+def _environment_proxy(url_text: str) -> str | None:
+    """The proxy requests takes from the environment for ``url_text`` (its own rules:
+    utils.get_environ_proxies then select_proxy, as Session.send merges them)."""
+    return requests.utils.select_proxy(url_text, requests.utils.get_environ_proxies(url_text))
 
 
 def _origin(url: str) -> tuple:
