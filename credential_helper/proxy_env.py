@@ -194,10 +194,3 @@ def _ip(text: str):
     except ValueError:
         return None
 
-
-def proxy_secrets(proxy: "Proxy | None") -> tuple[str, ...]:
-    """What must never be shown of a proxy's credentials."""
-    if proxy is None or proxy.username is None:
-        return ()
-    pair = f"{proxy.username}:{proxy.password or ''}"
-    return tuple(s for s in (proxy.authorization(), pair, proxy.password) if s)
