@@ -159,3 +159,17 @@ def cloud_base_url(value: str | None) -> URL:
     if base.path not in ("", "/") or base.raw_query:
         raise InputError("OLLAMA_CLOUD_BASE_URL must be a scheme and host only, without a path or query")
     return URL(base.scheme, base.host, "", "")
+
+
+def shared_server_warning(url: URL, default_identity: bool) -> str | None:
+    """The warning for signing with the machine's default key toward a host that is
+    not ollama.com (a shared server behind a gate), or None.
+
+    A scheme-2 signature names neither host nor body: whoever receives one can
+    replay it at ollama.com, as the key's account, while its ts is fresh.
+    """
+    if not default_identity or url.hostname.lower().rstrip(".") == "ollama.com":
+        return None
+    return (f"signing with your default key toward {url.host}: whoever runs it can replay each signature at "
+            "ollama.com as you (same method and path, any body) while its ts is fresh; use a second key for "
+            "shared servers (identity=/--identity, made with 'ollama-credential-helper key --generate --identity PATH')")

@@ -358,3 +358,23 @@ def test_auth_only_answers_204_with_who_and_refuses_disagreeing_header_families(
     assert disagreeing.startswith(b"HTTP/1.1 400 ") and b"X-Ollama-Error: " in disagreeing
     log = gate_.stop()
     assert any(line.startswith("POST /api/chat 204 0B ") and line.endswith(" bob") for line in log), log
+
+
+def test_ollamaauth_warns_once_when_the_default_key_signs_for_another_host(monkeypatch, home, local_ollama, keys):
+    import warnings
+
+    import httpx
+
+    from credential_helper.integrations._core import SharedServerWarning
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    monkeypatch.setenv("HOME", str(home))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with httpx.Client(auth=OllamaAuth(api_base=local_ollama.base_url), timeout=30) as default_key:
+            for _ in range(3):
+                assert default_key.get(f"{local_ollama.base_url}/api/tags").status_code == 200
+        with httpx.Client(auth=OllamaAuth(api_base=local_ollama.base_url, identity=keys / "ed25519-b"), timeout=30) as second_key:
+            assert second_key.get(f"{local_ollama.base_url}/api/tags").status_code == 200
+    shared = [w for w in caught if issubclass(w.category, SharedServerWarning)]
+    assert len(shared) == 1 and local_ollama.host in str(shared[0].message) and "--identity" in str(shared[0].message)

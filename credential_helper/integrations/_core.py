@@ -54,6 +54,10 @@ class _Claim:
         self.async_waiters: list = []  # (loop, asyncio.Event)
 
 
+class SharedServerWarning(UserWarning):
+    """Signing with the default key toward a server other than ollama.com."""
+
+
 class KeylessCore:
     """The state one adapter instance keeps: API origins, identity, tokens, claims."""
 
@@ -62,6 +66,8 @@ class KeylessCore:
             raise InputError("timeout must be more than 0 and at most 600 seconds")
         self.timeout = float(timeout)
         self.identity_path = os.fspath(identity) if identity is not None else default_identity_path()
+        self.default_identity = identity is None
+        self._warned = False
         # The API host: api_base, else OLLAMA_CLOUD_BASE_URL under Ollama's rules, else ollama.com.
         base = policy.cloud_base_url(api_base if api_base is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"))
         origins = [policy.url_origin(base)]
@@ -125,7 +131,15 @@ class KeylessCore:
             policy.check_cleartext(url, "OLLAMA_API_KEY")
             policy.check_api_key_destination(url)
             return url_text, None, f"Bearer {credential.api_key}"
-        plan, authorization = client.sign_parsed(method, protocol.parse_url(url_text), credential.identity)
+        url = protocol.parse_url(url_text)
+        plan, authorization = client.sign_parsed(method, url, credential.identity)
+        if not self._warned:
+            self._warned = True  # once per adapter
+            shared = policy.shared_server_warning(url, self.default_identity)
+            if shared is not None:
+                import warnings
+
+                warnings.warn(shared, SharedServerWarning, stacklevel=2)
         return str(plan.url), plan.url.request_target, authorization
 
     # -- scheme 1: tokens ----------------------------------------------------------------

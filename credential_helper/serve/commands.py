@@ -59,18 +59,12 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
         log("warning: --no-local-token: any program on this machine can use your ollama.com account through this proxy")
-    if default_identity and signer.identity is not None and upstream_url.hostname.lower() != "ollama.com":
-        log(_shared_server_warning(upstream_url.host))
+    shared = policy.shared_server_warning(upstream_url, default_identity and signer.identity is not None)
+    if shared is not None:
+        log(f"warning: {shared}")
     if upstream.via is not None and verbose:
         log(f"upstream through the proxy {upstream.via} ({upstream.via.variable})")
     return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready)
-
-
-def _shared_server_warning(host: str) -> str:
-    return (f"warning: signing with your default key toward {host}: whoever runs it can replay each signature "
-            "at ollama.com as you (same method and path, any body) while its ts is fresh; use a second key "
-            "for shared servers (--identity, made with 'key --generate --identity PATH')")
-
 
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
