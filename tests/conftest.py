@@ -256,6 +256,7 @@ def proxy_env(env, tmp_path):
 @pytest.fixture
 def start_proxy(proxy_env):
     started: list[RunningProxy] = []
+    processes: list[subprocess.Popen] = []
 
     def start(*args: str, environment: dict | None = None, token: bool = True) -> RunningProxy:
         environment = environment or proxy_env
@@ -263,8 +264,11 @@ def start_proxy(proxy_env):
             [*helper_executable(), "proxy", "--listen", "127.0.0.1:0", *args],
             env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
+        processes.append(process)  # before any check: a proxy that fails one is still stopped
         first = process.stderr.readline()
-        assert first.startswith("listening on http://127.0.0.1:"), first + process.stderr.read()
+        if not first.startswith("listening on http://127.0.0.1:"):
+            process.kill()
+            raise AssertionError(first + process.stderr.read())
         secret = None
         if token:
             printed = subprocess.run([*helper_executable(), "proxy", "--print-env"], env=environment, capture_output=True, text=True, check=True).stdout
@@ -276,5 +280,9 @@ def start_proxy(proxy_env):
     yield start
     for running in started:
         running.stop(signal.SIGKILL)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 

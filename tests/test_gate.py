@@ -151,15 +151,14 @@ def start_gate(env):
     def start(*args: str) -> RunningGate:
         process = subprocess.Popen([*helper_executable(), "gate", "--listen", "127.0.0.1:0", *args], env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        running = RunningGate(process)
-        started.append(running)
-        return running
+        started.append(process)  # before any check: a gate that fails one is still stopped
+        return RunningGate(process)
 
     yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait(10)
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 @pytest.fixture
