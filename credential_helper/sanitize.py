@@ -14,6 +14,9 @@ import re
 REDACTED = "[redacted]"
 # Shorter strings are not secrets worth hiding, and hiding them would shred text.
 MIN_SECRET_CHARS = 8
+# A proxy password (from Basic credentials) is hidden from this length on; shorter
+# ones would shred ordinary words, and are guessable anyway.
+MIN_PASSWORD_CHARS = 4
 # ESC-introduced sequences (CSI "ESC [ ... final", OSC "ESC ] ... BEL|ST", and
 # two-byte escapes), and their single-character C1 forms.
 _ESCAPE_SEQUENCE = re.compile(
@@ -47,7 +50,10 @@ def secret_parts(secrets) -> list[str]:
         if scheme.lower() == "bearer":
             pieces = [rest.strip()]
         elif scheme.lower() == "basic":
-            pieces = [rest.strip(), *_basic_pair(rest.strip())]
+            pair = _basic_pair(rest.strip())
+            pieces = [rest.strip(), *pair[:1]]
+            if pair and len(pair[1]) >= MIN_PASSWORD_CHARS and pair[1] not in found:
+                found.append(pair[1])  # a password is worth hiding even when short
         for piece in pieces:
             for part in (piece, *piece.split(":")):
                 if len(part) >= MIN_SECRET_CHARS and part not in found:

@@ -377,3 +377,30 @@ def test_ollamaauth_warns_once_when_the_default_key_signs_for_another_host(monke
             assert second_key.get(f"{local_ollama.base_url}/api/tags").status_code == 200
     shared = [w for w in caught if issubclass(w.category, SharedServerWarning)]
     assert len(shared) == 1 and local_ollama.host in str(shared[0].message) and "--identity" in str(shared[0].message)
+
+
+def test_an_unsigned_head_slash_is_a_health_check_only_without_a_body(tmp_path, start_gate):
+    with KeepAliveServer(ok_answer) as ollama:
+        gate_ = start_gate("--upstream", f"http://{ollama.host}", "--authorized-keys", both_keys_file(tmp_path))
+        probe = raw(gate_.port, b"HEAD / HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+        assert probe.startswith(b"HTTP/1.1 200 ") and len(ollama.requests) == 1
+        with_body = raw(gate_.port, b"HEAD / HTTP/1.1\r\nHost: box\r\nContent-Length: 100000000\r\n\r\nx", timeout=5)
+        with_query = raw(gate_.port, b"HEAD /?x=1 HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+        get = raw(gate_.port, b"GET / HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")
+        time.sleep(0.2)
+    assert with_body.startswith(b"HTTP/1.1 401 ") and with_query.startswith(b"HTTP/1.1 401 ") and get.startswith(b"HTTP/1.1 401 ")
+    assert len(ollama.requests) == 1
+
+
+def test_client_copies_of_what_the_gate_asserts_never_reach_ollama(recorded):
+    gate_, ollama, clock = recorded
+    vector = POSITIVES[0]
+    clock["now"] = vector["ts"]
+    with socket.create_connection(("127.0.0.1", gate_.port), timeout=10) as sock:
+        sock.sendall(f"{vector['method']} {vector['target']} HTTP/1.1\r\nHost: box\r\nAuthorization: {vector['authorization']}\r\n"
+                     "X-Ollama-User: root\r\nX_Ollama_User: root\r\nx-ollama-key: SHA256:forged\r\nExpect: 100-continue\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    (_, head, _), = ollama.requests
+    assert b"root" not in head and b"forged" not in head and b"expect" not in head.lower()

@@ -353,13 +353,17 @@ def test_the_proxys_own_answers_carry_status_and_error_and_end_in_a_newline(upst
 # --- 11. a forward proxy's 407 never shows its credentials ----------------------------------
 
 
-@pytest.mark.parametrize("user", ["u", "us", "use", "user", "a-much-longer-user-name"])
-def test_a_407_echoing_the_proxy_credentials_never_shows_them(start_proxy, proxy_env, user):
-    password = "pr0xy-Passw0rd-zz"
+@pytest.mark.parametrize("user, password", [("u", "pr0xy-Passw0rd-zz"), ("us", "pr0xy-Passw0rd-zz"), ("use", "pr0xy-Passw0rd-zz"),
+                                            ("user", "pr0xy-Passw0rd-zz"), ("a-much-longer-user-name", "pr0xy-Passw0rd-zz"),
+                                            ("bob", "hunter2")])
+def test_a_407_echoing_the_proxy_credentials_never_shows_them(start_proxy, proxy_env, user, password):
 
     def echo_407(conn, head):
         value = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"proxy-authorization"))
-        conn.sendall(b"HTTP/1.1 407 " + value + b"\r\nContent-Length: 0\r\n\r\n")
+        import base64 as b64
+
+        pair = b64.b64decode(value.split()[1])
+        conn.sendall(b"HTTP/1.1 407 " + value + b" pw=" + pair.split(b":", 1)[1] + b" pair=" + pair + b"\r\nContent-Length: 0\r\n\r\n")
 
     with ScriptedServer(echo_407) as forward:
         environment = dict(proxy_env, HTTPS_PROXY=f"http://{user}:{password}@{forward.host}", NO_PROXY="")
@@ -491,3 +495,47 @@ def test_a_token_file_too_short_or_not_private_is_refused(upstream, run, proxy_e
     os.chmod(directory / "proxy-token", mode)
     result = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url], environment=proxy_env, timeout=20)
     assert result.code == 3 and result.err.count("\n") == 1 and content not in result.err, result.err
+
+
+# --- from the attack review -----------------------------------------------------------------
+
+
+def test_bytes_after_an_answer_never_become_the_next_clients_answer(start_proxy):
+    def with_stray(head: bytes, body: bytes, index: int) -> bytes:
+        path = head.split(b" ", 2)[1].split(b"?")[0]
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!" % (len(path), path)
+
+    with KeepAliveServer(with_stray) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        answers = [request(proxy, "GET", path)[2] for path in ("/api/a", "/api/b", "/api/c")]
+    assert answers == [b"/api/a", b"/api/b", b"/api/c"]
+    assert upstream.connections == 3  # a connection with leftover bytes is never pooled
+
+
+def test_a_head_answer_with_a_body_leaves_nothing_for_the_next_request(start_proxy):
+    def head_with_body(head: bytes, body: bytes, index: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" if head.startswith(b"HEAD") or index else \
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+    with KeepAliveServer(head_with_body) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        assert request(proxy, "HEAD", "/api/tags")[0] == 200
+        status, _, body = request(proxy, "GET", "/api/tags")
+    assert (status, body) == (200, b"hello")
+
+
+def test_slow_heads_filling_the_connection_cap_do_not_lock_out_the_token_holder(upstream, start_proxy):
+    proxy = start_proxy("--upstream", upstream.base_url)
+    slow = []
+    try:
+        for _ in range(520):
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            sock.sendall(b"GET /")  # a head begun, never finished
+            slow.append(sock)
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, _, _ = request(proxy, "POST", "/api/me", b"")
+        assert status == 200 and time.monotonic() - started < 5
+    finally:
+        for sock in slow:
+            sock.close()

@@ -65,7 +65,7 @@ class Server:
         self.in_flight = 0
         self._lock = threading.Lock()
         self._open: set = set()
-        self._idle: OrderedDict = OrderedDict()  # connections waiting for a request, oldest first
+        self._idle: OrderedDict = OrderedDict()  # connections waiting for a request head, oldest first
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -174,7 +174,9 @@ class _Client:
         raw = bytearray(self.conn.trailing_data[0])  # a pipelined request already received
         deadline = time.monotonic() + (HEAD_TIMEOUT if raw else idle_timeout)
         started = bool(raw)
-        self.server.idle(self, not started)
+        # Until its head is complete a connection may be closed to make room at
+        # the cap: idle or trickling, it holds nothing that would be lost.
+        self.server.idle(self, True)
         while True:
             try:
                 event = self.conn.next_event()
@@ -212,7 +214,6 @@ class _Client:
             if data and not started:
                 started = True
                 deadline = time.monotonic() + HEAD_TIMEOUT  # the whole head, not per read
-                self.server.idle(self, False)
             if len(raw) <= MAX_HEAD_BYTES:
                 raw += data
             self.conn.receive_data(data)

@@ -11,12 +11,13 @@ import time
 
 from ..sanitize import printable
 from .authorized_keys import KeyFile
-from .messages import Answer, Forward, Head, end_to_end
-from .verify import Admitted, Refused, authorization_header, forwarded_request, verify
+from .messages import Answer, Forward, Head, end_to_end, request_has_body
+from .verify import HEALTH_CHECK_NAME, Admitted, Refused, authorization_header, forwarded_request, verify
 
 # Never forwarded to Ollama besides hop-by-hop fields: the signature (replayable at
 # ollama.com while its ts is fresh) and any client copy of what the gate asserts.
-NOT_FORWARDED = frozenset({"host", "authorization", "x-ollama-user", "x-ollama-key"})
+NOT_FORWARDED = frozenset({"host", "authorization", "x-ollama-user", "x-ollama-key", "expect"})
+ASSERTED = frozenset({"x-ollama-user", "x-ollama-key"})
 
 
 def header_text(message: str) -> str:
@@ -66,9 +67,14 @@ class GatePolicy(_Verifying):
 
     def decide(self, head: Head) -> Forward | Answer:
         result = self.check(head.method, head.target, head.headers)
+        if isinstance(result, Admitted) and result.name == HEALTH_CHECK_NAME and not result.fingerprint and request_has_body(head):
+            # The one unsigned request admitted must not carry anything to Ollama (or hold a slot while it trickles).
+            result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request")
         if isinstance(result, Refused):
             return refusal(result)
         headers = end_to_end(head.headers, NOT_FORWARDED)
+        # Also X_Ollama_User: some servers read '_' as '-' in field names.
+        headers = [(name, value) for name, value in headers if name.lower().replace("_", "-") not in ASSERTED]
         # Ollama checks Host on loopback (server/routes.go allowedHostsMiddleware): name the upstream.
         headers += [("Host", self.upstream_host), *identity_headers(result)]
         return Forward(head.target, tuple(headers), who=label(result))

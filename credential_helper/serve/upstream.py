@@ -40,7 +40,7 @@ class Connection:
     def quiet(self) -> bool:
         """Nothing arrived while idle: no close, and no stray bytes (an answer to
         nobody must never be read as the answer to the next request)."""
-        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+        if self.h11.trailing_data[0] or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return False
         with selectors.DefaultSelector() as selector:  # poll/epoll: any fd number
             selector.register(self.sock, selectors.EVENT_READ)
@@ -98,7 +98,8 @@ class Upstream:
 
     def give_back(self, conn: Connection) -> None:
         """Pool the connection if both messages ended cleanly; otherwise close it."""
-        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+        # Bytes after the answer belong to no request: such a connection is never reused.
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE and not conn.h11.trailing_data[0]:
             conn.h11.start_next_cycle()
             conn.idle_since = time.monotonic()
             with self._lock:
@@ -155,11 +156,10 @@ class Upstream:
             if isinstance(event, h11.Response):
                 if 200 <= event.status_code < 300 and not conn.trailing_data[0]:
                     return
-                from ..sanitize import server_text
-
-                reason = server_text(event.reason.decode("latin-1"), self.secrets(), limit=100)
+                # Its reason phrase is not shown: a proxy can echo the credentials in it.
+                hint = " (check the user and password in the proxy URL)" if event.status_code == 407 else ""
                 raise NetworkError(
-                    f"the proxy {self.via} ({self.via.variable}) refused the tunnel to {authority}: "
-                    f"{event.status_code} {reason}"
+                    f"the proxy {self.via} ({self.via.variable}) refused the tunnel to {authority} "
+                    f"with status {event.status_code}{hint}"
                 )
             raise NetworkError(f"the proxy {self.via} closed the tunnel to {authority}")
