@@ -171,9 +171,11 @@ def build_parser():
     proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
     proxy.set_defaults(func=cmd_proxy)
 
+    verbose_only = argparse.ArgumentParser(add_help=False)
+    verbose_only.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
     gate = commands.add_parser(
         "gate",
-        parents=[common],
+        parents=[verbose_only],
         help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
         description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
         "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
@@ -483,6 +485,8 @@ def cmd_proxy(args, log) -> int:
     if args.print_env:
         host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
                                            why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+        if port == 0:
+            raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
         token = None if args.no_local_token else sign.local_token()
         write_stdout("".join(f"{line}\n" for line in sign.env_lines(commands.shown_base(host, port), token)))
         return EXIT_OK

@@ -233,6 +233,7 @@ def load_credential(key_path: str) -> tuple[bytes | None, str | None]:
         api_key = api_key_from_env()
         if api_key is None:
             raise
+        policy.check_not_local_token(api_key)
         return None, api_key
 
 

@@ -161,6 +161,23 @@ def cloud_base_url(value: str | None) -> URL:
     return URL(base.scheme, base.host, "", "")
 
 
+# The proxy's local access tokens start with this (serve/sign.py makes them):
+# recognisable, so that one exported as OLLAMA_API_KEY is never sent anywhere.
+LOCAL_TOKEN_PREFIX = "och-"
+
+
+def check_not_local_token(api_key: str) -> None:
+    """OLLAMA_API_KEY must be an ollama.com key, never the proxy's local token
+    (``proxy --print-env`` exports it as OLLAMA_API_KEY for the proxy's clients)."""
+    if api_key.startswith(LOCAL_TOKEN_PREFIX):
+        from .errors import IdentityError
+
+        raise IdentityError(
+            "OLLAMA_API_KEY holds the local access token of ollama-credential-helper's proxy (from --print-env), "
+            "not an ollama.com key: it is for clients of the proxy only; unset OLLAMA_API_KEY here"
+        )
+
+
 def shared_server_warning(url: URL, default_identity: bool) -> str | None:
     """The warning for signing with the machine's default key toward a host that is
     not ollama.com (a shared server behind a gate), or None.

@@ -404,3 +404,46 @@ def test_client_copies_of_what_the_gate_asserts_never_reach_ollama(recorded):
     assert reply.startswith(b"HTTP/1.1 200 ")
     (_, head, _), = ollama.requests
     assert b"root" not in head and b"forged" not in head and b"expect" not in head.lower()
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_a_refused_post_with_a_body_reaches_the_client_as_its_403(tmp_path, start_gate, local_ollama, keys, tls):
+    """The gate answers before reading the body; closing at once with the body unread
+    made the kernel reset the connection under the answer (seen over TLS)."""
+    import httpx
+
+    from frontends import issue_certificate
+
+    path = tmp_path / "authorized_keys"
+    path.write_text(" ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2]) + " bob /api/tags\n")
+    os.chmod(path, 0o600)
+    extra, verify = (), True
+    if tls:
+        ca = CertificateAuthority(tmp_path)
+        cert, key = issue_certificate(ca, tmp_path, "localhost")
+        extra, verify = ("--tls-cert", str(cert), "--tls-key", str(key)), ssl.create_default_context(cafile=str(ca.ca_file))
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(path), *extra)
+    base = f"{'https' if tls else 'http'}://localhost:{gate_.port}"
+    with httpx.Client(verify=verify, timeout=10) as client:
+        for _ in range(5):
+            target, authorization = signed(keys, "POST", "/api/chat", "ed25519-b")
+            response = client.post(base + target, content=b"x" * 300_000, headers={"Authorization": authorization})
+            assert response.status_code == 403 and "/api/chat" in response.json()["error"]
+    assert local_ollama.request_headers == []
+
+
+def test_an_edited_authorized_keys_file_is_reloaded_and_says_so(tmp_path, start_gate, local_ollama):
+    path = both_keys_file(tmp_path)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", path)
+    with open(path) as handle:
+        first = handle.readline()
+    with open(path, "w") as handle:
+        handle.write(first)
+    raw(gate_.port, b"GET /api/tags HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")  # any request looks at the file
+    log = gate_.stop()
+    assert any(line.startswith("reloaded ") and line.endswith(": 1 key line(s)") for line in log), log
+
+
+def test_the_gate_takes_no_identity(run, tmp_path):
+    result = run(["gate", "--identity", "x", "--authorized-keys", both_keys_file(tmp_path)])
+    assert result.code == 2

@@ -539,3 +539,19 @@ def test_slow_heads_filling_the_connection_cap_do_not_lock_out_the_token_holder(
     finally:
         for sock in slow:
             sock.close()
+
+
+def test_print_env_needs_a_real_port(run, proxy_env):
+    result = run(["proxy", "--print-env", "--listen", "127.0.0.1:0"], environment=proxy_env)
+    assert result.code == 2 and result.out == "" and "--listen" in result.err
+
+
+@pytest.mark.parametrize("command", [["sign", "POST", "https://ollama.com/api/chat"], ["whoami"]])
+def test_the_local_token_exported_as_ollama_api_key_goes_nowhere(run, proxy_env, command):
+    """--print-env exports the local token as OLLAMA_API_KEY for the proxy's clients;
+    on a machine with no key file, no command may take it for an ollama.com key."""
+    printed = run(["proxy", "--print-env"], environment=proxy_env).out
+    token = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())["OLLAMA_API_KEY"]
+    environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY=token)
+    result = run(command, environment=environment, timeout=20)
+    assert result.code == 3 and token not in result.out + result.err and "local access token" in result.err

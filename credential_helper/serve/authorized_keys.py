@@ -288,12 +288,15 @@ def _directory_problem(path: str) -> str | None:
     directory = os.path.dirname(os.path.abspath(path))
     try:
         info = os.stat(directory)
+    except FileNotFoundError:
+        return f"its directory {directory} does not exist: create it (mkdir -m 700 {directory}) and the file in it"
     except OSError as exc:
         return f"cannot inspect its directory {directory}: {exc.strerror}"
     if not _owner_ok(info.st_uid):
         return f"its directory {directory} belongs to another user (uid {info.st_uid})"
     if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-        return f"its directory {directory} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+        return (f"its directory {directory} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"run: chmod go-w {directory}")
     return None
 
 
@@ -365,13 +368,15 @@ class KeyFile:
     per state of the file.
     """
 
-    def __init__(self, path: str, warn: Callable[[str], None]) -> None:
+    def __init__(self, path: str, warn: Callable[[str], None], on_change: Callable[[AuthorizedKeys], None] | None = None) -> None:
         self.path = path
         self._warn = warn
+        self._on_change = None  # not for the first read
         self._lock = threading.Lock()
         self._failed: tuple[int, ...] | None = None
         data, info = read_key_file(path)
         self._install(data, info)
+        self._on_change = on_change
 
     def current(self) -> AuthorizedKeys:
         """The set in force now; a cheap ``stat`` per call, a reload on change."""
@@ -437,6 +442,8 @@ class KeyFile:
         self._seen = _signature(info)
         self._racy = racy
         self._partial = partial
+        if self._on_change is not None:
+            self._on_change(keys)
 
     @staticmethod
     def _is_racy(info: os.stat_result) -> bool:

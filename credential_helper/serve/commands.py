@@ -50,7 +50,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     upstream_url = policy.cloud_base_url(upstream_text)
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
-    signer = sign.Signer(upstream_url, identity_path, token)  # exit 3 now, not 503 on every request
+    signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request
     log = make_log()
     upstream = Upstream(upstream_url, timeout)
     server = engine.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
@@ -96,7 +96,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         else:
             log(f"warning: {text}")
 
-    keys = KeyFile(path, warn)  # IdentityError (exit 3) when unusable
+    keys = KeyFile(path, warn, lambda new: log(f"reloaded {path}: {len(new)} key line(s)"))  # IdentityError (exit 3) when unusable
     if auth_only:
         decider = gate.AuthOnlyPolicy(keys, max_skew)
     else:
@@ -113,11 +113,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     for text in shown:
         log(f"warning: {text}")
 
-    def reload() -> None:
-        keys.reload()
-        log(f"reloaded {path}: {len(keys.current())} key line(s)")
-
-    return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=reload)
+    return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
 
 
 def _gate_upstream(text: str):

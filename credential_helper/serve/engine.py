@@ -35,6 +35,7 @@ BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
 MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
+LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
 
 
 class ClientGone(Exception):
@@ -162,10 +163,37 @@ class _Client:
             self.server.log(f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it")
         finally:
             self.server.closed(self)
+            self._linger()
             try:
                 self.sock.close()
             except OSError:
                 pass
+
+    def _linger(self) -> None:
+        """Before closing on a client still sending its body (a refusal answered
+        early), read what it sends for a moment: closing with unread bytes makes
+        the kernel send a reset, which can destroy the answer before the client
+        reads it (nginx's lingering_close)."""
+        if self.conn.their_state is not h11.SEND_BODY or self.evicted:
+            return
+        if not isinstance(self.sock, ssl.SSLSocket):
+            try:
+                self.sock.shutdown(socket.SHUT_WR)  # the answer is complete: say so
+            except OSError:
+                return
+        deadline, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+        try:
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.sock.settimeout(remaining)
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                left -= len(data)
+        except (OSError, ssl.SSLError):
+            return
 
     # -- the request head --------------------------------------------------------------------
 

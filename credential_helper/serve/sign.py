@@ -60,7 +60,7 @@ def local_token(create: bool = True) -> str:
         if len(token) >= MIN_TOKEN_CHARS and protocol.is_header_token(token):
             return token
         raise IdentityError(f"{path} does not hold a usable token: remove it and start again")
-    token = "och-" + secrets.token_urlsafe(32)
+    token = policy.LOCAL_TOKEN_PREFIX + secrets.token_urlsafe(32)
     try:
         fd = system.create_new(path, 0o600)
     except FileExistsError:
@@ -104,17 +104,12 @@ class Signer:
     """Scheme 2 for the upstream with the identity loaded at start; or, with no
     key file at all, ``OLLAMA_API_KEY`` under the destination rule."""
 
-    def __init__(self, upstream: protocol.URL, identity_path: str, local: str | None) -> None:
+    def __init__(self, upstream: protocol.URL, identity_path: str) -> None:
         self.upstream = upstream
+        # load_credential never takes the local token for an API key (policy.check_not_local_token).
         key_bytes, api_key = client.load_credential(identity_path)
         if api_key is not None:
             policy.check_api_key_destination(upstream)
-            if local is not None and hmac.compare_digest(api_key.encode(), local.encode()):
-                # --print-env exports the local token as OLLAMA_API_KEY: it must never go upstream.
-                raise IdentityError(
-                    "OLLAMA_API_KEY holds this proxy's own local access token (from --print-env), not an "
-                    "ollama.com key: unset it in the proxy's environment, or give the proxy a key file"
-                )
             self.identity, self.api_key = None, api_key
             self.description = "OLLAMA_API_KEY (an API key)"
         else:
