@@ -206,3 +206,61 @@ def test_a_cache_hit_imports_no_tls(env, public_line):
         completed = subprocess.run([sys.executable, "-c", probe], input=stdin, text=True, env=env, capture_output=True)
         assert server.exchanges == 1
     assert json.loads(completed.stderr) == {"code": 0, "loaded": []}
+
+
+def serve_through(kind: str, server: StandIn, environment: dict, tmp_path) -> tuple[int, str, str]:
+    """One request through the installed proxy or gate, whose upstream is ``server`` (https)."""
+    import signal as signal_module
+    import time
+    import urllib.error
+    import urllib.request
+
+    from credential_helper.identity import load_identity
+
+    environment = dict(environment, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    if kind == "proxy":
+        args = ["proxy", "--listen", "127.0.0.1:0", "--no-local-token", "--upstream", server.base_url]
+    else:
+        keys = tmp_path / "authorized_keys"
+        keys.write_text(subprocess.run([*helper_executable(), "key"], env=environment, capture_output=True, text=True, check=True).stdout)
+        os.chmod(keys, 0o600)
+        args = ["gate", "--listen", "127.0.0.1:0", "--authorized-keys", str(keys), "--upstream", server.base_url]
+    process = subprocess.Popen([*helper_executable(), *args], env=environment, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = process.stderr.readline()
+        port = int(first.split()[2].rsplit(":", 1)[1])
+        target = "/api/me"
+        headers = {}
+        if kind == "gate":
+            target = f"/api/me?ts={int(time.time())}"
+            identity = load_identity(os.path.join(environment["HOME"], ".ollama", "id_ed25519"))
+            headers["Authorization"] = identity.sign(f"POST,{target}")
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{target}", data=b"", method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode(), first
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(), first
+    finally:
+        process.send_signal(signal_module.SIGTERM)
+        process.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("kind", ["proxy", "gate"])
+def test_the_proxys_and_gates_upstream_tls_goes_through_truststore(kind, trusted, stranger, spied, public_line, tmp_path):
+    ca, capath = trusted
+    _, other_capath = stranger
+    environment, log = spied
+    with tls_standin(ca, public_line) as server:
+        if kind == "gate":
+            server.verify_signatures = False  # a self-hosted Ollama checks nothing itself
+        status, _, _ = serve_through(kind, server, dict(environment, SSL_CERT_DIR=capath), tmp_path)
+        assert status == 200 and used_truststore(log) >= 1
+        status, body, _ = serve_through(kind, server, dict(environment, SSL_CERT_DIR=other_capath), tmp_path)
+        assert status == 502 and "certificate verification failed" in json.loads(body)["error"]
+    with tls_standin(ca, public_line, names=["other.example"], ips=()) as misnamed:
+        if kind == "gate":
+            misnamed.verify_signatures = False
+        status, body, _ = serve_through(kind, misnamed, dict(environment, SSL_CERT_DIR=capath), tmp_path)
+        assert status == 502 and "127.0.0.1" in json.loads(body)["error"]
