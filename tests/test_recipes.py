@@ -151,7 +151,10 @@ def slow_upstream(upstream):
 def recipe_env(proxy_env):
     # Nothing the test environment holds may stand in for what the eval line sets.
     environment = {k: v for k, v in proxy_env.items() if not k.startswith(("OPENAI_", "OLLAMA_", "ANTHROPIC_", "LITELLM_"))}
-    environment.pop("NODE_PATH", None)
+    # PYTHONUNBUFFERED (set where these tests are often run) would hide a recipe that
+    # forgets to flush; a user's shell does not have it.
+    for name in ("NODE_PATH", "NODE_OPTIONS", "PYTHONUNBUFFERED", "PYTHONPATH"):
+        environment.pop(name, None)
     return environment
 
 
