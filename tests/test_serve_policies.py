@@ -221,3 +221,63 @@ def test_auth_only_takes_method_and_target_from_the_front_servers_headers(key_fi
     allowed = policy.decide(head("GET", "/_gate", Host="gate", X_Forwarded_Method="GET", X_Forwarded_Uri=tags,
                                  Authorization=load_identity(str(keys / "ed25519-b")).sign(f"GET,{tags}")))
     assert allowed.status == 204 and dict(allowed.headers)["X-Ollama-User"] == "bob" and allowed.keep_alive
+
+
+# --- added after a mutation run (mutmut 3.8.1): each kills a surviving mutant ---------------
+
+
+def test_head_size_and_field_count_boundaries():
+    line = b"GET / HTTP/1.1\r\n"
+    exactly = line + b"X: " + b"a" * (32 * 1024 - len(line) - 3) + b"\r\n\r\n"
+    assert exactly.find(b"\r\n\r\n") == 32 * 1024 and head_problem(exactly, head("GET", "/", Host="x")) is None
+    over = exactly.replace(b"X: a", b"X: aa", 1)
+    assert "too large" in head_problem(over, head("GET", "/", Host="x"))
+    hundred = Head("GET", "/", "1.1", tuple(("X-A", "1") for _ in range(100)))
+    assert head_problem(b"GET / HTTP/1.1\r\n\r\n", hundred) is None
+    assert head_problem(b"GET / HTTP/1.1\r\n\r\n", head(version="1.0", Content_Length="2")) is None
+
+
+def test_a_scheme_of_seven_characters_is_not_bearer():
+    policy, signer = proxy_policy()
+    assert policy.decide(head(Host="127.0.0.1:11470", Authorization=f"Digest1{TOKEN}")).status == 401
+    assert policy.decide(head(Host="127.0.0.1:11470", Authorization=f"Digest {TOKEN}")).status == 401
+    assert signer.calls == []
+
+
+def test_two_origin_fields_are_refused_even_when_the_first_is_allowed():
+    policy, _ = proxy_policy(allowed_origins=sign.parse_origins(["http://localhost:3000"]))
+    two = Head("POST", "/api/me", "1.1", (("Host", "127.0.0.1:11470"), ("Authorization", f"Bearer {TOKEN}"),
+                                          ("Origin", "http://localhost:3000"), ("Origin", "http://evil.example")))
+    assert policy.decide(two).status == 403
+
+
+@pytest.mark.parametrize("value", ["http://localhost:3000/app", "http://localhost:3000?x=1", "http://localhost:3000/?x=1"])
+def test_allow_origin_is_an_origin_only(value):
+    from credential_helper.errors import InputError
+
+    with pytest.raises(InputError):
+        sign.parse_origins([value])
+
+
+def test_port_80_admits_both_spellings():
+    assert {"localhost:80", "localhost", "127.0.0.1:80", "127.0.0.1", "[::1]", "[::1]:80"} <= sign.own_hosts(80)
+
+
+def test_a_gate_401_says_how_to_authenticate_and_keeps_the_connection(key_file):
+    decision = gate.GatePolicy(key_file, 300, "127.0.0.1:11434", clock=lambda: 0).decide(head("GET", "/api/tags", Host="box"))
+    assert decision.status == 401 and decision.keep_alive
+    assert dict(decision.headers)["WWW-Authenticate"] == 'Ollama realm="ollama-credential-helper gate"'
+    forbidden = gate.refusal(gate.Refused(403, "no"))
+    assert "WWW-Authenticate" not in dict(forbidden.headers) and forbidden.keep_alive
+
+
+def test_the_log_names_a_caller_by_name_else_fingerprint():
+    from credential_helper.serve.verify import Admitted
+
+    assert gate.label(Admitted("alice", "SHA256:x")) == "alice"
+    assert gate.label(Admitted("SHA256:x", "SHA256:x")) == "SHA256:x"
+    assert gate.label(Admitted("-", "")) == "-"
+
+
+def test_a_header_value_is_cut_at_400_characters():
+    assert len(gate.header_text("a" * 1000)) == 400
