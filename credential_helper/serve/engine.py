@@ -247,11 +247,23 @@ class _Client:
 
     def _finish(self, head: Head, answer: Answer, started: float) -> bool:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
+        if keep and self.conn.their_state is h11.SEND_BODY:
+            keep = self._take_empty_body()
         written = self._write_answer(answer, head, keep)
         note = answer.message if (self.server.verbose and answer.status >= 400) else None
         shown = head if answer.about is None else Head(*answer.about, head.version, ())
         self._log(shown, answer.status, written, started, who=answer.who, note=note)
         return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    def _take_empty_body(self) -> bool:
+        """Take the end of a request without a body from h11 (it needs no bytes):
+        until then h11 holds the request open, and an answer of our own that
+        promised keep-alive would be followed by a close (RFC 9112 9.6 asks for
+        Connection: close then). False: not that simple; close as before."""
+        try:
+            return isinstance(self.conn.next_event(), h11.EndOfMessage)
+        except h11.RemoteProtocolError:
+            return False
 
     def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> int:
         body = answer.payload() if (head is None or head.method != "HEAD") else b""
