@@ -27,7 +27,7 @@ from collections import OrderedDict
 import h11
 
 from .messages import MAX_HEAD_BYTES, REASONS, Answer, Forward, Head, end_to_end, head_problem, request_has_body
-from .upstream import Upstream
+from .upstream import Selector, Upstream, set_timeout
 
 HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
@@ -360,7 +360,7 @@ class _Client:
         self.sent = 0
         self.status = status = None
         received = False
-        with selectors.DefaultSelector() as selector:  # poll/epoll: fds above 1024 too
+        with Selector() as selector:  # poll: fds above 1024 too
             selector.register(up.sock, selectors.EVENT_READ, "upstream")
             watching = self._request_read()  # the whole request is in: a read now means hang-up
             if watching:
@@ -487,7 +487,7 @@ class _Client:
     def _flush(self) -> None:
         if self._out:
             data, self._out = bytes(self._out), bytearray()
-            self.sock.settimeout(self.server.timeout)
+            set_timeout(self.sock, self.server.timeout)
             try:
                 self.sock.sendall(data)
             except OSError:
@@ -498,7 +498,7 @@ class _Client:
     def _send(self, event) -> None:
         data = self.conn.send(event)
         if data:
-            self.sock.settimeout(self.server.timeout)
+            set_timeout(self.sock, self.server.timeout)
             try:
                 self.sock.sendall(data)
             except OSError:
