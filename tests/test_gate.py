@@ -447,3 +447,47 @@ def test_an_edited_authorized_keys_file_is_reloaded_and_says_so(tmp_path, start_
 def test_the_gate_takes_no_identity(run, tmp_path):
     result = run(["gate", "--identity", "x", "--authorized-keys", both_keys_file(tmp_path)])
     assert result.code == 2
+
+
+def test_auth_only_keeps_the_front_servers_connection_alive_after_each_answer(tmp_path, start_gate, keys):
+    # docs/gate-frontends.md gives nginx "keepalive 8" toward the gate: its answers must
+    # leave the connection usable, or say Connection: close (RFC 9112 9.6). http.client
+    # reconnects only after a Connection: close, so one socket throughout proves it.
+    import http.client
+
+    gate_ = start_gate("--auth-only", "--authorized-keys", both_keys_file(tmp_path))
+    conn = http.client.HTTPConnection("127.0.0.1", gate_.port, timeout=10)
+    statuses, sockets = [], []
+    for authorized in (True, False, True):
+        target, authorization = signed(keys, "GET", "/api/tags")
+        headers = {"X-Original-Method": "GET", "X-Original-URI": target}
+        if authorized:
+            headers["Authorization"] = authorization
+        conn.request("GET", "/_gate", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        sockets.append(conn.sock)
+        assert response.getheader("Connection") is None
+    assert statuses == [204, 401, 204]
+    assert sockets[0] is not None and sockets == [sockets[0]] * 3
+    conn.close()
+
+
+def test_the_gate_keeps_the_connection_alive_after_a_refusal_and_forwards_only_the_signed_request(tmp_path, start_gate, local_ollama, keys):
+    import http.client
+
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
+    conn = http.client.HTTPConnection("127.0.0.1", gate_.port, timeout=10)
+    conn.request("GET", "/api/tags?ts=1")
+    refused = conn.getresponse()
+    refused.read()
+    sock = conn.sock
+    target, authorization = signed(keys, "GET", "/api/tags")
+    conn.request("GET", target, headers={"Authorization": authorization})
+    admitted = conn.getresponse()
+    admitted.read()
+    assert (refused.status, admitted.status) == (401, 200)
+    assert sock is not None and conn.sock is sock
+    assert local_ollama.unverified_requests == [("GET", target)]
+    conn.close()

@@ -27,7 +27,7 @@ from collections import OrderedDict
 import h11
 
 from .messages import MAX_HEAD_BYTES, REASONS, Answer, Forward, Head, end_to_end, head_problem, request_has_body
-from .upstream import Upstream
+from .upstream import Selector, Upstream, set_timeout
 
 HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
@@ -82,6 +82,10 @@ class Server:
                 time.sleep(0.05)  # out of file descriptors: let others finish
                 continue
             sock.settimeout(None)
+            # An answer's head and body can leave in separate writes (one per upstream
+            # read): without this, Nagle's algorithm holds the second until the client's
+            # delayed ACK, about 40 ms on Linux (RFC 1122 4.2.3.4, 4.2.3.2).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(self, sock)
             with self._lock:
                 if len(self._open) >= self.max_connections:
@@ -272,11 +276,23 @@ class _Client:
 
     def _finish(self, head: Head, answer: Answer, started: float) -> bool:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
+        if keep and self.conn.their_state is h11.SEND_BODY:
+            keep = self._take_empty_body()
         written = self._write_answer(answer, head, keep)
         note = answer.message if (self.server.verbose and answer.status >= 400) else None
         shown = head if answer.about is None else Head(*answer.about, head.version, ())
         self._log(shown, answer.status, written, started, who=answer.who, note=note)
         return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+
+    def _take_empty_body(self) -> bool:
+        """Take the end of a request without a body from h11 (it needs no bytes):
+        until then h11 holds the request open, and an answer of our own that
+        promised keep-alive would be followed by a close (RFC 9112 9.6 asks for
+        Connection: close then). False: not that simple; close as before."""
+        try:
+            return isinstance(self.conn.next_event(), h11.EndOfMessage)
+        except h11.RemoteProtocolError:
+            return False
 
     def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> int:
         body = answer.payload() if (head is None or head.method != "HEAD") else b""
@@ -373,7 +389,7 @@ class _Client:
         self.sent = 0
         self.status = status = None
         received = False
-        with selectors.DefaultSelector() as selector:  # poll/epoll: fds above 1024 too
+        with Selector() as selector:  # poll: fds above 1024 too
             selector.register(up.sock, selectors.EVENT_READ, "upstream")
             watching = self._request_read()  # the whole request is in: a read now means hang-up
             if watching:
@@ -500,7 +516,7 @@ class _Client:
     def _flush(self) -> None:
         if self._out:
             data, self._out = bytes(self._out), bytearray()
-            self.sock.settimeout(self.server.timeout)
+            set_timeout(self.sock, self.server.timeout)
             try:
                 self.sock.sendall(data)
             except OSError:
@@ -511,7 +527,7 @@ class _Client:
     def _send(self, event) -> None:
         data = self.conn.send(event)
         if data:
-            self.sock.settimeout(self.server.timeout)
+            set_timeout(self.sock, self.server.timeout)
             try:
                 self.sock.sendall(data)
             except OSError:
