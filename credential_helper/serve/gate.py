@@ -7,6 +7,7 @@ the refusal, for nginx ``auth_request``, Caddy ``forward_auth`` and Traefik
 ``ForwardAuth``, which read the method and target from headers they set.
 """
 
+import functools
 import time
 
 from ..sanitize import printable
@@ -34,8 +35,14 @@ def refusal(refused: Refused) -> Answer:
     return Answer(refused.status, message, headers=tuple(headers), keep_alive=True)
 
 
+@functools.lru_cache(maxsize=4096)
+def _user_header(name: str) -> str:
+    # Names come from the key file (a bounded set): cleaned once each, not per request.
+    return header_text(name)
+
+
 def identity_headers(admitted: Admitted) -> list[tuple[str, str]]:
-    headers = [("X-Ollama-User", header_text(admitted.name))]
+    headers = [("X-Ollama-User", _user_header(admitted.name))]
     if admitted.fingerprint:
         headers.append(("X-Ollama-Key", admitted.fingerprint))
     return headers
