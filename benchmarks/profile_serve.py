@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from credential_helper import protocol
-    from credential_helper.serve import engine, gate, sign
+    from credential_helper.serve import engine, gate, server, sign
     from credential_helper.serve.authorized_keys import KeyFile
     from credential_helper.serve.upstream import Upstream
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         lines: list[str] = []
         upstream = None if args.mode == "auth-only" else Upstream(upstream_url, 30, environ={})
-        server = engine.Server(("127.0.0.1", 0), None, upstream=upstream, log=lines.append, max_in_flight=256)
+        server = server.Server(("127.0.0.1", 0), None, upstream=upstream, log=lines.append, max_in_flight=256)
         token = "t" * 43
         if args.mode == "proxy":
             server.policy = sign.SigningPolicy(sign.Signer(upstream_url, key, token), token, server.address[1])
@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
             server.policy = gate.AuthOnlyPolicy(KeyFile(keys, lines.append), 300)
 
         profiles: list[cProfile.Profile] = []
-        plain_run = engine._Client.run
+        plain_run = engine.ClientConnection.run
 
         def profiled_run(client) -> None:
             profile = cProfile.Profile()
             profiles.append(profile)
             profile.runcall(plain_run, client)
 
-        engine._Client.run = profiled_run
+        engine.ClientConnection.run = profiled_run
         threading.Thread(target=server.serve_forever, daemon=True).start()
         load = subprocess.run([sys.executable, "-c", LOAD.format(here=HERE), args.mode, str(server.address[1]), str(args.clients),
                                str(args.seconds), key, token], capture_output=True, text=True, timeout=args.seconds + 60)

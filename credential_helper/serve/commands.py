@@ -5,7 +5,7 @@ import sys
 import threading
 
 from .. import policy, system
-from ..errors import IdentityError, InputError
+from ..errors import InputError
 
 DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
 DEFAULT_GATE_PORT = 11435
@@ -42,7 +42,7 @@ def make_log():
 def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
                 require_token: bool, allow_origins, timeout: float, max_in_flight: int, grace: float,
                 verbose: bool, ready=None) -> int:
-    from . import engine, sign
+    from . import server as server_module, sign
     from .upstream import Upstream
 
     address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
@@ -53,7 +53,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request
     log = make_log()
     upstream = Upstream(upstream_url, timeout)
-    server = engine.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
+    server = server_module.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, prepare_socket=system.prepare_listening_socket)
     server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
@@ -64,13 +64,13 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
         log(f"warning: {shared}")
     if upstream.via is not None and verbose:
         log(f"upstream through the proxy {upstream.via} ({upstream.via.variable})")
-    return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready)
+    return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready)
 
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
                grace: float, verbose: bool, ready=None) -> int:
-    from . import engine, gate
+    from . import gate, server as server_module
     from .authorized_keys import KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
@@ -104,7 +104,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
 
         upstream = Upstream(upstream_url, timeout)
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
-    server = engine.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
+    server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
     mode = "forward auth" if auth_only else f"upstream {upstream_url}"
     log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
@@ -113,7 +113,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     for text in shown:
         log(f"warning: {text}")
 
-    return engine.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
+    return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
 
 
 def _gate_upstream(text: str):

@@ -1,10 +1,10 @@
-"""The HTTP/1.1 intermediary engine: h11 on both sides, a thread per client connection.
+"""The HTTP/1.1 intermediary engine: one client connection, h11 on both sides.
 
 The engine decides nothing about credentials. For each request head it asks a
 policy (``policy.decide(head)``, pure), then either answers for the policy or
 relays the request to the upstream and the answer back, streaming both ways.
-What it owns: framing (h11), deadlines, the connection cap, requests in flight,
-client hang-up, the upstream pool, and one log line per request.
+What it owns: framing (h11), deadlines, client hang-up, and one log line per
+request. Listening, the connection cap and stopping are serve/server.py's.
 
 Rules it keeps (each cites why):
 - an upstream ``1xx`` is never taken for the answer (h11 models interim answers);
@@ -12,28 +12,23 @@ Rules it keeps (each cites why):
 - an upstream body cut short cuts the client's connection: never kept alive;
 - only a safe method without a body is retried on a fresh connection, and only
   when a reused connection failed before any answer (RFC 9110 9.2.1, RFC 9112 9.3.1);
-- a request head must arrive within HEAD_TIMEOUT in total, and at the
-  connection cap the longest-idle connection makes room (slow or idle sockets
-  cannot lock the token holder out).
+- a request head must arrive within HEAD_TIMEOUT in total; until it has, the
+  connection may be closed to make room at the cap (server.py).
 """
 
 import selectors
 import socket
 import ssl
-import threading
 import time
-from collections import OrderedDict
 
 import h11
 
 from .messages import MAX_HEAD_BYTES, REASONS, Answer, Forward, Head, end_to_end, head_problem, request_has_body
-from .upstream import Selector, Upstream, set_timeout
+from .upstream import Selector, set_timeout
 
 HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
 BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
-MAX_CONNECTIONS = 512
-LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
 LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
 
@@ -42,97 +37,10 @@ class ClientGone(Exception):
     """The client hung up or stopped reading: stop, and cut the upstream request."""
 
 
-class UpstreamCut(Exception):
-    """The upstream's answer ended before its framing said it would."""
-
-
-class Server:
-    def __init__(self, address, policy, *, upstream: Upstream | None, log, timeout: float = 300.0,
-                 max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
-                 tls_context: ssl.SSLContext | None = None, prepare_socket=None) -> None:
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        if prepare_socket is not None:
-            prepare_socket(self.sock)
-        self.sock.bind(address)
-        self.sock.listen(LISTEN_BACKLOG)
-        self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()[:2]
-        self.policy, self.upstream, self.log = policy, upstream, log
-        self.timeout, self.verbose, self.tls_context = timeout, verbose, tls_context
-        self.max_connections = max_connections
-        self.slots = threading.BoundedSemaphore(max_in_flight)
-        self.stopping = threading.Event()
-        self.in_flight = 0
-        self._lock = threading.Lock()
-        self._open: set = set()
-        self._idle: OrderedDict = OrderedDict()  # connections waiting for a request head, oldest first
-
-    # -- accepting ---------------------------------------------------------------------------
-
-    def serve_forever(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                sock, peer = self.sock.accept()
-            except (socket.timeout, BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                if self.stopping.is_set():
-                    return
-                time.sleep(0.05)  # out of file descriptors: let others finish
-                continue
-            sock.settimeout(None)
-            # An answer's head and body can leave in separate writes (one per upstream
-            # read): without this, Nagle's algorithm holds the second until the client's
-            # delayed ACK, about 40 ms on Linux (RFC 1122 4.2.3.4, 4.2.3.2).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client = _Client(self, sock)
-            with self._lock:
-                if len(self._open) >= self.max_connections:
-                    victim = next(iter(self._idle), None)
-                    if victim is None:
-                        sock.close()  # every connection is mid-request: refuse this one
-                        continue
-                    del self._idle[victim]
-                    victim.evict()
-                self._open.add(client)
-                self._idle[client] = None
-            threading.Thread(target=client.run, daemon=True).start()
-
-    def idle(self, client, waiting: bool) -> None:
-        with self._lock:
-            if waiting:
-                self._idle[client] = None
-            else:
-                self._idle.pop(client, None)
-
-    def closed(self, client) -> None:
-        with self._lock:
-            self._open.discard(client)
-            self._idle.pop(client, None)
-
-    def stop_accepting(self) -> None:
-        """Stop accepting; connections waiting for a request close now."""
-        self.stopping.set()
-        with self._lock:
-            idle, self._idle = list(self._idle), OrderedDict()
-        for client in idle:
-            client.evict()
-
-    def close(self) -> None:
-        self.sock.close()
-        if self.upstream is not None:
-            self.upstream.close_all()
-
-    def count_in_flight(self, delta: int) -> None:
-        with self._lock:
-            self.in_flight += delta
-
-
-class _Client:
+class ClientConnection:
     """One client connection: requests in order, each answered or relayed."""
 
-    def __init__(self, server: Server, sock: socket.socket) -> None:
+    def __init__(self, server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -562,40 +470,3 @@ def _protocol_message(exc: h11.ProtocolError) -> str:
 
     text = str(exc).split(":", 1)[0] if "bytearray(" in str(exc) else str(exc)
     return printable(text)[:120] or "malformed request"
-
-
-def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reload=None) -> int:
-    """Serve until a stop signal; then stop accepting, let requests in flight
-    finish within ``grace`` seconds, and return 0. ``SIGHUP`` (where it exists)
-    calls ``on_reload`` from this thread, not from the signal handler."""
-    import signal
-
-    stop, reload = threading.Event(), threading.Event()
-    handlers = {sig: (lambda signum, frame: stop.set()) for sig in stop_signals}
-    if on_reload is not None and hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = lambda signum, frame: reload.set()
-    # Handlers can be set only from the main thread (tests may serve from another).
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()} if in_main else {}
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    if ready is not None:
-        ready(server)
-    try:
-        while not stop.wait(0.2):
-            if reload.is_set():
-                reload.clear()
-                on_reload()
-    finally:
-        server.stop_accepting()
-        loop.join(timeout=2)
-        deadline = time.monotonic() + grace
-        while server.in_flight and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if server.in_flight:
-            log(f"stopping with {server.in_flight} request(s) still in flight after {grace:g}s")
-        server.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    log("stopped")
-    return 0
