@@ -1,4 +1,4 @@
-"""Where a served request's time goes: cProfile over an in-process engine.Server.
+"""Where a served request's time goes: cProfile over an in-process server.Server.
 
     python benchmarks/profile_serve.py proxy|gate|auth-only [--seconds S] [--clients N] [--top K]
 
