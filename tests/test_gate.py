@@ -491,3 +491,19 @@ def test_the_gate_keeps_the_connection_alive_after_a_refusal_and_forwards_only_t
     assert sock is not None and conn.sock is sock
     assert local_ollama.unverified_requests == [("GET", target)]
     conn.close()
+
+
+def test_refusals_queued_behind_each_other_get_one_answer_and_the_connection_closes(tmp_path, start_gate, local_ollama):
+    """A client that sends refused requests back to back and never reads them must
+    not hold a connection (and a place at the cap) while the gate writes answers."""
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
+    reply = raw(gate_.port, b"GET /api/tags HTTP/1.1\r\nHost: box\r\n\r\n" * 50)
+    assert reply.count(b"HTTP/1.1 401 ") == 1 and b"\r\nConnection: close\r\n" in reply
+
+
+def test_an_unsigned_health_check_closes_its_connection(tmp_path, start_gate):
+    with KeepAliveServer(ok_answer) as ollama:
+        gate_ = start_gate("--upstream", f"http://{ollama.host}", "--authorized-keys", both_keys_file(tmp_path))
+        reply = raw(gate_.port, b"HEAD / HTTP/1.1\r\nHost: box\r\n\r\n" * 20)
+        time.sleep(0.2)
+    assert reply.count(b"HTTP/1.1 200 ") == 1 and len(ollama.requests) == 1

@@ -542,3 +542,38 @@ def test_the_local_token_exported_as_ollama_api_key_goes_nowhere(run, proxy_env,
     environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY=token)
     result = run(command, environment=environment, timeout=20)
     assert result.code == 3 and token not in result.out + result.err and "local access token" in result.err
+
+
+def test_a_client_gone_at_the_very_end_leaves_the_pooled_upstream_connection_usable(start_proxy):
+    """The upstream connection is pooled before the last write to the client; if
+    that write fails, the connection (now the pool's) must not be closed under it."""
+    import struct
+
+    def slow_answer(head: bytes, body: bytes, index: int) -> bytes:
+        time.sleep(0.5)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    with KeepAliveServer(slow_answer) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}")
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        send(sock, proxy, "GET", "/api/tags")
+        sock.sendall(b"X" * 40000)  # read ahead by the proxy: it stops watching this client
+        time.sleep(0.1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # a reset, before the answer comes
+        time.sleep(1.0)
+        status, _, body = request(proxy, "GET", "/api/ps")
+    assert (status, body) == (200, b"ok")
+
+
+def test_a_malformed_connect_answer_never_shows_the_proxys_bytes(start_proxy, proxy_env):
+    def malformed(conn, head):
+        conn.sendall(b"HTTP/1.1 407 Denied\r\nthis is not a header pw=zq9\r\n\r\n")
+
+    with ScriptedServer(malformed) as forward:
+        environment = dict(proxy_env, HTTPS_PROXY=f"http://bob:zq9@{forward.host}", NO_PROXY="")
+        proxy = start_proxy("--upstream", "https://ollama.com", "--verbose", environment=environment)
+        status, _, body = request(proxy, "POST", "/api/me", b"")
+        proxy.stop()
+    assert status == 502 and "malformed answer to CONNECT" in json.loads(body)["error"]
+    assert "zq9" not in body.decode() and not [line for line in proxy.log if "zq9" in line]

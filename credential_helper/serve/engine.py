@@ -74,8 +74,8 @@ class ClientConnection:
         except Exception as exc:  # a bug must cost one connection, never the server, and no traceback
             self.server.log(f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it")
         finally:
-            self.server.closed(self)
             self._linger()
+            self.server.closed(self)
             try:
                 self.sock.close()
             except OSError:
@@ -88,6 +88,7 @@ class ClientConnection:
         reads it (nginx's lingering_close)."""
         if self.conn.their_state is not h11.SEND_BODY or self.evicted:
             return
+        self.server.idle(self, True)  # still counted at the cap, and the first to make room
         if not isinstance(self.sock, ssl.SSLSocket):
             try:
                 self.sock.shutdown(socket.SHUT_WR)  # the answer is complete: say so
@@ -186,6 +187,11 @@ class ClientConnection:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
         if keep and self.conn.their_state is h11.SEND_BODY:
             keep = self._take_empty_body()
+        if keep and self.conn.trailing_data[0]:
+            # Requests queued behind an answer of our own: a client that sends
+            # refusals back to back and never reads them would hold a connection
+            # (and the cap) for nothing. Front servers send one at a time.
+            keep = False
         written = self._write_answer(answer, head, keep)
         note = answer.message if (self.server.verbose and answer.status >= 400) else None
         shown = head if answer.about is None else Head(*answer.about, head.version, ())
@@ -212,10 +218,12 @@ class ClientConnection:
         if not keep:
             headers.append(("Connection", "close"))
         try:
-            self._send(h11.Response(status_code=answer.status, headers=headers, reason=REASONS.get(answer.status, "")))
+            # An answer of our own is small: a client that does not take it within
+            # HEAD_TIMEOUT is not reading (the relay's writes wait --timeout).
+            self._send(h11.Response(status_code=answer.status, headers=headers, reason=REASONS.get(answer.status, "")), HEAD_TIMEOUT)
             if body:
-                self._send(h11.Data(data=body))
-            self._send(h11.EndOfMessage())
+                self._send(h11.Data(data=body), HEAD_TIMEOUT)
+            self._send(h11.EndOfMessage(), HEAD_TIMEOUT)
         except (ClientGone, h11.LocalProtocolError):
             return -1
         return len(body)
@@ -327,16 +335,21 @@ class ClientConnection:
                     if event.status_code == 101:
                         raise _UpstreamMalformed("the upstream switched protocols, which the client did not ask for")
                     self.status = status = event.status_code
-                    self._send_response_head(event, head)
+                    self._send_response_head(event, head, forward.close)
                 elif isinstance(event, h11.Data):
                     self._queue(h11.Data(data=bytes(event.data)), len(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     # Pooled before the client can see the end: its next request may follow at once.
+                    # From here the connection is the pool's: a client gone now must not close it.
                     self.server.upstream.give_back(up)
                     self._queue(h11.EndOfMessage())
-                    self._flush()
+                    try:
+                        self._flush()
+                    except ClientGone:
+                        self._log(head, status, self.sent, started, who=forward.who, note="client gone")
+                        return False
                     self._log(head, status, self.sent, started, who=forward.who)
-                    return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+                    return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and not forward.close
                 else:  # ConnectionClosed before an answer
                     if status is None:
                         raise _Stale()
@@ -375,12 +388,12 @@ class ClientConnection:
                         raise
                     return data
 
-    def _send_response_head(self, event: h11.Response, head: Head) -> None:
+    def _send_response_head(self, event: h11.Response, head: Head, close: bool = False) -> None:
         headers = end_to_end([(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()])
         length = event.headers and [v for n, v in event.headers if n == b"content-length"]
         if length and not any(n == b"transfer-encoding" for n, _ in event.headers):
             headers.append(("Content-Length", length[0].decode("latin-1")))
-        if self.server.stopping.is_set():
+        if close or self.server.stopping.is_set():
             headers.append(("Connection", "close"))
         from ..sanitize import printable
 
@@ -432,10 +445,10 @@ class ClientConnection:
         self.sent += self._out_body
         self._out_body = 0
 
-    def _send(self, event) -> None:
+    def _send(self, event, timeout: float | None = None) -> None:
         data = self.conn.send(event)
         if data:
-            set_timeout(self.sock, self.server.timeout)
+            set_timeout(self.sock, self.server.timeout if timeout is None else timeout)
             try:
                 self.sock.sendall(data)
             except OSError:

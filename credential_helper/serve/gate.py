@@ -84,7 +84,9 @@ class GatePolicy(_Verifying):
         headers = [(name, value) for name, value in headers if name.lower().replace("_", "-") not in ASSERTED]
         # Ollama checks Host on loopback (server/routes.go allowedHostsMiddleware): name the upstream.
         headers += [("Host", self.upstream_host), *identity_headers(result)]
-        return Forward(head.target, tuple(headers), who=label(result))
+        # An unsigned probe gets one answer per connection: queued probes must not hold request slots.
+        probe = result.name == HEALTH_CHECK_NAME and not result.fingerprint
+        return Forward(head.target, tuple(headers), who=label(result), close=probe)
 
 
 class AuthOnlyPolicy(_Verifying):

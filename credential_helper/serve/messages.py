@@ -61,6 +61,7 @@ class Forward:
     headers: tuple[tuple[str, str], ...]
     secrets: tuple[str, ...] = ()
     who: str | None = None
+    close: bool = False  # the client's connection closes after this answer
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,11 @@ class Upstream:
         sock.sendall(conn.send(h11.EndOfMessage()))
         deadline = time.monotonic() + CONNECT_TIMEOUT
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                # Not shown: the proxy's own bytes can echo its credentials.
+                raise NetworkError(f"the proxy {self.via} ({self.via.variable}) sent a malformed answer to CONNECT") from None
             if event is h11.NEED_DATA:
                 left = deadline - time.monotonic()
                 if left <= 0:
