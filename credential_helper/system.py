@@ -87,6 +87,11 @@ class Posix:
     def too_open(self, info: os.stat_result) -> bool:
         return bool(info.st_mode & 0o077)
 
+    def others_may_write(self, info: os.stat_result) -> bool:
+        # A sticky directory (/tmp) lets others add files but not replace ours.
+        sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+        return bool(info.st_mode & 0o022) and not sticky
+
     def permission_advice(self, path: str) -> str:
         return f"run: chmod 600 {path}"
 
@@ -242,6 +247,9 @@ class Windows:
 
     def too_open(self, info: os.stat_result) -> bool:
         return False  # mode bits mean nothing here; Ollama checks none either
+
+    def others_may_write(self, info: os.stat_result) -> bool:
+        return False  # st_mode reports 0o666 for every writable file; the ACL decides (limitations())
 
     def permission_advice(self, path: str) -> str:
         return f'run: icacls "{path}" /inheritance:r /grant:r "%USERNAME%:F"'
@@ -440,6 +448,12 @@ def is_mine(info: os.stat_result) -> bool:
 def too_open(info: os.stat_result) -> bool:
     """Group or others may read or write it (always False where modes mean nothing)."""
     return current.too_open(info)
+
+
+def others_may_write(info: os.stat_result) -> bool:
+    """Group or others may change it: a file's mode 0o022, or a non-sticky directory's
+    (always False where modes mean nothing)."""
+    return current.others_may_write(info)
 
 
 def permission_advice(path: str) -> str:

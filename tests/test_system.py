@@ -593,3 +593,20 @@ def test_simulated_windows_proxy_starts_serves_and_stops_on_ctrl_c(windows_env, 
             _, log = process.communicate(timeout=20)
     assert process.returncode == 0 and "Traceback" not in log and log.rstrip().endswith("stopped"), log
     assert len(upstream.signed_requests) == 1
+
+
+def test_the_gates_key_file_rules_go_through_the_seam(windows, tmp_path):
+    """Windows reports mode 0o666 for every writable file: checked by mode bits
+    there, the gate would refuse every authorized_keys file. POSIX still refuses it."""
+    from credential_helper.errors import IdentityError
+    from credential_helper.serve.authorized_keys import read_key_file
+
+    path = tmp_path / "authorized_keys"
+    path.write_text("* * * /api/tags\n")
+    os.chmod(tmp_path, 0o777)
+    os.chmod(path, 0o666)
+    data, _ = read_key_file(str(path))  # the Windows implementation is in force (fixture)
+    assert data == b"* * * /api/tags\n"
+    system.current = system.Posix(None)
+    with pytest.raises(IdentityError, match="writable by group or others"):
+        read_key_file(str(path))

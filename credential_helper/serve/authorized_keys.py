@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Callable
 
+from .. import system
 from ..errors import IdentityError
 from ..sanitize import printable
 
@@ -279,9 +280,9 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
 # --- the file on disk ---------------------------------------------------------------------
 
 
-def _owner_ok(uid: int) -> bool:
+def _owner_ok(info: os.stat_result) -> bool:
     # sshd's StrictModes: the user's own file, or root's.
-    return not hasattr(os, "getuid") or uid in (os.getuid(), 0)
+    return system.is_mine(info) or info.st_uid == 0
 
 
 def _directory_problem(path: str) -> str | None:
@@ -292,9 +293,9 @@ def _directory_problem(path: str) -> str | None:
         return f"its directory {directory} does not exist: create it (mkdir -m 700 {directory}) and the file in it"
     except OSError as exc:
         return f"cannot inspect its directory {directory}: {exc.strerror}"
-    if not _owner_ok(info.st_uid):
+    if not _owner_ok(info):
         return f"its directory {directory} belongs to another user (uid {info.st_uid})"
-    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+    if system.others_may_write(info):
         return (f"its directory {directory} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
                 f"run: chmod go-w {directory}")
     return None
@@ -324,9 +325,9 @@ def read_key_file(path: str) -> tuple[bytes, os.stat_result]:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise IdentityError(f"refusing the authorized_keys file {shown}: not a regular file")
-        if not _owner_ok(info.st_uid):
+        if not _owner_ok(info):
             raise IdentityError(f"refusing the authorized_keys file {shown}: it belongs to another user (uid {info.st_uid})")
-        if info.st_mode & 0o022:
+        if system.others_may_write(info):
             raise IdentityError(
                 f"refusing the authorized_keys file {shown}: writable by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {shown}"
