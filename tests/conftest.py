@@ -255,10 +255,10 @@ def proxy_env(env, tmp_path):
 
 @pytest.fixture
 def start_proxy(proxy_env):
-    started: list[RunningProxy] = []
+    started: list[serving.RunningProxy] = []
     processes: list[subprocess.Popen] = []
 
-    def start(*args: str, environment: dict | None = None, token: bool = True) -> RunningProxy:
+    def start(*args: str, environment: dict | None = None, token: bool = True) -> serving.RunningProxy:
         environment = environment or proxy_env
         process = subprocess.Popen(
             [*helper_executable(), "proxy", "--listen", "127.0.0.1:0", *args],

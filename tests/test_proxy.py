@@ -13,12 +13,9 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-from conftest import helper_executable
 from credential_helper.standin import REPLY_WORDS, StandIn
 from faults import CertificateAuthority, ConnectProxy, ScriptedServer, silent
 
