@@ -137,8 +137,10 @@ def read_regular_file(path: str, limit: int) -> bytes | None:
     """
     import stat
 
+    from . import system
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, system.READ_NONBLOCKING)  # O_NONBLOCK | O_NOCTTY where they exist
     except OSError:
         return None
     try:

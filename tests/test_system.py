@@ -3,9 +3,10 @@
 1. The Windows implementation's logic, run here on Linux with msvcrt and
    os.replace replaced by fakes that behave as Microsoft documents them.
 2. The whole installed CLI in a subprocess that looks like Windows to the
-   package: a sitecustomize removes fcntl, O_NOFOLLOW, O_DIRECTORY, os.getuid
-   and os.fchmod, supplies an msvcrt (``_locking`` semantics over flock), and
-   makes system.py choose its Windows implementation.
+   package: tests/platform_surface.py's sitecustomize hides from the package
+   everything typeshed says Windows lacks (fcntl, os.O_NONBLOCK, os.getuid,
+   os.fchmod, select.poll, signal.SIGHUP...), supplies an msvcrt (``_locking``
+   semantics over flock), and makes system.py choose its Windows implementation.
 3. Cache and input rules from issue 14: no entry through a symlink or of
    another user, a lookup checks the directory, erase matches whole names, C1
    controls refused.
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, helper_executable
+from platform_surface import sitecustomize
 from credential_helper import system
 from credential_helper.cache import TokenCache
 from credential_helper.standin import StandIn
@@ -314,46 +316,11 @@ def test_no_platform_check_outside_the_seam():
 
 # --- 2. the whole CLI, with the POSIX-only facilities gone ---------------------------------------
 
-SIMULATION = textwrap.dedent(
-    '''
-    """Windows as the package sees it (written by tests/test_system.py)."""
-    import errno, os, sys, types
-    import fcntl as _fcntl
-
-    def _locking(fd, mode, nbytes):
-        # Microsoft's _locking over flock: LK_NBLCK fails at once with EACCES.
-        if mode == msvcrt.LK_UNLCK:
-            _fcntl.flock(fd, _fcntl.LOCK_UN)
-            return
-        if mode != msvcrt.LK_NBLCK:
-            raise AssertionError("blocking lock mode used")
-        try:
-            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(errno.EACCES, "Permission denied") from None
-
-    msvcrt = types.ModuleType("msvcrt")
-    msvcrt.LK_UNLCK, msvcrt.LK_LOCK, msvcrt.LK_NBLCK = 0, 1, 2
-    msvcrt.locking = _locking
-    sys.modules["msvcrt"] = msvcrt
-    sys.modules["fcntl"] = None  # "import fcntl" now raises ImportError
-    for name in ("O_NOFOLLOW", "O_DIRECTORY", "getuid", "fchmod"):
-        if hasattr(os, name):
-            delattr(os, name)
-    _platform, sys.platform = sys.platform, "win32"
-    try:
-        import credential_helper.system  # chooses its Windows implementation, once
-    finally:
-        sys.platform = _platform
-    '''
-)
-
-
 @pytest.fixture
 def windows_env(env, tmp_path):
     directory = tmp_path / "simulation"
     directory.mkdir()
-    (directory / "sitecustomize.py").write_text(SIMULATION)
+    (directory / "sitecustomize.py").write_text(sitecustomize("win32"))
     return dict(
         env,
         PYTHONPATH=str(directory),
@@ -367,13 +334,15 @@ def windows_cache(windows_env) -> str:
 
 
 def test_the_simulation_is_in_force(windows_env):
+    # The package's own os (system.os) lacks what typeshed says Windows lacks; the
+    # rest of the process keeps Linux's (tests/platform_surface.py).
     probe = (
         "import os, sys, credential_helper.system as s\n"
-        "try:\n    import fcntl\nexcept ImportError:\n    fcntl = None\n"
-        "print(s.current.name, fcntl, [n for n in ('O_NOFOLLOW','O_DIRECTORY','getuid','fchmod') if hasattr(os, n)], sys.platform)\n"
+        "print(s.current.name, [n for n in ('O_NOFOLLOW','O_DIRECTORY','O_NONBLOCK','getuid','fchmod') if hasattr(s.os, n)],"
+        " hasattr(os, 'O_NONBLOCK'), s.selector_class().__name__, sys.platform)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], env=windows_env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["windows", "None", "[]", sys.platform]
+    assert out.split() == ["windows", "[]", "True", "SelectSelector", sys.platform]
 
 
 def test_simulated_windows_get_caches_in_localappdata(run, windows_env, standin):

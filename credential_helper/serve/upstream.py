@@ -15,7 +15,7 @@ import time
 
 import h11
 
-from .. import protocol
+from .. import protocol, system
 from ..errors import NetworkError
 
 CONNECT_TIMEOUT = 10.0
@@ -23,10 +23,8 @@ MAX_IDLE_UPSTREAM = 32
 MAX_IDLE_SECONDS = 20.0  # servers drop idle connections; do not find out mid-request
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head
 
-# poll(2) where the system has it: any fd number (select() fails above 1024) and,
-# unlike epoll or kqueue, no kernel object to create, register with and close on
-# every use (three system calls per request saved, each a GIL hand-off).
-Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
+# poll(2) where the system has it, select() on Windows (system.selector_class says why).
+Selector = system.selector_class()
 
 
 def set_timeout(sock: socket.socket, seconds: float) -> None:
