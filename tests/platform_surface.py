@@ -137,9 +137,13 @@ def absent(platform: str, modules: set[str] | None = None) -> tuple[dict[str, li
 # Windows build: open flags that mean nothing to Linux's open(2) are 0 here (O_BINARY,
 # O_NOINHERIT); SIGBREAK is 21 (MSVC signal.h), CTRL_C_EVENT 0 and CTRL_BREAK_EVENT 1
 # (wincon.h). On Linux 21 is SIGTTIN: sending it is this simulation's Ctrl+Break.
+# The package's sockets take SO_EXCLUSIVEADDRUSE (a no-op here) and refuse
+# SO_REUSEADDR, which on Windows lets another process bind the same port.
 WINDOWS_VALUES = {
     "os": {"O_BINARY": 0, "O_NOINHERIT": 0, "O_TEMPORARY": 0, "O_SHORT_LIVED": 0, "O_SEQUENTIAL": 0, "O_RANDOM": 0, "O_TEXT": 0},
     "signal": {"SIGBREAK": 21, "CTRL_C_EVENT": 0, "CTRL_BREAK_EVENT": 1},
+    # winsock2.h: #define SO_EXCLUSIVEADDRUSE ((int)(~SO_REUSEADDR)), SO_REUSEADDR being 4 there.
+    "socket": {"SO_EXCLUSIVEADDRUSE": -5},
 }
 
 _RUNTIME = '''
@@ -225,6 +229,16 @@ def _view(module):
             extra.update({f: _no_proc(getattr(os, f)) for f in ("open", "stat", "lstat", "listdir", "scandir")})
         if _PLATFORM == "win32" and name == "select":
             extra["select"] = _windows_select(module.select)
+        if _PLATFORM == "win32" and name == "socket":
+            class socket(module.socket):
+                def setsockopt(self, level, option, *value):
+                    if level == module.SOL_SOCKET and option == module.SO_REUSEADDR:
+                        raise AssertionError("SO_REUSEADDR on Windows lets another process bind the port")
+                    if level == module.SOL_SOCKET and option == -5:
+                        return None
+                    return super().setsockopt(level, option, *value)
+
+            extra["socket"] = socket
         if name == "selectors":
             # DefaultSelector is epoll here, which neither system has; on Windows it is
             # SelectSelector, whose _select there passes the write set as the except set

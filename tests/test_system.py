@@ -22,7 +22,6 @@ import socket
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -510,58 +509,6 @@ def test_doctor_names_the_platform_and_what_cannot_hold(run, env, windows_env):
     assert simulated["status"] == "warn" and simulated["detail"].startswith(f"windows: cache {windows_cache(windows_env)}")
     assert "ACL" in simulated["detail"]
     assert "SSL_CERT_FILE" in platform(dict(env, SSL_CERT_FILE="/nonexistent.pem"))["detail"]
-
-
-SOCKET_SIMULATION = textwrap.dedent(
-    '''
-    import socket as _socket
-
-    # Windows's SO_EXCLUSIVEADDRUSE (~SO_REUSEADDR there); Linux knows no such option,
-    # so the simulation accepts it and refuses SO_REUSEADDR, which Windows must never get.
-    _socket.SO_EXCLUSIVEADDRUSE = -5
-    _setsockopt = _socket.socket.setsockopt
-
-    def _checked(self, level, option, *value):
-        if level == _socket.SOL_SOCKET and option == _socket.SO_REUSEADDR:
-            raise AssertionError("SO_REUSEADDR on Windows lets another process bind the port")
-        if level == _socket.SOL_SOCKET and option == -5:
-            return None
-        return _setsockopt(self, level, option, *value)
-
-    _socket.socket.setsockopt = _checked
-    '''
-)
-
-
-def test_simulated_windows_proxy_starts_serves_and_stops_on_ctrl_c(windows_env, tmp_path, public_line):
-    """Issue 16: the proxy's token file under %APPDATA%, an exclusive listening
-    socket, and a drain on Ctrl+C (SIGINT) on Windows, with POSIX facilities gone."""
-    import signal as signal_module
-    import urllib.request
-
-    from conftest import helper_executable
-
-    simulation = Path(windows_env["PYTHONPATH"]) / "sitecustomize.py"
-    simulation.write_text(simulation.read_text() + SOCKET_SIMULATION)
-    with StandIn() as upstream:
-        upstream.authorize(public_line("ed25519-a"))
-        process = subprocess.Popen([*helper_executable(), "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url],
-                                   env=windows_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            first = process.stderr.readline()
-            assert first.startswith("listening on http://127.0.0.1:"), first + (process.stderr.read() if process.poll() is not None else "")
-            port = int(first.split()[2].rsplit(":", 1)[1])
-            token_file = Path(windows_env["APPDATA"]) / "ollama-credential-helper" / "proxy-token"
-            token = token_file.read_text().strip()
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/me", data=b"", method="POST",
-                                             headers={"Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                assert response.status == 200
-        finally:
-            process.send_signal(signal_module.SIGINT)
-            _, log = process.communicate(timeout=20)
-    assert process.returncode == 0 and "Traceback" not in log and log.rstrip().endswith("stopped"), log
-    assert len(upstream.signed_requests) == 1
 
 
 def test_the_gates_key_file_rules_go_through_the_seam(windows, tmp_path):
