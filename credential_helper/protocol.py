@@ -508,8 +508,10 @@ def _parse_json_input(text: str) -> ChallengeInput:
         data = json.loads(text)
     except RecursionError:
         raise InputError("the JSON on standard input is nested too deeply") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise InputError(f"standard input is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except ValueError:  # not a JSONDecodeError: an integer past sys.get_int_max_str_digits() (3.11+)
+        raise InputError("standard input holds a number too long to read") from None
     if not isinstance(data, dict):
         raise InputError("the JSON on standard input must be an object")
     fields = {}
