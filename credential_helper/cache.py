@@ -17,11 +17,16 @@ Every number in an entry is checked on the way in (a bad one is a miss).
 Kept lean on purpose: a cache hit must not import cryptography or urllib3.
 """
 
+from __future__ import annotations
 
 import json
 import os
 import stat
 import time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
+if TYPE_CHECKING:
+    from typing import TypeGuard
 
 from . import system
 from .protocol import is_header_token
@@ -30,9 +35,9 @@ try:  # the builtin SHA-256; hashlib would load OpenSSL (~10 ms) on the hit path
     from _sha256 import sha256
 except ImportError:  # pragma: no cover - Python 3.12+ renamed it
     try:
-        from _sha2 import sha256  # type: ignore[no-redef]
+        from _sha2 import sha256
     except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef]
+        from hashlib import sha256
 
 APP_DIR = "ollama-credential-helper"
 ENTRY_SUFFIX = ".json"
@@ -113,7 +118,7 @@ def open_own_file(path: str, flags: int, mode: int = 0o600) -> int | None:
     return system.open_own_file(path, flags, mode)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -4,6 +4,7 @@ The only module that prints or exits. Every failure becomes one stderr line
 starting ``ollama-credential-helper: `` and the exit status of its error class.
 """
 
+from __future__ import annotations
 
 import json
 import os
@@ -16,6 +17,17 @@ from .errors import EXIT_INTERNAL, EXIT_OK, HelperError, InputError, OutputError
 PROG = "ollama-credential-helper"
 MAX_STDIN_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
+
+# typing.TYPE_CHECKING without importing typing (a cache hit never needs it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    from .cache import TokenCache
+
+    Log = Callable[[str], None]
 
 
 class _Verbose:
@@ -58,22 +70,22 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The full parser. Imported lazily: argparse costs a cache hit ~10 ms."""
     import argparse
 
     class _Parser(argparse.ArgumentParser):
         """Usage errors as one line and exit status 2."""
 
-        def error(self, message: str):  # type: ignore[override]
+        def error(self, message: str) -> NoReturn:
             raise InputError(f"{message} (see '{self.prog} --help')")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--identity", metavar="FILE", help="the Ed25519 private key (default: ~/.ollama/id_ed25519)")
     common.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
-    network = argparse.ArgumentParser(add_help=False)
+    network = _Parser(add_help=False)
     network.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)")
-    challenged = argparse.ArgumentParser(add_help=False)
+    challenged = _Parser(add_help=False)
     challenged.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
 
     parser = _Parser(
@@ -171,7 +183,7 @@ def build_parser():
     proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
     proxy.set_defaults(func=cmd_proxy)
 
-    verbose_only = argparse.ArgumentParser(add_help=False)
+    verbose_only = _Parser(add_help=False)
     verbose_only.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
     gate = commands.add_parser(
         "gate",
@@ -321,8 +333,8 @@ def _serve_cache_hit(args: list[str]) -> bool:
     try:
         parsed = protocol.parse_challenge_input(read_stdin())
         host = options.get("host")
-        if parsed.url is not None or (host is not None and parsed.host not in (None, host)):
-            return False
+        if parsed.challenge is None or (host is not None and parsed.host not in (None, host)):
+            return False  # a URL to fetch its challenge from, or a --host conflict
         token = client.cached_token(
             parsed.challenge, host=host or parsed.host, identity=options.get("identity"), cache=TokenCache()
         )
@@ -362,7 +374,7 @@ def _read_stdin_once() -> str:
         raise InputError(f"standard input is not valid UTF-8 (byte {exc.start})") from None
 
 
-def _cache_for(args):
+def _cache_for(args: argparse.Namespace) -> TokenCache | None:
     if getattr(args, "no_cache", False) or getattr(args, "dry_run", False):
         return None
     from .cache import TokenCache
@@ -370,7 +382,7 @@ def _cache_for(args):
     return TokenCache()
 
 
-def cmd_get(args, log) -> int:
+def cmd_get(args: argparse.Namespace, log: Log) -> int:
     from . import client
 
     if args.no_cache and args.refresh:
@@ -379,6 +391,7 @@ def cmd_get(args, log) -> int:
     log(f"read {len(text)} characters on stdin")
     deadline = time.monotonic() + args.timeout  # --timeout bounds the whole command
     parsed = client.resolve_input(text, host=args.host, timeout=args.timeout)
+    assert parsed.challenge is not None  # resolve_input fetched a URL's
     result = client.get_token(
         parsed.challenge,
         host=parsed.host,
@@ -394,7 +407,7 @@ def cmd_get(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_sign(args, log) -> int:
+def cmd_sign(args: argparse.Namespace, log: Log) -> int:
     from . import client
 
     if args.method is not None and args.url is None:
@@ -418,7 +431,7 @@ def cmd_sign(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_erase(args, log) -> int:
+def cmd_erase(args: argparse.Namespace, log: Log) -> int:
     from . import client
     from .cache import TokenCache
     from .errors import KeyNotFoundError
@@ -437,12 +450,13 @@ def cmd_erase(args, log) -> int:
     except KeyNotFoundError:
         log("no identity, so nothing can be cached for it")
         return EXIT_OK
+    assert parsed.challenge is not None  # resolve_input fetched a URL's
     cache.erase(client.cache_key_for(parsed.challenge, key_bytes))
     log("erased the entry for this challenge and identity")
     return EXIT_OK
 
 
-def cmd_key(args, log) -> int:
+def cmd_key(args: argparse.Namespace, log: Log) -> int:
     from . import account
 
     if args.generate:
@@ -465,7 +479,7 @@ def cmd_key(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_whoami(args, log) -> int:
+def cmd_whoami(args: argparse.Namespace, log: Log) -> int:
     from . import account
 
     who = account.whoami(os.environ.get("OLLAMA_CLOUD_BASE_URL"), identity=args.identity, timeout=args.timeout, log=log)
@@ -478,7 +492,7 @@ def cmd_whoami(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_proxy(args, log) -> int:
+def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
     from .identity import default_identity_path
     from .serve import commands, sign
 
@@ -504,7 +518,7 @@ def cmd_proxy(args, log) -> int:
     )
 
 
-def cmd_gate(args, log) -> int:
+def cmd_gate(args: argparse.Namespace, log: Log) -> int:
     from .serve import commands
 
     return commands.serve_gate(
@@ -522,7 +536,7 @@ def cmd_gate(args, log) -> int:
     )
 
 
-def cmd_doctor(args, log) -> int:
+def cmd_doctor(args: argparse.Namespace, log: Log) -> int:
     from . import doctor
 
     checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)

@@ -176,6 +176,7 @@ def get_token(
         if dry_run:
             return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
         return Token(api_key, None, "api_key")
+    assert key_bytes is not None  # load_credential gives the key or the API key
 
     problem = cache.problem(create=True) if cache is not None and not dry_run else None
     if problem is not None:
@@ -442,6 +443,7 @@ def sign_request(
         key_bytes, api_key = _key_or_api_key(key_path, parsed)
         if api_key is not None:
             return SignedRequest(method.upper(), url, f"Bearer {api_key}", None, "api_key")
+        assert key_bytes is not None  # load_credential gives the key or the API key
         identity = parse_private_key(key_bytes, key_path)
     plan, authorization = sign_parsed(method, parsed, identity, ts)
     return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")

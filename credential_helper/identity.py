@@ -122,6 +122,7 @@ def parse_private_key(data: bytes, path: str = "<memory>") -> Identity:
 
     if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data:
         raise _encrypted(path)
+    key: object
     try:
         if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
             key = serialization.load_ssh_private_key(data, password=None)

@@ -9,8 +9,13 @@ Values.Encode, QueryEscape), because Ollama builds and signs its URLs with it;
 Python's ``urllib.parse`` normalises differently and would sign other bytes.
 """
 
+from __future__ import annotations
 
 from .errors import InputError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
+if TYPE_CHECKING:
+    from typing import TypeGuard
 
 # server/auth.go signs "GET,<url>,<digest>" where <digest> is the standard base64 of
 # the lower-case hex SHA-256 of the empty request body. A literal, so that the
@@ -46,7 +51,7 @@ def check_text(value: str, what: str, *, allow_tab: bool = False) -> str:
     return value
 
 
-def is_header_token(token: object) -> bool:
+def is_header_token(token: object) -> TypeGuard[str]:
     """A credential that can go into ``Authorization: Bearer <token>`` as is:
     non-empty, visible ASCII only (RFC 9110 field-value, no space or control)."""
     return isinstance(token, str) and bool(token) and all(0x21 <= ord(ch) <= 0x7E for ch in token)

@@ -240,6 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(404, {"error": "not found"})
         self.state.request_headers.append(list(self.headers.items()))
         query = parse_qs(target.query, keep_blank_values=True)
+        account: dict[str, str] | None
         if not self.state.verify_signatures:
             account = {"name": "local", "email": "", "plan": "local"}
             self.state.unverified_requests.append((method, self.path))
@@ -281,7 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            return self.wfile.write(data)
+            self.wfile.write(data)
+            return
         if route == ("POST", "/api/web_fetch"):
             return self._send(200, {"title": "Stand-in", "content": request.get("url", ""), "links": []})
         if method == "POST" and target.path.startswith("/api/"):

@@ -132,6 +132,7 @@ class KeylessCore:
             policy.check_api_key_destination(url)
             return url_text, None, f"Bearer {credential.api_key}"
         url = protocol.parse_url(url_text)
+        assert credential.identity is not None  # no API key: the key file's identity
         plan, authorization = client.sign_parsed(method, url, credential.identity)
         if not self._warned:
             self._warned = True  # once per adapter
@@ -218,7 +219,9 @@ class KeylessCore:
             raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange") from None
 
     def prepare_exchange(self, challenge, realm: protocol.URL, clock_offset: float) -> TokenCall:
-        request, authorization = client.prepare_exchange(challenge, realm, self.credential().identity, clock_offset)
+        identity = self.credential().identity
+        assert identity is not None  # only asked for when there is no API key
+        request, authorization = client.prepare_exchange(challenge, realm, identity, clock_offset)
         return TokenCall(request.token_url, request.url.request_target, request.host_header, authorization)
 
     def finish_exchange(self, key: str, realm: protocol.URL, call: TokenCall, answer: Response, attempt: int, note: str):
@@ -264,6 +267,7 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
         core.check_not_proxied(url_text, "OLLAMA_API_KEY")
         yield ("retry", f"Bearer {credential.api_key}")
         return
+    assert credential.key_bytes is not None  # no API key: the key file's bytes
     key = client.cache_key_for(challenge, credential.key_bytes)
     core.check_not_proxied(url_text, "a token")
     token, from_cache = yield from _obtain(core, key, challenge, realm)

@@ -242,7 +242,7 @@ def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | N
             return None, None, None, f"the name is longer than {MAX_NAME_CHARS} characters"
         if not all("!" <= ch <= "~" for ch in name):
             return None, None, None, "the name holds control or non-ASCII characters (it is sent as a header)"
-    endpoints = frozenset({"*"})
+    endpoints: frozenset[str] | None = frozenset({"*"})
     if len(parts) == 4 and parts[3] != "":
         endpoints, problem = _parse_endpoints(parts[3])
         if problem is not None:

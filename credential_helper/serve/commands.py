@@ -1,11 +1,21 @@
 """Starting ``proxy`` and ``gate``: parse what the command line gave, build the
 policy and the engine, serve until a stop signal. The CLI calls only these."""
 
+from __future__ import annotations
+
 import sys
 import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .. import policy, system
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..protocol import URL
+    from .server import Server
 
 DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
 DEFAULT_GATE_PORT = 11435
@@ -28,7 +38,7 @@ def shown_base(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def make_log():
+def make_log() -> Callable[[str], None]:
     lock = threading.Lock()
 
     def log(line: str) -> None:
@@ -40,8 +50,8 @@ def make_log():
 
 
 def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
-                require_token: bool, allow_origins, timeout: float, max_in_flight: int, grace: float,
-                verbose: bool, ready=None) -> int:
+                require_token: bool, allow_origins: Iterable[str] | None, timeout: float, max_in_flight: int, grace: float,
+                verbose: bool, ready: Callable[[Server], None] | None = None) -> int:
     from . import server as server_module, sign
     from .upstream import Upstream
 
@@ -69,7 +79,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
-               grace: float, verbose: bool, ready=None) -> int:
+               grace: float, verbose: bool, ready: Callable[[Server], None] | None = None) -> int:
     from . import gate, server as server_module
     from .authorized_keys import KeyFile, default_path
 
@@ -85,10 +95,10 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
-    context = _server_tls(tls_cert, tls_key) if tls_cert is not None else None
+    context = _server_tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     log = make_log()
     path = authorized_keys or default_path()
-    early: list[str] = []  # warnings of the first read, shown after the listening line
+    early: list[str] | None = []  # warnings of the first read, shown after the listening line
 
     def warn(text: str) -> None:
         if early is not None:
@@ -97,26 +107,29 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
             log(f"warning: {text}")
 
     keys = KeyFile(path, warn, lambda new: log(f"reloaded {path}: {len(new)} key line(s)"))  # IdentityError (exit 3) when unusable
+    decider: gate.AuthOnlyPolicy | gate.GatePolicy
     if auth_only:
         decider = gate.AuthOnlyPolicy(keys, max_skew)
     else:
         from .upstream import Upstream
 
+        assert upstream_url is not None  # parsed above unless --auth-only
         upstream = Upstream(upstream_url, timeout)
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
     server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
     mode = "forward auth" if auth_only else f"upstream {upstream_url}"
-    log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
+    host, port = server.address
+    log(f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
-    shown, early = early, None
+    shown, early = early or [], None
     for text in shown:
         log(f"warning: {text}")
 
     return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
 
 
-def _gate_upstream(text: str):
+def _gate_upstream(text: str) -> URL:
     """Ollama's address: a scheme and host. Ollama's client signs paths without any
     base path of OLLAMA_HOST (api/client.go), so a gate cannot sit under one."""
     from .. import protocol
@@ -128,7 +141,7 @@ def _gate_upstream(text: str):
     return protocol.URL(url.scheme, url.host, "", "")
 
 
-def _server_tls(cert: str, key: str):
+def _server_tls(cert: str, key: str) -> ssl.SSLContext:
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

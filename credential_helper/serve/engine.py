@@ -16,15 +16,22 @@ Rules it keeps (each cites why):
   connection may be closed to make room at the cap (server.py).
 """
 
+from __future__ import annotations
+
 import selectors
 import socket
 import ssl
 import time
+from typing import TYPE_CHECKING
 
 import h11
 
 from .messages import MAX_HEAD_BYTES, REASONS, Answer, Forward, Head, end_to_end, head_problem, request_has_body
 from .upstream import Selector, set_timeout
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .upstream import Connection
 
 HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
@@ -40,13 +47,13 @@ class ClientGone(Exception):
 class ClientConnection:
     """One client connection: requests in order, each answered or relayed."""
 
-    def __init__(self, server, sock: socket.socket) -> None:
+    def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
-        self.status = None  # the status of the answer being relayed, once its head went out
+        self.status: int | None = None  # the status of the answer being relayed, once its head went out
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
 
@@ -230,6 +237,7 @@ class ClientConnection:
 
     def _relay(self, head: Head, forward: Forward, started: float) -> bool:
         upstream = self.server.upstream
+        assert upstream is not None  # only a policy with an upstream forwards (--auth-only answers all)
         has_body = request_has_body(head)
         headers = list(forward.headers)
         length = head.get("content-length")
@@ -267,7 +275,7 @@ class ClientConnection:
     def _request_read(self) -> bool:
         return self.conn.their_state is h11.DONE or self.conn.their_state is h11.MUST_CLOSE
 
-    def _send_body(self, up) -> None:
+    def _send_body(self, up: Connection) -> None:
         """The client's request body to the upstream as it arrives."""
         if self._request_read():  # a retry: the body (none) was read before
             up.send(h11.EndOfMessage())
@@ -300,7 +308,7 @@ class ClientConnection:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise _Stale() from exc
 
-    def _answer_from(self, up, head: Head, forward: Forward, started: float, secrets) -> bool:
+    def _answer_from(self, up: Connection, head: Head, forward: Forward, started: float, secrets: tuple[str, ...]) -> bool:
         """Relay the upstream's answer; True when both connections may carry another request."""
         self.sent = 0
         self.status = status = None
@@ -341,21 +349,22 @@ class ClientConnection:
                 elif isinstance(event, h11.EndOfMessage):
                     # Pooled before the client can see the end: its next request may follow at once.
                     # From here the connection is the pool's: a client gone now must not close it.
+                    assert self.server.upstream is not None  # it is relaying (see _relay)
                     self.server.upstream.give_back(up)
                     self._queue(h11.EndOfMessage())
                     try:
                         self._flush()
                     except ClientGone:
-                        self._log(head, status, self.sent, started, who=forward.who, note="client gone")
+                        self._log(head, status or "-", self.sent, started, who=forward.who, note="client gone")
                         return False
-                    self._log(head, status, self.sent, started, who=forward.who)
+                    self._log(head, status or "-", self.sent, started, who=forward.who)
                     return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and not forward.close
                 else:  # ConnectionClosed before an answer
                     if status is None:
                         raise _Stale()
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
 
-    def _wait_upstream(self, up, selector, before_answer: bool) -> bytes | None:
+    def _wait_upstream(self, up: Connection, selector: selectors.BaseSelector, before_answer: bool) -> bytes | None:
         """The next bytes from the upstream, watching the client for a hang-up meanwhile."""
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
             return up.sock.recv(65536)
@@ -400,17 +409,17 @@ class ClientConnection:
         reason = printable(event.reason.decode("latin-1"))[:100]
         self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
 
-    def _cut(self, up, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
+    def _cut(self, up: Connection, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
         up.close()
         self._flush()  # what did arrive, then the connection closes
         self._log(head, status, self.sent, started, who=forward.who, note=why)
         return False  # the client's connection closes mid-answer: it sees a cut message
 
-    def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets, forward: Forward) -> bool:
+    def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets: tuple[str, ...], forward: Forward) -> bool:
         if self.conn.our_state is not h11.SEND_RESPONSE and self.conn.our_state is not h11.IDLE:
             self._log(head, "-", self.sent, started, who=forward.who, note="upstream failed mid-answer")
             return False
-        where = self.server.upstream.url.host
+        where = self.server.upstream.url.host if self.server.upstream is not None else "-"
         if isinstance(exc, (socket.timeout, TimeoutError)):
             answer = Answer(504, f"the upstream {where} did not answer in time", who=forward.who)
         elif isinstance(exc, _UpstreamMalformed):
@@ -429,7 +438,7 @@ class ClientConnection:
 
     # -- writing and logging ---------------------------------------------------------------------
 
-    def _queue(self, event, body_bytes: int = 0) -> None:
+    def _queue(self, event: h11.Event, body_bytes: int = 0) -> None:
         """Batch what is ready for the client (one write per upstream read)."""
         self._out += self.conn.send(event) or b""
         self._out_body += body_bytes
@@ -445,7 +454,7 @@ class ClientConnection:
         self.sent += self._out_body
         self._out_body = 0
 
-    def _send(self, event, timeout: float | None = None) -> None:
+    def _send(self, event: h11.Event, timeout: float | None = None) -> None:
         data = self.conn.send(event)
         if data:
             set_timeout(self.sock, self.server.timeout if timeout is None else timeout)
@@ -454,7 +463,7 @@ class ClientConnection:
             except OSError:
                 raise ClientGone() from None
 
-    def _log(self, head: Head, status, size: int, started: float, who: str | None = None, note: str | None = None) -> None:
+    def _log(self, head: Head, status: int | str, size: int, started: float, who: str | None = None, note: str | None = None) -> None:
         from ..sanitize import printable
 
         milliseconds = (time.monotonic() - started) * 1000

@@ -7,8 +7,11 @@ the refusal, for nginx ``auth_request``, Caddy ``forward_auth`` and Traefik
 ``ForwardAuth``, which read the method and target from headers they set.
 """
 
+from __future__ import annotations
+
 import functools
 import time
+from collections.abc import Callable, Iterable
 
 from ..sanitize import printable
 from .authorized_keys import KeyFile
@@ -54,10 +57,10 @@ def label(admitted: Admitted) -> str:
 
 
 class _Verifying:
-    def __init__(self, keys: KeyFile, max_skew: float, clock=time.time) -> None:
+    def __init__(self, keys: KeyFile, max_skew: float, clock: Callable[[], float] = time.time) -> None:
         self.keys, self.max_skew, self.clock = keys, max_skew, clock
 
-    def check(self, method: str, target: str, headers) -> Admitted | Refused:
+    def check(self, method: str, target: str, headers: Iterable[tuple[str, str]]) -> Admitted | Refused:
         authorization = authorization_header(list(headers))
         if isinstance(authorization, Refused):
             return authorization
@@ -68,7 +71,7 @@ class GatePolicy(_Verifying):
     """Reverse proxy: verify the request as received, forward it unchanged but
     for Host, without Authorization, with who it is from."""
 
-    def __init__(self, keys: KeyFile, max_skew: float, upstream_host: str, clock=time.time) -> None:
+    def __init__(self, keys: KeyFile, max_skew: float, upstream_host: str, clock: Callable[[], float] = time.time) -> None:
         super().__init__(keys, max_skew, clock)
         self.upstream_host = upstream_host
 

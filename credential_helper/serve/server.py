@@ -2,23 +2,36 @@
 and a graceful stop. Each accepted connection is an engine.ClientConnection on
 its own thread."""
 
+from __future__ import annotations
+
 import socket
 import ssl
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from .engine import ClientConnection
+from .messages import Answer, Forward, Head
 from .upstream import Upstream
+
+
+class Policy(Protocol):
+    """What decides each request (sign.SigningPolicy, gate.GatePolicy, gate.AuthOnlyPolicy)."""
+
+    def decide(self, head: Head) -> Forward | Answer: ...
 
 MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 
 
 class Server:
-    def __init__(self, address, policy, *, upstream: Upstream | None, log, timeout: float = 300.0,
-                 max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
-                 tls_context: ssl.SSLContext | None = None, prepare_socket=None) -> None:
+    policy: Policy  # None at construction when it needs the bound port: set before run()
+
+    def __init__(self, address: tuple[str, int], policy: Policy | None, *, upstream: Upstream | None, log: Callable[[str], None],
+                 timeout: float = 300.0, max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
+                 tls_context: ssl.SSLContext | None = None, prepare_socket: Callable[[socket.socket], None] | None = None) -> None:
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         if prepare_socket is not None:
@@ -26,16 +39,18 @@ class Server:
         self.sock.bind(address)
         self.sock.listen(LISTEN_BACKLOG)
         self.sock.settimeout(0.2)
-        self.address = self.sock.getsockname()[:2]
-        self.policy, self.upstream, self.log = policy, upstream, log
+        self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        if policy is not None:
+            self.policy = policy
+        self.upstream, self.log = upstream, log
         self.timeout, self.verbose, self.tls_context = timeout, verbose, tls_context
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_in_flight)
         self.stopping = threading.Event()
         self.in_flight = 0
         self._lock = threading.Lock()
-        self._open: set = set()
-        self._idle: OrderedDict = OrderedDict()  # connections waiting for a request head, oldest first
+        self._open: set[ClientConnection] = set()
+        self._idle: OrderedDict[ClientConnection, None] = OrderedDict()  # connections waiting for a request head, oldest first
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -68,14 +83,14 @@ class Server:
                 self._idle[client] = None
             threading.Thread(target=client.run, daemon=True).start()
 
-    def idle(self, client, waiting: bool) -> None:
+    def idle(self, client: ClientConnection, waiting: bool) -> None:
         with self._lock:
             if waiting:
                 self._idle[client] = None
             else:
                 self._idle.pop(client, None)
 
-    def closed(self, client) -> None:
+    def closed(self, client: ClientConnection) -> None:
         with self._lock:
             self._open.discard(client)
             self._idle.pop(client, None)
@@ -98,7 +113,8 @@ class Server:
             self.in_flight += delta
 
 
-def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reload=None) -> int:
+def run(server: Server, *, grace: float, log: Callable[[str], None], stop_signals: Iterable[int],
+        ready: Callable[[Server], None] | None = None, on_reload: Callable[[], None] | None = None) -> int:
     """Serve until a stop signal; then stop accepting, let requests in flight
     finish within ``grace`` seconds, and return 0. ``SIGHUP`` (where it exists)
     calls ``on_reload`` from this thread, not from the signal handler."""
@@ -119,7 +135,8 @@ def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reloa
         while not stop.wait(0.2):
             if reload.is_set():
                 reload.clear()
-                on_reload()
+                if on_reload is not None:  # always: reload is set only then
+                    on_reload()
     finally:
         server.stop_accepting()
         loop.join(timeout=2)
