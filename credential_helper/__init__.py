@@ -39,8 +39,16 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:  # what __getattr__ gives, as the type checker should see it
+    from .cache import TokenCache
+    from .client import SignedRequest, Token, fetch_challenge, get_token, resolve_input, sign_request
+    from .errors import HelperError, IdentityError, InputError, KeyNotFoundError, NetworkError, RealmRefusedError, ServerRefusedError
+    from .identity import Identity, load_identity
+    from .protocol import Challenge, parse_www_authenticate
 
-def __getattr__(name: str):
+
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'credential_helper' has no attribute {name!r}")

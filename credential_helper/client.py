@@ -5,6 +5,7 @@ raises only :class:`~credential_helper.errors.HelperError` subclasses, and
 returns objects whose ``repr`` hides every secret.
 """
 
+from __future__ import annotations
 
 import os
 import time
@@ -13,6 +14,14 @@ from . import policy, protocol
 from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
 from .errors import InputError, KeyNotFoundError, NetworkError, ServerRefusedError
 from .identity import Identity, api_key_from_env, default_identity_path, parse_private_key, read_key_file
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .response import Response
+
+    Log = Callable[[str], None]
 
 # Ollama servers explain refusals in the body; show this much of it.
 BODY_EXCERPT_CHARS = 200
@@ -154,7 +163,7 @@ def get_token(
     cache: TokenCache | None = None,
     refresh: bool = False,
     dry_run: bool = False,
-    log=None,
+    log: Log | None = None,
 ) -> Token | DryRun:
     """Exchange a Bearer challenge for a token (scheme 1, server/auth.go).
 
@@ -245,7 +254,7 @@ def _key_or_api_key(key_path: str, destination: protocol.URL) -> tuple[bytes | N
     return key_bytes, api_key
 
 
-def _key_path(identity) -> str:
+def _key_path(identity: str | os.PathLike[str] | None) -> str:
     return os.fspath(identity) if identity is not None else default_identity_path()
 
 
@@ -277,7 +286,8 @@ class _Exchanged:
         self.token, self.expires_at, self.lifetime = token, expires_at, lifetime
 
 
-def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> _Exchanged:
+def _exchange(challenge: protocol.Challenge, realm: protocol.URL, ident: Identity, nonce: str | None, timeout: float,
+              log: Log) -> _Exchanged:
     from . import transport
 
     deadline = time.monotonic() + timeout
@@ -315,14 +325,15 @@ def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def prepare_exchange(challenge, realm, ident: Identity, clock_offset: float = 0.0, nonce: str | None = None):
+def prepare_exchange(challenge: protocol.Challenge, realm: protocol.URL, ident: Identity, clock_offset: float = 0.0,
+                     nonce: str | None = None) -> tuple[protocol.TokenRequest, str]:
     """The signed token request (server/auth.go): (TokenRequest, Authorization value)."""
     ts = int(time.time() + clock_offset)
     request = protocol.build_token_request(challenge, realm, ts, nonce or _new_nonce())
     return request, ident.sign(request.signed_data)
 
 
-def skew_to_correct(response) -> float | None:
+def skew_to_correct(response: Response) -> float | None:
     """A 401 whose plausible Date is more than the tolerance off: the offset to retry with."""
     if response.status != 401:
         return None
@@ -337,14 +348,14 @@ def skew_note(skew: float, host: str) -> str:
     )
 
 
-def with_note(exc, note: str):
+def with_note(exc: NetworkError | ServerRefusedError, note: str) -> NetworkError | ServerRefusedError:
     """The same error with ``note`` appended: one stderr line, never two."""
     if not note:
         return exc
     return type(exc)(f"{exc}{note}", getattr(exc, "status", None))
 
 
-def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
+def raise_for_status(response: Response, where: str, what: str, hint: str = "") -> None:
     """5xx and other non-2xx answers: NetworkError (exit 4); 4xx: ServerRefusedError (exit 1).
 
     The message quotes the status, the reason phrase and a short excerpt of the
@@ -365,7 +376,7 @@ def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
     raise NetworkError(f"{where} answered {status} {reason} to {what}", status)
 
 
-def read_token_response(response, where: str) -> _Exchanged:
+def read_token_response(response: Response, where: str) -> _Exchanged:
     status = response.status
     raise_for_status(response, where, "the token request", _refusal_hint(status))
     body = response.json_object(where)
@@ -449,7 +460,7 @@ def sign_request(
     return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")
 
 
-def sign_parsed(method: str, url: protocol.URL, identity: Identity, ts: int | None = None):
+def sign_parsed(method: str, url: protocol.URL, identity: Identity, ts: int | None = None) -> tuple[protocol.SignedRequestPlan, str]:
     """Scheme 2 for a parsed URL: (SignedRequestPlan, Authorization value).
 
     The one place every signer (``sign_request``, the HTTP-library adapters, the

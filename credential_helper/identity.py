@@ -4,12 +4,17 @@ Only this module imports ``cryptography``, and only when a key is actually
 parsed: a cache hit needs the file's bytes (to key the cache) but never the key.
 """
 
+from __future__ import annotations
 
 import os
 import stat
 
 from . import system
 from .errors import IdentityError, KeyNotFoundError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAX_KEY_FILE_BYTES = 64 * 1024
 SYSTEM_SERVICE_PUBKEY = "/usr/share/ollama/.ollama/id_ed25519.pub"
@@ -79,7 +84,7 @@ def _missing_key_message(path: str) -> str:
 class Identity:
     """An Ed25519 private key and the public forms Ollama derives from it."""
 
-    def __init__(self, private_key, path: str | None = None) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, path: str | None = None) -> None:
         from cryptography.hazmat.primitives import serialization
 
         self._private_key = private_key

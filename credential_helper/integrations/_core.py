@@ -10,10 +10,13 @@ the CLI's: the realm rules and the cross-origin check (``client``, ``policy``),
 the API-key rules, the token-response checks and the shared disk cache.
 """
 
+from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
 
 from .. import client, policy, protocol
 from ..cache import Entry, TokenCache
@@ -61,7 +64,8 @@ class SharedServerWarning(UserWarning):
 class KeylessCore:
     """The state one adapter instance keeps: API origins, identity, tokens, claims."""
 
-    def __init__(self, *, identity=None, api_base: str | None = None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+    def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None, api_hosts: Iterable[str] = (),
+                 timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
             raise InputError("timeout must be more than 0 and at most 600 seconds")
         self.timeout = float(timeout)
@@ -83,7 +87,7 @@ class KeylessCore:
         self._claims: dict[str, _Claim] = {}
         # Set by each adapter: the proxy its library would take from the environment
         # for a URL (None: direct). See check_not_proxied.
-        self.environment_proxy = None
+        self.environment_proxy: Callable[[str], str | None] | None = None
 
     def check_not_proxied(self, url_text: str, what: str) -> None:
         """No credential over http through a proxy: refused before it is sent.
@@ -145,7 +149,7 @@ class KeylessCore:
 
     # -- scheme 1: tokens ----------------------------------------------------------------
 
-    def challenge(self, status: int, www_authenticate: list[str], url_text: str):
+    def challenge(self, status: int, www_authenticate: list[str], url_text: str) -> tuple[protocol.Challenge, protocol.URL] | None:
         """(Challenge, realm URL) for a 401 with a Bearer challenge, checked; else None."""
         if status != 401:
             return None
@@ -218,13 +222,14 @@ class KeylessCore:
         except asyncio.TimeoutError:
             raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange") from None
 
-    def prepare_exchange(self, challenge, realm: protocol.URL, clock_offset: float) -> TokenCall:
+    def prepare_exchange(self, challenge: protocol.Challenge, realm: protocol.URL, clock_offset: float) -> TokenCall:
         identity = self.credential().identity
         assert identity is not None  # only asked for when there is no API key
         request, authorization = client.prepare_exchange(challenge, realm, identity, clock_offset)
         return TokenCall(request.token_url, request.url.request_target, request.host_header, authorization)
 
-    def finish_exchange(self, key: str, realm: protocol.URL, call: TokenCall, answer: Response, attempt: int, note: str):
+    def finish_exchange(self, key: str, realm: protocol.URL, call: TokenCall, answer: Response, attempt: int,
+                        note: str) -> float | str:
         """A float: retry once with this clock offset. A str: the token (cached)."""
         answer.secrets = (call.authorization,)
         if attempt == 1:
@@ -243,7 +248,13 @@ class KeylessCore:
         return exchanged.token
 
 
-def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authenticate: list[str]):
+# The flows the adapters drive: each yields (kind, argument) — ("wait", key),
+# ("exchange", TokenCall) or ("retry", Authorization value) — and is sent back
+# None, the token Response, or the retried request's status.
+Flow = Generator[tuple[str, Any], Any, None]
+
+
+def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authenticate: list[str]) -> Flow:
     """The answer to a 401, as instructions for a library's driver.
 
     Yields ``("wait", key)`` (send back None), ``("exchange", TokenCall)`` (send
@@ -278,7 +289,8 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
         yield ("retry", f"Bearer {token}")
 
 
-def _obtain(core: KeylessCore, key: str, challenge, realm):
+def _obtain(core: KeylessCore, key: str, challenge: protocol.Challenge,
+            realm: protocol.URL) -> Generator[tuple[str, Any], Any, tuple[str, bool]]:
     """(token, came from a cache): memory, disk, or one exchange per key at a time."""
     while True:
         token = core.cached(key)
