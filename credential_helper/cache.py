@@ -24,10 +24,6 @@ import os
 import stat
 import time
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
-if TYPE_CHECKING:
-    from typing import TypeGuard
-
 from . import system
 from .protocol import is_header_token
 
@@ -38,6 +34,10 @@ except ImportError:  # pragma: no cover - Python 3.12+ renamed it
         from _sha2 import sha256
     except ImportError:
         from hashlib import sha256
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
+if TYPE_CHECKING:
+    from typing import TypeGuard
 
 APP_DIR = "ollama-credential-helper"
 ENTRY_SUFFIX = ".json"
@@ -88,7 +88,7 @@ class Entry:
         return self.expires_at - now > safety_margin(self.lifetime)
 
     @classmethod
-    def from_json(cls, raw: object, now: float) -> "Entry | None":
+    def from_json(cls, raw: object, now: float) -> Entry | None:
         """A valid entry, or None: token usable in a header, numbers real and bounded."""
         if not isinstance(raw, dict):
             return None
@@ -234,7 +234,7 @@ class TokenCache:
                 removed += name.endswith(ENTRY_SUFFIX)
         return removed
 
-    def lock(self, key: str, timeout: float) -> "_Lock":
+    def lock(self, key: str, timeout: float) -> _Lock:
         return _Lock(self._path(key, LOCK_SUFFIX), timeout, self)
 
 
@@ -253,7 +253,7 @@ class _Lock:
         self.fd: int | None = None
         self.acquired = False
 
-    def __enter__(self) -> "_Lock":
+    def __enter__(self) -> _Lock:
         if not system.can_lock():  # said once by --verbose and doctor (system.limitations)
             return self
         if self.cache.problem(create=True) is not None:

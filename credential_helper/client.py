@@ -46,7 +46,7 @@ class Token:
         return f"Token(token=[redacted], expires_at={self.expires_at!r}, source={self.source!r})"
 
     @classmethod
-    def from_entry(cls, entry: Entry) -> "Token":
+    def from_entry(cls, entry: Entry) -> Token:
         return cls(entry.token, entry.expires_at, "ed25519")
 
     def as_dict(self) -> dict:

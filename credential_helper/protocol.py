@@ -200,7 +200,7 @@ class URL:
         target = self.escaped_path or "/"
         return target + "?" + self.raw_query if self.raw_query else target
 
-    def with_query(self, raw_query: str) -> "URL":
+    def with_query(self, raw_query: str) -> URL:
         return URL(self.scheme, self.host, self.path, raw_query)
 
     def __str__(self) -> str:

@@ -110,7 +110,7 @@ class StandIn:
         self.accounts[blob] = {"name": name, "email": email, "plan": plan}
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         handler = type("Handler", (_Handler,), {"state": self})
         self.server = _QuietServer(("127.0.0.1", self.port), handler)
         if self.tls_context is not None:
@@ -129,7 +129,7 @@ class StandIn:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

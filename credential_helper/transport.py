@@ -118,7 +118,7 @@ def send(
             )
         data = _read_bounded(response, max_body, deadline, where, status)
         if fired.is_set():  # the body ended because the watchdog cut it short
-            raise socket.timeout("deadline")
+            raise TimeoutError("deadline")
         return Response(status, response.reason or "", response_headers, data, secrets)
     except NetworkError:
         raise
@@ -175,7 +175,7 @@ def _read_bounded(response: BaseHTTPResponse, max_body: int, deadline: float, wh
     size = 0
     while True:
         if time.monotonic() >= deadline:
-            raise socket.timeout("deadline")
+            raise TimeoutError("deadline")
         chunk = response.read(65536, decode_content=False)
         if not chunk:
             return b"".join(chunks)

@@ -239,7 +239,7 @@ def test_a_burst_of_clients_is_queued_by_the_kernel_not_dropped(upstream, start_
     try:
         for _ in range(64):
             clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5))
-    except socket.timeout:
+    except TimeoutError:
         pass
     finally:
         os.kill(proxy.process.pid, signal.SIGCONT)

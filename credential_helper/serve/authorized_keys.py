@@ -36,7 +36,7 @@ import re
 import stat
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .. import system
 from ..errors import IdentityError

@@ -151,7 +151,7 @@ class ClientConnection:
             self.sock.settimeout(left)
             try:
                 data = self.sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return None
             if self.evicted:
                 return None
@@ -330,7 +330,7 @@ class ClientConnection:
                     data = self._wait_upstream(up, selector, status is None)
                     if data is None:  # timed out
                         if status is None:
-                            raise socket.timeout()
+                            raise TimeoutError()
                         return self._cut(up, head, status, started, forward, "upstream stalled")
                     if not data and not received:
                         raise _Stale()  # closed before a byte of an answer: a kept-alive connection gone stale

@@ -58,7 +58,7 @@ class Server:
         while not self.stopping.is_set():
             try:
                 sock, peer = self.sock.accept()
-            except (socket.timeout, BlockingIOError, InterruptedError):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 if self.stopping.is_set():

@@ -167,7 +167,7 @@ class Upstream:
             if event is h11.NEED_DATA:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise socket.timeout("the proxy did not answer CONNECT in time")
+                    raise TimeoutError("the proxy did not answer CONNECT in time")
                 sock.settimeout(left)
                 conn.receive_data(sock.recv(65536))
                 continue

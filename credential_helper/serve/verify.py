@@ -328,7 +328,7 @@ def forwarded_request(headers: list[tuple[str, str]]) -> tuple[str, str] | Refus
     return found[0]
 
 
-def authorization_header(headers: list[tuple[str, str]]) -> str | None | Refused:
+def authorization_header(headers: list[tuple[str, str]]) -> str | Refused | None:
     """The one ``Authorization`` value, None when absent, Refused (400) when repeated."""
     seen = _collect(headers)
     if isinstance(seen, Refused):
