@@ -1,4 +1,5 @@
-"""Issue 20: the installed CLI, proxy and gate with the package seeing Windows or macOS.
+"""Issue 20: the installed CLI, proxy and gate with the package seeing Windows or macOS
+(and, as the baseline, Linux as it is).
 
 tests/platform_surface.py derives from typeshed what each system lacks and hides
 it from the package (fcntl, os.O_NONBLOCK, os.getuid, select.poll, signal.SIGHUP...
@@ -30,15 +31,20 @@ from platform_surface import sitecustomize
 from credential_helper.identity import load_identity
 from credential_helper.standin import StandIn
 
-PLATFORMS = ["win32", "darwin"]
+# linux: no simulation, the same steps on the system they really run on (the smoke
+# run .ci/matrix makes on every Python).
+PLATFORMS = ["linux", "win32", "darwin"]
 
 
 @pytest.fixture(params=PLATFORMS)
 def simulated(request, env, tmp_path):
+    environment = dict(env, XDG_CONFIG_HOME=str(tmp_path / "config"))
+    if request.param == "linux":
+        return request.param, environment
     directory = tmp_path / f"simulation-{request.param}"
     directory.mkdir()
     (directory / "sitecustomize.py").write_text(sitecustomize(request.param))
-    environment = dict(env, PYTHONPATH=str(directory), XDG_CONFIG_HOME=str(tmp_path / "config"))
+    environment["PYTHONPATH"] = str(directory)
     if request.param == "win32":
         environment.update(LOCALAPPDATA=str(tmp_path / "AppData" / "Local"), APPDATA=str(tmp_path / "AppData" / "Roaming"))
     return request.param, environment
@@ -78,6 +84,8 @@ def test_the_simulation_hides_what_typeshed_says_is_missing(simulated):
     # The last field: the rest of the process keeps Linux's os.
     if platform == "win32":
         assert json.loads(out) == ["windows", [], "SelectSelector", True, True]
+    elif platform == "linux":
+        assert json.loads(out) == ["posix", ["O_NONBLOCK", "getuid", "fchmod", "O_NOFOLLOW", "O_DIRECT", "pipe2"], "PollSelector", True, True]
     else:  # macOS has the first four, not Linux's O_DIRECT or pipe2, nor /proc
         assert json.loads(out) == ["posix", ["O_NONBLOCK", "getuid", "fchmod", "O_NOFOLLOW"], "PollSelector", False, True]
 
