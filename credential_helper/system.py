@@ -446,10 +446,11 @@ def _fcntl() -> ModuleType | None:
     return fcntl
 
 
+current: Implementation  # tests put the other implementation here
 if sys.platform == "win32":
     import msvcrt  # every CPython on Windows has it
 
-    current: Implementation = Windows(msvcrt)
+    current = Windows(msvcrt)
     # What a read that must never block opens with: no FIFOs in Windows file systems.
     READ_NONBLOCKING = os.O_RDONLY | os.O_BINARY | os.O_NOINHERIT
 else:
