@@ -23,7 +23,7 @@ from credential_helper.client import sign_request
 from credential_helper.identity import load_identity
 from credential_helper.standin import REPLY_WORDS
 from faults import CertificateAuthority
-from frontends import Caddy, Gate, Nginx, Relay
+from frontends import Caddy, Gate, IngressNginx, Nginx, RawUpstream, Relay
 
 FRONTS = {"nginx": Nginx, "caddy": Caddy}
 # What a stand-in "model" streams here: 12 words 60 ms apart, about 0.7 s in all.
@@ -256,3 +256,59 @@ def test_with_the_gate_down_nothing_is_forwarded(chain):
     status, _, body = chain.front.request("POST", target, {"Authorization": authorization}, b'{"model": "m"}')
     assert status in (500, 502, 503), (status, body)
     chain.assert_nothing_reached_ollama()
+
+
+# --- ingress-nginx's directives in real nginx (issue 19 item 1) --------------------------------
+
+# The annotations the README gives: the gate's two names, and Authorization, which the
+# gate never sends, so ingress-nginx sets it empty and nginx drops it before Ollama.
+INGRESS_RESPONSE_HEADERS = ["X-Ollama-User", "X-Ollama-Key", "Authorization"]
+
+
+@pytest.fixture(params=[None, "GET"], ids=["default", "auth-method-GET"])
+def ingress(request, tmp_path, env, keys, authorized_keys, local_ollama):
+    gate = Gate(authorized_keys, env)
+    relay = Relay(gate.port)
+    front = None
+    try:
+        front = IngressNginx(tmp_path / "ingress", CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port,
+                             INGRESS_RESPONSE_HEADERS, auth_method=request.param)
+        yield Chain(front, gate, relay, local_ollama, keys)
+    finally:
+        if front is not None:
+            front.stop()
+        relay.stop()
+        gate.stop()
+
+
+def test_ingress_nginx_a_client_sent_x_original_uri_cannot_claim_a_granted_path(ingress):
+    """bob (granted /api/tags) signs GET /api/tags and asks for GET /api/ps, adding the
+    X-Original-URI that ingress-nginx does not set by default (it sends X-Original-URL)."""
+    granted, authorization = ingress.signed("GET", "/api/tags", key="ed25519-b")
+    ps = "/api/ps?" + granted.split("?", 1)[1]
+    status, _, body = ingress.front.request("GET", ps, {"Authorization": authorization, "X-Original-URI": granted})
+    assert status in (400, 401, 403, 500), (status, body)
+    ingress.assert_nothing_reached_ollama()
+    # What the gate was asked, on the wire: ingress-nginx's own URL and method for /api/ps.
+    asked = [head for head in ingress.relay.heads() if head.get("authorization") == [authorization]]
+    assert len(asked) == 1 and asked[0]["x-original-url"] == [f"https://{ingress.front.base.split('://')[1]}{ps}"], asked
+    assert asked[0]["x-original-method"] == ["GET"] and asked[0]["x-sent-from"] == ["nginx-ingress-controller"]
+    # The same client-sent header with an honest request: admitted, as bob, without the signature.
+    status, _, body = ingress.front.request("GET", granted, {"Authorization": authorization, "X-Original-URI": granted})
+    assert status == 200 and json.loads(body)["models"], (status, body)
+    seen = ingress.upstream_headers()
+    assert seen["x-ollama-user"] == ["bob"] and "authorization" not in seen, seen
+
+
+def test_ingress_nginx_refuses_and_admits_as_the_gate_decides(ingress, tmp_path):
+    target, authorization = ingress.signed("POST", "/api/chat", key="ed25519-b")
+    status, _, _ = ingress.front.request("POST", target, {"Authorization": authorization, "X-Ollama-User": "root"}, b'{"model": "m"}')
+    assert status == 403
+    ingress.assert_nothing_reached_ollama()
+    target, authorization = ingress.signed("POST", "/api/chat")
+    status, lines = ingress.front.stream("POST", target, {"Authorization": authorization, "X-Ollama-User": "root", "X-Ollama-Key": "SHA256:forged"},
+                                         b'{"model": "m", "messages": []}')
+    assert status == 200 and json.loads(lines[-1][1])["done"]
+    seen = ingress.upstream_headers()
+    assert seen["x-ollama-user"] == ["alice"] and seen["x-ollama-key"] == [fingerprint(ingress.keys / "ed25519-a.pub")]
+    assert "authorization" not in seen
