@@ -23,7 +23,7 @@ from credential_helper.client import sign_request
 from credential_helper.identity import load_identity
 from credential_helper.standin import REPLY_WORDS
 from faults import CertificateAuthority
-from frontends import Caddy, Gate, IngressNginx, Nginx, RawUpstream, Relay
+from frontends import Caddy, Gate, IngressNginx, Nginx, RawUpstream, Relay, free_port
 
 FRONTS = {"nginx": Nginx, "caddy": Caddy}
 # What a stand-in "model" streams here: 12 words 60 ms apart, about 0.7 s in all.
@@ -312,3 +312,134 @@ def test_ingress_nginx_refuses_and_admits_as_the_gate_decides(ingress, tmp_path)
     seen = ingress.upstream_headers()
     assert seen["x-ollama-user"] == ["alice"] and seen["x-ollama-key"] == [fingerprint(ingress.keys / "ed25519-a.pub")]
     assert "authorization" not in seen
+
+
+# --- what reaches Ollama at all (issue 19 item 6) ----------------------------------------------
+
+# Every spelling of the gate's names a client can send: nginx drops names with "_";
+# Caddy passes them, and Go rewrites their case (X-Ollama_user, X_ollama-User, ...).
+FORGED = {
+    "x-OLLAMA-user": "root", "X-Ollama_User": "root", "X_Ollama-User": "root", "x_ollama_user": "root",
+    "X-OLLAMA-KEY": "SHA256:forged", "X-Ollama_Key": "SHA256:forged", "X_OLLAMA-key": "SHA256:forged", "X_Ollama_Key": "SHA256:forged",
+}
+
+
+def _identity_fields(headers) -> list[tuple[str, str]]:
+    """Every field a server reading '_' as '-' (and any case) would take for the gate's names."""
+    return [(name, value) for name, value in headers if name.lower().replace("_", "-") in ("x-ollama-user", "x-ollama-key")]
+
+
+def test_no_client_spelling_of_the_identity_headers_reaches_ollama(chain, keys):
+    target, authorization = chain.signed("POST", "/api/chat")
+    status, _ = chain.front.stream("POST", target, {"Authorization": authorization, **FORGED}, b'{"model": "m", "messages": []}')
+    assert status == 200
+    fields = _identity_fields(chain.ollama.request_headers[-1])
+    assert sorted((name.lower(), value) for name, value in fields) == [
+        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")), ("x-ollama-user", "alice")], fields
+
+
+@pytest.fixture(params=sorted(FRONTS))
+def bare(request, tmp_path, env, keys, authorized_keys):
+    """A front server before the gate and a raw recorder standing in for Ollama."""
+    gate = Gate(authorized_keys, env)
+    upstream = RawUpstream()
+    front = None
+    try:
+        front = FRONTS[request.param](tmp_path / request.param, CertificateAuthority(tmp_path), upstream.port, gate.port)
+        yield front, upstream, gate
+    finally:
+        if front is not None:
+            front.stop()
+        upstream.stop()
+        gate.stop()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_unsigned_health_check_carries_no_body_and_no_forged_header_to_ollama(bare, framing):
+    front, upstream, _ = bare
+    secret = b'{"model": "m", "prompt": "carried by an unsigned HEAD"}'
+    if framing == "chunked":
+        body, extra = iter([secret]), {"Transfer-Encoding": "chunked"}
+    else:
+        body, extra = secret, {}
+    connection = front.connection()
+    try:
+        connection.request("HEAD", "/", body=body, headers={**FORGED, **extra, "Content-Type": "application/json"},
+                           encode_chunked=framing == "chunked")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    finally:
+        connection.close()
+    time.sleep(SETTLE + upstream.linger)
+    heads = upstream.heads()
+    assert len(heads) == 1, upstream.everything()
+    line, fields = heads[0]
+    assert line.split()[1] == "/", line
+    # nothing after the one head: no body, no chunk
+    assert upstream.everything().count(b"\r\n\r\n") == 1 and upstream.everything().endswith(b"\r\n\r\n"), upstream.everything()
+    names = {name.lower() for name, _ in fields}
+    assert not names & {"content-length", "transfer-encoding"}, fields
+    assert _identity_fields(fields) in ([], [("X-Ollama-User", "-")]), fields
+    assert not any("{" in value for _, value in fields), f"a placeholder reached Ollama: {fields}"
+
+
+def test_a_signed_heartbeat_and_a_signed_request_carry_no_placeholder(bare, keys):
+    front, upstream, _ = bare
+    for method, path in (("HEAD", "/"), ("GET", "/api/tags")):
+        done = sign_request(method, front.base + path, identity=str(keys / "ed25519-a"))
+        target = urlsplit(done.url)
+        status, _, _ = front.request(method, f"{target.path}?{target.query}", {"Authorization": done.authorization, **FORGED})
+        assert status == 200
+    time.sleep(SETTLE + upstream.linger)
+    heads = upstream.heads()
+    assert [line.split()[1].split("?")[0] for line, _ in heads] == ["/", "/api/tags"], heads
+    for _, fields in heads:
+        assert not any("{" in value for _, value in fields), f"a placeholder reached Ollama: {fields}"
+        assert "authorization" not in {name.lower() for name, _ in fields}
+    assert sorted((name.lower(), value) for name, value in _identity_fields(heads[1][1])) == [
+        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")), ("x-ollama-user", "alice")]
+
+
+# --- when the gate or Ollama does not answer (issue 19 item 10) --------------------------------
+
+
+def _down_answers(front, signed) -> dict[str, tuple[int, dict]]:
+    answers = {}
+    for path in ("/api/tags", "/v1/models"):
+        target, authorization = signed("GET", path)
+        status, headers, body = front.request("GET", target, {"Authorization": authorization})
+        assert headers.get("content-type", "").startswith("application/json"), (path, status, headers, body)
+        answers[path] = (status, json.loads(body))
+    return answers
+
+
+def _assert_names(answers: dict[str, tuple[int, dict]], cause: str) -> None:
+    # Ollama's own shape on /api/ (api/client.go reads "error"; "status" would print it twice),
+    # OpenAI's on /v1/ (openai/openai.go NewError: message, type, param, code).
+    status, shown = answers["/api/tags"]
+    assert status == 502 and set(shown) == {"error"} and cause in shown["error"], answers
+    status, shown = answers["/v1/models"]
+    assert status == 502 and set(shown) == {"error"} and cause in shown["error"]["message"], answers
+    assert shown["error"]["type"] == "api_error" and shown["error"]["param"] is None and shown["error"]["code"] is None
+
+
+def test_with_the_gate_down_the_answer_names_the_gate_in_each_clients_shape(chain):
+    chain.gate.stop()
+    _assert_names(_down_answers(chain.front, chain.signed), "authentication gate did not answer")
+    chain.assert_nothing_reached_ollama()
+
+
+@pytest.mark.parametrize("front_name", sorted(FRONTS))
+def test_with_ollama_down_the_answer_names_ollama_in_each_clients_shape(tmp_path, env, keys, authorized_keys, front_name):
+    gate = Gate(authorized_keys, env)
+    front = None
+    try:
+        dead = free_port()  # nothing listens there
+        front = FRONTS[front_name](tmp_path / front_name, CertificateAuthority(tmp_path), dead, gate.port)
+        chain = Chain(front, gate, None, None, keys)
+        _assert_names(_down_answers(front, chain.signed), "Ollama server behind this front server did not answer")
+    finally:
+        if front is not None:
+            front.stop()
+        gate.stop()
