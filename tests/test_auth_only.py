@@ -35,7 +35,8 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import asset, helper_executable
 from credential_helper.serve.authorized_keys import parse
-from credential_helper.serve.verify import Refused, forwarded_request, prefixed_request, verify
+from credential_helper.serve.forwarded import forwarded_request, prefixed_request
+from credential_helper.serve.verify import Refused, verify
 from frontends import Gate
 
 PUB_A = asset("keys/ed25519-a.pub").read_text()

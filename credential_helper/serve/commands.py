@@ -84,7 +84,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     if auth_only and upstream_text is not None:
         raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
     if path_prefix is not None:
-        from .verify import path_prefix_problem
+        from .forwarded import path_prefix_problem
 
         if not auth_only:
             raise InputError("--path-prefix goes with --auth-only (Envoy's ext_authz asks; the gate forwards nothing)")
