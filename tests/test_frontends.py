@@ -306,12 +306,13 @@ def test_ingress_nginx_refuses_and_admits_as_the_gate_decides(ingress, tmp_path)
     assert status == 403
     ingress.assert_nothing_reached_ollama()
     target, authorization = ingress.signed("POST", "/api/chat")
-    status, lines = ingress.front.stream("POST", target, {"Authorization": authorization, "X-Ollama-User": "root", "X-Ollama-Key": "SHA256:forged"},
-                                         b'{"model": "m", "messages": []}')
+    status, lines = ingress.front.stream("POST", target, {"Authorization": authorization, **FORGED}, b'{"model": "m", "messages": []}')
     assert status == 200 and json.loads(lines[-1][1])["done"]
     seen = ingress.upstream_headers()
     assert seen["x-ollama-user"] == ["alice"] and seen["x-ollama-key"] == [fingerprint(ingress.keys / "ed25519-a.pub")]
     assert "authorization" not in seen
+    # names with "_" are dropped (ingress-nginx's enable-underscores-in-headers is false by default)
+    assert len(_identity_fields(ingress.ollama.request_headers[-1])) == 2, ingress.ollama.request_headers[-1]
 
 
 # --- what reaches Ollama at all (issue 19 item 6) ----------------------------------------------
