@@ -23,7 +23,7 @@ from credential_helper.client import sign_request
 from credential_helper.identity import load_identity
 from credential_helper.standin import REPLY_WORDS
 from faults import CertificateAuthority
-from frontends import Caddy, Gate, IngressNginx, Nginx, RawUpstream, Relay, free_port
+from frontends import SERVER_NAME, Caddy, Gate, IngressNginx, Nginx, RawUpstream, Relay, free_port
 
 FRONTS = {"nginx": Nginx, "caddy": Caddy}
 # What a stand-in "model" streams here: 12 words 60 ms apart, about 0.7 s in all.
@@ -440,6 +440,57 @@ def test_with_ollama_down_the_answer_names_ollama_in_each_clients_shape(tmp_path
         front = FRONTS[front_name](tmp_path / front_name, CertificateAuthority(tmp_path), dead, gate.port)
         chain = Chain(front, gate, None, None, keys)
         _assert_names(_down_answers(front, chain.signed), "Ollama server behind this front server did not answer")
+    finally:
+        if front is not None:
+            front.stop()
+        gate.stop()
+
+
+@pytest.fixture
+def pinned_dns(monkeypatch):
+    """SERVER_NAME resolves to 127.0.0.1 in this process (the clients below look it up)."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == SERVER_NAME else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("front_name", sorted(FRONTS))
+def test_the_clients_show_which_hop_is_down(tmp_path, env, keys, authorized_keys, pinned_dns, front_name):
+    """ollama-python and openai-python, signing with OllamaAuth, through a front whose
+    Ollama is down, then whose gate is down: each exception names the hop."""
+    import ssl
+
+    import httpx
+    import ollama
+    import openai
+
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    gate = Gate(authorized_keys, env)
+    front = None
+    try:
+        front = FRONTS[front_name](tmp_path / front_name, CertificateAuthority(tmp_path), free_port(), gate.port)
+        trust = ssl.create_default_context(cafile=str(front.ca_file))
+
+        def shown() -> tuple[str, str]:
+            auth = OllamaAuth(api_base=front.base, identity=keys / "ed25519-a")
+            with pytest.raises(ollama.ResponseError) as ollama_error:
+                ollama.Client(host=front.base, auth=auth, verify=trust, timeout=30).list()
+            with httpx.Client(auth=auth, verify=trust, timeout=30) as http, pytest.raises(openai.APIStatusError) as openai_error:
+                openai.OpenAI(base_url=f"{front.base}/v1", api_key="unused", http_client=http, max_retries=0).models.list()
+            assert ollama_error.value.status_code == 502 and openai_error.value.status_code == 502
+            return str(ollama_error.value), str(openai_error.value)
+
+        for text in shown():
+            assert "Ollama server behind this front server did not answer" in text, text
+        gate.stop()
+        for text in shown():
+            assert "authentication gate did not answer" in text, text
     finally:
         if front is not None:
             front.stop()
