@@ -209,7 +209,7 @@ def test_a_refused_request_shows_the_gates_reason_and_never_reaches_ollama(chain
     chain.assert_nothing_reached_ollama()
 
 
-@pytest.mark.parametrize("family", ["nginx-names", "caddy-names", "both"])
+@pytest.mark.parametrize("family", ["nginx-names", "caddy-names", "ingress-names", "both"])
 def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
     """bob holds a valid signature for GET /api/tags and asks for POST /api/chat while
     claiming, in the headers the front server uses for the gate, to ask for /api/tags."""
@@ -220,6 +220,8 @@ def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
         claim.update({"X-Original-Method": "GET", "X-Original-URI": granted})
     if family in ("caddy-names", "both"):
         claim.update({"X-Forwarded-Method": "GET", "X-Forwarded-Uri": granted})
+    if family in ("ingress-names", "both"):
+        claim.update({"X-Original-Method": "GET", "X-Original-URL": f"https://{SERVER_NAME}{granted}"})
     status, _, body = chain.front.request("POST", f"/api/chat?{chat_ts_query}", {"Authorization": authorization, **claim}, b'{"model": "m"}')
     assert status in (400, 401, 403), (status, body)
     assert set(json.loads(body)) == {"error", "status"}
@@ -230,7 +232,7 @@ def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
     spoofed = [head for head in chain.relay.heads() if head.get("authorization") == [authorization]]
     assert len(spoofed) == 1, chain.relay.heads()
     assert spoofed[0].get(own[0]) == ["POST"] and spoofed[0].get(own[1]) == [f"/api/chat?{chat_ts_query}"], spoofed[0]
-    assert other[0] not in spoofed[0] and other[1] not in spoofed[0], spoofed[0]
+    assert other[0] not in spoofed[0] and other[1] not in spoofed[0] and "x-original-url" not in spoofed[0], spoofed[0]
     # The same signature is good for what it signs: the refusal above was the target's.
     assert chain.front.request("GET", granted, {"Authorization": authorization})[0] == 200
     assert chain.ollama.unverified_requests == [("GET", granted)]
