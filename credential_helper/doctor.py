@@ -133,7 +133,7 @@ def read_regular_file(path: str, limit: int) -> bytes | None:
 
     The service's key directory is writable by the service account: a FIFO
     planted there would block a plain open() forever. Opened non-blocking and
-    checked to be a regular file before reading, as cache.open_own_file does.
+    checked to be a regular file before reading, as system.open_own_file does.
     """
     import stat
 
