@@ -15,11 +15,10 @@ import os
 import threading
 import time
 
-from .. import client, policy, protocol
+from .. import client, policy, protocol, tokens
 from ..cache import Entry, TokenCache
-from ..errors import InputError, NetworkError, RealmRefusedError, ServerRefusedError
+from ..errors import InputError, NetworkError, RealmRefusedError
 from ..identity import Identity, default_identity_path, parse_private_key
-from ..response import Response
 
 # The same bound as the CLI's transport: no token response is read past this.
 MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
@@ -217,21 +216,8 @@ class KeylessCore:
         except asyncio.TimeoutError:
             raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange") from None
 
-    def prepare_exchange(self, challenge, realm: protocol.URL, clock_offset: float) -> TokenCall:
-        request, authorization = client.prepare_exchange(challenge, realm, self.credential().identity, clock_offset)
-        return TokenCall(request.token_url, request.url.request_target, request.host_header, authorization)
-
-    def finish_exchange(self, key: str, realm: protocol.URL, call: TokenCall, answer: Response, attempt: int, note: str):
-        """A float: retry once with this clock offset. A str: the token (cached)."""
-        answer.secrets = (call.authorization,)
-        if attempt == 1:
-            skew = client.skew_to_correct(answer)
-            if skew is not None:
-                return skew
-        try:
-            exchanged = client.read_token_response(answer, realm.host)
-        except (NetworkError, ServerRefusedError) as exc:
-            raise client.with_note(exc, note) from None
+    def store(self, key: str, exchanged) -> str:
+        """Keep a fresh token in memory and, when enabled, in the disk cache."""
         entry = Entry(exchanged.token, exchanged.expires_at, exchanged.lifetime)
         with self._lock:
             self._tokens[key] = entry
@@ -287,16 +273,17 @@ def _obtain(core: KeylessCore, key: str, challenge, realm):
         token = core.cached(key)  # filled between the look and the claim
         if token is not None:
             return token, True
-        offset, note = 0.0, ""
-        for attempt in (1, 2):
-            call = core.prepare_exchange(challenge, realm, offset)
-            core.check_not_proxied(call.url, "a signed token request")
-            answer = yield ("exchange", call)
-            outcome = core.finish_exchange(key, realm, call, answer, attempt, note)
-            if isinstance(outcome, str):
-                return outcome, False
-            offset, note = outcome, client.skew_note(outcome, realm.host)
-        raise AssertionError("unreachable")  # pragma: no cover
+        flow = tokens.exchange(challenge, realm, core.credential().identity)  # the one token flow
+        answer = None
+        while True:
+            try:
+                call = flow.send(answer)  # the first send(None) starts it
+            except StopIteration as done:
+                return core.store(key, done.value), False
+            token_call = TokenCall(call.request.token_url, call.request.url.request_target, call.request.host_header,
+                                   call.authorization)
+            core.check_not_proxied(token_call.url, "a signed token request")
+            answer = yield ("exchange", token_call)
     finally:
         core.release(key)
 
