@@ -111,7 +111,7 @@ def fetch_challenge(url: str | protocol.URL, *, timeout: float = 10.0) -> tuple[
             response.status,
         )
     for value in response.headers.get("www-authenticate", []):
-        if value.strip()[:7].lower() == "bearer ":
+        if protocol.is_bearer_challenge(value):
             try:
                 return protocol.parse_www_authenticate(value), target.host
             except InputError as exc:
@@ -169,7 +169,7 @@ def get_token(
     if api_key is not None:
         log(f"no key at {key_path}; using OLLAMA_API_KEY ([redacted])")
         if dry_run:
-            return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
+            return DryRun(None, None, None, protocol.bearer(api_key), "api_key")
         return Token(api_key, None, "api_key")
 
     problem = cache.problem(create=True) if cache is not None and not dry_run else None
@@ -330,7 +330,7 @@ def sign_request(
         protocol.check_method(method)  # input first, then the key
         key_bytes, api_key = _key_or_api_key(key_path, parsed)
         if api_key is not None:
-            return SignedRequest(method.upper(), url, f"Bearer {api_key}", None, "api_key")
+            return SignedRequest(method.upper(), url, protocol.bearer(api_key), None, "api_key")
         identity = parse_private_key(key_bytes, key_path)
     plan, authorization = sign_parsed(method, parsed, identity, ts)
     return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")

@@ -129,7 +129,7 @@ class KeylessCore:
             url = protocol.parse_url(url_text)
             policy.check_cleartext(url, "OLLAMA_API_KEY")
             policy.check_api_key_destination(url)
-            return url_text, None, f"Bearer {credential.api_key}"
+            return url_text, None, protocol.bearer(credential.api_key)
         url = protocol.parse_url(url_text)
         plan, authorization = client.sign_parsed(method, url, credential.identity)
         if not self._warned:
@@ -149,7 +149,7 @@ class KeylessCore:
             return None
         host = protocol.parse_url(url_text).host  # the host that answered: Ollama's cross-origin rule
         for value in www_authenticate:
-            if value.strip()[:7].lower() == "bearer ":
+            if protocol.is_bearer_challenge(value):
                 try:
                     challenge = protocol.parse_www_authenticate(value)
                 except InputError as exc:
@@ -248,16 +248,16 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
     if credential.api_key is not None:  # the CLI's fallback: only for an allowed host
         policy.check_api_key_destination(realm)
         core.check_not_proxied(url_text, "OLLAMA_API_KEY")
-        yield ("retry", f"Bearer {credential.api_key}")
+        yield ("retry", protocol.bearer(credential.api_key))
         return
     key = client.cache_key_for(challenge, credential.key_bytes)
     core.check_not_proxied(url_text, "a token")
     token, from_cache = yield from _obtain(core, key, challenge, realm)
-    status = yield ("retry", f"Bearer {token}")
+    status = yield ("retry", protocol.bearer(token))
     if status == 401 and from_cache:
         core.forget(key, token)
         token, _ = yield from _obtain(core, key, challenge, realm)
-        yield ("retry", f"Bearer {token}")
+        yield ("retry", protocol.bearer(token))
 
 
 def _obtain(core: KeylessCore, key: str, challenge, realm):
