@@ -64,6 +64,7 @@ class Model:
     name: str  # name.go Name.String() of what Ollama acts on, lower-case: registry.ollama.ai/library/llama3:8b
     subject: str  # what a pattern is matched against (see the module docstring)
     cloud: bool = False  # Ollama sends it to the cloud (the name is the base, without :cloud)
+    base: str = ""  # the string Ollama parsed into ``name`` (for a cloud model: what it sends upstream)
 
 
 @dataclass(frozen=True)
@@ -180,11 +181,12 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _model(role: str, parts: tuple[str, str, str, str] | None, *, cloud: bool = False, subject: str = "") -> Model:
+def _model(role: str, base: str, *, cloud: bool = False, subject: str = "") -> Model:
+    parts = parse_name(base)
     if parts is None:
         raise _Refused(f"invalid {role} name")
     name = "{}/{}/{}:{}".format(*parts).lower()
-    return Model(role, name, subject or _shortest(parts), cloud)
+    return Model(role, name, subject or _shortest(parts), cloud, base)
 
 
 def ref_model(role: str, raw: str) -> Model:
@@ -193,13 +195,12 @@ def ref_model(role: str, raw: str) -> Model:
     if ref is None:
         raise _Refused(f"{role} is required" if not trim_space(raw) else "use either :local or :cloud, not both")
     base, source = ref
-    parts = parse_name(base)
     if source != "cloud":
-        return _model(role, parts)
+        return _model(role, base)
     stub = parse_name(_legacy_cloud(base))
     if stub is None:
         raise _Refused(f"invalid cloud {role} name")
-    return _model(role, parts, cloud=True, subject=_shortest(stub))
+    return _model(role, base, cloud=True, subject=_shortest(stub))
 
 
 def pull_model(raw: str) -> Model:
@@ -208,12 +209,12 @@ def pull_model(raw: str) -> Model:
     if ref is None:
         raise _Refused("invalid model name")
     base, source = ref
-    return _model("model", parse_name(_legacy_cloud(base) if source == "cloud" else base))
+    return _model("model", _legacy_cloud(base) if source == "cloud" else base)
 
 
 def plain_model(role: str, raw: str) -> Model:
     """``model.ParseName`` on the raw string, as push, create and copy do (no trim, no modelref)."""
-    return _model(role, parse_name(raw))
+    return _model(role, raw)
 
 
 # --- the endpoints (server/routes.go:1877-1926 GenerateRoutes) --------------------------------
@@ -313,9 +314,13 @@ def _cloud_passthrough(body: bytes) -> tuple[Model | None, Any]:
 def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, ...]:
     # TranscriptionMiddleware openai.go:1280-1289; the ChatHandler then reads the model (:2462).
     try:
-        values = goform.parse_query(query).get("model", []) + goform.multipart_values(content_type, body, "model")
+        in_query = goform.parse_query(query).get("model", [])
+        in_body = goform.multipart_values(content_type, body, "model")
     except goform.FormError as exc:
         raise _Refused(f"form not read: {exc}") from None
+    if len(in_body) > 1:
+        raise _Refused("more than one model in the form")  # Go takes the first: refuse, not guess
+    values = in_query + in_body  # net/http request.go ParseMultipartForm appends after the query
     if not values or not values[0]:
         raise _Refused("model is required")
     return (ref_model("model", values[0]),)
