@@ -12,10 +12,17 @@ import collections
 import json
 
 import pytest
-
 from conftest import asset
+
 from credential_helper.serve import gojson, models
-from credential_helper.serve.models import Named, Unknown, Unreadable, denied, filter_listing, models_named
+from credential_helper.serve.models import (
+    Named,
+    Unknown,
+    Unreadable,
+    denied,
+    filter_listing,
+    models_named,
+)
 
 GOLDEN = json.loads(asset("models.json").read_text())
 VECTORS = GOLDEN["vectors"]
@@ -49,10 +56,10 @@ def _agrees(got: tuple[models.Model, ...], acts_on: list[dict]) -> bool:
             sent = a["cloud_model"] if a["cloud_model"] is not None else a["upstream_path"].rsplit("/", 1)[1]
             if not (m.cloud and m.base == sent):
                 return False
-        elif m.name != a["name"].lower() or m.cloud != (a["route"] == "cloud"):
-            return False
-        elif not m.cloud and m.subject != a["short"].lower():  # DisplayShortest, compared lower-case
-            return False
+        else:
+            same_local = m.cloud or m.subject == a["short"].lower()  # DisplayShortest, lower-case
+            if m.name != a["name"].lower() or m.cloud != (a["route"] == "cloud") or not same_local:
+                return False
     return True
 
 
@@ -109,7 +116,7 @@ V1 = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/response
 
 def spellings(name: str, field: str = "model") -> list[bytes]:
     """Bodies in which Go's decoder sets ``field`` to ``name`` (last duplicate, folded or escaped key)."""
-    up, esc = field.upper(), "\\u%04x" % ord(field[0]) + field[1:]
+    up, esc = field.upper(), f"\\u{ord(field[0]):04x}" + field[1:]
     folded = field.replace("s", "\u017f")
     q = json.dumps(name)
     return [s.encode() for s in (
@@ -148,7 +155,7 @@ def test_hostile_copy_and_create_parents(field, name):
     other = {"source": "destination", "destination": "source", "from": "model"}[field]
     for body in spellings(name, field):
         doc = body.decode()
-        doc = doc.replace("{", '{"%s":"small:1",' % other, 1)
+        doc = doc.replace("{", f'{{"{other}":"small:1",', 1)
         assert_never_passes(models_named("POST", path, "", "application/json", doc.encode()))
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["FormError", "parse_query", "multipart_values"]
+__all__ = ["FormError", "multipart_values", "parse_query"]
 
 
 class FormError(ValueError):

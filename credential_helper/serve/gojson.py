@@ -36,16 +36,16 @@ from typing import Any
 
 __all__ = [
     "GoJSONError",
-    "Pairs",
     "MissingBody",
+    "Pairs",
     "TypeMismatch",
-    "decode_first",
-    "unmarshal_whole",
-    "bind_strings",
     "bind_keys",
-    "map_get",
+    "bind_strings",
+    "decode_first",
     "go_string",
+    "map_get",
     "trim_space",
+    "unmarshal_whole",
 ]
 
 

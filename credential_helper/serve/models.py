@@ -36,15 +36,16 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from credential_helper.serve import goform
 from credential_helper.serve.gojson import (
     GoJSONError,
-    bind_keys,
     MissingBody,
+    bind_keys,
     bind_strings,
     decode_first,
     go_string,
@@ -53,7 +54,7 @@ from credential_helper.serve.gojson import (
     unmarshal_whole,
 )
 
-__all__ = ["BODY_LIMIT", "Model", "Named", "Unreadable", "Unknown", "models_named", "filter_listing", "denied"]
+__all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "filter_listing", "models_named"]
 
 BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:35)
 
