@@ -14,7 +14,7 @@ import json
 import pytest
 from conftest import asset
 
-from credential_helper.serve import gojson, models
+from credential_helper.serve import gojson, modelname, models
 from credential_helper.serve.models import (
     Named,
     Unknown,
@@ -174,6 +174,8 @@ def test_hostile_exact_readings():
     assert subjects("/api/show", '{"name":"big","model":"small"}') == ("small:latest",)
     assert subjects("/api/copy", '{"\u017fource":"big","de\u017ftination":"small"}') == ("big:latest", "small:latest")
     assert subjects("/api/create", '{"model":"mine","from":"big:cloud"}') == ("mine:latest", "big:cloud")
+    # create.go:130-145: remote_host makes the parent a model on a host the request names
+    assert isinstance(subjects("/api/create", '{"model":"mine","from":"small","REMOTE_HOST":"http://x"}'), Unreadable)
     assert subjects("/api/chat", '{"model":"big:7b:cloud"}') == ("big:7b-cloud",)
     assert subjects("/api/pull", '{"model":"big:7b:cloud"}') == ("big:7b-cloud",)
     assert subjects("/api/chat", '{"model":"small"}{"model":"big"}') == ("small:latest",)
@@ -313,7 +315,7 @@ def test_go_strings():
     ("m@sha256:abc", None), ("mod\u00e8le", None), ("\u212aelvin", None),
 ])
 def test_name_go(raw, expected):
-    parts = models.parse_name(raw)
+    parts = modelname.parse_name(raw)
     assert (None if parts is None else "{}/{}/{}:{}".format(*parts)) == expected
 
 
@@ -323,4 +325,4 @@ def test_name_go(raw, expected):
     ("host:5000/m-cloud", ("host:5000/m-cloud", "")), ("m:cloud:local", None), ("m:8b-cloud:cloud", None), ("  ", None),
 ])
 def test_modelref(raw, expected):
-    assert models.parse_ref(raw) == expected
+    assert modelname.parse_ref(raw) == expected

@@ -53,19 +53,20 @@ from credential_helper.serve.gojson import (
     trim_space,
     unmarshal_whole,
 )
+from credential_helper.serve.modelname import (
+    Model,
+    Refused,
+    parse_name,
+    plain_model,
+    pull_model,
+    ref_model,
+    shortest,
+)
 
 __all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "filter_listing", "models_named"]
 
 BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:35)
 
-
-@dataclass(frozen=True)
-class Model:
-    role: str  # model | from | source | destination (the request field it came from)
-    name: str  # name.go Name.String() of what Ollama acts on, lower-case: registry.ollama.ai/library/llama3:8b
-    subject: str  # what a pattern is matched against (see the module docstring)
-    cloud: bool = False  # Ollama sends it to the cloud (the name is the base, without :cloud)
-    base: str = ""  # the string Ollama parsed into ``name`` (for a cloud model: what it sends upstream)
 
 
 @dataclass(frozen=True)
@@ -100,123 +101,6 @@ def denied(named: Named, allowed: Callable[[str], bool]) -> Model | None:
     return None
 
 
-# --- types/model/name.go and internal/modelref -------------------------------------------------
-
-_PART = {  # name.go isValidPart / isValidLen: ASCII only, first byte alphanumeric or '_'
-    "host": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}"),
-    "namespace": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"),
-    "model": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
-    "tag": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
-}
-_MISSING = "!MISSING!"  # name.go MissingPart
-
-
-def _cut_promised(s: str, sep: str) -> tuple[str, str, bool]:
-    i = s.rfind(sep)  # name.go cutPromised / cutLast
-    if i < 0:
-        return s, "", False
-    return s[:i] or _MISSING, s[i + len(sep) :] or _MISSING, True
-
-
-def parse_name(s: str) -> tuple[str, str, str, str] | None:
-    """name.go ``ParseName`` + ``IsValid``: (host, namespace, model, tag), or None when invalid."""
-    host = namespace = tag = ""
-    if s.rfind(":") > s.rfind("/"):
-        s, tag, _ = _cut_promised(s, ":")
-    s, model, promised = _cut_promised(s, "/")
-    if promised:
-        s, namespace, promised = _cut_promised(s, "/")
-        if promised:
-            scheme, sep, rest = s.partition("://")  # ParseNameBare: strings.Cut(s, "://")
-            host = rest if sep else scheme
-        else:
-            namespace = s
-    else:
-        model = s
-    parts = (host or "registry.ollama.ai", namespace or "library", model, tag or "latest")  # Merge(DefaultName())
-    if not all(_PART[k].fullmatch(v) for k, v in zip(_PART, parts)):
-        return None
-    return parts
-
-
-def _shortest(parts: tuple[str, str, str, str]) -> str:
-    host, namespace, model, tag = (p.lower() for p in parts)  # name.go DisplayShortest
-    if host != "registry.ollama.ai":
-        return f"{host}/{namespace}/{model}:{tag}"
-    if namespace != "library":
-        return f"{namespace}/{model}:{tag}"
-    return f"{model}:{tag}"
-
-
-def _source_suffix(raw: str) -> tuple[str, str]:
-    # modelref.go parseSourceSuffix -> (base, "cloud" | "local" | "")
-    idx = raw.rfind(":")
-    if idx >= 0:
-        suffix_raw = trim_space(raw[idx + 1 :])
-        suffix = suffix_raw.lower()
-        if suffix in ("cloud", "local"):
-            return raw[:idx], suffix
-        if "/" not in suffix_raw and suffix.endswith("-cloud"):
-            return raw[: idx + 1] + suffix_raw[: -len("-cloud")], "cloud"
-    return raw, ""
-
-
-def parse_ref(raw: str) -> tuple[str, str] | None:
-    """modelref.go ``ParseRef`` -> (base, source), None on its errors (empty; both suffixes)."""
-    raw = trim_space(raw)
-    if not raw:
-        return None
-    base, source = _source_suffix(raw)
-    if source and _source_suffix(base)[1]:
-        return None
-    return base, source
-
-
-def _legacy_cloud(base: str) -> str:
-    # modelref.go toLegacyCloudPullName: the name Ollama stores a cloud model's stub under
-    return base + ("-cloud" if base.rfind(":") > base.rfind("/") else ":cloud")
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _model(role: str, base: str, *, cloud: bool = False, subject: str = "") -> Model:
-    parts = parse_name(base)
-    if parts is None:
-        raise _Refused(f"invalid {role} name")
-    name = "{}/{}/{}:{}".format(*parts).lower()
-    return Model(role, name, subject or _shortest(parts), cloud, base)
-
-
-def ref_model(role: str, raw: str) -> Model:
-    """routes.go ``parseAndValidateModelRef`` (model_resolver.go:38): modelref, then name.go."""
-    ref = parse_ref(raw)
-    if ref is None:
-        raise _Refused(f"{role} is required" if not trim_space(raw) else "use either :local or :cloud, not both")
-    base, source = ref
-    if source != "cloud":
-        return _model(role, base)
-    stub = parse_name(_legacy_cloud(base))
-    if stub is None:
-        raise _Refused(f"invalid cloud {role} name")
-    return _model(role, base, cloud=True, subject=_shortest(stub))
-
-
-def pull_model(raw: str) -> Model:
-    """model_resolver.go ``parseNormalizePullModelRef``: ``:cloud`` becomes the stub's name."""
-    ref = parse_ref(raw)
-    if ref is None:
-        raise _Refused("invalid model name")
-    base, source = ref
-    return _model("model", _legacy_cloud(base) if source == "cloud" else base)
-
-
-def plain_model(role: str, raw: str) -> Model:
-    """``model.ParseName`` on the raw string, as push, create and copy do (no trim, no modelref)."""
-    return _model(role, raw)
-
 
 # --- the endpoints (server/routes.go:1877-1926 GenerateRoutes) --------------------------------
 
@@ -224,9 +108,9 @@ def _bind(body: bytes, fields: tuple[str, ...]) -> dict[str, str]:
     try:
         return bind_strings(decode_first(body), fields)  # gin ShouldBindJSON: Decoder.Decode
     except MissingBody:
-        raise _Refused("missing request body") from None
+        raise Refused("missing request body") from None
     except GoJSONError:
-        raise _Refused("body is not JSON Ollama reads") from None
+        raise Refused("body is not JSON Ollama reads") from None
 
 
 def _native(role_field: str = "model") -> Callable[[bytes], tuple[Model, ...]]:
@@ -252,7 +136,7 @@ def _push(body: bytes) -> tuple[Model, ...]:
     f = _bind(body, ("model", "name"))  # PushHandler routes.go:1176-1183, ParseName at :1199
     raw = f["model"] or f["name"]
     if not raw:
-        raise _Refused("model is required")
+        raise Refused("model is required")
     return (plain_model("model", raw),)
 
 
@@ -261,7 +145,7 @@ def _create(body: bytes) -> tuple[Model, ...]:
     named = [plain_model("model", f["model"] or f["name"])]  # create.go:100 ParseName(cmp.Or(...))
     if f["remote_host"]:
         # create.go:136 a parent on a host the request names: not a model this gate can judge
-        raise _Refused("remote_host is not accepted for a model-restricted key")
+        raise Refused("remote_host is not accepted for a model-restricted key")
     if f["from"]:
         named.append(ref_model("from", f["from"]))  # create.go:125 parseAndValidateModelRef(r.From)
     return tuple(named)
@@ -280,7 +164,7 @@ def _v1(path: str) -> Callable[[bytes], tuple[Model, ...]]:
         passthrough, whole = _cloud_passthrough(body)
         try:
             handler = ref_model("model", _bind(body, ("model",))["model"])
-        except _Refused:
+        except Refused:
             if passthrough is None:
                 raise
             return (passthrough,)  # passed through, or refused by the /v1 middleware
@@ -289,7 +173,7 @@ def _v1(path: str) -> Callable[[bytes], tuple[Model, ...]]:
         if path in _WEB_SEARCH_PATHS and "tools" in bind_keys(whole):
             # cloud_proxy.go:122: a web_search tool sends the request on to the /v1 middleware
             # and the handler, whose reading of the model differs: refuse rather than guess.
-            raise _Refused("model keys that Ollama's cloud check and handler read differently")
+            raise Refused("model keys that Ollama's cloud check and handler read differently")
         return (passthrough,)  # cloud_proxy.go:130 proxyCloudRequest, the handler never runs
 
     return read
@@ -307,7 +191,7 @@ def _cloud_passthrough(body: bytes) -> tuple[Model | None, Any]:
         return None, whole
     try:
         m = ref_model("model", trim_space(go_string(raw)))
-    except _Refused:
+    except Refused:
         return None, whole
     return (m if m.cloud else None), whole
 
@@ -318,12 +202,12 @@ def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, .
         in_query = goform.parse_query(query).get("model", [])
         in_body = goform.multipart_values(content_type, body, "model")
     except goform.FormError as exc:
-        raise _Refused(f"form not read: {exc}") from None
+        raise Refused(f"form not read: {exc}") from None
     if len(in_body) > 1:
-        raise _Refused("more than one model in the form")  # Go takes the first: refuse, not guess
+        raise Refused("more than one model in the form")  # Go takes the first: refuse, not guess
     values = in_query + in_body  # net/http request.go ParseMultipartForm appends after the query
     if not values or not values[0]:
-        raise _Refused("model is required")
+        raise Refused("model is required")
     return (ref_model("model", values[0]),)
 
 
@@ -396,7 +280,7 @@ def models_named(
             # cloudModelPathPassthroughMiddleware cloud_proxy.go:134 and RetrieveMiddleware
             # openai.go:342: the path segment is the ShowRequest's name (routes.go:1920).
             return Named((ref_model("model", segments[3]),))
-    except _Refused as exc:
+    except Refused as exc:
         return Unreadable(400, exc.reason)
     return Unknown()
 
@@ -408,7 +292,7 @@ def _entry_subject(name: Any) -> str | None:
     if not isinstance(name, str):
         return None
     parts = parse_name(name)
-    return None if parts is None else _shortest(parts)
+    return None if parts is None else shortest(parts)
 
 
 def _visible(entry: Any, keys: tuple[str, ...], allowed: Callable[[str], bool]) -> bool:
