@@ -176,6 +176,11 @@ def test_hostile_exact_readings():
     assert subjects("/api/create", '{"model":"mine","from":"big:cloud"}') == ("mine:latest", "big:cloud")
     # create.go:130-145: remote_host makes the parent a model on a host the request names
     assert isinstance(subjects("/api/create", '{"model":"mine","from":"small","REMOTE_HOST":"http://x"}'), Unreadable)
+    # create.go:184 weights named by digest: a way to name a model without its name
+    for field in ("files", "FILES", "adapters", "adapter\u017f", "Draft_Files"):
+        body = f'{{"model":"small","{field}":{{"m.gguf":"sha256:{"0" * 64}"}}}}'
+        assert isinstance(subjects("/api/create", body), Unreadable), field
+    assert subjects("/api/create", '{"model":"small","files":null,"from":"small"}') == ("small:latest", "small:latest")
     assert subjects("/api/chat", '{"model":"big:7b:cloud"}') == ("big:7b-cloud",)
     assert subjects("/api/pull", '{"model":"big:7b:cloud"}') == ("big:7b-cloud",)
     assert subjects("/api/chat", '{"model":"small"}{"model":"big"}') == ("small:latest",)
@@ -250,11 +255,11 @@ def test_transcriptions_query_first_then_multipart():
 
 def test_endpoints_without_models_and_unknown_ones():
     assert models_named("GET", "/api/version", "", None, None) == Named()
-    assert models_named("POST", "/api/blobs/sha256:" + "a" * 64, "", None, b"\0\1") == Named()
     for method, path in [("GET", "/api/tags"), ("HEAD", "/api/tags"), ("GET", "/api/ps")]:
         assert models_named(method, path, "", None, None) == Named(listing=True)
     for method, path in [("POST", "/api/signout"), ("POST", "/api/me"), ("DELETE", "/api/user/keys/x"),
-                         ("POST", "/api/experimental/web_search"), ("POST", "/api/new"), ("GET", "/v1/other")]:
+                         ("POST", "/api/experimental/web_search"), ("POST", "/api/new"), ("GET", "/v1/other"),
+                         ("POST", "/api/blobs/sha256:" + "a" * 64), ("HEAD", "/api/blobs/sha256:" + "a" * 64)]:
         assert isinstance(models_named(method, path, "", "application/json", b'{"model":"small"}'), Unknown)
 
 

@@ -140,8 +140,15 @@ def _push(body: bytes) -> tuple[Model, ...]:
     return (plain_model("model", raw),)
 
 
+_BLOB_FIELDS = {"files", "adapters", "draft_files"}  # api/types.go CreateRequest: name -> blob digest
+
+
 def _create(body: bytes) -> tuple[Model, ...]:
     f = _bind(body, ("model", "name", "from", "remote_host"))
+    if _BLOB_FIELDS & bind_keys(decode_first(body), non_null=True):
+        # create.go:64-90, :184 convertModelFromFiles: weights named by digest, not by a model name,
+        # so a key restricted to some models could clone any other model's layers: refuse.
+        raise Refused("files, adapters or draft_files are not accepted for a model-restricted key")
     named = [plain_model("model", f["model"] or f["name"])]  # create.go:100 ParseName(cmp.Or(...))
     if f["remote_host"]:
         # create.go:136 a parent on a host the request names: not a model this gate can judge
@@ -225,13 +232,12 @@ _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {
     **{("POST", p): _v1(p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")},
 }
 _LISTINGS = {("GET", "/api/tags"), ("HEAD", "/api/tags"), ("GET", "/api/ps"), ("GET", "/v1/models")}
-# Routes that act on no model. Account and web-search routes (/api/me, /api/signout,
-# /api/user/keys/:k, /api/experimental/web_*) are left Unknown on purpose: a model-restricted
-# key gets nothing there.
+# Routes that act on no model. Account, web-search and blob routes (/api/me, /api/signout,
+# /api/user/keys/:k, /api/experimental/web_*, /api/blobs/:digest, whose only use is a create
+# from files, refused below) are left Unknown on purpose: a model-restricted key gets nothing there.
 _NO_MODEL = {
     ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/api/status"),
 }
-_BLOB = re.compile(r"/api/blobs/[^/]+")  # routes.go:1899-1900, a digest, no model
 
 
 def _decoded_path(path: str) -> str | None:
@@ -261,7 +267,7 @@ def models_named(
     if decoded is None:
         return Unknown("path Ollama does not route as sent")
     key = (method, decoded)
-    if key in _NO_MODEL or (method in ("POST", "HEAD") and _BLOB.fullmatch(decoded)):
+    if key in _NO_MODEL:
         return Named()
     if key in _LISTINGS:
         return Named(listing=True)
