@@ -118,7 +118,7 @@ def _model(role: str, base: str, *, cloud: bool = False, subject: str = "") -> M
 
 
 def ref_model(role: str, raw: str) -> Model:
-    """routes.go ``parseAndValidateModelRef`` (model_resolver.go:38): modelref, then name.go."""
+    """``parseAndValidateModelRef`` (server/model_resolver.go:36): modelref, then name.go."""
     ref = parse_ref(raw)
     if ref is None:
         raise Refused(f"{role} is required" if not trim_space(raw) else "use either :local or :cloud, not both")
@@ -132,7 +132,7 @@ def ref_model(role: str, raw: str) -> Model:
 
 
 def pull_model(raw: str) -> Model:
-    """model_resolver.go ``parseNormalizePullModelRef``: ``:cloud`` becomes the stub's name."""
+    """model_resolver.go:57 ``parseNormalizePullModelRef``: ``:cloud`` becomes the stub's name."""
     ref = parse_ref(raw)
     if ref is None:
         raise Refused("invalid model name")

@@ -65,7 +65,7 @@ from credential_helper.serve.modelname import (
 
 __all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "filter_listing", "models_named"]
 
-BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:35)
+BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:36)
 
 
 
@@ -101,7 +101,6 @@ def denied(named: Named, allowed: Callable[[str], bool]) -> Model | None:
     return None
 
 
-
 # --- the endpoints (server/routes.go:1877-1926 GenerateRoutes) --------------------------------
 
 def _bind(body: bytes, fields: tuple[str, ...]) -> dict[str, str]:
@@ -113,17 +112,14 @@ def _bind(body: bytes, fields: tuple[str, ...]) -> dict[str, str]:
         raise Refused("body is not JSON Ollama reads") from None
 
 
-def _native(role_field: str = "model") -> Callable[[bytes], tuple[Model, ...]]:
-    # GenerateHandler routes.go:248-262, ChatHandler :2444-2458, EmbedHandler :798-808,
-    # EmbeddingsHandler :1044-1054: ShouldBindJSON, parseAndValidateModelRef(req.Model), no `name`.
-    def read(body: bytes) -> tuple[Model, ...]:
-        return (ref_model("model", _bind(body, ("model",))["model"]),)
-
-    return read
+def _native(body: bytes) -> tuple[Model, ...]:
+    # GenerateHandler routes.go:248-261, ChatHandler :2444-2457, EmbedHandler :798-808,
+    # EmbeddingsHandler :1044-1052: ShouldBindJSON, parseAndValidateModelRef(req.Model), no `name`.
+    return (ref_model("model", _bind(body, ("model",))["model"]),)
 
 
 def _show(body: bytes) -> tuple[Model, ...]:
-    f = _bind(body, ("model", "name"))  # ShowHandler routes.go:1312-1321: model, else name
+    f = _bind(body, ("model", "name"))  # ShowHandler routes.go:1312-1322: model, else name
     return (ref_model("model", f["model"] or f["name"]),)
 
 
@@ -146,24 +142,24 @@ _BLOB_FIELDS = {"files", "adapters", "draft_files"}  # api/types.go CreateReques
 def _create(body: bytes) -> tuple[Model, ...]:
     f = _bind(body, ("model", "name", "from", "remote_host"))
     if _BLOB_FIELDS & bind_keys(decode_first(body), non_null=True):
-        # create.go:64-90, :184 convertModelFromFiles: weights named by digest, not by a model name,
+        # create.go:70-101, :192 convertModelFromFiles: weights named by digest, not by a model name,
         # so a key restricted to some models could clone any other model's layers: refuse.
         raise Refused("files, adapters or draft_files are not accepted for a model-restricted key")
-    named = [plain_model("model", f["model"] or f["name"])]  # create.go:100 ParseName(cmp.Or(...))
+    named = [plain_model("model", f["model"] or f["name"])]  # create.go:103 ParseName(cmp.Or(...))
     if f["remote_host"]:
-        # create.go:136 a parent on a host the request names: not a model this gate can judge
+        # create.go:137-142 a parent on a host the request names: not a model this gate can judge
         raise Refused("remote_host is not accepted for a model-restricted key")
     if f["from"]:
-        named.append(ref_model("from", f["from"]))  # create.go:125 parseAndValidateModelRef(r.From)
+        named.append(ref_model("from", f["from"]))  # create.go:130 parseAndValidateModelRef(r.From)
     return tuple(named)
 
 
 def _copy(body: bytes) -> tuple[Model, ...]:
-    f = _bind(body, ("source", "destination"))  # CopyHandler routes.go:1654-1673: raw ParseName
+    f = _bind(body, ("source", "destination"))  # CopyHandler routes.go:1657-1668: raw ParseName
     return (plain_model("source", f["source"]), plain_model("destination", f["destination"]))
 
 
-_WEB_SEARCH_PATHS = ("/v1/responses", "/v1/messages")  # cloud_proxy.go:345 hasWebSearchTool
+_WEB_SEARCH_PATHS = ("/v1/responses", "/v1/messages")  # cloud_proxy.go:328 hasWebSearchTool
 
 
 def _v1(path: str) -> Callable[[bytes], tuple[Model, ...]]:
@@ -178,16 +174,16 @@ def _v1(path: str) -> Callable[[bytes], tuple[Model, ...]]:
         if passthrough is None or handler == passthrough:
             return (handler,)
         if path in _WEB_SEARCH_PATHS and "tools" in bind_keys(whole):
-            # cloud_proxy.go:122: a web_search tool sends the request on to the /v1 middleware
+            # cloud_proxy.go:128: a web_search tool sends the request on to the /v1 middleware
             # and the handler, whose reading of the model differs: refuse rather than guess.
             raise Refused("model keys that Ollama's cloud check and handler read differently")
-        return (passthrough,)  # cloud_proxy.go:130 proxyCloudRequest, the handler never runs
+        return (passthrough,)  # cloud_proxy.go:134 proxyCloudRequest, the handler never runs
 
     return read
 
 
 def _cloud_passthrough(body: bytes) -> tuple[Model | None, Any]:
-    # cloudPassthroughMiddleware cloud_proxy.go:73-131: json.Unmarshal into a map, exact "model"
+    # cloudPassthroughMiddleware cloud_proxy.go:74-136: json.Unmarshal into a map, exact "model"
     # (extractModelField :304), TrimSpace, parseAndValidateModelRef; only an explicit cloud source.
     try:
         whole = unmarshal_whole(body)
@@ -204,7 +200,7 @@ def _cloud_passthrough(body: bytes) -> tuple[Model | None, Any]:
 
 
 def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, ...]:
-    # TranscriptionMiddleware openai.go:1280-1289; the ChatHandler then reads the model (:2462).
+    # TranscriptionMiddleware openai.go:1280-1289; the ChatHandler then reads the model (routes.go:2457).
     try:
         in_query = goform.parse_query(query).get("model", [])
         in_body = goform.multipart_values(content_type, body, "model")
@@ -219,10 +215,10 @@ def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, .
 
 
 _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {
-    ("POST", "/api/generate"): _native(),
-    ("POST", "/api/chat"): _native(),
-    ("POST", "/api/embed"): _native(),
-    ("POST", "/api/embeddings"): _native(),
+    ("POST", "/api/generate"): _native,
+    ("POST", "/api/chat"): _native,
+    ("POST", "/api/embed"): _native,
+    ("POST", "/api/embeddings"): _native,
     ("POST", "/api/show"): _show,
     ("POST", "/api/pull"): _pull_delete,
     ("DELETE", "/api/delete"): _pull_delete,
@@ -275,7 +271,7 @@ def models_named(
     if len(body) > limit:
         return Unreadable(413, "body over the size limit")
     if content_encoding and content_encoding.strip().lower() != "identity":
-        return Unreadable(400, "compressed body")  # cloud_proxy.go:79 and openai.go:1157 inflate zstd
+        return Unreadable(400, "compressed body")  # cloud_proxy.go:82 and openai.go:1157 inflate zstd
     try:
         if key in _BODY_ROUTES:
             return Named(_BODY_ROUTES[key](body))
@@ -283,7 +279,7 @@ def models_named(
             return Named(_transcription(query, content_type or "", body))
         segments = decoded.split("/")
         if method == "GET" and len(segments) == 4 and decoded.startswith("/v1/models/") and segments[3]:
-            # cloudModelPathPassthroughMiddleware cloud_proxy.go:134 and RetrieveMiddleware
+            # cloudModelPathPassthroughMiddleware cloud_proxy.go:139 and RetrieveMiddleware
             # openai.go:342: the path segment is the ShowRequest's name (routes.go:1920).
             return Named((ref_model("model", segments[3]),))
     except Refused as exc:
