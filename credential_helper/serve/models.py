@@ -8,7 +8,8 @@ Public API (used by the gate's ``models=`` policy)::
     denied(named, allowed) -> Model | None
 
 - ``path`` is the request-target's path as sent (percent-encoded), ``query`` its raw query
-  without ``?``; ``body`` the whole request body (``b""`` or ``None`` for none).
+  without ``?``; ``body`` the whole request body after de-chunking (``b""`` or ``None`` for
+  none); ``content_encoding`` the request's ``Content-Encoding`` header, if any.
 - ``Named.models``: every model Ollama (ollama/ollama@fb30760) would act on, each a ``Model``;
   ``Named.subjects``: the strings a ``models=`` pattern is matched against, one per model.
   ``Named(())`` is an endpoint that names no model (``/api/version``) or a listing
@@ -17,7 +18,13 @@ Public API (used by the gate's ``models=`` policy)::
 - ``Unreadable(status, reason)``: 400 when the body cannot be read exactly as Ollama would (not
   JSON, compressed, a name Ollama refuses, a shape this module does not read), 413 over ``limit``.
 - ``Unknown``: a route this module does not know (or one Ollama answers with a redirect, 404 or
-  405): a model-restricted key is granted nothing there.
+  405), and the account, web-search and blob routes: a model-restricted key is granted nothing.
+
+Refused (400) although Ollama would act, because the gate cannot judge the request by model
+name (grant less): ``/api/create`` with ``files``, ``adapters`` or ``draft_files`` (weights named
+by digest) or ``remote_host``; ``/v1/responses`` and ``/v1/messages`` whose cloud check and
+handler read different models while a ``tools`` key is present; a transcription form with two
+``model`` parts or anything ``goform`` does not read exactly as Go does.
 
 The subject a pattern is matched against is the name Ollama acts on, normalised as
 ``types/model/name.go`` does (default host ``registry.ollama.ai``, namespace ``library``, tag
