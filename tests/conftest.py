@@ -175,7 +175,7 @@ def pytest_addoption(parser) -> None:
 # otherwise. A unit test that opens a socket or starts a process fails (the guard
 # below), so the unit tier cannot quietly start needing the network.
 
-INTEROP_FILES = {"test_frontends.py", "test_recipes.py", "test_integrations.py", "test_live.py", "test_prometheus.py",
+INTEROP_FILES = {"test_frontends.py", "test_recipes.py", "test_integrations.py", "test_live.py", "test_prometheus.py", "test_models_go.py",
                  "test_go_client.py"}
 PROCESS_FIXTURES = {"run", "standin", "streaming_standin", "upstream", "start_proxy", "start_gate", "proxy_env"}
 

@@ -5,6 +5,7 @@ proof that the Python API and the adapters both drive it rather than a copy."""
 from __future__ import annotations
 
 import datetime
+import re
 import email.utils
 
 import pytest
@@ -64,7 +65,7 @@ def test_a_401_with_a_skewed_date_is_retried_once_with_the_corrected_ts(keys):
     assert 118 <= second_ts - first_ts <= 122
     with pytest.raises(StopIteration) as done:
         flow.send(token_answer())
-    assert "120s behind" in done.value.value.note
+    assert re.search(r"(119|120|121)s behind ollama.com:443", done.value.value.note), done.value.value.note
 
 
 def test_the_clock_is_corrected_in_the_right_direction(keys):
