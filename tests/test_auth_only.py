@@ -124,6 +124,7 @@ def test_prefixed_request_refuses_anything_outside_the_prefix(target):
     assert isinstance(result, Refused) and result.status == 400, result
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("prefix", ["", "/", "_gate", "/_gate/", "/a//b", "/a/../b", "/a%2Fb", "/a?b"])
 def test_a_path_prefix_that_cannot_work_is_refused_at_start(tmp_path, env, prefix):
     keys = tmp_path / "authorized_keys"
@@ -134,6 +135,7 @@ def test_a_path_prefix_that_cannot_work_is_refused_at_start(tmp_path, env, prefi
     assert done.returncode == 2 and "--path-prefix" in done.stderr, (done.returncode, done.stderr)
 
 
+@pytest.mark.process
 def test_path_prefix_needs_auth_only(tmp_path, env):
     keys = tmp_path / "authorized_keys"
     keys.write_text(PUB_A)
@@ -171,6 +173,7 @@ def envoy_asks(port: int, method: str, path: str, headers: dict[str, str]) -> tu
     return int(status_line.split()[1]), {n.strip().lower(): v.strip() for n, _, v in (f.partition(":") for f in fields)}, body
 
 
+@pytest.mark.process
 def test_envoy_shape_admits_with_200_and_tells_envoy_to_drop_the_signature(envoy_gate):
     target = f"/api/chat?ts={int(time.time())}"
     status, headers, body = envoy_asks(envoy_gate.port, "POST", target, {"Authorization": sign("POST", target)})
@@ -180,6 +183,7 @@ def test_envoy_shape_admits_with_200_and_tells_envoy_to_drop_the_signature(envoy
     assert headers["x-envoy-auth-headers-to-remove"] == "authorization"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH", "OPTIONS"])
 def test_envoy_shape_verifies_any_method_on_the_request_line(envoy_gate, method):
     target = f"/api/delete?ts={int(time.time())}"
@@ -190,6 +194,7 @@ def test_envoy_shape_verifies_any_method_on_the_request_line(envoy_gate, method)
     assert status == 401 and json.loads(body)["error"]
 
 
+@pytest.mark.process
 def test_envoy_shape_refuses_with_the_reason_and_never_reads_header_families(envoy_gate):
     """bob, granted /api/tags, asks for /api/ps; header families naming /api/tags are not read."""
     granted = f"/api/tags?ts={int(time.time())}"
@@ -208,6 +213,7 @@ def test_envoy_shape_refuses_with_the_reason_and_never_reads_header_families(env
     assert status == 403 and "not granted /api/chat" in json.loads(body)["error"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", ["/api/tags?ts=1", "/_gatex/api/tags", "/", "/x/_gate/api/tags"])
 def test_envoy_shape_refuses_a_request_outside_the_prefix(envoy_gate, path):
     with socket.create_connection(("127.0.0.1", envoy_gate.port), timeout=10) as sock:
@@ -218,6 +224,7 @@ def test_envoy_shape_refuses_a_request_outside_the_prefix(envoy_gate, path):
     assert reply.startswith(b"HTTP/1.1 400 ") and b"--path-prefix" in reply, reply
 
 
+@pytest.mark.process
 def test_envoy_shape_health_check_removes_a_clients_identity_key(envoy_gate):
     status, headers, _ = envoy_asks(envoy_gate.port, "HEAD", "/", {})
     assert status == 200 and headers["x-ollama-user"] == "-" and "x-ollama-key" not in headers
