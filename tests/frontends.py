@@ -278,7 +278,7 @@ class RawUpstream:
             while True:
                 try:
                     data = client.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     data = None
                 if data == b"":
                     return

@@ -131,7 +131,7 @@ def test_a_path_prefix_that_cannot_work_is_refused_at_start(tmp_path, env, prefi
     keys.write_text(PUB_A)
     keys.chmod(0o600)
     done = subprocess.run([*helper_executable(), "gate", "--auth-only", "--path-prefix", prefix, "--listen", "127.0.0.1:0",
-                           "--authorized-keys", str(keys)], env=env, capture_output=True, text=True, timeout=30)
+                           "--authorized-keys", str(keys)], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and "--path-prefix" in done.stderr, (done.returncode, done.stderr)
 
 
@@ -141,7 +141,7 @@ def test_path_prefix_needs_auth_only(tmp_path, env):
     keys.write_text(PUB_A)
     keys.chmod(0o600)
     done = subprocess.run([*helper_executable(), "gate", "--path-prefix", "/_gate", "--listen", "127.0.0.1:0",
-                           "--authorized-keys", str(keys)], env=env, capture_output=True, text=True, timeout=30)
+                           "--authorized-keys", str(keys)], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 2 and "--auth-only" in done.stderr
 
 

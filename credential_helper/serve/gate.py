@@ -12,8 +12,8 @@ import time
 
 from ..sanitize import printable
 from .authorized_keys import KeyFile
-from .messages import Answer, Forward, Head, end_to_end, request_has_body
 from .forwarded import authorization_header, forwarded_request, prefixed_request
+from .messages import Answer, Forward, Head, end_to_end, request_has_body
 from .verify import HEALTH_CHECK_NAME, Admitted, Refused, verify
 
 # Never forwarded to Ollama besides hop-by-hop fields: the signature (replayable at
