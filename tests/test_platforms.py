@@ -34,6 +34,7 @@ from credential_helper.standin import StandIn
 # linux: no simulation, the same steps on the system they really run on (the smoke
 # run .ci/matrix makes on every Python).
 PLATFORMS = ["linux", "win32", "darwin"]
+pytestmark = pytest.mark.process  # every case starts the installed executable
 
 
 @pytest.fixture(params=PLATFORMS)

@@ -265,6 +265,7 @@ def test_windows_listening_socket_is_exclusive_never_reuseaddr(monkeypatch):
     assert all(option not in (socket.SO_REUSEADDR, 4) for _, option, _ in sock.options)
 
 
+@pytest.mark.process
 def test_posix_listening_socket_reuses_address():
     with socket.socket() as sock:
         system.Posix(None).prepare_listening_socket(sock)
@@ -332,6 +333,7 @@ def windows_cache(windows_env) -> str:
     return os.path.join(windows_env["LOCALAPPDATA"], "ollama-credential-helper")
 
 
+@pytest.mark.process
 def test_the_simulation_is_in_force(windows_env):
     # The package's own os (system.os) lacks what typeshed says Windows lacks; the
     # rest of the process keeps Linux's (tests/platform_surface.py).
@@ -354,6 +356,7 @@ def test_simulated_windows_get_caches_in_localappdata(run, windows_env, standin)
     assert len(entry_names(windows_cache(windows_env))) == 1
 
 
+@pytest.mark.process
 def test_simulated_windows_single_flight_across_processes(windows_env, public_line):
     # Break caught: try_lock returning None on Windows (no lock: 16 exchanges).
     with StandIn(exchange_delay=0.5) as server:
@@ -403,6 +406,7 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # a key is ~400 bytes: the write fails
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("simulated", [False, True], ids=["posix", "windows"])
 def test_key_generate_on_a_full_disk_leaves_no_key_file(env, windows_env, tmp_path, simulated):
     # Break caught: writing the key in place (a 64-byte id_ed25519 is left behind).

@@ -78,6 +78,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
+               path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
                grace: float, verbose: bool, ready: Callable[[Server], None] | None = None) -> int:
     from . import gate, server as server_module
@@ -92,6 +93,14 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                          "(signatures must not cross a network in clear text)")
     if auth_only and upstream_text is not None:
         raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
+    if path_prefix is not None:
+        from .forwarded import path_prefix_problem
+
+        if not auth_only:
+            raise InputError("--path-prefix goes with --auth-only (Envoy's ext_authz asks; the gate forwards nothing)")
+        problem = path_prefix_problem(path_prefix)
+        if problem is not None:
+            raise InputError(f"--path-prefix {path_prefix!r}: {problem}")
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
@@ -109,7 +118,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     keys = KeyFile(path, warn, lambda new: log(f"reloaded {path}: {len(new)} key line(s)"))  # IdentityError (exit 3) when unusable
     decider: gate.AuthOnlyPolicy | gate.GatePolicy
     if auth_only:
-        decider = gate.AuthOnlyPolicy(keys, max_skew)
+        decider = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix)
     else:
         from .upstream import Upstream
 
@@ -118,9 +127,10 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
     server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
-    mode = "forward auth" if auth_only else f"upstream {upstream_url}"
-    host, port = server.address
-    log(f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
+    mode = f"upstream {upstream_url}"
+    if auth_only:
+        mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
+    log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
     shown, early = early or [], None
     for text in shown:
