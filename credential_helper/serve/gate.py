@@ -7,6 +7,7 @@ the refusal, for nginx ``auth_request``, Caddy ``forward_auth`` and Traefik
 ``ForwardAuth``, which read the method and target from headers they set.
 """
 
+import dataclasses
 import functools
 import time
 
@@ -32,7 +33,9 @@ def refusal(refused: Refused) -> Answer:
     headers = [("X-Ollama-Error", message)]
     if refused.status == 401:
         headers.append(("WWW-Authenticate", 'Ollama realm="ollama-credential-helper gate"'))
-    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True)
+    reason = refused.reason or ("malformed" if refused.status == 400 else "")
+    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True, who=refused.user or None,
+                  key=refused.key, reason=reason, hint=refused.hint)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -86,7 +89,7 @@ class GatePolicy(_Verifying):
         headers += [("Host", self.upstream_host), *identity_headers(result)]
         # An unsigned probe gets one answer per connection: queued probes must not hold request slots.
         probe = result.name == HEALTH_CHECK_NAME and not result.fingerprint
-        return Forward(head.target, tuple(headers), who=label(result), close=probe)
+        return Forward(head.target, tuple(headers), who=label(result), close=probe, key=result.fingerprint)
 
 
 class AuthOnlyPolicy(_Verifying):
@@ -100,6 +103,6 @@ class AuthOnlyPolicy(_Verifying):
         result = self.check(method, target, head.headers)
         if isinstance(result, Refused):
             answer = refusal(result)
-            return Answer(answer.status, answer.message, answer.headers, keep_alive=True, about=(method, target))
+            return dataclasses.replace(answer, about=(method, target))
         return Answer(204, headers=tuple(identity_headers(result)), keep_alive=True, who=label(result),
-                      about=(method, target))
+                      about=(method, target), key=result.fingerprint)

@@ -1,0 +1,104 @@
+"""The gate's Prometheus metrics (``gate --metrics-listen``), through the official
+client library (prometheus_client), from the same per-request records as the log.
+
+Names are fixed (issue 22) so that dashboards and alerts can rely on them. Every
+label set is bounded, whatever a caller sends:
+- ``user`` is the key's name in authorized_keys; every caller without one (an
+  unknown key, an unsigned request, a key on a line without a name) is ``-``;
+- ``endpoint`` is one of Ollama's routes (record.ENDPOINTS) or ``other``;
+- ``reason`` is a record.REASONS word or ``other``; ``cause`` a fixed word;
+- ``model`` is whatever Ollama named in an answer that carried token counts (so a
+  model the server has); past MAX_MODELS distinct names, ``other``.
+"""
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import record
+
+MAX_MODELS = 200
+# Seconds: from a refusal (well under a millisecond) to a long generation.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """An observer of records (``metrics(record)``) and of requests in flight (``flight``)."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("ollama_gate_requests", "Requests answered, by caller, endpoint and status.",
+                                ("user", "endpoint", "status"), registry=registry)
+        self.refusals = Counter("ollama_gate_refusals", "Requests refused or failed, by reason class.",
+                                ("reason",), registry=registry)
+        self.in_flight = Gauge("ollama_gate_in_flight", "Requests being relayed to Ollama now, by caller.",
+                               ("user",), registry=registry)
+        self.duration = Histogram("ollama_gate_request_duration_seconds", "From the request head to the answer's end.",
+                                  buckets=BUCKETS, registry=registry)
+        self.tokens = Counter("ollama_gate_tokens", "Tokens Ollama reported (prompt_eval_count, eval_count, /v1 usage).",
+                              ("user", "model", "kind"), registry=registry)
+        self.bytes = Counter("ollama_gate_response_bytes", "Answer body bytes sent to clients, by caller.",
+                             ("user",), registry=registry)
+        self.upstream_failures = Counter("ollama_gate_upstream_failures",
+                                         "Ollama could not be reached, timed out, answered malformed, or cut its answer.",
+                                         ("cause",), registry=registry)
+        self._models: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, shown: record.Record) -> None:
+        user = user_label(shown.user)
+        status = str(shown.status) if shown.status is not None else "-"
+        self.requests.labels(user, record.endpoint(shown.path), status).inc()
+        if shown.reason:
+            self.refusals.labels(record.reason_class(shown.status, shown.reason)).inc()
+        if shown.upstream_failure:
+            self.upstream_failures.labels(shown.upstream_failure).inc()
+        self.duration.observe(shown.ms / 1000)
+        if shown.bytes > 0:
+            self.bytes.labels(user).inc(shown.bytes)
+        if shown.prompt_tokens is not None or shown.completion_tokens is not None:
+            model = self._model_label(shown.model)
+            self.tokens.labels(user, model, "prompt").inc(shown.prompt_tokens or 0)
+            self.tokens.labels(user, model, "completion").inc(shown.completion_tokens or 0)
+
+    def flight(self, user: str, delta: int) -> None:
+        self.in_flight.labels(user_label(user)).inc(delta)
+
+    def _model_label(self, model: str) -> str:
+        model = model[:200] if model else "-"
+        with self._lock:
+            if model in self._models:
+                return model
+            if len(self._models) >= MAX_MODELS:
+                return "other"
+            self._models.add(model)
+            return model
+
+    def serve(self, address: tuple[str, int]) -> "Exporter":
+        return Exporter(self.registry, address)
+
+
+def user_label(user: str) -> str:
+    return user[:100] if user else "-"
+
+
+class Exporter:
+    """``/metrics`` on its own listener and thread (prometheus_client's WSGI server)."""
+
+    def __init__(self, registry, address: tuple[str, int]) -> None:
+        from prometheus_client import start_http_server
+
+        from ..errors import ListenError
+        from .server import listen_problem
+
+        host, port = address
+        try:
+            self.httpd, self.thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise ListenError(listen_problem(shown, exc).replace("cannot listen", "--metrics-listen: cannot listen")) from None
+        self.address = self.httpd.server_address[:2]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
