@@ -173,7 +173,7 @@ def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
         credential = credential[7:].lstrip(" ")
     key_text, colon, signature_text = credential.partition(":")
     if not colon:
-        return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)", "malformed")
+        return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)", "unsigned")  # an API key, not a signature
     blob = decode_base64(key_text)
     if blob is None:
         return Refused(401, "the public key in the Authorization header is not valid base64", "malformed")
