@@ -19,7 +19,8 @@ import json
 import re
 
 TAIL = 64 * 1024
-_COUNT = re.compile(rb'(?<!\\)"(prompt_eval_count|eval_count)"\s*:\s*(\d{1,15})')
+# Inside a JSON string (model text) the name's quotes are escaped, \"eval_count\": never a match.
+_COUNT = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d{1,15})')
 TYPES = ("application/json", "application/x-ndjson", "text/event-stream")
 
 
@@ -80,8 +81,7 @@ def _number(value) -> int:
 
 
 def _by_pattern(tail: bytes) -> tuple[int, int] | None:
-    """The last top-level counts of a single JSON body too large for the tail. An
-    escaped quote (model text inside a string) never matches."""
+    """The counts of a single JSON body too large for the tail (a large embedding)."""
     found = {name: int(number) for name, number in _COUNT.findall(tail)}
     if not found:
         return None
