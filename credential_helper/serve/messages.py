@@ -21,7 +21,7 @@ HOP_BY_HOP = frozenset(
 # Framing is the engine's (h11 writes its own Content-Length or chunking).
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 REASONS = {
-    204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 401: "Unauthorized", 403: "Forbidden",
     413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }

@@ -83,22 +83,45 @@ def user_label(user: str) -> str:
 
 
 class Exporter:
-    """``/metrics`` on its own listener and thread (prometheus_client's WSGI server)."""
+    """``/metrics`` on its own listener, served by this package's engine (server.py):
+    kept-alive connections (Prometheus reuses its connection between scrapes, so a
+    scrape costs no accept and no new thread), the same connection cap and time
+    bounds as the gate. The text itself is prometheus_client's (``choose_encoder``
+    answers OpenMetrics when Prometheus asks for it)."""
 
     def __init__(self, registry, address: tuple[str, int]) -> None:
-        from prometheus_client import start_http_server
-
         from ..errors import ListenError
-        from .server import listen_problem
+        from . import server
 
-        host, port = address
         try:
-            self.httpd, self.thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as exc:
-            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            raise ListenError(listen_problem(shown, exc).replace("cannot listen", "--metrics-listen: cannot listen")) from None
-        self.address = self.httpd.server_address[:2]
+            self.server = server.Server(address, _Scrape(registry), upstream=None, log=lambda line: None,
+                                        timeout=10, max_in_flight=4, max_connections=16, observe=lambda record: None)
+        except ListenError as exc:
+            raise ListenError(f"--metrics-listen: {exc}") from None
+        self.address = self.server.address
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.stop_accepting()
+        self.thread.join(timeout=2)
+        self.server.close()
+
+
+class _Scrape:
+    """The exporter's policy: GET or HEAD /metrics, nothing else."""
+
+    def __init__(self, registry) -> None:
+        self.registry = registry
+
+    def decide(self, head):
+        from prometheus_client.exposition import choose_encoder
+
+        from .messages import Answer
+
+        if head.path != "/metrics":
+            return Answer(404, "only /metrics is served here", keep_alive=True)
+        if head.method not in ("GET", "HEAD"):
+            return Answer(405, "GET /metrics", headers=(("Allow", "GET, HEAD"),), keep_alive=True)
+        encoder, content_type = choose_encoder(head.get("accept") or "")
+        return Answer(200, body=encoder(self.registry), headers=(("Content-Type", content_type),), keep_alive=True)
