@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import GOLDEN, helper_executable, load_vectors
+from conftest import GOLDEN, assert_ollama_error_shape, helper_executable, load_vectors
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, server
 from credential_helper.serve.authorized_keys import KeyFile
@@ -110,17 +110,6 @@ def test_the_same_requests_one_skew_window_away_are_refused(recorded, vector, of
     reply = gate_.send(vector["method"], vector["target"], vector["authorization"])
     assert reply.startswith(b"HTTP/1.1 401 "), reply
     assert ollama.requests == []
-
-
-def assert_ollama_error_shape(status: int, body: dict) -> None:
-    """What Ollama's Go client prints without doubling (api/client.go checkError, api/types.go):
-    a 401 becomes AuthorizationError, which prints only `status`; any other code StatusError,
-    which prints `status: error`, so there `error` alone."""
-    assert body["error"].strip()
-    if status == 401:
-        assert set(body) == {"error", "status"} and body["status"] == body["error"], body
-    else:
-        assert set(body) == {"error"}, body
 
 
 @pytest.mark.parametrize("vector", NEGATIVES, ids=[f"{v['why']}-{i}" for i, v in enumerate(NEGATIVES)])
