@@ -20,10 +20,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gate_bench  # noqa: E402
+import gate_bench
 
-from credential_helper.identity import load_identity  # noqa: E402
-
+from credential_helper.identity import load_identity
 
 _kept: dict = {}
 

@@ -18,8 +18,8 @@ import socket
 import time
 
 import pytest
-
 from conftest import GOLDEN
+
 from credential_helper.identity import load_identity
 
 spec = importlib.util.spec_from_file_location("record_harness", GOLDEN / "ollama-client-harness" / "record.py")

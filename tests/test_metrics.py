@@ -14,11 +14,11 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from conftest import GOLDEN, helper_executable
+from test_observe import API_MD_STREAM, FINGERPRINT_A, signed
+
 from credential_helper.errors import InputError, ListenError
 from credential_helper.serve import commands, metrics, record
-from test_observe import API_MD_STREAM, FINGERPRINT_A, Gate, signed
 
 
 def sample(text: str, name: str, **labels) -> float | None:
@@ -36,7 +36,7 @@ def test_records_become_the_named_metrics_with_bounded_labels():
     from prometheus_client import generate_latest
 
     seen = metrics.Metrics()
-    base = dict(time=0.0, method="POST", bytes=10, ms=12.0)
+    base = {"time": 0.0, "method": "POST", "bytes": 10, "ms": 12.0}
     seen(record.Record(path="/api/chat", status=200, user="bob", key="SHA256:b", model="llama3.2", prompt_tokens=26,
                        completion_tokens=259, **base))
     for number in range(50):  # fifty strangers, fifty made-up paths: one bucket, one "other"

@@ -24,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 GOLDEN = ROOT / "golden"
 
-from credential_helper import protocol  # noqa: E402
-from credential_helper.serve import gate, server  # noqa: E402
-from credential_helper.serve.authorized_keys import KeyFile  # noqa: E402
-from credential_helper.serve.upstream import Upstream  # noqa: E402
+from credential_helper import protocol
+from credential_helper.serve import gate, server
+from credential_helper.serve.authorized_keys import KeyFile
+from credential_helper.serve.upstream import Upstream
 
 SKEW = 1000  # the stale cases' gate clock runs this far ahead
 # name: (key file or None for unsigned, call, method, path, body, gate: "normal" | "skewed" | "down")
