@@ -236,3 +236,33 @@ def test_the_gate_writes_json_lines_from_the_command_line(tmp_path, keys, ollama
     assert (entry["method"], entry["path"], entry["status"], entry["user"], entry["key"], entry["reason"]) == (
         "GET", "/api/tags", 200, "bob", FINGERPRINT_B, None)
     assert entry["bytes"] > 0 and entry["ms"] >= 0
+
+
+def test_the_proxy_writes_json_lines_too(keys, tmp_path):
+    from faults import KeepAliveServer
+
+    def respond(head, body, index):
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    with KeepAliveServer(respond) as upstream:
+        process = subprocess.Popen([*helper_executable(), "proxy", "--listen", "127.0.0.1:0", "--log-format", "json",
+                                    "--no-local-token", "--upstream", f"http://{upstream.host}", "--identity", str(keys / "ed25519-b")],
+                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            first = json.loads(process.stderr.readline())
+            port = int(first["message"].split("listening on http://127.0.0.1:")[1].split(" ")[0])
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(f"GET /api/tags?secret=hunter2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                while sock.recv(65536):
+                    pass
+            lines = []
+            while not any('"method"' in line for line in lines):
+                lines.append(process.stderr.readline())
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    shown = [json.loads(line) for line in lines]  # every line is one JSON object, warnings included
+    entry = shown[-1]
+    assert (entry["method"], entry["path"], entry["status"], entry["bytes"], entry["reason"]) == ("GET", "/api/tags", 200, 2, None)
+    assert "hunter2" not in "".join(lines)
