@@ -134,7 +134,7 @@ def test_the_gate_serves_its_metrics(metered_gate):
     assert sample(text, "ollama_gate_requests_total", user="bob", endpoint="/api/chat", status="200") == 1
     assert sample(text, "ollama_gate_requests_total", user="-", endpoint="/api/chat", status="401") == 1
     assert sample(text, "ollama_gate_refusals_total", reason="unknown-key") == 1
-    assert sample(text, "ollama_gate_tokens_total", user="bob", model="-", kind="completion") == 259
+    assert sample(text, "ollama_gate_tokens_total", user="bob", model="llama3.2", kind="completion") == 259
     assert sample(text, "ollama_gate_in_flight", user="bob") == 0
     assert FINGERPRINT_A not in text
 

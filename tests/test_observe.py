@@ -162,7 +162,7 @@ def test_the_json_line_carries_the_token_counts_of_ollamas_final_object(tmp_path
         finally:
             gate_.close()
     entry = json.loads(gate_.json[0])
-    assert (entry["prompt_tokens"], entry["completion_tokens"], entry["user"]) == (26, 259, "bob")
+    assert (entry["prompt_tokens"], entry["completion_tokens"], entry["model"], entry["user"]) == (26, 259, "llama3.2", "bob")
 
 
 def test_the_gates_and_the_proxys_own_answers_carry_date(tmp_path):

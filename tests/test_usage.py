@@ -58,7 +58,7 @@ RESPONSES_SSE = (
 )
 
 
-def scan(body: bytes, size: int = 7) -> tuple[int, int] | None:
+def scan(body: bytes, size: int = 7) -> tuple[int, int, str] | None:
     scanner = usage.Scanner()
     for start in range(0, len(body), size):  # in pieces, as an answer streams past
         scanner.feed(body[start:start + size])
@@ -66,12 +66,12 @@ def scan(body: bytes, size: int = 7) -> tuple[int, int] | None:
 
 
 @pytest.mark.parametrize("body, expected", [
-    (GENERATE_PART + b"\n" + GENERATE_PART + b"\n" + GENERATE_FINAL + b"\n", (26, 259)),
-    (USAGE_MDX, (11, 18)),
-    (EMBED, (8, 0)),
-    (OPENAI_JSON, (9, 12)),
-    (OPENAI_SSE, (9, 12)),
-    (RESPONSES_SSE, (36, 87)),
+    (GENERATE_PART + b"\n" + GENERATE_PART + b"\n" + GENERATE_FINAL + b"\n", (26, 259, "llama3.2")),
+    (USAGE_MDX, (11, 18, "gemma4")),
+    (EMBED, (8, 0, "all-minilm")),
+    (OPENAI_JSON, (9, 12, "gpt-4o-mini")),
+    (OPENAI_SSE, (9, 12, "gpt-4o-mini")),
+    (RESPONSES_SSE, (36, 87, "")),
     (GENERATE_PART + b"\n", None),
     (b'{"models":[]}', None),
 ])
@@ -83,7 +83,7 @@ def test_a_final_object_larger_than_the_tail_still_gives_its_counts():
     big = {"model": "all-minilm", "embeddings": [[0.5] * 30000], "prompt_eval_count": 8}
     body = json.dumps(big).encode()
     assert len(body) > usage.TAIL
-    assert scan(body, 65536) == (8, 0)
+    assert scan(body, 65536) == (8, 0, "")
 
 
 def test_model_text_that_spells_a_count_is_not_taken_for_one():

@@ -477,7 +477,9 @@ class ClientConnection:
         counted = self.usage.result() if self.usage is not None and not failure else None
         self.usage = None
         self._log(head, status, self.sent, started, who=forward.who, key=forward.key, detail=detail, failure=failure,
-                  reason="upstream" if failure else "", model=getattr(forward, "model", None) or "", tokens=counted)
+                  reason="upstream" if failure else "", tokens=counted,
+                  # The model the policy read from the request (policy22), else the one Ollama's answer names.
+                  model=getattr(forward, "model", None) or (counted[2] if counted else ""))
 
     def _log(self, head: Head, status, size: int, started: float, *, who: str | None = None, key: str = "",
              reason: str = "", detail: str = "", failure: str = "", model: str = "", tokens=None) -> None:

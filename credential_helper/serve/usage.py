@@ -30,7 +30,8 @@ def wanted(content_type: str | None) -> bool:
 
 
 class Scanner:
-    """Feed it the body's chunks; ``result()`` gives (prompt, completion) or None."""
+    """Feed it the body's chunks; ``result()`` gives (prompt, completion, model) or
+    None; ``model`` is the name the object with the counts gives ("" when none)."""
 
     __slots__ = ("_tail",)
 
@@ -42,8 +43,16 @@ class Scanner:
         if len(self._tail) > 2 * TAIL:
             del self._tail[:-TAIL]
 
-    def result(self) -> tuple[int, int] | None:
+    def result(self) -> tuple[int, int, str] | None:
         tail = bytes(self._tail[-TAIL:])
+        whole = tail.strip()
+        if whole.startswith(b"{") and whole.endswith(b"}"):  # a single JSON body, pretty-printed or not
+            try:
+                found = counts(json.loads(whole))
+            except (ValueError, RecursionError):
+                found = None
+            if found is not None:
+                return found
         for line in reversed(tail.splitlines()):
             line = line.strip()
             if line.startswith(b"data:"):
@@ -59,30 +68,36 @@ class Scanner:
         return _by_pattern(tail)
 
 
-def counts(value) -> tuple[int, int] | None:
-    """(prompt, completion) from one decoded object, or None when it has none."""
+def counts(value) -> tuple[int, int, str] | None:
+    """(prompt, completion, model) from one decoded object, or None when it has none."""
     if not isinstance(value, dict):
         return None
     if "prompt_eval_count" in value or "eval_count" in value:
-        return _number(value.get("prompt_eval_count")), _number(value.get("eval_count"))
+        return _number(value.get("prompt_eval_count")), _number(value.get("eval_count")), _name(value)
     usage = value.get("usage")
     if not isinstance(usage, dict) and isinstance(value.get("response"), dict):
-        usage = value["response"].get("usage")  # Responses API: response.completed
+        value = value["response"]  # Responses API: response.completed
+        usage = value.get("usage")
     if isinstance(usage, dict):
         if "prompt_tokens" in usage or "completion_tokens" in usage:
-            return _number(usage.get("prompt_tokens")), _number(usage.get("completion_tokens"))
+            return _number(usage.get("prompt_tokens")), _number(usage.get("completion_tokens")), _name(value)
         if "input_tokens" in usage or "output_tokens" in usage:
-            return _number(usage.get("input_tokens")), _number(usage.get("output_tokens"))
+            return _number(usage.get("input_tokens")), _number(usage.get("output_tokens")), _name(value)
     return None
+
+
+def _name(value: dict) -> str:
+    model = value.get("model")
+    return model[:200] if isinstance(model, str) else ""
 
 
 def _number(value) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**15 else 0
 
 
-def _by_pattern(tail: bytes) -> tuple[int, int] | None:
+def _by_pattern(tail: bytes) -> tuple[int, int, str] | None:
     """The counts of a single JSON body too large for the tail (a large embedding)."""
     found = {name: int(number) for name, number in _COUNT.findall(tail)}
     if not found:
         return None
-    return found.get(b"prompt_eval_count", 0), found.get(b"eval_count", 0)
+    return found.get(b"prompt_eval_count", 0), found.get(b"eval_count", 0), ""
