@@ -26,6 +26,8 @@ spec = importlib.util.spec_from_file_location("record_harness", GOLDEN / "ollama
 harness = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(harness)
 
+pytestmark = pytest.mark.process  # loopback gates; the Python clients' tests are interop
+
 RECORDED = json.loads((GOLDEN / "ollama_client.json").read_text())
 FINGERPRINT_A = "SHA256:gt1PrHph2b7/AcPLzcXtYtCpWnx8wNxrqQkE1Cxovow"  # ssh-keygen -l -f golden/keys/ed25519-a.pub
 
@@ -103,6 +105,7 @@ def gate_port(keys_path):
     serving.close()
 
 
+@pytest.mark.interop
 def test_ollama_python_shows_the_gates_reason(gate_port, keys):
     import ollama
 
@@ -123,6 +126,7 @@ def test_ollama_python_shows_the_gates_reason(gate_port, keys):
     assert str(denied.value).count("is not granted") == 1
 
 
+@pytest.mark.interop
 def test_openai_python_shows_the_gates_reason_and_its_class(gate_port, keys):
     import httpx
     import openai
@@ -141,6 +145,7 @@ def test_openai_python_shows_the_gates_reason_and_its_class(gate_port, keys):
     assert "(bob) is not granted /v1/models" in str(denied.value) and denied.value.code == "not-granted"
 
 
+@pytest.mark.interop
 def test_openai_python_shows_the_proxys_reason(tmp_path, monkeypatch):
     """The proxy's own answers on /v1 take the same shape (a wrong local token here)."""
     import openai

@@ -24,6 +24,8 @@ from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import StandIn
 
+pytestmark = pytest.mark.process  # every test here opens sockets or starts the executable
+
 FINGERPRINT_A = "SHA256:gt1PrHph2b7/AcPLzcXtYtCpWnx8wNxrqQkE1Cxovow"  # ssh-keygen -l -f golden/keys/ed25519-a.pub
 FINGERPRINT_B = "SHA256:tqUkysFYibEa6QQRyzLLqIHEiSmNVge3Hw5EyAMqe8M"
 LINE_A = " ".join((GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2])

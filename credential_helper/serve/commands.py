@@ -83,6 +83,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
+               path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
                grace: float, verbose: bool, ready=None, log_format: str = "text", metrics_listen: str | None = None,
                metrics_public: bool = False) -> int:
@@ -98,6 +99,14 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                          "(signatures must not cross a network in clear text)")
     if auth_only and upstream_text is not None:
         raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
+    if path_prefix is not None:
+        from .forwarded import path_prefix_problem
+
+        if not auth_only:
+            raise InputError("--path-prefix goes with --auth-only (Envoy's ext_authz asks; the gate forwards nothing)")
+        problem = path_prefix_problem(path_prefix)
+        if problem is not None:
+            raise InputError(f"--path-prefix {path_prefix!r}: {problem}")
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
@@ -119,7 +128,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
 
     keys = KeyFile(path, warn, lambda new: log(f"reloaded {path}: {len(new)} key line(s)"))  # IdentityError (exit 3) when unusable
     if auth_only:
-        decider = gate.AuthOnlyPolicy(keys, max_skew)
+        decider = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix)
     else:
         from .upstream import Upstream
 
@@ -142,7 +151,9 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         except BaseException:
             server.close()
             raise
-    mode = "forward auth" if auth_only else f"upstream {upstream_url}"
+    mode = f"upstream {upstream_url}"
+    if auth_only:
+        mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
     log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
     if exporter is not None:
