@@ -68,7 +68,8 @@ class Chain:
         status, answer_headers, body = self.gate.ask({**headers, "X-Original-Method": method, "X-Original-URI": target})
         assert body, f"the gate's {status} has no body"
         parsed = json.loads(body)
-        assert answer_headers.get("x-ollama-error") == parsed["error"], "X-Ollama-Error must repeat the body's message (nginx reads it)"
+        message = parsed["error"]["message"] if isinstance(parsed["error"], dict) else parsed["error"]  # OpenAI's shape on /v1/
+        assert answer_headers.get("x-ollama-error") == message, "X-Ollama-Error must repeat the body's message (nginx reads it)"
         return status, parsed
 
 
@@ -208,6 +209,24 @@ def test_a_refused_request_shows_the_gates_reason_and_never_reaches_ollama(chain
         assert fingerprint(tmp_path / "stranger.pub") in shown["error"], "the message names the unknown key's fingerprint"
     for value in headers.values():
         assert value.split(":")[-1] not in body.decode(), "a signature never appears in an answer"
+    chain.assert_nothing_reached_ollama()
+
+
+@pytest.mark.parametrize("case", ["unsigned", "unknown-key", "ungranted-endpoint"])
+def test_a_refusal_on_v1_takes_openais_shape_through_the_front(chain, tmp_path, case):
+    """openai-python shows only "Error code: 403" unless the body is OpenAI's error object
+    (openai/openai.go NewError); nginx rebuilds the body, Caddy passes the gate's on."""
+    expected, build = {**REFUSALS, "unsigned": (401, lambda c, tmp: ("POST", "/v1/chat/completions", {}))}[case]
+    method, target, headers = build(chain, tmp_path)
+    if case != "unsigned":
+        key = str(_unknown_key(tmp_path)[0]) if case == "unknown-key" else "ed25519-b"
+        target, authorization = chain.signed("POST", "/v1/chat/completions", key=key)
+        headers = {"Authorization": authorization}
+    status, _, body = chain.front.request(method, target, {**headers, "Content-Type": "application/json"}, b'{"model": "m"}')
+    shown = json.loads(body)
+    assert status == expected and set(shown) == {"error"} and shown["error"]["type"] == "api_error", (status, body)
+    direct_status, direct = chain.gate_direct(method, target, headers)
+    assert (direct_status, direct["error"]["message"]) == (status, shown["error"]["message"])
     chain.assert_nothing_reached_ollama()
 
 
