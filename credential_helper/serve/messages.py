@@ -22,7 +22,7 @@ HOP_BY_HOP = frozenset(
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 REASONS = {
     200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 401: "Unauthorized", 403: "Forbidden",
-    413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
 
