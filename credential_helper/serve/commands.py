@@ -12,16 +12,20 @@ DEFAULT_GATE_PORT = 11435
 
 
 def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``); ``localhost`` means 127.0.0.1."""
+    """``host:port`` (``[v6]:port``) as the address to bind. A loopback host is
+    bound under its printed name (``policy.loopback_names``: ``localhost`` is
+    127.0.0.1, any spelling of ::1 is ::1), so ``--print-env`` prints a URL the
+    proxy answers to."""
     if text.startswith("["):
         host, _, port_text = text[1:].partition("]:")
     else:
         host, _, port_text = text.rpartition(":")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise InputError(f"--listen {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
-    if loopback_only and not policy.is_loopback(host):
+    names = policy.loopback_names(host)
+    if loopback_only and not names:
         raise InputError(f"--listen {host}: {why}")
-    return ("127.0.0.1" if host.lower() == "localhost" else host), int(port_text)
+    return (names[0].strip("[]") if names else host), int(port_text)
 
 
 def shown_base(host: str, port: int, scheme: str = "http") -> str:
@@ -55,7 +59,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     upstream = Upstream(upstream_url, timeout)
     server = server_module.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, prepare_socket=system.prepare_listening_socket)
-    server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
+    server.policy = sign.SigningPolicy(signer, token, server.address, allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
         log("warning: --no-local-token: any program on this machine can use your ollama.com account through this proxy")
