@@ -117,7 +117,19 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     for text in shown:
         log(f"warning: {text}")
 
-    return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
+    def reload() -> None:
+        keys.reload()
+        if tls_cert is not None:
+            # certbot renews in place and runs a deploy hook (e.g. kill -HUP): new connections get the
+            # new certificate, those already open keep theirs (the engine wraps each at accept).
+            try:
+                server.tls_context = _server_tls(tls_cert, tls_key)
+            except InputError as exc:
+                log(f"warning: {exc}; new connections still get the previous certificate")
+            else:
+                log(f"reloaded {tls_cert}: new connections get this certificate")
+
+    return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=reload)
 
 
 def _gate_upstream(text: str):

@@ -49,6 +49,10 @@ class ClientConnection:
         self.status = None  # the status of the answer being relayed, once its head went out
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
+        try:
+            self.peer = str(sock.getpeername()[0])  # once per connection, for Head.peer
+        except (OSError, IndexError):
+            self.peer = ""
 
     def evict(self) -> None:
         self.evicted = True
@@ -130,6 +134,7 @@ class ClientConnection:
                 head = Head(
                     event.method.decode("latin-1"), event.target.decode("latin-1"), event.http_version.decode("latin-1"),
                     tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()),
+                    peer=self.peer,
                 )
                 problem = head_problem(bytes(raw), head)
                 if problem is not None:
