@@ -444,13 +444,21 @@ def cmd_erase(args, log) -> int:
 
 def cmd_key(args, log) -> int:
     from . import account
+    from .identity import default_identity_path
 
     if args.generate:
         identity = account.generate_identity(args.identity)
         log(f"created {identity.path} and {identity.path}.pub")
         write_stdout(f"{identity.public_key_line}\n")
-        write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
-        write_stdout(f"{account.connect_url(identity)}\n")
+        if args.identity is None or os.path.abspath(args.identity) == os.path.abspath(default_identity_path()):
+            write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
+            write_stdout(f"{account.connect_url(identity)}\n")
+        else:
+            # A second key is for a shared server (a gate): linking it to ollama.com would undo its point,
+            # since whoever runs that server can replay its signatures at ollama.com.
+            write_stdout(f"created {identity.path} (and .pub). For a shared server, send its operator the line above; "
+                         "leave this key unlinked: apart from your ollama.com account, its signatures are worth nothing there "
+                         f"(to link it anyway: ollama-credential-helper key --connect-url --identity {identity.path})\n")
         return EXIT_OK
     from .identity import load_identity
 
