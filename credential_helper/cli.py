@@ -151,6 +151,8 @@ def build_parser():
     )
     doctor.add_argument("--json", action="store_true", help="print {checks: [{name, status, detail, fix}], ok} as JSON")
     doctor.add_argument("--registry", metavar="URL", help="the registry to check (default: https://registry.ollama.ai)")
+    doctor.add_argument("--host", metavar="URL", help="check a shared server (a gate) instead: TLS trust, clock, "
+                        "whether each of your keys is admitted, and which key Ollama's CLI signs with")
     doctor.set_defaults(func=cmd_doctor)
 
     proxy = commands.add_parser(
@@ -533,7 +535,14 @@ def cmd_gate(args, log) -> int:
 def cmd_doctor(args, log) -> int:
     from . import doctor
 
-    checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
+    if args.host is not None:
+        from . import doctor_host
+
+        if args.registry is not None:
+            raise InputError("--host checks a shared server and --registry ollama.com's registry: give one of them")
+        checks = doctor_host.run(host=args.host, identity_path=args.identity, timeout=args.timeout)
+    else:
+        checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
     failed = any(check.status == "fail" for check in checks)
     if args.json:
         _print_json({"checks": [check.as_dict() for check in checks], "ok": not failed})
