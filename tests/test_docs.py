@@ -152,6 +152,16 @@ def test_man_page_is_warning_free():
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
 
 
+def test_install_instructions_work_on_an_externally_managed_python():
+    # Break caught: the README before (python3 -m pip install ., refused by Debian's and Ubuntu's Python,
+    # PEP 668; pip install 'ollama-credential-helper[httpx]', a release that is not on PyPI).
+    commands = "\n".join(re.findall(r"```(?:sh)?\n(.*?)```", README, re.S))
+    assert "python3 -m pip install" not in commands
+    assert not re.search(r"pip install '?ollama-credential-helper", README)
+    install = README.split("## Install", 1)[1].split("\n## ", 1)[0]
+    assert "python3 -m venv" in install and "pipx install ." in install and "not published on PyPI" in install
+
+
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_man_pages_json_field_lists_render_with_their_quotes():
     # Break caught: writing them as macro arguments (.B {"token", "token_type"}): roff takes an argument that
