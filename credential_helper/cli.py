@@ -494,7 +494,7 @@ def cmd_proxy(args, log) -> int:
 
     if args.print_env:
         host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
-                                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+                                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
         if port == 0:
             raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
         token = None if args.no_local_token else sign.local_token()

@@ -76,10 +76,15 @@ def run(*, host: str, identity_path: str | None, timeout: float) -> list[Check]:
         except HelperError:
             pass
     verdicts: dict[str, str] = {}
-    for path in member_keys(identity_path):
-        if reachable:
-            checks.append(check_key(base, path, deadline, dates, verdicts))
-    if not reachable:
+    if reachable:
+        keyed = [check_key(base, path, deadline, dates, verdicts) for path in member_keys(identity_path)]
+        if not any(found in ("admitted", "listed") for found in verdicts.values()):
+            for check in keyed:  # no key of yours gets in: an unknown key is then the failure itself
+                if check.status == "warn":
+                    check.status = "fail"
+        checks += keyed or [Check("keys", "fail", "no key to check: none at ~/.ollama/id_ed25519 and no --identity",
+                                  "ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519, then send the operator its line")]
+    else:
         checks.append(Check("keys", "warn", "not checked: the server could not be reached"))
     checks.append(check_clock(dates[0] if dates else None) if reachable else Check("clock", "warn", "not checked: the server could not be reached"))
     checks.append(check_cli(base, verdicts))

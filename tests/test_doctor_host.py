@@ -77,6 +77,14 @@ def test_doctor_host_says_when_the_clis_key_is_admitted(shared, home, tmp_path):
     assert checks["ollama CLI"]["status"] == "ok" and f"OLLAMA_HOST={url} OLLAMA_AUTH=1 ollama" in checks["ollama CLI"]["detail"]
 
 
+def test_doctor_host_fails_when_none_of_the_keys_gets_in(shared, home):
+    # Break caught: leaving an unknown key at 'warn' when it is the only key (exit 0 for a member who cannot get in).
+    url, environment, box_key = shared
+    box_key.unlink(), box_key.with_suffix(".pub").unlink()
+    code, checks = doctor(url, environment)
+    assert code == 1 and checks[f"key {home / '.ollama' / 'id_ed25519'}"]["status"] == "fail"
+
+
 def test_doctor_host_says_tls_and_how_to_trust_the_box(shared, tmp_path):
     url, environment, _ = shared
     (tmp_path / "other-ca").mkdir()

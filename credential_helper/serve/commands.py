@@ -50,7 +50,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     from .upstream import Upstream
 
     address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
-                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
     upstream_url = policy.cloud_base_url(upstream_text)
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
