@@ -155,7 +155,7 @@ def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> Check
     if base.scheme == "https":
         tls = ", TLS verified against SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else ", TLS verified through this system's trust store"
     where = f"{base.scheme}://{base.host}"
-    if response.status == 401 and "ollama" in (response.header("www-authenticate") or "").lower():
+    if response.status == 401:  # the gate's answer (WWW-Authenticate: Ollama ...), or its front server's
         return Check("server", "ok", f"{where} answered{tls}; an unsigned request is refused (401): a gate")
     if 200 <= response.status < 300:
         return Check("server", "warn", f"{where} answered{tls}, and an unsigned GET {PROBE} got {response.status}: "
@@ -183,8 +183,9 @@ def check_key(base: protocol.URL, path: str, deadline: float, dates: list[str], 
         verdicts[path] = "unknown"
         return Check(name, "fail", f"{loaded.fingerprint}: {exc}", "fix the server check first")
     reason = _reason(response)
-    if response.status not in (400, 401, 403) or not response.header("x-ollama-error"):
-        # Not the gate's own refusal (serve/gate.py refusal() always sets X-Ollama-Error): it passed the gate.
+    if response.status not in (401, 403) and not (response.status == 400 and response.header("x-ollama-error")):
+        # Not a refusal of the gate (401/403; a 400 of its own carries X-Ollama-Error, which nginx's
+        # error_page may turn into the body only): it passed the gate, and Ollama answered.
         verdicts[path] = "admitted"
         answered = "" if response.status == 200 else f" (Ollama answered {response.status})"
         return Check(name, "ok", f"{loaded.fingerprint}: admitted: a signed GET {PROBE} passed the gate{answered}")
