@@ -122,3 +122,24 @@ def test_doctor_host_finds_a_clock_an_hour_ahead(shared, tmp_path):
 def test_doctor_host_over_http_off_loopback_is_refused_before_signing(env):
     code, checks = doctor("http://192.0.2.1:11435", env, "--timeout", "2")
     assert code == 1 and checks["server"]["status"] == "fail" and "https" in checks["server"]["detail"]
+
+
+def test_the_readmes_python_route_reaches_the_gate_with_the_second_key(shared, monkeypatch):
+    # The README table's third row as written, over TLS from a CA in the 'system store' (SSL_CERT_DIR, which
+    # httpx would also read itself here: tests/test_adapters_tls.py shows certifi refusing it): the gate admits
+    # the second key. A documentation check: it fails when the README's route does not work.
+    from pathlib import Path
+
+    import ollama
+
+    import credential_helper
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    url, environment, box_key = shared
+    monkeypatch.setenv("HOME", environment["HOME"])
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", environment["SSL_CERT_DIR"])
+    assert box_key == Path.home() / ".ollama/box_ed25519"
+    client = ollama.Client(host=url, auth=OllamaAuth(api_base=url, identity=Path.home() / ".ollama/box_ed25519"),
+                           verify=credential_helper.tls_context())
+    assert client.list().models is not None
