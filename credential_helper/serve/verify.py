@@ -33,6 +33,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from .. import protocol
 from ..sanitize import printable
 from .authorized_keys import (
     AuthorizedKeys,
@@ -159,9 +160,9 @@ def is_heartbeat(method: str, path: str) -> bool:
 def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
     if len(value) > MAX_AUTHORIZATION_CHARS:
         return Refused(401, "the Authorization header is too long to be '<public key>:<signature>'")
-    credential = value.strip(" \t")
-    if credential[:7].lower() == "bearer ":
-        credential = credential[7:].lstrip(" ")
+    credential = protocol.bearer_credential(value)  # Ollama's client sends no scheme; a Bearer one is accepted
+    if credential is None:
+        credential = value.strip(" \t")
     key_text, colon, signature_text = credential.partition(":")
     if not colon:
         return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)")
