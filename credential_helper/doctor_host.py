@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import client, identity, protocol
+from . import client, identity, protocol, tokens
 from .doctor import Check
 from .errors import HelperError, IdentityError, InputError, NetworkError
 
@@ -210,7 +210,7 @@ def check_key(base: protocol.URL, path: str, deadline: float, dates: list[str], 
 
 
 def check_clock(date_header: str | None) -> Check:
-    skew = client.clock_skew(date_header, time.time())
+    skew = tokens.clock_skew(date_header, time.time())
     if skew is None:
         return Check("clock", "warn", "the server sent no usable Date header; the clock could not be compared")
     direction = "behind" if skew > 0 else "ahead of"

@@ -19,6 +19,8 @@ from credential_helper.errors import NetworkError
 from test_truststore import hashed_directory, tls_standin
 from faults import CertificateAuthority
 
+pytestmark = pytest.mark.interop  # the pinned ollama and openai clients against a TLS stand-in
+
 
 @pytest.fixture
 def box(tmp_path, public_line, monkeypatch):

@@ -168,6 +168,7 @@ def test_install_instructions_work_on_an_externally_managed_python():
     assert "python3 -m venv" in install and "pipx install ." in install and "not published on PyPI" in install
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_man_pages_json_field_lists_render_with_their_quotes():
     # Break caught: writing them as macro arguments (.B {"token", "token_type"}): roff takes an argument that

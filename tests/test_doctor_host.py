@@ -18,6 +18,8 @@ from frontends import issue_certificate
 from test_gate import local_ollama, start_gate  # noqa: F401 (fixtures)
 from test_truststore import hashed_directory
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def shared(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
@@ -124,6 +126,7 @@ def test_doctor_host_over_http_off_loopback_is_refused_before_signing(env):
     assert code == 1 and checks["server"]["status"] == "fail" and "https" in checks["server"]["detail"]
 
 
+@pytest.mark.interop
 def test_the_readmes_python_route_reaches_the_gate_with_the_second_key(shared, monkeypatch):
     # The README table's third row as written, over TLS from a CA in the 'system store' (SSL_CERT_DIR, which
     # httpx would also read itself here: tests/test_adapters_tls.py shows certifi refusing it): the gate admits

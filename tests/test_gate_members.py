@@ -10,11 +10,14 @@ import socket
 import ssl
 import time
 
+import pytest
+
 from faults import CertificateAuthority
 from frontends import issue_certificate
 from test_gate import both_keys_file, local_ollama, recorded, signed, start_gate  # noqa: F401 (fixtures)
 
 
+@pytest.mark.process
 def test_client_address_headers_are_the_gates_own(recorded):
     # Break caught: dropping CLIENT_ADDRESS from the gate's filter (the client's X-Forwarded-For reaches
     # Ollama, whose gin takes ClientIP() from it), or not adding the peer.
