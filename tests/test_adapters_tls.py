@@ -16,8 +16,8 @@ import pytest
 
 import credential_helper
 from credential_helper.errors import NetworkError
-from test_truststore import hashed_directory, tls_standin
 from faults import CertificateAuthority
+from test_truststore import hashed_directory, tls_standin
 
 pytestmark = pytest.mark.interop  # the pinned ollama and openai clients against a TLS stand-in
 

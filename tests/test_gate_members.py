@@ -18,7 +18,7 @@ from test_gate import both_keys_file, local_ollama, recorded, signed, start_gate
 
 
 @pytest.mark.process
-def test_client_address_headers_are_the_gates_own(recorded):
+def test_client_address_headers_are_the_gates_own(recorded):  # noqa: F811
     # Break caught: dropping CLIENT_ADDRESS from the gate's filter (the client's X-Forwarded-For reaches
     # Ollama, whose gin takes ClientIP() from it), or not adding the peer.
     from test_gate import POSITIVES
