@@ -11,6 +11,7 @@ handed to OpenSSL's store with SSL_CERT_DIR, as tests/test_truststore.py does.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -89,9 +90,9 @@ def test_a_certificate_the_client_does_not_trust_is_reported_as_tls_by_ollama_py
     assert box.exchanges == 0
 
 
-def test_openai_says_tls_with_the_fix_for_httpx2(box, keys):
-    # httpx2 already trusts the system store (httpcore2 _ssl.default_ssl_context); its hint says so. With
-    # trust_env=False it reads only the compiled-in store, without the test's SSL_CERT_DIR: refused.
+def test_openai_says_tls_with_the_fix_for_httpx2(box, keys, tmp_path, monkeypatch):
+    # httpx2 already trusts the system store (httpcore2 _ssl.default_ssl_context, truststore before 2.15);
+    # its hint says so. The box's CA is taken out of the 'system store' for the refusal.
     import httpx2
     import openai
 
@@ -101,10 +102,14 @@ def test_openai_says_tls_with_the_fix_for_httpx2(box, keys):
         return openai.OpenAI(base_url=f"{box.base_url}/v1", api_key="unused", max_retries=0,
                              http_client=httpx2.Client(auth=auth(adapter, keys, box), timeout=30, **verify))
 
+    store = os.environ["SSL_CERT_DIR"]
+    (tmp_path / "other").mkdir()
+    monkeypatch.setenv("SSL_CERT_DIR", hashed_directory(CertificateAuthority(tmp_path / "other"), tmp_path / "other-capath"))
     with pytest.raises((NetworkError, openai.APIConnectionError)) as caught:
-        client(**CERTIFI_ONLY).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     error = caught.value if isinstance(caught.value, NetworkError) else caught.value.__cause__
     _says_tls(error, box, hint="install the server's CA there")
+    monkeypatch.setenv("SSL_CERT_DIR", store)
     done = client(verify=credential_helper.tls_context()).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert done.choices[0].message.content
 
