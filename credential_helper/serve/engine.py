@@ -51,6 +51,10 @@ class ClientConnection:
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
         self.usage: usage.Scanner | None = None  # token counts of the answer being relayed
+        try:
+            self.peer = str(sock.getpeername()[0])  # once per connection, for Head.peer
+        except (OSError, IndexError):
+            self.peer = ""
 
     def evict(self) -> None:
         self.evicted = True
@@ -132,6 +136,7 @@ class ClientConnection:
                 head = Head(
                     event.method.decode("latin-1"), event.target.decode("latin-1"), event.http_version.decode("latin-1"),
                     tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()),
+                    peer=self.peer,
                 )
                 problem = head_problem(bytes(raw), head)
                 if problem is not None:

@@ -36,6 +36,7 @@ class Head:
     target: str
     version: str  # "1.1" or "1.0"
     headers: tuple[tuple[str, str], ...]
+    peer: str = ""  # the client's IP address as the engine saw it (the TCP peer), "" when unknown
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
