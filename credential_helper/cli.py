@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print {checks: [{name, status, detail, fix}], ok} as JSON")
     doctor.add_argument("--registry", metavar="URL", help="the registry to check (default: https://registry.ollama.ai)")
+    doctor.add_argument("--host", metavar="URL", help="check a shared server (a gate) instead: TLS trust, clock, "
+                        "whether each of your keys is admitted, and which key Ollama's CLI signs with")
     doctor.set_defaults(func=cmd_doctor)
 
     proxy = commands.add_parser(
@@ -181,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
+    proxy.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
     proxy.set_defaults(func=cmd_proxy)
 
     verbose_only = _Parser(add_help=False)
@@ -206,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     gate.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     gate.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on a stop signal, how long requests in flight may finish (default: 10)")
+    gate.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
+    gate.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics; loopback only unless --metrics-public (default: off)")
+    gate.add_argument("--metrics-public", action="store_true", help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)")
     gate.set_defaults(func=cmd_gate)
     return parser
 
@@ -460,13 +466,21 @@ def cmd_erase(args: argparse.Namespace, log: Log) -> int:
 
 def cmd_key(args: argparse.Namespace, log: Log) -> int:
     from . import account
+    from .identity import default_identity_path
 
     if args.generate:
         identity = account.generate_identity(args.identity)
         log(f"created {identity.path} and {identity.path}.pub")
         write_stdout(f"{identity.public_key_line}\n")
-        write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
-        write_stdout(f"{account.connect_url(identity)}\n")
+        if args.identity is None or os.path.abspath(args.identity) == os.path.abspath(default_identity_path()):
+            write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
+            write_stdout(f"{account.connect_url(identity)}\n")
+        else:
+            # A second key is for a shared server (a gate): linking it to ollama.com would undo its point,
+            # since whoever runs that server can replay its signatures at ollama.com.
+            write_stdout(f"created {identity.path} (and .pub). For a shared server, send its operator the line above; "
+                         "leave this key unlinked: apart from your ollama.com account, its signatures are worth nothing there "
+                         f"(to link it anyway: ollama-credential-helper key --connect-url --identity {identity.path})\n")
         return EXIT_OK
     from .identity import load_identity
 
@@ -500,7 +514,7 @@ def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
 
     if args.print_env:
         host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
-                                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+                                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
         if port == 0:
             raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
         token = None if args.no_local_token else sign.local_token()
@@ -517,6 +531,7 @@ def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
         max_in_flight=args.max_concurrency,
         grace=args.grace,
         verbose=args.verbose,
+        log_format=args.log_format,
     )
 
 
@@ -536,13 +551,23 @@ def cmd_gate(args: argparse.Namespace, log: Log) -> int:
         max_in_flight=args.max_concurrency,
         grace=args.grace,
         verbose=args.verbose,
+        log_format=args.log_format,
+        metrics_listen=args.metrics_listen,
+        metrics_public=args.metrics_public,
     )
 
 
 def cmd_doctor(args: argparse.Namespace, log: Log) -> int:
     from . import doctor
 
-    checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
+    if args.host is not None:
+        from . import doctor_host
+
+        if args.registry is not None:
+            raise InputError("--host checks a shared server and --registry ollama.com's registry: give one of them")
+        checks = doctor_host.run(host=args.host, identity_path=args.identity, timeout=args.timeout)
+    else:
+        checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
     failed = any(check.status == "fail" for check in checks)
     if args.json:
         _print_json({"checks": [check.as_dict() for check in checks], "ok": not failed})

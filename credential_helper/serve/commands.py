@@ -21,51 +21,70 @@ DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
 DEFAULT_GATE_PORT = 11435
 
 
-def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``); ``localhost`` means 127.0.0.1."""
+def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "", option: str = "--listen") -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as the address to bind. A loopback host is
+    bound under its printed name (``policy.loopback_names``: ``localhost`` is
+    127.0.0.1, any spelling of ::1 is ::1), so ``--print-env`` prints a URL the
+    proxy answers to."""
     if text.startswith("["):
         host, _, port_text = text[1:].partition("]:")
     else:
         host, _, port_text = text.rpartition(":")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise InputError(f"--listen {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
-    if loopback_only and not policy.is_loopback(host):
-        raise InputError(f"--listen {host}: {why}")
-    return ("127.0.0.1" if host.lower() == "localhost" else host), int(port_text)
+        raise InputError(f"{option} {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
+    names = policy.loopback_names(host)
+    if loopback_only and not names:
+        raise InputError(f"{option} {host}: {why}")
+    return (names[0].strip("[]") if names else host), int(port_text)
 
 
 def shown_base(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def make_log() -> Callable[[str], None]:
+def make_log(log_format: str = "text") -> tuple[Callable[[str], None], Callable[[str], None]]:
+    """(log, write): ``log`` for the server's own messages, ``write`` for a formatted
+    request line. With ``--log-format json`` every line on stderr is one JSON
+    object: messages become ``{"time", "message"}``."""
     lock = threading.Lock()
 
-    def log(line: str) -> None:
+    def write(line: str) -> None:
         with lock:
             sys.stderr.write(f"{line}\n")
             sys.stderr.flush()
 
-    return log
+    if log_format != "json":
+        return write, write
+
+    def log(line: str) -> None:
+        import json
+        import time
+
+        from .record import _rfc3339
+
+        write(json.dumps({"time": _rfc3339(time.time()), "message": line}, ensure_ascii=True))
+
+    return log, write
 
 
 def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
                 require_token: bool, allow_origins: Iterable[str] | None, timeout: float, max_in_flight: int, grace: float,
-                verbose: bool, ready: Callable[[Server], None] | None = None) -> int:
-    from . import server as server_module, sign
+                verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text") -> int:
+    from . import record, server as server_module, sign
     from .upstream import Upstream
 
     address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
-                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
     upstream_url = policy.cloud_base_url(upstream_text)
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
     signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request
-    log = make_log()
+    log, write = make_log(log_format)
     upstream = Upstream(upstream_url, timeout)
     server = server_module.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
-                           verbose=verbose, prepare_socket=system.prepare_listening_socket)
-    server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
+                           verbose=verbose, prepare_socket=system.prepare_listening_socket,
+                           observe=record.Logger(write, log_format), count_usage=log_format == "json")
+    server.policy = sign.SigningPolicy(signer, token, server.address, allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
         log("warning: --no-local-token: any program on this machine can use your ollama.com account through this proxy")
@@ -80,8 +99,10 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
                path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
-               grace: float, verbose: bool, ready: Callable[[Server], None] | None = None) -> int:
-    from . import gate, server as server_module
+               grace: float, verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text",
+               metrics_listen: str | None = None,
+               metrics_public: bool = False) -> int:
+    from . import gate, record, server as server_module
     from .authorized_keys import KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
@@ -104,8 +125,13 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
+    metrics_address = None
+    if metrics_listen is not None:
+        metrics_address = parse_listen(metrics_listen, 0, loopback_only=not metrics_public, option="--metrics-listen",
+                                       why="metrics name every user: listen on loopback, or add --metrics-public "
+                                           "and restrict who can reach it")
     context = _server_tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
-    log = make_log()
+    log, write = make_log(log_format)
     path = authorized_keys or default_path()
     early: list[str] | None = []  # warnings of the first read, shown after the listening line
 
@@ -125,18 +151,53 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         assert upstream_url is not None  # parsed above unless --auth-only
         upstream = Upstream(upstream_url, timeout)
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
+    metrics = None
+    if metrics_address is not None:
+        from . import metrics as metrics_module
+
+        metrics = metrics_module.Metrics()
     server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
-                           verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
+                           verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket,
+                           observe=record.fan_out(record.Logger(write, log_format), metrics),
+                           count_usage=log_format == "json" or metrics is not None)
+    exporter = None
+    if metrics is not None and metrics_address is not None:  # metrics only with an address
+        server.flight = metrics.flight
+        try:
+            exporter = metrics.serve(metrics_address)
+        except BaseException:
+            server.close()
+            raise
     mode = f"upstream {upstream_url}"
     if auth_only:
         mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
-    log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
+    host, port = server.address
+    log(f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
+    if exporter is not None:
+        log(f"metrics at {shown_base(*exporter.address)}/metrics")
     shown, early = early or [], None
     for text in shown:
         log(f"warning: {text}")
 
-    return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
+    def reload() -> None:
+        keys.reload()
+        if tls_cert is not None and tls_key is not None:  # they go together (checked above)
+            # certbot renews in place and runs a deploy hook (e.g. kill -HUP): new connections get the
+            # new certificate, those already open keep theirs (the engine wraps each at accept).
+            try:
+                server.tls_context = _server_tls(tls_cert, tls_key)
+            except InputError as exc:
+                log(f"warning: {exc}; new connections still get the previous certificate")
+            else:
+                log(f"reloaded {tls_cert}: new connections get this certificate")
+
+    try:
+        return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready,
+                                 on_reload=reload)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 def _gate_upstream(text: str) -> URL:

@@ -7,8 +7,7 @@ self-hosted Ollama (reverse proxy); ``AuthOnlyPolicy`` only answers ``204`` (or
 Caddy ``forward_auth``, Traefik ``ForwardAuth`` and Envoy ``ext_authz``.
 """
 
-from __future__ import annotations
-
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +22,10 @@ from .verify import HEALTH_CHECK_NAME, Admitted, Refused, verify
 # ollama.com while its ts is fresh) and any client copy of what the gate asserts.
 NOT_FORWARDED = frozenset({"host", "authorization", "x-ollama-user", "x-ollama-key", "expect"})
 ASSERTED = frozenset({"x-ollama-user", "x-ollama-key"})
+# Ollama's gin takes ClientIP() from X-Forwarded-For or X-Real-IP (gin's default RemoteIPHeaders, every proxy
+# trusted): a client's own copies are dropped and the gate says whom it saw (Head.peer).
+CLIENT_ADDRESS = frozenset({"x-forwarded-for", "x-real-ip", "forwarded"})
+_DROPPED = ASSERTED | CLIENT_ADDRESS
 
 
 def header_text(message: str) -> str:
@@ -36,7 +39,9 @@ def refusal(refused: Refused) -> Answer:
     headers = [("X-Ollama-Error", message)]
     if refused.status == 401:
         headers.append(("WWW-Authenticate", 'Ollama realm="ollama-credential-helper gate"'))
-    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True)
+    reason = refused.reason or ("malformed" if refused.status == 400 else "")
+    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True, who=refused.user or None,
+                  key=refused.key, reason=reason, hint=refused.hint)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -80,17 +85,19 @@ class GatePolicy(_Verifying):
         result = self.check(head.method, head.target, head.headers)
         if isinstance(result, Admitted) and result.name == HEALTH_CHECK_NAME and not result.fingerprint and request_has_body(head):
             # The one unsigned request admitted must not carry anything to Ollama (or hold a slot while it trickles).
-            result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request")
+            result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request", "unsigned")
         if isinstance(result, Refused):
             return refusal(result)
         headers = end_to_end(head.headers, NOT_FORWARDED)
         # Also X_Ollama_User: some servers read '_' as '-' in field names.
-        headers = [(name, value) for name, value in headers if name.lower().replace("_", "-") not in ASSERTED]
+        headers = [(name, value) for name, value in headers if name.lower().replace("_", "-") not in _DROPPED]
         # Ollama checks Host on loopback (server/routes.go allowedHostsMiddleware): name the upstream.
         headers += [("Host", self.upstream_host), *identity_headers(result)]
+        if head.peer:
+            headers.append(("X-Forwarded-For", head.peer))
         # An unsigned probe gets one answer per connection: queued probes must not hold request slots.
         probe = result.name == HEALTH_CHECK_NAME and not result.fingerprint
-        return Forward(head.target, tuple(headers), who=label(result), close=probe)
+        return Forward(head.target, tuple(headers), who=label(result), close=probe, key=result.fingerprint)
 
 
 class AuthOnlyPolicy(_Verifying):
@@ -120,13 +127,15 @@ class AuthOnlyPolicy(_Verifying):
         result = self.check(method, target, head.headers)
         if isinstance(result, Refused):
             answer = refusal(result)
-            return Answer(answer.status, answer.message, answer.headers, keep_alive=True, about=(method, target))
+            return dataclasses.replace(answer, about=(method, target))
         headers = identity_headers(result)
         if self.path_prefix is None:
-            return Answer(204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target))
+            return Answer(204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target),
+                          key=result.fingerprint)
         # Envoy removes what this lists from the request it forwards (external_auth.proto,
         # OkHttpResponse.headers_to_remove): the signature, and for an unsigned health check
         # (no X-Ollama-Key of ours to override it) a client's own X-Ollama-Key.
         removed = "authorization" if result.fingerprint else "authorization, x-ollama-key"
         headers.append(("x-envoy-auth-headers-to-remove", removed))
-        return Answer(200, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), body=b"")
+        return Answer(200, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), body=b"",
+                      key=result.fingerprint)

@@ -142,12 +142,13 @@ class Signer:
 # --- who may use it -------------------------------------------------------------------------
 
 
-def own_hosts(port: int) -> frozenset[str]:
-    """The Host values that name this proxy (lower case): its loopback address and port."""
-    names = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
-    if port == 80:
-        names |= {"127.0.0.1", "localhost", "[::1]"}
-    return frozenset(names)
+def own_hosts(address: tuple[str, int]) -> frozenset[str]:
+    """The Host values that name this proxy (lower case): each name of the loopback
+    address it bound (``policy.loopback_names``) with its port, and without it on
+    port 80. Empty, so that every request is refused, for any other address."""
+    host, port = address[0], address[1]
+    names = policy.loopback_names(host)
+    return frozenset([f"{name}:{port}" for name in names] + (list(names) if port == 80 else []))
 
 
 def parse_origins(values: Iterable[str] | None) -> frozenset[tuple[str, str, int]]:
@@ -181,37 +182,39 @@ def browser_problem(head: Head, allowed: frozenset) -> str | None:
 class SigningPolicy:
     """The proxy: admit the local token holder, sign, forward."""
 
-    def __init__(self, signer: Signer, token: str | None, port: int,
+    def __init__(self, signer: Signer, token: str | None, address: tuple[str, int],
                  allowed_origins: frozenset[tuple[str, str, int]] = frozenset()) -> None:
         self.signer = signer
         self.token = token.encode() if token is not None else None
-        self.hosts = own_hosts(port)
+        self.hosts = own_hosts(address)
+        names = policy.loopback_names(address[0])
+        self.shown_host = f"{names[0]}:{address[1]}" if names else "a loopback address"
         self.allowed_origins = allowed_origins
 
     def decide(self, head: Head) -> Forward | Answer:
         host = (head.get("host") or "").strip().lower()
         if host not in self.hosts:
-            return Answer(403, f"the Host header must name this proxy ({sorted(self.hosts)[0]}): a DNS name "
-                               "that points at loopback is how a web page would reach it")
+            return Answer(403, f"the Host header must name this proxy ({self.shown_host}): a DNS name "
+                               "that points at loopback is how a web page would reach it", reason="origin")
         problem = browser_problem(head, self.allowed_origins)
         if problem is not None:
-            return Answer(403, problem)
+            return Answer(403, problem, reason="origin")
         if self.token is not None:
             offered = presented_token(head)
             if offered is None or not hmac.compare_digest(offered.encode("latin-1", "replace"), self.token):
                 return Answer(401, (
                     "missing or wrong local access token: send it as 'Authorization: Bearer <token>' or "
                     f"'x-api-key: <token>'; it is in {token_path()} ('ollama-credential-helper proxy --print-env' prints it)"
-                ), headers=(("WWW-Authenticate", 'Bearer realm="ollama-credential-helper proxy"'),))
+                ), headers=(("WWW-Authenticate", 'Bearer realm="ollama-credential-helper proxy"'),), reason="token")
         if not head.method.isalpha() or not head.method.isupper():
             # Signed as sent or not at all: ollama.com verifies METHOD,<target> with the method as sent.
-            return Answer(400, "the method must be upper-case letters (methods are case-sensitive, RFC 9110 9.1)")
+            return Answer(400, "the method must be upper-case letters (methods are case-sensitive, RFC 9110 9.1)", reason="malformed")
         try:
             target, authorization = self.signer.sign(head.method, head.target)
         except InputError as exc:
-            return Answer(400, str(exc))
+            return Answer(400, str(exc), reason="malformed")
         except HelperError as exc:
-            return Answer(503, str(exc))
+            return Answer(503, str(exc), reason="identity")
         headers = end_to_end(head.headers, NOT_FORWARDED)
         headers = [(n, v) for n, v in headers if not n.lower().startswith("x-forwarded-")]
         headers += [("Host", self.signer.upstream.host), ("Authorization", authorization)]
