@@ -339,12 +339,27 @@ def test_a_reload_that_finds_the_file_unusable_admits_no_signed_request(key_dir,
     assert len(warnings) == 1 and problem in warnings[0] and "no signed request is admitted" in warnings[0], warnings
 
 
+def test_a_stranger_learns_only_that_the_file_is_unusable_not_why(key_dir):
+    # Any freshly made key signs validly: the path and the problem are for members.
+    path = key_dir / "authorized_keys"
+    keyfile = opened(path, f"ssh-ed25519 {B} bob /api/tags\n")  # key A is not listed
+    os.chmod(path, 0o620)
+    refused = signed_verify(keyfile.current())
+    assert (refused.status, refused.reason) == (503, "keyfile-unusable")
+    assert str(key_dir) not in refused.message and "writable" not in refused.message
+    assert "the operator has been told" in refused.message
+    os.unlink(path)  # a second problem: still a stranger to the last usable file
+    assert str(key_dir) not in signed_verify(keyfile.current()).message
+
+
 def test_the_refusal_names_the_fix(key_dir):
     path = key_dir / "authorized_keys"
     keyfile = opened(path, f"ssh-ed25519 {A} alice /api/tags\n")
     os.chmod(path, 0o620)
     refused = signed_verify(keyfile.current())
     assert f"run: chmod go-w {path}" in refused.message
+    os.unlink(path)  # a second problem: still a member of the last usable file
+    assert "no authorized_keys file" in signed_verify(keyfile.current()).message
 
 
 def test_an_unsigned_or_badly_signed_request_learns_nothing_about_the_file(key_dir):

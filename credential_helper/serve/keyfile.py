@@ -335,7 +335,7 @@ class KeyFile:
             self._pending = True  # rule 3: the set in force stays until the file settles
             if self._keys.problem is not None:
                 self._keys = AuthorizedKeys.unusable(f"{printable(self.path)} changed less than {RACY_NS / 1e9:g} s ago "
-                                                     "and is read once it has settled; retry in a moment")
+                                                     "and is read once it has settled; retry in a moment", self._keys)
             return
         try:
             got = _read(seen)
@@ -382,7 +382,7 @@ class KeyFile:
             self._failed = seen.signature
             self._warn(f"the authorized_keys file {printable(self.path)} cannot be used: {problem}; "
                        "no signed request is admitted until it is fixed")
-        self._keys = AuthorizedKeys.unusable(problem)
+        self._keys = AuthorizedKeys.unusable(problem, self._keys)
         self._data = None
         self._plan, self._seen = seen.plan, seen.signature
         self._pending = False

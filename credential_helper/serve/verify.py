@@ -251,11 +251,12 @@ def verify(
             "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
         )
     if keys.problem is not None:
-        # sshd refuses every key while StrictModes rejects the file; the holder of a
-        # valid signature learns why, the operator's log gets the same reason.
+        # sshd refuses every key while StrictModes rejects the file. A member learns
+        # why; a stranger (any fresh key signs validly) only that it is so.
         return Refused(
             503,
-            f"this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: {keys.problem}",
+            "this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: "
+            f"{keys.problem_for(blob)}",
             "keyfile-unusable",
         )
     # A line's options grant less, never more: one this check cannot enforce admits nothing.
