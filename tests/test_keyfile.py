@@ -280,13 +280,29 @@ def test_a_link_swung_into_an_unsafe_directory_after_start_admits_nobody(key_dir
     assert not granted(keys, BLOB_A, "/api/tags")
 
 
-def test_a_directory_made_group_writable_after_start_admits_nobody(key_dir):
-    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice *\n")
+def test_a_directory_made_group_writable_after_start_admits_nobody_from_the_next_walk(key_dir):
+    clock = Clock()
+    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice *\n", clock=clock)
     os.chmod(key_dir.parent, 0o775)  # the file's stat does not change at all
+    clock.offset += keyfile_module.WALK_EVERY_NS
     keys = keyfile.current()
     assert keys.problem is not None and not granted(keys, BLOB_A, "/api/tags")
     os.chmod(key_dir.parent, 0o700)
     assert granted(keyfile.current(), BLOB_A, "/api/tags")
+
+
+def test_a_file_swapped_in_through_a_directory_made_unsafe_is_refused_at_once(key_dir):
+    # Between walks only the file's stat is compared: whatever the now-writable
+    # directory lets someone swap in is a new file, and is walked to at once.
+    path = key_dir / "authorized_keys"
+    keyfile = opened(path, f"ssh-ed25519 {A} alice /api/tags\n")
+    os.chmod(key_dir, 0o777)
+    write(key_dir / "theirs", f"ssh-ed25519 {A} alice *\n")
+    age(key_dir / "theirs")
+    os.rename(key_dir / "theirs", path)
+    keys = keyfile.current()
+    assert keys.problem is not None and "writable by group or others" in keys.problem
+    assert not granted(keys, BLOB_A, "/api/chat")
 
 
 # --- item 5: an unusable file admits nobody, says so, and recovers ----------------------------
@@ -552,15 +568,20 @@ def test_a_file_stamped_in_the_future_settles_after_the_window_of_its_own(key_di
     assert not granted(keyfile.current(), BLOB_A, "/api/chat") and granted(keyfile.current(), BLOB_A, "/api/tags")
 
 
-def test_current_reads_nothing_when_nothing_changed(key_dir, monkeypatch):
-    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice /api/tags\n")
+def test_current_reads_nothing_when_nothing_changed_and_walks_only_when_due(key_dir, monkeypatch):
+    clock = Clock()
+    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice /api/tags\n", clock=clock)
     reads, walks = [], []
-    real_read, real_look = keyfile_module._read, keyfile_module.look
+    real_read, real_marks = keyfile_module._read, keyfile_module.marks
     monkeypatch.setattr(keyfile_module, "_read", lambda seen: reads.append(seen) or real_read(seen))
-    monkeypatch.setattr(keyfile_module, "look", lambda path: walks.append(path) or real_look(path))
+    monkeypatch.setattr(keyfile_module, "marks", lambda plan: walks.append(plan) or real_marks(plan))
     for _ in range(100):
         keyfile.current()
     assert reads == [] and walks == []
+    clock.offset += keyfile_module.WALK_EVERY_NS
+    for _ in range(100):
+        keyfile.current()
+    assert reads == [] and len(walks) == 1
 
 
 def test_rewritten_in_place_twenty_times_a_second_no_granted_key_is_refused_and_no_revoked_key_admitted(key_dir):

@@ -2,7 +2,9 @@
 to trust, and when a change in it takes effect (issue 19, "the key file never
 widens a grant").
 
-The rules, each applied on every request (``KeyFile.current``):
+The rules, applied on every request (``KeyFile.current``: a ``stat`` of the
+path, and the walk of rule 1 whenever that changes and at least every
+``WALK_EVERY_NS``):
 
 1. **A safe path, sshd's StrictModes.** The path is resolved one component at a
    time from the root. The file must be a regular file owned by the user or
@@ -65,6 +67,10 @@ MAX_FILE_BYTES = 1024 * 1024
 # network file systems stamp whole seconds, or two).
 RACY_NS = 2_000_000_000
 MAX_LINKS = 40  # Linux's MAXSYMLINKS
+# Between two walks a request costs one stat() of the path: a directory made unsafe
+# is seen within this time, and anything swapped through it at once, since a new
+# file (or a link pointed elsewhere) changes what stat() finds.
+WALK_EVERY_NS = 500_000_000
 CONFIRM_SECONDS = 0.02
 
 
@@ -297,6 +303,8 @@ class KeyFile:
         self._waiting: tuple | None = None
         self._waiting_since = 0
         self._data: bytes | None = None
+        self._file: tuple | None = None  # the mark of the file in force, while usable
+        self._walk_due = 0
         data, seen, after = _first_read(path)
         # Nothing was in force before: the first read is used even while it may be
         # settling (rule 4 still holds), and read again once it has settled.
@@ -306,9 +314,18 @@ class KeyFile:
         self._on_change = on_change
 
     def current(self) -> AuthorizedKeys:
-        """The set in force now: one ``lstat`` per path component, a read only after a change."""
-        if not self._pending and marks(self._plan) == self._seen:
-            return self._keys
+        """The set in force now: one ``stat`` of the path, a walk every WALK_EVERY_NS or
+        when the file changed, a read only after a change."""
+        if not self._pending:
+            if self._file is not None and self._clock() < self._walk_due:
+                try:
+                    if _mark(os.stat(self.path)) == self._file:
+                        return self._keys
+                except OSError:
+                    pass
+            elif marks(self._plan) == self._seen:
+                self._walk_due = self._clock() + WALK_EVERY_NS
+                return self._keys
         with self._lock:
             self._update(look(self.path), forced=False)
             return self._keys
@@ -358,7 +375,7 @@ class KeyFile:
         if forced or data != self._data or self._keys.problem is not None:
             self._install(data, seen, announce=True)
         else:
-            self._plan, self._seen = seen.plan, seen.signature
+            self._seen_usable(seen)
         # A forced read of a file still settling is read again once it has.
         self._pending = forced and now - after.st_mtime_ns < RACY_NS
 
@@ -372,10 +389,16 @@ class KeyFile:
             self._warn(f"{shown}: {warning}")
         self._keys = keys
         self._data = data
-        self._plan, self._seen = seen.plan, seen.signature
+        self._seen_usable(seen)
         self._failed = None
         if announce and self._on_change is not None:
             self._on_change(keys)
+
+    def _seen_usable(self, seen: Look) -> None:
+        assert seen.info is not None
+        self._plan, self._seen = seen.plan, seen.signature
+        self._file = _mark(seen.info)
+        self._walk_due = self._clock() + WALK_EVERY_NS
 
     def _fail(self, seen: Look, problem: str, forced: bool) -> None:
         if forced or seen.signature != self._failed:
@@ -384,6 +407,7 @@ class KeyFile:
                        "no signed request is admitted until it is fixed")
         self._keys = AuthorizedKeys.unusable(problem, self._keys)
         self._data = None
+        self._file = None
         self._plan, self._seen = seen.plan, seen.signature
         self._pending = False
         self._waiting = None
