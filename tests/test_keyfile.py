@@ -1,4 +1,4 @@
-"""The gate's authorized_keys file on disk (serve/keyfile.py, issue 19 items 3, 4,
+"""The gate's authorized_keys file on disk (serve/keyfile.py and safe_path.py, issue 19 items 3, 4,
 5, 13 and the BOM of 14): a safe path as OpenSSH's StrictModes checks it
 (``misc.c`` ``safe_path``, formerly ``auth.c`` ``auth_secure_path``), an unusable
 file that admits nobody and says so, and reloads that never take a write in
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import asset
 from credential_helper.errors import EXIT_IDENTITY, IdentityError
-from credential_helper.serve import keyfile as keyfile_module
+from credential_helper.serve import keyfile as keyfile_module, safe_path
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.keyfile import RACY_NS
 from credential_helper.serve.verify import Admitted, Refused, verify
@@ -517,7 +517,10 @@ def same_size_revocation(path):
 def test_a_same_size_edit_in_the_same_tick_as_the_first_read_is_seen_once_settled(key_dir, monkeypatch, coarse):
     if coarse:
         # FAT and some network mounts: whole seconds, no ctime; the stats are identical.
-        monkeypatch.setattr(keyfile_module, "_mark", lambda info: (info.st_ino, info.st_size, info.st_mtime_ns // 10**9))
+        def coarse(info):
+            return (info.st_ino, info.st_size, info.st_mtime_ns // 10**9)
+        monkeypatch.setattr(keyfile_module, "_mark", coarse)
+        monkeypatch.setattr(safe_path, "_mark", coarse)
     path = key_dir / "authorized_keys"
     clock = Clock()
     keyfile = opened(path, f"ssh-ed25519 {A} alice *\n", clock=clock, settled=False)
