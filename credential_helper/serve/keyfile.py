@@ -204,7 +204,7 @@ class KeyFile:
             self._pending = True  # written or replaced while it was read: look again next time
             return
         data, after = got
-        if not forced and now - self._waiting_since < RACY_NS and _suspicious(data, self._data):
+        if not forced and data != self._data and now - self._waiting_since < RACY_NS and _suspicious(data, self._data):
             # A stat taken during a truncate can show the new size with the old mtime
             # (seen on Linux 6.18, ext4: size 0 and an mtime seconds old, for ~100 us).
             # An empty, shorter or unterminated read is used only if a second look a
