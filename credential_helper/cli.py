@@ -169,6 +169,7 @@ def build_parser():
     proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
+    proxy.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
     proxy.set_defaults(func=cmd_proxy)
 
     verbose_only = argparse.ArgumentParser(add_help=False)
@@ -179,12 +180,14 @@ def build_parser():
         help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
         description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
         "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
-        "or, with --auth-only, answer 204/401/403 for nginx auth_request, Caddy forward_auth or Traefik ForwardAuth. "
+        "or, with --auth-only, answer 204/401/403 for nginx auth_request, ingress-nginx, Caddy forward_auth or Traefik ForwardAuth (200/401/403 for Envoy ext_authz with --path-prefix). "
         "The file is reloaded when it changes, and on SIGHUP.",
     )
     gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
     gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
     gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
+    gate.add_argument("--path-prefix", metavar="PREFIX", help="with --auth-only: the request to check is the auth request's own method and "
+                      "target after PREFIX (Envoy ext_authz http_service path_prefix, Gateway API ExternalAuth); admits with 200")
     gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
     gate.add_argument("--max-skew", type=_timeout, default=300.0, metavar="SECONDS", help="how far a signature's ts may be from this clock (default: 300)")
     gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
@@ -192,6 +195,9 @@ def build_parser():
     gate.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     gate.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     gate.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on a stop signal, how long requests in flight may finish (default: 10)")
+    gate.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
+    gate.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics; loopback only unless --metrics-public (default: off)")
+    gate.add_argument("--metrics-public", action="store_true", help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)")
     gate.set_defaults(func=cmd_gate)
     return parser
 
@@ -501,6 +507,7 @@ def cmd_proxy(args, log) -> int:
         max_in_flight=args.max_concurrency,
         grace=args.grace,
         verbose=args.verbose,
+        log_format=args.log_format,
     )
 
 
@@ -511,6 +518,7 @@ def cmd_gate(args, log) -> int:
         listen=args.listen,
         upstream_text=args.upstream,
         auth_only=args.auth_only,
+        path_prefix=args.path_prefix,
         authorized_keys=args.authorized_keys,
         max_skew=args.max_skew,
         tls_cert=args.tls_cert,
@@ -519,6 +527,9 @@ def cmd_gate(args, log) -> int:
         max_in_flight=args.max_concurrency,
         grace=args.grace,
         verbose=args.verbose,
+        log_format=args.log_format,
+        metrics_listen=args.metrics_listen,
+        metrics_public=args.metrics_public,
     )
 
 
