@@ -21,7 +21,8 @@ A request is admitted only when (issue 15, "The rules"):
 
 Refusals: 400 for a target or method that is not canonical; 401 for a missing,
 malformed, unverifiable, stale or unknown credential; 403 for a listed key on an
-endpoint it is not granted. The signature is checked before the key set is
+endpoint it is not granted; 503 for a valid signature while the key file is
+unusable (``AuthorizedKeys.problem``: unsafe, missing or unreadable). The signature is checked before the key set is
 consulted, so only the holder of a key learns whether it is listed, and a
 message never says which key almost matched. Messages hold no signature, no
 ``ts`` and no query value, and quote the caller's path only after it passed the
@@ -42,6 +43,7 @@ from .authorized_keys import (
     is_ed25519_blob,
     path_problem,
 )
+from .key_options import enforceable_by_verify
 
 DEFAULT_MAX_SKEW = 300.0
 MAX_TARGET_CHARS = 8192
@@ -70,7 +72,7 @@ class Admitted:
 
 @dataclass(frozen=True)
 class Refused:
-    """Answer ``status`` (400, 401 or 403) with ``message`` (one line) and forward nothing.
+    """Answer ``status`` (400, 401, 403 or 503) with ``message`` (one line) and forward nothing.
 
     ``reason`` is the class the operator's log and metrics count (PLAN.md's list;
     empty means ``malformed`` for a 400); ``key`` is the fingerprint of a key whose
@@ -256,7 +258,17 @@ def verify(
             "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
             "stale", fingerprint(blob), _own_name(keys, blob),
         )
-    grants = keys.grants_for(blob)
+    if keys.problem is not None:
+        # sshd refuses every key while StrictModes rejects the file. A member learns
+        # why; a stranger (any fresh key signs validly) only that it is so.
+        return Refused(
+            503,
+            "this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: "
+            f"{keys.problem_for(blob)}",
+            "keyfile-unusable", fingerprint(blob),
+        )
+    # A line's options grant less, never more: one this check cannot enforce admits nothing.
+    grants = [grant for grant in keys.grants_for(blob) if grant.options.empty or enforceable_by_verify(grant.options, now)]
     print_ = fingerprint(blob)
     own = [grant for grant in grants if not grant.wildcard]
     if is_heartbeat(method, path):
