@@ -47,18 +47,13 @@ Nothing here ever raises on the file's content. Reading the file from disk
 
 
 import base64
-import hashlib
 import os
 import re
 
+from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
 from ..sanitize import printable
 from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
 
-KEY_TYPE = "ssh-ed25519"
-# The SSH wire form of an Ed25519 key (RFC 8709 section 4): string "ssh-ed25519",
-# string of the 32-byte key. Exactly 51 bytes; anything else is not one.
-_WIRE_PREFIX = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
-WIRE_KEY_BYTES = len(_WIRE_PREFIX) + 32
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 8192
 MAX_NAME_CHARS = 256
@@ -75,17 +70,6 @@ _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 def default_path() -> str:
     """``~/.ollama/authorized_keys``, as the draft's ``authkeyPath`` builds it."""
     return os.path.join(os.path.expanduser("~"), ".ollama", "authorized_keys")
-
-
-def fingerprint(key_blob: bytes) -> str:
-    """``SHA256:<unpadded base64 of SHA-256(blob)>`` exactly as ``ssh-keygen -l`` prints it."""
-    digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode("ascii").rstrip("=")
-    return f"SHA256:{digest}"
-
-
-def is_ed25519_blob(blob: bytes) -> bool:
-    """True for exactly the 51-byte wire form of an Ed25519 public key."""
-    return len(blob) == WIRE_KEY_BYTES and blob.startswith(_WIRE_PREFIX)
 
 
 def decode_base64(text: str) -> bytes | None:

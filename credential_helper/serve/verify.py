@@ -35,12 +35,11 @@ import re
 from dataclasses import dataclass
 
 from .. import protocol
+from ..keys import fingerprint, is_ed25519_blob
 from ..sanitize import printable
 from .authorized_keys import (
     AuthorizedKeys,
     decode_base64,
-    fingerprint,
-    is_ed25519_blob,
     path_problem,
 )
 from .key_options import enforceable_by_verify
