@@ -21,9 +21,9 @@ from credential_helper.serve.verify import (
     HEALTH_CHECK_NAME,
     Admitted,
     Refused,
-    canonical_path_problem,
     verify,
 )
+from credential_helper.serve.target import canonical_path_problem
 
 VECTORS = load_vectors("gate.json")
 POSITIVES = [v for v in VECTORS if v["expect"] == "admit"]

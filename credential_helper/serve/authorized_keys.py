@@ -52,6 +52,7 @@ import re
 
 from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
 from ..sanitize import printable
+from .target import path_problem
 from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
 
 MAX_FILE_BYTES = 1024 * 1024
@@ -62,9 +63,7 @@ BOM = "\ufeff"
 # Go's regexp \s, which the draft uses to collapse white space.
 _GO_SPACE = re.compile(r"[\t\n\f\r ]+")
 _GO_SPACE_CHARS = "\t\n\f\r "
-# RFC 3986 section 3.3 pchar without percent-encoding and without ';' (see
-# path_problem), plus '/'.
-_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+
 
 
 def default_path() -> str:
@@ -88,43 +87,6 @@ def decode_base64(text: str) -> bytes | None:
     if base64.b64encode(raw).decode("ascii") != text:
         return None
     return raw
-
-
-def path_problem(path: str) -> str | None:
-    """None when ``path`` is a canonical origin-form path; otherwise why not.
-
-    Canonical means the upstream routes exactly these characters: Ollama's
-    router (gin) matches the decoded ``URL.Path`` byte for byte and
-    case-sensitively, so any spelling that decodes or normalises to something
-    else (a dot segment, ``//``, a percent-encoding, a backslash) could dodge an
-    endpoint list. No Ollama route needs percent-encoding (model names travel in
-    the body; blob digests are ``sha256:<hex>``), so a path with ``%`` differs
-    from its own decoding and is refused. ``;`` is refused too: some servers
-    strip ``;params`` before routing (RFC 3986 section 3.3 leaves it to them).
-    """
-    if not path.startswith("/"):
-        return "the path does not start with /"
-    if not path.isascii():
-        return "the path holds non-ASCII characters"
-    if any(ch < " " or ch == "\x7f" for ch in path):
-        return "the path holds control characters"
-    if "\\" in path:
-        return "the path holds a backslash"
-    if "%" in path:
-        lowered = path.lower()
-        if "%2f" in lowered or "%5c" in lowered:
-            return "the path holds an encoded / or \\"
-        return "the path is percent-encoded (it differs from its own decoding)"
-    if "//" in path:
-        return "the path holds an empty segment (//)"
-    segments = path.split("/")
-    if any(segment in (".", "..") for segment in segments):
-        return "the path holds a dot segment (. or ..)"
-    if ";" in path:
-        return "the path holds ';' (path parameters)"
-    if not _PATH_CHARS.fullmatch(path):
-        return "the path holds characters outside RFC 3986's path set"
-    return None
 
 
 class Grant:
