@@ -138,11 +138,10 @@ class Identity:
     def fingerprint(self) -> str:
         """``SHA256:...`` as ``ssh-keygen -l`` prints it (unpadded base64)."""
         import base64
-        import hashlib
 
-        blob = base64.b64decode(self.public_key_b64)
-        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-        return f"SHA256:{digest}"
+        from .keys import fingerprint
+
+        return fingerprint(base64.b64decode(self.public_key_b64))
 
     def sign(self, data: str | bytes) -> str:
         """auth/auth.go Sign: ``<public key base64>:<standard base64 signature>``."""

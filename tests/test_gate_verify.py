@@ -21,9 +21,9 @@ from credential_helper.serve.verify import (
     HEALTH_CHECK_NAME,
     Admitted,
     Refused,
-    canonical_path_problem,
     verify,
 )
+from credential_helper.serve.target import canonical_path_problem
 
 VECTORS = load_vectors("gate.json")
 POSITIVES = [v for v in VECTORS if v["expect"] == "admit"]
@@ -381,7 +381,7 @@ def test_only_the_canonical_base64_spelling_is_accepted():
 def test_an_rsa_key_is_refused_even_with_a_wildcard_line():
     target = f"/api/tags?ts={NOW}"
     signature = base64.b64encode(bytes(64)).decode()
-    assert "Ed25519" in check(verify("GET", target, f"{RSA_BLOB}:{signature}", keys_for("* * *\n"), NOW), 401).message
+    assert "Ed25519" in check(verify("GET", target, f"{RSA_BLOB}:{signature}", keys_for("* * * *\n"), NOW), 401).message
 
 
 def test_bearer_prefix_in_any_case_is_accepted():

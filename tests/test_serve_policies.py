@@ -60,6 +60,28 @@ def test_end_to_end_drops_hop_by_hop_framing_and_connection_named_fields_in_any_
     assert end_to_end([("Cookie", "a"), ("X-Kept", "yes")], frozenset({"cookie"})) == [("X-Kept", "yes")]
 
 
+@pytest.mark.parametrize("name", ["X_Ollama_User", "x_ollama-key", "X-Ollama_Key", "X_FORWARDED_FOR", "x_real_ip"])
+def test_the_gates_strip_rule_reads_underscore_as_dash(name, key_file):
+    # Issue 21: one strip rule (messages.field_key) for every policy, always folding '_'.
+    policy = gate.GatePolicy(key_file, 300, "127.0.0.1:11434")
+    decision = policy.decide(Head("HEAD", "/", "1.1", (("Host", "gate"), (name, "forged"))))
+    assert isinstance(decision, Forward)
+    assert "forged" not in [value for _, value in decision.headers]
+
+
+@pytest.mark.parametrize("name", ["X_Api_Key", "Proxy_Authorization", "COOKIE", "x_real_ip", "Transfer_Encoding"])
+def test_the_proxys_strip_rule_reads_underscore_as_dash(name):
+    policy, _ = proxy_policy()
+    fields = (("Host", "127.0.0.1:11470"), ("Authorization", f"Bearer {TOKEN}"), (name, "och-secret-copy"))
+    decision = policy.decide(Head("POST", "/api/me", "1.1", fields))
+    assert isinstance(decision, Forward)
+    assert "och-secret-copy" not in [value for _, value in decision.headers]
+
+
+def test_a_connection_token_with_underscores_names_its_field():
+    assert end_to_end([("Connection", "x_hop"), ("X-Hop", "1"), ("X-Kept", "yes")]) == [("X-Kept", "yes")]
+
+
 @pytest.mark.parametrize("fields, expected", [({}, False), ({"Content_Length": "0"}, False), ({"Content_Length": "3"}, True),
                                               ({"Transfer_Encoding": "chunked"}, True)])
 def test_request_has_body(fields, expected):

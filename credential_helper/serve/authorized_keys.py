@@ -3,8 +3,12 @@
 The format is the one of ollama/ollama PR #11574 (``auth/authorized_keys.go``,
 commit 5968989, "server: add authorized_keys file"), so one file serves both::
 
-    <key type> <public key> [<name>] [<endpoint>,...]
+    [<options>] <key type> <public key> [<name>] [<endpoint>,...]
 
+- ``<options>`` are sshd's (``from=``, ``expiry-time=``) and the gate's own
+  (``models=``, ``max-concurrent=``), in sshd's syntax: key_options.py. Ollama's
+  draft skips a line whose first field is not a key type, so there it fails
+  closed.
 - ``#`` starts a comment line; blank lines are ignored; runs of white space
   (Go's ``\\s``: space, tab, CR, LF, FF) count as one separator, and the fourth
   field is everything after the name, split on ``,`` with each item trimmed.
@@ -21,62 +25,52 @@ commit 5968989, "server: add authorized_keys file"), so one file serves both::
 - Several lines for one key add up (the draft merges their endpoint lists).
 
 Where this module is stricter than the draft, it is so that an odd line can only
-grant less: a line the draft would accept but that cannot mean what its author
-intended (an endpoint that is not a canonical path, ``/api/*`` read as a prefix,
-a name with control or non-ASCII characters, which would reach a header) is
-skipped with a warning naming its line number. Nothing here ever raises on the
-file's content.
+grant less (issue 19: "the key file never widens a grant"): a line the draft
+would accept but that cannot mean what its author intended is skipped with a
+warning naming its line number. Such lines are:
+
+- an endpoint that is not a canonical path, or ``/api/*`` read as a prefix;
+- a name with control or non-ASCII characters (it would reach a header);
+- a name that can only be an endpoint list (it starts with ``/`` or holds a
+  ``,``): ``ssh-ed25519 AAAA... /api/tags`` lost its name, and the draft would
+  read ``/api/tags`` as the name and grant every endpoint;
+- a line for any key (``* *``) without an endpoint list: ``* * /api/tags`` and
+  ``* * name`` are ``* * * /api/tags`` with a field missing, and the draft would
+  give every key every endpoint. A line for any key states its endpoints;
+- a first line that starts with a UTF-8 byte order mark (some Windows editors
+  write one): sshd and the draft read the mark as part of the key type and skip
+  the line too, so the one file means the same to all three.
+
+Nothing here ever raises on the file's content. Reading the file from disk
+(safe paths, reloads, writes in progress) is ``keyfile.py``'s.
 """
 
+from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
-import stat
-import threading
-import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .. import system
-from ..errors import IdentityError
+from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
 from ..sanitize import printable
+from .target import path_problem
+from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
 
-KEY_TYPE = "ssh-ed25519"
-# The SSH wire form of an Ed25519 key (RFC 8709 section 4): string "ssh-ed25519",
-# string of the 32-byte key. Exactly 51 bytes; anything else is not one.
-_WIRE_PREFIX = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
-WIRE_KEY_BYTES = len(_WIRE_PREFIX) + 32
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 8192
 MAX_NAME_CHARS = 256
-# git's "racy git" rule: a file modified this recently may change again with no
-# visible change in its stat (Linux stamps files with a coarse clock, FAT and
-# some network file systems to 1-2 s), so its bytes are compared on every call.
-RACY_NS = 2_000_000_000
+BOM = "\ufeff"
 
 # Go's regexp \s, which the draft uses to collapse white space.
 _GO_SPACE = re.compile(r"[\t\n\f\r ]+")
 _GO_SPACE_CHARS = "\t\n\f\r "
-# RFC 3986 section 3.3 pchar without percent-encoding and without ';' (see
-# path_problem), plus '/'.
-_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
+
 
 
 def default_path() -> str:
     """``~/.ollama/authorized_keys``, as the draft's ``authkeyPath`` builds it."""
     return os.path.join(os.path.expanduser("~"), ".ollama", "authorized_keys")
-
-
-def fingerprint(key_blob: bytes) -> str:
-    """``SHA256:<unpadded base64 of SHA-256(blob)>`` exactly as ``ssh-keygen -l`` prints it."""
-    digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode("ascii").rstrip("=")
-    return f"SHA256:{digest}"
-
-
-def is_ed25519_blob(blob: bytes) -> bool:
-    """True for exactly the 51-byte wire form of an Ed25519 public key."""
-    return len(blob) == WIRE_KEY_BYTES and blob.startswith(_WIRE_PREFIX)
 
 
 def decode_base64(text: str) -> bytes | None:
@@ -97,59 +91,26 @@ def decode_base64(text: str) -> bytes | None:
     return raw
 
 
-def path_problem(path: str) -> str | None:
-    """None when ``path`` is a canonical origin-form path; otherwise why not.
-
-    Canonical means the upstream routes exactly these characters: Ollama's
-    router (gin) matches the decoded ``URL.Path`` byte for byte and
-    case-sensitively, so any spelling that decodes or normalises to something
-    else (a dot segment, ``//``, a percent-encoding, a backslash) could dodge an
-    endpoint list. No Ollama route needs percent-encoding (model names travel in
-    the body; blob digests are ``sha256:<hex>``), so a path with ``%`` differs
-    from its own decoding and is refused. ``;`` is refused too: some servers
-    strip ``;params`` before routing (RFC 3986 section 3.3 leaves it to them).
-    """
-    if not path.startswith("/"):
-        return "the path does not start with /"
-    if not path.isascii():
-        return "the path holds non-ASCII characters"
-    if any(ch < " " or ch == "\x7f" for ch in path):
-        return "the path holds control characters"
-    if "\\" in path:
-        return "the path holds a backslash"
-    if "%" in path:
-        lowered = path.lower()
-        if "%2f" in lowered or "%5c" in lowered:
-            return "the path holds an encoded / or \\"
-        return "the path is percent-encoded (it differs from its own decoding)"
-    if "//" in path:
-        return "the path holds an empty segment (//)"
-    segments = path.split("/")
-    if any(segment in (".", "..") for segment in segments):
-        return "the path holds a dot segment (. or ..)"
-    if ";" in path:
-        return "the path holds ';' (path parameters)"
-    if not _PATH_CHARS.fullmatch(path):
-        return "the path holds characters outside RFC 3986's path set"
-    return None
-
-
 class Grant:
     """One usable line of the file, as it applies to one key.
 
     ``name`` is the line's name, or the key's fingerprint when the line has
-    none; ``fingerprint`` is the key's (for a wildcard line, the key that asked).
+    none; ``fingerprint`` is the key's (for a wildcard line, the key that asked);
+    ``options`` are the line's sshd-style options (key_options.py), NO_OPTIONS
+    when it has none.
     """
 
-    __slots__ = ("name", "fingerprint", "line", "endpoints", "wildcard", "named")
+    __slots__ = ("name", "fingerprint", "line", "endpoints", "wildcard", "named", "options")
 
-    def __init__(self, name: str | None, fingerprint: str, line: int, endpoints: frozenset[str], wildcard: bool) -> None:
+    def __init__(self, name: str | None, fingerprint: str, line: int, endpoints: frozenset[str], wildcard: bool,
+                 options: KeyOptions = NO_OPTIONS) -> None:
         self.name: str = name if name is not None else fingerprint
         self.named: bool = name is not None
         self.fingerprint: str = fingerprint
         self.line: int = line
         self.endpoints: frozenset[str] = endpoints
         self.wildcard: bool = wildcard
+        self.options: KeyOptions = options
 
     def allows(self, path: str) -> bool:
         """Exact match of the canonical path (no query), or ``*``: the draft's ``Authorize``."""
@@ -160,20 +121,45 @@ class Grant:
 
 
 class _Line:
-    __slots__ = ("line", "name", "endpoints")
+    __slots__ = ("line", "name", "endpoints", "options")
 
-    def __init__(self, line: int, name: str | None, endpoints: frozenset[str]) -> None:
+    def __init__(self, line: int, name: str | None, endpoints: frozenset[str], options: KeyOptions = NO_OPTIONS) -> None:
         self.line = line
         self.name = name
         self.endpoints = endpoints
+        self.options = options
 
 
 class AuthorizedKeys:
-    """The parsed file: lines by key blob, and the wildcard lines. Immutable."""
+    """The parsed file: lines by key blob, and the wildcard lines. Immutable.
 
-    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line]) -> None:
+    ``problem`` is None for a set read from a usable file. A set made by
+    :meth:`unusable` grants nothing and says why (the file is unsafe, missing or
+    unreadable): the gate then refuses every signed request with 503, as sshd
+    refuses every key when StrictModes rejects the file.
+    """
+
+    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line], problem: str | None = None,
+                 members: AuthorizedKeys | None = None) -> None:
         self._by_key = by_key
         self._wildcards = wildcards
+        self.problem = problem
+        self._members = members
+
+    @classmethod
+    def unusable(cls, problem: str, last_good: AuthorizedKeys | None = None) -> AuthorizedKeys:
+        """A set that grants nothing; ``last_good`` only tells members from strangers."""
+        members = last_good._members if last_good is not None and last_good.problem is not None else last_good
+        return cls({}, [], problem, members)
+
+    def problem_for(self, key_blob: bytes) -> str:
+        """What a refusal tells this key about the unusable file: the problem and its
+        fix to a key the last usable file admitted (a member), less to a stranger
+        (whose freshly made key also signs validly); the operator's log has it all."""
+        members = self._members
+        if members is not None and (members.is_listed(key_blob) or members._wildcards):
+            return self.problem or ""
+        return "the operator has been told the reason in the server's log"
 
     def grants_for(self, key_blob: bytes) -> list[Grant]:
         """The key's own lines (file order), then the wildcard lines (file order)."""
@@ -181,9 +167,15 @@ class AuthorizedKeys:
         if not own and not self._wildcards:
             return []
         print_ = fingerprint(key_blob)
-        grants = [Grant(entry.name, print_, entry.line, entry.endpoints, False) for entry in own]
-        grants += [Grant(entry.name, print_, entry.line, entry.endpoints, True) for entry in self._wildcards]
+        grants = [Grant(entry.name, print_, entry.line, entry.endpoints, False, entry.options) for entry in own]
+        grants += [Grant(entry.name, print_, entry.line, entry.endpoints, True, entry.options) for entry in self._wildcards]
         return grants
+
+    def needing_reverse_proxy(self) -> list[int]:
+        """The lines whose options ``--auth-only`` cannot enforce (``models=``,
+        ``max-concurrent=``: see KeyOptions.needs_reverse_proxy), in file order."""
+        lines = [entry for entries in self._by_key.values() for entry in entries] + self._wildcards
+        return sorted(entry.line for entry in lines if entry.options.needs_reverse_proxy)
 
     def is_listed(self, key_blob: bytes) -> bool:
         """True when the key has a line of its own (a wildcard line does not count)."""
@@ -193,6 +185,8 @@ class AuthorizedKeys:
         return sum(len(lines) for lines in self._by_key.values()) + len(self._wildcards)
 
     def __repr__(self) -> str:
+        if self.problem is not None:
+            return f"<AuthorizedKeys unusable: {self.problem}>"
         return f"<AuthorizedKeys {len(self._by_key)} keys, {len(self._wildcards)} wildcard lines>"
 
 
@@ -218,7 +212,21 @@ def _shown(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None]:
+def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None, KeyOptions]:
+    """(key blob or None for a wildcard, name, endpoints, problem, options)."""
+    options = NO_OPTIONS
+    if not looks_like_key_type(_GO_SPACE.split(line, maxsplit=1)[0]):
+        # sshd: "options, keytype, base64-encoded key, comment" (man sshd).
+        try:
+            text, line = split_options(line)
+            options = parse_options(text)
+        except OptionError as exc:
+            return None, None, None, f"options: {exc}", options
+    blob, name, endpoints, problem = _parse_fields(line)
+    return blob, name, endpoints, problem, options
+
+
+def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None]:
     """(key blob or None for a wildcard, name, endpoints, problem)."""
     parts = _GO_SPACE.split(line, maxsplit=3)
     if len(parts) < 2:
@@ -235,6 +243,18 @@ def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | N
             return None, None, None, "the public key is not valid base64"
         if not is_ed25519_blob(blob):
             return None, None, None, "the public key is not an Ed25519 key"
+    if len(parts) >= 3 and (parts[2].startswith("/") or "," in parts[2]):
+        # Never a name: the draft would take it for one and grant every endpoint.
+        return None, None, None, (
+            f"the third field {_shown(parts[2])} is an endpoint list where the name goes "
+            "(the format is '<key type> <public key> <name> <endpoint>,...'; write * for no name)"
+        )
+    if blob is None and len(parts) < 4:
+        # '* * /api/tags' or '* * name': one field short of '* * <name> <endpoints>'.
+        return None, None, None, (
+            "a line for any key must state its endpoints: '* * <name or *> <endpoint>,...' "
+            "(read as it stands, Ollama's draft would give every key every endpoint)"
+        )
     name = None
     if len(parts) >= 3 and parts[2] not in ("", "*"):
         name = parts[2]
@@ -256,6 +276,13 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
     wildcards: list[_Line] = []
     warnings: list[str] = []
     for number, raw in enumerate(text.split("\n"), start=1):
+        if raw.lstrip(_GO_SPACE_CHARS).startswith(BOM):
+            # At the start of the file, or of one joined into it (cat a b > file).
+            rest = raw.lstrip(_GO_SPACE_CHARS)[1:].strip(_GO_SPACE_CHARS)
+            if rest and not rest.startswith("#"):
+                warnings.append(f"line {number}: skipped: it starts with a UTF-8 byte order mark (U+FEFF), "
+                                "which sshd and Ollama read as part of the key type; save the file as UTF-8 without BOM")
+            continue
         line = raw.strip(_GO_SPACE_CHARS)
         if line == "" or line.startswith("#"):
             continue
@@ -263,13 +290,13 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
             warnings.append(f"line {number}: skipped: longer than {MAX_LINE_CHARS} characters")
             continue
         try:
-            blob, name, endpoints, problem = _parse_line(line)
+            blob, name, endpoints, problem, options = _parse_line(line)
         except Exception as exc:  # never a crash on the file's content
-            blob, name, endpoints, problem = None, None, None, f"unreadable ({type(exc).__name__})"
+            blob, name, endpoints, problem, options = None, None, None, f"unreadable ({type(exc).__name__})", NO_OPTIONS
         if problem is not None or endpoints is None:
             warnings.append(f"line {number}: skipped: {problem}")
             continue
-        entry = _Line(number, name, endpoints)
+        entry = _Line(number, name, endpoints, options)
         if blob is None:
             wildcards.append(entry)
         else:
@@ -277,175 +304,17 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
     return AuthorizedKeys(by_key, wildcards), warnings
 
 
-# --- the file on disk ---------------------------------------------------------------------
 
 
-def _owner_ok(info: os.stat_result) -> bool:
-    # sshd's StrictModes: the user's own file, or root's.
-    return system.is_mine(info) or info.st_uid == 0
+if TYPE_CHECKING:  # what __getattr__ gives, as the type checker should see it
+    from .keyfile import RACY_NS as RACY_NS, KeyFile as KeyFile, read_key_file as read_key_file
 
 
-def _directory_problem(path: str) -> str | None:
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        info = os.stat(directory)
-    except FileNotFoundError:
-        return f"its directory {directory} does not exist: create it (mkdir -m 700 {directory}) and the file in it"
-    except OSError as exc:
-        return f"cannot inspect its directory {directory}: {exc.strerror}"
-    if not _owner_ok(info):
-        return f"its directory {directory} belongs to another user (uid {info.st_uid})"
-    if system.others_may_write(info):
-        return (f"its directory {directory} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-                f"run: chmod go-w {directory}")
-    return None
+def __getattr__(name: str) -> object:
+    # The file on disk lives in keyfile.py; these names stay importable from here
+    # (lazily: keyfile imports this module).
+    if name in ("KeyFile", "read_key_file", "RACY_NS"):
+        from . import keyfile
 
-
-def read_key_file(path: str) -> tuple[bytes, os.stat_result]:
-    """The file's bytes and the fstat of what was read; IdentityError if unsafe.
-
-    The file must be the operator's: a regular file owned by this user (or root),
-    not writable by group or others, in a directory only they can change.
-    """
-    shown = printable(path)
-    problem = _directory_problem(path)
-    if problem is not None:
-        raise IdentityError(f"refusing the authorized_keys file {shown}: {problem}")
-    try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the gate.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise IdentityError(
-            f"no authorized_keys file at {shown}: create it with one line per key "
-            "('ssh-ed25519 AAAA... <name> [<endpoint>,...]', e.g. a copy of someone's id_ed25519.pub)"
-        ) from None
-    except OSError as exc:
-        raise IdentityError(f"cannot read the authorized_keys file {shown}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IdentityError(f"refusing the authorized_keys file {shown}: not a regular file")
-        if not _owner_ok(info):
-            raise IdentityError(f"refusing the authorized_keys file {shown}: it belongs to another user (uid {info.st_uid})")
-        if system.others_may_write(info):
-            raise IdentityError(
-                f"refusing the authorized_keys file {shown}: writable by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {shown}"
-            )
-        chunks = []
-        size = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise IdentityError(f"refusing the authorized_keys file {shown}: larger than {MAX_FILE_BYTES} bytes")
-    except OSError as exc:
-        raise IdentityError(f"cannot read the authorized_keys file {shown}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks), info
-
-
-def _signature(info: os.stat_result) -> tuple[int, ...]:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid)
-
-
-class KeyFile:
-    """The authorized_keys file, reloaded when it changes (checked on every call).
-
-    A change is any difference in (device, inode, size, mtime, ctime, mode,
-    owner): an in-place edit, an editor's rename over it, a ``chmod``. While the
-    file's mtime is within RACY_NS of when it was read, its bytes are also
-    compared on every call, so that a second edit landing in the same clock
-    tick with the same size is still seen; in that window an unterminated last
-    line is not trusted yet (it may be a line still being written, whose
-    endpoint list has not arrived: read alone it would mean full access).
-
-    At start a missing or unsafe file raises IdentityError (exit 3). Later, an
-    unsafe, unreadable or missing file keeps the last good set and warns once
-    per state of the file.
-    """
-
-    def __init__(self, path: str, warn: Callable[[str], None], on_change: Callable[[AuthorizedKeys], None] | None = None) -> None:
-        self.path = path
-        self._warn = warn
-        self._on_change = None  # not for the first read
-        self._lock = threading.Lock()
-        self._failed: tuple[int, ...] | None = None
-        data, info = read_key_file(path)
-        self._install(data, info)
-        self._on_change = on_change
-
-    def current(self) -> AuthorizedKeys:
-        """The set in force now; a cheap ``stat`` per call, a reload on change."""
-        try:
-            info = os.stat(self.path)
-            seen = _signature(info)
-        except OSError:
-            seen = None
-        if seen == self._seen and not self._racy:
-            return self._keys
-        with self._lock:
-            if seen is None:
-                if self._failed != ():
-                    self._failed = ()
-                    self._warn(f"{printable(self.path)}: cannot read the authorized_keys file; keeping the last good set")
-                return self._keys
-            if seen == self._failed:
-                return self._keys  # still the unsafe state already warned about
-            if seen != self._seen or self._racy:
-                self._refresh(forced=False)
-            return self._keys
-
-    def reload(self) -> None:
-        """Reread now (SIGHUP), whatever the stat says."""
-        with self._lock:
-            self._refresh(forced=True)
-
-    # -- internals (called with the lock held, except from __init__) --
-
-    def _refresh(self, forced: bool) -> None:
-        try:
-            data, info = read_key_file(self.path)
-        except IdentityError as exc:
-            try:
-                state = _signature(os.stat(self.path))
-            except OSError:
-                state = ()
-            if forced or state != self._failed:
-                self._failed = state
-                self._warn(f"{exc}; keeping the last good set")
-            return
-        self._failed = None
-        if data == self._data and not forced:
-            self._seen = _signature(info)
-            self._racy = self._is_racy(info)
-            if self._racy or not self._partial:
-                return
-        self._install(data, info)
-
-    def _install(self, data: bytes, info: os.stat_result) -> None:
-        racy = self._is_racy(info)
-        usable = data
-        partial = False
-        if racy and data and not data.endswith(b"\n"):
-            usable = data[: data.rfind(b"\n") + 1]
-            partial = True
-        keys, warnings = parse(usable.decode("utf-8", "replace"))
-        shown = printable(self.path)
-        for warning in warnings:
-            self._warn(f"{shown}: {warning}")
-        self._keys = keys
-        self._data = data
-        self._seen = _signature(info)
-        self._racy = racy
-        self._partial = partial
-        if self._on_change is not None:
-            self._on_change(keys)
-
-    @staticmethod
-    def _is_racy(info: os.stat_result) -> bool:
-        return time.time_ns() - info.st_mtime_ns < RACY_NS
+        return getattr(keyfile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

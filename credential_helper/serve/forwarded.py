@@ -8,7 +8,7 @@ finds the (method, target) to verify, and the one ``Authorization`` value, or
 refuses (400); :func:`verify.verify` then checks them like any request.
 """
 
-from .authorized_keys import path_problem
+from .target import path_problem
 from .verify import Refused
 
 # Each family: the method's header, then the headers that may carry the target.

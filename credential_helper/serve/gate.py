@@ -88,9 +88,7 @@ class GatePolicy(_Verifying):
             result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request", "unsigned")
         if isinstance(result, Refused):
             return refusal(result)
-        headers = end_to_end(head.headers, NOT_FORWARDED)
-        # Also X_Ollama_User: some servers read '_' as '-' in field names.
-        headers = [(name, value) for name, value in headers if name.lower().replace("_", "-") not in _DROPPED]
+        headers = end_to_end(head.headers, NOT_FORWARDED | _DROPPED)  # X_Ollama_User too (messages.field_key)
         # Ollama checks Host on loopback (server/routes.go allowedHostsMiddleware): name the upstream.
         headers += [("Host", self.upstream_host), *identity_headers(result)]
         if head.peer:

@@ -21,7 +21,8 @@ A request is admitted only when (issue 15, "The rules"):
 
 Refusals: 400 for a target or method that is not canonical; 401 for a missing,
 malformed, unverifiable, stale or unknown credential; 403 for a listed key on an
-endpoint it is not granted. The signature is checked before the key set is
+endpoint it is not granted; 503 for a valid signature while the key file is
+unusable (``AuthorizedKeys.problem``: unsafe, missing or unreadable). The signature is checked before the key set is
 consulted, so only the holder of a key learns whether it is listed, and a
 message never says which key almost matched. Messages hold no signature, no
 ``ts`` and no query value, and quote the caller's path only after it passed the
@@ -34,17 +35,13 @@ import re
 from dataclasses import dataclass
 
 from .. import protocol
+from ..keys import fingerprint, is_ed25519_blob
 from ..sanitize import printable
-from .authorized_keys import (
-    AuthorizedKeys,
-    decode_base64,
-    fingerprint,
-    is_ed25519_blob,
-    path_problem,
-)
+from .authorized_keys import AuthorizedKeys, decode_base64
+from .target import canonical_path_problem, split_target, ts_values
+from .key_options import enforceable_by_verify
 
 DEFAULT_MAX_SKEW = 300.0
-MAX_TARGET_CHARS = 8192
 # "Bearer " + 68 characters of key + ":" + 88 of signature is 164; leave room.
 MAX_AUTHORIZATION_CHARS = 1024
 SIGNATURE_BYTES = 64
@@ -54,10 +51,7 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
 # What Ollama's client sends: strconv.FormatInt(time.Now().Unix(), 10). No sign,
 # no leading zero, at most 12 digits (year 33658): no value can overflow or cost.
 _TS = re.compile(r"0|[1-9][0-9]{0,11}")
-# RFC 3986 section 3.4 query characters without ';' (Go's url.ParseQuery rejects
-# it, other parsers split on it) and with percent-encoding checked separately.
-_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/?%]*")
-_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})|%(?:[46][1-9A-Fa-f]|[57][0-9Aa]|3[0-9]|2[DEde]|5[Ff]|7[Ee])")
+
 
 
 @dataclass(frozen=True)
@@ -70,7 +64,7 @@ class Admitted:
 
 @dataclass(frozen=True)
 class Refused:
-    """Answer ``status`` (400, 401 or 403) with ``message`` (one line) and forward nothing.
+    """Answer ``status`` (400, 401, 403 or 503) with ``message`` (one line) and forward nothing.
 
     ``reason`` is the class the operator's log and metrics count (PLAN.md's list;
     empty means ``malformed`` for a 400); ``key`` is the fingerprint of a key whose
@@ -83,62 +77,6 @@ class Refused:
     key: str = ""
     user: str = ""
     hint: str = ""
-
-
-def split_target(target: str) -> tuple[str, str | None]:
-    """(path, query or None) of an origin-form target."""
-    path, mark, query = target.partition("?")
-    return path, (query if mark else None)
-
-
-def canonical_path_problem(target: str) -> str | None:
-    """None when the request target is canonical origin-form; else why (answer 400).
-
-    Only origin-form (RFC 9112 section 3.2.1) is accepted: Ollama's client
-    sends nothing else, and absolute-form (a proxy request), authority-form
-    (CONNECT) and asterisk-form (``OPTIONS *``) have no endpoint to match.
-    The path rules are ``authorized_keys.path_problem``'s. In the query,
-    ``;``, a malformed ``%`` and a percent-encoded unreserved character are
-    refused: Go's ``url.QueryEscape`` never writes them, and each could make
-    two parsers disagree about where ``ts`` is.
-    """
-    if not isinstance(target, str) or target == "":
-        return "the request target is empty"
-    if len(target) > MAX_TARGET_CHARS:
-        return f"the request target is longer than {MAX_TARGET_CHARS} characters"
-    if target == "*":
-        return "the asterisk-form target (OPTIONS *) is not served"
-    if not target.startswith("/"):
-        return "the request target is not origin-form (a path starting with /)"
-    if not target.isascii() or any(ch <= " " or ch == "\x7f" for ch in target):
-        return "the request target holds spaces, control or non-ASCII characters"
-    if "#" in target:
-        return "the request target holds a fragment (#)"
-    path, query = split_target(target)
-    problem = path_problem(path)
-    if problem is not None:
-        return problem
-    if query is not None:
-        if not _QUERY_CHARS.fullmatch(query):
-            return "the query holds characters outside RFC 3986's query set (or ';')"
-        if _PERCENT.search(query):
-            return "the query holds a malformed or needless percent-encoding"
-    return None
-
-
-def _ts_values(query: str | None) -> list[str]:
-    """Every value of ``ts`` in the query, split as Go's url.ParseQuery does
-    (``&`` between pairs, the first ``=`` inside one; ``ts`` alone is ``ts=``)."""
-    if not query:
-        return []
-    values = []
-    for pair in query.split("&"):
-        if pair == "":
-            continue
-        key, _, value = pair.partition("=")
-        if key == "ts":
-            values.append(value)
-    return values
 
 
 def is_health_check(method: str, target: str, authorization: str | None) -> bool:
@@ -234,7 +172,7 @@ def verify(
         return parsed
     blob, signature = parsed
     path, query = split_target(target)
-    stamps = _ts_values(query)
+    stamps = ts_values(query)
     if not stamps:
         return Refused(401, "the signed target has no ts= in its query (Ollama's client adds it when OLLAMA_AUTH=1)", "malformed")
     if len(stamps) > 1:
@@ -256,7 +194,17 @@ def verify(
             "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
             "stale", fingerprint(blob), _own_name(keys, blob),
         )
-    grants = keys.grants_for(blob)
+    if keys.problem is not None:
+        # sshd refuses every key while StrictModes rejects the file. A member learns
+        # why; a stranger (any fresh key signs validly) only that it is so.
+        return Refused(
+            503,
+            "this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: "
+            f"{keys.problem_for(blob)}",
+            "keyfile-unusable", fingerprint(blob),
+        )
+    # A line's options grant less, never more: one this check cannot enforce admits nothing.
+    grants = [grant for grant in keys.grants_for(blob) if grant.options.empty or enforceable_by_verify(grant.options, now)]
     print_ = fingerprint(blob)
     own = [grant for grant in grants if not grant.wildcard]
     if is_heartbeat(method, path):
