@@ -138,6 +138,18 @@ def printable(text: str) -> str:
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """Untrusted text (a file's line, a client's path, an argument) for one line of
+    a message or a log: :func:`printable`, at most ``limit`` characters, then ``...``."""
+    text = printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """:func:`shown` in quotes, for text quoted inside a sentence."""
+    return repr(shown(text, limit))
+
+
 def server_text(text, secrets=(), limit: int | None = 200) -> str:
     """Server-chosen text made safe for stderr: no secret, one printable line,
     at most ``limit`` characters (then ``...``)."""

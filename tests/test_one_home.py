@@ -89,3 +89,30 @@ def test_the_identity_and_the_gate_take_the_fingerprint_from_keys(monkeypatch, k
     assert key_forms.line(blob) == identity.public_key_line
     monkeypatch.setattr(key_forms, "fingerprint", lambda data: "SHA256:one-home")
     assert identity.fingerprint == "SHA256:one-home"  # read through keys at each call
+
+
+# --- untrusted text in a message: sanitize.shown / quoted -----------------------------------------
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("plain", 80, "plain"),
+    ("a\x1b[2Jb\r\nc", 80, "ab c"),  # an escape sequence gone, CR/LF one space: one line that paints nothing
+    ("x" * 90, 80, "x" * 80 + "..."),
+])
+def test_shown_and_quoted(text, limit, expected):
+    from credential_helper import sanitize
+
+    assert sanitize.shown(text, limit) == expected
+    assert sanitize.quoted(text, limit) == repr(expected)
+
+
+def test_every_message_quoting_untrusted_text_goes_through_sanitize(monkeypatch):
+    from credential_helper import sanitize
+    from credential_helper.serve import authorized_keys, record
+
+    # protocol and the key file hold the very function (imported by name) ...
+    assert protocol.quoted is sanitize.quoted and authorized_keys.quoted is sanitize.quoted
+    # ... and the log line calls through the module at each use.
+    monkeypatch.setattr(sanitize, "shown", lambda text, limit=80: "<shown>")
+    line = record.text_line(record.Record(time=0.0, method="GET", path="/api/\x1bchat", status=200, bytes=0, ms=1.0))
+    assert line.startswith("<shown> <shown> 200")
