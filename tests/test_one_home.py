@@ -116,3 +116,50 @@ def test_every_message_quoting_untrusted_text_goes_through_sanitize(monkeypatch)
     monkeypatch.setattr(sanitize, "shown", lambda text, limit=80: "<shown>")
     line = record.text_line(record.Record(time=0.0, method="GET", path="/api/\x1bchat", status=200, bytes=0, ms=1.0))
     assert line.startswith("<shown> <shown> 200")
+
+
+# --- the diagnosis travels on the error (errors.HelperError.fix) ---------------------------------
+
+
+def test_identity_errors_carry_their_fix(keys, tmp_path):
+    import os
+    import shutil
+
+    from credential_helper.errors import IdentityError
+    from credential_helper.identity import load_identity
+
+    open_key = tmp_path / "open_key"
+    shutil.copy(keys / "ed25519-a", open_key)
+    os.chmod(open_key, 0o644)
+    cases = {
+        str(open_key): f"chmod 600 {open_key}",
+        str(keys / "ed25519-encrypted"): f'ssh-keygen -p -N "" -f {keys / "ed25519-encrypted"}',
+    }
+    for path, fix in cases.items():
+        with pytest.raises(IdentityError) as failed:
+            load_identity(path)
+        assert failed.value.fix == fix
+
+
+def test_doctor_reads_the_fix_from_the_error_not_from_its_words(monkeypatch):
+    from credential_helper import doctor, identity
+    from credential_helper.errors import IdentityError
+
+    def refuse(path):
+        raise IdentityError("chmod passphrase is a public key", fix="the fix the raiser knew")
+
+    monkeypatch.setattr(identity, "load_identity", refuse)
+    assert doctor.check_identity("/some/key").fix == "the fix the raiser knew"
+
+
+def test_network_failures_are_diagnosed_by_kind():
+    import socket
+    import ssl
+
+    from credential_helper import transport
+
+    assert transport.diagnose(socket.gaierror(-2, "Name or service not known"), "h")[1] == "dns"
+    assert transport.diagnose(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "h")[1] == "tls"
+    assert transport.diagnose(ConnectionRefusedError(111, "refused"), "h")[1] == "refused"
+    assert transport.diagnose(socket.timeout("timed out"), "h") == (None, "timeout")
+    assert set(transport.FIXES) >= {"dns", "tls", "proxy", "timeout", "refused", "other"}
