@@ -20,6 +20,8 @@ from .errors import HelperError, IdentityError, KeyNotFoundError, NetworkError, 
 DEFAULT_REGISTRY = "https://registry.ollama.ai"
 PUBLIC_MODEL = "library/gemma3"
 CLOCK_TOLERANCE = 30.0
+# For a failure that names no fix of its own (a 5xx, a redirect, an oversized answer).
+_NETWORK_FIX = "check the network or firewall; behind a proxy set HTTPS_PROXY"
 
 
 class Check:
@@ -103,18 +105,8 @@ def check_identity(key_path: str) -> Check:
         if chosen:  # a typed path: a typo, not a key to make (see identity._missing_key_message)
             return Check("identity", "fail", str(exc), "give --identity the path of an existing private key")
         return Check("identity", "fail", f"no key at {key_path}", generate)
-    except IdentityError as exc:
-        message = str(exc)
-        if "is a public key" in message:
-            private = key_path[:-4] if key_path.endswith(".pub") else "the private key"
-            fix = f"--identity {private}"
-        elif "chmod" in message:
-            fix = f"chmod 600 {key_path}"
-        elif "passphrase" in message:
-            fix = f'ssh-keygen -p -N "" -f {key_path}'
-        else:
-            fix = f"move {key_path} aside, then {generate}"
-        return Check("identity", "fail", message, fix)
+    except IdentityError as exc:  # the error carries its fix where identity.py diagnosed it
+        return Check("identity", "fail", str(exc), exc.fix or f"move {key_path} aside, then {generate}")
     detail = f"{key_path}: Ed25519, unencrypted, private; {loaded.public_key_line} ({loaded.fingerprint})"
     service = _service_key()
     if service is not None and service != loaded.public_key_line:
@@ -187,22 +179,10 @@ def check_network(name: str, base: protocol.URL, budget: _Budget) -> tuple[Check
         via = proxy_for(url, os.environ)
         response = transport.send("GET", url, timeout=max(budget.left(), 0.05), max_body=64 * 1024)
     except NetworkError as exc:
-        return Check(name, "fail", str(exc), _network_fix(str(exc))), None
+        return Check(name, "fail", str(exc), exc.fix or _NETWORK_FIX), None
     route = f"through the proxy {via} ({via.variable})" if via is not None else "directly"
     tls = ", TLS verified" if url.scheme == "https" else ""
     return Check(name, "ok", f"{base.scheme}://{base.host} answered HTTP {response.status}, {route}{tls}"), response.header("date")
-
-
-def _network_fix(message: str) -> str:
-    if "cannot resolve" in message:
-        return "check DNS; behind a proxy set HTTPS_PROXY (and NO_PROXY for hosts to reach directly)"
-    if "TLS" in message or "certificate" in message:
-        return "for a private CA or a TLS-inspecting proxy: SSL_CERT_FILE=/path/to/ca.pem"
-    if "proxy" in message:
-        return "check HTTPS_PROXY / HTTP_PROXY (host, port, credentials) and NO_PROXY"
-    if "timed out" in message:
-        return "check the network or firewall; behind a proxy set HTTPS_PROXY; or rerun with a larger --timeout"
-    return "check the network or firewall; behind a proxy set HTTPS_PROXY"
 
 
 # --- 4. clock ---------------------------------------------------------------------------------
@@ -230,7 +210,7 @@ def check_link(base: protocol.URL, key_path: str, budget: _Budget) -> Check:
     except IdentityError as exc:
         return Check("link", "fail", f"no usable credential to sign with ({exc})", "fix the identity check first")
     except HelperError as exc:
-        return Check("link", "fail", str(exc), _network_fix(str(exc)))
+        return Check("link", "fail", str(exc), exc.fix or _NETWORK_FIX)
     plan = f", plan {who['plan']}" if who.get("plan") else ""
     return Check("link", "ok", f"a signed POST /api/me names the account {who['name']}{plan}")
 
@@ -253,7 +233,7 @@ def check_registry(registry: protocol.URL, key_path: str, budget: _Budget) -> Ch
     except ServerRefusedError as exc:
         return Check("registry", "fail", str(exc), _connect_fix(key_path))
     except HelperError as exc:
-        return Check("registry", "fail", str(exc), "fix the checks above first" if isinstance(exc, IdentityError) else _network_fix(str(exc)))
+        return Check("registry", "fail", str(exc), "fix the checks above first" if isinstance(exc, IdentityError) else exc.fix or _NETWORK_FIX)
     assert isinstance(token, client.Token)  # no dry_run: a token, not a DryRun
     if token.expires_at is None:
         return Check("registry", "ok", f"{registry.host} challenged for {challenge.scope}; OLLAMA_API_KEY answers it")

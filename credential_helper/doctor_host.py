@@ -144,8 +144,10 @@ def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> Check
             policy.check_cleartext(base, "signed requests")
         response = _send("GET", url, deadline, dates)
     except NetworkError as exc:
+        from . import transport
+
         message = str(exc)
-        if "TLS failure" in message:
+        if exc.fix == transport.FIXES["tls"]:  # diagnosed where it failed (transport.diagnose)
             fix = ("install the server's CA in this system's trust store (e.g. /usr/local/share/ca-certificates/, then "
                    "update-ca-certificates; the Keychain on macOS), or point SSL_CERT_FILE at its PEM file")
         else:

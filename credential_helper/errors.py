@@ -14,7 +14,9 @@
                                    pipe: the result was not delivered
 
 Messages never contain a token, signature or API key: they are printed on
-stderr, which callers log.
+stderr, which callers log. An error may also carry its ``fix``: one line the user
+can act on, set where the failure is diagnosed (never guessed later from the
+message's words); ``doctor`` shows it.
 """
 
 
@@ -31,6 +33,12 @@ class HelperError(Exception):
     """Base of every error this package raises on purpose."""
 
     exit_code = EXIT_INTERNAL
+    fix: str | None = None  # what to do about it, when the raiser knows
+
+    def __init__(self, message: str = "", *, fix: str | None = None) -> None:
+        super().__init__(message)
+        if fix is not None:
+            self.fix = fix
 
 
 class ServerRefusedError(HelperError):
@@ -38,8 +46,8 @@ class ServerRefusedError(HelperError):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, *, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
         self.status = status
 
 
@@ -64,8 +72,8 @@ class NetworkError(HelperError):
 
     exit_code = EXIT_NETWORK
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, status: int | None = None, *, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
         self.status = status
 
 
@@ -76,8 +84,8 @@ class ListenError(NetworkError):
 class KeyNotFoundError(IdentityError):
     """The identity file does not exist (the only case that allows the API-key fallback)."""
 
-    def __init__(self, message: str, path: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, path: str, *, fix: str | None = None) -> None:
+        super().__init__(message, fix=fix)
         self.path = path
 
 

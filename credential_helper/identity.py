@@ -58,7 +58,8 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
             raise IdentityError(
                 f"the key {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); "
-                f"{system.permission_advice(path)}"
+                f"{system.permission_advice(path)}",
+                fix=system.permission_advice(path).removeprefix("run: "),
             )
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
@@ -112,7 +113,8 @@ def _refuse_public_key(data: bytes, path: str) -> None:
         return
     private = path[:-4] if path.endswith(".pub") else None
     meant = f"; the private key is {private}" if private and os.path.lexists(private) else ""
-    raise IdentityError(f"{path} is a public key ({first} ...): --identity (identity=) takes the private key{meant}")
+    raise IdentityError(f"{path} is a public key ({first} ...): --identity (identity=) takes the private key{meant}",
+                        fix=f"--identity {private or 'the private key'}")
 
 
 class Identity:
@@ -192,7 +194,8 @@ def parse_private_key(data: bytes, path: str = "<memory>") -> Identity:
 def _encrypted(path: str) -> IdentityError:
     return IdentityError(
         f"{path} is passphrase-protected; Ollama's keys are unencrypted: remove the "
-        f"passphrase with 'ssh-keygen -p -N \"\" -f {path}' or use another --identity"
+        f"passphrase with 'ssh-keygen -p -N \"\" -f {path}' or use another --identity",
+        fix=f'ssh-keygen -p -N "" -f {path}',
     )
 
 

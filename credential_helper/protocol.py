@@ -12,6 +12,7 @@ Python's ``urllib.parse`` normalises differently and would sign other bytes.
 from __future__ import annotations
 
 from .errors import InputError
+from .sanitize import quoted
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
 if TYPE_CHECKING:
@@ -230,12 +231,12 @@ def parse_url(text: str, *, what: str = "URL") -> URL:
         or not scheme[0].isalpha()
         or any(ord(ch) > 0x7F or ord(ch) not in _SCHEME_CHARS for ch in scheme)
     ):
-        raise InputError(f"the {what} {_quote(text)} is not an absolute URL")
+        raise InputError(f"the {what} {quoted(text)} is not an absolute URL")
     scheme = scheme.lower()
     if scheme not in ("http", "https"):
         raise InputError(f"the {what} must be an http or https URL, not {scheme}:")
     if not rest.startswith("//"):
-        raise InputError(f"the {what} {_quote(text)} has no host")
+        raise InputError(f"the {what} {quoted(text)} has no host")
     if "#" in rest:
         raise InputError(f"the {what} must not contain a #fragment")
     rest = rest[2:]
@@ -267,16 +268,10 @@ def _check_host(authority: str, what: str) -> None:
         name, colon, port_text = authority.partition(":")
         port = port_text if colon else None
         if not name or any(ord(ch) > 0x7F or ord(ch) not in _HOST_CHARS for ch in name):
-            raise InputError(f"the {what} has an invalid host {_quote(authority)}")
+            raise InputError(f"the {what} has an invalid host {quoted(authority)}")
     if port is not None:
         if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InputError(f"the {what} has an invalid port {_quote(authority)}")
-
-
-def _quote(text: str, limit: int = 80) -> str:
-    """A short, printable rendering of untrusted input for an error message."""
-    shown = text if len(text) <= limit else text[:limit] + "..."
-    return repr(shown)
+            raise InputError(f"the {what} has an invalid port {quoted(authority)}")
 
 
 # --- Challenges ------------------------------------------------------------------
@@ -343,7 +338,7 @@ def parse_www_authenticate(value: str) -> Challenge:
     scheme, _, params_text = text.partition(" ")
     if scheme.lower() != "bearer":
         raise InputError(
-            f"expected a Bearer challenge, got scheme {_quote(scheme, 20)}"
+            f"expected a Bearer challenge, got scheme {quoted(scheme, 20)}"
         )
     params = _parse_auth_params(params_text)
     if "realm" not in params or not params["realm"]:
@@ -366,7 +361,7 @@ def _parse_auth_params(text: str) -> dict[str, str]:
         while i < n and text[i] in " \t":
             i += 1
         if not name or i >= n or text[i] != "=":
-            raise InputError(f"malformed challenge parameter near {_quote(text[start:], 30)}")
+            raise InputError(f"malformed challenge parameter near {quoted(text[start:], 30)}")
         i += 1
         while i < n and text[i] in " \t":
             i += 1
@@ -397,7 +392,7 @@ def _parse_auth_params(text: str) -> dict[str, str]:
         while i < n and text[i] in " \t":
             i += 1
         if i < n and text[i] != ",":
-            raise InputError(f"malformed challenge near {_quote(text[i:], 30)}")
+            raise InputError(f"malformed challenge near {quoted(text[i:], 30)}")
         if name in params:
             raise InputError(f"the challenge repeats the parameter {name!r}")
         params[name] = param
@@ -475,7 +470,7 @@ class SignedRequestPlan:
 def check_method(method: str) -> str:
     """An HTTP method of letters, upper-cased (what goes before the comma)."""
     if not method or not method.isascii() or not method.isalpha():
-        raise InputError(f"the method {_quote(method, 20)} is not an HTTP method")
+        raise InputError(f"the method {quoted(method, 20)} is not an HTTP method")
     return method.upper()
 
 

@@ -140,21 +140,33 @@ def printable(text: str) -> str:
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """Untrusted text (a file's line, a client's path, an argument) for one line of
+    a message or a log: :func:`printable`, at most ``limit`` characters, then ``...``."""
+    text = printable(text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """:func:`shown` in quotes, for text quoted inside a sentence."""
+    return repr(shown(text, limit))
+
+
 def server_text(text: object, secrets: Collection[str | None] = (), limit: int | None = 200) -> str:
     """Server-chosen text made safe for stderr: no secret, one printable line,
     at most ``limit`` characters (then ``...``)."""
     if isinstance(text, bytes):
-        shown = text.decode("utf-8", "replace")
+        out = text.decode("utf-8", "replace")
     else:
-        shown = text if isinstance(text, str) else str(text)
+        out = text if isinstance(text, str) else str(text)
     if limit is not None:
         # Bound the work. Far enough out that redactions (a 140-character secret
         # percent-encoded becomes "[redacted]") cannot pull a secret cut in two
         # by this bound into the first ``limit`` characters.
-        shown = shown[: limit * 64 + 4096]
+        out = out[: limit * 64 + 4096]
     # Redact before and after cleaning: an escape sequence can split a secret,
     # and a secret can contain nothing the cleaning would change.
-    shown = redact(printable(redact(shown, secrets)), secrets)
-    if limit is not None and len(shown) > limit:
-        shown = shown[:limit] + "..."
-    return shown
+    out = redact(printable(redact(out, secrets)), secrets)
+    if limit is not None and len(out) > limit:
+        out = out[:limit] + "..."
+    return out

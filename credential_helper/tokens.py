@@ -105,7 +105,7 @@ def with_note(exc: NetworkError | ServerRefusedError, note: str) -> NetworkError
     """The same error with ``note`` appended: one stderr line, never two."""
     if not note:
         return exc
-    return type(exc)(f"{exc}{note}", getattr(exc, "status", None))
+    return type(exc)(f"{exc}{note}", getattr(exc, "status", None), fix=exc.fix)
 
 
 def clock_skew(date_header: str | None, now: float) -> float | None:

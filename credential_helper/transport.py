@@ -129,11 +129,12 @@ def send(
     except NetworkError:
         raise
     except Exception as exc:  # urllib3, ssl, socket and http.client errors
-        message = None if fired.is_set() else describe_failure(exc, where)
+        message, kind = (None, "timeout") if fired.is_set() else diagnose(exc, where)
         if message is None:
             message = f"timed out after {timeout:.3g}s talking to {where}"
+        fix = FIXES["proxy"] if proxy is not None and kind in ("refused", "other") else FIXES[kind]
         # Exception texts quote what the server sent (a malformed status line).
-        raise NetworkError(server_text(message, secrets, limit=300)) from None
+        raise NetworkError(server_text(message, secrets, limit=300), fix=fix) from None
     finally:
         watchdog.cancel()
         conn.close()
@@ -209,8 +210,24 @@ def _location_host(location: str) -> str:
     return ""
 
 
+# What to do about each kind of failure (NetworkError.fix; doctor shows it).
+FIXES = {
+    "dns": "check DNS; behind a proxy set HTTPS_PROXY (and NO_PROXY for hosts to reach directly)",
+    "tls": "for a private CA or a TLS-inspecting proxy: SSL_CERT_FILE=/path/to/ca.pem",
+    "proxy": "check HTTPS_PROXY / HTTP_PROXY (host, port, credentials) and NO_PROXY",
+    "timeout": "check the network or firewall; behind a proxy set HTTPS_PROXY; or rerun with a larger --timeout",
+    "refused": "check the network or firewall; behind a proxy set HTTPS_PROXY",
+    "other": "check the network or firewall; behind a proxy set HTTPS_PROXY",
+}
+
+
 def describe_failure(exc: BaseException, where: str) -> str | None:
-    """One line naming the host and the kind of failure, or None for a timeout.
+    """One line naming the host and the kind of failure, or None for a timeout."""
+    return diagnose(exc, where)[0]
+
+
+def diagnose(exc: BaseException, where: str) -> tuple[str | None, str]:
+    """(one line naming the host and the failure, or None for a timeout; its kind, a key of FIXES).
 
     Never includes a header value. Checked from the most specific cause out:
     urllib3's NewConnectionError subclasses its ConnectTimeoutError, so a refused
@@ -221,27 +238,27 @@ def describe_failure(exc: BaseException, where: str) -> str | None:
         if isinstance(err, urllib3.exceptions.NameResolutionError) or isinstance(
             err, socket.gaierror
         ):
-            return f"cannot resolve {where}: DNS lookup failed"
+            return f"cannot resolve {where}: DNS lookup failed", "dns"
     tls = tls_failure(exc, where)
     if tls is not None:
-        return tls
+        return tls, "tls"
     for err in chain:
         if "Tunnel connection failed" in str(err):
-            return f"the proxy refused the tunnel to {where}: {_first_line(err).split('failed: ', 1)[-1]}"
+            return f"the proxy refused the tunnel to {where}: {_first_line(err).split('failed: ', 1)[-1]}", "proxy"
     for err in chain:
         if isinstance(err, ConnectionRefusedError):
-            return f"cannot connect to {where}: connection refused (is the server running?)"
+            return f"cannot connect to {where}: connection refused (is the server running?)", "refused"
     for err in chain:
         if isinstance(err, (socket.timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
-            return None
+            return None, "timeout"
         if isinstance(err, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
             err, urllib3.exceptions.NewConnectionError
         ):
-            return None
+            return None, "timeout"
     for err in chain:
         if isinstance(err, (ConnectionError, urllib3.exceptions.ProtocolError)):
-            return f"connection to {where} failed: {_first_line(err)}"
-    return f"request to {where} failed: {_first_line(exc)}"
+            return f"connection to {where} failed: {_first_line(err)}", "other"
+    return f"request to {where} failed: {_first_line(exc)}", "other"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

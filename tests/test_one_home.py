@@ -89,3 +89,77 @@ def test_the_identity_and_the_gate_take_the_fingerprint_from_keys(monkeypatch, k
     assert key_forms.line(blob) == identity.public_key_line
     monkeypatch.setattr(key_forms, "fingerprint", lambda data: "SHA256:one-home")
     assert identity.fingerprint == "SHA256:one-home"  # read through keys at each call
+
+
+# --- untrusted text in a message: sanitize.shown / quoted -----------------------------------------
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("plain", 80, "plain"),
+    ("a\x1b[2Jb\r\nc", 80, "ab c"),  # an escape sequence gone, CR/LF one space: one line that paints nothing
+    ("x" * 90, 80, "x" * 80 + "..."),
+])
+def test_shown_and_quoted(text, limit, expected):
+    from credential_helper import sanitize
+
+    assert sanitize.shown(text, limit) == expected
+    assert sanitize.quoted(text, limit) == repr(expected)
+
+
+def test_every_message_quoting_untrusted_text_goes_through_sanitize(monkeypatch):
+    from credential_helper import sanitize
+    from credential_helper.serve import authorized_keys, record
+
+    # protocol and the key file hold the very function (imported by name) ...
+    assert protocol.quoted is sanitize.quoted and authorized_keys.quoted is sanitize.quoted
+    # ... and the log line calls through the module at each use.
+    monkeypatch.setattr(sanitize, "shown", lambda text, limit=80: "<shown>")
+    line = record.text_line(record.Record(time=0.0, method="GET", path="/api/\x1bchat", status=200, bytes=0, ms=1.0))
+    assert line.startswith("<shown> <shown> 200")
+
+
+# --- the diagnosis travels on the error (errors.HelperError.fix) ---------------------------------
+
+
+def test_identity_errors_carry_their_fix(keys, tmp_path):
+    import os
+    import shutil
+
+    from credential_helper.errors import IdentityError
+    from credential_helper.identity import load_identity
+
+    open_key = tmp_path / "open_key"
+    shutil.copy(keys / "ed25519-a", open_key)
+    os.chmod(open_key, 0o644)
+    cases = {
+        str(open_key): f"chmod 600 {open_key}",
+        str(keys / "ed25519-encrypted"): f'ssh-keygen -p -N "" -f {keys / "ed25519-encrypted"}',
+    }
+    for path, fix in cases.items():
+        with pytest.raises(IdentityError) as failed:
+            load_identity(path)
+        assert failed.value.fix == fix
+
+
+def test_doctor_reads_the_fix_from_the_error_not_from_its_words(monkeypatch):
+    from credential_helper import doctor, identity
+    from credential_helper.errors import IdentityError
+
+    def refuse(path):
+        raise IdentityError("chmod passphrase is a public key", fix="the fix the raiser knew")
+
+    monkeypatch.setattr(identity, "load_identity", refuse)
+    assert doctor.check_identity("/some/key").fix == "the fix the raiser knew"
+
+
+def test_network_failures_are_diagnosed_by_kind():
+    import socket
+    import ssl
+
+    from credential_helper import transport
+
+    assert transport.diagnose(socket.gaierror(-2, "Name or service not known"), "h")[1] == "dns"
+    assert transport.diagnose(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "h")[1] == "tls"
+    assert transport.diagnose(ConnectionRefusedError(111, "refused"), "h")[1] == "refused"
+    assert transport.diagnose(TimeoutError("timed out"), "h") == (None, "timeout")
+    assert set(transport.FIXES) >= {"dns", "tls", "proxy", "timeout", "refused", "other"}

@@ -53,7 +53,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
-from ..sanitize import printable
+from ..sanitize import quoted
 from .target import path_problem
 from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
 
@@ -198,18 +198,13 @@ def _parse_endpoints(field: str) -> tuple[frozenset[str] | None, str | None]:
         return frozenset({"*"}), None
     for item in items:
         if "*" in item:
-            return None, f"endpoint {_shown(item)} uses '*' inside a path; the format matches whole paths only (list each one, or use * alone)"
+            return None, f"endpoint {quoted(item, 60)} uses '*' inside a path; the format matches whole paths only (list each one, or use * alone)"
         if "?" in item:
-            return None, f"endpoint {_shown(item)} holds a query; endpoints are paths"
+            return None, f"endpoint {quoted(item, 60)} holds a query; endpoints are paths"
         problem = path_problem(item)
         if problem is not None:
-            return None, f"endpoint {_shown(item)} is not a canonical path ({problem})"
+            return None, f"endpoint {quoted(item, 60)} is not a canonical path ({problem})"
     return frozenset(items), None
-
-
-def _shown(text: str, limit: int = 60) -> str:
-    text = printable(text)
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None, KeyOptions]:
@@ -233,7 +228,7 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
         return None, None, None, "expected '<key type> <public key> [<name>] [<endpoint>,...]'"
     kind, key_text = parts[0], parts[1]
     if kind not in (KEY_TYPE, "*"):
-        return None, None, None, f"unsupported key type {_shown(kind, 30)} (only ssh-ed25519 keys can sign for Ollama)"
+        return None, None, None, f"unsupported key type {quoted(kind, 30)} (only ssh-ed25519 keys can sign for Ollama)"
     if kind == "*" and key_text != "*":
         return None, None, None, "key type '*' needs public key '*'"
     blob = None
@@ -246,7 +241,7 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
     if len(parts) >= 3 and (parts[2].startswith("/") or "," in parts[2]):
         # Never a name: the draft would take it for one and grant every endpoint.
         return None, None, None, (
-            f"the third field {_shown(parts[2])} is an endpoint list where the name goes "
+            f"the third field {quoted(parts[2], 60)} is an endpoint list where the name goes "
             "(the format is '<key type> <public key> <name> <endpoint>,...'; write * for no name)"
         )
     if blob is None and len(parts) < 4:

@@ -435,7 +435,7 @@ class ClientConnection:
             headers.append(("Connection", "close"))
         from ..sanitize import printable
 
-        reason = printable(event.reason.decode("latin-1"))[:100]
+        reason = printable(event.reason.decode("latin-1"))[:100]  # a reason phrase: cut, never with "..." added
         self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
 
     def _cut(self, up: Connection, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
@@ -547,7 +547,7 @@ class _UpstreamMalformed(Exception):
 
 
 def _protocol_message(exc: h11.ProtocolError) -> str:
-    from ..sanitize import printable
+    from ..sanitize import shown
 
     text = str(exc).split(":", 1)[0] if "bytearray(" in str(exc) else str(exc)
-    return printable(text)[:120] or "malformed request"
+    return shown(text, 120) or "malformed request"

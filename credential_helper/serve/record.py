@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..sanitize import printable
+from .. import sanitize
 
 # Ollama's routes (server/routes.go at fb30760 ``r.GET``/``r.POST``/...), the only
 # values the metrics' ``endpoint`` label takes besides "other": a caller cannot grow
@@ -85,13 +85,13 @@ def text_line(record: Record) -> str:
     """``METHOD PATH STATUS BYTESB MSms[ CALLER][ refused REASON][ (DETAIL)]``: the
     caller when known (the proxy's is always its token's holder: none shown)."""
     status = record.status if record.status is not None else "-"
-    line = f"{_clean(record.method, 16)} {_clean(record.path, 200)} {status} {max(record.bytes, 0)}B {record.ms:.0f}ms"
+    line = f"{sanitize.shown(record.method, 16)} {sanitize.shown(record.path, 200)} {status} {max(record.bytes, 0)}B {record.ms:.0f}ms"
     if record.user or record.key:
-        line += f" {_clean(record.caller, 100)}"
+        line += f" {sanitize.shown(record.caller, 100)}"
     if record.reason:
         line += f" refused {record.reason}" if record.reason != "upstream" else " upstream-failed"
     if record.detail:
-        line += f" ({_clean(record.detail, 300)})"
+        line += f" ({sanitize.shown(record.detail, 300)})"
     return line
 
 
@@ -99,25 +99,21 @@ def json_line(record: Record) -> str:
     """One JSON object for log shippers: the fields every line has, null when unknown."""
     shown = {
         "time": _rfc3339(record.time),
-        "method": _clean(record.method, 16),
-        "path": _clean(record.path, 200),
+        "method": sanitize.shown(record.method, 16),
+        "path": sanitize.shown(record.path, 200),
         "status": record.status,
         "bytes": max(record.bytes, 0),
         "ms": round(record.ms, 3),
-        "user": _clean(record.user, 100) or None,
+        "user": sanitize.shown(record.user, 100) or None,
         "key": record.key or None,
         "reason": record.reason or None,
-        "detail": _clean(record.detail, 300) or None,
+        "detail": sanitize.shown(record.detail, 300) or None,
         "endpoint": endpoint(record.path),
-        "model": _clean(record.model, 200) or None,
+        "model": sanitize.shown(record.model, 200) or None,
         "prompt_tokens": record.prompt_tokens,
         "completion_tokens": record.completion_tokens,
     }
     return json.dumps(shown, ensure_ascii=True, separators=(",", ":"))
-
-
-def _clean(text: str, limit: int) -> str:
-    return printable(text or "")[:limit]
 
 
 def _rfc3339(seconds: float) -> str:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from .. import protocol
 from ..keys import fingerprint, is_ed25519_blob
-from ..sanitize import printable
+from .. import sanitize
 from .authorized_keys import AuthorizedKeys, decode_base64
 from .target import canonical_path_problem, split_target, ts_values
 from .key_options import enforceable_by_verify
@@ -137,11 +137,6 @@ def _signature_verifies(blob: bytes, signature: bytes, data: bytes) -> bool:
     return True
 
 
-def _quoted(path: str, limit: int = 120) -> str:
-    path = printable(path)
-    return path if len(path) <= limit else path[:limit] + "..."
-
-
 def verify(
     method: str,
     target: str,
@@ -181,7 +176,7 @@ def verify(
         return Refused(401, "ts= in the query is not Unix seconds in plain decimal digits", "malformed")
     ts = int(stamps[0])
     if not _signature_verifies(blob, signature, f"{method},{target}".encode("ascii")):
-        return Refused(401, f"the signature does not verify over {method} {_quoted(path)} with its query (signed for another method, path or query, or by another key)", "bad-signature")
+        return Refused(401, f"the signature does not verify over {method} {sanitize.shown(path, 120)} with its query (signed for another method, path or query, or by another key)", "bad-signature")
     # Written as "not within" so that a NaN clock refuses rather than admits.
     skew = now - ts
     if not abs(skew) <= max_skew:
@@ -217,12 +212,12 @@ def verify(
         named = [grant for grant in own if grant.named] or [grant for grant in allowing if grant.named]
         return Admitted(named[0].name if named else print_, print_)
     key_line = f"ssh-ed25519 {_b64(blob)}"
-    shown = _quoted(path)
+    shown = sanitize.shown(path, 120)
     if own:
         name = next((grant.name for grant in own if grant.named), print_)
         return Refused(
             403,
-            f"key {print_} ({_quoted(name, 64)}) is not granted {shown}: the operator can add {shown} "
+            f"key {print_} ({sanitize.shown(name, 64)}) is not granted {shown}: the operator can add {shown} "
             "to its endpoint list in the server's authorized_keys",
             "not-granted", print_, name if name != print_ else "",
         )
