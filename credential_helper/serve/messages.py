@@ -8,6 +8,7 @@ head before any policy sees it.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_HEAD_BYTES = 32 * 1024  # request line and header fields together
@@ -22,7 +23,7 @@ HOP_BY_HOP = frozenset(
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 REASONS = {
     204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-    413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
 
@@ -36,6 +37,7 @@ class Head:
     target: str
     version: str  # "1.1" or "1.0"
     headers: tuple[tuple[str, str], ...]
+    peer: str = ""  # the client's IP as the engine saw it (an IPv4-mapped IPv6 address as IPv4)
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -62,6 +64,24 @@ class Forward:
     secrets: tuple[str, ...] = ()
     who: str | None = None
     close: bool = False  # the client's connection closes after this answer
+    # The request body the engine read for the policy (NeedBody): sent with a Content-Length.
+    body: bytes | None = field(default=None, repr=False)
+    # Called once by the engine when the request ends, however it ends (a per-key count).
+    release: Callable[[], None] | None = None
+    # The answer's body is buffered (at most ``filter_limit`` bytes) and passed through this
+    # before the client sees it (a listing shown to a model-restricted key).
+    filter_answer: Callable[[int, bytes], bytes] | None = None
+    filter_limit: int = 0
+
+
+@dataclass(frozen=True)
+class NeedBody:
+    """The policy cannot decide from the head alone: the engine reads the whole
+    request body (at most ``limit`` bytes, else 413) before anything goes upstream,
+    then calls ``then(body)`` for the decision."""
+
+    limit: int
+    then: Callable[[bytes], "Forward | Answer"]
 
 
 @dataclass(frozen=True)
