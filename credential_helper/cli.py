@@ -185,6 +185,8 @@ def build_parser():
     gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
     gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
     gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
+    gate.add_argument("--trusted-front", metavar="CIDR[,CIDR]", help="with --auth-only: front servers whose X-Forwarded-For "
+                      "(its last entry) gives the client's address for from= lines")
     gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
     gate.add_argument("--max-skew", type=_timeout, default=300.0, metavar="SECONDS", help="how far a signature's ts may be from this clock (default: 300)")
     gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
@@ -512,6 +514,7 @@ def cmd_gate(args, log) -> int:
         upstream_text=args.upstream,
         auth_only=args.auth_only,
         authorized_keys=args.authorized_keys,
+        trusted_fronts=args.trusted_front,
         max_skew=args.max_skew,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -69,8 +69,8 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
-               grace: float, verbose: bool, ready=None) -> int:
-    from . import gate, server as server_module
+               grace: float, verbose: bool, ready=None, trusted_fronts: str | None = None) -> int:
+    from . import gate, restrict, server as server_module
     from .authorized_keys import KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
@@ -82,6 +82,9 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                          "(signatures must not cross a network in clear text)")
     if auth_only and upstream_text is not None:
         raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
+    if trusted_fronts is not None and not auth_only:
+        raise InputError("--trusted-front is for --auth-only; a reverse-proxy gate matches from= against the address it accepted")
+    fronts = gate.parse_trusted_fronts(trusted_fronts) if trusted_fronts is not None else ()
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
@@ -96,9 +99,21 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         else:
             log(f"warning: {text}")
 
-    keys = KeyFile(path, warn, lambda new: log(f"reloaded {path}: {len(new)} key line(s)"))  # IdentityError (exit 3) when unusable
+    def reloaded(new) -> None:
+        log(f"reloaded {path}: {len(new)} key line(s)")
+        if auth_only:  # a line this mode cannot enforce grants nothing (AuthOnlyPolicy.enforceable)
+            for problem in restrict.auth_only_problems(restrict.line_options(new), bool(fronts)):
+                log(f"warning: {path}: {problem}; the line grants nothing")
+
+    keys = KeyFile(path, warn, reloaded)  # IdentityError (exit 3) when unusable
     if auth_only:
-        decider = gate.AuthOnlyPolicy(keys, max_skew)
+        problems = restrict.auth_only_problems(restrict.line_options(keys.current()), bool(fronts))
+        if problems:
+            from ..errors import IdentityError
+
+            raise IdentityError(f"refusing {path} with --auth-only: {problems[0]}"
+                                + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else ""))
+        decider = gate.AuthOnlyPolicy(keys, max_skew, trusted_fronts=fronts)
     else:
         from .upstream import Upstream
 

@@ -65,6 +65,8 @@ class Admitted:
 
     name: str
     fingerprint: str
+    grants: tuple = ()  # the key's lines that grant this path (file order): their options still apply
+    lines: tuple = ()  # every line of the key, own and wildcard (max-concurrent: the tightest)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class Refused:
 
     status: int
     message: str
+    reason: str = ""  # a short class for the log and metrics (unsigned, stale, model, ...)
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -256,7 +259,7 @@ def verify(
         # The key's own name (its first named line, as the draft keeps the first
         # name), else the name of the wildcard line that let it in.
         named = [grant for grant in own if grant.named] or [grant for grant in allowing if grant.named]
-        return Admitted(named[0].name if named else print_, print_)
+        return Admitted(named[0].name if named else print_, print_, tuple(allowing), tuple(grants))
     key_line = f"ssh-ed25519 {_b64(blob)}"
     shown = _quoted(path)
     if own:
