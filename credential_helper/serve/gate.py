@@ -20,7 +20,7 @@ except ImportError:  # until the models branch lands
     from . import _models_standin as models  # type: ignore[no-redef]
 from .authorized_keys import KeyFile
 from .messages import Answer, Forward, Head, NeedBody, end_to_end, request_has_body
-from .verify import HEALTH_CHECK_NAME, Admitted, Refused, authorization_header, forwarded_request, split_target, verify
+from .verify import HEALTH_CHECK_NAME, Admitted, Refused, authorization_header, forwarded_request, is_heartbeat, split_target, verify
 
 # A request body read to see which model it names (models=), and a listing read to filter
 # it: bounded, as a body the gate holds in memory must be (over: 413, or 502 for a listing).
@@ -115,8 +115,8 @@ class GatePolicy(_Verifying):
         # An unsigned probe gets one answer per connection: queued probes must not hold request slots.
         probe = result.name == HEALTH_CHECK_NAME and not result.fingerprint
         forward = Forward(head.target, tuple(headers), who=label(result), close=probe)
-        if not lines or restrict.unrestricted(lines):
-            return self._count(result, forward)
+        if not lines or restrict.unrestricted(lines) or is_heartbeat(head.method, head.path):
+            return self._count(result, forward)  # HEAD / names no model (server/routes.go: "Ollama is running")
         # models=: the model is named in the body (or the query, or the path): read it first.
         return NeedBody(self.max_body, lambda body: self._models(head, result, lines, forward, body))
 
