@@ -12,12 +12,7 @@ import functools
 import time
 
 from ..sanitize import printable
-from . import restrict
-
-try:
-    from . import models
-except ImportError:  # until the models branch lands
-    from . import _models_standin as models  # type: ignore[no-redef]
+from . import models, restrict
 from .authorized_keys import KeyFile
 from .messages import Answer, Forward, Head, NeedBody, end_to_end, request_has_body
 from .verify import HEALTH_CHECK_NAME, Admitted, Refused, authorization_header, forwarded_request, is_heartbeat, split_target, verify
@@ -127,16 +122,17 @@ class GatePolicy(_Verifying):
             # Ollama reads the bytes as sent (gin decodes no Content-Encoding): refuse what it would misread.
             return refusal(Refused(400, "a compressed request body cannot be checked for its model; send it uncompressed", reason="body"))
         path, query = split_target(head.target)
-        named = models.models_named(head.method, path, query or "", head.get("content-type"), body)
+        named = models.models_named(head.method, path, query or "", head.get("content-type"), body,
+                                    content_encoding=",".join(encodings) or None, limit=self.max_body)
         if isinstance(named, models.Unreadable):
-            return refusal(Refused(400, f"the gate cannot read this request as Ollama would: {named.message}", reason="body"))
+            return refusal(Refused(named.status, f"the gate cannot read this request as Ollama would: {named.reason}", reason="body"))
         if not isinstance(named, models.Named):
             return refusal(Refused(403, f"key {_who(admitted)} is restricted to some models, and the gate cannot tell which model "
-                                   f"{printable(path)[:120]} acts on: not granted", reason="model"))
-        denied = restrict.models_refusal(lines, named.names, _who(admitted)) if named.names else None
+                                   f"{printable(path)[:120]} acts on ({named.reason}): not granted", reason="model"))
+        denied = restrict.models_refusal(lines, named.subjects, _who(admitted)) if named.models else None
         if denied is not None:
             return refusal(denied)
-        if path in restrict.LISTINGS and head.method == "GET":
+        if named.listing and head.method == "GET":
             allowed = restrict.allowed_by(lines)
             forward = dataclasses.replace(
                 forward,

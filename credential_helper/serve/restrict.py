@@ -29,11 +29,6 @@ except ImportError:  # until the keyfile branch lands
     _NONE = NO_OPTIONS
     Grant.options = property(lambda self: getattr(self, "_options", NO_OPTIONS))  # type: ignore[attr-defined]
 
-# Ollama's listings (server/routes.go: ListHandler for GET/HEAD /api/tags, PsHandler,
-# and openai.ListMiddleware on GET /v1/models): shown filtered to a restricted key.
-LISTINGS = frozenset({"/api/tags", "/api/ps", "/v1/models"})
-
-
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
