@@ -194,3 +194,27 @@ def test_auth_only_lines_it_cannot_enforce_grant_nothing(tmp_path, keys):
     keys_file = key_file(tmp_path, f'models="qwen3*" {key_line()} alice *\nmax-concurrent=1 {key_line("ed25519-b")} bob *\n')
     p = gate.AuthOnlyPolicy(keys_file, 300, clock=lambda: NOW)
     assert p.decide(auth_head(keys, "GET", "/api/tags", "127.0.0.1")).status == 403
+
+
+# --- every recorded request of Ollama's own code (golden/models.json) -----------------------------
+
+VECTORS = [v for v in json.loads((GOLDEN / "models.json").read_text())["vectors"] if v.get("acts_on")]
+
+
+def test_every_request_that_names_a_model_is_refused_for_a_key_that_may_use_none_of_them(tmp_path, keys):
+    """Each request Ollama's code (fb30760) acts on a model for, sent by a key whose models=
+    matches none of those models: refused (400, 403 or 413), never forwarded."""
+    keys_file = key_file(tmp_path, f'models="zz-none-such*" {key_line()} alice *\n')
+    p = policy(keys_file)
+    forwarded = []
+    for vector in VECTORS:
+        method, target = vector["endpoint"].split(" ", 1)
+        body = vector.get("body", "").encode("utf-8", "surrogatepass") if vector.get("body") is not None else b""
+        extra = [(name, value) for name, value in (vector.get("headers") or {}).items()]
+        if vector.get("content_type"):
+            extra.append(("Content-Type", vector["content_type"]))
+        signed_path = target if "?" not in target else target
+        decision = decided(p, head(keys, method, signed_path, extra=extra, body=body), body)
+        if not (isinstance(decision, Answer) and decision.status in (400, 403, 413)):
+            forwarded.append(vector["id"])
+    assert forwarded == [] and len(VECTORS) > 1000
