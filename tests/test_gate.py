@@ -19,7 +19,7 @@ import pytest
 
 from conftest import GOLDEN, helper_executable, load_vectors
 from credential_helper.identity import load_identity
-from credential_helper.serve import gate, server
+from credential_helper.serve import gate, keyfile, server
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.standin import REPLY_WORDS, StandIn
 from faults import CertificateAuthority, KeepAliveServer
@@ -300,14 +300,19 @@ def test_revocation_takes_effect_on_the_next_request(tmp_path, start_gate, local
     lines = open(path).read().splitlines()
     with open(path, "w") as handle:
         handle.write(lines[0] + "\n")  # bob's line removed
-    assert ask().startswith(b"HTTP/1.1 401 ")
-    os.chmod(path, 0o666)  # now unsafe: the last good set stays, with a warning
-    assert ask().startswith(b"HTTP/1.1 401 ")
+    assert ask().startswith(b"HTTP/1.1 200 ")  # just written: it may still be being written (issue 19 item 13)
+    time.sleep(keyfile.RACY_NS / 1e9 + 0.2)
+    assert ask().startswith(b"HTTP/1.1 401 ")  # settled: the next request has it
+    os.chmod(path, 0o666)  # now unsafe: nobody is admitted, and every refusal says why (issue 19 item 5)
+    unsafe = ask()
+    assert unsafe.startswith(b"HTTP/1.1 503 ") and b"writable by group or others" in unsafe, unsafe
     os.chmod(path, 0o600)
+    assert ask().startswith(b"HTTP/1.1 401 ")  # recovered by itself
     gate_.process.send_signal(signal.SIGHUP)
     time.sleep(0.5)
     log = gate_.stop()
-    assert any("warning" in line for line in log) and any(line.startswith("reloaded ") for line in log), log
+    assert any("warning" in line and "no signed request is admitted" in line for line in log), log
+    assert any(line.startswith("reloaded ") for line in log), log
 
 
 def test_a_non_loopback_listen_address_needs_tls(run, tmp_path):
@@ -439,6 +444,8 @@ def test_an_edited_authorized_keys_file_is_reloaded_and_says_so(tmp_path, start_
         first = handle.readline()
     with open(path, "w") as handle:
         handle.write(first)
+    then = time.time() - 5
+    os.utime(path, (then, then))  # edited a while ago: settled
     raw(gate_.port, b"GET /api/tags HTTP/1.1\r\nHost: box\r\nConnection: close\r\n\r\n")  # any request looks at the file
     log = gate_.stop()
     assert any(line.startswith("reloaded ") and line.endswith(": 1 key line(s)") for line in log), log

@@ -382,7 +382,7 @@ def test_only_the_canonical_base64_spelling_is_accepted():
 def test_an_rsa_key_is_refused_even_with_a_wildcard_line():
     target = f"/api/tags?ts={NOW}"
     signature = base64.b64encode(bytes(64)).decode()
-    assert "Ed25519" in check(verify("GET", target, f"{RSA_BLOB}:{signature}", keys_for("* * *\n"), NOW), 401).message
+    assert "Ed25519" in check(verify("GET", target, f"{RSA_BLOB}:{signature}", keys_for("* * * *\n"), NOW), 401).message
 
 
 def test_bearer_prefix_in_any_case_is_accepted():

@@ -21,11 +21,24 @@ commit 5968989, "server: add authorized_keys file"), so one file serves both::
 - Several lines for one key add up (the draft merges their endpoint lists).
 
 Where this module is stricter than the draft, it is so that an odd line can only
-grant less: a line the draft would accept but that cannot mean what its author
-intended (an endpoint that is not a canonical path, ``/api/*`` read as a prefix,
-a name with control or non-ASCII characters, which would reach a header) is
-skipped with a warning naming its line number. Nothing here ever raises on the
-file's content.
+grant less (issue 19: "the key file never widens a grant"): a line the draft
+would accept but that cannot mean what its author intended is skipped with a
+warning naming its line number. Such lines are:
+
+- an endpoint that is not a canonical path, or ``/api/*`` read as a prefix;
+- a name with control or non-ASCII characters (it would reach a header);
+- a name that can only be an endpoint list (it starts with ``/`` or holds a
+  ``,``): ``ssh-ed25519 AAAA... /api/tags`` lost its name, and the draft would
+  read ``/api/tags`` as the name and grant every endpoint;
+- a line for any key (``* *``) without an endpoint list: ``* * /api/tags`` and
+  ``* * name`` are ``* * * /api/tags`` with a field missing, and the draft would
+  give every key every endpoint. A line for any key states its endpoints;
+- a first line that starts with a UTF-8 byte order mark (some Windows editors
+  write one): sshd and the draft read the mark as part of the key type and skip
+  the line too, so the one file means the same to all three.
+
+Nothing here ever raises on the file's content. Reading the file from disk
+(safe paths, reloads, writes in progress) is ``keyfile.py``'s.
 """
 
 
@@ -33,13 +46,7 @@ import base64
 import hashlib
 import os
 import re
-import stat
-import threading
-import time
-from typing import Callable
 
-from .. import system
-from ..errors import IdentityError
 from ..sanitize import printable
 
 KEY_TYPE = "ssh-ed25519"
@@ -50,10 +57,7 @@ WIRE_KEY_BYTES = len(_WIRE_PREFIX) + 32
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 8192
 MAX_NAME_CHARS = 256
-# git's "racy git" rule: a file modified this recently may change again with no
-# visible change in its stat (Linux stamps files with a coarse clock, FAT and
-# some network file systems to 1-2 s), so its bytes are compared on every call.
-RACY_NS = 2_000_000_000
+BOM = "\ufeff"
 
 # Go's regexp \s, which the draft uses to collapse white space.
 _GO_SPACE = re.compile(r"[\t\n\f\r ]+")
@@ -169,11 +173,22 @@ class _Line:
 
 
 class AuthorizedKeys:
-    """The parsed file: lines by key blob, and the wildcard lines. Immutable."""
+    """The parsed file: lines by key blob, and the wildcard lines. Immutable.
 
-    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line]) -> None:
+    ``problem`` is None for a set read from a usable file. A set made by
+    :meth:`unusable` grants nothing and says why (the file is unsafe, missing or
+    unreadable): the gate then refuses every signed request with 503 and that
+    text, as sshd refuses every key when StrictModes rejects the file.
+    """
+
+    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line], problem: str | None = None) -> None:
         self._by_key = by_key
         self._wildcards = wildcards
+        self.problem = problem
+
+    @classmethod
+    def unusable(cls, problem: str) -> "AuthorizedKeys":
+        return cls({}, [], problem)
 
     def grants_for(self, key_blob: bytes) -> list[Grant]:
         """The key's own lines (file order), then the wildcard lines (file order)."""
@@ -193,6 +208,8 @@ class AuthorizedKeys:
         return sum(len(lines) for lines in self._by_key.values()) + len(self._wildcards)
 
     def __repr__(self) -> str:
+        if self.problem is not None:
+            return f"<AuthorizedKeys unusable: {self.problem}>"
         return f"<AuthorizedKeys {len(self._by_key)} keys, {len(self._wildcards)} wildcard lines>"
 
 
@@ -235,6 +252,18 @@ def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | N
             return None, None, None, "the public key is not valid base64"
         if not is_ed25519_blob(blob):
             return None, None, None, "the public key is not an Ed25519 key"
+    if len(parts) >= 3 and (parts[2].startswith("/") or "," in parts[2]):
+        # Never a name: the draft would take it for one and grant every endpoint.
+        return None, None, None, (
+            f"the third field {_shown(parts[2])} is an endpoint list where the name goes "
+            "(the format is '<key type> <public key> <name> <endpoint>,...'; write * for no name)"
+        )
+    if blob is None and len(parts) < 4:
+        # '* * /api/tags' or '* * name': one field short of '* * <name> <endpoints>'.
+        return None, None, None, (
+            "a line for any key must state its endpoints: '* * <name or *> <endpoint>,...' "
+            "(read as it stands, Ollama's draft would give every key every endpoint)"
+        )
     name = None
     if len(parts) >= 3 and parts[2] not in ("", "*"):
         name = parts[2]
@@ -256,6 +285,12 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
     wildcards: list[_Line] = []
     warnings: list[str] = []
     for number, raw in enumerate(text.split("\n"), start=1):
+        if number == 1 and raw.startswith(BOM):
+            rest = raw[1:].strip(_GO_SPACE_CHARS)
+            if rest and not rest.startswith("#"):
+                warnings.append("line 1: skipped: the file starts with a UTF-8 byte order mark (U+FEFF), "
+                                "which sshd and Ollama read as part of the key type; save the file as UTF-8 without BOM")
+            continue
         line = raw.strip(_GO_SPACE_CHARS)
         if line == "" or line.startswith("#"):
             continue
@@ -277,175 +312,13 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
     return AuthorizedKeys(by_key, wildcards), warnings
 
 
-# --- the file on disk ---------------------------------------------------------------------
 
 
-def _owner_ok(info: os.stat_result) -> bool:
-    # sshd's StrictModes: the user's own file, or root's.
-    return system.is_mine(info) or info.st_uid == 0
+def __getattr__(name: str):
+    # The file on disk lives in keyfile.py; these names stay importable from here
+    # (lazily: keyfile imports this module).
+    if name in ("KeyFile", "read_key_file", "RACY_NS"):
+        from . import keyfile
 
-
-def _directory_problem(path: str) -> str | None:
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        info = os.stat(directory)
-    except FileNotFoundError:
-        return f"its directory {directory} does not exist: create it (mkdir -m 700 {directory}) and the file in it"
-    except OSError as exc:
-        return f"cannot inspect its directory {directory}: {exc.strerror}"
-    if not _owner_ok(info):
-        return f"its directory {directory} belongs to another user (uid {info.st_uid})"
-    if system.others_may_write(info):
-        return (f"its directory {directory} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
-                f"run: chmod go-w {directory}")
-    return None
-
-
-def read_key_file(path: str) -> tuple[bytes, os.stat_result]:
-    """The file's bytes and the fstat of what was read; IdentityError if unsafe.
-
-    The file must be the operator's: a regular file owned by this user (or root),
-    not writable by group or others, in a directory only they can change.
-    """
-    shown = printable(path)
-    problem = _directory_problem(path)
-    if problem is not None:
-        raise IdentityError(f"refusing the authorized_keys file {shown}: {problem}")
-    try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the gate.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise IdentityError(
-            f"no authorized_keys file at {shown}: create it with one line per key "
-            "('ssh-ed25519 AAAA... <name> [<endpoint>,...]', e.g. a copy of someone's id_ed25519.pub)"
-        ) from None
-    except OSError as exc:
-        raise IdentityError(f"cannot read the authorized_keys file {shown}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IdentityError(f"refusing the authorized_keys file {shown}: not a regular file")
-        if not _owner_ok(info):
-            raise IdentityError(f"refusing the authorized_keys file {shown}: it belongs to another user (uid {info.st_uid})")
-        if system.others_may_write(info):
-            raise IdentityError(
-                f"refusing the authorized_keys file {shown}: writable by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {shown}"
-            )
-        chunks = []
-        size = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise IdentityError(f"refusing the authorized_keys file {shown}: larger than {MAX_FILE_BYTES} bytes")
-    except OSError as exc:
-        raise IdentityError(f"cannot read the authorized_keys file {shown}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    return b"".join(chunks), info
-
-
-def _signature(info: os.stat_result) -> tuple[int, ...]:
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid)
-
-
-class KeyFile:
-    """The authorized_keys file, reloaded when it changes (checked on every call).
-
-    A change is any difference in (device, inode, size, mtime, ctime, mode,
-    owner): an in-place edit, an editor's rename over it, a ``chmod``. While the
-    file's mtime is within RACY_NS of when it was read, its bytes are also
-    compared on every call, so that a second edit landing in the same clock
-    tick with the same size is still seen; in that window an unterminated last
-    line is not trusted yet (it may be a line still being written, whose
-    endpoint list has not arrived: read alone it would mean full access).
-
-    At start a missing or unsafe file raises IdentityError (exit 3). Later, an
-    unsafe, unreadable or missing file keeps the last good set and warns once
-    per state of the file.
-    """
-
-    def __init__(self, path: str, warn: Callable[[str], None], on_change: Callable[[AuthorizedKeys], None] | None = None) -> None:
-        self.path = path
-        self._warn = warn
-        self._on_change = None  # not for the first read
-        self._lock = threading.Lock()
-        self._failed: tuple[int, ...] | None = None
-        data, info = read_key_file(path)
-        self._install(data, info)
-        self._on_change = on_change
-
-    def current(self) -> AuthorizedKeys:
-        """The set in force now; a cheap ``stat`` per call, a reload on change."""
-        try:
-            info = os.stat(self.path)
-            seen = _signature(info)
-        except OSError:
-            seen = None
-        if seen == self._seen and not self._racy:
-            return self._keys
-        with self._lock:
-            if seen is None:
-                if self._failed != ():
-                    self._failed = ()
-                    self._warn(f"{printable(self.path)}: cannot read the authorized_keys file; keeping the last good set")
-                return self._keys
-            if seen == self._failed:
-                return self._keys  # still the unsafe state already warned about
-            if seen != self._seen or self._racy:
-                self._refresh(forced=False)
-            return self._keys
-
-    def reload(self) -> None:
-        """Reread now (SIGHUP), whatever the stat says."""
-        with self._lock:
-            self._refresh(forced=True)
-
-    # -- internals (called with the lock held, except from __init__) --
-
-    def _refresh(self, forced: bool) -> None:
-        try:
-            data, info = read_key_file(self.path)
-        except IdentityError as exc:
-            try:
-                state = _signature(os.stat(self.path))
-            except OSError:
-                state = ()
-            if forced or state != self._failed:
-                self._failed = state
-                self._warn(f"{exc}; keeping the last good set")
-            return
-        self._failed = None
-        if data == self._data and not forced:
-            self._seen = _signature(info)
-            self._racy = self._is_racy(info)
-            if self._racy or not self._partial:
-                return
-        self._install(data, info)
-
-    def _install(self, data: bytes, info: os.stat_result) -> None:
-        racy = self._is_racy(info)
-        usable = data
-        partial = False
-        if racy and data and not data.endswith(b"\n"):
-            usable = data[: data.rfind(b"\n") + 1]
-            partial = True
-        keys, warnings = parse(usable.decode("utf-8", "replace"))
-        shown = printable(self.path)
-        for warning in warnings:
-            self._warn(f"{shown}: {warning}")
-        self._keys = keys
-        self._data = data
-        self._seen = _signature(info)
-        self._racy = racy
-        self._partial = partial
-        if self._on_change is not None:
-            self._on_change(keys)
-
-    @staticmethod
-    def _is_racy(info: os.stat_result) -> bool:
-        return time.time_ns() - info.st_mtime_ns < RACY_NS
+        return getattr(keyfile, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

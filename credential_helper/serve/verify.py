@@ -21,7 +21,8 @@ A request is admitted only when (issue 15, "The rules"):
 
 Refusals: 400 for a target or method that is not canonical; 401 for a missing,
 malformed, unverifiable, stale or unknown credential; 403 for a listed key on an
-endpoint it is not granted. The signature is checked before the key set is
+endpoint it is not granted; 503 for a valid signature while the key file is
+unusable (``AuthorizedKeys.problem``: unsafe, missing or unreadable). The signature is checked before the key set is
 consulted, so only the holder of a key learns whether it is listed, and a
 message never says which key almost matched. Messages hold no signature, no
 ``ts`` and no query value, and quote the caller's path only after it passed the
@@ -71,11 +72,13 @@ class Admitted:
 
 @dataclass(frozen=True)
 class Refused:
-    """Answer ``status`` (400, 401 or 403) with ``message`` (one line) and forward nothing."""
+    """Answer ``status`` (400, 401, 403 or 503) with ``message`` (one line) and forward nothing.
+
+    ``reason`` is a short class for logs and metrics (PLAN.md's list), "" when unset."""
 
     status: int
     message: str
-    reason: str = ""  # a short class for the log and metrics (unsigned, stale, model, ...)
+    reason: str = ""
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -247,6 +250,14 @@ def verify(
             401,
             f"the signature's ts is {abs(skew):.0f} s {direction} this server's clock, more than the {max_skew:.0f} s allowed: "
             "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
+        )
+    if keys.problem is not None:
+        # sshd refuses every key while StrictModes rejects the file; the holder of a
+        # valid signature learns why, the operator's log gets the same reason.
+        return Refused(
+            503,
+            f"this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: {keys.problem}",
+            "keyfile-unusable",
         )
     grants = keys.grants_for(blob)
     print_ = fingerprint(blob)

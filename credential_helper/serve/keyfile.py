@@ -1,0 +1,409 @@
+"""The gate's authorized_keys file on disk: where it really is, whether it is safe
+to trust, and when a change in it takes effect (issue 19, "the key file never
+widens a grant").
+
+The rules, each applied on every request (``KeyFile.current``):
+
+1. **A safe path, sshd's StrictModes.** The path is resolved one component at a
+   time from the root. The file must be a regular file owned by the user or
+   root and not writable by group or others; every directory passed through on
+   the way (those above the real file *and* those holding a symlink that was
+   followed) must be owned by the user or root and not writable by group or
+   others; every symlink followed must be the user's or root's. This is
+   OpenSSH's ``safe_path`` (``misc.c``; ``auth_secure_path`` in ``auth.c``
+   before 2017: "all components of the path to the file must be owned by either
+   the owner of the file or root and no directories must be group or world
+   writable"), with two differences, both explained in the README: sshd stops
+   the walk at the user's home directory and checks only ``realpath()``; here
+   the walk goes up to ``/`` and includes the directories of the links, so a
+   link kept in a directory others can write cannot be swung to an older copy.
+   And sshd refuses any directory with mode bits 022, ``/tmp`` included; here a
+   sticky directory (``system.others_may_write``) is accepted, because in it
+   others may add names but not rename or remove ours (POSIX ``rename``,
+   ``unlink``: ``EPERM`` in a sticky directory unless the caller owns the entry
+   or the directory).
+2. **An unusable file admits nobody.** When the path is unsafe, the file is
+   missing or cannot be read, the set in force becomes
+   ``AuthorizedKeys.unusable(problem)``: no key is granted, every signed
+   request is refused (503, reason ``keyfile-unusable``) with the problem and
+   its fix, and the gate warns once per state of the file. sshd does the same
+   (``auth2-pubkeyfile.c`` ``auth_openfile``: "Authentication refused"). It
+   recovers by itself on the first request after the file is fixed.
+3. **A write in progress takes no effect.** A changed file is read, parsed and
+   put in force only once it has settled: its mtime is at least ``RACY_NS``
+   old, or (for a clock that stamps the future) this process has seen the very
+   same ``stat`` for ``RACY_NS``. Until then the previous set stays in force,
+   neither narrower nor wider: ``cp``, ``>`` and editors that rewrite in place
+   truncate and then write, and a read in between sees an empty or cut file.
+   The mtime alone is not enough: a ``stat`` taken during a truncate can show
+   the new size with the old mtime, so a settled-looking read that is empty,
+   shorter than the bytes in force or unterminated is used only when a second
+   look ``CONFIRM_SECONDS`` later sees the same ``stat``. A settled change
+   applies on the next request. ``SIGHUP`` (``reload``) reads at once.
+4. **An unterminated last line is never read.** Cut mid-write,
+   ``ssh-ed25519 AAAA... bob /api/tags`` becomes ``ssh-ed25519 AAAA... bob``,
+   which would mean every endpoint; a writer can stall longer than any window
+   (a full disk, a killed copy), so the last line counts only when it ends with
+   a newline, settled or not, and a warning names it.
+"""
+
+import os
+import re
+import stat
+import threading
+import time
+from typing import Callable, NamedTuple
+
+from .. import system
+from ..errors import IdentityError
+from ..sanitize import printable
+from .authorized_keys import _GO_SPACE_CHARS, AuthorizedKeys, parse
+
+MAX_FILE_BYTES = 1024 * 1024
+# git's "racy git" window: a file modified this recently may still be being
+# written, and may change again with no visible change in its stat (FAT and some
+# network file systems stamp whole seconds, or two).
+RACY_NS = 2_000_000_000
+MAX_LINKS = 40  # Linux's MAXSYMLINKS
+CONFIRM_SECONDS = 0.02
+
+
+def _suspicious(data: bytes, before: bytes | None) -> bool:
+    """What a truncate-then-write looks like half way: empty, shorter than the bytes
+    in force, or ending inside a line."""
+    return data == b"" or (before is not None and len(data) < len(before)) or not data.endswith(b"\n")
+
+
+class Look(NamedTuple):
+    """What one walk of the path saw: every path it ``lstat``-ed (``plan``), their
+    marks (``signature``: it changes whenever anything checked changes), and either
+    the real file or the problem."""
+
+    plan: tuple[str, ...]
+    signature: tuple
+    real: str | None
+    info: os.stat_result | None
+    problem: str | None
+
+
+class _Unusable(Exception):
+    pass
+
+
+def _owner_ok(info: os.stat_result) -> bool:
+    # safe_path: platform_sys_dir_uid(uid) (root) or the user.
+    return system.is_mine(info) or info.st_uid == 0
+
+
+_SEPARATORS = re.compile(r"[\\/]" if os.altsep else re.escape(os.sep))
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in _SEPARATORS.split(text) if name not in ("", ".")]
+
+
+def _split(path: str) -> tuple[str, list[str]]:
+    """(root, names) of ``path`` made absolute without resolving anything (a ``..``
+    after a symlink must go up from where the link led, as the kernel does)."""
+    absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+    drive, rest = os.path.splitdrive(absolute)
+    return drive + os.sep, _names(rest)
+
+
+def _directory_problem(directory: str, info: os.stat_result) -> str | None:
+    shown = printable(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{shown} is not a directory"
+    if not _owner_ok(info):
+        return f"the directory {shown} belongs to another user (uid {info.st_uid}); sshd's StrictModes accepts only yours or root's"
+    if system.others_may_write(info):
+        return (f"the directory {shown} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                f"they could replace the file; run: chmod go-w {shown}")
+    return None
+
+
+def file_problem(path: str, info: os.stat_result) -> str | None:
+    """sshd's rule for the file itself: regular, the user's or root's, not group/other-writable."""
+    shown = printable(path)
+    if not stat.S_ISREG(info.st_mode):
+        return f"{shown} is not a regular file"
+    if not _owner_ok(info):
+        return f"{shown} belongs to another user (uid {info.st_uid})"
+    if system.others_may_write(info):
+        return f"{shown} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {shown}"
+    return None
+
+
+def _mark(info: os.stat_result) -> tuple:
+    """What must stay the same for a walk to come out the same: a directory's or a
+    link's identity, owner and mode (a link cannot change in place: a new target is
+    a new inode, and ctime tells a reused one), all of a file's stat."""
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        return (info.st_dev, info.st_ino, mode, info.st_uid)
+    return (info.st_dev, info.st_ino, mode, info.st_uid, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _lstat_mark(path: str) -> tuple:
+    try:
+        return _mark(os.lstat(path))
+    except OSError as exc:
+        return ("error", exc.errno)
+
+
+def marks(plan: tuple[str, ...]) -> tuple:
+    """The signature of a walk along ``plan`` without walking it again: the cheap
+    check of every request (one ``lstat`` per component)."""
+    return tuple([_lstat_mark(path) for path in plan])
+
+
+def look(path: str) -> Look:
+    """Resolve ``path`` one component at a time, checking each (rule 1). Never raises."""
+    plan: list[str] = []
+    signature: list[tuple] = []
+
+    def stat_(where: str) -> os.stat_result:
+        plan.append(where)
+        try:
+            info = os.lstat(where)
+        except OSError as exc:
+            signature.append(("error", exc.errno))
+            raise
+        signature.append(_mark(info))
+        return info
+
+    def failed(problem: str) -> Look:
+        return Look(tuple(plan), tuple(signature), None, None, problem)
+
+    try:
+        root, pending = _split(path)
+    except OSError as exc:
+        return Look((), (("error", exc.errno),), None, None, f"cannot resolve {printable(path)}: {exc.strerror}")
+    pending.reverse()  # a stack: the next name is at the end
+    current, links = root, 0
+    entering: str | None = root
+    while True:
+        if entering is not None:
+            try:
+                info = stat_(entering)
+            except OSError as exc:
+                return failed(f"cannot inspect the directory {printable(entering)}: {exc.strerror}")
+            problem = _directory_problem(entering, info)
+            if problem is not None:
+                return failed(problem)
+            current, entering = entering, None
+        if not pending:
+            return failed(f"{printable(path)} is not a regular file")
+        name = pending.pop()
+        if name == "..":
+            current = os.path.dirname(current)  # checked on the way down
+            continue
+        candidate = os.path.join(current, name)
+        try:
+            info = stat_(candidate)
+        except FileNotFoundError:
+            if pending:
+                return failed(f"the directory {printable(candidate)} does not exist: create it "
+                              f"(mkdir -m 700 {printable(candidate)}) and the file in it")
+            return failed(f"no authorized_keys file at {printable(path)}: create it with one line per key "
+                          "('ssh-ed25519 AAAA... <name> <endpoint>,...', e.g. a copy of someone's id_ed25519.pub)")
+        except OSError as exc:
+            return failed(f"cannot inspect {printable(candidate)}: {exc.strerror}")
+        if stat.S_ISLNK(info.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                return failed(f"{printable(path)}: too many levels of symbolic links")
+            if not _owner_ok(info):
+                return failed(f"the symlink {printable(candidate)} belongs to another user (uid {info.st_uid})")
+            try:
+                target = os.readlink(candidate)
+            except OSError as exc:
+                return failed(f"cannot read the symlink {printable(candidate)}: {exc.strerror}")
+            if os.path.isabs(target):
+                entering, names = _split(target)  # from the root again, checking it
+            else:
+                names = _names(target)
+            pending.extend(reversed(names))
+            continue
+        if pending:
+            entering = candidate
+            continue
+        problem = file_problem(candidate, info)
+        if problem is not None:
+            return failed(problem)
+        return Look(tuple(plan), tuple(signature), candidate, info, None)
+
+
+def _read(seen: Look) -> tuple[bytes, os.stat_result] | None:
+    """The bytes of the file ``seen`` found and its fstat after reading; None when
+    it was replaced or written meanwhile; _Unusable when it cannot be read."""
+    assert seen.real is not None and seen.info is not None
+    shown = printable(seen.real)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        # O_NONBLOCK: a FIFO swapped in since the walk must not hang the gate.
+        fd = os.open(seen.real, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Unusable(f"cannot read {shown}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (seen.info.st_dev, seen.info.st_ino):
+            return None
+        problem = file_problem(seen.real, info)
+        if problem is not None:
+            raise _Unusable(problem)
+        chunks, size = [], 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_FILE_BYTES:
+                raise _Unusable(f"{shown} is larger than {MAX_FILE_BYTES} bytes")
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise _Unusable(f"cannot read {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if _mark(after) != _mark(seen.info):
+        return None
+    return b"".join(chunks), after
+
+
+def complete_lines(data: bytes) -> tuple[str, str | None]:
+    """(the text up to the last newline, a warning when a line follows it) (rule 4)."""
+    end = data.rfind(b"\n") + 1
+    text = data[:end].decode("utf-8", "replace")
+    tail = data[end:].decode("utf-8", "replace").strip(_GO_SPACE_CHARS + "\ufeff")
+    if tail == "" or tail.startswith("#"):
+        return text, None
+    number = data.count(b"\n", 0, end) + 1
+    return text, (f"line {number}: skipped: it does not end with a newline, and a line still being written "
+                  "looks the same (it could lack its endpoint list); end the file with a newline")
+
+
+class KeyFile:
+    """The authorized_keys file, checked on every call to :meth:`current` (see the
+    module's rules). At start an unusable file raises IdentityError (exit 3)."""
+
+    def __init__(self, path: str, warn: Callable[[str], None], on_change: Callable[[AuthorizedKeys], None] | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        self.path = path
+        self._warn = warn
+        self._on_change: Callable[[AuthorizedKeys], None] | None = None  # not for the first read
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failed: tuple | None = None
+        self._waiting: tuple | None = None
+        self._waiting_since = 0
+        self._data: bytes | None = None
+        data, seen, after = _first_read(path)
+        # Nothing was in force before: the first read is used even while it may be
+        # settling (rule 4 still holds), and read again once it has settled.
+        self._install(data, seen, announce=False)
+        self._pending = self._clock() - after.st_mtime_ns < RACY_NS
+        self._waiting, self._waiting_since = seen.signature, self._clock()
+        self._on_change = on_change
+
+    def current(self) -> AuthorizedKeys:
+        """The set in force now: one ``lstat`` per path component, a read only after a change."""
+        if not self._pending and marks(self._plan) == self._seen:
+            return self._keys
+        with self._lock:
+            self._update(look(self.path), forced=False)
+            return self._keys
+
+    def reload(self) -> None:
+        """Reread now (SIGHUP: the operator says the edit is done), settled or not."""
+        with self._lock:
+            self._update(look(self.path), forced=True)
+
+    # -- internals (with the lock held) --
+
+    def _update(self, seen: Look, forced: bool) -> None:
+        if seen.problem is not None:
+            self._fail(seen, seen.problem, forced)
+            return
+        if not forced and not self._pending and seen.signature == self._seen:
+            return  # another thread got here first
+        assert seen.info is not None
+        now = self._clock()
+        if seen.signature != self._waiting:
+            self._waiting, self._waiting_since = seen.signature, now
+        settled = now - seen.info.st_mtime_ns >= RACY_NS or now - self._waiting_since >= RACY_NS
+        if not (settled or forced):
+            self._pending = True  # rule 3: the set in force stays until the file settles
+            if self._keys.problem is not None:
+                self._keys = AuthorizedKeys.unusable(f"{printable(self.path)} changed less than {RACY_NS / 1e9:g} s ago "
+                                                     "and is read once it has settled; retry in a moment")
+            return
+        try:
+            got = _read(seen)
+        except _Unusable as exc:
+            self._fail(seen, str(exc), forced)
+            return
+        if got is None:
+            self._pending = True  # written or replaced while it was read: look again next time
+            return
+        data, after = got
+        if not forced and now - self._waiting_since < RACY_NS and _suspicious(data, self._data):
+            # A stat taken during a truncate can show the new size with the old mtime
+            # (seen on Linux 6.18, ext4: size 0 and an mtime seconds old, for ~100 us).
+            # An empty, shorter or unterminated read is used only if a second look a
+            # moment later sees the very same stat.
+            time.sleep(CONFIRM_SECONDS)
+            if look(self.path).signature != seen.signature:
+                self._pending = True
+                return
+        if forced or data != self._data or self._keys.problem is not None:
+            self._install(data, seen, announce=True)
+        else:
+            self._plan, self._seen = seen.plan, seen.signature
+        # A forced read of a file still settling is read again once it has.
+        self._pending = forced and now - after.st_mtime_ns < RACY_NS
+
+    def _install(self, data: bytes, seen: Look, announce: bool) -> None:
+        text, tail_warning = complete_lines(data)
+        keys, warnings = parse(text)
+        if tail_warning is not None:
+            warnings.append(tail_warning)
+        shown = printable(self.path)
+        for warning in warnings:
+            self._warn(f"{shown}: {warning}")
+        self._keys = keys
+        self._data = data
+        self._plan, self._seen = seen.plan, seen.signature
+        self._failed = None
+        if announce and self._on_change is not None:
+            self._on_change(keys)
+
+    def _fail(self, seen: Look, problem: str, forced: bool) -> None:
+        if forced or seen.signature != self._failed:
+            self._failed = seen.signature
+            self._warn(f"the authorized_keys file {printable(self.path)} cannot be used: {problem}; "
+                       "no signed request is admitted until it is fixed")
+        self._keys = AuthorizedKeys.unusable(problem)
+        self._data = None
+        self._plan, self._seen = seen.plan, seen.signature
+        self._pending = False
+        self._waiting = None
+
+
+def _first_read(path: str) -> tuple[bytes, Look, os.stat_result]:
+    for _ in range(5):
+        seen = look(path)
+        if seen.problem is not None:
+            raise IdentityError(f"refusing the authorized_keys file {printable(path)}: {seen.problem}")
+        try:
+            got = _read(seen)
+        except _Unusable as exc:
+            raise IdentityError(f"refusing the authorized_keys file {printable(path)}: {exc}") from None
+        if got is not None:
+            return got[0], seen, got[1]
+    raise IdentityError(f"the authorized_keys file {printable(path)} kept changing while it was read")
+
+
+def read_key_file(path: str) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its fstat, after the checks of rule 1; IdentityError if unusable."""
+    data, _, info = _first_read(path)
+    return data, info
