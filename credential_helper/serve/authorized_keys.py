@@ -3,8 +3,12 @@
 The format is the one of ollama/ollama PR #11574 (``auth/authorized_keys.go``,
 commit 5968989, "server: add authorized_keys file"), so one file serves both::
 
-    <key type> <public key> [<name>] [<endpoint>,...]
+    [<options>] <key type> <public key> [<name>] [<endpoint>,...]
 
+- ``<options>`` are sshd's (``from=``, ``expiry-time=``) and the gate's own
+  (``models=``, ``max-concurrent=``), in sshd's syntax: key_options.py. Ollama's
+  draft skips a line whose first field is not a key type, so there it fails
+  closed.
 - ``#`` starts a comment line; blank lines are ignored; runs of white space
   (Go's ``\\s``: space, tab, CR, LF, FF) count as one separator, and the fourth
   field is everything after the name, split on ``,`` with each item trimmed.
@@ -48,6 +52,7 @@ import os
 import re
 
 from ..sanitize import printable
+from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
 
 KEY_TYPE = "ssh-ed25519"
 # The SSH wire form of an Ed25519 key (RFC 8709 section 4): string "ssh-ed25519",
@@ -142,18 +147,22 @@ class Grant:
     """One usable line of the file, as it applies to one key.
 
     ``name`` is the line's name, or the key's fingerprint when the line has
-    none; ``fingerprint`` is the key's (for a wildcard line, the key that asked).
+    none; ``fingerprint`` is the key's (for a wildcard line, the key that asked);
+    ``options`` are the line's sshd-style options (key_options.py), NO_OPTIONS
+    when it has none.
     """
 
-    __slots__ = ("name", "fingerprint", "line", "endpoints", "wildcard", "named")
+    __slots__ = ("name", "fingerprint", "line", "endpoints", "wildcard", "named", "options")
 
-    def __init__(self, name: str | None, fingerprint: str, line: int, endpoints: frozenset[str], wildcard: bool) -> None:
+    def __init__(self, name: str | None, fingerprint: str, line: int, endpoints: frozenset[str], wildcard: bool,
+                 options: KeyOptions = NO_OPTIONS) -> None:
         self.name: str = name if name is not None else fingerprint
         self.named: bool = name is not None
         self.fingerprint: str = fingerprint
         self.line: int = line
         self.endpoints: frozenset[str] = endpoints
         self.wildcard: bool = wildcard
+        self.options: KeyOptions = options
 
     def allows(self, path: str) -> bool:
         """Exact match of the canonical path (no query), or ``*``: the draft's ``Authorize``."""
@@ -164,12 +173,13 @@ class Grant:
 
 
 class _Line:
-    __slots__ = ("line", "name", "endpoints")
+    __slots__ = ("line", "name", "endpoints", "options")
 
-    def __init__(self, line: int, name: str | None, endpoints: frozenset[str]) -> None:
+    def __init__(self, line: int, name: str | None, endpoints: frozenset[str], options: KeyOptions = NO_OPTIONS) -> None:
         self.line = line
         self.name = name
         self.endpoints = endpoints
+        self.options = options
 
 
 class AuthorizedKeys:
@@ -196,9 +206,15 @@ class AuthorizedKeys:
         if not own and not self._wildcards:
             return []
         print_ = fingerprint(key_blob)
-        grants = [Grant(entry.name, print_, entry.line, entry.endpoints, False) for entry in own]
-        grants += [Grant(entry.name, print_, entry.line, entry.endpoints, True) for entry in self._wildcards]
+        grants = [Grant(entry.name, print_, entry.line, entry.endpoints, False, entry.options) for entry in own]
+        grants += [Grant(entry.name, print_, entry.line, entry.endpoints, True, entry.options) for entry in self._wildcards]
         return grants
+
+    def needing_reverse_proxy(self) -> list[int]:
+        """The lines whose options ``--auth-only`` cannot enforce (``models=``,
+        ``max-concurrent=``: see KeyOptions.needs_reverse_proxy), in file order."""
+        lines = [entry for entries in self._by_key.values() for entry in entries] + self._wildcards
+        return sorted(entry.line for entry in lines if entry.options.needs_reverse_proxy)
 
     def is_listed(self, key_blob: bytes) -> bool:
         """True when the key has a line of its own (a wildcard line does not count)."""
@@ -235,7 +251,21 @@ def _shown(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None]:
+def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None, KeyOptions]:
+    """(key blob or None for a wildcard, name, endpoints, problem, options)."""
+    options = NO_OPTIONS
+    if not looks_like_key_type(_GO_SPACE.split(line, maxsplit=1)[0]):
+        # sshd: "options, keytype, base64-encoded key, comment" (man sshd).
+        try:
+            text, line = split_options(line)
+            options = parse_options(text)
+        except OptionError as exc:
+            return None, None, None, f"options: {exc}", options
+    blob, name, endpoints, problem = _parse_fields(line)
+    return blob, name, endpoints, problem, options
+
+
+def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None]:
     """(key blob or None for a wildcard, name, endpoints, problem)."""
     parts = _GO_SPACE.split(line, maxsplit=3)
     if len(parts) < 2:
@@ -298,13 +328,13 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
             warnings.append(f"line {number}: skipped: longer than {MAX_LINE_CHARS} characters")
             continue
         try:
-            blob, name, endpoints, problem = _parse_line(line)
+            blob, name, endpoints, problem, options = _parse_line(line)
         except Exception as exc:  # never a crash on the file's content
-            blob, name, endpoints, problem = None, None, None, f"unreadable ({type(exc).__name__})"
+            blob, name, endpoints, problem, options = None, None, None, f"unreadable ({type(exc).__name__})", NO_OPTIONS
         if problem is not None or endpoints is None:
             warnings.append(f"line {number}: skipped: {problem}")
             continue
-        entry = _Line(number, name, endpoints)
+        entry = _Line(number, name, endpoints, options)
         if blob is None:
             wildcards.append(entry)
         else:

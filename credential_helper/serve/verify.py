@@ -42,6 +42,7 @@ from .authorized_keys import (
     is_ed25519_blob,
     path_problem,
 )
+from .key_options import enforceable_by_verify
 
 DEFAULT_MAX_SKEW = 300.0
 MAX_TARGET_CHARS = 8192
@@ -259,7 +260,8 @@ def verify(
             f"this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: {keys.problem}",
             "keyfile-unusable",
         )
-    grants = keys.grants_for(blob)
+    # A line's options grant less, never more: one this check cannot enforce admits nothing.
+    grants = [grant for grant in keys.grants_for(blob) if grant.options.empty or enforceable_by_verify(grant.options, now)]
     print_ = fingerprint(blob)
     own = [grant for grant in grants if not grant.wildcard]
     if is_heartbeat(method, path):
