@@ -78,7 +78,7 @@ class _Verifying:
         authorization = authorization_header(list(headers))
         if isinstance(authorization, Refused):
             return authorization
-        return verify(method, target, authorization, self.keys.current(), self.clock(), self.max_skew)
+        return verify(method, target, authorization, self.keys.current(), self.clock(), self.max_skew, options_checked_by_caller=True)
 
 
 class GatePolicy(_Verifying):

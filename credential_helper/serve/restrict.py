@@ -19,15 +19,8 @@ from collections.abc import Callable, Sequence
 
 from ..sanitize import printable
 from .authorized_keys import Grant
+from .key_options import address_allowed, expired, model_allowed
 from .verify import Refused
-
-try:
-    from .authorized_keys import address_allowed, expired, model_allowed
-except ImportError:  # until the keyfile branch lands
-    from ._options_standin import NO_OPTIONS, address_allowed, expired, model_allowed
-
-    _NONE = NO_OPTIONS
-    Grant.options = property(lambda self: getattr(self, "_options", NO_OPTIONS))  # type: ignore[attr-defined]
 
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
@@ -50,10 +43,10 @@ def live_lines(grants: Sequence[Grant], address: str, now: float, enforceable: C
             continue
         if enforceable is not None and not enforceable(grant):
             continue
-        if options.expiry is not None and expired(options.expiry, now):
+        if expired(options, now):
             expired_at.append(options.expiry)
             continue
-        if options.from_patterns is not None and not (address and address_allowed(options.from_patterns, address)):
+        if options.from_patterns is not None and not (address and address_allowed(options, address)):
             elsewhere = True
             continue
         live.append(grant)
@@ -71,7 +64,7 @@ def live_lines(grants: Sequence[Grant], address: str, now: float, enforceable: C
 def line_options(keys) -> list:
     """(line number, options) of every usable line of a parsed file, in file order."""
     entries = [entry for lines in keys._by_key.values() for entry in lines] + list(keys._wildcards)
-    return sorted(((entry.line, getattr(entry, "options", None) or _NONE) for entry in entries), key=lambda pair: pair[0])
+    return sorted(((entry.line, entry.options) for entry in entries), key=lambda pair: pair[0])
 
 
 def auth_only_problems(entries, can_see_address: bool) -> list[str]:
@@ -106,17 +99,16 @@ def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Re
     """None when one line allows every name; else 403 naming the rule (the key's own lines
     and their lists only: the caller's own rule, nobody else's)."""
     for grant in lines:
-        patterns = grant.options.models
-        if patterns is None or all(model_allowed(patterns, name) for name in names):
+        if all(model_allowed(grant.options, name) for name in names):
             return None
-    denied = next(name for name in names if not any(model_allowed(g.options.models, name) for g in lines))
+    denied = next(name for name in names if not any(model_allowed(g.options, name) for g in lines))
     rules = "; ".join(f"line {grant.line} allows models=\"{printable(','.join(grant.options.models))[:200]}\"" for grant in lines[:4])
     return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model")
 
 
 def allowed_by(lines: Sequence[Grant]) -> Callable[[str], bool]:
     """For a listing: a model is shown when one of the lines allows it."""
-    return lambda name: any(grant.options.models is None or model_allowed(grant.options.models, name) for grant in lines)
+    return lambda name: any(model_allowed(grant.options, name) for grant in lines)
 
 
 class InFlight:

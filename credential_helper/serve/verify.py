@@ -209,11 +209,16 @@ def verify(
     now: float,
     max_skew: float = DEFAULT_MAX_SKEW,
     allow_health_check: bool = True,
+    options_checked_by_caller: bool = False,
 ) -> Admitted | Refused:
     """Admit or refuse one request (see the module's docstring for the rules).
 
     ``allow_health_check``: admit an unsigned exact ``HEAD /`` as
     ``Admitted(HEALTH_CHECK_NAME, "")`` (see :func:`is_health_check`).
+    ``options_checked_by_caller``: return every line that grants the path in
+    ``Admitted.grants``, whatever its options; the caller (the gate's policies,
+    serve/restrict.py) enforces them with what it has (the peer, the body, a count).
+    Without it a line with options verify cannot enforce alone grants nothing.
     """
     if not (isinstance(max_skew, (int, float)) and math.isfinite(max_skew) and max_skew >= 0):
         raise ValueError("max_skew must be a finite number of seconds, 0 or more")
@@ -261,7 +266,9 @@ def verify(
             "keyfile-unusable",
         )
     # A line's options grant less, never more: one this check cannot enforce admits nothing.
-    grants = [grant for grant in keys.grants_for(blob) if grant.options.empty or enforceable_by_verify(grant.options, now)]
+    grants = keys.grants_for(blob)
+    if not options_checked_by_caller:
+        grants = [grant for grant in grants if grant.options.empty or enforceable_by_verify(grant.options, now)]
     print_ = fingerprint(blob)
     own = [grant for grant in grants if not grant.wildcard]
     if is_heartbeat(method, path):
