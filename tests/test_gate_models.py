@@ -275,14 +275,23 @@ def test_a_compressed_body_is_refused_whatever_it_names(matrix_gate, module_keys
 
 
 @pytest.mark.parametrize("method, path", [("GET", "/v1/models/big"), ("GET", "/v1/models/library%2fbig"), ("DELETE", "/v1/models/big"),
-                                          ("POST", "/api/unknown"), ("POST", "/api/generate?model=big")])
+                                          ("POST", "/api/unknown"), ("GET", "/api/chat"), ("POST", "/v1/audio/transcriptions?model=big")])
 def test_paths_that_name_a_model_or_that_the_gate_does_not_know(matrix_gate, module_keys, method, path):
     gate_, recorder = matrix_gate
     before = len(recorder.requests)
     target, authorization = sign(module_keys, method, path)
-    reply = send(gate_.port, method, target, authorization, b'{"model":"small"}' if "generate" in path else b"")
+    reply = send(gate_.port, method, target, authorization, b"")
     assert reply.split(b" ", 2)[1] in (b"400", b"403"), reply[:300]
     assert len(recorder.requests) == before
+
+
+def test_a_model_in_the_query_of_a_json_endpoint_is_what_ollama_ignores(matrix_gate, module_keys):
+    """/api/generate binds its body only (gin ShouldBindJSON): the gate reads the same, in both directions."""
+    gate_, recorder = matrix_gate
+    for query, body, status in (("model=big", b'{"model":"small"}', b"200"), ("model=small", b'{"model":"big"}', b"403")):
+        target, authorization = sign(module_keys, "POST", f"/api/generate?{query}")
+        reply = send(gate_.port, "POST", target, authorization, body)
+        assert reply.split(b" ", 2)[1] == status, reply[:300]
 
 
 def test_an_oversized_body_is_413_and_nothing_reaches_ollama(tmp_path, module_keys):
