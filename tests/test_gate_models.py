@@ -385,3 +385,26 @@ def test_auth_only_refuses_to_start_with_lines_it_cannot_enforce(tmp_path, env, 
         if process.poll() is None:
             process.kill()
         process.wait(10)
+
+
+def _multipart(model: str, query_model: str | None = None) -> tuple[bytes, str]:
+    boundary = "gateboundary7"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
+            f"RIFF....\r\n--{boundary}--\r\n").encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+@pytest.mark.parametrize("model, status", [("big", b"403"), ("BIG:latest", b"403"), ("small", b"200")])
+def test_an_audio_transcription_names_its_model_in_a_multipart_field(matrix_gate, module_keys, model, status):
+    gate_, recorder = matrix_gate
+    before = len(recorder.requests)
+    body, content_type = _multipart(model)
+    target, authorization = sign(module_keys, "POST", "/v1/audio/transcriptions")
+    data = (f"POST {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", gate_.port), timeout=10) as sock:
+        sock.sendall(data)
+        reply = sock.recv(65536)
+    assert reply.split(b" ", 2)[1] == status, reply[:300]
+    assert len(recorder.requests) == before + (1 if status == b"200" else 0)
