@@ -218,3 +218,16 @@ def test_every_request_that_names_a_model_is_refused_for_a_key_that_may_use_none
         if not (isinstance(decision, Answer) and decision.status in (400, 403, 413)):
             forwarded.append(vector["id"])
     assert forwarded == [] and len(VECTORS) > 1000
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "zstd", "identity, gzip"])
+def test_a_body_labelled_compressed_is_400_even_when_it_reads_as_an_allowed_json(restricted, keys, encoding):
+    body = chat("qwen3:8b")  # plain JSON naming an allowed model: the label alone is refused
+    decision = decided(policy(restricted), head(keys, "POST", "/api/chat", body=body, extra=[("Content-Encoding", encoding)]), body)
+    assert isinstance(decision, Answer) and decision.status == 400
+
+
+def test_a_restricted_keys_heartbeat_and_version_pass(restricted, keys):
+    """Ollama's CLI sends HEAD / before every command (cmd/cmd.go checkServerHeartbeat)."""
+    for method, path in (("HEAD", "/"), ("GET", "/api/version")):
+        assert isinstance(decided(policy(restricted), head(keys, method, path)), Forward)
