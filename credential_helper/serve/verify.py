@@ -32,7 +32,7 @@ canonical check (then through ``sanitize.printable``, bounded).
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..sanitize import printable
 from .authorized_keys import (
@@ -67,8 +67,10 @@ class Admitted:
 
     name: str
     fingerprint: str
-    grants: tuple = ()  # the key's lines that grant this path (file order): their options still apply
-    lines: tuple = ()  # every line of the key, own and wildcard (max-concurrent: the tightest)
+    # The key's lines that grant this path (file order; their options still apply), and every
+    # line of the key, own and wildcard (max-concurrent: the tightest). Not part of equality.
+    grants: tuple = field(default=(), compare=False, repr=False)
+    lines: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
