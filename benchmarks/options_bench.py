@@ -1,6 +1,6 @@
 """What a key's options cost the gate's policy, per request (issue 22, "Benchmarks").
 
-    python benchmarks/options_bench.py [--rounds N]
+    python benchmarks/options_bench.py [--rounds N] [--end-to-end]
 
 In process, no sockets: GatePolicy.decide on a signed ``POST /api/chat`` head for a
 key line without options, and the same request for a line with ``models=`` (decide,
@@ -8,6 +8,12 @@ then the NeedBody continuation with a typical chat body: the models check readin
 body as Ollama would). Both include the signature check; the difference is what the
 models= check adds. The engine's own part for models= (reading the whole body before
 forwarding instead of streaming it) is a copy of bytes already in memory.
+
+With ``--end-to-end``: two installed gates (``ollama-credential-helper gate``), one whose
+key line has no options and one with ``models=``, in front of gate_bench.py's minimal
+upstream; a kept-alive client sends the same signed chat to each in turn (signing not
+timed). That includes the engine's part: the whole body read before the decision and
+sent on with a Content-Length.
 
 Prints the median and 90th percentile of each, and the median difference.
 """
@@ -56,10 +62,58 @@ def measure(policy: gate.GatePolicy, head: Head, rounds: int) -> list[float]:
     return times
 
 
+def end_to_end(rounds: int) -> int:
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from gate_bench import BlockingClient, Process
+
+    directory = tempfile.mkdtemp()
+    env = dict(os.environ)
+    executable = os.path.join(os.path.dirname(sys.executable), "ollama-credential-helper")
+    processes = []
+    try:
+        key = os.path.join(directory, "id")
+        shutil.copy(os.path.join(ROOT, "golden", "keys", "ed25519-a"), key)
+        os.chmod(key, 0o600)
+        identity = load_identity(key)
+        upstream = Process("upstream", [sys.executable, os.path.join(ROOT, "benchmarks", "gate_bench.py"), "--serve-minimal"], env, False)
+        processes.append(upstream)
+        gates = {}
+        for name, options in (("no options", ""), ("models=", 'models="qwen3:*,gemma3:4b,!qwen3:235b"')):
+            path = policy_for(directory, options).keys.path
+            gates[name] = Process(name, [executable, "gate", "--listen", "127.0.0.1:0", "--upstream", f"http://127.0.0.1:{upstream.port}",
+                                         "--authorized-keys", path], env, True)
+            processes.append(gates[name])
+        clients = {name: BlockingClient(process.port) for name, process in gates.items()}
+        times: dict[str, list[float]] = {name: [] for name in gates}
+        for i in range(rounds + 50):
+            for name, client in clients.items():
+                target = f"/api/chat?ts={int(time.time())}"
+                request = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {identity.sign(f'POST,{target}')}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(CHAT)}\r\n\r\n").encode() + CHAT
+                elapsed, status = client.round_trip(request)
+                assert status == 200, (name, status)
+                if i >= 50:
+                    times[name].append(elapsed)
+    finally:
+        for process in processes:
+            process.stop()
+        shutil.rmtree(directory)
+    for name, values in times.items():
+        ordered = sorted(values)
+        print(f"{name:<12} POST /api/chat through the gate: median {statistics.median(values) * 1e3:.3f} ms   "
+              f"p90 {ordered[int(len(ordered) * 0.9)] * 1e3:.3f} ms")
+    difference = statistics.median(times["models="]) - statistics.median(times["no options"])
+    print(f"models= adds (median difference) {difference * 1e3:.3f} ms")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3000)
+    parser.add_argument("--end-to-end", action="store_true")
     args = parser.parse_args()
+    if args.end_to_end:
+        return end_to_end(args.rounds)
     directory = tempfile.mkdtemp()
     try:
         key = os.path.join(directory, "id")
