@@ -408,3 +408,41 @@ def test_an_audio_transcription_names_its_model_in_a_multipart_field(matrix_gate
         reply = sock.recv(65536)
     assert reply.split(b" ", 2)[1] == status, reply[:300]
     assert len(recorder.requests) == before + (1 if status == b"200" else 0)
+
+
+def test_trusted_front_is_for_auth_only(tmp_path, env):
+    import subprocess
+
+    path = write_keys(tmp_path, f"{key_line('ed25519-b')} bob *\n")
+    done = subprocess.run([*helper_executable(), "gate", "--listen", "127.0.0.1:0", "--authorized-keys", path, "--trusted-front", "127.0.0.1"],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "--auth-only" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_a_line_auth_only_cannot_enforce_that_arrives_in_a_reload_grants_nothing_and_says_so(tmp_path, env, module_keys):
+    import subprocess
+
+    path = write_keys(tmp_path, f"{key_line('ed25519-b')} bob *\n")
+    process = subprocess.Popen([*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
+                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(process.stderr.readline().split()[2].rsplit(":", 1)[1])
+
+        def ask() -> bytes:
+            target, authorization = sign(module_keys, "POST", "/api/chat")
+            data = (f"GET /_gate HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\nX-Original-Method: POST\r\n"
+                    f"X-Original-URI: {target}\r\nConnection: close\r\n\r\n").encode()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(data)
+                return sock.recv(65536)
+
+        assert ask().startswith(b"HTTP/1.1 204 ")
+        time.sleep(1.1)  # another second: the reload is seen by mtime as well as by size
+        with open(path, "w") as handle:
+            handle.write(f'models="small" {key_line("ed25519-b")} bob *\n')
+        time.sleep(2.5)  # past the racy window of a fresh write
+        assert ask().startswith(b"HTTP/1.1 403 ")
+    finally:
+        process.terminate()
+        log = process.communicate(timeout=20)[1]
+    assert any("line 1: models= cannot be enforced with --auth-only" in line and "grants nothing" in line for line in log.splitlines()), log
