@@ -30,10 +30,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from credential_helper.identity import load_identity  # noqa: E402
-from credential_helper.serve import gate  # noqa: E402
-from credential_helper.serve.authorized_keys import KeyFile  # noqa: E402
-from credential_helper.serve.messages import Forward, Head, NeedBody  # noqa: E402
+from credential_helper.identity import load_identity
+from credential_helper.serve import gate
+from credential_helper.serve.authorized_keys import KeyFile
+from credential_helper.serve.messages import Forward, Head, NeedBody
 
 NOW = 1_800_000_000
 CHAT = json.dumps({"model": "qwen3:8b", "stream": True, "options": {"temperature": 0.2},
@@ -42,7 +42,8 @@ CHAT = json.dumps({"model": "qwen3:8b", "stream": True, "options": {"temperature
 
 
 def policy_for(directory: str, options: str) -> gate.GatePolicy:
-    public = " ".join(open(os.path.join(ROOT, "golden", "keys", "ed25519-a.pub")).read().split()[:2])
+    with open(os.path.join(ROOT, "golden", "keys", "ed25519-a.pub")) as handle:
+        public = " ".join(handle.read().split()[:2])
     path = os.path.join(directory, f"keys-{len(options)}")
     with open(path, "w") as handle:
         handle.write(f"{options} {public} alice *\n".lstrip())

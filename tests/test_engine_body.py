@@ -84,7 +84,7 @@ def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
         try:
             while chunk := sock.recv(65536):
                 received += chunk
-        except socket.timeout:
+        except TimeoutError:
             pass
     return received
 
