@@ -86,7 +86,8 @@ def whoami(base_url: str | None = None, *, identity=None, timeout: float = 10.0,
     not linked: ServerRefusedError naming the connect URL.
     """
     from . import transport
-    from .client import raise_for_status, sign_request
+    from .client import sign_request
+    from .tokens import raise_for_status
     from .sanitize import server_text
 
     log = log or (lambda message: None)

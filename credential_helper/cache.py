@@ -96,23 +96,6 @@ class Entry:
         return cls(token, float(expires_at), float(lifetime))
 
 
-def private_directory_problem(directory: str, create: bool = False) -> str | None:
-    """Why ``directory`` cannot hold private files (None: it can), tightening it.
-
-    It must be a real directory of the user's: a symlink (or a Windows
-    junction) or a directory owned by someone else is refused, since following
-    it would read, write and erase files wherever it points. Used for the cache
-    and the proxy's token. Kept for proxy.py; see system.private_directory_problem.
-    """
-    return system.private_directory_problem(directory, create)
-
-
-def open_own_file(path: str, flags: int, mode: int = 0o600) -> int | None:
-    """An fd for a regular file of ours that others cannot access, or None.
-    Kept for proxy.py; see system.open_own_file."""
-    return system.open_own_file(path, flags, mode)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -127,14 +110,14 @@ class TokenCache:
         return os.path.join(self.directory, key + suffix)
 
     def problem(self, create: bool = False) -> str | None:
-        return private_directory_problem(self.directory, create)
+        return system.private_directory_problem(self.directory, create)
 
     def lookup(self, key: str, now: float | None = None) -> Entry | None:
         """A fresh entry, or None (missing, stale, corrupt, unreadable or planted)."""
         now = time.time() if now is None else now
         if self.problem() is not None:
             return None
-        fd = open_own_file(self._path(key, ENTRY_SUFFIX), os.O_RDONLY)
+        fd = system.open_own_file(self._path(key, ENTRY_SUFFIX), os.O_RDONLY)
         if fd is None:
             return None
         try:
@@ -253,7 +236,7 @@ class _Lock:
             return self
         if self.cache.problem(create=True) is not None:
             return self
-        self.fd = open_own_file(self.path, os.O_RDWR | os.O_CREAT)
+        self.fd = system.open_own_file(self.path, os.O_RDWR | os.O_CREAT)
         if self.fd is None:
             return self
         deadline = time.monotonic() + self.timeout

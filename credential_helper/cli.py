@@ -179,7 +179,7 @@ def build_parser():
         help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
         description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
         "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
-        "or, with --auth-only, answer 204/401/403 for nginx auth_request, Caddy forward_auth or Traefik ForwardAuth. "
+        "or, with --auth-only, answer 204/401/403 for nginx auth_request, ingress-nginx, Caddy forward_auth or Traefik ForwardAuth (200/401/403 for Envoy ext_authz with --path-prefix). "
         "The file is reloaded when it changes, and on SIGHUP.",
     )
     gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
@@ -187,6 +187,8 @@ def build_parser():
     gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
     gate.add_argument("--trusted-front", metavar="CIDR[,CIDR]", help="with --auth-only: front servers whose X-Forwarded-For "
                       "(its last entry) gives the client's address for from= lines")
+    gate.add_argument("--path-prefix", metavar="PREFIX", help="with --auth-only: the request to check is the auth request's own method and "
+                      "target after PREFIX (Envoy ext_authz http_service path_prefix, Gateway API ExternalAuth); admits with 200")
     gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
     gate.add_argument("--max-skew", type=_timeout, default=300.0, metavar="SECONDS", help="how far a signature's ts may be from this clock (default: 300)")
     gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
@@ -513,6 +515,7 @@ def cmd_gate(args, log) -> int:
         listen=args.listen,
         upstream_text=args.upstream,
         auth_only=args.auth_only,
+        path_prefix=args.path_prefix,
         authorized_keys=args.authorized_keys,
         trusted_fronts=args.trusted_front,
         max_skew=args.max_skew,

@@ -10,16 +10,11 @@ import os
 import time
 
 from . import policy, protocol
-from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest, lifetime_from_response
-from .errors import InputError, KeyNotFoundError, NetworkError, ServerRefusedError
+from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest
+from .errors import InputError, KeyNotFoundError, NetworkError
 from .identity import Identity, api_key_from_env, default_identity_path, parse_private_key, read_key_file
+from .tokens import Exchanged, new_nonce
 
-# Ollama servers explain refusals in the body; show this much of it.
-BODY_EXCERPT_CHARS = 200
-# A Date header further off than this makes a 401 worth one retry with corrected ts.
-CLOCK_SKEW_TOLERANCE = 30.0
-# A Date outside these years is nonsense, not a clock to correct to.
-PLAUSIBLE_DATE_RANGE = (1577836800.0, 7258118400.0)  # 2020-01-01 .. 2200-01-01 UTC
 
 
 class Token:
@@ -116,7 +111,7 @@ def fetch_challenge(url: str | protocol.URL, *, timeout: float = 10.0) -> tuple[
             response.status,
         )
     for value in response.headers.get("www-authenticate", []):
-        if value.strip()[:7].lower() == "bearer ":
+        if protocol.is_bearer_challenge(value):
             try:
                 return protocol.parse_www_authenticate(value), target.host
             except InputError as exc:
@@ -174,7 +169,7 @@ def get_token(
     if api_key is not None:
         log(f"no key at {key_path}; using OLLAMA_API_KEY ([redacted])")
         if dry_run:
-            return DryRun(None, None, None, f"Bearer {api_key}", "api_key")
+            return DryRun(None, None, None, protocol.bearer(api_key), "api_key")
         return Token(api_key, None, "api_key")
 
     problem = cache.problem(create=True) if cache is not None and not dry_run else None
@@ -204,7 +199,7 @@ def get_token(
 
     ident = parse_private_key(key_bytes, key_path)
     if dry_run:
-        request = protocol.build_token_request(challenge, realm, int(time.time()), nonce or _new_nonce())
+        request = protocol.build_token_request(challenge, realm, int(time.time()), nonce or new_nonce())
         return DryRun(request.token_url, request.host_header, request.signed_data, ident.sign(request.signed_data), "ed25519")
     token = _exchange(challenge, realm, ident, nonce, _remaining(deadline), log)
     return Token(token.token, token.expires_at, "ed25519")
@@ -269,144 +264,38 @@ def cached_token(
     return Token.from_entry(hit) if hit is not None else None
 
 
-class _Exchanged:
-    __slots__ = ("token", "expires_at", "lifetime")
-
-    def __init__(self, token: str, expires_at: float, lifetime: float) -> None:
-        self.token, self.expires_at, self.lifetime = token, expires_at, lifetime
-
-
-def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> _Exchanged:
-    from . import transport
+def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> Exchanged:
+    """Drive the one token flow (tokens.exchange) with transport.send, under one deadline."""
+    from . import tokens, transport
 
     deadline = time.monotonic() + timeout
-    clock_offset = 0.0
-    note = ""
-    for attempt in (1, 2):
-        request, authorization = prepare_exchange(challenge, realm, ident, clock_offset, nonce)
+    flow = tokens.exchange(challenge, realm, ident, nonce)
+    response = None
+    while True:
+        try:
+            call = flow.send(response)  # the first send(None) starts it
+        except StopIteration as done:
+            token: Exchanged = done.value
+            if token.note:  # success after a correction: worth one warning line
+                _warn(f"the local clock is off; a corrected timestamp was used{token.note}")
+            return token
+        if response is not None:
+            log("clock skew: retrying once with a corrected timestamp")
+        request = call.request
         log(f"GET {request.token_url} (Host: {request.host_header}, Authorization: [redacted])")
         started = time.monotonic()
-        remaining = max(deadline - started, 0.001)
         try:
-            response = transport.send(
-                "GET",
-                request.url,
-                headers={"Authorization": authorization},
-                host_header=request.host_header,
-                timeout=remaining,
-            )
+            response = transport.send("GET", request.url, headers={"Authorization": call.authorization},
+                                      host_header=request.host_header, timeout=max(deadline - started, 0.001))
         except NetworkError as exc:
-            raise with_note(exc, note) from None
+            flow.throw(exc)  # raises it again, with the flow's note
+            raise  # pragma: no cover  (throw always raises here)
         log(f"token endpoint answered {response.status} in {time.monotonic() - started:.3f}s")
-        skew = skew_to_correct(response) if attempt == 1 and nonce is None else None
-        if skew is not None:
-            note = skew_note(skew, realm.host)
-            log("clock skew: retrying once with a corrected timestamp")
-            clock_offset = skew
-            continue
-        try:
-            token = read_token_response(response, realm.host)
-        except (NetworkError, ServerRefusedError) as exc:
-            raise with_note(exc, note) from None
-        if note:  # success after a correction: worth one warning line
-            _warn(f"the local clock is off; a corrected timestamp was used{note}")
-        return token
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def prepare_exchange(challenge, realm, ident: Identity, clock_offset: float = 0.0, nonce: str | None = None):
-    """The signed token request (server/auth.go): (TokenRequest, Authorization value)."""
-    ts = int(time.time() + clock_offset)
-    request = protocol.build_token_request(challenge, realm, ts, nonce or _new_nonce())
-    return request, ident.sign(request.signed_data)
-
-
-def skew_to_correct(response) -> float | None:
-    """A 401 whose plausible Date is more than the tolerance off: the offset to retry with."""
-    if response.status != 401:
-        return None
-    skew = clock_skew(response.header("date"), time.time())
-    return skew if skew is not None and abs(skew) > CLOCK_SKEW_TOLERANCE else None
-
-
-def skew_note(skew: float, host: str) -> str:
-    return (
-        f" (retried once with a timestamp corrected for the local clock being "
-        f"{abs(skew):.0f}s {'behind' if skew > 0 else 'ahead of'} {host}: sync your clock)"
-    )
-
-
-def with_note(exc, note: str):
-    """The same error with ``note`` appended: one stderr line, never two."""
-    if not note:
-        return exc
-    return type(exc)(f"{exc}{note}", getattr(exc, "status", None))
-
-
-def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
-    """5xx and other non-2xx answers: NetworkError (exit 4); 4xx: ServerRefusedError (exit 1).
-
-    The message quotes the status, the reason phrase and a short excerpt of the
-    body (Ollama's servers explain refusals there), all through the one sanitiser.
-    """
-    status = response.status
-    if 200 <= status < 300:
-        return
-    from .sanitize import server_text
-
-    reason = server_text(response.reason, response.secrets, limit=60)
-    excerpt = server_text(response.body, response.secrets, limit=BODY_EXCERPT_CHARS)
-    excerpt = f": {excerpt}" if excerpt else ""
-    if 400 <= status < 500:
-        raise ServerRefusedError(f"{where} refused {what}: {status} {reason}{excerpt}{hint}", status)
-    if status >= 500:
-        raise NetworkError(f"{where} failed with {status} {reason}{excerpt}", status)
-    raise NetworkError(f"{where} answered {status} {reason} to {what}", status)
-
-
-def read_token_response(response, where: str) -> _Exchanged:
-    status = response.status
-    raise_for_status(response, where, "the token request", _refusal_hint(status))
-    body = response.json_object(where)
-    token = body.get("token")
-    if not isinstance(token, str):
-        raise NetworkError(f'{where} answered {status} without a string "token"')
-    if not protocol.is_header_token(token):
-        # It would break the caller's Authorization header (or inject into it).
-        raise NetworkError(f"{where} answered {status} with an empty or unusable token (not visible ASCII)")
-    expires_at, lifetime = lifetime_from_response(body, token, time.time())
-    return _Exchanged(token, expires_at, lifetime)
-
-
-def _refusal_hint(status: int) -> str:
-    if status == 401:
-        return " (is this key linked to your ollama.com account? see 'ollama-credential-helper key --connect-url')"
-    return ""
-
-
-def clock_skew(date_header: str | None, now: float) -> float | None:
-    """Server clock minus local clock from a Date header (RFC 9110 IMF-fixdate);
-    None when absent, unparsable or outside a plausible range of years."""
-    if not date_header:
-        return None
-    from email.utils import parsedate_to_datetime
-
-    try:
-        server = parsedate_to_datetime(date_header).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError, OSError):
-        return None
-    if not PLAUSIBLE_DATE_RANGE[0] <= server <= PLAUSIBLE_DATE_RANGE[1]:
-        return None
-    return server - now
 
 
 def _remaining(deadline: float) -> float:
     """Time left before ``deadline``; at least a moment, so a late start fails as a timeout."""
     return max(deadline - time.monotonic(), 0.05)
-
-
-def _new_nonce() -> str:
-    return protocol.make_nonce(os.urandom(16))
 
 
 def _quiet(message: str) -> None:
@@ -441,7 +330,7 @@ def sign_request(
         protocol.check_method(method)  # input first, then the key
         key_bytes, api_key = _key_or_api_key(key_path, parsed)
         if api_key is not None:
-            return SignedRequest(method.upper(), url, f"Bearer {api_key}", None, "api_key")
+            return SignedRequest(method.upper(), url, protocol.bearer(api_key), None, "api_key")
         identity = parse_private_key(key_bytes, key_path)
     plan, authorization = sign_parsed(method, parsed, identity, ts)
     return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")

@@ -12,7 +12,7 @@ every detail built from server text, and the API key is reported by presence.
 import os
 import time
 
-from . import account, client, identity, policy, protocol
+from . import account, client, identity, policy, protocol, tokens
 from .cache import TokenCache
 from .errors import HelperError, IdentityError, KeyNotFoundError, NetworkError, ServerRefusedError
 
@@ -133,7 +133,7 @@ def read_regular_file(path: str, limit: int) -> bytes | None:
 
     The service's key directory is writable by the service account: a FIFO
     planted there would block a plain open() forever. Opened non-blocking and
-    checked to be a regular file before reading, as cache.open_own_file does.
+    checked to be a regular file before reading, as system.open_own_file does.
     """
     import stat
 
@@ -200,7 +200,7 @@ def _network_fix(message: str) -> str:
 
 
 def check_clock(date_header: str | None) -> Check:
-    skew = client.clock_skew(date_header, time.time())
+    skew = tokens.clock_skew(date_header, time.time())
     if skew is None:
         return Check("clock", "warn", "the server sent no usable Date header; the clock could not be compared")
     direction = "behind" if skew > 0 else "ahead of"

@@ -303,6 +303,28 @@ class Challenge:
         return self.scope.split(" ")
 
 
+def bearer(token: str) -> str:
+    """The ``Authorization`` value for a token (RFC 6750 section 2.1)."""
+    return f"Bearer {token}"
+
+
+def bearer_credential(value: str) -> str | None:
+    """The credential after ``Bearer`` in an ``Authorization`` value, else None.
+
+    The scheme is case-insensitive (RFC 9110 section 11.1) and separated from
+    the credential by spaces; surrounding white space is not part of either.
+    """
+    text = value.strip(" \t")
+    if text[:7].lower() != "bearer ":
+        return None
+    return text[7:].strip(" \t")
+
+
+def is_bearer_challenge(value: str) -> bool:
+    """True for a ``WWW-Authenticate`` value whose (first) scheme is Bearer."""
+    return bearer_credential(value) is not None
+
+
 def parse_www_authenticate(value: str) -> Challenge:
     """Parse ``Bearer realm="...",service="...",scope="..."`` (RFC 7235 auth-params).
 

@@ -29,8 +29,6 @@ from .errors import NetworkError
 from .policy import is_loopback
 from .protocol import URL
 
-DEFAULT_PORTS = {"http": 80, "https": 443}
-
 
 class Proxy:
     """A proxy to connect through; ``str()`` never shows its credentials."""

@@ -85,11 +85,17 @@ def send(
     # A hard deadline: a server that drips bytes slowly would otherwise reset the
     # socket timeout on every byte. Closing the socket ends any blocked call.
     fired = threading.Event()
-    watchdog = threading.Timer(timeout, _abort, args=(conn, fired))
+    held: list[socket.socket] = []  # the socket, once connected: http.client lets go of it (below)
+    watchdog = threading.Timer(timeout, _abort, args=(conn, held, fired))
     watchdog.daemon = True
     watchdog.start()
     try:
         conn.request(method, target, body=body, headers=all_headers, preload_content=False, decode_content=False)
+        if conn.sock is not None:
+            # An answer delimited by the connection's close makes http.client drop
+            # conn.sock and read through the response's own file: keep the socket
+            # so the deadline can still cut a body dripped until close.
+            held.append(conn.sock)
         response = conn.getresponse()
         status = response.status
         reason = server_text(response.reason or "", secrets, limit=60)
@@ -184,14 +190,14 @@ def _read_bounded(response, max_body: int, deadline: float, where: str, status: 
         chunks.append(chunk)
 
 
-def _abort(conn, fired: threading.Event) -> None:
+def _abort(conn, held: list[socket.socket], fired: threading.Event) -> None:
     fired.set()
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    for sock in [getattr(conn, "sock", None), *held]:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _location_host(location: str) -> str:

@@ -163,6 +163,55 @@ def pytest_addoption(parser) -> None:
     )
 
 
+# --- tiers (issue 21): unit (socket-free), process, interop ----------------------------------
+#
+#   pytest -m unit       no socket, no subprocess: the pure rules; runs in seconds
+#   pytest -m process    the installed executable and loopback servers
+#   pytest -m interop    real third-party software: nginx, Caddy, Prometheus, the
+#                        pinned clients, recipes (skips what is not installed)
+#
+# A test is `interop` when its file is listed below or it says so, `process` when
+# it says so or uses a fixture that starts a server or a process, and `unit`
+# otherwise. A unit test that opens a socket or starts a process fails (the guard
+# below), so the unit tier cannot quietly start needing the network.
+
+INTEROP_FILES = {"test_frontends.py", "test_recipes.py", "test_integrations.py", "test_live.py", "test_prometheus.py", "test_models_go.py",
+                 "test_go_client.py"}
+PROCESS_FIXTURES = {"run", "standin", "streaming_standin", "upstream", "start_proxy", "start_gate", "proxy_env"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if item.get_closest_marker("interop") or item.path.name in INTEROP_FILES:
+            item.add_marker(pytest.mark.interop)
+        elif item.get_closest_marker("process") or PROCESS_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.process)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+class NotAUnitTest(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request, monkeypatch):
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    import socket
+    import subprocess
+
+    def refuse(*args, **kwargs):
+        raise NotAUnitTest(f"{request.node.nodeid} opens a socket or starts a process: mark it "
+                           "@pytest.mark.process (or interop), or keep it socket-free")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "socketpair", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    yield
+
+
 # --- a hung test fails, visibly -------------------------------------------------------------
 #
 # A hang must never run silently into CI's time limit. After TEST_TIME_LIMIT

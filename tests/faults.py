@@ -110,6 +110,17 @@ def slow_drip(conn: socket.socket, head: bytes) -> None:
         time.sleep(0.4)
 
 
+def drip_until_close(conn: socket.socket, head: bytes) -> None:
+    """A complete head, then a body delimited by the connection's close (no
+    Content-Length), one byte at a time for up to 10 s: http.client lets go of
+    the connection's socket once it knows the connection will close."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        conn.sendall(b" ")
+        time.sleep(0.2)
+
+
 class CertificateAuthority:
     """A private CA that issues leaf certificates for loopback test servers."""
 

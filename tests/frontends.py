@@ -231,6 +231,79 @@ class Relay:
         self.sock.close()
 
 
+class RawUpstream:
+    """A loopback "Ollama" that keeps every byte the front server forwards to it
+    (heads and bodies), answering each request head ``200`` with an empty body.
+
+    Used where the question is what reaches Ollama at all: a body, a forged header,
+    a placeholder. It reads for ``linger`` seconds after each head, so that a body
+    sent behind it (even one the framing does not announce) is recorded too.
+    """
+
+    def __init__(self, linger: float = 0.3) -> None:
+        self.linger = linger
+        self.received: list[bytearray] = []
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def heads(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """(request line, [(name, value), ...]) of each request head received."""
+        found = []
+        for data in list(self.received):
+            for chunk in bytes(data).split(b"\r\n\r\n"):
+                lines = chunk.decode("latin-1").split("\r\n")
+                if lines and " HTTP/1." in lines[0]:
+                    found.append((lines[0], [(n.strip(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]))
+        return found
+
+    def everything(self) -> bytes:
+        return b"".join(bytes(data) for data in self.received)
+
+    def _accept(self) -> None:
+        while not self.stopped:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            record = bytearray()
+            self.received.append(record)
+            threading.Thread(target=self._serve, args=(client, record), daemon=True).start()
+
+    def _serve(self, client: socket.socket, record: bytearray) -> None:
+        answered = 0
+        try:
+            client.settimeout(self.linger)
+            while True:
+                try:
+                    data = client.recv(65536)
+                except TimeoutError:
+                    data = None
+                if data == b"":
+                    return
+                if data:
+                    record += data
+                heads = bytes(record).count(b"\r\n\r\n")
+                if data is None and heads > answered:
+                    for _ in range(heads - answered):
+                        client.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n")
+                    answered = heads
+                client.settimeout(self.linger if heads > answered else 30)
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        self.stopped = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
 # --- the front servers --------------------------------------------------------------------------
 
 
@@ -312,7 +385,10 @@ class Nginx(FrontServer):
         block, self.source = config_block("gate-nginx.conf")
         replacements = _replacements(ollama_port, gate_port, cert, key)
         replacements["listen 443 ssl;"] = f"listen 127.0.0.1:{self.port} ssl;"
-        site = substitute(block, replacements)
+        self._run(binary, substitute(block, replacements))
+
+    def _run(self, binary: str, site: str) -> None:
+        directory = self.directory
         (directory / "ollama.conf").write_text(site)
         self.log_file = directory / "error.log"
         temp = {kind: directory / kind for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
@@ -334,6 +410,88 @@ class Nginx(FrontServer):
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(directory / "stderr.log", "w"),
         )
         wait_for_port(self.port, self.process, "nginx", self.log_file)
+
+
+# ingress-nginx's external-auth directives, as its controller renders them from
+# rootfs/etc/nginx/template/nginx.tmpl (kubernetes/ingress-nginx at dbb11b92, lines cited)
+# for an Ingress with the README's annotations. Only what the template sets is here;
+# its Lua balancer, caches and snippets are left out (they touch neither the auth
+# request's headers nor what reaches Ollama).
+INGRESS_AUTH_PATH = "/_external-auth-Lw-Prefix"  # template.go buildAuthLocation: base64url(path) and pathType
+
+
+def ingress_nginx_site(port: int, cert: Path, key: Path, ollama_port: int, gate_url: str, response_headers: list[str],
+                       auth_method: str | None = None) -> str:
+    annotation_method = (
+        # nginx.tmpl 1050-1054: only with nginx.ingress.kubernetes.io/auth-method
+        f"        proxy_method                {auth_method};\n"
+        "        proxy_set_header            X-Original-URI          $request_uri;\n"
+        "        proxy_set_header            X-Scheme                $scheme;\n"
+    ) if auth_method else ""
+    # template.go buildAuthResponseHeaders (599-617), for nginx.ingress.kubernetes.io/auth-response-headers
+    copied = "".join(
+        f"        auth_request_set $authHeader{i} $upstream_http_{name.lower().replace('-', '_')};\n"
+        f"        proxy_set_header '{name}' $authHeader{i};\n"
+        for i, name in enumerate(response_headers)
+    )
+    return (
+        f"upstream ollama {{\n    server 127.0.0.1:{ollama_port};\n}}\n\n"
+        "server {\n"
+        f"    listen 127.0.0.1:{port} ssl;\n"
+        f"    server_name {SERVER_NAME};\n"
+        f"    ssl_certificate     {cert};\n"
+        f"    ssl_certificate_key {key};\n"
+        f"    location = {INGRESS_AUTH_PATH} {{\n"  # nginx.tmpl 1007
+        "        internal;\n"
+        # nginx.tmpl 1044-1048
+        "        proxy_intercept_errors      off;\n"
+        "        proxy_pass_request_body     off;\n"
+        "        proxy_set_header            Content-Length          \"\";\n"
+        "        proxy_set_header            X-Forwarded-Proto       \"\";\n"
+        "        proxy_set_header            X-Request-ID            $request_id;\n"
+        + annotation_method +
+        # nginx.tmpl 1056-1065: Host is the auth-url's; the rest always
+        "        proxy_set_header            Host                    ollama-gate.ollama.svc;\n"
+        "        proxy_set_header            X-Original-URL          $scheme://$http_host$request_uri;\n"
+        "        proxy_set_header            X-Original-Method       $request_method;\n"
+        "        proxy_set_header            X-Sent-From             \"nginx-ingress-controller\";\n"
+        "        proxy_set_header            X-Real-IP               $remote_addr;\n"
+        "        proxy_set_header            X-Forwarded-For        $remote_addr;\n"
+        "        proxy_set_header            X-Auth-Request-Redirect $request_uri;\n"  # nginx.tmpl 1070
+        "        proxy_buffering                         off;\n"
+        "        proxy_ssl_server_name       on;\n"
+        "        proxy_pass_request_headers  on;\n"  # nginx.tmpl 1086: the client's headers go to the gate
+        "        proxy_http_version 1.1;\n"  # nginx.tmpl 1122
+        f"        set $target {gate_url};\n"
+        "        proxy_pass $target;\n"  # nginx.tmpl 1123-1125
+        "    }\n"
+        "    location / {\n"
+        f"        auth_request        {INGRESS_AUTH_PATH};\n"  # nginx.tmpl 1236-1238
+        "        auth_request_set    $auth_cookie $upstream_http_set_cookie;\n"
+        "        add_header          Set-Cookie $auth_cookie;\n"
+        + copied +
+        "        proxy_http_version 1.1;\n"
+        "        proxy_buffering off;\n"
+        "        proxy_pass http://ollama;\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+class IngressNginx(Nginx):
+    """Real nginx running ingress-nginx's external-auth directives (see ingress_nginx_site)."""
+
+    name = "ingress-nginx"
+
+    def __init__(self, directory: Path, ca, ollama_port: int, gate_port: int, response_headers: list[str],
+                 auth_method: str | None = None) -> None:
+        binary = find_binary("nginx")
+        directory.mkdir()
+        cert, key = issue_certificate(ca, directory, SERVER_NAME)
+        FrontServer.__init__(self, directory, ca.ca_file, free_port())
+        self.source = "ingress-nginx's nginx.tmpl"
+        self._run(binary, ingress_nginx_site(self.port, cert, key, ollama_port, f"http://127.0.0.1:{gate_port}/_gate",
+                                             response_headers, auth_method))
 
 
 class Caddy(FrontServer):

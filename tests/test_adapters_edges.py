@@ -135,6 +135,7 @@ def pipe_body(_):
 
 @pytest.mark.parametrize("make", [lambda _: generator_body(), file_body, pipe_body, lambda _: io.BytesIO(PAYLOAD), lambda _: PAYLOAD],
                          ids=["generator", "file", "pipe", "bytesio", "bytes"])
+@pytest.mark.process
 def test_requests_retries_a_401_with_the_same_body(keyed, tmp_path, make):
     with Registry() as registry:
         response = session().put(f"http://{registry.host}/v2/x/blobs/uploads/1", data=make(tmp_path), timeout=10)
@@ -143,6 +144,7 @@ def test_requests_retries_a_401_with_the_same_body(keyed, tmp_path, make):
     assert registry.uploads() == [PAYLOAD, PAYLOAD]  # the first try and the retry, byte for byte
 
 
+@pytest.mark.process
 def test_requests_an_unreadable_body_is_a_helper_error_before_sending(keyed):
     class Broken:
         def read(self, *args):
@@ -167,6 +169,7 @@ def reset(conn, head):
     conn.close()  # RST: "connection reset by peer"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("library", ["requests", "httpx", "httpx2"])
 def test_a_reset_exchange_releases_its_claim_at_once(keyed, library):
     with Registry(token_script=reset) as registry:
@@ -223,6 +226,7 @@ def test_a_signed_request_to_a_loopback_api_never_goes_through_http_proxy(keyed,
     assert len(standin.signed_requests) == 1
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("library", ["httpx", "httpx2", "requests"])
 def test_a_token_for_a_loopback_registry_never_goes_through_http_proxy(keyed, monkeypatch, library):
     with Registry() as registry, ConnectProxy() as proxy:
@@ -248,6 +252,7 @@ def always_refusing(conn, head):
     reply("401 Unauthorized", b"", {"WWW-Authenticate": challenge})(conn, head)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("library", ADAPTERS)
 def test_async_flow_never_authenticates_toward_a_host_a_redirect_led_to(keyed, library):
     module, lib = ADAPTERS[library]
@@ -262,6 +267,7 @@ def test_async_flow_never_authenticates_toward_a_host_a_redirect_led_to(keyed, l
         assert len(elsewhere.requests) == 1  # no token request, no retry there
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("declared", [True, False])
 @pytest.mark.parametrize("library", ADAPTERS)
 def test_sync_httpx_token_response_is_size_capped(keyed, library, declared):
@@ -279,6 +285,7 @@ def test_sync_httpx_token_response_is_size_capped(keyed, library, declared):
                 client.get(f"http://{registry.host}/v2/x/manifests/latest")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("library", ["httpx", "requests"])
 def test_a_redirected_token_response_is_an_error(keyed, library):
     with ScriptedServer(reply("200 OK", json.dumps({"token": TOKEN}).encode())) as elsewhere:
@@ -294,6 +301,7 @@ def test_a_redirected_token_response_is_an_error(keyed, library):
         assert all(b"authorization" not in head.lower() for head in elsewhere.requests)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("library", ["httpx", "httpx2", "requests"])
 def test_the_adapters_timeout_bounds_the_token_request(keyed, library):
     with Registry(token_script=silent) as registry:
@@ -311,6 +319,7 @@ def test_the_adapters_timeout_bounds_the_token_request(keyed, library):
     assert elapsed < 5, elapsed
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("library", ["httpx", "requests"])
 def test_a_finished_exchange_wakes_waiters_in_other_threads(public_line, keyed, library):
     with StandIn(exchange_delay=1.0) as slow:
@@ -344,6 +353,7 @@ def test_a_finished_exchange_wakes_waiters_in_other_threads(public_line, keyed, 
 # --- requests specifics -----------------------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_requests_honours_the_callers_verify_for_the_token_request(keyed, tmp_path, public_line):
     ca = CertificateAuthority(tmp_path)
     with StandIn(tls_context=ca.server_context([], ["127.0.0.1"])) as server:
@@ -355,6 +365,7 @@ def test_requests_honours_the_callers_verify_for_the_token_request(keyed, tmp_pa
             session().get(url, timeout=10)  # the system trust store does not know the CA
 
 
+@pytest.mark.process
 def test_requests_finds_the_bearer_challenge_in_a_second_www_authenticate_field(keyed):
     with Registry(extra_challenge='Basic realm="legacy"') as registry:
         response = session().get(f"http://{registry.host}/v2/x/manifests/latest", timeout=10)
@@ -389,6 +400,7 @@ class _To(httpx.HTTPTransport):
 
 @pytest.mark.parametrize("name, allowed", [("registry.ollama.ai", True), ("ollama.com", True), ("api.ollama.com", True),
                                            ("evil.test", False), ("ollama.com.evil.test", False)])
+@pytest.mark.process
 def test_the_api_key_is_retried_only_toward_allowed_hosts(keyed, tmp_path, monkeypatch, name, allowed):
     api_key = "sk-test-api-key-0123456789"
     monkeypatch.setenv("OLLAMA_API_KEY", api_key)

@@ -91,6 +91,7 @@ def test_reprs_never_show_secrets(standin, keys, tmp_path):
     assert private_pem not in repr(identity)
 
 
+@pytest.mark.process
 def test_public_names_resolve_lazily():
     assert set(credential_helper.__all__) >= {"get_token", "sign_request", "load_identity", "TokenCache", "HelperError"}
     with pytest.raises(AttributeError):

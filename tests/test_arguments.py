@@ -28,6 +28,7 @@ def test_sign_reads_a_non_ascii_argument_as_utf8_in_any_locale(run, env, c_local
     assert result.json()["url"].startswith("https://127.0.0.1/%C3%A9?q=%C3%BC&ts=")
 
 
+@pytest.mark.process
 def test_the_c_locale_really_gives_surrogates(c_locale):
     """The control: the environment above does make Python decode arguments as ASCII."""
     import subprocess

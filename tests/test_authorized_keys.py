@@ -266,6 +266,7 @@ def test_huge_lines_are_skipped_not_parsed():
 # --- fingerprints, checked with ssh-keygen --------------------------------------------------
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
 @pytest.mark.parametrize("name", ["ed25519-a", "ed25519-b", "ed25519-encrypted"])
 def test_fingerprint_is_what_ssh_keygen_prints(name):

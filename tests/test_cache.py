@@ -44,6 +44,7 @@ def challenge(server, scope: str = "repository:library/x:pull") -> str:
 # --- single flight -----------------------------------------------------------------
 
 
+@pytest.mark.process
 def test_sixteen_concurrent_callers_make_one_exchange(env, public_line):
     with StandIn(exchange_delay=0.5) as server:
         server.authorize(public_line("ed25519-a"))

@@ -37,6 +37,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
+@pytest.mark.process
 def test_quick_start_demo_runs_the_full_flow(env):
     demo_command = shell_blocks_after("## Quick start")[0]
     assert demo_command.endswith("python -m credential_helper.demo")
@@ -67,6 +68,7 @@ def key_only_environment(tmp_path, keys) -> dict[str, str]:
     }
 
 
+@pytest.mark.process
 def test_provider_example_runs_as_written(tmp_path, keys, public_line):
     script = tmp_path / "provider.py"
     script.write_text(provider_example())
@@ -83,6 +85,7 @@ def test_provider_example_runs_as_written(tmp_path, keys, public_line):
     assert "account: provider-user" in done.stdout
 
 
+@pytest.mark.process
 def test_provider_example_never_carries_the_token_through_a_redirect(tmp_path, keys, public_line):
     """The example's own functions, run verbatim: a registry that redirects the
     authenticated retry to another host must not hand that host the token."""
@@ -126,11 +129,13 @@ def _man_synopsis(command: str) -> str:
     return block.split(".PP", 1)[0]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("command", COMMANDS)
 def test_man_synopsis_matches_help_for_each_command(command):
     assert _options(_man_synopsis(command)) == _options(_help([command])) - {"--help"}
 
 
+@pytest.mark.process
 def test_man_documents_every_option_and_command():
     options_section = MAN.split(".SH OPTIONS", 1)[1].split(".SH", 1)[0]
     every = set().union(*(_options(_help([c])) for c in COMMANDS), _options(_help([])))
@@ -146,6 +151,7 @@ def test_man_page_has_the_required_sections():
     assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"]
 
 
+@pytest.mark.process
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_man_page_is_warning_free():
     done = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True)
@@ -168,6 +174,7 @@ def test_every_client_has_a_tested_example():
     assert sorted(CLIENT_EXAMPLES) == sorted(EXPECTED_OUTPUT)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
 def test_client_example_runs_as_written(tmp_path, keys, public_line, name):
     script = tmp_path / f"example_{name}.py"  # not httpx.py: it would shadow the library

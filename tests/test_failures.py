@@ -18,7 +18,7 @@ import pytest
 from conftest import assert_one_line_error
 from credential_helper import cli
 from credential_helper.standin import StandIn
-from faults import CertificateAuthority, ScriptedServer, endless_body, reply, silent, slow_drip
+from faults import CertificateAuthority, ScriptedServer, drip_until_close, endless_body, reply, silent, slow_drip
 
 API_KEY = "sk-live-0123456789abcdef-SECRET"
 KNOWN_TOKEN = "tok-KNOWN-abcdef0123456789"
@@ -147,6 +147,18 @@ def test_slow_drip_is_bounded_by_the_whole_exchange_timeout(run, secret_env):
         elapsed = time.monotonic() - started
     assert_one_line_error(result, 4)
     assert elapsed < 2 + 1.5
+
+
+def test_a_body_dripped_until_close_is_bounded_by_the_timeout(run, secret_env):
+    # Issue 21: the cut-off timer found no socket to close once http.client had
+    # handed the socket to the response (a body delimited by close): --timeout 1 took 6 s.
+    with ScriptedServer(drip_until_close) as server:
+        started = time.monotonic()
+        result = run(["get", "--no-cache", "--timeout", "1"], server.realm_challenge(), environment=secret_env)
+        elapsed = time.monotonic() - started
+    assert_one_line_error(result, 4)
+    assert "timed out" in result.err
+    assert elapsed < 1 + 1.5
 
 
 def test_dns_failure_names_the_host(run, secret_env):

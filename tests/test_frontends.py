@@ -23,7 +23,7 @@ from credential_helper.client import sign_request
 from credential_helper.identity import load_identity
 from credential_helper.standin import REPLY_WORDS
 from faults import CertificateAuthority
-from frontends import Caddy, Gate, Nginx, Relay
+from frontends import SERVER_NAME, Caddy, Gate, IngressNginx, Nginx, RawUpstream, Relay, free_port
 
 FRONTS = {"nginx": Nginx, "caddy": Caddy}
 # What a stand-in "model" streams here: 12 words 60 ms apart, about 0.7 s in all.
@@ -209,7 +209,7 @@ def test_a_refused_request_shows_the_gates_reason_and_never_reaches_ollama(chain
     chain.assert_nothing_reached_ollama()
 
 
-@pytest.mark.parametrize("family", ["nginx-names", "caddy-names", "both"])
+@pytest.mark.parametrize("family", ["nginx-names", "caddy-names", "ingress-names", "both"])
 def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
     """bob holds a valid signature for GET /api/tags and asks for POST /api/chat while
     claiming, in the headers the front server uses for the gate, to ask for /api/tags."""
@@ -220,6 +220,8 @@ def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
         claim.update({"X-Original-Method": "GET", "X-Original-URI": granted})
     if family in ("caddy-names", "both"):
         claim.update({"X-Forwarded-Method": "GET", "X-Forwarded-Uri": granted})
+    if family in ("ingress-names", "both"):
+        claim.update({"X-Original-Method": "GET", "X-Original-URL": f"https://{SERVER_NAME}{granted}"})
     status, _, body = chain.front.request("POST", f"/api/chat?{chat_ts_query}", {"Authorization": authorization, **claim}, b'{"model": "m"}')
     assert status in (400, 401, 403), (status, body)
     assert set(json.loads(body)) == {"error", "status"}
@@ -230,7 +232,7 @@ def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
     spoofed = [head for head in chain.relay.heads() if head.get("authorization") == [authorization]]
     assert len(spoofed) == 1, chain.relay.heads()
     assert spoofed[0].get(own[0]) == ["POST"] and spoofed[0].get(own[1]) == [f"/api/chat?{chat_ts_query}"], spoofed[0]
-    assert other[0] not in spoofed[0] and other[1] not in spoofed[0], spoofed[0]
+    assert other[0] not in spoofed[0] and other[1] not in spoofed[0] and "x-original-url" not in spoofed[0], spoofed[0]
     # The same signature is good for what it signs: the refusal above was the target's.
     assert chain.front.request("GET", granted, {"Authorization": authorization})[0] == 200
     assert chain.ollama.unverified_requests == [("GET", granted)]
@@ -256,3 +258,242 @@ def test_with_the_gate_down_nothing_is_forwarded(chain):
     status, _, body = chain.front.request("POST", target, {"Authorization": authorization}, b'{"model": "m"}')
     assert status in (500, 502, 503), (status, body)
     chain.assert_nothing_reached_ollama()
+
+
+# --- ingress-nginx's directives in real nginx (issue 19 item 1) --------------------------------
+
+# The annotations the README gives: the gate's two names, and Authorization, which the
+# gate never sends, so ingress-nginx sets it empty and nginx drops it before Ollama.
+INGRESS_RESPONSE_HEADERS = ["X-Ollama-User", "X-Ollama-Key", "Authorization"]
+
+
+@pytest.fixture(params=[None, "GET"], ids=["default", "auth-method-GET"])
+def ingress(request, tmp_path, env, keys, authorized_keys, local_ollama):
+    gate = Gate(authorized_keys, env)
+    relay = Relay(gate.port)
+    front = None
+    try:
+        front = IngressNginx(tmp_path / "ingress", CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port,
+                             INGRESS_RESPONSE_HEADERS, auth_method=request.param)
+        yield Chain(front, gate, relay, local_ollama, keys)
+    finally:
+        if front is not None:
+            front.stop()
+        relay.stop()
+        gate.stop()
+
+
+def test_ingress_nginx_a_client_sent_x_original_uri_cannot_claim_a_granted_path(ingress):
+    """bob (granted /api/tags) signs GET /api/tags and asks for GET /api/ps, adding the
+    X-Original-URI that ingress-nginx does not set by default (it sends X-Original-URL)."""
+    granted, authorization = ingress.signed("GET", "/api/tags", key="ed25519-b")
+    ps = "/api/ps?" + granted.split("?", 1)[1]
+    status, _, body = ingress.front.request("GET", ps, {"Authorization": authorization, "X-Original-URI": granted})
+    assert status in (400, 401, 403, 500), (status, body)
+    ingress.assert_nothing_reached_ollama()
+    # What the gate was asked, on the wire: ingress-nginx's own URL and method for /api/ps.
+    asked = [head for head in ingress.relay.heads() if head.get("authorization") == [authorization]]
+    assert len(asked) == 1 and asked[0]["x-original-url"] == [f"https://{ingress.front.base.split('://')[1]}{ps}"], asked
+    assert asked[0]["x-original-method"] == ["GET"] and asked[0]["x-sent-from"] == ["nginx-ingress-controller"]
+    # The same client-sent header with an honest request: admitted, as bob, without the signature.
+    status, _, body = ingress.front.request("GET", granted, {"Authorization": authorization, "X-Original-URI": granted})
+    assert status == 200 and json.loads(body)["models"], (status, body)
+    seen = ingress.upstream_headers()
+    assert seen["x-ollama-user"] == ["bob"] and "authorization" not in seen, seen
+
+
+def test_ingress_nginx_refuses_and_admits_as_the_gate_decides(ingress, tmp_path):
+    target, authorization = ingress.signed("POST", "/api/chat", key="ed25519-b")
+    status, _, _ = ingress.front.request("POST", target, {"Authorization": authorization, "X-Ollama-User": "root"}, b'{"model": "m"}')
+    assert status == 403
+    ingress.assert_nothing_reached_ollama()
+    target, authorization = ingress.signed("POST", "/api/chat")
+    status, lines = ingress.front.stream("POST", target, {"Authorization": authorization, **FORGED}, b'{"model": "m", "messages": []}')
+    assert status == 200 and json.loads(lines[-1][1])["done"]
+    seen = ingress.upstream_headers()
+    assert seen["x-ollama-user"] == ["alice"] and seen["x-ollama-key"] == [fingerprint(ingress.keys / "ed25519-a.pub")]
+    assert "authorization" not in seen
+    # names with "_" are dropped (ingress-nginx's enable-underscores-in-headers is false by default)
+    assert len(_identity_fields(ingress.ollama.request_headers[-1])) == 2, ingress.ollama.request_headers[-1]
+
+
+# --- what reaches Ollama at all (issue 19 item 6) ----------------------------------------------
+
+# Every spelling of the gate's names a client can send: nginx drops names with "_";
+# Caddy passes them, and Go rewrites their case (X-Ollama_user, X_ollama-User, ...).
+FORGED = {
+    "x-OLLAMA-user": "root", "X-Ollama_User": "root", "X_Ollama-User": "root", "x_ollama_user": "root",
+    "X-OLLAMA-KEY": "SHA256:forged", "X-Ollama_Key": "SHA256:forged", "X_OLLAMA-key": "SHA256:forged", "X_Ollama_Key": "SHA256:forged",
+}
+
+
+def _identity_fields(headers) -> list[tuple[str, str]]:
+    """Every field a server reading '_' as '-' (and any case) would take for the gate's names."""
+    return [(name, value) for name, value in headers if name.lower().replace("_", "-") in ("x-ollama-user", "x-ollama-key")]
+
+
+def test_no_client_spelling_of_the_identity_headers_reaches_ollama(chain, keys):
+    target, authorization = chain.signed("POST", "/api/chat")
+    status, _ = chain.front.stream("POST", target, {"Authorization": authorization, **FORGED}, b'{"model": "m", "messages": []}')
+    assert status == 200
+    fields = _identity_fields(chain.ollama.request_headers[-1])
+    assert sorted((name.lower(), value) for name, value in fields) == [
+        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")), ("x-ollama-user", "alice")], fields
+
+
+@pytest.fixture(params=sorted(FRONTS))
+def bare(request, tmp_path, env, keys, authorized_keys):
+    """A front server before the gate and a raw recorder standing in for Ollama."""
+    gate = Gate(authorized_keys, env)
+    upstream = RawUpstream()
+    front = None
+    try:
+        front = FRONTS[request.param](tmp_path / request.param, CertificateAuthority(tmp_path), upstream.port, gate.port)
+        yield front, upstream, gate
+    finally:
+        if front is not None:
+            front.stop()
+        upstream.stop()
+        gate.stop()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_unsigned_health_check_carries_no_body_and_no_forged_header_to_ollama(bare, framing):
+    front, upstream, _ = bare
+    secret = b'{"model": "m", "prompt": "carried by an unsigned HEAD"}'
+    if framing == "chunked":
+        body, extra = iter([secret]), {"Transfer-Encoding": "chunked"}
+    else:
+        body, extra = secret, {}
+    connection = front.connection()
+    try:
+        connection.request("HEAD", "/", body=body, headers={**FORGED, **extra, "Content-Type": "application/json"},
+                           encode_chunked=framing == "chunked")
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    finally:
+        connection.close()
+    time.sleep(SETTLE + upstream.linger)
+    heads = upstream.heads()
+    assert len(heads) == 1, upstream.everything()
+    line, fields = heads[0]
+    assert line.split()[1] == "/", line
+    # nothing after the one head: no body, no chunk
+    assert upstream.everything().count(b"\r\n\r\n") == 1 and upstream.everything().endswith(b"\r\n\r\n"), upstream.everything()
+    names = {name.lower() for name, _ in fields}
+    assert not names & {"content-length", "transfer-encoding"}, fields
+    assert _identity_fields(fields) in ([], [("X-Ollama-User", "-")]), fields
+    assert not any("{" in value for _, value in fields), f"a placeholder reached Ollama: {fields}"
+
+
+def test_a_signed_heartbeat_and_a_signed_request_carry_no_placeholder(bare, keys):
+    front, upstream, _ = bare
+    for method, path in (("HEAD", "/"), ("GET", "/api/tags")):
+        done = sign_request(method, front.base + path, identity=str(keys / "ed25519-a"))
+        target = urlsplit(done.url)
+        status, _, _ = front.request(method, f"{target.path}?{target.query}", {"Authorization": done.authorization, **FORGED})
+        assert status == 200
+    time.sleep(SETTLE + upstream.linger)
+    heads = upstream.heads()
+    assert [line.split()[1].split("?")[0] for line, _ in heads] == ["/", "/api/tags"], heads
+    for _, fields in heads:
+        assert not any("{" in value for _, value in fields), f"a placeholder reached Ollama: {fields}"
+        assert "authorization" not in {name.lower() for name, _ in fields}
+    assert sorted((name.lower(), value) for name, value in _identity_fields(heads[1][1])) == [
+        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")), ("x-ollama-user", "alice")]
+
+
+# --- when the gate or Ollama does not answer (issue 19 item 10) --------------------------------
+
+
+def _down_answers(front, signed) -> dict[str, tuple[int, dict]]:
+    answers = {}
+    for path in ("/api/tags", "/v1/models"):
+        target, authorization = signed("GET", path)
+        status, headers, body = front.request("GET", target, {"Authorization": authorization})
+        assert headers.get("content-type", "").startswith("application/json"), (path, status, headers, body)
+        answers[path] = (status, json.loads(body))
+    return answers
+
+
+def _assert_names(answers: dict[str, tuple[int, dict]], cause: str) -> None:
+    # Ollama's own shape on /api/ (api/client.go reads "error"; "status" would print it twice),
+    # OpenAI's on /v1/ (openai/openai.go NewError: message, type, param, code).
+    status, shown = answers["/api/tags"]
+    assert status == 502 and set(shown) == {"error"} and cause in shown["error"], answers
+    status, shown = answers["/v1/models"]
+    assert status == 502 and set(shown) == {"error"} and cause in shown["error"]["message"], answers
+    assert shown["error"]["type"] == "api_error" and shown["error"]["param"] is None and shown["error"]["code"] is None
+
+
+def test_with_the_gate_down_the_answer_names_the_gate_in_each_clients_shape(chain):
+    chain.gate.stop()
+    _assert_names(_down_answers(chain.front, chain.signed), "authentication gate did not answer")
+    chain.assert_nothing_reached_ollama()
+
+
+@pytest.mark.parametrize("front_name", sorted(FRONTS))
+def test_with_ollama_down_the_answer_names_ollama_in_each_clients_shape(tmp_path, env, keys, authorized_keys, front_name):
+    gate = Gate(authorized_keys, env)
+    front = None
+    try:
+        dead = free_port()  # nothing listens there
+        front = FRONTS[front_name](tmp_path / front_name, CertificateAuthority(tmp_path), dead, gate.port)
+        chain = Chain(front, gate, None, None, keys)
+        _assert_names(_down_answers(front, chain.signed), "Ollama server behind this front server did not answer")
+    finally:
+        if front is not None:
+            front.stop()
+        gate.stop()
+
+
+@pytest.fixture
+def pinned_dns(monkeypatch):
+    """SERVER_NAME resolves to 127.0.0.1 in this process (the clients below look it up)."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == SERVER_NAME else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.parametrize("front_name", sorted(FRONTS))
+def test_the_clients_show_which_hop_is_down(tmp_path, env, keys, authorized_keys, pinned_dns, front_name):
+    """ollama-python and openai-python, signing with OllamaAuth, through a front whose
+    Ollama is down, then whose gate is down: each exception names the hop."""
+    import ssl
+
+    import httpx
+    import ollama
+    import openai
+
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    gate = Gate(authorized_keys, env)
+    front = None
+    try:
+        front = FRONTS[front_name](tmp_path / front_name, CertificateAuthority(tmp_path), free_port(), gate.port)
+        trust = ssl.create_default_context(cafile=str(front.ca_file))
+
+        def shown() -> tuple[str, str]:
+            auth = OllamaAuth(api_base=front.base, identity=keys / "ed25519-a")
+            with pytest.raises(ollama.ResponseError) as ollama_error:
+                ollama.Client(host=front.base, auth=auth, verify=trust, timeout=30).list()
+            with httpx.Client(auth=auth, verify=trust, timeout=30) as http, pytest.raises(openai.APIStatusError) as openai_error:
+                openai.OpenAI(base_url=f"{front.base}/v1", api_key="unused", http_client=http, max_retries=0).models.list()
+            assert ollama_error.value.status_code == 502 and openai_error.value.status_code == 502
+            return str(ollama_error.value), str(openai_error.value)
+
+        for text in shown():
+            assert "Ollama server behind this front server did not answer" in text, text
+        gate.stop()
+        for text in shown():
+            assert "authentication gate did not answer" in text, text
+    finally:
+        if front is not None:
+            front.stop()
+        gate.stop()

@@ -91,6 +91,7 @@ def isolated(env, monkeypatch):
     return env
 
 
+@pytest.mark.process
 @FUZZ
 @given(body=token_bodies)
 def test_any_token_response_ends_in_0_1_or_4(isolated, monkeypatch, capsys, body):

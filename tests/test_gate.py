@@ -87,6 +87,7 @@ def recorded(tmp_path):
             gate_.close()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("vector", POSITIVES, ids=[v["name"] for v in POSITIVES])
 def test_ollamas_own_requests_are_admitted_at_their_ts_and_forwarded_without_the_signature(recorded, vector):
     gate_, ollama, clock = recorded
@@ -102,6 +103,7 @@ def test_ollamas_own_requests_are_admitted_at_their_ts_and_forwarded_without_the
     assert names["host"] == ollama.host
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("vector", POSITIVES[:6], ids=[v["name"] for v in POSITIVES[:6]])
 @pytest.mark.parametrize("offset", [301, -301])
 def test_the_same_requests_one_skew_window_away_are_refused(recorded, vector, offset):
@@ -112,6 +114,7 @@ def test_the_same_requests_one_skew_window_away_are_refused(recorded, vector, of
     assert ollama.requests == []
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("vector", NEGATIVES, ids=[f"{v['why']}-{i}" for i, v in enumerate(NEGATIVES)])
 def test_the_recorded_negatives_are_refused_and_never_forwarded(recorded, vector):
     gate_, ollama, clock = recorded
@@ -364,6 +367,7 @@ def test_auth_only_answers_204_with_who_and_refuses_disagreeing_header_families(
     assert any(line.startswith("POST /api/chat 204 0B ") and line.endswith(" bob") for line in log), log
 
 
+@pytest.mark.process
 def test_ollamaauth_warns_once_when_the_default_key_signs_for_another_host(monkeypatch, home, local_ollama, keys):
     import warnings
 
@@ -397,6 +401,7 @@ def test_an_unsigned_head_slash_is_a_health_check_only_without_a_body(tmp_path, 
     assert len(ollama.requests) == 1
 
 
+@pytest.mark.process
 def test_client_copies_of_what_the_gate_asserts_never_reach_ollama(recorded):
     gate_, ollama, clock = recorded
     vector = POSITIVES[0]

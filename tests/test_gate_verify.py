@@ -16,13 +16,12 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import asset, load_vectors
 from credential_helper.serve.authorized_keys import fingerprint, parse
+from credential_helper.serve.forwarded import authorization_header, forwarded_request
 from credential_helper.serve.verify import (
     HEALTH_CHECK_NAME,
     Admitted,
     Refused,
-    authorization_header,
     canonical_path_problem,
-    forwarded_request,
     verify,
 )
 

@@ -284,6 +284,7 @@ def test_whoami_never_echoes_the_signature_to_stderr(run, env, layout):
     assert_secret_absent(result.err, captured[0])
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("layout", ECHOES.values(), ids=ECHOES.keys())
 def test_whoami_with_the_api_key_raises_nothing_that_carries_it(env, tmp_path, monkeypatch, layout):
     """In-process: str(), repr() and args of the exception are secret-free."""
@@ -687,6 +688,7 @@ def test_an_explicit_port_is_sent_in_host_exactly_as_written(run, env, standin_o
     assert server.hosts_seen[-1] == "127.0.0.1:443"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("layout", [status_line(403, "raw"), body_echo("percent"), location_echo("json"), malformed_status], ids=["reason", "body", "location", "status-line"])
 def test_get_token_raises_nothing_that_carries_the_signature(keys, layout):
     """In-process: str(), repr() and args of the exception are secret-free."""

@@ -492,6 +492,45 @@ def test_grace_bounds_the_wait_on_stop(public_line, start_proxy):
     assert any("still in flight after 1s" in line for line in proxy.log), proxy.log
 
 
+def test_an_answer_head_trickled_byte_by_byte_is_bounded_by_the_timeout(start_proxy):
+    # Issue 21: --timeout bounded each gap between bytes, so an upstream that sent
+    # its answer head one byte at a time was never timed out.
+    def trickle(conn: socket.socket, head: bytes) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 200:
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                return
+            time.sleep(0.2)
+
+    with ScriptedServer(trickle) as upstream:
+        proxy = start_proxy("--upstream", f"http://{upstream.host}", "--timeout", "1")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as sock:
+            started = time.monotonic()
+            send(sock, proxy, "GET", "/api/tags")
+            response = read_response(sock)
+            took = time.monotonic() - started
+    assert response.status == 504 and took < 3, (response.status, took)
+
+
+def test_no_new_connection_is_accepted_once_a_stop_begins(public_line, start_proxy):
+    # Issue 21: the listening socket stayed open through the grace period, so the
+    # kernel accepted connections that were never served, then reset them at exit.
+    with StandIn(chunk_delay=1.0) as slow:
+        slow.authorize(public_line("ed25519-a"))
+        slow.stream_chunks = 60
+        proxy = start_proxy("--upstream", slow.base_url, "--grace", "5")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            send(sock, proxy, "POST", "/api/chat", b'{"stream": true}')
+            sock.recv(100)
+            proxy.process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # the stop has begun; the stream is still in its grace period
+            assert proxy.process.poll() is None
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=5).close()
+        proxy.stop(signal.SIGTERM, timeout=15)
+
+
 @pytest.mark.parametrize("content, mode", [("och-short", 0o600), ("och-" + "x" * 40, 0o644)])
 def test_a_token_file_too_short_or_not_private_is_refused(upstream, run, proxy_env, tmp_path, content, mode):
     directory = tmp_path / "config" / "ollama-credential-helper"

@@ -264,6 +264,7 @@ def test_windows_listening_socket_is_exclusive_never_reuseaddr(monkeypatch):
     assert all(option not in (socket.SO_REUSEADDR, 4) for _, option, _ in sock.options)
 
 
+@pytest.mark.process
 def test_posix_listening_socket_reuses_address():
     with socket.socket() as sock:
         system.Posix(None).prepare_listening_socket(sock)
@@ -366,6 +367,7 @@ def windows_cache(windows_env) -> str:
     return os.path.join(windows_env["LOCALAPPDATA"], "ollama-credential-helper")
 
 
+@pytest.mark.process
 def test_the_simulation_is_in_force(windows_env):
     probe = (
         "import os, sys, credential_helper.system as s\n"
@@ -386,6 +388,7 @@ def test_simulated_windows_get_caches_in_localappdata(run, windows_env, standin)
     assert len(entry_names(windows_cache(windows_env))) == 1
 
 
+@pytest.mark.process
 def test_simulated_windows_single_flight_across_processes(windows_env, public_line):
     # Break caught: try_lock returning None on Windows (no lock: 16 exchanges).
     with StandIn(exchange_delay=0.5) as server:
@@ -435,6 +438,7 @@ def _limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64))  # a key is ~400 bytes: the write fails
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("simulated", [False, True], ids=["posix", "windows"])
 def test_key_generate_on_a_full_disk_leaves_no_key_file(env, windows_env, tmp_path, simulated):
     # Break caught: writing the key in place (a 64-byte id_ed25519 is left behind).
@@ -564,6 +568,7 @@ SOCKET_SIMULATION = textwrap.dedent(
 )
 
 
+@pytest.mark.process
 def test_simulated_windows_proxy_starts_serves_and_stops_on_ctrl_c(windows_env, tmp_path, public_line):
     """Issue 16: the proxy's token file under %APPDATA%, an exclusive listening
     socket, and a drain on Ctrl+C (SIGINT) on Windows, with POSIX facilities gone."""

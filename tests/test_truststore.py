@@ -110,6 +110,7 @@ def succeeded(path: str, completed: subprocess.CompletedProcess) -> bool:
 PATHS = ["get", "probe", "whoami", "doctor"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", PATHS)
 def test_a_ca_in_the_system_store_is_trusted_through_truststore(path, trusted, spied, public_line):
     # Break caught: tls_context returning ssl.create_default_context() (the spy sees nothing).
@@ -121,6 +122,7 @@ def test_a_ca_in_the_system_store_is_trusted_through_truststore(path, trusted, s
     assert used_truststore(log) >= 1
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", PATHS)
 def test_an_unknown_ca_is_refused(path, trusted, stranger, spied, public_line):
     # Break caught: a context with verify_mode CERT_NONE.
@@ -139,6 +141,7 @@ def test_an_unknown_ca_is_refused(path, trusted, stranger, spied, public_line):
     assert used_truststore(log) >= 1
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", ["get", "whoami"])
 def test_the_host_name_is_checked(path, trusted, spied, public_line):
     # Break caught: check_hostname = False on the context.
@@ -151,6 +154,7 @@ def test_the_host_name_is_checked(path, trusted, spied, public_line):
     assert "TLS failure" in completed.stderr and "127.0.0.1" in completed.stderr
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("path", ["get", "whoami"])
 def test_ssl_cert_file_wins(path, trusted, stranger, spied, public_line):
     # Break caught: ignoring SSL_CERT_FILE (truststore is used and the spy sees it).
@@ -189,6 +193,7 @@ def test_a_fifo_at_ssl_cert_file_is_still_refused(run, env, tmp_path):
     assert "SSL_CERT_FILE" in result.err
 
 
+@pytest.mark.process
 def test_a_cache_hit_imports_no_tls(env, public_line):
     # Break caught: importing truststore (or transport, or ssl) at the top of system.py or cache.py.
     with StandIn() as server:
@@ -247,6 +252,7 @@ def serve_through(kind: str, server: StandIn, environment: dict, tmp_path) -> tu
         process.communicate(timeout=20)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", ["proxy", "gate"])
 def test_the_proxys_and_gates_upstream_tls_goes_through_truststore(kind, trusted, stranger, spied, public_line, tmp_path):
     ca, capath = trusted

@@ -81,6 +81,7 @@ def test_identity_matches_reference(vector, keys):
     assert connect_url(identity, vector["hostname"]) == vector["connect_url"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("name", ["ed25519-a", "ed25519-b"])
 def test_public_key_and_fingerprint_match_ssh_keygen(name, keys):
     derived = subprocess.run(["ssh-keygen", "-y", "-f", str(keys / name)], capture_output=True, text=True, check=True)

@@ -15,11 +15,10 @@ import os
 import threading
 import time
 
-from .. import client, policy, protocol
+from .. import client, policy, protocol, tokens
 from ..cache import Entry, TokenCache
-from ..errors import InputError, NetworkError, RealmRefusedError, ServerRefusedError
+from ..errors import InputError, NetworkError, RealmRefusedError
 from ..identity import Identity, default_identity_path, parse_private_key
-from ..response import Response
 
 # The same bound as the CLI's transport: no token response is read past this.
 MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024
@@ -130,7 +129,7 @@ class KeylessCore:
             url = protocol.parse_url(url_text)
             policy.check_cleartext(url, "OLLAMA_API_KEY")
             policy.check_api_key_destination(url)
-            return url_text, None, f"Bearer {credential.api_key}"
+            return url_text, None, protocol.bearer(credential.api_key)
         url = protocol.parse_url(url_text)
         plan, authorization = client.sign_parsed(method, url, credential.identity)
         if not self._warned:
@@ -150,7 +149,7 @@ class KeylessCore:
             return None
         host = protocol.parse_url(url_text).host  # the host that answered: Ollama's cross-origin rule
         for value in www_authenticate:
-            if value.strip()[:7].lower() == "bearer ":
+            if protocol.is_bearer_challenge(value):
                 try:
                     challenge = protocol.parse_www_authenticate(value)
                 except InputError as exc:
@@ -217,21 +216,8 @@ class KeylessCore:
         except asyncio.TimeoutError:
             raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange") from None
 
-    def prepare_exchange(self, challenge, realm: protocol.URL, clock_offset: float) -> TokenCall:
-        request, authorization = client.prepare_exchange(challenge, realm, self.credential().identity, clock_offset)
-        return TokenCall(request.token_url, request.url.request_target, request.host_header, authorization)
-
-    def finish_exchange(self, key: str, realm: protocol.URL, call: TokenCall, answer: Response, attempt: int, note: str):
-        """A float: retry once with this clock offset. A str: the token (cached)."""
-        answer.secrets = (call.authorization,)
-        if attempt == 1:
-            skew = client.skew_to_correct(answer)
-            if skew is not None:
-                return skew
-        try:
-            exchanged = client.read_token_response(answer, realm.host)
-        except (NetworkError, ServerRefusedError) as exc:
-            raise client.with_note(exc, note) from None
+    def store(self, key: str, exchanged) -> str:
+        """Keep a fresh token in memory and, when enabled, in the disk cache."""
         entry = Entry(exchanged.token, exchanged.expires_at, exchanged.lifetime)
         with self._lock:
             self._tokens[key] = entry
@@ -262,16 +248,16 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
     if credential.api_key is not None:  # the CLI's fallback: only for an allowed host
         policy.check_api_key_destination(realm)
         core.check_not_proxied(url_text, "OLLAMA_API_KEY")
-        yield ("retry", f"Bearer {credential.api_key}")
+        yield ("retry", protocol.bearer(credential.api_key))
         return
     key = client.cache_key_for(challenge, credential.key_bytes)
     core.check_not_proxied(url_text, "a token")
     token, from_cache = yield from _obtain(core, key, challenge, realm)
-    status = yield ("retry", f"Bearer {token}")
+    status = yield ("retry", protocol.bearer(token))
     if status == 401 and from_cache:
         core.forget(key, token)
         token, _ = yield from _obtain(core, key, challenge, realm)
-        yield ("retry", f"Bearer {token}")
+        yield ("retry", protocol.bearer(token))
 
 
 def _obtain(core: KeylessCore, key: str, challenge, realm):
@@ -287,16 +273,17 @@ def _obtain(core: KeylessCore, key: str, challenge, realm):
         token = core.cached(key)  # filled between the look and the claim
         if token is not None:
             return token, True
-        offset, note = 0.0, ""
-        for attempt in (1, 2):
-            call = core.prepare_exchange(challenge, realm, offset)
-            core.check_not_proxied(call.url, "a signed token request")
-            answer = yield ("exchange", call)
-            outcome = core.finish_exchange(key, realm, call, answer, attempt, note)
-            if isinstance(outcome, str):
-                return outcome, False
-            offset, note = outcome, client.skew_note(outcome, realm.host)
-        raise AssertionError("unreachable")  # pragma: no cover
+        flow = tokens.exchange(challenge, realm, core.credential().identity)  # the one token flow
+        answer = None
+        while True:
+            try:
+                call = flow.send(answer)  # the first send(None) starts it
+            except StopIteration as done:
+                return core.store(key, done.value), False
+            token_call = TokenCall(call.request.token_url, call.request.url.request_target, call.request.host_header,
+                                   call.authorization)
+            core.check_not_proxied(token_call.url, "a signed token request")
+            answer = yield ("exchange", token_call)
     finally:
         core.release(key)
 

@@ -68,6 +68,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 
 
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
+               path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
                grace: float, verbose: bool, ready=None, trusted_fronts: str | None = None) -> int:
     from . import gate, restrict, server as server_module
@@ -82,6 +83,14 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                          "(signatures must not cross a network in clear text)")
     if auth_only and upstream_text is not None:
         raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
+    if path_prefix is not None:
+        from .forwarded import path_prefix_problem
+
+        if not auth_only:
+            raise InputError("--path-prefix goes with --auth-only (Envoy's ext_authz asks; the gate forwards nothing)")
+        problem = path_prefix_problem(path_prefix)
+        if problem is not None:
+            raise InputError(f"--path-prefix {path_prefix!r}: {problem}")
     if trusted_fronts is not None and not auth_only:
         raise InputError("--trusted-front is for --auth-only; a reverse-proxy gate matches from= against the address it accepted")
     fronts = gate.parse_trusted_fronts(trusted_fronts) if trusted_fronts is not None else ()
@@ -113,7 +122,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
 
             raise IdentityError(f"refusing {path} with --auth-only: {problems[0]}"
                                 + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else ""))
-        decider = gate.AuthOnlyPolicy(keys, max_skew, trusted_fronts=fronts)
+        decider = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix, trusted_fronts=fronts)
     else:
         from .upstream import Upstream
 
@@ -121,7 +130,9 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
     server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
-    mode = "forward auth" if auth_only else f"upstream {upstream_url}"
+    mode = f"upstream {upstream_url}"
+    if auth_only:
+        mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
     log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
     shown, early = early, None

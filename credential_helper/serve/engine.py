@@ -384,6 +384,9 @@ class ClientConnection:
         # nothing has reached the client, so a failure is still a 502/504 of our own.
         filtering = forward.filter_answer is not None and head.method != "HEAD"
         held, buffered = None, bytearray()
+        # --timeout bounds each wait for more of a body, but the answer's head as a
+        # whole: one byte at a time must not hold a request forever.
+        head_deadline = time.monotonic() + self.server.timeout
         with Selector() as selector:  # poll: fds above 1024 too
             selector.register(up.sock, selectors.EVENT_READ, "upstream")
             watching = self._request_read()  # the whole request is in: a read now means hang-up
@@ -398,7 +401,7 @@ class ClientConnection:
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
                 if event is h11.NEED_DATA:
                     self._flush()  # what arrived goes out before we wait for more
-                    data = self._wait_upstream(up, selector, status is None)
+                    data = self._wait_upstream(up, selector, status is None, head_deadline if status is None else None)
                     if data is None:  # timed out
                         if status is None:
                             raise socket.timeout()
@@ -444,11 +447,13 @@ class ClientConnection:
                         raise _Stale()
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
 
-    def _wait_upstream(self, up, selector, before_answer: bool) -> bytes | None:
-        """The next bytes from the upstream, watching the client for a hang-up meanwhile."""
+    def _wait_upstream(self, up, selector, before_answer: bool, deadline: float | None = None) -> bytes | None:
+        """The next bytes from the upstream, watching the client for a hang-up meanwhile;
+        None once ``deadline`` (default: --timeout from now) has passed."""
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
             return up.sock.recv(65536)
-        deadline = time.monotonic() + self.server.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.server.timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -2,9 +2,9 @@
 (serve/verify.py) for a key in authorized_keys that may call that endpoint.
 
 Two policies on the one engine: ``GatePolicy`` forwards what it admits to a
-self-hosted Ollama (reverse proxy); ``AuthOnlyPolicy`` only answers ``204`` or
-the refusal, for nginx ``auth_request``, Caddy ``forward_auth`` and Traefik
-``ForwardAuth``, which read the method and target from headers they set.
+self-hosted Ollama (reverse proxy); ``AuthOnlyPolicy`` only answers ``204`` (or
+``200`` for Envoy) or the refusal, for nginx ``auth_request``, ingress-nginx,
+Caddy ``forward_auth``, Traefik ``ForwardAuth`` and Envoy ``ext_authz``.
 """
 
 import dataclasses
@@ -14,8 +14,9 @@ import time
 from ..sanitize import printable
 from . import models, restrict
 from .authorized_keys import KeyFile
+from .forwarded import authorization_header, forwarded_request, prefixed_request
 from .messages import Answer, Forward, Head, NeedBody, end_to_end, request_has_body
-from .verify import HEALTH_CHECK_NAME, Admitted, Refused, authorization_header, forwarded_request, is_heartbeat, split_target, verify
+from .verify import HEALTH_CHECK_NAME, Admitted, Refused, is_heartbeat, split_target, verify
 
 # A request body read to see which model it names (models=), and a listing read to filter
 # it: bounded, as a body the gate holds in memory must be (over: 413, or 502 for a listing).
@@ -161,22 +162,34 @@ def _who(admitted: Admitted) -> str:
 
 
 class AuthOnlyPolicy(_Verifying):
-    """Forward auth: the front server asks with the original method and target in headers.
+    """Forward auth: the front server asks about the original request.
+
+    Without ``path_prefix``: the method and target arrive in the front server's
+    headers (nginx, ingress-nginx, Caddy, Traefik), and ``204`` admits. With it:
+    they are the auth request's own method and target after the prefix (Envoy's
+    ext_authz HTTP service, Gateway API ExternalAuth), and only ``200`` admits
+    there: Envoy denies on any other status, 204 included
+    (``ext_authz_http_impl.cc`` ``toResponse``: OK only for ``Http::Code::OK``).
 
     The front's auth request carries no body and sees no answer: a line with models= or
     max-concurrent= grants nothing here (the gate refuses to start with one). from= is
     matched against the address a trusted front reports (:func:`front_reported_address`).
     """
 
-    def __init__(self, keys: KeyFile, max_skew: float, clock=time.time, trusted_fronts=()) -> None:
+    def __init__(self, keys: KeyFile, max_skew: float, clock=time.time, path_prefix: str | None = None,
+                 trusted_fronts=()) -> None:
         super().__init__(keys, max_skew, clock)
+        self.path_prefix = path_prefix
         self.trusted_fronts = tuple(trusted_fronts)
         can_see_address = bool(self.trusted_fronts)
         self.enforceable = lambda grant: (grant.options.models is None and grant.options.max_concurrent is None
                                           and (can_see_address or grant.options.from_patterns is None))
 
     def decide(self, head: Head) -> Answer:
-        original = forwarded_request(list(head.headers))
+        if self.path_prefix is None:
+            original = forwarded_request(list(head.headers))
+        else:
+            original = prefixed_request(head.method, head.target, self.path_prefix)
         if isinstance(original, Refused):
             return refusal(original)
         method, target = original
@@ -188,8 +201,15 @@ class AuthOnlyPolicy(_Verifying):
         if isinstance(result, Refused):
             answer = refusal(result)
             return Answer(answer.status, answer.message, answer.headers, keep_alive=True, about=(method, target))
-        return Answer(204, headers=tuple(identity_headers(result)), keep_alive=True, who=label(result),
-                      about=(method, target))
+        headers = identity_headers(result)
+        if self.path_prefix is None:
+            return Answer(204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target))
+        # Envoy removes what this lists from the request it forwards (external_auth.proto,
+        # OkHttpResponse.headers_to_remove): the signature, and for an unsigned health check
+        # (no X-Ollama-Key of ours to override it) a client's own X-Ollama-Key.
+        removed = "authorization" if result.fingerprint else "authorization, x-ollama-key"
+        headers.append(("x-envoy-auth-headers-to-remove", removed))
+        return Answer(200, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), body=b"")
 
 
 def parse_trusted_fronts(text: str) -> tuple:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["FormError", "parse_query", "multipart_values"]
+__all__ = ["FormError", "multipart_values", "parse_query"]
 
 
 class FormError(ValueError):
@@ -88,6 +88,8 @@ def multipart_values(content_type: str, body: bytes, field: str) -> list[str]:
         raise FormError("not multipart/form-data with a plain boundary")
     dash = b"--" + boundary.encode("ascii")
     delimiter = b"\r\n" + dash
+    if body.startswith(dash + b"--") and body[len(dash) + 2 :] in (b"", b"\r\n"):
+        return []  # no parts at all
     if not body.startswith(dash + b"\r\n"):
         raise FormError("multipart body does not start with its boundary")
     pos = len(dash) + 2
@@ -108,6 +110,9 @@ def multipart_values(content_type: str, body: bytes, field: str) -> list[str]:
         if name == field:
             found.append(content.decode("utf-8", errors="replace"))
         if after == b"--":
+            rest = body[end + len(delimiter) + 2 :]
+            if rest and not rest.startswith(b"\r\n"):  # multipart.go isFinalBoundary: a line of its own
+                raise FormError("text after the closing boundary on its line")
             return found
         pos = end + len(delimiter) + 2
 

@@ -36,16 +36,16 @@ from typing import Any
 
 __all__ = [
     "GoJSONError",
-    "Pairs",
     "MissingBody",
+    "Pairs",
     "TypeMismatch",
-    "decode_first",
-    "unmarshal_whole",
-    "bind_strings",
     "bind_keys",
-    "map_get",
+    "bind_strings",
+    "decode_first",
     "go_string",
+    "map_get",
     "trim_space",
+    "unmarshal_whole",
 ]
 
 
@@ -160,11 +160,14 @@ def bind_strings(value: Any, fields: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def bind_keys(value: Any) -> set[str]:
-    """The lower-case field names a struct decode of ``value`` could fill (``foldName`` matches)."""
+def bind_keys(value: Any, *, non_null: bool = False) -> set[str]:
+    """The lower-case field names a struct decode of ``value`` could fill (``foldName`` matches).
+
+    With ``non_null``, only keys whose value is not ``null`` (a ``null`` leaves a map or slice nil).
+    """
     if not isinstance(value, Pairs):
         return set()
-    return {f for f in (_fold(go_string(k)) for k, _ in value) if f is not None}
+    return {f for f in (_fold(go_string(k)) for k, v in value if not (non_null and v is None)) if f is not None}
 
 
 def map_get(value: Any, key: str) -> Any:

@@ -8,7 +8,8 @@ Public API (used by the gate's ``models=`` policy)::
     denied(named, allowed) -> Model | None
 
 - ``path`` is the request-target's path as sent (percent-encoded), ``query`` its raw query
-  without ``?``; ``body`` the whole request body (``b""`` or ``None`` for none).
+  without ``?``; ``body`` the whole request body after de-chunking (``b""`` or ``None`` for
+  none); ``content_encoding`` the request's ``Content-Encoding`` header, if any.
 - ``Named.models``: every model Ollama (ollama/ollama@fb30760) would act on, each a ``Model``;
   ``Named.subjects``: the strings a ``models=`` pattern is matched against, one per model.
   ``Named(())`` is an endpoint that names no model (``/api/version``) or a listing
@@ -17,7 +18,13 @@ Public API (used by the gate's ``models=`` policy)::
 - ``Unreadable(status, reason)``: 400 when the body cannot be read exactly as Ollama would (not
   JSON, compressed, a name Ollama refuses, a shape this module does not read), 413 over ``limit``.
 - ``Unknown``: a route this module does not know (or one Ollama answers with a redirect, 404 or
-  405): a model-restricted key is granted nothing there.
+  405), and the account, web-search and blob routes: a model-restricted key is granted nothing.
+
+Refused (400) although Ollama would act, because the gate cannot judge the request by model
+name (grant less): ``/api/create`` with ``files``, ``adapters`` or ``draft_files`` (weights named
+by digest) or ``remote_host``; ``/v1/responses`` and ``/v1/messages`` whose cloud check and
+handler read different models while a ``tools`` key is present; a transcription form with two
+``model`` parts or anything ``goform`` does not read exactly as Go does.
 
 The subject a pattern is matched against is the name Ollama acts on, normalised as
 ``types/model/name.go`` does (default host ``registry.ollama.ai``, namespace ``library``, tag
@@ -36,15 +43,16 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from credential_helper.serve import goform
 from credential_helper.serve.gojson import (
     GoJSONError,
-    bind_keys,
     MissingBody,
+    bind_keys,
     bind_strings,
     decode_first,
     go_string,
@@ -52,18 +60,20 @@ from credential_helper.serve.gojson import (
     trim_space,
     unmarshal_whole,
 )
+from credential_helper.serve.modelname import (
+    Model,
+    Refused,
+    parse_name,
+    plain_model,
+    pull_model,
+    ref_model,
+    shortest,
+)
 
-__all__ = ["BODY_LIMIT", "Model", "Named", "Unreadable", "Unknown", "models_named", "filter_listing", "denied"]
+__all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "filter_listing", "models_named"]
 
-BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:35)
+BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:36)
 
-
-@dataclass(frozen=True)
-class Model:
-    role: str  # model | from | source | destination (the request field it came from)
-    name: str  # name.go Name.String() of what Ollama acts on, lower-case: registry.ollama.ai/library/llama3:8b
-    subject: str  # what a pattern is matched against (see the module docstring)
-    cloud: bool = False  # Ollama sends it to the cloud (the name is the base, without :cloud)
 
 
 @dataclass(frozen=True)
@@ -98,146 +108,25 @@ def denied(named: Named, allowed: Callable[[str], bool]) -> Model | None:
     return None
 
 
-# --- types/model/name.go and internal/modelref -------------------------------------------------
-
-_PART = {  # name.go isValidPart / isValidLen: ASCII only, first byte alphanumeric or '_'
-    "host": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}"),
-    "namespace": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}"),
-    "model": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
-    "tag": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}"),
-}
-_MISSING = "!MISSING!"  # name.go MissingPart
-
-
-def _cut_promised(s: str, sep: str) -> tuple[str, str, bool]:
-    i = s.rfind(sep)  # name.go cutPromised / cutLast
-    if i < 0:
-        return s, "", False
-    return s[:i] or _MISSING, s[i + len(sep) :] or _MISSING, True
-
-
-def parse_name(s: str) -> tuple[str, str, str, str] | None:
-    """name.go ``ParseName`` + ``IsValid``: (host, namespace, model, tag), or None when invalid."""
-    host = namespace = tag = ""
-    if s.rfind(":") > s.rfind("/"):
-        s, tag, _ = _cut_promised(s, ":")
-    s, model, promised = _cut_promised(s, "/")
-    if promised:
-        s, namespace, promised = _cut_promised(s, "/")
-        if promised:
-            scheme, sep, rest = s.partition("://")  # ParseNameBare: strings.Cut(s, "://")
-            host = rest if sep else scheme
-        else:
-            namespace = s
-    else:
-        model = s
-    parts = (host or "registry.ollama.ai", namespace or "library", model, tag or "latest")  # Merge(DefaultName())
-    if not all(_PART[k].fullmatch(v) for k, v in zip(_PART, parts)):
-        return None
-    return parts
-
-
-def _shortest(parts: tuple[str, str, str, str]) -> str:
-    host, namespace, model, tag = (p.lower() for p in parts)  # name.go DisplayShortest
-    if host != "registry.ollama.ai":
-        return f"{host}/{namespace}/{model}:{tag}"
-    if namespace != "library":
-        return f"{namespace}/{model}:{tag}"
-    return f"{model}:{tag}"
-
-
-def _source_suffix(raw: str) -> tuple[str, str]:
-    # modelref.go parseSourceSuffix -> (base, "cloud" | "local" | "")
-    idx = raw.rfind(":")
-    if idx >= 0:
-        suffix_raw = trim_space(raw[idx + 1 :])
-        suffix = suffix_raw.lower()
-        if suffix in ("cloud", "local"):
-            return raw[:idx], suffix
-        if "/" not in suffix_raw and suffix.endswith("-cloud"):
-            return raw[: idx + 1] + suffix_raw[: -len("-cloud")], "cloud"
-    return raw, ""
-
-
-def parse_ref(raw: str) -> tuple[str, str] | None:
-    """modelref.go ``ParseRef`` -> (base, source), None on its errors (empty; both suffixes)."""
-    raw = trim_space(raw)
-    if not raw:
-        return None
-    base, source = _source_suffix(raw)
-    if source and _source_suffix(base)[1]:
-        return None
-    return base, source
-
-
-def _legacy_cloud(base: str) -> str:
-    # modelref.go toLegacyCloudPullName: the name Ollama stores a cloud model's stub under
-    return base + ("-cloud" if base.rfind(":") > base.rfind("/") else ":cloud")
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _model(role: str, parts: tuple[str, str, str, str] | None, *, cloud: bool = False, subject: str = "") -> Model:
-    if parts is None:
-        raise _Refused(f"invalid {role} name")
-    name = "{}/{}/{}:{}".format(*parts).lower()
-    return Model(role, name, subject or _shortest(parts), cloud)
-
-
-def ref_model(role: str, raw: str) -> Model:
-    """routes.go ``parseAndValidateModelRef`` (model_resolver.go:38): modelref, then name.go."""
-    ref = parse_ref(raw)
-    if ref is None:
-        raise _Refused(f"{role} is required" if not trim_space(raw) else "use either :local or :cloud, not both")
-    base, source = ref
-    parts = parse_name(base)
-    if source != "cloud":
-        return _model(role, parts)
-    stub = parse_name(_legacy_cloud(base))
-    if stub is None:
-        raise _Refused(f"invalid cloud {role} name")
-    return _model(role, parts, cloud=True, subject=_shortest(stub))
-
-
-def pull_model(raw: str) -> Model:
-    """model_resolver.go ``parseNormalizePullModelRef``: ``:cloud`` becomes the stub's name."""
-    ref = parse_ref(raw)
-    if ref is None:
-        raise _Refused("invalid model name")
-    base, source = ref
-    return _model("model", parse_name(_legacy_cloud(base) if source == "cloud" else base))
-
-
-def plain_model(role: str, raw: str) -> Model:
-    """``model.ParseName`` on the raw string, as push, create and copy do (no trim, no modelref)."""
-    return _model(role, parse_name(raw))
-
-
 # --- the endpoints (server/routes.go:1877-1926 GenerateRoutes) --------------------------------
 
 def _bind(body: bytes, fields: tuple[str, ...]) -> dict[str, str]:
     try:
         return bind_strings(decode_first(body), fields)  # gin ShouldBindJSON: Decoder.Decode
     except MissingBody:
-        raise _Refused("missing request body") from None
+        raise Refused("missing request body") from None
     except GoJSONError:
-        raise _Refused("body is not JSON Ollama reads") from None
+        raise Refused("body is not JSON Ollama reads") from None
 
 
-def _native(role_field: str = "model") -> Callable[[bytes], tuple[Model, ...]]:
-    # GenerateHandler routes.go:248-262, ChatHandler :2444-2458, EmbedHandler :798-808,
-    # EmbeddingsHandler :1044-1054: ShouldBindJSON, parseAndValidateModelRef(req.Model), no `name`.
-    def read(body: bytes) -> tuple[Model, ...]:
-        return (ref_model("model", _bind(body, ("model",))["model"]),)
-
-    return read
+def _native(body: bytes) -> tuple[Model, ...]:
+    # GenerateHandler routes.go:248-261, ChatHandler :2444-2457, EmbedHandler :798-808,
+    # EmbeddingsHandler :1044-1052: ShouldBindJSON, parseAndValidateModelRef(req.Model), no `name`.
+    return (ref_model("model", _bind(body, ("model",))["model"]),)
 
 
 def _show(body: bytes) -> tuple[Model, ...]:
-    f = _bind(body, ("model", "name"))  # ShowHandler routes.go:1312-1321: model, else name
+    f = _bind(body, ("model", "name"))  # ShowHandler routes.go:1312-1322: model, else name
     return (ref_model("model", f["model"] or f["name"]),)
 
 
@@ -250,27 +139,34 @@ def _push(body: bytes) -> tuple[Model, ...]:
     f = _bind(body, ("model", "name"))  # PushHandler routes.go:1176-1183, ParseName at :1199
     raw = f["model"] or f["name"]
     if not raw:
-        raise _Refused("model is required")
+        raise Refused("model is required")
     return (plain_model("model", raw),)
+
+
+_BLOB_FIELDS = {"files", "adapters", "draft_files"}  # api/types.go CreateRequest: name -> blob digest
 
 
 def _create(body: bytes) -> tuple[Model, ...]:
     f = _bind(body, ("model", "name", "from", "remote_host"))
-    named = [plain_model("model", f["model"] or f["name"])]  # create.go:100 ParseName(cmp.Or(...))
+    if _BLOB_FIELDS & bind_keys(decode_first(body), non_null=True):
+        # create.go:70-101, :192 convertModelFromFiles: weights named by digest, not by a model name,
+        # so a key restricted to some models could clone any other model's layers: refuse.
+        raise Refused("files, adapters or draft_files are not accepted for a model-restricted key")
+    named = [plain_model("model", f["model"] or f["name"])]  # create.go:103 ParseName(cmp.Or(...))
     if f["remote_host"]:
-        # create.go:136 a parent on a host the request names: not a model this gate can judge
-        raise _Refused("remote_host is not accepted for a model-restricted key")
+        # create.go:137-142 a parent on a host the request names: not a model this gate can judge
+        raise Refused("remote_host is not accepted for a model-restricted key")
     if f["from"]:
-        named.append(ref_model("from", f["from"]))  # create.go:125 parseAndValidateModelRef(r.From)
+        named.append(ref_model("from", f["from"]))  # create.go:130 parseAndValidateModelRef(r.From)
     return tuple(named)
 
 
 def _copy(body: bytes) -> tuple[Model, ...]:
-    f = _bind(body, ("source", "destination"))  # CopyHandler routes.go:1654-1673: raw ParseName
+    f = _bind(body, ("source", "destination"))  # CopyHandler routes.go:1657-1668: raw ParseName
     return (plain_model("source", f["source"]), plain_model("destination", f["destination"]))
 
 
-_WEB_SEARCH_PATHS = ("/v1/responses", "/v1/messages")  # cloud_proxy.go:345 hasWebSearchTool
+_WEB_SEARCH_PATHS = ("/v1/responses", "/v1/messages")  # cloud_proxy.go:328 hasWebSearchTool
 
 
 def _v1(path: str) -> Callable[[bytes], tuple[Model, ...]]:
@@ -278,23 +174,23 @@ def _v1(path: str) -> Callable[[bytes], tuple[Model, ...]]:
         passthrough, whole = _cloud_passthrough(body)
         try:
             handler = ref_model("model", _bind(body, ("model",))["model"])
-        except _Refused:
+        except Refused:
             if passthrough is None:
                 raise
             return (passthrough,)  # passed through, or refused by the /v1 middleware
         if passthrough is None or handler == passthrough:
             return (handler,)
         if path in _WEB_SEARCH_PATHS and "tools" in bind_keys(whole):
-            # cloud_proxy.go:122: a web_search tool sends the request on to the /v1 middleware
+            # cloud_proxy.go:128: a web_search tool sends the request on to the /v1 middleware
             # and the handler, whose reading of the model differs: refuse rather than guess.
-            raise _Refused("model keys that Ollama's cloud check and handler read differently")
-        return (passthrough,)  # cloud_proxy.go:130 proxyCloudRequest, the handler never runs
+            raise Refused("model keys that Ollama's cloud check and handler read differently")
+        return (passthrough,)  # cloud_proxy.go:134 proxyCloudRequest, the handler never runs
 
     return read
 
 
 def _cloud_passthrough(body: bytes) -> tuple[Model | None, Any]:
-    # cloudPassthroughMiddleware cloud_proxy.go:73-131: json.Unmarshal into a map, exact "model"
+    # cloudPassthroughMiddleware cloud_proxy.go:74-136: json.Unmarshal into a map, exact "model"
     # (extractModelField :304), TrimSpace, parseAndValidateModelRef; only an explicit cloud source.
     try:
         whole = unmarshal_whole(body)
@@ -305,27 +201,31 @@ def _cloud_passthrough(body: bytes) -> tuple[Model | None, Any]:
         return None, whole
     try:
         m = ref_model("model", trim_space(go_string(raw)))
-    except _Refused:
+    except Refused:
         return None, whole
     return (m if m.cloud else None), whole
 
 
 def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, ...]:
-    # TranscriptionMiddleware openai.go:1280-1289; the ChatHandler then reads the model (:2462).
+    # TranscriptionMiddleware openai.go:1280-1289; the ChatHandler then reads the model (routes.go:2457).
     try:
-        values = goform.parse_query(query).get("model", []) + goform.multipart_values(content_type, body, "model")
+        in_query = goform.parse_query(query).get("model", [])
+        in_body = goform.multipart_values(content_type, body, "model")
     except goform.FormError as exc:
-        raise _Refused(f"form not read: {exc}") from None
+        raise Refused(f"form not read: {exc}") from None
+    if len(in_body) > 1:
+        raise Refused("more than one model in the form")  # Go takes the first: refuse, not guess
+    values = in_query + in_body  # net/http request.go ParseMultipartForm appends after the query
     if not values or not values[0]:
-        raise _Refused("model is required")
+        raise Refused("model is required")
     return (ref_model("model", values[0]),)
 
 
 _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {
-    ("POST", "/api/generate"): _native(),
-    ("POST", "/api/chat"): _native(),
-    ("POST", "/api/embed"): _native(),
-    ("POST", "/api/embeddings"): _native(),
+    ("POST", "/api/generate"): _native,
+    ("POST", "/api/chat"): _native,
+    ("POST", "/api/embed"): _native,
+    ("POST", "/api/embeddings"): _native,
     ("POST", "/api/show"): _show,
     ("POST", "/api/pull"): _pull_delete,
     ("DELETE", "/api/delete"): _pull_delete,
@@ -335,13 +235,12 @@ _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {
     **{("POST", p): _v1(p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")},
 }
 _LISTINGS = {("GET", "/api/tags"), ("HEAD", "/api/tags"), ("GET", "/api/ps"), ("GET", "/v1/models")}
-# Routes that act on no model. Account and web-search routes (/api/me, /api/signout,
-# /api/user/keys/:k, /api/experimental/web_*) are left Unknown on purpose: a model-restricted
-# key gets nothing there.
+# Routes that act on no model. Account, web-search and blob routes (/api/me, /api/signout,
+# /api/user/keys/:k, /api/experimental/web_*, /api/blobs/:digest, whose only use is a create
+# from files, refused below) are left Unknown on purpose: a model-restricted key gets nothing there.
 _NO_MODEL = {
     ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/api/status"),
 }
-_BLOB = re.compile(r"/api/blobs/[^/]+")  # routes.go:1899-1900, a digest, no model
 
 
 def _decoded_path(path: str) -> str | None:
@@ -371,7 +270,7 @@ def models_named(
     if decoded is None:
         return Unknown("path Ollama does not route as sent")
     key = (method, decoded)
-    if key in _NO_MODEL or (method in ("POST", "HEAD") and _BLOB.fullmatch(decoded)):
+    if key in _NO_MODEL:
         return Named()
     if key in _LISTINGS:
         return Named(listing=True)
@@ -379,7 +278,7 @@ def models_named(
     if len(body) > limit:
         return Unreadable(413, "body over the size limit")
     if content_encoding and content_encoding.strip().lower() != "identity":
-        return Unreadable(400, "compressed body")  # cloud_proxy.go:79 and openai.go:1157 inflate zstd
+        return Unreadable(400, "compressed body")  # cloud_proxy.go:82 and openai.go:1157 inflate zstd
     try:
         if key in _BODY_ROUTES:
             return Named(_BODY_ROUTES[key](body))
@@ -387,10 +286,10 @@ def models_named(
             return Named(_transcription(query, content_type or "", body))
         segments = decoded.split("/")
         if method == "GET" and len(segments) == 4 and decoded.startswith("/v1/models/") and segments[3]:
-            # cloudModelPathPassthroughMiddleware cloud_proxy.go:134 and RetrieveMiddleware
+            # cloudModelPathPassthroughMiddleware cloud_proxy.go:139 and RetrieveMiddleware
             # openai.go:342: the path segment is the ShowRequest's name (routes.go:1920).
             return Named((ref_model("model", segments[3]),))
-    except _Refused as exc:
+    except Refused as exc:
         return Unreadable(400, exc.reason)
     return Unknown()
 
@@ -402,7 +301,7 @@ def _entry_subject(name: Any) -> str | None:
     if not isinstance(name, str):
         return None
     parts = parse_name(name)
-    return None if parts is None else _shortest(parts)
+    return None if parts is None else shortest(parts)
 
 
 def _visible(entry: Any, keys: tuple[str, ...], allowed: Callable[[str], bool]) -> bool:

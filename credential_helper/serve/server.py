@@ -88,8 +88,14 @@ class Server:
         for client in idle:
             client.evict()
 
+    def close_listening(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
-        self.sock.close()
+        self.close_listening()
         if self.upstream is not None:
             self.upstream.close_all()
 
@@ -123,6 +129,9 @@ def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reloa
     finally:
         server.stop_accepting()
         loop.join(timeout=2)
+        # Closed now, not after the grace period: the kernel would otherwise go on
+        # accepting connections that nobody serves, and reset them at exit.
+        server.close_listening()
         deadline = time.monotonic() + grace
         while server.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)

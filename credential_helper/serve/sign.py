@@ -78,7 +78,7 @@ def presented_token(head: Head) -> str | None:
     """The client's local token: ``Authorization: Bearer <t>`` or ``x-api-key: <t>``."""
     value = head.get("authorization")
     if value is not None:
-        return value[7:].strip() if value[:7].lower() == "bearer " else None
+        return protocol.bearer_credential(value)
     return head.get("x-api-key")
 
 
@@ -123,7 +123,7 @@ class Signer:
         """(request target to send upstream, Authorization) for the client's target."""
         url = protocol.parse_url(f"{self.upstream}{target}", what="request URL")
         if self.api_key is not None:
-            return url.request_target, f"Bearer {self.api_key}"
+            return url.request_target, protocol.bearer(self.api_key)
         plan, authorization = client.sign_parsed(method, url, self.identity)
         return plan.url.request_target, authorization
 

@@ -34,6 +34,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from .. import protocol
 from ..sanitize import printable
 from .authorized_keys import (
     AuthorizedKeys,
@@ -168,9 +169,9 @@ def is_heartbeat(method: str, path: str) -> bool:
 def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
     if len(value) > MAX_AUTHORIZATION_CHARS:
         return Refused(401, "the Authorization header is too long to be '<public key>:<signature>'")
-    credential = value.strip(" \t")
-    if credential[:7].lower() == "bearer ":
-        credential = credential[7:].lstrip(" ")
+    credential = protocol.bearer_credential(value)  # Ollama's client sends no scheme; a Bearer one is accepted
+    if credential is None:
+        credential = value.strip(" \t")
     key_text, colon, signature_text = credential.partition(":")
     if not colon:
         return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)")
@@ -302,60 +303,3 @@ def _b64(blob: bytes) -> str:
     import base64
 
     return base64.b64encode(blob).decode("ascii")
-
-
-# --- --auth-only: the request as the front server describes it ------------------------------
-
-_FAMILIES = (
-    ("x-original-method", "x-original-uri"),  # nginx auth_request
-    ("x-forwarded-method", "x-forwarded-uri"),  # Caddy forward_auth, Traefik ForwardAuth
-)
-_WATCHED = {name for family in _FAMILIES for name in family} | {"authorization"}
-
-
-def _collect(headers: list[tuple[str, str]]) -> dict[str, str] | Refused:
-    seen: dict[str, str] = {}
-    for name, value in headers:
-        if not isinstance(name, str) or not name.isascii():
-            continue
-        lowered = name.lower()
-        if lowered not in _WATCHED:
-            continue
-        if lowered in seen:
-            return Refused(400, f"the header {lowered} appears more than once")
-        seen[lowered] = value.strip(" \t") if isinstance(value, str) else ""
-    return seen
-
-
-def forwarded_request(headers: list[tuple[str, str]]) -> tuple[str, str] | Refused:
-    """(method, target) of the request a front server asks about (``--auth-only``).
-
-    nginx sends ``X-Original-Method``/``X-Original-URI``; Caddy and Traefik send
-    ``X-Forwarded-Method``/``X-Forwarded-Uri``. Both also pass the client's own
-    headers to the auth request, so a client can send these names too: a family
-    that is present must be complete, both families present must agree exactly,
-    and a name that appears twice is refused (400), since either copy could be
-    the client's. The values are checked later by :func:`verify`.
-    """
-    seen = _collect(headers)
-    if isinstance(seen, Refused):
-        return seen
-    found = []
-    for method_name, uri_name in _FAMILIES:
-        if method_name in seen or uri_name in seen:
-            if method_name not in seen or uri_name not in seen:
-                return Refused(400, f"the front server sent {method_name if method_name in seen else uri_name} without its pair")
-            found.append((seen[method_name], seen[uri_name]))
-    if not found:
-        return Refused(400, "no X-Original-Method/X-Original-URI (nginx) or X-Forwarded-Method/X-Forwarded-Uri (Caddy, Traefik) headers: configure the front server as the README shows")
-    if len(found) == 2 and found[0] != found[1]:
-        return Refused(400, "the X-Original-* and X-Forwarded-* headers disagree about the request")
-    return found[0]
-
-
-def authorization_header(headers: list[tuple[str, str]]) -> str | None | Refused:
-    """The one ``Authorization`` value, None when absent, Refused (400) when repeated."""
-    seen = _collect(headers)
-    if isinstance(seen, Refused):
-        return seen
-    return seen.get("authorization")
