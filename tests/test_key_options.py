@@ -174,7 +174,7 @@ def test_without_z_the_timespec_is_the_systems_local_time(tokyo, spec, moment):
 @pytest.mark.parametrize("spec", [
     "2027030", "2027030112", "202703011", "2027030112304", "202703011230456",  # lengths 7, 10, 9, 13, 15
     "20271301", "20270230", "20270431", "20270301240000", "20270301126000", "20270301123060",  # no such moment
-    "2027-03-01", "+0270301", "2027030x", "Z", "UTC", "", "19600101",  # before 1970: sshd's uint64 would never expire
+    "2027-03-01", "+0270301", "2027030x", "Z", "UTC", "", "19600101", "\u0662\u0660\u0662\u0667\u0660\u0663\u0660\u0661",  # before 1970: sshd's uint64 would never expire
 ])
 def test_a_timespec_that_is_not_one_grants_nothing(spec):
     with pytest.raises(OptionError):
@@ -240,6 +240,11 @@ def test_a_negated_match_denies_outright_wherever_it_stands(patterns):
     ("10.0.0.0/33", "mask length"),
     ("10.1", "canonical form"),  # getaddrinfo would read 10.0.0.1
     ("012.0.0.1", "canonical form"),  # and this as octal
+    ("10.0.0.0/255.0.0.0", "bad mask length"),  # sshd's strtonum: not a range, a pattern that never matches
+    ("10.0.0.0/0.255.255.255", "bad mask length"),  # Python's ipaddress reads a host mask here
+    ("fe80::%eth0/64", "bad mask length"),
+    ("10.0.0.0/08", "bad mask length"),
+    ("\u0661\u0660.0.0.1", "never host names"),  # Arabic-Indic digits
     ("10.0.0.1,,10.0.0.2", "empty pattern"),  # addr_match_list: an empty entry is -2
     ("!", "empty pattern"),
 ])
@@ -350,6 +355,7 @@ def real_sshd(tmp_path_factory):
     'expiry-time="20200101"', 'expiry-time="20991231Z"', 'expiry-time="20991231UTC"', 'expiry-time="209912"',
     'expiry-time="209912312359"', 'expiry-time="20991231235959Z"', 'from="127.0.0.1",expiry-time="20991231"',
     'from="127.0.0.1",expiry-time="20200101Z"', 'from="127.0.0.1";expiry-time="20991231"',
+    'from="127.0.0.0/255.0.0.0"', 'from="127.0.0.1/32"', 'from="127.0.0.1", ',
 ])
 def test_the_gate_admits_exactly_when_sshd_does(real_sshd, options):
     directory, port = real_sshd

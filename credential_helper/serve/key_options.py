@@ -37,7 +37,12 @@ MAX_CONCURRENT = 100_000
 _SPACE = " \t\n\f\r"
 _ADDRESS_WILDCARD = re.compile(r"[0-9A-Fa-f.:*?]+")
 _MODEL_PATTERN = re.compile(r"[!-~]+")  # printable ASCII, no space (ssh_config(5) PATTERNS: "non-whitespace")
-_TIMESPEC = re.compile(r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(\d{2})?)?")
+# ASCII digits only (re's \d takes any Unicode digit; strptime does not).
+_TIMESPEC = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})(?:([0-9]{2})([0-9]{2})([0-9]{2})?)?")
+# An address, or address/prefix length in decimal: ipaddress would also take a netmask
+# (10.0.0.0/255.0.0.0) or a scope (fe80::%eth0), which sshd's addr_pton_cidr does not
+# read as a range: there such an entry is a pattern that never matches.
+_ADDRESS = re.compile(r"[0-9A-Fa-f.:]+(?:/(?:0|[1-9][0-9]{0,2}))?")
 
 
 class OptionError(ValueError):
@@ -184,6 +189,8 @@ def _check_address_pattern(pattern: str) -> None:
             raise OptionError(f"from= pattern {pattern!r} is not an address: the gate matches client addresses, never host names")
         return
     try:
+        if not _ADDRESS.fullmatch(pattern):
+            raise ValueError(pattern)
         ipaddress.ip_network(pattern, strict=True)
     except ValueError:
         if "/" in pattern:
