@@ -19,6 +19,8 @@ from credential_helper.serve.messages import Answer, Forward, Head, NeedBody
 from credential_helper.serve.upstream import Upstream
 from faults import KeepAliveServer
 
+pytestmark = pytest.mark.process  # loopback servers, in this process
+
 
 def listing(head: bytes, body: bytes, index: int) -> bytes:
     payload = json.dumps({"models": [{"name": "small:latest"}, {"name": "big:latest"}], "echo": body.decode()}).encode()

@@ -25,6 +25,8 @@ from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import REPLY_WORDS, StandIn
 from faults import KeepAliveServer
 
+pytestmark = pytest.mark.process  # loopback servers and the installed executable
+
 ALLOWED = "qwen3-coder:480b-cloud"  # the stand-in's models (credential_helper/standin.py MODELS)
 DENIED = "gpt-oss:120b-cloud"
 RULE = 'models="qwen3-coder:*,small*"'
@@ -95,6 +97,7 @@ def openai_client(gate_: Gate, keys, key: str = "ed25519-b"):
 # --- the real clients ---------------------------------------------------------------------------
 
 
+@pytest.mark.interop
 def test_the_ollama_client_allowed_and_denied(bob_gate, standin, keys):
     import ollama
 
@@ -119,6 +122,7 @@ def test_the_ollama_client_allowed_and_denied(bob_gate, standin, keys):
     assert len(ollama_client(bob_gate, keys, "ed25519-a").list().models) == 2
 
 
+@pytest.mark.interop
 def test_the_openai_client_allowed_and_denied(bob_gate, standin, keys):
     import openai
 
