@@ -105,6 +105,7 @@ def test_the_ollama_client_allowed_and_denied(bob_gate, standin, keys):
     pieces = [part["message"]["content"] for part in client.chat(model=ALLOWED, messages=[{"role": "user", "content": "hi"}], stream=True)]
     assert "".join(pieces) == "".join(REPLY_WORDS)
     assert [m.model for m in client.list().models] == [ALLOWED]
+    assert [m.model for m in client.ps().models] == [ALLOWED]
     reached = len(standin.request_headers)
     for call in (lambda: client.chat(model=DENIED, messages=[{"role": "user", "content": "hi"}]),
                  lambda: list(client.chat(model=DENIED, messages=[{"role": "user", "content": "hi"}], stream=True)),
