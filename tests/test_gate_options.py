@@ -230,3 +230,12 @@ def test_a_restricted_keys_heartbeat_and_version_pass(restricted, keys):
     """Ollama's CLI sends HEAD / before every command (cmd/cmd.go checkServerHeartbeat)."""
     for method, path in (("HEAD", "/"), ("GET", "/api/version")):
         assert isinstance(decided(policy(restricted), head(keys, method, path)), Forward)
+
+
+def test_a_wildcard_lines_max_concurrent_is_for_keys_without_a_line_of_their_own(tmp_path, keys):
+    keys_file = key_file(tmp_path, f"{key_line()} alice *\nmax-concurrent=1 * * guests /api/tags\n")
+    p = policy(keys_file)
+    alice = [decided(p, head(keys, "GET", "/api/tags")) for _ in range(2)]
+    assert all(isinstance(d, Forward) for d in alice)
+    guest = [decided(p, head(keys, "GET", "/api/tags", key="ed25519-b")) for _ in range(2)]
+    assert isinstance(guest[0], Forward) and isinstance(guest[1], Answer) and guest[1].status == 429
