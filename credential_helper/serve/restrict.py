@@ -5,8 +5,9 @@ a line whose options refuse the connection does not stop the next line of the sa
 key from admitting it): a request is admitted by a line that grants its path, is not
 past its ``expiry-time``, matches the client's address (``from=``) and allows every
 model the request names (``models=``). ``max-concurrent`` counts a key's requests in
-flight, whichever line admitted them; when several of the key's lines set it, the
-smallest applies. Each gate process counts its own.
+flight, whichever line admitted them; when several of the key's own lines set it, the
+smallest applies (a wildcard line's limit is for keys without a line of their own).
+Each gate process counts its own.
 
 Pure but for :class:`InFlight`'s counter.
 """
@@ -90,8 +91,10 @@ def unrestricted(lines: Sequence[Grant]) -> bool:
 
 
 def concurrency_limit(lines: Sequence[Grant]) -> int | None:
-    """The smallest ``max-concurrent`` among the key's lines, or None."""
-    limits = [grant.options.max_concurrent for grant in lines if grant.options.max_concurrent is not None]
+    """The smallest ``max-concurrent`` among the key's own lines (for a key with none,
+    among the wildcard lines, as its name is chosen), or None."""
+    own = [grant for grant in lines if not grant.wildcard] or lines
+    limits = [grant.options.max_concurrent for grant in own if grant.options.max_concurrent is not None]
     return min(limits) if limits else None
 
 
