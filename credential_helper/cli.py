@@ -169,6 +169,7 @@ def build_parser():
     proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
+    proxy.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
     proxy.set_defaults(func=cmd_proxy)
 
     verbose_only = argparse.ArgumentParser(add_help=False)
@@ -196,6 +197,9 @@ def build_parser():
     gate.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
     gate.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
     gate.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on a stop signal, how long requests in flight may finish (default: 10)")
+    gate.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
+    gate.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics; loopback only unless --metrics-public (default: off)")
+    gate.add_argument("--metrics-public", action="store_true", help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)")
     gate.set_defaults(func=cmd_gate)
     return parser
 
@@ -505,6 +509,7 @@ def cmd_proxy(args, log) -> int:
         max_in_flight=args.max_concurrency,
         grace=args.grace,
         verbose=args.verbose,
+        log_format=args.log_format,
     )
 
 
@@ -525,6 +530,9 @@ def cmd_gate(args, log) -> int:
         max_in_flight=args.max_concurrency,
         grace=args.grace,
         verbose=args.verbose,
+        log_format=args.log_format,
+        metrics_listen=args.metrics_listen,
+        metrics_public=args.metrics_public,
     )
 
 

@@ -7,7 +7,9 @@
     ├── IdentityError           3  no usable key (missing, permissions, encrypted,
     │                              wrong type, unreadable, malformed)
     ├── NetworkError            4  connection, DNS, TLS, timeout, 5xx, redirect,
-    │                              malformed or oversized response
+    │   │                          malformed or oversized response
+    │   └── ListenError         4  proxy/gate cannot listen: port in use, address
+    │                              not this machine's, permission denied
     └── OutputError             6  standard output is closed, full or a broken
                                    pipe: the result was not delivered
 
@@ -65,6 +67,10 @@ class NetworkError(HelperError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ListenError(NetworkError):
+    """``proxy`` or ``gate`` cannot listen on the address it was given."""
 
 
 class KeyNotFoundError(IdentityError):

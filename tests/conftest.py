@@ -335,3 +335,12 @@ def start_proxy(proxy_env):
             process.wait(10)
 
 
+def assert_ollama_error_shape(status: int, body: dict) -> None:
+    """What Ollama's Go client prints without doubling (api/client.go checkError, api/types.go):
+    a 401 becomes AuthorizationError, which prints only `status`; any other code StatusError,
+    which prints `status: error`, so there `error` alone."""
+    assert body["error"].strip()
+    if status == 401:
+        assert set(body) == {"error", "status"} and body["status"] == body["error"], body
+    else:
+        assert set(body) == {"error"}, body

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import GOLDEN, helper_executable, load_vectors
+from conftest import GOLDEN, assert_ollama_error_shape, helper_executable, load_vectors
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, keyfile, server
 from credential_helper.serve.authorized_keys import KeyFile
@@ -122,7 +122,8 @@ def test_the_recorded_negatives_are_refused_and_never_forwarded(recorded, vector
     reply = gate_.send(vector["method"], vector["target"], vector["authorization"])
     assert reply.split(b" ", 2)[1] in (b"400", b"401", b"403"), reply
     body = json.loads(reply.partition(b"\r\n\r\n")[2])
-    assert body["error"] == body["status"] and vector["authorization"].split(":")[1] not in reply.decode()
+    assert_ollama_error_shape(int(reply.split(b" ", 2)[1]), body)
+    assert vector["authorization"].split(":")[1] not in reply.decode()
     time.sleep(0.05)
     assert ollama.requests == []
 
@@ -263,7 +264,7 @@ def test_hostile_requests_are_refused_and_nothing_is_forwarded(tmp_path, start_g
     time.sleep(0.2)
     assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply
     body = json.loads(reply.partition(b"\r\n\r\n")[2])
-    assert body["error"] == body["status"] and body["error"]
+    assert_ollama_error_shape(status, body)
     assert local_ollama.unverified_requests == [] and local_ollama.request_headers == []
     if case == "unknown-key":
         fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-a.pub")],

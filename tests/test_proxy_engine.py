@@ -346,7 +346,7 @@ def test_a_method_that_is_not_upper_case_letters_is_refused(upstream, start_prox
 # --- 10. our own answers --------------------------------------------------------------------
 
 
-def test_the_proxys_own_answers_carry_status_and_error_and_end_in_a_newline(upstream, start_proxy):
+def test_the_proxys_own_401_carries_status_and_error_and_ends_in_a_newline(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url, "--max-concurrency", "1")
     status, headers, body = request(proxy, "POST", "/api/me", b"", headers={"Authorization": "Bearer wrong"})
     assert status == 401 and body.endswith(b"}\n")

@@ -11,16 +11,16 @@ DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
 DEFAULT_GATE_PORT = 11435
 
 
-def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "") -> tuple[str, int]:
+def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "", option: str = "--listen") -> tuple[str, int]:
     """``host:port`` (``[v6]:port``); ``localhost`` means 127.0.0.1."""
     if text.startswith("["):
         host, _, port_text = text[1:].partition("]:")
     else:
         host, _, port_text = text.rpartition(":")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise InputError(f"--listen {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
+        raise InputError(f"{option} {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
     if loopback_only and not policy.is_loopback(host):
-        raise InputError(f"--listen {host}: {why}")
+        raise InputError(f"{option} {host}: {why}")
     return ("127.0.0.1" if host.lower() == "localhost" else host), int(port_text)
 
 
@@ -28,21 +28,35 @@ def shown_base(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def make_log():
+def make_log(log_format: str = "text"):
+    """(log, write): ``log`` for the server's own messages, ``write`` for a formatted
+    request line. With ``--log-format json`` every line on stderr is one JSON
+    object: messages become ``{"time", "message"}``."""
     lock = threading.Lock()
 
-    def log(line: str) -> None:
+    def write(line: str) -> None:
         with lock:
             sys.stderr.write(f"{line}\n")
             sys.stderr.flush()
 
-    return log
+    if log_format != "json":
+        return write, write
+
+    def log(line: str) -> None:
+        import json
+        import time
+
+        from .record import _rfc3339
+
+        write(json.dumps({"time": _rfc3339(time.time()), "message": line}, ensure_ascii=True))
+
+    return log, write
 
 
 def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
                 require_token: bool, allow_origins, timeout: float, max_in_flight: int, grace: float,
-                verbose: bool, ready=None) -> int:
-    from . import server as server_module, sign
+                verbose: bool, ready=None, log_format: str = "text") -> int:
+    from . import record, server as server_module, sign
     from .upstream import Upstream
 
     address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
@@ -51,10 +65,11 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
     signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request
-    log = make_log()
+    log, write = make_log(log_format)
     upstream = Upstream(upstream_url, timeout)
     server = server_module.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
-                           verbose=verbose, prepare_socket=system.prepare_listening_socket)
+                           verbose=verbose, prepare_socket=system.prepare_listening_socket,
+                           observe=record.Logger(write, log_format), count_usage=log_format == "json")
     server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
@@ -70,8 +85,9 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
                path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
-               grace: float, verbose: bool, ready=None, trusted_fronts: str | None = None) -> int:
-    from . import gate, restrict, server as server_module
+               grace: float, verbose: bool, ready=None, log_format: str = "text", metrics_listen: str | None = None,
+               metrics_public: bool = False, trusted_fronts: str | None = None) -> int:
+    from . import gate, record, restrict, server as server_module
     from .authorized_keys import KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
@@ -97,8 +113,13 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
+    metrics_address = None
+    if metrics_listen is not None:
+        metrics_address = parse_listen(metrics_listen, 0, loopback_only=not metrics_public, option="--metrics-listen",
+                                       why="metrics name every user: listen on loopback, or add --metrics-public "
+                                           "and restrict who can reach it")
     context = _server_tls(tls_cert, tls_key) if tls_cert is not None else None
-    log = make_log()
+    log, write = make_log(log_format)
     path = authorized_keys or default_path()
     early: list[str] = []  # warnings of the first read, shown after the listening line
 
@@ -128,18 +149,39 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
 
         upstream = Upstream(upstream_url, timeout)
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
+    metrics = None
+    if metrics_address is not None:
+        from . import metrics as metrics_module
+
+        metrics = metrics_module.Metrics()
     server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
-                           verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket)
+                           verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket,
+                           observe=record.fan_out(record.Logger(write, log_format), metrics),
+                           count_usage=log_format == "json" or metrics is not None)
+    exporter = None
+    if metrics is not None:
+        server.flight = metrics.flight
+        try:
+            exporter = metrics.serve(metrics_address)
+        except BaseException:
+            server.close()
+            raise
     mode = f"upstream {upstream_url}"
     if auth_only:
         mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
     log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
+    if exporter is not None:
+        log(f"metrics at {shown_base(*exporter.address)}/metrics")
     shown, early = early, None
     for text in shown:
         log(f"warning: {text}")
-
-    return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=keys.reload)
+    try:
+        return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready,
+                                 on_reload=keys.reload)
+    finally:
+        if exporter is not None:
+            exporter.close()
 
 
 def _gate_upstream(text: str):

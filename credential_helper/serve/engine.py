@@ -24,17 +24,8 @@ import time
 
 import h11
 
-from .messages import (
-    MAX_HEAD_BYTES,
-    REASONS,
-    Answer,
-    Forward,
-    Head,
-    NeedBody,
-    end_to_end,
-    head_problem,
-    request_has_body,
-)
+from . import record, usage
+from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, end_to_end, head_problem, request_has_body
 from .upstream import Selector, set_timeout
 
 HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
@@ -61,6 +52,7 @@ class ClientConnection:
         self.status = None  # the status of the answer being relayed, once its head went out
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
+        self.usage: usage.Scanner | None = None  # token counts of the answer being relayed
 
     def evict(self) -> None:
         self.evicted = True
@@ -146,7 +138,7 @@ class ClientConnection:
                 )
                 problem = head_problem(bytes(raw), head)
                 if problem is not None:
-                    self._finish(head, Answer(400, problem), time.monotonic())
+                    self._finish(head, Answer(400, problem, reason="malformed"), time.monotonic())
                     return None
                 return head
             if event is not h11.NEED_DATA:  # ConnectionClosed
@@ -176,8 +168,9 @@ class ClientConnection:
         status = 431 if exc.error_status_hint == 431 else 400
         message = _protocol_message(exc)
         if self.conn.our_state is h11.IDLE or self.conn.our_state is h11.SEND_RESPONSE:
-            self._write_answer(Answer(status, message), None)
-        self.server.log(f"- - {status} 0B 0ms" + (f" ({message})" if self.server.verbose else ""))
+            self._write_answer(Answer(status, message, reason="malformed"), None)
+        self._log(Head("-", "-", "", ()), status, 0, time.monotonic(), reason="malformed",
+                  detail=message if self.server.verbose else "")
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -191,11 +184,15 @@ class ClientConnection:
             return self._finish(head, decision, started)
         try:
             if not self.server.slots.acquire(blocking=False):
-                return self._finish(head, Answer(503, "the server is at its concurrency limit; try again shortly"), started)
+                return self._finish(head, Answer(503, "the server is at its concurrency limit; try again shortly", reason="concurrency",
+                                                 who=decision.who, key=decision.key), started)
             self.server.count_in_flight(+1)
+            user = decision.who if decision.who and decision.who != decision.key else ""
+            self.server.flight(user, +1)
             try:
                 return self._relay(head, decision, started)
             finally:
+                self.server.flight(user, -1)
                 self.server.count_in_flight(-1)
                 self.server.slots.release()
         finally:
@@ -207,14 +204,15 @@ class ClientConnection:
         ask the policy again; a Forward carries the bytes read (sent with Content-Length)."""
         body = self._read_whole_body(head, need.limit)
         if isinstance(body, Answer):
-            return body
+            return dataclasses.replace(body, who=need.who, key=need.key)
         decision = need.then(body)
         if isinstance(decision, Forward) and decision.body is None:
             decision = dataclasses.replace(decision, body=body)
         return decision
 
     def _read_whole_body(self, head: Head, limit: int) -> bytes | Answer:
-        too_large = Answer(413, f"the request body is larger than the {limit} bytes this gate reads to check which model it names")
+        too_large = Answer(413, f"the request body is larger than the {limit} bytes this gate reads to check which model it names",
+                           reason="body")
         length = head.get("content-length")
         if length is not None and int(length.split(",")[0]) > limit:
             return too_large  # before reading a byte (a client waiting for 100-continue sends nothing)
@@ -223,7 +221,7 @@ class ClientConnection:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                return Answer(400, _protocol_message(exc))
+                return Answer(400, _protocol_message(exc), reason="body")
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -244,7 +242,7 @@ class ClientConnection:
             else:
                 raise ClientGone()
 
-    def _finish(self, head: Head, answer: Answer, started: float) -> bool:
+    def _finish(self, head: Head, answer: Answer, started: float, failure: str = "") -> bool:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
         if keep and self.conn.their_state is h11.SEND_BODY:
             keep = self._take_empty_body()
@@ -254,9 +252,12 @@ class ClientConnection:
             # (and the cap) for nothing. Front servers send one at a time.
             keep = False
         written = self._write_answer(answer, head, keep)
-        note = answer.message if (self.server.verbose and answer.status >= 400) else None
+        reason = record.reason_class(answer.status, answer.reason)
+        # The cause of a 502/504 and the line to add for an unknown key always; other messages with --verbose.
+        detail = answer.hint or (answer.message if reason == "upstream" or (self.server.verbose and answer.status >= 400) else "")
         shown = head if answer.about is None else Head(*answer.about, head.version, ())
-        self._log(shown, answer.status, written, started, who=answer.who, note=note)
+        self._log(shown, answer.status, written, started, who=answer.who, key=answer.key, reason=reason, detail=detail,
+                  failure=failure)
         return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def _take_empty_body(self) -> bool:
@@ -270,18 +271,21 @@ class ClientConnection:
             return False
 
     def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> int:
-        body = answer.payload() if (head is None or head.method != "HEAD") else b""
+        about = answer.about[1] if answer.about is not None else head.target if head is not None else ""
+        payload = answer.payload(about.split("?", 1)[0])  # its client's shape (/v1: OpenAI's)
+        body = payload if (head is None or head.method != "HEAD") else b""
         headers = list(answer.headers)
+        headers.append(("Date", http_date()))  # RFC 9110 6.6.1: a server with a clock sends Date
         if answer.status != 204:
             if answer.body is None:
                 headers.append(("Content-Type", "application/json"))
-            headers.append(("Content-Length", str(len(answer.payload()))))
+            headers.append(("Content-Length", str(len(payload))))
         if not keep:
             headers.append(("Connection", "close"))
         try:
             # An answer of our own is small: a client that does not take it within
             # HEAD_TIMEOUT is not reading (the relay's writes wait --timeout).
-            self._send(h11.Response(status_code=answer.status, headers=headers, reason=REASONS.get(answer.status, "")), HEAD_TIMEOUT)
+            self._send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason_phrase()), HEAD_TIMEOUT)
             if body:
                 self._send(h11.Data(data=body), HEAD_TIMEOUT)
             self._send(h11.EndOfMessage(), HEAD_TIMEOUT)
@@ -319,11 +323,11 @@ class ClientConnection:
                     return self._upstream_failed(head, exc.__cause__ or exc, started, secrets, forward)
             except ClientGone:
                 up.close()
-                self._log(head, self.status or "-", self.sent, started, who=forward.who, note="client gone")
+                self._log_relayed(head, forward, self.status, started, detail="client gone")
                 return False
             except _BadBody as exc:
                 up.close()  # the upstream never sees a complete request
-                self._finish(head, Answer(400, str(exc)), started)
+                self._finish(head, Answer(400, str(exc), who=forward.who, key=forward.key, reason="body"), started)
                 return False
             except (OSError, ssl.SSLError, h11.ProtocolError, _UpstreamMalformed) as exc:
                 up.close()
@@ -421,12 +425,16 @@ class ClientConnection:
                         continue
                     self.status = status = event.status_code
                     self._send_response_head(event, head, forward.close)
+                    counting = status == 200 and self.server.count_usage and usage.wanted(_content_type(event.headers))
+                    self.usage = usage.Scanner() if counting else None
                 elif isinstance(event, h11.Data) and filtering:
                     buffered += event.data
                     if len(buffered) > forward.filter_limit:
                         raise _UpstreamMalformed(f"a model listing larger than {forward.filter_limit} bytes")
                 elif isinstance(event, h11.Data):
                     self._queue(h11.Data(data=bytes(event.data)), len(event.data))
+                    if self.usage is not None:
+                        self.usage.feed(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     if filtering:
                         self.status = status = held.status_code
@@ -438,9 +446,9 @@ class ClientConnection:
                     try:
                         self._flush()
                     except ClientGone:
-                        self._log(head, status, self.sent, started, who=forward.who, note="client gone")
+                        self._log_relayed(head, forward, status, started, detail="client gone")
                         return False
-                    self._log(head, status, self.sent, started, who=forward.who)
+                    self._log_relayed(head, forward, status, started)
                     return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and not forward.close
                 else:  # ConnectionClosed before an answer
                     if status is None:
@@ -517,28 +525,30 @@ class ClientConnection:
     def _cut(self, up, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
         up.close()
         self._flush()  # what did arrive, then the connection closes
-        self._log(head, status, self.sent, started, who=forward.who, note=why)
+        self._log_relayed(head, forward, status, started, detail=why, failure="stalled" if "stalled" in why else "cut")
         return False  # the client's connection closes mid-answer: it sees a cut message
 
     def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets, forward: Forward) -> bool:
         if self.conn.our_state is not h11.SEND_RESPONSE and self.conn.our_state is not h11.IDLE:
-            self._log(head, "-", self.sent, started, who=forward.who, note="upstream failed mid-answer")
+            self._log_relayed(head, forward, None, started, detail="upstream failed mid-answer", failure="cut")
             return False
         where = self.server.upstream.url.host
+        known = {"who": forward.who, "key": forward.key, "reason": "upstream"}
         if isinstance(exc, (socket.timeout, TimeoutError)):
-            answer = Answer(504, f"the upstream {where} did not answer in time", who=forward.who)
+            answer, failure = Answer(504, f"the upstream {where} did not answer in time", **known), "timeout"
         elif isinstance(exc, _UpstreamMalformed):
             from ..sanitize import server_text
 
-            answer = Answer(502, server_text(f"the upstream {where} sent a malformed answer: {exc}", secrets, limit=300), who=forward.who)
+            text = server_text(f"the upstream {where} sent a malformed answer: {exc}", secrets, limit=300)
+            answer, failure = Answer(502, text, **known), "malformed"
         else:
             from ..sanitize import server_text
             from ..transport import describe_failure
 
             detail = describe_failure(exc, where) if not isinstance(exc, _Stale) else None
             text = detail or f"the connection to {where} failed before an answer"
-            answer = Answer(502, server_text(text, secrets, limit=300), who=forward.who)
-        self._finish(head, answer, started)
+            answer, failure = Answer(502, server_text(text, secrets, limit=300), **known), "connect"
+        self._finish(head, answer, started, failure)
         return False
 
     # -- writing and logging ---------------------------------------------------------------------
@@ -568,16 +578,42 @@ class ClientConnection:
             except OSError:
                 raise ClientGone() from None
 
-    def _log(self, head: Head, status, size: int, started: float, who: str | None = None, note: str | None = None) -> None:
-        from ..sanitize import printable
+    def _log_relayed(self, head: Head, forward: Forward, status, started: float, detail: str = "", failure: str = "") -> None:
+        counted = self.usage.result() if self.usage is not None and not failure else None
+        self.usage = None
+        self._log(head, status, self.sent, started, who=forward.who, key=forward.key, detail=detail, failure=failure,
+                  reason="upstream" if failure else "", tokens=counted,
+                  # The model the policy read from the request (policy22), else the one Ollama's answer names.
+                  model=getattr(forward, "model", None) or (counted[2] if counted else ""))
 
-        milliseconds = (time.monotonic() - started) * 1000
-        line = f"{printable(head.method)[:16]} {printable(head.path)[:200]} {status} {max(size, 0)}B {milliseconds:.0f}ms"
-        if who:
-            line += f" {printable(who)[:100]}"
-        if note:
-            line += f" ({printable(note)[:200]})"
-        self.server.log(line)
+    def _log(self, head: Head, status, size: int, started: float, *, who: str | None = None, key: str = "",
+             reason: str = "", detail: str = "", failure: str = "", model: str = "", tokens=None) -> None:
+        """One record per request to the server's observer (log line, metrics)."""
+        elapsed = time.monotonic() - started
+        self.server.observe(record.Record(
+            time=time.time() - elapsed, method=head.method, path=head.path,
+            status=status if isinstance(status, int) else None, bytes=size, ms=elapsed * 1000,
+            user=who if who and who != key else "", key=key, reason=reason, detail=detail, model=model,
+            prompt_tokens=tokens[0] if tokens else None, completion_tokens=tokens[1] if tokens else None,
+            upstream_failure=failure,
+        ))
+
+
+_date_cache: list = [0, ""]
+
+
+def http_date() -> str:
+    """IMF-fixdate for ``Date`` (RFC 9110 5.6.7), formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        from email.utils import formatdate
+
+        _date_cache[:] = [now, formatdate(now, usegmt=True)]
+    return _date_cache[1]
+
+
+def _content_type(headers) -> str | None:
+    return next((value.decode("latin-1") for name, value in headers if name == b"content-type"), None)
 
 
 class _Stale(Exception):

@@ -42,7 +42,9 @@ def refusal(refused: Refused) -> Answer:
         headers.append(("WWW-Authenticate", 'Ollama realm="ollama-credential-helper gate"'))
     if refused.status == 429:
         headers.append(("Retry-After", "1"))  # RFC 6585 4: a slot frees when a request of the key ends
-    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True)
+    reason = refused.reason or ("malformed" if refused.status == 400 else "")
+    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True, who=refused.user or None,
+                  key=refused.key, reason=reason, hint=refused.hint)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -73,7 +75,8 @@ class _Verifying:
         """The admitting lines whose from= and expiry-time let this client in now."""
         if not admitted.fingerprint:
             return []  # the unsigned health check: no key, no line
-        return restrict.live_lines(admitted.grants, address, self.clock(), self.enforceable, who=_who(admitted))
+        lines = restrict.live_lines(admitted.grants, address, self.clock(), self.enforceable, who=_who(admitted))
+        return _theirs(admitted, lines) if isinstance(lines, Refused) else lines
 
     def check(self, method: str, target: str, headers) -> Admitted | Refused:
         authorization = authorization_header(list(headers))
@@ -97,7 +100,7 @@ class GatePolicy(_Verifying):
         result = self.check(head.method, head.target, head.headers)
         if isinstance(result, Admitted) and result.name == HEALTH_CHECK_NAME and not result.fingerprint and request_has_body(head):
             # The one unsigned request admitted must not carry anything to Ollama (or hold a slot while it trickles).
-            result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request")
+            result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request", "unsigned")
         if isinstance(result, Refused):
             return refusal(result)
         lines = self.live(result, head.peer)
@@ -110,29 +113,33 @@ class GatePolicy(_Verifying):
         headers += [("Host", self.upstream_host), *identity_headers(result)]
         # An unsigned probe gets one answer per connection: queued probes must not hold request slots.
         probe = result.name == HEALTH_CHECK_NAME and not result.fingerprint
-        forward = Forward(head.target, tuple(headers), who=label(result), close=probe)
+        forward = Forward(head.target, tuple(headers), who=label(result), close=probe, key=result.fingerprint)
         if not lines or restrict.unrestricted(lines) or is_heartbeat(head.method, head.path):
             return self._count(result, forward)  # HEAD / names no model (server/routes.go: "Ollama is running")
         # models=: the model is named in the body (or the query, or the path): read it first.
-        return NeedBody(self.max_body, lambda body: self._models(head, result, lines, forward, body))
+        return NeedBody(self.max_body, lambda body: self._models(head, result, lines, forward, body), who=label(result),
+                        key=result.fingerprint)
 
     def _models(self, head: Head, admitted: Admitted, lines: list, forward: Forward, body: bytes) -> Forward | Answer:
         """Every model the request names, read as Ollama would, allowed by one of the lines."""
         encodings = [value.strip().lower() for value in head.get_all("content-encoding")]
         if any(encoding not in ("", "identity") for encoding in encodings):
             # Ollama reads the bytes as sent (gin decodes no Content-Encoding): refuse what it would misread.
-            return refusal(Refused(400, "a compressed request body cannot be checked for its model; send it uncompressed", reason="body"))
+            return refusal(_theirs(admitted, Refused(400, "a compressed request body cannot be checked for its model; send it uncompressed",
+                                                     reason="body")))
         path, query = split_target(head.target)
         named = models.models_named(head.method, path, query or "", head.get("content-type"), body,
                                     content_encoding=",".join(encodings) or None, limit=self.max_body)
         if isinstance(named, models.Unreadable):
-            return refusal(Refused(named.status, f"the gate cannot read this request as Ollama would: {named.reason}", reason="body"))
+            return refusal(_theirs(admitted, Refused(named.status, f"the gate cannot read this request as Ollama would: {named.reason}",
+                                                     reason="body")))
         if not isinstance(named, models.Named):
-            return refusal(Refused(403, f"key {_who(admitted)} is restricted to some models, and the gate cannot tell which model "
-                                   f"{printable(path)[:120]} acts on ({named.reason}): not granted", reason="model"))
+            return refusal(_theirs(admitted, Refused(403, f"key {_who(admitted)} is restricted to some models, and the gate cannot tell "
+                                                     f"which model {printable(path)[:120]} acts on ({named.reason}): not granted",
+                                                     reason="model")))
         denied = restrict.models_refusal(lines, named.subjects, _who(admitted)) if named.models else None
         if denied is not None:
-            return refusal(denied)
+            return refusal(_theirs(admitted, denied))
         if named.listing and head.method == "GET":
             allowed = restrict.allowed_by(lines)
             forward = dataclasses.replace(
@@ -151,9 +158,15 @@ class GatePolicy(_Verifying):
             return forward
         release = self.in_flight.take(admitted.fingerprint, limit)
         if release is None:
-            return refusal(Refused(429, f"key {_who(admitted)} already has {limit} request(s) in flight (max-concurrent={limit}); "
-                                   "retry when one ends", reason="concurrency"))
+            return refusal(_theirs(admitted, Refused(429, f"key {_who(admitted)} already has {limit} request(s) in flight "
+                                                     f"(max-concurrent={limit}); retry when one ends", reason="concurrency")))
         return dataclasses.replace(forward, release=release)
+
+
+def _theirs(admitted: Admitted, refused: Refused) -> Refused:
+    """A refusal of a verified key names it in the log (observe's key and user)."""
+    named = admitted.name if admitted.name != admitted.fingerprint else ""
+    return dataclasses.replace(refused, key=admitted.fingerprint, user=named)
 
 
 def _who(admitted: Admitted) -> str:
@@ -200,16 +213,18 @@ class AuthOnlyPolicy(_Verifying):
                 result = lines
         if isinstance(result, Refused):
             answer = refusal(result)
-            return Answer(answer.status, answer.message, answer.headers, keep_alive=True, about=(method, target))
+            return dataclasses.replace(answer, about=(method, target))
         headers = identity_headers(result)
         if self.path_prefix is None:
-            return Answer(204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target))
+            return Answer(204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target),
+                          key=result.fingerprint)
         # Envoy removes what this lists from the request it forwards (external_auth.proto,
         # OkHttpResponse.headers_to_remove): the signature, and for an unsigned health check
         # (no X-Ollama-Key of ours to override it) a client's own X-Ollama-Key.
         removed = "authorization" if result.fingerprint else "authorization, x-ollama-key"
         headers.append(("x-envoy-auth-headers-to-remove", removed))
-        return Answer(200, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), body=b"")
+        return Answer(200, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), body=b"",
+                      key=result.fingerprint)
 
 
 def parse_trusted_fronts(text: str) -> tuple:

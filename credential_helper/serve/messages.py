@@ -22,7 +22,7 @@ HOP_BY_HOP = frozenset(
 # Framing is the engine's (h11 writes its own Content-Length or chunking).
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 REASONS = {
-    204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 401: "Unauthorized", 403: "Forbidden",
     413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
@@ -64,6 +64,7 @@ class Forward:
     secrets: tuple[str, ...] = ()
     who: str | None = None
     close: bool = False  # the client's connection closes after this answer
+    key: str = ""  # the caller's key fingerprint, for the log and metrics
     # The request body the engine read for the policy (NeedBody): sent with a Content-Length.
     body: bytes | None = field(default=None, repr=False)
     # Called once by the engine when the request ends, however it ends (a per-key count).
@@ -82,13 +83,16 @@ class NeedBody:
 
     limit: int
     then: Callable[[bytes], "Forward | Answer"]
+    who: str | None = None  # the caller, for the log of an answer the engine gives itself (413, 400)
+    key: str = ""
 
 
 @dataclass(frozen=True)
 class Answer:
-    """Answer the client directly. ``message`` goes into a one-line JSON body as
-    both ``error`` and ``status`` (Ollama's Go client prints ``status`` for some
-    calls and ``error`` for others, api/client.go); 204 has no body."""
+    """Answer the client directly: ``message`` in the body each client reads
+    (:meth:`payload`); 204 has no body. ``reason`` is the refusal's class (the
+    log, the metrics and, on a 401, the reason phrase); ``key`` the caller's
+    fingerprint when known; ``hint`` a line for the operator's log only."""
 
     status: int
     message: str = ""
@@ -97,13 +101,60 @@ class Answer:
     keep_alive: bool = False  # only honoured when the request had no body left to read
     body: bytes | None = field(default=None, repr=False)
     about: tuple[str, str] | None = None  # (method, target) the answer is about, if not the received one
+    key: str = ""
+    reason: str = ""
+    hint: str = ""
 
-    def payload(self) -> bytes:
+    def payload(self, path: str = "") -> bytes:
+        """The body for a request to ``path``, in the shape its client reads.
+
+        ``/v1/*``: OpenAI's, as Ollama's own ``openai.NewError`` writes it
+        (openai/openai.go: ``{"error": {"message", "type", "param", "code"}}``,
+        type ``invalid_request_error`` for 400, ``not_found_error`` for 404, else
+        ``api_error``); ``code`` carries the reason class (OpenAI's own codes are
+        such words), openai-python shows ``message``. Elsewhere Ollama's: its Go
+        client (api/client.go ``checkError``) reads a 401 into ``AuthorizationError``,
+        which prints only ``status``; any other code into ``StatusError``, which
+        prints ``status: error`` (api/types.go), so there ``error`` alone.
+        ollama-python reads ``error`` (``ResponseError``).
+        """
         if self.body is not None:
             return self.body
         if self.status == 204:
             return b""
-        return json.dumps({"error": self.message, "status": self.message}).encode() + b"\n"
+        if path == "/v1" or path.startswith("/v1/"):
+            kind = {400: "invalid_request_error", 404: "not_found_error"}.get(self.status, "api_error")
+            shaped: dict = {"error": {"message": self.message, "type": kind, "param": None, "code": self.reason or None}}
+        elif self.status == 401:
+            shaped = {"error": self.message, "status": self.message}
+        else:
+            shaped = {"error": self.message}
+        return json.dumps(shaped).encode() + b"\n"
+
+    def reason_phrase(self) -> str:
+        """The status line's reason phrase. On a 401 it carries the short reason:
+        Ollama's streaming calls show only the status line then (api/client.go
+        ``stream``: ``AuthorizationError{Status: response.Status}``). RFC 9112
+        4: any phrase a client must ignore; printable ASCII here."""
+        phrase = REASONS.get(self.status, "")
+        short = SHORT_REASONS.get(self.reason) if self.status == 401 else None
+        if short:
+            named = f": {self.key}" if self.reason == "unknown-key" and self.key else ""
+            phrase = f"{phrase} ({short}{named})"
+        return phrase
+
+
+# The reason classes (PLAN.md) in a few words, for a 401's reason phrase.
+SHORT_REASONS = {
+    "unsigned": "not signed; set OLLAMA_AUTH=1",
+    "malformed": "malformed signature or ts",
+    "stale": "signature ts outside the allowed skew; sync your clock",
+    "unknown-key": "key not in the server's authorized_keys",
+    "bad-signature": "signature does not verify",
+    "keyfile-unusable": "the server's authorized_keys is unusable; tell its operator",
+    "expired": "key expired",
+    "token": "missing or wrong local access token",
+}
 
 
 def head_problem(raw: bytes, head: Head) -> str | None:

@@ -8,6 +8,8 @@ import threading
 import time
 from collections import OrderedDict
 
+from ..errors import InputError, ListenError
+from . import record
 from .engine import ClientConnection
 from .upstream import Upstream
 
@@ -15,19 +17,55 @@ MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 
 
+def listening_socket(address, prepare_socket=None) -> socket.socket:
+    """A socket bound and listening on ``address``; a failure is one line with its
+    exit code (errors.py), never an internal error: a port in use, an address this
+    machine does not have, a privileged port, a host name that does not resolve."""
+    host, port = address
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"cannot listen on {shown}: {host!r} is not an address or a host name this machine "
+                         f"can resolve ({getattr(exc, 'strerror', None) or exc})") from None
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if prepare_socket is not None:
+            prepare_socket(sock)
+        sock.bind(sockaddr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(listen_problem(shown, exc)) from None
+    return sock
+
+
+def listen_problem(shown: str, exc: OSError) -> str:
+    import errno
+
+    why = {
+        errno.EADDRINUSE: "the port is in use by another program (another gate or proxy?): choose another port, "
+                          "or stop that program (ss -ltnp shows which)",
+        errno.EACCES: "permission denied (ports below 1024 need privileges): choose a port from 1024 up",
+        errno.EADDRNOTAVAIL: "this machine has no such address: listen on one of its own addresses, or 0.0.0.0",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return f"cannot listen on {shown}: {why}"
+
+
 class Server:
     def __init__(self, address, policy, *, upstream: Upstream | None, log, timeout: float = 300.0,
                  max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
-                 tls_context: ssl.SSLContext | None = None, prepare_socket=None) -> None:
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        if prepare_socket is not None:
-            prepare_socket(self.sock)
-        self.sock.bind(address)
-        self.sock.listen(LISTEN_BACKLOG)
+                 tls_context: ssl.SSLContext | None = None, prepare_socket=None, observe=None,
+                 count_usage: bool = False) -> None:
+        self.sock = listening_socket(address, prepare_socket)
         self.sock.settimeout(0.2)
         self.address = self.sock.getsockname()[:2]
         self.policy, self.upstream, self.log = policy, upstream, log
+        # Each request's record goes to one observer: the log line, and metrics when asked for.
+        self.observe = observe if observe is not None else record.Logger(log)
+        self.count_usage = count_usage  # read token counts from answers (the JSON log, metrics)
+        self.flight = _no_flight  # (user, +1/-1) around each relayed request: metrics' in-flight gauge
         self.timeout, self.verbose, self.tls_context = timeout, verbose, tls_context
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_in_flight)
@@ -142,3 +180,7 @@ def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reloa
             signal.signal(sig, handler)
     log("stopped")
     return 0
+
+
+def _no_flight(user: str, delta: int) -> None:
+    pass

@@ -180,26 +180,26 @@ class SigningPolicy:
         host = (head.get("host") or "").strip().lower()
         if host not in self.hosts:
             return Answer(403, f"the Host header must name this proxy ({sorted(self.hosts)[0]}): a DNS name "
-                               "that points at loopback is how a web page would reach it")
+                               "that points at loopback is how a web page would reach it", reason="origin")
         problem = browser_problem(head, self.allowed_origins)
         if problem is not None:
-            return Answer(403, problem)
+            return Answer(403, problem, reason="origin")
         if self.token is not None:
             offered = presented_token(head)
             if offered is None or not hmac.compare_digest(offered.encode("latin-1", "replace"), self.token):
                 return Answer(401, (
                     "missing or wrong local access token: send it as 'Authorization: Bearer <token>' or "
                     f"'x-api-key: <token>'; it is in {token_path()} ('ollama-credential-helper proxy --print-env' prints it)"
-                ), headers=(("WWW-Authenticate", 'Bearer realm="ollama-credential-helper proxy"'),))
+                ), headers=(("WWW-Authenticate", 'Bearer realm="ollama-credential-helper proxy"'),), reason="token")
         if not head.method.isalpha() or not head.method.isupper():
             # Signed as sent or not at all: ollama.com verifies METHOD,<target> with the method as sent.
-            return Answer(400, "the method must be upper-case letters (methods are case-sensitive, RFC 9110 9.1)")
+            return Answer(400, "the method must be upper-case letters (methods are case-sensitive, RFC 9110 9.1)", reason="malformed")
         try:
             target, authorization = self.signer.sign(head.method, head.target)
         except InputError as exc:
-            return Answer(400, str(exc))
+            return Answer(400, str(exc), reason="malformed")
         except HelperError as exc:
-            return Answer(503, str(exc))
+            return Answer(503, str(exc), reason="identity")
         headers = end_to_end(head.headers, NOT_FORWARDED)
         headers = [(n, v) for n, v in headers if not n.lower().startswith("x-forwarded-")]
         headers += [("Host", self.signer.upstream.host), ("Authorization", authorization)]

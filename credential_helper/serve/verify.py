@@ -76,13 +76,19 @@ class Admitted:
 
 @dataclass(frozen=True)
 class Refused:
-    """Answer ``status`` (400, 401, 403 or 503) with ``message`` (one line) and forward nothing.
+    """Answer ``status`` (400, 401, 403, 429 or 503) with ``message`` (one line) and forward nothing.
 
-    ``reason`` is a short class for logs and metrics (PLAN.md's list), "" when unset."""
+    ``reason`` is the class the operator's log and metrics count (PLAN.md's list;
+    empty means ``malformed`` for a 400); ``key`` is the fingerprint of a key whose
+    signature verified, ``user`` its name when the file names it, and ``hint``
+    what the operator can do (the line to add for an unknown key): log only."""
 
     status: int
     message: str
     reason: str = ""
+    key: str = ""
+    user: str = ""
+    hint: str = ""
 
 
 def split_target(target: str) -> tuple[str, str | None]:
@@ -168,23 +174,23 @@ def is_heartbeat(method: str, path: str) -> bool:
 
 def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
     if len(value) > MAX_AUTHORIZATION_CHARS:
-        return Refused(401, "the Authorization header is too long to be '<public key>:<signature>'")
+        return Refused(401, "the Authorization header is too long to be '<public key>:<signature>'", "malformed")
     credential = protocol.bearer_credential(value)  # Ollama's client sends no scheme; a Bearer one is accepted
     if credential is None:
         credential = value.strip(" \t")
     key_text, colon, signature_text = credential.partition(":")
     if not colon:
-        return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)")
+        return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)", "unsigned")  # an API key, not a signature
     blob = decode_base64(key_text)
     if blob is None:
-        return Refused(401, "the public key in the Authorization header is not valid base64")
+        return Refused(401, "the public key in the Authorization header is not valid base64", "malformed")
     signature = decode_base64(signature_text)
     if signature is None:
-        return Refused(401, "the signature in the Authorization header is not valid base64")
+        return Refused(401, "the signature in the Authorization header is not valid base64", "malformed")
     if not is_ed25519_blob(blob):
-        return Refused(401, "the key in the Authorization header is not an Ed25519 key; only ssh-ed25519 keys are admitted")
+        return Refused(401, "the key in the Authorization header is not an Ed25519 key; only ssh-ed25519 keys are admitted", "malformed")
     if len(signature) != SIGNATURE_BYTES:
-        return Refused(401, "the signature in the Authorization header is not 64 bytes (Ed25519)")
+        return Refused(401, "the signature in the Authorization header is not 64 bytes (Ed25519)", "malformed")
     return blob, signature
 
 
@@ -226,14 +232,14 @@ def verify(
     if not (isinstance(max_skew, (int, float)) and math.isfinite(max_skew) and max_skew >= 0):
         raise ValueError("max_skew must be a finite number of seconds, 0 or more")
     if not isinstance(method, str) or not _METHOD.fullmatch(method):
-        return Refused(400, "the request method is not an HTTP token")
+        return Refused(400, "the request method is not an HTTP token", "malformed")
     problem = canonical_path_problem(target)
     if problem is not None:
-        return Refused(400, f"the request target is not in canonical form: {problem}; send the path exactly as the server routes it")
+        return Refused(400, f"the request target is not in canonical form: {problem}; send the path exactly as the server routes it", "malformed")
     if allow_health_check and is_health_check(method, target, authorization):
         return Admitted(HEALTH_CHECK_NAME, "")
     if authorization is None or authorization.strip() == "":
-        return Refused(401, "this server admits only requests signed with an admitted Ed25519 key: run Ollama's CLI with OLLAMA_AUTH=1, or use ollama-credential-helper's proxy or OllamaAuth")
+        return Refused(401, "this server admits only requests signed with an admitted Ed25519 key: run Ollama's CLI with OLLAMA_AUTH=1, or use ollama-credential-helper's proxy or OllamaAuth", "unsigned")
     parsed = _parse_authorization(authorization)
     if isinstance(parsed, Refused):
         return parsed
@@ -241,24 +247,25 @@ def verify(
     path, query = split_target(target)
     stamps = _ts_values(query)
     if not stamps:
-        return Refused(401, "the signed target has no ts= in its query (Ollama's client adds it when OLLAMA_AUTH=1)")
+        return Refused(401, "the signed target has no ts= in its query (Ollama's client adds it when OLLAMA_AUTH=1)", "malformed")
     if len(stamps) > 1:
-        return Refused(401, "the signed target has more than one ts= in its query")
+        return Refused(401, "the signed target has more than one ts= in its query", "malformed")
     if not _TS.fullmatch(stamps[0]):
-        return Refused(401, "ts= in the query is not Unix seconds in plain decimal digits")
+        return Refused(401, "ts= in the query is not Unix seconds in plain decimal digits", "malformed")
     ts = int(stamps[0])
     if not _signature_verifies(blob, signature, f"{method},{target}".encode("ascii")):
-        return Refused(401, f"the signature does not verify over {method} {_quoted(path)} with its query (signed for another method, path or query, or by another key)")
+        return Refused(401, f"the signature does not verify over {method} {_quoted(path)} with its query (signed for another method, path or query, or by another key)", "bad-signature")
     # Written as "not within" so that a NaN clock refuses rather than admits.
     skew = now - ts
     if not abs(skew) <= max_skew:
         if not math.isfinite(skew):
-            return Refused(401, "the signature's ts cannot be compared with this server's clock")
+            return Refused(401, "the signature's ts cannot be compared with this server's clock", "stale", fingerprint(blob))
         direction = "behind" if skew > 0 else "ahead of"
         return Refused(
             401,
             f"the signature's ts is {abs(skew):.0f} s {direction} this server's clock, more than the {max_skew:.0f} s allowed: "
             "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
+            "stale", fingerprint(blob), _own_name(keys, blob),
         )
     if keys.problem is not None:
         # sshd refuses every key while StrictModes rejects the file; the holder of a
@@ -291,12 +298,19 @@ def verify(
             403,
             f"key {print_} ({_quoted(name, 64)}) is not granted {shown}: the operator can add {shown} "
             "to its endpoint list in the server's authorized_keys",
+            "not-granted", print_, name if name != print_ else "",
         )
     return Refused(
         401,
         f"key {print_} is not in this server's authorized_keys; to admit it the operator adds the line: "
         f"{key_line} <name> {shown}   (or * instead of {shown} for every endpoint)",
+        "unknown-key", print_, "", f"to admit it add: {key_line} <name> {shown}",
     )
+
+
+def _own_name(keys: AuthorizedKeys, blob: bytes) -> str:
+    """The name the key file gives this key on its own lines, for the log; "" when none."""
+    return next((grant.name for grant in keys.grants_for(blob) if not grant.wildcard and grant.named), "")
 
 
 def _b64(blob: bytes) -> str:
