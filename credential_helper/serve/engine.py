@@ -13,7 +13,13 @@ Rules it keeps (each cites why):
 - only a safe method without a body is retried on a fresh connection, and only
   when a reused connection failed before any answer (RFC 9110 9.2.1, RFC 9112 9.3.1);
 - a request head must arrive within HEAD_TIMEOUT in total; until it has, the
-  connection may be closed to make room at the cap (server.py).
+  connection may be closed to make room at the cap (server.py);
+- a policy that needs the body to decide (``NeedBody``, the gate's models=) gets
+  all of it before a byte goes upstream, bounded (413 over, BODY_READ_TIMEOUT per
+  read as a relayed body), and the body goes on with one Content-Length, never
+  chunked as well (RFC 9112 6.1); a Forward's ``filter_answer`` holds the answer
+  whole (bounded, a compressed one refused) and sends it with its new length;
+  a Forward's ``release`` is called once however the request ends.
 """
 
 import dataclasses
