@@ -453,3 +453,39 @@ def test_a_line_auth_only_cannot_enforce_that_arrives_in_a_reload_grants_nothing
         process.terminate()
         log = process.communicate(timeout=20)[1]
     assert any("line 1: models= cannot be enforced with --auth-only" in line and "grants nothing" in line for line in log.splitlines()), log
+
+
+# --- Ollama's own Go client (api/client.go do and stream) ---------------------------------------
+
+HARNESS = os.environ.get("OLLAMA_CLIENT_HARNESS", "")
+
+
+@pytest.mark.interop
+@pytest.mark.skipif(not os.path.exists(HARNESS or "/nonexistent"),
+                    reason="set OLLAMA_CLIENT_HARNESS to a harness built by golden/ollama-client-harness/build.sh (needs Go and an Ollama checkout)")
+@pytest.mark.parametrize("call, method, path, model, allowed", [
+    ("do", "POST", "/api/show", "small", True), ("do", "POST", "/api/show", "big", False),
+    ("stream", "POST", "/api/chat", "small", True), ("stream", "POST", "/api/chat", "big", False),
+    ("stream", "POST", "/api/pull", "registry.ollama.ai/library/BIG:latest", False), ("do", "DELETE", "/api/delete", "big", False),
+])
+def test_ollamas_own_go_client_allowed_and_denied(tmp_path, call, method, path, model, allowed):
+    """What Ollama's CLI prints (api/client.go do/stream, types.go Error(), built from Ollama
+    fb30760 by the harness) for a models= refusal: the rule, and nothing reached Ollama."""
+    import subprocess
+
+    keys_path = write_keys(tmp_path, f"{RULE} {key_line('ed25519-b')} bob *\n")
+    with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}") as recorder:
+        running = Gate(keys_path, recorder.host)
+        try:
+            env = {"PATH": os.environ["PATH"], "OLLAMA_HOST": running.base, "HOME": "/nonexistent",
+                   "OLLAMA_AUTH": "1", "HARNESS_KEY": str(GOLDEN / "keys" / "ed25519-b")}
+            done = subprocess.run([HARNESS, call, method, path, json.dumps({"model": model})], env=env, capture_output=True,
+                                  text=True, check=True, timeout=30)
+            printed = json.loads(done.stdout)["printed"]
+        finally:
+            running.close()
+    if allowed:
+        assert printed == "" and len(recorder.requests) == 1
+    else:
+        assert recorder.requests == []
+        assert "may not use the model" in printed and "line 1 allows models=" in printed, printed
