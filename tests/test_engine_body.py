@@ -12,12 +12,12 @@ import threading
 import time
 
 import pytest
+from faults import KeepAliveServer
 
 from credential_helper import protocol
 from credential_helper.serve import server
 from credential_helper.serve.messages import Answer, Forward, Head, NeedBody
 from credential_helper.serve.upstream import Upstream
-from faults import KeepAliveServer
 
 pytestmark = pytest.mark.process  # loopback servers, in this process
 

@@ -15,15 +15,15 @@ import threading
 import time
 
 import pytest
-
 from conftest import GOLDEN, helper_executable
+from faults import KeepAliveServer
+
 from credential_helper import protocol
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, server
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import REPLY_WORDS, StandIn
-from faults import KeepAliveServer
 
 pytestmark = pytest.mark.process  # loopback servers and the installed executable
 

@@ -7,8 +7,8 @@ import json
 import time
 
 import pytest
-
 from conftest import GOLDEN
+
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate
 from credential_helper.serve.authorized_keys import KeyFile

@@ -87,7 +87,8 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
                grace: float, verbose: bool, ready=None, log_format: str = "text", metrics_listen: str | None = None,
                metrics_public: bool = False, trusted_fronts: str | None = None) -> int:
-    from . import gate, record, restrict, server as server_module
+    from . import gate, record, restrict
+    from . import server as server_module
     from .authorized_keys import KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)

@@ -16,7 +16,14 @@ from . import models, restrict
 from .authorized_keys import KeyFile
 from .forwarded import authorization_header, forwarded_request, prefixed_request
 from .messages import Answer, Forward, Head, NeedBody, end_to_end, request_has_body
-from .verify import HEALTH_CHECK_NAME, Admitted, Refused, is_heartbeat, split_target, verify
+from .verify import (
+    HEALTH_CHECK_NAME,
+    Admitted,
+    Refused,
+    is_heartbeat,
+    split_target,
+    verify,
+)
 
 # A request body read to see which model it names (models=), and a listing read to filter
 # it: bounded, as a body the gate holds in memory must be (over: 413, or 502 for a listing).

@@ -23,6 +23,7 @@ from .authorized_keys import Grant
 from .key_options import address_allowed, expired, model_allowed
 from .verify import Refused
 
+
 def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
