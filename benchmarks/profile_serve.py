@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         server = server.Server(("127.0.0.1", 0), None, upstream=upstream, log=lines.append, max_in_flight=256)
         token = "t" * 43
         if args.mode == "proxy":
-            server.policy = sign.SigningPolicy(sign.Signer(upstream_url, key, token), token, server.address[1])
+            server.policy = sign.SigningPolicy(sign.Signer(upstream_url, key, token), token, server.address)
         elif args.mode == "gate":
             server.policy = gate.GatePolicy(KeyFile(keys, lines.append), 300, upstream_url.host)
         else:

@@ -8,6 +8,7 @@ Public API (imported lazily, so that ``import credential_helper`` stays cheap)::
     parse_www_authenticate(value) -> Challenge
     fetch_challenge(url) -> (Challenge, host)
     TokenCache(directory=None)
+    tls_context()                      # the command line's TLS trust, for verify= in httpx clients
 
 Every error is a subclass of :class:`HelperError`; ``exc.exit_code`` is the
 status the command line would exit with.
@@ -28,6 +29,7 @@ _EXPORTS = {
     "parse_www_authenticate": "protocol",
     "Challenge": "protocol",
     "TokenCache": "cache",
+    "tls_context": "transport",
     "HelperError": "errors",
     "ServerRefusedError": "errors",
     "InputError": "errors",

@@ -151,6 +151,8 @@ def build_parser():
     )
     doctor.add_argument("--json", action="store_true", help="print {checks: [{name, status, detail, fix}], ok} as JSON")
     doctor.add_argument("--registry", metavar="URL", help="the registry to check (default: https://registry.ollama.ai)")
+    doctor.add_argument("--host", metavar="URL", help="check a shared server (a gate) instead: TLS trust, clock, "
+                        "whether each of your keys is admitted, and which key Ollama's CLI signs with")
     doctor.set_defaults(func=cmd_doctor)
 
     proxy = commands.add_parser(
@@ -452,13 +454,21 @@ def cmd_erase(args, log) -> int:
 
 def cmd_key(args, log) -> int:
     from . import account
+    from .identity import default_identity_path
 
     if args.generate:
         identity = account.generate_identity(args.identity)
         log(f"created {identity.path} and {identity.path}.pub")
         write_stdout(f"{identity.public_key_line}\n")
-        write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
-        write_stdout(f"{account.connect_url(identity)}\n")
+        if args.identity is None or os.path.abspath(args.identity) == os.path.abspath(default_identity_path()):
+            write_stdout(f"created {identity.path} (and .pub); link it to your ollama.com account at:\n")
+            write_stdout(f"{account.connect_url(identity)}\n")
+        else:
+            # A second key is for a shared server (a gate): linking it to ollama.com would undo its point,
+            # since whoever runs that server can replay its signatures at ollama.com.
+            write_stdout(f"created {identity.path} (and .pub). For a shared server, send its operator the line above; "
+                         "leave this key unlinked: apart from your ollama.com account, its signatures are worth nothing there "
+                         f"(to link it anyway: ollama-credential-helper key --connect-url --identity {identity.path})\n")
         return EXIT_OK
     from .identity import load_identity
 
@@ -492,7 +502,7 @@ def cmd_proxy(args, log) -> int:
 
     if args.print_env:
         host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
-                                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+                                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
         if port == 0:
             raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
         token = None if args.no_local_token else sign.local_token()
@@ -539,7 +549,14 @@ def cmd_gate(args, log) -> int:
 def cmd_doctor(args, log) -> int:
     from . import doctor
 
-    checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
+    if args.host is not None:
+        from . import doctor_host
+
+        if args.registry is not None:
+            raise InputError("--host checks a shared server and --registry ollama.com's registry: give one of them")
+        checks = doctor_host.run(host=args.host, identity_path=args.identity, timeout=args.timeout)
+    else:
+        checks = doctor.run(identity_path=args.identity, registry=args.registry, timeout=args.timeout)
     failed = any(check.status == "fail" for check in checks)
     if args.json:
         _print_json({"checks": [check.as_dict() for check in checks], "ok": not failed})

@@ -95,13 +95,19 @@ def _skipped(name: str, why: str) -> Check:
 
 def check_identity(key_path: str) -> Check:
     generate = f"ollama-credential-helper key --generate{'' if key_path == identity.default_identity_path() else ' --identity ' + key_path} (then open the printed page), or run 'ollama signin'"
+    chosen = key_path != identity.default_identity_path()
     try:
         loaded = identity.load_identity(key_path)
-    except KeyNotFoundError:
+    except KeyNotFoundError as exc:
+        if chosen:  # a typed path: a typo, not a key to make (see identity._missing_key_message)
+            return Check("identity", "fail", str(exc), "give --identity the path of an existing private key")
         return Check("identity", "fail", f"no key at {key_path}", generate)
     except IdentityError as exc:
         message = str(exc)
-        if "chmod" in message:
+        if "is a public key" in message:
+            private = key_path[:-4] if key_path.endswith(".pub") else "the private key"
+            fix = f"--identity {private}"
+        elif "chmod" in message:
             fix = f"chmod 600 {key_path}"
         elif "passphrase" in message:
             fix = f'ssh-keygen -p -N "" -f {key_path}'

@@ -48,6 +48,8 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise IdentityError(f"the key {path} is not a regular file")
         if system.too_open(info):
+            # A .pub given as --identity is 0644 by design: say which file was meant, not chmod.
+            _refuse_public_key(os.read(fd, 4096), path)
             raise IdentityError(
                 f"the key {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}); "
@@ -64,6 +66,10 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
 
 
 def _missing_key_message(path: str) -> str:
+    if os.path.abspath(path) != os.path.abspath(default_identity_path()):
+        # A path someone typed: a typo is likelier than a key still to be made, and
+        # generating one there would give the operator a key no one meant to send.
+        return f"no key file at {path}: check the path given as --identity (identity=){_near_misses(path)}"
     message = (
         f"no identity at {path}: create one with 'ollama-credential-helper key "
         "--generate' (or 'ollama signin'), or set OLLAMA_API_KEY"
@@ -74,6 +80,34 @@ def _missing_key_message(path: str) -> str:
             f"{os.path.dirname(SYSTEM_SERVICE_PUBKEY)}/, which you cannot read"
         )
     return message
+
+
+def _near_misses(path: str) -> str:
+    """'; did you mean ...' naming private keys beside ``path`` with a similar name, or why not."""
+    import difflib
+
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        names = [name for name in os.listdir(directory) if not name.endswith(".pub")]
+    except FileNotFoundError:
+        return f" ({directory} does not exist)"
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(os.path.basename(path), names, n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(os.path.join(directory, name) for name in close)}?" if close else ""
+
+
+PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-", "ssh-dss")
+
+
+def _refuse_public_key(data: bytes, path: str) -> None:
+    """Raise IdentityError when ``data`` is a public key line (an ``.pub`` file), naming the private key."""
+    first = data.lstrip().split(b" ", 1)[0].decode("ascii", "replace")
+    if b"PRIVATE KEY" in data or not first.startswith(PUBLIC_KEY_TYPES):
+        return
+    private = path[:-4] if path.endswith(".pub") else None
+    meant = f"; the private key is {private}" if private and os.path.lexists(private) else ""
+    raise IdentityError(f"{path} is a public key ({first} ...): --identity (identity=) takes the private key{meant}")
 
 
 class Identity:
@@ -99,11 +133,10 @@ class Identity:
     def fingerprint(self) -> str:
         """``SHA256:...`` as ``ssh-keygen -l`` prints it (unpadded base64)."""
         import base64
-        import hashlib
 
-        blob = base64.b64decode(self.public_key_b64)
-        digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-        return f"SHA256:{digest}"
+        from .keys import fingerprint
+
+        return fingerprint(base64.b64decode(self.public_key_b64))
 
     def sign(self, data: str | bytes) -> str:
         """auth/auth.go Sign: ``<public key base64>:<standard base64 signature>``."""
@@ -133,6 +166,7 @@ def parse_private_key(data: bytes, path: str = "<memory>") -> Identity:
         # cryptography raises TypeError when a password is needed but not given.
         raise _encrypted(path) from None
     except (ValueError, IndexError, OverflowError):
+        _refuse_public_key(data, path)
         raise IdentityError(
             f"{path} is not a valid private key: expected an unencrypted OpenSSH "
             "or PKCS#8 PEM Ed25519 key such as 'ollama' or 'ssh-keygen -t ed25519' writes"

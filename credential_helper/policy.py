@@ -51,6 +51,30 @@ def is_loopback(hostname: str) -> bool:
     return False
 
 
+def loopback_names(host: str) -> tuple[str, ...]:
+    """THE names of a loopback address a server binds: what a client may send as
+    ``Host`` (without the port, lower case, IPv6 in brackets), the first being
+    the one to print and to bind. Empty when ``host`` is not loopback (see
+    :func:`is_loopback`).
+
+    ``proxy --listen`` and ``--print-env`` (``serve/commands.parse_listen``) and
+    the proxy's Host check (``serve/sign.own_hosts``) all take their names from
+    here, so the URL it prints is always one it answers to. A DNS name other
+    than ``localhost`` is never one: a web page that rebinds its own name to
+    127.0.0.1 sends that name (Ollama checks Host for the same reason,
+    server/routes.go allowedHost). ``localhost`` names 127.0.0.1 and ::1, which
+    it resolves to (RFC 6761 6.3); 127.0.0.2 is reached by its number only.
+    """
+    if not is_loopback(host):
+        return ()
+    name = host.lower()
+    if name == "localhost" or name == "127.0.0.1":
+        return ("127.0.0.1", "localhost")
+    if ":" in name:  # any spelling of ::1 (is_loopback checked it)
+        return ("[::1]", "localhost")
+    return (name,)
+
+
 def _canonical_octet(text: str) -> bool:
     """One dotted-decimal octet as Go's net.ParseIP accepts it (no leading zero)."""
     return (

@@ -213,24 +213,15 @@ def describe_failure(exc: BaseException, where: str) -> str | None:
     urllib3's NewConnectionError subclasses its ConnectTimeoutError, so a refused
     connection must be recognised before anything that looks like a timeout.
     """
-    chain = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 10:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
+    chain = _chain(exc)
     for err in chain:
         if isinstance(err, urllib3.exceptions.NameResolutionError) or isinstance(
             err, socket.gaierror
         ):
             return f"cannot resolve {where}: DNS lookup failed"
-    for err in chain:
-        if isinstance(err, ssl.SSLCertVerificationError):
-            detail = err.verify_message or str(err.reason or "certificate not trusted")
-            return f"TLS failure talking to {where}: certificate verification failed ({detail})"
-        if isinstance(err, (ssl.SSLError, urllib3.exceptions.SSLError)):
-            return f"TLS failure talking to {where}: {_first_line(err)}"
-        if type(err).__name__ == "CertificateError":
-            return f"TLS failure talking to {where}: certificate does not match the host"
+    tls = tls_failure(exc, where)
+    if tls is not None:
+        return tls
     for err in chain:
         if "Tunnel connection failed" in str(err):
             return f"the proxy refused the tunnel to {where}: {_first_line(err).split('failed: ', 1)[-1]}"
@@ -248,6 +239,33 @@ def describe_failure(exc: BaseException, where: str) -> str | None:
         if isinstance(err, (ConnectionError, urllib3.exceptions.ProtocolError)):
             return f"connection to {where} failed: {_first_line(err)}"
     return f"request to {where} failed: {_first_line(exc)}"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    chain = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def tls_failure(exc: BaseException, where: str) -> str | None:
+    """'TLS failure talking to WHERE: ...' when a TLS error caused ``exc``, else None.
+
+    The one wording for the command line and the adapters (integrations/), whose
+    libraries report the same failure as a connection error (ollama-python: "Failed
+    to connect to Ollama").
+    """
+    for err in _chain(exc):
+        if isinstance(err, ssl.SSLCertVerificationError):
+            detail = err.verify_message or str(err.reason or "certificate not trusted")
+            return f"TLS failure talking to {where}: certificate verification failed ({detail})"
+        if isinstance(err, (ssl.SSLError, urllib3.exceptions.SSLError)):
+            return f"TLS failure talking to {where}: {_first_line(err)}"
+        if type(err).__name__ == "CertificateError":
+            return f"TLS failure talking to {where}: certificate does not match the host"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

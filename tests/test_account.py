@@ -187,12 +187,55 @@ def test_missing_key_mentions_the_system_service_key_when_present(monkeypatch, t
     service_pub.parent.mkdir()
     service_pub.write_text("ssh-ed25519 AAAA\n")
     monkeypatch.setattr(identity, "SYSTEM_SERVICE_PUBKEY", str(service_pub))
+    monkeypatch.setenv("HOME", str(tmp_path))  # the default path: nothing there
+    missing = identity.default_identity_path()
     with pytest.raises(KeyNotFoundError) as caught:
-        identity.read_key_file(tmp_path / "nope")
+        identity.read_key_file(missing)
     message = str(caught.value)
-    assert str(tmp_path / "nope") in message and "key --generate" in message and "ollama signin" in message
+    assert missing in message and "key --generate" in message and "ollama signin" in message
     assert "system service" in message and str(service_pub.parent) in message
     monkeypatch.setattr(identity, "SYSTEM_SERVICE_PUBKEY", str(tmp_path / "absent.pub"))
     with pytest.raises(KeyNotFoundError) as caught:
-        identity.read_key_file(tmp_path / "nope")
+        identity.read_key_file(missing)
     assert "system service" not in str(caught.value)
+
+
+def test_a_mistyped_identity_path_is_told_to_check_it_not_to_generate_a_key(run, keys):
+    # Break caught: _missing_key_message without its typed-path branch (it said 'key --generate').
+    result = run(["sign", "GET", "https://ollama.com/api/tags", "--identity", str(keys / "ed25519-x")])
+    assert_one_line_error(result, 3)
+    assert "check the path" in result.err and "key --generate" not in result.err
+    assert "did you mean " in result.err and str(keys / "ed25519-a") in result.err and str(keys / "ed25519-b") in result.err
+    elsewhere = run(["key", "--identity", str(keys / "no-such-dir" / "k")])
+    assert_one_line_error(elsewhere, 3)
+    assert "does not exist" in elsewhere.err and "key --generate" not in elsewhere.err
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600])
+def test_a_public_key_given_as_identity_names_the_private_key_not_chmod(run, keys, mode):
+    # Break caught: _refuse_public_key returning at once (0644: 'chmod 600 ...pub'; 0600: 'not a valid private key').
+    os.chmod(keys / "ed25519-a.pub", mode)
+    result = run(["sign", "GET", "https://ollama.com/api/tags", "--identity", str(keys / "ed25519-a.pub")])
+    assert_one_line_error(result, 3)
+    assert "is a public key" in result.err and f"the private key is {keys / 'ed25519-a'}" in result.err
+    assert "chmod" not in result.err
+
+
+def test_doctor_names_the_private_key_for_a_pub_and_no_key_generation_for_a_typo(run, keys):
+    import json
+
+    for given, fix in ((keys / "ed25519-a.pub", f"--identity {keys / 'ed25519-a'}"),
+                       (keys / "ed25519-x", "give --identity the path of an existing private key")):
+        os.chmod(keys / "ed25519-a.pub", 0o644)
+        result = run(["doctor", "--json", "--identity", str(given), "--timeout", "1", "--registry", "http://127.0.0.1:9"])
+        identity_check = next(c for c in json.loads(result.out)["checks"] if c["name"] == "identity")
+        assert identity_check["status"] == "fail" and identity_check["fix"] == fix, identity_check
+
+
+def test_generate_for_a_second_key_does_not_ask_to_link_it(run, env, tmp_path):
+    # Break caught: printing the connect page for every key (the README had to say 'ignore it').
+    result = run(["key", "--generate", "--identity", str(tmp_path / "box_ed25519")], environment=env)
+    assert result.code == 0, result
+    assert result.out.splitlines()[0].startswith("ssh-ed25519 AAAA")
+    assert "https://ollama.com/connect" not in result.out and "operator" in result.out
+    assert f"key --connect-url --identity {tmp_path / 'box_ed25519'}" in result.out

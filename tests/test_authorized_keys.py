@@ -163,6 +163,13 @@ def test_a_byte_order_mark_skips_the_first_line_and_says_so():
     assert "unsupported key type" not in warnings[0]
 
 
+def test_a_byte_order_mark_inside_a_joined_file_is_named_too():
+    # cat ours theirs-from-notepad > authorized_keys
+    keys, warnings = parse(f"ssh-ed25519 {B} bob *\n\ufeffssh-ed25519 {A} alice *\n")
+    assert keys.grants_for(BLOB_A) == [] and granted(keys, BLOB_B, "/api/chat")
+    assert len(warnings) == 1 and warnings[0].startswith("line 2: skipped: ") and "byte order mark" in warnings[0]
+
+
 def test_a_byte_order_mark_before_a_comment_costs_nothing():
     keys, warnings = parse(f"\ufeff# keys\nssh-ed25519 {A} alice *\n")
     assert warnings == [] and granted(keys, BLOB_A, "/api/chat")

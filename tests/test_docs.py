@@ -158,6 +158,31 @@ def test_man_page_is_warning_free():
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
 
 
+def test_install_instructions_work_on_an_externally_managed_python():
+    # Break caught: the README before (python3 -m pip install ., refused by Debian's and Ubuntu's Python,
+    # PEP 668; pip install 'ollama-credential-helper[httpx]', a release that is not on PyPI).
+    commands = "\n".join(re.findall(r"```(?:sh)?\n(.*?)```", README, re.S))
+    assert "python3 -m pip install" not in commands
+    assert not re.search(r"pip install '?ollama-credential-helper", README)
+    install = README.split("## Install", 1)[1].split("\n## ", 1)[0]
+    assert "python3 -m venv" in install and "pipx install ." in install and "not published on PyPI" in install
+
+
+@pytest.mark.process
+@pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
+def test_man_pages_json_field_lists_render_with_their_quotes():
+    # Break caught: writing them as macro arguments (.B {"token", "token_type"}): roff takes an argument that
+    # starts with a double quote as quoted, and the page showed {"token", token_type , expires_at , source }.
+    done = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-rLL=1000n", "-rHY=0", str(ROOT / "man" / "ollama-credential-helper.1")],
+                          capture_output=True, text=True, check=True)
+    lists = re.findall(r"\{\"[^{}]*(?:\{[^{}]*\}[^{}]*)*\}", done.stdout)
+    fields = {"token", "token_type", "expires_at", "source", "realm", "nonce", "url", "authorization", "ts", "error",
+              "status", "email", "plan", "checks", "detail", "fix", "ok"}
+    assert len(lists) >= 7 and fields <= {name for text in lists for name in re.findall(r'"(\w+)"', text)}, lists
+    for text in lists:
+        assert not re.search(r"[{,\[]\s*[a-z_]+\s*[,:}\]]", text), text  # every name in quotes
+
+
 # --- the client snippets ------------------------------------------------------------------------
 
 CLIENT_EXAMPLES = dict(re.findall(r"<!-- client-example:(\w+) -->\n```python\n(.*?)\n```", README, re.S))

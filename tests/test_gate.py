@@ -296,8 +296,8 @@ def test_revocation_takes_effect_on_the_next_request(tmp_path, start_gate, local
     path = both_keys_file(tmp_path)
     gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", path)
 
-    def ask() -> bytes:
-        target, authorization = signed(keys, "GET", "/api/tags", "ed25519-b")
+    def ask(name: str = "ed25519-b") -> bytes:
+        target, authorization = signed(keys, "GET", "/api/tags", name)
         return raw(gate_.port, f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode())
 
     assert ask().startswith(b"HTTP/1.1 200 ")
@@ -308,8 +308,10 @@ def test_revocation_takes_effect_on_the_next_request(tmp_path, start_gate, local
     time.sleep(keyfile.RACY_NS / 1e9 + 0.2)
     assert ask().startswith(b"HTTP/1.1 401 ")  # settled: the next request has it
     os.chmod(path, 0o666)  # now unsafe: nobody is admitted, and every refusal says why (issue 19 item 5)
-    unsafe = ask()
+    unsafe = ask("ed25519-a")  # alice, still a member, learns why
     assert unsafe.startswith(b"HTTP/1.1 503 ") and b"writable by group or others" in unsafe, unsafe
+    stranger = ask()  # bob, revoked, learns only that it is so
+    assert stranger.startswith(b"HTTP/1.1 503 ") and b"writable" not in stranger and str(tmp_path).encode() not in stranger
     os.chmod(path, 0o600)
     assert ask().startswith(b"HTTP/1.1 401 ")  # recovered by itself
     gate_.process.send_signal(signal.SIGHUP)

@@ -348,6 +348,7 @@ def real_sshd(tmp_path_factory):
         process.wait(10)
 
 
+@pytest.mark.interop
 @pytest.mark.parametrize("options", [
     'from="127.0.0.1"', 'FROM="127.0.0.1"', 'from="127.0.0.0/8"', 'from="127.0.0.?"', 'from="127.*"', 'from="10.0.0.0/8"',
     'from="!127.0.0.1,*"', 'from="*,!127.0.0.0/8"', 'from="!10.0.0.1,!10.0.0.2"', 'from="!10.0.0.1,*"', 'from="127.0.0.1/8"',

@@ -1,4 +1,4 @@
-"""The gate's authorized_keys file on disk (serve/keyfile.py, issue 19 items 3, 4,
+"""The gate's authorized_keys file on disk (serve/keyfile.py and safe_path.py, issue 19 items 3, 4,
 5, 13 and the BOM of 14): a safe path as OpenSSH's StrictModes checks it
 (``misc.c`` ``safe_path``, formerly ``auth.c`` ``auth_secure_path``), an unusable
 file that admits nobody and says so, and reloads that never take a write in
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from conftest import asset
 from credential_helper.errors import EXIT_IDENTITY, IdentityError
-from credential_helper.serve import keyfile as keyfile_module
+from credential_helper.serve import keyfile as keyfile_module, safe_path
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.keyfile import RACY_NS
 from credential_helper.serve.verify import Admitted, Refused, verify
@@ -280,13 +280,29 @@ def test_a_link_swung_into_an_unsafe_directory_after_start_admits_nobody(key_dir
     assert not granted(keys, BLOB_A, "/api/tags")
 
 
-def test_a_directory_made_group_writable_after_start_admits_nobody(key_dir):
-    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice *\n")
+def test_a_directory_made_group_writable_after_start_admits_nobody_from_the_next_walk(key_dir):
+    clock = Clock()
+    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice *\n", clock=clock)
     os.chmod(key_dir.parent, 0o775)  # the file's stat does not change at all
+    clock.offset += keyfile_module.WALK_EVERY_NS
     keys = keyfile.current()
     assert keys.problem is not None and not granted(keys, BLOB_A, "/api/tags")
     os.chmod(key_dir.parent, 0o700)
     assert granted(keyfile.current(), BLOB_A, "/api/tags")
+
+
+def test_a_file_swapped_in_through_a_directory_made_unsafe_is_refused_at_once(key_dir):
+    # Between walks only the file's stat is compared: whatever the now-writable
+    # directory lets someone swap in is a new file, and is walked to at once.
+    path = key_dir / "authorized_keys"
+    keyfile = opened(path, f"ssh-ed25519 {A} alice /api/tags\n")
+    os.chmod(key_dir, 0o777)
+    write(key_dir / "theirs", f"ssh-ed25519 {A} alice *\n")
+    age(key_dir / "theirs")
+    os.rename(key_dir / "theirs", path)
+    keys = keyfile.current()
+    assert keys.problem is not None and "writable by group or others" in keys.problem
+    assert not granted(keys, BLOB_A, "/api/chat")
 
 
 # --- item 5: an unusable file admits nobody, says so, and recovers ----------------------------
@@ -339,12 +355,27 @@ def test_a_reload_that_finds_the_file_unusable_admits_no_signed_request(key_dir,
     assert len(warnings) == 1 and problem in warnings[0] and "no signed request is admitted" in warnings[0], warnings
 
 
+def test_a_stranger_learns_only_that_the_file_is_unusable_not_why(key_dir):
+    # Any freshly made key signs validly: the path and the problem are for members.
+    path = key_dir / "authorized_keys"
+    keyfile = opened(path, f"ssh-ed25519 {B} bob /api/tags\n")  # key A is not listed
+    os.chmod(path, 0o620)
+    refused = signed_verify(keyfile.current())
+    assert (refused.status, refused.reason) == (503, "keyfile-unusable")
+    assert str(key_dir) not in refused.message and "writable" not in refused.message
+    assert "the operator has been told" in refused.message
+    os.unlink(path)  # a second problem: still a stranger to the last usable file
+    assert str(key_dir) not in signed_verify(keyfile.current()).message
+
+
 def test_the_refusal_names_the_fix(key_dir):
     path = key_dir / "authorized_keys"
     keyfile = opened(path, f"ssh-ed25519 {A} alice /api/tags\n")
     os.chmod(path, 0o620)
     refused = signed_verify(keyfile.current())
     assert f"run: chmod go-w {path}" in refused.message
+    os.unlink(path)  # a second problem: still a member of the last usable file
+    assert "no authorized_keys file" in signed_verify(keyfile.current()).message
 
 
 def test_an_unsigned_or_badly_signed_request_learns_nothing_about_the_file(key_dir):
@@ -486,7 +517,10 @@ def same_size_revocation(path):
 def test_a_same_size_edit_in_the_same_tick_as_the_first_read_is_seen_once_settled(key_dir, monkeypatch, coarse):
     if coarse:
         # FAT and some network mounts: whole seconds, no ctime; the stats are identical.
-        monkeypatch.setattr(keyfile_module, "_mark", lambda info: (info.st_ino, info.st_size, info.st_mtime_ns // 10**9))
+        def coarse(info):
+            return (info.st_ino, info.st_size, info.st_mtime_ns // 10**9)
+        monkeypatch.setattr(keyfile_module, "_mark", coarse)
+        monkeypatch.setattr(safe_path, "_mark", coarse)
     path = key_dir / "authorized_keys"
     clock = Clock()
     keyfile = opened(path, f"ssh-ed25519 {A} alice *\n", clock=clock, settled=False)
@@ -537,15 +571,20 @@ def test_a_file_stamped_in_the_future_settles_after_the_window_of_its_own(key_di
     assert not granted(keyfile.current(), BLOB_A, "/api/chat") and granted(keyfile.current(), BLOB_A, "/api/tags")
 
 
-def test_current_reads_nothing_when_nothing_changed(key_dir, monkeypatch):
-    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice /api/tags\n")
+def test_current_reads_nothing_when_nothing_changed_and_walks_only_when_due(key_dir, monkeypatch):
+    clock = Clock()
+    keyfile = opened(key_dir / "authorized_keys", f"ssh-ed25519 {A} alice /api/tags\n", clock=clock)
     reads, walks = [], []
-    real_read, real_look = keyfile_module._read, keyfile_module.look
+    real_read, real_marks = keyfile_module._read, keyfile_module.marks
     monkeypatch.setattr(keyfile_module, "_read", lambda seen: reads.append(seen) or real_read(seen))
-    monkeypatch.setattr(keyfile_module, "look", lambda path: walks.append(path) or real_look(path))
+    monkeypatch.setattr(keyfile_module, "marks", lambda plan: walks.append(plan) or real_marks(plan))
     for _ in range(100):
         keyfile.current()
     assert reads == [] and walks == []
+    clock.offset += keyfile_module.WALK_EVERY_NS
+    for _ in range(100):
+        keyfile.current()
+    assert reads == [] and len(walks) == 1
 
 
 def test_rewritten_in_place_twenty_times_a_second_no_granted_key_is_refused_and_no_revoked_key_admitted(key_dir):
@@ -583,9 +622,9 @@ def test_rewritten_in_place_twenty_times_a_second_no_granted_key_is_refused_and_
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     refusals = admissions_of_revoked = wider = checks = 0
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 10.0  # 40 rewrites take about 2.5 s on an idle machine
     try:
-        while time.monotonic() < deadline:
+        while rewrites[0] < 40 and time.monotonic() < deadline:
             keys = keyfile.current()
             checks += 1
             refusals += not granted(keys, BLOB_A, "/api/tags")

@@ -69,3 +69,23 @@ def test_the_skew_rule_has_one_home(monkeypatch):
     monkeypatch.setattr(tokens, "clock_skew", lambda date, now: 500.0)
     answer = Response(401, "Unauthorized", {"date": ["whatever"]}, b"{}")
     assert tokens.skew_to_correct(answer) == 500.0
+
+
+# --- the public key's forms: credential_helper.keys ----------------------------------------------
+
+
+def test_the_identity_and_the_gate_take_the_fingerprint_from_keys(monkeypatch, keys):
+    import base64
+
+    from credential_helper import keys as key_forms
+    from credential_helper.identity import load_identity
+    from credential_helper.serve import authorized_keys, verify as verifier
+
+    # The key file and the verifier hold the very function (imported by name), not a copy.
+    assert authorized_keys.fingerprint is key_forms.fingerprint and verifier.fingerprint is key_forms.fingerprint
+    assert authorized_keys.is_ed25519_blob is key_forms.is_ed25519_blob is verifier.is_ed25519_blob
+    identity = load_identity(str(keys / "ed25519-a"))
+    blob = base64.b64decode(identity.public_key_b64)
+    assert key_forms.line(blob) == identity.public_key_line
+    monkeypatch.setattr(key_forms, "fingerprint", lambda data: "SHA256:one-home")
+    assert identity.fingerprint == "SHA256:one-home"  # read through keys at each call

@@ -60,6 +60,28 @@ def test_end_to_end_drops_hop_by_hop_framing_and_connection_named_fields_in_any_
     assert end_to_end([("Cookie", "a"), ("X-Kept", "yes")], frozenset({"cookie"})) == [("X-Kept", "yes")]
 
 
+@pytest.mark.parametrize("name", ["X_Ollama_User", "x_ollama-key", "X-Ollama_Key", "X_FORWARDED_FOR", "x_real_ip"])
+def test_the_gates_strip_rule_reads_underscore_as_dash(name, key_file):
+    # Issue 21: one strip rule (messages.field_key) for every policy, always folding '_'.
+    policy = gate.GatePolicy(key_file, 300, "127.0.0.1:11434")
+    decision = policy.decide(Head("HEAD", "/", "1.1", (("Host", "gate"), (name, "forged"))))
+    assert isinstance(decision, Forward)
+    assert "forged" not in [value for _, value in decision.headers]
+
+
+@pytest.mark.parametrize("name", ["X_Api_Key", "Proxy_Authorization", "COOKIE", "x_real_ip", "Transfer_Encoding"])
+def test_the_proxys_strip_rule_reads_underscore_as_dash(name):
+    policy, _ = proxy_policy()
+    fields = (("Host", "127.0.0.1:11470"), ("Authorization", f"Bearer {TOKEN}"), (name, "och-secret-copy"))
+    decision = policy.decide(Head("POST", "/api/me", "1.1", fields))
+    assert isinstance(decision, Forward)
+    assert "och-secret-copy" not in [value for _, value in decision.headers]
+
+
+def test_a_connection_token_with_underscores_names_its_field():
+    assert end_to_end([("Connection", "x_hop"), ("X-Hop", "1"), ("X-Kept", "yes")]) == [("X-Kept", "yes")]
+
+
 @pytest.mark.parametrize("fields, expected", [({}, False), ({"Content_Length": "0"}, False), ({"Content_Length": "3"}, True),
                                               ({"Transfer_Encoding": "chunked"}, True)])
 def test_request_has_body(fields, expected):
@@ -91,7 +113,8 @@ TOKEN = "och-" + "t" * 40
 
 def proxy_policy(**kwargs):
     signer = FakeSigner()
-    return sign.SigningPolicy(signer, kwargs.pop("token", TOKEN), 11470, **kwargs), signer
+    address = kwargs.pop("address", ("127.0.0.1", 11470))
+    return sign.SigningPolicy(signer, kwargs.pop("token", TOKEN), address, **kwargs), signer
 
 
 def test_the_proxy_forwards_an_admitted_request_with_only_end_to_end_fields():
@@ -105,10 +128,34 @@ def test_the_proxy_forwards_an_admitted_request_with_only_end_to_end_fields():
     assert TOKEN not in repr(decision)
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:11470", "localhost:11470", "LocalHost:11470", "[::1]:11470"])
-def test_the_proxys_own_hosts(host):
-    policy, _ = proxy_policy()
+@pytest.mark.parametrize("bound, host", [
+    ("127.0.0.1", "127.0.0.1:11470"), ("127.0.0.1", "localhost:11470"), ("127.0.0.1", "LocalHost:11470"),
+    ("::1", "[::1]:11470"), ("::1", "localhost:11470"), ("127.0.0.2", "127.0.0.2:11470"), ("127.1.2.3", "127.1.2.3:11470"),
+])
+def test_the_proxys_own_hosts(bound, host):
+    policy, _ = proxy_policy(address=(bound, 11470))
     assert isinstance(policy.decide(head(Host=host, Authorization=f"Bearer {TOKEN}")), Forward)
+
+
+@pytest.mark.parametrize("bound, host", [
+    ("127.0.0.1", "[::1]:11470"), ("::1", "127.0.0.1:11470"), ("127.0.0.2", "localhost:11470"), ("127.0.0.2", "127.0.0.1:11470"),
+    ("0.0.0.0", "0.0.0.0:11470"), ("0.0.0.0", "localhost:11470"),
+])
+def test_a_name_of_another_address_is_refused(bound, host):
+    # Break caught: own_hosts admitting the three fixed names whatever was bound.
+    policy, signer = proxy_policy(address=(bound, 11470))
+    decision = policy.decide(head(Host=host, Authorization=f"Bearer {TOKEN}"))
+    assert isinstance(decision, Answer) and decision.status == 403 and signer.calls == []
+
+
+def test_parse_listen_and_own_hosts_take_their_names_from_one_rule(monkeypatch):
+    # Break caught: either caller keeping a list of its own (the printed URL then gets 403).
+    from credential_helper import policy as policy_module
+    from credential_helper.serve import commands
+
+    monkeypatch.setattr(policy_module, "loopback_names", lambda host: ("127.9.9.9", "ship.test"))
+    assert commands.parse_listen("localhost:5", 1, loopback_only=True) == ("127.9.9.9", 5)
+    assert sign.own_hosts(("localhost", 5)) == {"127.9.9.9:5", "ship.test:5"}
 
 
 @pytest.mark.parametrize("host", ["", "127.0.0.1", "127.0.0.1:11471", "localhost", "evil.example:11470",
@@ -120,7 +167,7 @@ def test_any_other_host_is_refused_before_the_token_is_looked_at(host):
 
 
 def test_port_80_may_be_implied():
-    assert "localhost" in sign.own_hosts(80) and "localhost" not in sign.own_hosts(8080)
+    assert "localhost" in sign.own_hosts(("127.0.0.1", 80)) and "localhost" not in sign.own_hosts(("127.0.0.1", 8080))
 
 
 @pytest.mark.parametrize("fields", [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec_Fetch_Site": "cross-site"},
@@ -260,7 +307,8 @@ def test_allow_origin_is_an_origin_only(value):
 
 
 def test_port_80_admits_both_spellings():
-    assert {"localhost:80", "localhost", "127.0.0.1:80", "127.0.0.1", "[::1]", "[::1]:80"} <= sign.own_hosts(80)
+    assert sign.own_hosts(("127.0.0.1", 80)) == {"localhost:80", "localhost", "127.0.0.1:80", "127.0.0.1"}
+    assert sign.own_hosts(("::1", 80)) == {"localhost:80", "localhost", "[::1]:80", "[::1]"}
 
 
 def test_a_gate_401_says_how_to_authenticate_and_keeps_the_connection(key_file):

@@ -67,6 +67,34 @@ def build(httpx):
             return Response(response.status_code, response.reason_phrase or "", headers, body)
 
         def sync_auth_flow(self, request):
+            flow, closing = self._sync_flow(request), False
+            try:
+                sent = next(flow)
+                while True:
+                    sent = flow.send((yield sent))
+            except StopIteration:
+                return
+            except GeneratorExit:
+                closing = True
+            if closing:  # out of the except block: sys.exc_info() is the client's error again (see _raise_if_tls)
+                flow.close()
+                _raise_if_tls(request, httpx.__name__)
+
+        async def async_auth_flow(self, request):
+            flow, closing = self._async_flow(request), False
+            try:
+                sent = await flow.__anext__()
+                while True:
+                    sent = await flow.asend((yield sent))
+            except StopAsyncIteration:
+                return
+            except GeneratorExit:
+                closing = True
+            if closing:
+                await flow.aclose()
+                _raise_if_tls(request, httpx.__name__)
+
+        def _sync_flow(self, request):
             if self._sign_if_api(request):
                 yield request
                 return
@@ -96,7 +124,7 @@ def build(httpx):
             finally:
                 flow.close()  # an exception from the library: release the exchange's claim now
 
-        async def async_auth_flow(self, request):
+        async def _async_flow(self, request):
             if self._sign_if_api(request):
                 yield request
                 return
@@ -129,6 +157,40 @@ def build(httpx):
     OllamaAuth.__module__ = f"credential_helper.integrations.{httpx.__name__}"
     OllamaAuth.__qualname__ = "OllamaAuth"
     return OllamaAuth
+
+
+# What each library trusts by default (httpx 0.28 _config.create_ssl_context: certifi; httpcore2 _ssl.default_ssl_context:
+# the system's store), and so the fix for a certificate it refused.
+TLS_HINTS = {
+    "httpx": "httpx clients trust certifi's bundle unless given verify=; "
+             "verify=credential_helper.tls_context() trusts this system's store, as the command line does",
+    "httpx2": "httpx2 clients trust this system's store, as the command line does: install the server's CA there "
+              "(or point SSL_CERT_FILE at it)",
+}
+
+
+def _raise_if_tls(request, library: str) -> None:
+    """Say TLS when a TLS failure ended the request.
+
+    httpx and httpx2 close the auth flow in a ``finally`` (``_send_handling_auth``)
+    while the transport's error propagates: once the flow has left its ``except
+    GeneratorExit`` block, ``sys.exc_info()`` is that error (the exception state
+    of the frame that closes it; so on Python 3.10 to 3.13, sync and async), and
+    an exception raised here replaces it. ollama-python turns every
+    httpx.ConnectError into "Failed to connect to Ollama ... download" (its
+    ``_client.py`` ``_request_raw``), which hid a certificate the client does not trust.
+    """
+    import sys
+
+    cause = sys.exc_info()[1]
+    if cause is None or isinstance(cause, (GeneratorExit, NetworkError)):
+        return
+    from ..sanitize import server_text
+    from ..transport import tls_failure
+
+    message = tls_failure(cause, request.url.netloc.decode("ascii", "replace"))
+    if message is not None:
+        raise NetworkError(f"{server_text(message, limit=300)}; {TLS_HINTS.get(library, TLS_HINTS['httpx'])}") from cause
 
 
 def _environment_proxy(httpx, url_text: str) -> str | None:

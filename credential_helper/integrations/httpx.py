@@ -1,4 +1,4 @@
-"""``OllamaAuth`` for ``httpx.Client`` and ``httpx.AsyncClient`` (``pip install 'ollama-credential-helper[httpx]'``).
+"""``OllamaAuth`` for ``httpx.Client`` and ``httpx.AsyncClient`` (from a clone, with its extra: ``pip install '/path/to/clone[httpx]'``).
 
     import httpx
     from credential_helper.integrations.httpx import OllamaAuth

@@ -1,4 +1,4 @@
-"""``OllamaAuth`` for ``httpx2.Client`` and ``httpx2.AsyncClient`` (``pip install 'ollama-credential-helper[httpx2]'``).
+"""``OllamaAuth`` for ``httpx2.Client`` and ``httpx2.AsyncClient`` (from a clone, with its extra: ``pip install '/path/to/clone[httpx2]'``).
 
     import httpx2
     from credential_helper.integrations.httpx2 import OllamaAuth

@@ -1,4 +1,4 @@
-"""``OllamaAuth`` for ``requests`` (``pip install 'ollama-credential-helper[requests]'``).
+"""``OllamaAuth`` for ``requests`` (from a clone, with its extra: ``pip install '/path/to/clone[requests]'``).
 
     import requests
     from credential_helper.integrations.requests import OllamaAuth

@@ -47,18 +47,13 @@ Nothing here ever raises on the file's content. Reading the file from disk
 
 
 import base64
-import hashlib
 import os
 import re
 
+from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
 from ..sanitize import printable
 from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
 
-KEY_TYPE = "ssh-ed25519"
-# The SSH wire form of an Ed25519 key (RFC 8709 section 4): string "ssh-ed25519",
-# string of the 32-byte key. Exactly 51 bytes; anything else is not one.
-_WIRE_PREFIX = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
-WIRE_KEY_BYTES = len(_WIRE_PREFIX) + 32
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 8192
 MAX_NAME_CHARS = 256
@@ -75,17 +70,6 @@ _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 def default_path() -> str:
     """``~/.ollama/authorized_keys``, as the draft's ``authkeyPath`` builds it."""
     return os.path.join(os.path.expanduser("~"), ".ollama", "authorized_keys")
-
-
-def fingerprint(key_blob: bytes) -> str:
-    """``SHA256:<unpadded base64 of SHA-256(blob)>`` exactly as ``ssh-keygen -l`` prints it."""
-    digest = base64.b64encode(hashlib.sha256(key_blob).digest()).decode("ascii").rstrip("=")
-    return f"SHA256:{digest}"
-
-
-def is_ed25519_blob(blob: bytes) -> bool:
-    """True for exactly the 51-byte wire form of an Ed25519 public key."""
-    return len(blob) == WIRE_KEY_BYTES and blob.startswith(_WIRE_PREFIX)
 
 
 def decode_base64(text: str) -> bytes | None:
@@ -187,18 +171,31 @@ class AuthorizedKeys:
 
     ``problem`` is None for a set read from a usable file. A set made by
     :meth:`unusable` grants nothing and says why (the file is unsafe, missing or
-    unreadable): the gate then refuses every signed request with 503 and that
-    text, as sshd refuses every key when StrictModes rejects the file.
+    unreadable): the gate then refuses every signed request with 503, as sshd
+    refuses every key when StrictModes rejects the file.
     """
 
-    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line], problem: str | None = None) -> None:
+    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line], problem: str | None = None,
+                 members: "AuthorizedKeys | None" = None) -> None:
         self._by_key = by_key
         self._wildcards = wildcards
         self.problem = problem
+        self._members = members
 
     @classmethod
-    def unusable(cls, problem: str) -> "AuthorizedKeys":
-        return cls({}, [], problem)
+    def unusable(cls, problem: str, last_good: "AuthorizedKeys | None" = None) -> "AuthorizedKeys":
+        """A set that grants nothing; ``last_good`` only tells members from strangers."""
+        members = last_good._members if last_good is not None and last_good.problem is not None else last_good
+        return cls({}, [], problem, members)
+
+    def problem_for(self, key_blob: bytes) -> str:
+        """What a refusal tells this key about the unusable file: the problem and its
+        fix to a key the last usable file admitted (a member), less to a stranger
+        (whose freshly made key also signs validly); the operator's log has it all."""
+        members = self._members
+        if members is not None and (members.is_listed(key_blob) or members._wildcards):
+            return self.problem or ""
+        return "the operator has been told the reason in the server's log"
 
     def grants_for(self, key_blob: bytes) -> list[Grant]:
         """The key's own lines (file order), then the wildcard lines (file order)."""
@@ -315,10 +312,11 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
     wildcards: list[_Line] = []
     warnings: list[str] = []
     for number, raw in enumerate(text.split("\n"), start=1):
-        if number == 1 and raw.startswith(BOM):
-            rest = raw[1:].strip(_GO_SPACE_CHARS)
+        if raw.lstrip(_GO_SPACE_CHARS).startswith(BOM):
+            # At the start of the file, or of one joined into it (cat a b > file).
+            rest = raw.lstrip(_GO_SPACE_CHARS)[1:].strip(_GO_SPACE_CHARS)
             if rest and not rest.startswith("#"):
-                warnings.append("line 1: skipped: the file starts with a UTF-8 byte order mark (U+FEFF), "
+                warnings.append(f"line {number}: skipped: it starts with a UTF-8 byte order mark (U+FEFF), "
                                 "which sshd and Ollama read as part of the key type; save the file as UTF-8 without BOM")
             continue
         line = raw.strip(_GO_SPACE_CHARS)

@@ -12,16 +12,20 @@ DEFAULT_GATE_PORT = 11435
 
 
 def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "", option: str = "--listen") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``); ``localhost`` means 127.0.0.1."""
+    """``host:port`` (``[v6]:port``) as the address to bind. A loopback host is
+    bound under its printed name (``policy.loopback_names``: ``localhost`` is
+    127.0.0.1, any spelling of ::1 is ::1), so ``--print-env`` prints a URL the
+    proxy answers to."""
     if text.startswith("["):
         host, _, port_text = text[1:].partition("]:")
     else:
         host, _, port_text = text.rpartition(":")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise InputError(f"{option} {text!r} is not host:port (e.g. 127.0.0.1:{default_port})")
-    if loopback_only and not policy.is_loopback(host):
+    names = policy.loopback_names(host)
+    if loopback_only and not names:
         raise InputError(f"{option} {host}: {why}")
-    return ("127.0.0.1" if host.lower() == "localhost" else host), int(port_text)
+    return (names[0].strip("[]") if names else host), int(port_text)
 
 
 def shown_base(host: str, port: int, scheme: str = "http") -> str:
@@ -60,7 +64,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     from .upstream import Upstream
 
     address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
-                           why="the proxy listens on loopback only (127.0.0.1, ::1 or localhost)")
+                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
     upstream_url = policy.cloud_base_url(upstream_text)
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
@@ -70,7 +74,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     server = server_module.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
                            verbose=verbose, prepare_socket=system.prepare_listening_socket,
                            observe=record.Logger(write, log_format), count_usage=log_format == "json")
-    server.policy = sign.SigningPolicy(signer, token, server.address[1], allowed)
+    server.policy = sign.SigningPolicy(signer, token, server.address, allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
         log("warning: --no-local-token: any program on this machine can use your ollama.com account through this proxy")
@@ -177,9 +181,22 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     shown, early = early, None
     for text in shown:
         log(f"warning: {text}")
+
+    def reload() -> None:
+        keys.reload()
+        if tls_cert is not None:
+            # certbot renews in place and runs a deploy hook (e.g. kill -HUP): new connections get the
+            # new certificate, those already open keep theirs (the engine wraps each at accept).
+            try:
+                server.tls_context = _server_tls(tls_cert, tls_key)
+            except InputError as exc:
+                log(f"warning: {exc}; new connections still get the previous certificate")
+            else:
+                log(f"reloaded {tls_cert}: new connections get this certificate")
+
     try:
         return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready,
-                                 on_reload=keys.reload)
+                                 on_reload=reload)
     finally:
         if exporter is not None:
             exporter.close()

@@ -51,7 +51,7 @@ class ClientConnection:
     def __init__(self, server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
-        self.peer = peer_address(sock)
+        self.peer = peer_address(sock)  # once per connection, for Head.peer (from=, X-Forwarded-For)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
@@ -140,7 +140,7 @@ class ClientConnection:
                 head = Head(
                     event.method.decode("latin-1"), event.target.decode("latin-1"), event.http_version.decode("latin-1"),
                     tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()),
-                    self.peer,
+                    peer=self.peer,
                 )
                 problem = head_problem(bytes(raw), head)
                 if problem is not None:

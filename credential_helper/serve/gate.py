@@ -34,6 +34,10 @@ MAX_LISTING_BYTES = 8 * 1024 * 1024
 # ollama.com while its ts is fresh) and any client copy of what the gate asserts.
 NOT_FORWARDED = frozenset({"host", "authorization", "x-ollama-user", "x-ollama-key", "expect"})
 ASSERTED = frozenset({"x-ollama-user", "x-ollama-key"})
+# Ollama's gin takes ClientIP() from X-Forwarded-For or X-Real-IP (gin's default RemoteIPHeaders, every proxy
+# trusted): a client's own copies are dropped and the gate says whom it saw (Head.peer).
+CLIENT_ADDRESS = frozenset({"x-forwarded-for", "x-real-ip", "forwarded"})
+_DROPPED = ASSERTED | CLIENT_ADDRESS
 
 
 def header_text(message: str) -> str:
@@ -113,11 +117,11 @@ class GatePolicy(_Verifying):
         lines = self.live(result, head.peer)
         if isinstance(lines, Refused):
             return refusal(lines)
-        headers = end_to_end(head.headers, NOT_FORWARDED)
-        # Also X_Ollama_User: some servers read '_' as '-' in field names.
-        headers = [(name, value) for name, value in headers if name.lower().replace("_", "-") not in ASSERTED]
+        headers = end_to_end(head.headers, NOT_FORWARDED | _DROPPED)  # X_Ollama_User too (messages.field_key)
         # Ollama checks Host on loopback (server/routes.go allowedHostsMiddleware): name the upstream.
         headers += [("Host", self.upstream_host), *identity_headers(result)]
+        if head.peer:
+            headers.append(("X-Forwarded-For", head.peer))
         # An unsigned probe gets one answer per connection: queued probes must not hold request slots.
         probe = result.name == HEALTH_CHECK_NAME and not result.fingerprint
         forward = Forward(head.target, tuple(headers), who=label(result), close=probe, key=result.fingerprint)

@@ -2,7 +2,9 @@
 to trust, and when a change in it takes effect (issue 19, "the key file never
 widens a grant").
 
-The rules, each applied on every request (``KeyFile.current``):
+The rules, applied on every request (``KeyFile.current``: a ``stat`` of the
+path, and the walk of rule 1 whenever that changes and at least every
+``WALK_EVERY_NS``):
 
 1. **A safe path, sshd's StrictModes.** The path is resolved one component at a
    time from the root. The file must be a regular file owned by the user or
@@ -48,23 +50,24 @@ The rules, each applied on every request (``KeyFile.current``):
 """
 
 import os
-import re
-import stat
 import threading
 import time
-from typing import Callable, NamedTuple
+from typing import Callable
 
-from .. import system
 from ..errors import IdentityError
 from ..sanitize import printable
 from .authorized_keys import _GO_SPACE_CHARS, AuthorizedKeys, parse
+from .safe_path import Look, _mark, file_problem, look, marks
 
 MAX_FILE_BYTES = 1024 * 1024
 # git's "racy git" window: a file modified this recently may still be being
 # written, and may change again with no visible change in its stat (FAT and some
 # network file systems stamp whole seconds, or two).
 RACY_NS = 2_000_000_000
-MAX_LINKS = 40  # Linux's MAXSYMLINKS
+# Between two walks a request costs one stat() of the path: a directory made unsafe
+# is seen within this time, and anything swapped through it at once, since a new
+# file (or a link pointed elsewhere) changes what stat() finds.
+WALK_EVERY_NS = 500_000_000
 CONFIRM_SECONDS = 0.02
 
 
@@ -74,164 +77,8 @@ def _suspicious(data: bytes, before: bytes | None) -> bool:
     return data == b"" or (before is not None and len(data) < len(before)) or not data.endswith(b"\n")
 
 
-class Look(NamedTuple):
-    """What one walk of the path saw: every path it ``lstat``-ed (``plan``), their
-    marks (``signature``: it changes whenever anything checked changes), and either
-    the real file or the problem."""
-
-    plan: tuple[str, ...]
-    signature: tuple
-    real: str | None
-    info: os.stat_result | None
-    problem: str | None
-
-
 class _Unusable(Exception):
     pass
-
-
-def _owner_ok(info: os.stat_result) -> bool:
-    # safe_path: platform_sys_dir_uid(uid) (root) or the user.
-    return system.is_mine(info) or info.st_uid == 0
-
-
-_SEPARATORS = re.compile(r"[\\/]" if os.altsep else re.escape(os.sep))
-
-
-def _names(text: str) -> list[str]:
-    return [name for name in _SEPARATORS.split(text) if name not in ("", ".")]
-
-
-def _split(path: str) -> tuple[str, list[str]]:
-    """(root, names) of ``path`` made absolute without resolving anything (a ``..``
-    after a symlink must go up from where the link led, as the kernel does)."""
-    absolute = path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
-    drive, rest = os.path.splitdrive(absolute)
-    return drive + os.sep, _names(rest)
-
-
-def _directory_problem(directory: str, info: os.stat_result) -> str | None:
-    shown = printable(directory)
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{shown} is not a directory"
-    if not _owner_ok(info):
-        return f"the directory {shown} belongs to another user (uid {info.st_uid}); sshd's StrictModes accepts only yours or root's"
-    if system.others_may_write(info):
-        return (f"the directory {shown} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
-                f"they could replace the file; run: chmod go-w {shown}")
-    return None
-
-
-def file_problem(path: str, info: os.stat_result) -> str | None:
-    """sshd's rule for the file itself: regular, the user's or root's, not group/other-writable."""
-    shown = printable(path)
-    if not stat.S_ISREG(info.st_mode):
-        return f"{shown} is not a regular file"
-    if not _owner_ok(info):
-        return f"{shown} belongs to another user (uid {info.st_uid})"
-    if system.others_may_write(info):
-        return f"{shown} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); run: chmod go-w {shown}"
-    return None
-
-
-def _mark(info: os.stat_result) -> tuple:
-    """What must stay the same for a walk to come out the same: a directory's or a
-    link's identity, owner and mode (a link cannot change in place: a new target is
-    a new inode, and ctime tells a reused one), all of a file's stat."""
-    mode = info.st_mode
-    if stat.S_ISDIR(mode):
-        return (info.st_dev, info.st_ino, mode, info.st_uid)
-    return (info.st_dev, info.st_ino, mode, info.st_uid, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def _lstat_mark(path: str) -> tuple:
-    try:
-        return _mark(os.lstat(path))
-    except OSError as exc:
-        return ("error", exc.errno)
-
-
-def marks(plan: tuple[str, ...]) -> tuple:
-    """The signature of a walk along ``plan`` without walking it again: the cheap
-    check of every request (one ``lstat`` per component)."""
-    return tuple([_lstat_mark(path) for path in plan])
-
-
-def look(path: str) -> Look:
-    """Resolve ``path`` one component at a time, checking each (rule 1). Never raises."""
-    plan: list[str] = []
-    signature: list[tuple] = []
-
-    def stat_(where: str) -> os.stat_result:
-        plan.append(where)
-        try:
-            info = os.lstat(where)
-        except OSError as exc:
-            signature.append(("error", exc.errno))
-            raise
-        signature.append(_mark(info))
-        return info
-
-    def failed(problem: str) -> Look:
-        return Look(tuple(plan), tuple(signature), None, None, problem)
-
-    try:
-        root, pending = _split(path)
-    except OSError as exc:
-        return Look((), (("error", exc.errno),), None, None, f"cannot resolve {printable(path)}: {exc.strerror}")
-    pending.reverse()  # a stack: the next name is at the end
-    current, links = root, 0
-    entering: str | None = root
-    while True:
-        if entering is not None:
-            try:
-                info = stat_(entering)
-            except OSError as exc:
-                return failed(f"cannot inspect the directory {printable(entering)}: {exc.strerror}")
-            problem = _directory_problem(entering, info)
-            if problem is not None:
-                return failed(problem)
-            current, entering = entering, None
-        if not pending:
-            return failed(f"{printable(path)} is not a regular file")
-        name = pending.pop()
-        if name == "..":
-            current = os.path.dirname(current)  # checked on the way down
-            continue
-        candidate = os.path.join(current, name)
-        try:
-            info = stat_(candidate)
-        except FileNotFoundError:
-            if pending:
-                return failed(f"the directory {printable(candidate)} does not exist: create it "
-                              f"(mkdir -m 700 {printable(candidate)}) and the file in it")
-            return failed(f"no authorized_keys file at {printable(path)}: create it with one line per key "
-                          "('ssh-ed25519 AAAA... <name> <endpoint>,...', e.g. a copy of someone's id_ed25519.pub)")
-        except OSError as exc:
-            return failed(f"cannot inspect {printable(candidate)}: {exc.strerror}")
-        if stat.S_ISLNK(info.st_mode):
-            links += 1
-            if links > MAX_LINKS:
-                return failed(f"{printable(path)}: too many levels of symbolic links")
-            if not _owner_ok(info):
-                return failed(f"the symlink {printable(candidate)} belongs to another user (uid {info.st_uid})")
-            try:
-                target = os.readlink(candidate)
-            except OSError as exc:
-                return failed(f"cannot read the symlink {printable(candidate)}: {exc.strerror}")
-            if os.path.isabs(target):
-                entering, names = _split(target)  # from the root again, checking it
-            else:
-                names = _names(target)
-            pending.extend(reversed(names))
-            continue
-        if pending:
-            entering = candidate
-            continue
-        problem = file_problem(candidate, info)
-        if problem is not None:
-            return failed(problem)
-        return Look(tuple(plan), tuple(signature), candidate, info, None)
 
 
 def _read(seen: Look) -> tuple[bytes, os.stat_result] | None:
@@ -297,6 +144,8 @@ class KeyFile:
         self._waiting: tuple | None = None
         self._waiting_since = 0
         self._data: bytes | None = None
+        self._file: tuple | None = None  # the mark of the file in force, while usable
+        self._walk_due = 0
         data, seen, after = _first_read(path)
         # Nothing was in force before: the first read is used even while it may be
         # settling (rule 4 still holds), and read again once it has settled.
@@ -306,9 +155,18 @@ class KeyFile:
         self._on_change = on_change
 
     def current(self) -> AuthorizedKeys:
-        """The set in force now: one ``lstat`` per path component, a read only after a change."""
-        if not self._pending and marks(self._plan) == self._seen:
-            return self._keys
+        """The set in force now: one ``stat`` of the path, a walk every WALK_EVERY_NS or
+        when the file changed, a read only after a change."""
+        if not self._pending:
+            if self._file is not None and self._clock() < self._walk_due:
+                try:
+                    if _mark(os.stat(self.path)) == self._file:
+                        return self._keys
+                except OSError:
+                    pass
+            elif marks(self._plan) == self._seen:
+                self._walk_due = self._clock() + WALK_EVERY_NS
+                return self._keys
         with self._lock:
             self._update(look(self.path), forced=False)
             return self._keys
@@ -335,7 +193,7 @@ class KeyFile:
             self._pending = True  # rule 3: the set in force stays until the file settles
             if self._keys.problem is not None:
                 self._keys = AuthorizedKeys.unusable(f"{printable(self.path)} changed less than {RACY_NS / 1e9:g} s ago "
-                                                     "and is read once it has settled; retry in a moment")
+                                                     "and is read once it has settled; retry in a moment", self._keys)
             return
         try:
             got = _read(seen)
@@ -346,7 +204,7 @@ class KeyFile:
             self._pending = True  # written or replaced while it was read: look again next time
             return
         data, after = got
-        if not forced and now - self._waiting_since < RACY_NS and _suspicious(data, self._data):
+        if not forced and data != self._data and now - self._waiting_since < RACY_NS and _suspicious(data, self._data):
             # A stat taken during a truncate can show the new size with the old mtime
             # (seen on Linux 6.18, ext4: size 0 and an mtime seconds old, for ~100 us).
             # An empty, shorter or unterminated read is used only if a second look a
@@ -358,7 +216,7 @@ class KeyFile:
         if forced or data != self._data or self._keys.problem is not None:
             self._install(data, seen, announce=True)
         else:
-            self._plan, self._seen = seen.plan, seen.signature
+            self._seen_usable(seen)
         # A forced read of a file still settling is read again once it has.
         self._pending = forced and now - after.st_mtime_ns < RACY_NS
 
@@ -372,18 +230,25 @@ class KeyFile:
             self._warn(f"{shown}: {warning}")
         self._keys = keys
         self._data = data
-        self._plan, self._seen = seen.plan, seen.signature
+        self._seen_usable(seen)
         self._failed = None
         if announce and self._on_change is not None:
             self._on_change(keys)
+
+    def _seen_usable(self, seen: Look) -> None:
+        assert seen.info is not None
+        self._plan, self._seen = seen.plan, seen.signature
+        self._file = _mark(seen.info)
+        self._walk_due = self._clock() + WALK_EVERY_NS
 
     def _fail(self, seen: Look, problem: str, forced: bool) -> None:
         if forced or seen.signature != self._failed:
             self._failed = seen.signature
             self._warn(f"the authorized_keys file {printable(self.path)} cannot be used: {problem}; "
                        "no signed request is admitted until it is fixed")
-        self._keys = AuthorizedKeys.unusable(problem)
+        self._keys = AuthorizedKeys.unusable(problem, self._keys)
         self._data = None
+        self._file = None
         self._plan, self._seen = seen.plan, seen.signature
         self._pending = False
         self._waiting = None

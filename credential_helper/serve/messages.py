@@ -37,7 +37,7 @@ class Head:
     target: str
     version: str  # "1.1" or "1.0"
     headers: tuple[tuple[str, str], ...]
-    peer: str = ""  # the client's IP as the engine saw it (an IPv4-mapped IPv6 address as IPv4)
+    peer: str = ""  # the client's IP address as the engine saw it (the TCP peer), "" when unknown
 
     def get_all(self, name: str) -> list[str]:
         name = name.lower()
@@ -196,11 +196,20 @@ def connection_tokens(headers) -> set[str]:
     }
 
 
+def field_key(name: str) -> str:
+    """A field name as compared by every strip rule: lower case, with ``_`` read as
+    ``-``. Servers behind us may do either (nginx with underscores_in_headers,
+    CGI-style frameworks map both to one variable), so a rule that misses
+    ``X_Ollama_User`` would let a client copy through."""
+    return name.lower().replace("_", "-")
+
+
 def end_to_end(headers, also_drop=frozenset()) -> list[tuple[str, str]]:
     """The fields an intermediary passes on: no hop-by-hop field, none that
-    Connection names, no framing field, nothing in ``also_drop`` (lower case)."""
-    dropped = HOP_BY_HOP | FRAMING | connection_tokens(headers) | also_drop
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    Connection names, no framing field, nothing in ``also_drop`` (lower case,
+    with ``-``); each name compared through :func:`field_key`."""
+    dropped = HOP_BY_HOP | FRAMING | {field_key(token) for token in connection_tokens(headers)} | also_drop
+    return [(name, value) for name, value in headers if field_key(name) not in dropped]
 
 
 def request_has_body(head: Head) -> bool:

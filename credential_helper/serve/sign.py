@@ -131,12 +131,13 @@ class Signer:
 # --- who may use it -------------------------------------------------------------------------
 
 
-def own_hosts(port: int) -> frozenset[str]:
-    """The Host values that name this proxy (lower case): its loopback address and port."""
-    names = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
-    if port == 80:
-        names |= {"127.0.0.1", "localhost", "[::1]"}
-    return frozenset(names)
+def own_hosts(address: tuple[str, int]) -> frozenset[str]:
+    """The Host values that name this proxy (lower case): each name of the loopback
+    address it bound (``policy.loopback_names``) with its port, and without it on
+    port 80. Empty, so that every request is refused, for any other address."""
+    host, port = address[0], address[1]
+    names = policy.loopback_names(host)
+    return frozenset([f"{name}:{port}" for name in names] + (list(names) if port == 80 else []))
 
 
 def parse_origins(values) -> frozenset[tuple[str, str, int]]:
@@ -170,16 +171,18 @@ def browser_problem(head: Head, allowed: frozenset) -> str | None:
 class SigningPolicy:
     """The proxy: admit the local token holder, sign, forward."""
 
-    def __init__(self, signer: Signer, token: str | None, port: int, allowed_origins=frozenset()) -> None:
+    def __init__(self, signer: Signer, token: str | None, address: tuple[str, int], allowed_origins=frozenset()) -> None:
         self.signer = signer
         self.token = token.encode() if token is not None else None
-        self.hosts = own_hosts(port)
+        self.hosts = own_hosts(address)
+        names = policy.loopback_names(address[0])
+        self.shown_host = f"{names[0]}:{address[1]}" if names else "a loopback address"
         self.allowed_origins = allowed_origins
 
     def decide(self, head: Head) -> Forward | Answer:
         host = (head.get("host") or "").strip().lower()
         if host not in self.hosts:
-            return Answer(403, f"the Host header must name this proxy ({sorted(self.hosts)[0]}): a DNS name "
+            return Answer(403, f"the Host header must name this proxy ({self.shown_host}): a DNS name "
                                "that points at loopback is how a web page would reach it", reason="origin")
         problem = browser_problem(head, self.allowed_origins)
         if problem is not None:

@@ -35,12 +35,11 @@ import re
 from dataclasses import dataclass, field
 
 from .. import protocol
+from ..keys import fingerprint, is_ed25519_blob
 from ..sanitize import printable
 from .authorized_keys import (
     AuthorizedKeys,
     decode_base64,
-    fingerprint,
-    is_ed25519_blob,
     path_problem,
 )
 from .key_options import enforceable_by_verify
@@ -268,12 +267,13 @@ def verify(
             "stale", fingerprint(blob), _own_name(keys, blob),
         )
     if keys.problem is not None:
-        # sshd refuses every key while StrictModes rejects the file; the holder of a
-        # valid signature learns why, the operator's log gets the same reason.
+        # sshd refuses every key while StrictModes rejects the file. A member learns
+        # why; a stranger (any fresh key signs validly) only that it is so.
         return Refused(
             503,
-            f"this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: {keys.problem}",
-            "keyfile-unusable",
+            "this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: "
+            f"{keys.problem_for(blob)}",
+            "keyfile-unusable", fingerprint(blob),
         )
     # A line's options grant less, never more: one this check cannot enforce admits nothing.
     grants = keys.grants_for(blob)

@@ -1,0 +1,148 @@
+"""Issue 19: ``doctor --host URL`` checks a shared server from a member's machine,
+against the installed gate (a subprocess, with TLS from a private CA the
+member's system store holds through SSL_CERT_DIR, as tests/test_truststore.py
+does) in front of a stand-in Ollama."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import GOLDEN, helper_executable
+from faults import CertificateAuthority
+from frontends import issue_certificate
+from test_gate import local_ollama, start_gate  # noqa: F401 (fixtures)
+from test_truststore import hashed_directory
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture
+def shared(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
+    """A gate on https://localhost:PORT whose file admits the member's second key (every endpoint)
+    and key b for /api/tags only; the member's default key (golden key a) is not in it."""
+    for name in ("ca", "box"):
+        (tmp_path / name).mkdir()
+    ca = CertificateAuthority(tmp_path / "ca")
+    cert, key = issue_certificate(ca, tmp_path / "box", "localhost")
+    box_key = home / ".ollama" / "box_ed25519"
+    made = subprocess.run([*helper_executable(), "key", "--generate", "--identity", str(box_key)], env=env,
+                          capture_output=True, text=True, check=True)
+    authorized = tmp_path / "authorized_keys"
+    b_line = " ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2])
+    authorized.write_text(f"{made.stdout.splitlines()[0]} member *\n{b_line} bob /api/tags\n")
+    os.chmod(authorized, 0o600)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(authorized),
+                       "--tls-cert", str(cert), "--tls-key", str(key))
+    environment = {k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    environment["SSL_CERT_DIR"] = hashed_directory(ca, tmp_path / "capath")
+    return f"https://localhost:{gate_.port}", environment, box_key
+
+
+def doctor(url: str, environment: dict, *args: str) -> tuple[int, dict]:
+    done = subprocess.run([*helper_executable(), "doctor", "--json", "--host", url, *args], env=environment,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stderr == "", done.stderr
+    return done.returncode, {check["name"]: check for check in json.loads(done.stdout)["checks"]}
+
+
+def test_doctor_host_tells_admitted_unknown_and_not_granted_keys_apart(shared, home, keys):
+    # Break caught: check_key treating every 401 alike (the unknown key got 'fail' with no line to send),
+    # a 403 read as unknown, or the CLI check looking at the wrong key.
+    url, environment, box_key = shared
+    code, checks = doctor(url, environment, "--identity", str(keys / "ed25519-b"))
+    default = str(home / ".ollama" / "id_ed25519")
+    assert checks["server"]["status"] == "ok" and "TLS verified through this system's trust store" in checks["server"]["detail"]
+    assert "a gate" in checks["server"]["detail"]
+    assert checks[f"key {box_key}"]["status"] == "ok" and "admitted" in checks[f"key {box_key}"]["detail"], checks
+    unknown = checks[f"key {default}"]
+    a_line = " ".join((GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2])
+    assert unknown["status"] == "warn" and "not in the server's authorized_keys" in unknown["detail"] and a_line in unknown["fix"]
+    listed = checks[f"key {keys / 'ed25519-b'}"]
+    assert listed["status"] == "warn" and "not granted" in listed["detail"]
+    assert checks["clock"]["status"] == "ok"
+    cli = checks["ollama CLI"]
+    assert cli["status"] == "warn" and "~/.ollama/id_ed25519" in cli["detail"] and "is not in the server's authorized_keys" in cli["detail"]
+    assert f"--identity {box_key}" in cli["fix"] and f"--upstream {url}" in cli["fix"]
+    assert code == 0  # warnings only: the member gets in with the second key
+
+
+def test_doctor_host_says_when_the_clis_key_is_admitted(shared, home, tmp_path):
+    url, environment, box_key = shared
+    (home / ".ollama" / "id_ed25519").unlink()
+    os.link(box_key, home / ".ollama" / "id_ed25519")  # the admitted key is now the default one
+    _, checks = doctor(url, environment)
+    assert checks["ollama CLI"]["status"] == "ok" and f"OLLAMA_HOST={url} OLLAMA_AUTH=1 ollama" in checks["ollama CLI"]["detail"]
+
+
+def test_doctor_host_fails_when_none_of_the_keys_gets_in(shared, home):
+    # Break caught: leaving an unknown key at 'warn' when it is the only key (exit 0 for a member who cannot get in).
+    url, environment, box_key = shared
+    box_key.unlink(), box_key.with_suffix(".pub").unlink()
+    code, checks = doctor(url, environment)
+    assert code == 1 and checks[f"key {home / '.ollama' / 'id_ed25519'}"]["status"] == "fail"
+
+
+def test_doctor_host_says_tls_and_how_to_trust_the_box(shared, tmp_path):
+    url, environment, _ = shared
+    (tmp_path / "other-ca").mkdir()
+    environment = dict(environment, SSL_CERT_DIR=hashed_directory(CertificateAuthority(tmp_path / "other-ca"), tmp_path / "other"))
+    code, checks = doctor(url, environment)
+    server = checks["server"]
+    assert code == 1 and server["status"] == "fail" and "TLS failure" in server["detail"] and "certificate verification failed" in server["detail"]
+    assert "trust store" in server["fix"] and "SSL_CERT_FILE" in server["fix"]
+
+
+SHIFTED_CLOCK = textwrap.dedent(
+    """
+    import time
+    _real = time.time
+    time.time = lambda: _real() + 3600
+    """
+)
+
+
+def test_doctor_host_finds_a_clock_an_hour_ahead(shared, tmp_path):
+    # Break caught: check_clock never run against the box's Date (no clock line), or the skew's sign reversed.
+    url, environment, box_key = shared
+    (tmp_path / "shift").mkdir()
+    (tmp_path / "shift" / "sitecustomize.py").write_text(SHIFTED_CLOCK)
+    code, checks = doctor(url, dict(environment, PYTHONPATH=str(tmp_path / "shift")))
+    assert code == 1
+    import re
+
+    shown = re.search(r"the local clock is (\d+)s ahead of the server's", checks["clock"]["detail"])
+    assert checks["clock"]["status"] == "fail" and shown and abs(int(shown.group(1)) - 3600) <= 5, checks["clock"]
+    refused = checks[f"key {box_key}"]
+    assert refused["status"] == "fail" and "clock" in refused["detail"] and "timedatectl" in refused["fix"]
+
+
+def test_doctor_host_over_http_off_loopback_is_refused_before_signing(env):
+    code, checks = doctor("http://192.0.2.1:11435", env, "--timeout", "2")
+    assert code == 1 and checks["server"]["status"] == "fail" and "https" in checks["server"]["detail"]
+
+
+@pytest.mark.interop
+def test_the_readmes_python_route_reaches_the_gate_with_the_second_key(shared, monkeypatch):
+    # The README table's third row as written, over TLS from a CA in the 'system store' (SSL_CERT_DIR, which
+    # httpx would also read itself here: tests/test_adapters_tls.py shows certifi refusing it): the gate admits
+    # the second key. A documentation check: it fails when the README's route does not work.
+    from pathlib import Path
+
+    import ollama
+
+    import credential_helper
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    url, environment, box_key = shared
+    monkeypatch.setenv("HOME", environment["HOME"])
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", environment["SSL_CERT_DIR"])
+    assert box_key == Path.home() / ".ollama/box_ed25519"
+    client = ollama.Client(host=url, auth=OllamaAuth(api_base=url, identity=Path.home() / ".ollama/box_ed25519"),
+                           verify=credential_helper.tls_context())
+    assert client.list().models is not None

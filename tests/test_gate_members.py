@@ -1,0 +1,108 @@
+"""Issue 19, the gate as members and operators meet it day to day: the
+certificate reloaded on SIGHUP without dropping connections, and
+X-Forwarded-For set from the peer the gate saw."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import socket
+import ssl
+import time
+
+import pytest
+
+from faults import CertificateAuthority
+from frontends import issue_certificate
+from test_gate import both_keys_file, local_ollama, recorded, signed, start_gate  # noqa: F401 (fixtures)
+
+
+@pytest.mark.process
+def test_client_address_headers_are_the_gates_own(recorded):  # noqa: F811
+    # Break caught: dropping CLIENT_ADDRESS from the gate's filter (the client's X-Forwarded-For reaches
+    # Ollama, whose gin takes ClientIP() from it), or not adding the peer.
+    from test_gate import POSITIVES
+
+    gate_, ollama, clock = recorded
+    vector = POSITIVES[0]
+    clock["now"] = vector["ts"]
+    with socket.create_connection(("127.0.0.1", gate_.port), timeout=10) as sock:
+        sock.sendall(f"{vector['method']} {vector['target']} HTTP/1.1\r\nHost: box\r\nAuthorization: {vector['authorization']}\r\n"
+                     "X-Forwarded-For: 6.6.6.6\r\nx-real-ip: 6.6.6.7\r\nX_Forwarded_For: 6.6.6.8\r\nForwarded: for=6.6.6.9\r\n"
+                     "X-Real_IP: 6.6.6.10\r\nConnection: close\r\n\r\n".encode())
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    (_, head, _), = ollama.requests
+    fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line]
+    assert b"6.6.6." not in head and not [name for name, _ in fields if name.lower() in (b"x-real-ip", b"forwarded", b"x_forwarded_for")]
+    assert [value.strip() for name, value in fields if name.lower() == b"x-forwarded-for"] == [b"127.0.0.1"]
+
+
+def trusting(ca: CertificateAuthority) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+    # Python 3.13 sets VERIFY_X509_STRICT, which wants an Authority Key Identifier that
+    # tests/frontends.issue_certificate does not write; what is tested here is which certificate is served.
+    context.verify_flags &= ~getattr(ssl, "VERIFY_X509_STRICT", 0)
+    return context
+
+
+def _get(conn: http.client.HTTPSConnection, keys) -> int:
+    target, authorization = signed(keys, "GET", "/api/tags")
+    conn.request("GET", target, headers={"Authorization": authorization, "Host": "localhost"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def test_sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(tmp_path, start_gate, local_ollama, keys):  # noqa: F811
+    # Break caught: a reload that only rereads authorized_keys (the new connection still gets the old
+    # certificate), and one that replaced the listening socket (the open connection would be dropped).
+    for name in ("old-ca", "new-ca", "box"):
+        (tmp_path / name).mkdir()
+    old_ca, new_ca = CertificateAuthority(tmp_path / "old-ca"), CertificateAuthority(tmp_path / "new-ca")
+    cert, key = issue_certificate(old_ca, tmp_path / "box", "localhost")
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path),
+                       "--tls-cert", str(cert), "--tls-key", str(key))
+    trusts_old, trusts_new = trusting(old_ca), trusting(new_ca)
+    kept = http.client.HTTPSConnection("localhost", gate_.port, context=trusts_old, timeout=10)
+    assert _get(kept, keys) == 200
+    sock = kept.sock
+
+    issue_certificate(new_ca, tmp_path / "box", "localhost")  # certbot renews the files in place
+    gate_.process.send_signal(signal.SIGHUP)
+    line = gate_.process.stderr.readline()
+    while "reloaded" not in line or "fullchain.pem" not in line:
+        assert line, "the gate said nothing after SIGHUP"
+        line = gate_.process.stderr.readline()
+
+    assert _get(kept, keys) == 200 and kept.sock is sock  # the open connection goes on, with its certificate
+    fresh = http.client.HTTPSConnection("localhost", gate_.port, context=trusts_new, timeout=10)
+    assert _get(fresh, keys) == 200
+    stale = http.client.HTTPSConnection("localhost", gate_.port, context=trusts_old, timeout=10)
+    try:
+        _get(stale, keys)
+        raise AssertionError("a new connection still got the old certificate")
+    except ssl.SSLCertVerificationError:
+        pass
+    kept.close(), fresh.close()
+
+
+def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, local_ollama, keys):  # noqa: F811
+    (tmp_path / "ca").mkdir(), (tmp_path / "box").mkdir()
+    ca = CertificateAuthority(tmp_path / "ca")
+    cert, key = issue_certificate(ca, tmp_path / "box", "localhost")
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path),
+                       "--tls-cert", str(cert), "--tls-key", str(key))
+    conn = http.client.HTTPSConnection("localhost", gate_.port, context=trusting(ca), timeout=10)
+    assert _get(conn, keys) == 200  # serving, so its SIGHUP handler is in place
+    conn.close()
+    key.write_text("half a key\n")
+    gate_.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    line = gate_.process.stderr.readline()
+    while "previous certificate" not in line and time.monotonic() < deadline:
+        line = gate_.process.stderr.readline()
+    assert line.startswith("warning: cannot use --tls-cert") and "half a key" not in line, line
+    conn = http.client.HTTPSConnection("localhost", gate_.port, context=trusting(ca), timeout=10)
+    assert _get(conn, keys) == 200
+    conn.close()
