@@ -200,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
     gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
     gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
+    gate.add_argument("--trusted-front", metavar="CIDR[,CIDR]", help="with --auth-only: front servers whose X-Forwarded-For "
+                      "(its last entry) gives the client's address for from= lines")
     gate.add_argument("--path-prefix", metavar="PREFIX", help="with --auth-only: the request to check is the auth request's own method and "
                       "target after PREFIX (Envoy ext_authz http_service path_prefix, Gateway API ExternalAuth); admits with 200")
     gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
@@ -544,6 +546,7 @@ def cmd_gate(args: argparse.Namespace, log: Log) -> int:
         auth_only=args.auth_only,
         path_prefix=args.path_prefix,
         authorized_keys=args.authorized_keys,
+        trusted_fronts=args.trusted_front,
         max_skew=args.max_skew,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -262,6 +262,11 @@ class _Handler(BaseHTTPRequestHandler):
         route = (method, target.path)
         if route == ("GET", "/api/tags"):
             return self._send(200, {"models": MODELS})
+        if route == ("GET", "/api/ps"):
+            return self._send(200, {"models": [dict(model, expires_at="2026-12-01T00:00:00Z", size_vram=0) for model in MODELS]})
+        if route == ("GET", "/v1/models"):  # openai.ListMiddleware's shape
+            return self._send(200, {"object": "list", "data": [{"id": model["name"], "object": "model", "created": 1764374400,
+                                                                 "owned_by": "library"} for model in MODELS]})
         if route == ("POST", "/api/me"):
             return self._send(200, dict(account))
         if route == ("POST", "/api/show"):

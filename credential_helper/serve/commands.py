@@ -100,10 +100,10 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
                grace: float, verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text",
-               metrics_listen: str | None = None,
-               metrics_public: bool = False) -> int:
-    from . import gate, record, server as server_module
-    from .authorized_keys import KeyFile, default_path
+               metrics_listen: str | None = None, metrics_public: bool = False, trusted_fronts: str | None = None) -> int:
+    from . import gate, record, restrict
+    from . import server as server_module
+    from .authorized_keys import AuthorizedKeys, KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
     if (tls_cert is None) != (tls_key is None):
@@ -122,6 +122,9 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         problem = path_prefix_problem(path_prefix)
         if problem is not None:
             raise InputError(f"--path-prefix {path_prefix!r}: {problem}")
+    if trusted_fronts is not None and not auth_only:
+        raise InputError("--trusted-front is for --auth-only; a reverse-proxy gate matches from= against the address it accepted")
+    fronts = gate.parse_trusted_fronts(trusted_fronts) if trusted_fronts is not None else ()
     upstream = upstream_url = None
     if not auth_only:
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
@@ -141,10 +144,22 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         else:
             log(f"warning: {text}")
 
-    keys = KeyFile(path, warn, lambda new: log(f"reloaded {path}: {len(new)} key line(s)"))  # IdentityError (exit 3) when unusable
-    decider: gate.AuthOnlyPolicy | gate.GatePolicy
+    def reloaded(new: AuthorizedKeys) -> None:
+        log(f"reloaded {path}: {len(new)} key line(s)")
+        if auth_only:  # a line this mode cannot enforce grants nothing (AuthOnlyPolicy.enforceable)
+            for problem in restrict.auth_only_problems(restrict.line_options(new), bool(fronts)):
+                log(f"warning: {path}: {problem}; the line grants nothing")
+
+    keys = KeyFile(path, warn, reloaded)  # IdentityError (exit 3) when unusable
     if auth_only:
-        decider = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix)
+        problems = restrict.auth_only_problems(restrict.line_options(keys.current()), bool(fronts))
+        if problems:
+            from ..errors import IdentityError
+
+            raise IdentityError(f"refusing {path} with --auth-only: {problems[0]}"
+                                + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else ""))
+        decider: gate.AuthOnlyPolicy | gate.GatePolicy = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix,
+                                                                              trusted_fronts=fronts)
     else:
         from .upstream import Upstream
 

@@ -13,11 +13,18 @@ Rules it keeps (each cites why):
 - only a safe method without a body is retried on a fresh connection, and only
   when a reused connection failed before any answer (RFC 9110 9.2.1, RFC 9112 9.3.1);
 - a request head must arrive within HEAD_TIMEOUT in total; until it has, the
-  connection may be closed to make room at the cap (server.py).
+  connection may be closed to make room at the cap (server.py);
+- a policy that needs the body to decide (``NeedBody``, the gate's models=) gets
+  all of it before a byte goes upstream, bounded (413 over, BODY_READ_TIMEOUT per
+  read as a relayed body), and the body goes on with one Content-Length, never
+  chunked as well (RFC 9112 6.1); a Forward's ``filter_answer`` holds the answer
+  whole (bounded, a compressed one refused) and sends it with its new length;
+  a Forward's ``release`` is called once however the request ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import selectors
 import socket
 import ssl
@@ -28,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from . import record, usage
-from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, end_to_end, head_problem, request_has_body
+from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, end_to_end, head_problem, request_has_body
 from .upstream import Selector, set_timeout
 
 if TYPE_CHECKING:
@@ -52,6 +59,7 @@ class ClientConnection:
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
+        self.peer = peer_address(sock)  # once per connection, for Head.peer (from=, X-Forwarded-For)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
@@ -59,10 +67,6 @@ class ClientConnection:
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
         self.usage: usage.Scanner | None = None  # token counts of the answer being relayed
-        try:
-            self.peer = str(sock.getpeername()[0])  # once per connection, for Head.peer
-        except (OSError, IndexError):
-            self.peer = ""
 
     def evict(self) -> None:
         self.evicted = True
@@ -188,20 +192,69 @@ class ClientConnection:
         """Answer or relay one request; True to keep the connection for another."""
         started = time.monotonic()
         decision = self.server.policy.decide(head)
+        if isinstance(decision, NeedBody):
+            decision = self._decide_with_body(head, decision)
         if isinstance(decision, Answer):
             return self._finish(head, decision, started)
-        if not self.server.slots.acquire(blocking=False):
-            return self._finish(head, Answer(503, "the server is at its concurrency limit; try again shortly", reason="concurrency",
-                                             who=decision.who, key=decision.key), started)
-        self.server.count_in_flight(+1)
-        user = decision.who if decision.who and decision.who != decision.key else ""
-        self.server.flight(user, +1)
         try:
-            return self._relay(head, decision, started)
+            if not self.server.slots.acquire(blocking=False):
+                return self._finish(head, Answer(503, "the server is at its concurrency limit; try again shortly", reason="concurrency",
+                                                 who=decision.who, key=decision.key), started)
+            self.server.count_in_flight(+1)
+            user = decision.who if decision.who and decision.who != decision.key else ""
+            self.server.flight(user, +1)
+            try:
+                return self._relay(head, decision, started)
+            finally:
+                self.server.flight(user, -1)
+                self.server.count_in_flight(-1)
+                self.server.slots.release()
         finally:
-            self.server.flight(user, -1)
-            self.server.count_in_flight(-1)
-            self.server.slots.release()
+            if decision.release is not None:
+                decision.release()  # a per-key count: the answer ended or the client went
+
+    def _decide_with_body(self, head: Head, need: NeedBody) -> Forward | Answer:
+        """Read the whole request body (bounded) before anything goes upstream, then
+        ask the policy again; a Forward carries the bytes read (sent with Content-Length)."""
+        body = self._read_whole_body(head, need.limit)
+        if isinstance(body, Answer):
+            return dataclasses.replace(body, who=need.who, key=need.key)
+        decision = need.then(body)
+        if isinstance(decision, Forward) and decision.body is None:
+            decision = dataclasses.replace(decision, body=body)
+        return decision
+
+    def _read_whole_body(self, head: Head, limit: int) -> bytes | Answer:
+        too_large = Answer(413, f"the request body is larger than the {limit} bytes this gate reads to check which model it names",
+                           reason="body")
+        length = head.get("content-length")
+        if length is not None and int(length.split(",")[0]) > limit:
+            return too_large  # before reading a byte (a client waiting for 100-continue sends nothing)
+        body = bytearray()
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                return Answer(400, _protocol_message(exc), reason="body")
+            if event is h11.NEED_DATA:
+                if self.conn.they_are_waiting_for_100_continue:
+                    self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                self.sock.settimeout(BODY_READ_TIMEOUT)  # a body that stops arriving: as when relayed
+                try:
+                    data = self.sock.recv(65536)
+                except OSError:
+                    raise ClientGone() from None
+                if not data:
+                    raise ClientGone()
+                self.conn.receive_data(data)
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > limit:
+                    return too_large
+            elif isinstance(event, h11.EndOfMessage):
+                return bytes(body)
+            else:
+                raise ClientGone()
 
     def _finish(self, head: Head, answer: Answer, started: float, failure: str = "") -> bool:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
@@ -260,7 +313,9 @@ class ClientConnection:
         has_body = request_has_body(head)
         headers = list(forward.headers)
         length = head.get("content-length")
-        if has_body:
+        if forward.body is not None and (has_body or forward.body):
+            headers.append(("Content-Length", str(len(forward.body))))  # read whole: one framing, never both
+        elif has_body:
             headers.append(("Content-Length", str(int(length.split(",")[0]))) if length is not None else ("Transfer-Encoding", "chunked"))
         request = h11.Request(method=head.method, target=upstream.request_target(forward.target), headers=headers)
         replayable = head.method in SAFE_METHODS and not has_body
@@ -272,7 +327,10 @@ class ClientConnection:
                 return self._upstream_failed(head, exc, started, secrets, forward)
             try:
                 up.send(request)
-                self._send_body(up)
+                if forward.body is not None:
+                    self._send_buffered(up, forward.body)
+                else:
+                    self._send_body(up)
                 return self._answer_from(up, head, forward, started, secrets)
             except _Stale as exc:
                 up.close()
@@ -327,11 +385,24 @@ class ClientConnection:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise _Stale() from exc
 
+    def _send_buffered(self, up: Connection, body: bytes) -> None:
+        """A body read before the decision (NeedBody), whole."""
+        try:
+            if body:
+                up.send(h11.Data(data=body))
+            up.send(h11.EndOfMessage())
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _Stale() from exc
+
     def _answer_from(self, up: Connection, head: Head, forward: Forward, started: float, secrets: tuple[str, ...]) -> bool:
         """Relay the upstream's answer; True when both connections may carry another request."""
         self.sent = 0
         self.status = status = None
         received = False
+        # A listing for a model-restricted key: held whole, filtered, then sent. Until then
+        # nothing has reached the client, so a failure is still a 502/504 of our own.
+        filtering = forward.filter_answer is not None and head.method != "HEAD"
+        held, buffered = None, bytearray()
         # --timeout bounds each wait for more of a body, but the answer's head as a
         # whole: one byte at a time must not hold a request forever.
         head_deadline = time.monotonic() + self.server.timeout
@@ -364,15 +435,26 @@ class ClientConnection:
                 if isinstance(event, h11.Response):
                     if event.status_code == 101:
                         raise _UpstreamMalformed("the upstream switched protocols, which the client did not ask for")
+                    if filtering:
+                        held = event
+                        continue
                     self.status = status = event.status_code
                     self._send_response_head(event, head, forward.close)
                     counting = status == 200 and self.server.count_usage and usage.wanted(_content_type(event.headers))
                     self.usage = usage.Scanner() if counting else None
+                elif isinstance(event, h11.Data) and filtering:
+                    buffered += event.data
+                    if len(buffered) > forward.filter_limit:
+                        raise _UpstreamMalformed(f"a model listing larger than {forward.filter_limit} bytes")
                 elif isinstance(event, h11.Data):
                     self._queue(h11.Data(data=bytes(event.data)), len(event.data))
                     if self.usage is not None:
                         self.usage.feed(event.data)
                 elif isinstance(event, h11.EndOfMessage):
+                    if filtering:
+                        assert held is not None  # h11: the answer's head comes before its end
+                        self.status = status = held.status_code
+                        self._queue_filtered(held, bytes(buffered), forward)  # may raise: before pooling
                     # Pooled before the client can see the end: its next request may follow at once.
                     # From here the connection is the pool's: a client gone now must not close it.
                     assert self.server.upstream is not None  # it is relaying (see _relay)
@@ -437,6 +519,27 @@ class ClientConnection:
 
         reason = printable(event.reason.decode("latin-1"))[:100]  # a reason phrase: cut, never with "..." added
         self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
+
+    def _queue_filtered(self, event: h11.Response, body: bytes, forward: Forward) -> None:
+        """The held answer with its body filtered and a new Content-Length."""
+        encodings = [v.decode("latin-1").strip().lower() for n, v in event.headers if n == b"content-encoding"]
+        if any(encoding not in ("", "identity") for encoding in encodings):
+            raise _UpstreamMalformed("a compressed model listing, which the gate must read to filter")
+        assert forward.filter_answer is not None  # only a filtering Forward's answer is held
+        try:
+            body = forward.filter_answer(event.status_code, body)
+        except ValueError as exc:
+            raise _UpstreamMalformed(f"a model listing the gate cannot read ({exc})") from None
+        headers = end_to_end([(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()])
+        headers.append(("Content-Length", str(len(body))))
+        if forward.close or self.server.stopping.is_set():
+            headers.append(("Connection", "close"))
+        from ..sanitize import printable
+
+        reason = printable(event.reason.decode("latin-1"))[:100]
+        self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
+        if body:
+            self._queue(h11.Data(data=body), len(body))
 
     def _cut(self, up: Connection, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
         up.close()
@@ -544,6 +647,19 @@ class _BadBody(Exception):
 
 class _UpstreamMalformed(Exception):
     """The upstream's answer head could not be read as HTTP/1.1."""
+
+
+def peer_address(sock: socket.socket) -> str:
+    """The client's IP address; an IPv4-mapped IPv6 one (a dual-stack listener) as IPv4."""
+    try:
+        address = sock.getpeername()[0]
+    except (OSError, IndexError, TypeError):
+        return ""
+    if not isinstance(address, str):
+        return ""
+    if address[:7].lower() == "::ffff:" and "." in address:
+        return address[7:]
+    return address
 
 
 def _protocol_message(exc: h11.ProtocolError) -> str:

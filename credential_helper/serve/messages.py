@@ -10,7 +10,7 @@ head before any policy sees it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_HEAD_BYTES = 32 * 1024  # request line and header fields together
@@ -67,6 +67,26 @@ class Forward:
     who: str | None = None
     close: bool = False  # the client's connection closes after this answer
     key: str = ""  # the caller's key fingerprint, for the log and metrics
+    # The request body the engine read for the policy (NeedBody): sent with a Content-Length.
+    body: bytes | None = field(default=None, repr=False)
+    # Called once by the engine when the request ends, however it ends (a per-key count).
+    release: Callable[[], None] | None = None
+    # The answer's body is buffered (at most ``filter_limit`` bytes) and passed through this
+    # before the client sees it (a listing shown to a model-restricted key).
+    filter_answer: Callable[[int, bytes], bytes] | None = None
+    filter_limit: int = 0
+
+
+@dataclass(frozen=True)
+class NeedBody:
+    """The policy cannot decide from the head alone: the engine reads the whole
+    request body (at most ``limit`` bytes, else 413) before anything goes upstream,
+    then calls ``then(body)`` for the decision."""
+
+    limit: int
+    then: Callable[[bytes], Forward | Answer]
+    who: str | None = None  # the caller, for the log of an answer the engine gives itself (413, 400)
+    key: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from typing import Protocol
 from ..errors import InputError, ListenError
 from . import record
 from .engine import ClientConnection
-from .messages import Answer, Forward, Head
+from .messages import Answer, Forward, Head, NeedBody
 from .upstream import Upstream
 
 
 class Policy(Protocol):
     """What decides each request (sign.SigningPolicy, gate.GatePolicy, gate.AuthOnlyPolicy)."""
 
-    def decide(self, head: Head) -> Forward | Answer: ...
+    def decide(self, head: Head) -> Forward | Answer | NeedBody: ...
 
 MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept

@@ -32,7 +32,7 @@ canonical check (then through ``sanitize.printable``, bounded).
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import protocol
 from ..keys import fingerprint, is_ed25519_blob
@@ -60,11 +60,15 @@ class Admitted:
 
     name: str
     fingerprint: str
+    # The key's lines that grant this path (file order; their options still apply), and every
+    # line of the key, own and wildcard (max-concurrent: the tightest). Not part of equality.
+    grants: tuple = field(default=(), compare=False, repr=False)
+    lines: tuple = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class Refused:
-    """Answer ``status`` (400, 401, 403 or 503) with ``message`` (one line) and forward nothing.
+    """Answer ``status`` (400, 401, 403, 429 or 503) with ``message`` (one line) and forward nothing.
 
     ``reason`` is the class the operator's log and metrics count (PLAN.md's list;
     empty means ``malformed`` for a 400); ``key`` is the fingerprint of a key whose
@@ -145,11 +149,16 @@ def verify(
     now: float,
     max_skew: float = DEFAULT_MAX_SKEW,
     allow_health_check: bool = True,
+    options_checked_by_caller: bool = False,
 ) -> Admitted | Refused:
     """Admit or refuse one request (see the module's docstring for the rules).
 
     ``allow_health_check``: admit an unsigned exact ``HEAD /`` as
     ``Admitted(HEALTH_CHECK_NAME, "")`` (see :func:`is_health_check`).
+    ``options_checked_by_caller``: return every line that grants the path in
+    ``Admitted.grants``, whatever its options; the caller (the gate's policies,
+    serve/restrict.py) enforces them with what it has (the peer, the body, a count).
+    Without it a line with options verify cannot enforce alone grants nothing.
     """
     if not (isinstance(max_skew, (int, float)) and math.isfinite(max_skew) and max_skew >= 0):
         raise ValueError("max_skew must be a finite number of seconds, 0 or more")
@@ -199,7 +208,9 @@ def verify(
             "keyfile-unusable", fingerprint(blob),
         )
     # A line's options grant less, never more: one this check cannot enforce admits nothing.
-    grants = [grant for grant in keys.grants_for(blob) if grant.options.empty or enforceable_by_verify(grant.options, now)]
+    grants = keys.grants_for(blob)
+    if not options_checked_by_caller:
+        grants = [grant for grant in grants if grant.options.empty or enforceable_by_verify(grant.options, now)]
     print_ = fingerprint(blob)
     own = [grant for grant in grants if not grant.wildcard]
     if is_heartbeat(method, path):
@@ -210,7 +221,7 @@ def verify(
         # The key's own name (its first named line, as the draft keeps the first
         # name), else the name of the wildcard line that let it in.
         named = [grant for grant in own if grant.named] or [grant for grant in allowing if grant.named]
-        return Admitted(named[0].name if named else print_, print_)
+        return Admitted(named[0].name if named else print_, print_, tuple(allowing), tuple(grants))
     key_line = f"ssh-ed25519 {_b64(blob)}"
     shown = sanitize.shown(path, 120)
     if own:
