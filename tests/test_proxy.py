@@ -293,7 +293,7 @@ def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line
         line = read_log_line(proxy, "client gone", timeout=3.0)
         assert line is not None and line.startswith("POST /api/chat 200 "), proxy.log
         assert time.monotonic() - hung_up < 3.0
-        while slow.aborted_streams < 1 and time.monotonic() - hung_up < 5:
+        while slow.aborted_streams < 1 and time.monotonic() - hung_up < 12:  # it learns at its next writes
             time.sleep(0.05)
         assert slow.aborted_streams == 1  # the upstream saw its client go
         time.sleep(0.3)
