@@ -519,3 +519,48 @@ def test_the_clients_show_which_hop_is_down(tmp_path, env, keys, authorized_keys
         if front is not None:
             front.stop()
         gate.stop()
+
+
+# --- from= behind a front: the address is the one the front saw, never the client's claim ---------
+
+
+@pytest.fixture(params=sorted(FRONTS))
+def fronted_from(request, tmp_path, env, keys, local_ollama):
+    """alice may call from 127.0.0.1 (the only client address here), bob only from 10.9.9.9;
+    the gate trusts the front's X-Forwarded-For (--trusted-front 127.0.0.1/32)."""
+    path = tmp_path / "authorized_keys"
+    a = (keys / "ed25519-a.pub").read_text().split()
+    b = (keys / "ed25519-b.pub").read_text().split()
+    path.write_text(f'from="127.0.0.1" {a[0]} {a[1]} alice *\nfrom="10.9.9.9" {b[0]} {b[1]} bob *\n')
+    path.chmod(0o600)
+    gate = Gate(path, env, "--trusted-front", "127.0.0.1/32")
+    relay = Relay(gate.port)
+    front = None
+    try:
+        front = FRONTS[request.param](tmp_path / request.param, CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port)
+        yield Chain(front, gate, relay, local_ollama, keys)
+    finally:
+        if front is not None:
+            front.stop()
+        relay.stop()
+        gate.stop()
+
+
+@pytest.mark.parametrize("claim", ["10.9.9.9", "127.0.0.1, 10.9.9.9"])
+def test_a_client_sent_x_forwarded_for_cannot_choose_the_from_address(fronted_from, claim):
+    """nginx's auth_request copies the client's headers into the auth request: the block
+    must set X-Forwarded-For itself, or bob names 10.9.9.9 and is let in."""
+    target, authorization = fronted_from.signed("GET", "/api/tags", key="ed25519-b")
+    status, _, body = fronted_from.front.request("GET", target, {"Authorization": authorization, "X-Forwarded-For": claim})
+    assert status == 403 and json.loads(body)["error"], (status, body)
+    fronted_from.assert_nothing_reached_ollama()
+    for sent in fronted_from.relay.heads():
+        assert sent.get("x-forwarded-for") == ["127.0.0.1"], sent
+
+
+def test_an_honest_client_at_an_allowed_address_passes_and_ollama_sees_the_front_s_address(fronted_from):
+    target, authorization = fronted_from.signed("GET", "/api/tags")
+    status, _, body = fronted_from.front.request("GET", target, {"Authorization": authorization, "X-Forwarded-For": "10.9.9.9"})
+    assert status == 200 and len(json.loads(body)["models"]) == 2, (status, body)
+    # Ollama's gin takes ClientIP() from X-Forwarded-For: the client's claim must not reach it either.
+    assert fronted_from.upstream_headers().get("x-forwarded-for") == ["127.0.0.1"], fronted_from.upstream_headers()
