@@ -522,3 +522,24 @@ def test_an_unsigned_health_check_closes_its_connection(tmp_path, start_gate):
         reply = raw(gate_.port, b"HEAD / HTTP/1.1\r\nHost: box\r\n\r\n" * 20)
         time.sleep(0.2)
     assert reply.count(b"HTTP/1.1 200 ") == 1 and len(ollama.requests) == 1
+
+
+def test_the_gates_401_reason_phrase_arrives_whole_through_the_proxy(tmp_path, start_gate, start_proxy, local_ollama, keys):
+    """Ollama's CLI shows only the status line on a streamed 401 (api/client.go ``stream``):
+    the phrase naming the unknown key must survive a proxy in front of the gate."""
+    only_bob = tmp_path / "authorized_keys"
+    only_bob.write_text(" ".join((keys / "ed25519-b.pub").read_text().split()[:2]) + " bob *\n")
+    only_bob.chmod(0o600)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(only_bob))
+    proxy = start_proxy("--upstream", f"http://127.0.0.1:{gate_.port}")
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    connection.request("POST", "/api/chat", body=b'{"model": "m", "messages": []}', headers={"Authorization": f"Bearer {proxy.token}"})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    printed = subprocess.run(["ssh-keygen", "-lf", str(keys / "ed25519-a.pub")], capture_output=True, text=True, check=True)
+    expected = f"Unauthorized (key not in the server's authorized_keys: {printed.stdout.split()[1]})"
+    assert len(expected) > 100 and (response.status, response.reason) == (401, expected)
+    assert local_ollama.unverified_requests == []

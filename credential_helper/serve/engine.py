@@ -46,6 +46,10 @@ HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) t
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
 BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
+# An upstream's reason phrase passed on: long enough for the gate's own 401 phrases (the
+# unknown key's SHA256 fingerprint, about 110 characters), which Ollama's CLI shows alone on a
+# streamed 401 (api/client.go stream); bounded, since it is an upstream's text.
+REASON_PHRASE_LIMIT = 200
 LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
 
 
@@ -517,7 +521,7 @@ class ClientConnection:
             headers.append(("Connection", "close"))
         from ..sanitize import printable
 
-        reason = printable(event.reason.decode("latin-1"))[:100]  # a reason phrase: cut, never with "..." added
+        reason = printable(event.reason.decode("latin-1"))[:REASON_PHRASE_LIMIT]  # cut, never with "..." added
         self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
 
     def _queue_filtered(self, event: h11.Response, body: bytes, forward: Forward) -> None:
@@ -536,7 +540,7 @@ class ClientConnection:
             headers.append(("Connection", "close"))
         from ..sanitize import printable
 
-        reason = printable(event.reason.decode("latin-1"))[:100]
+        reason = printable(event.reason.decode("latin-1"))[:REASON_PHRASE_LIMIT]
         self._queue(h11.Response(status_code=event.status_code, headers=headers, reason=reason))
         if body:
             self._queue(h11.Data(data=body), len(body))
