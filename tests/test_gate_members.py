@@ -87,7 +87,8 @@ def test_sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(
     kept.close(), fresh.close()
 
 
-def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, local_ollama, keys):  # noqa: F811
+@pytest.mark.parametrize("broken", ["--tls-cert", "--tls-key"])
+def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, local_ollama, keys, broken):  # noqa: F811
     (tmp_path / "ca").mkdir(), (tmp_path / "box").mkdir()
     ca = CertificateAuthority(tmp_path / "ca")
     cert, key = issue_certificate(ca, tmp_path / "box", "localhost")
@@ -96,13 +97,37 @@ def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, l
     conn = http.client.HTTPSConnection("localhost", gate_.port, context=trusting(ca), timeout=10)
     assert _get(conn, keys) == 200  # serving, so its SIGHUP handler is in place
     conn.close()
-    key.write_text("half a key\n")
+    damaged = cert if broken == "--tls-cert" else key
+    damaged.write_text("half a file\n")
     gate_.process.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     line = gate_.process.stderr.readline()
     while "previous certificate" not in line and time.monotonic() < deadline:
         line = gate_.process.stderr.readline()
-    assert line.startswith("warning: cannot use --tls-cert") and "half a key" not in line, line
+    # The file at fault is named, not OpenSSL's bare "[SSL] PEM lib".
+    assert line.startswith(f"warning: cannot use {broken} {damaged}:") and "PEM lib" not in line and "half a file" not in line, line
     conn = http.client.HTTPSConnection("localhost", gate_.port, context=trusting(ca), timeout=10)
     assert _get(conn, keys) == 200
     conn.close()
+
+
+@pytest.mark.parametrize("case", ["missing-cert", "missing-key", "garbage-cert", "garbage-key", "key-as-cert", "other-key"])
+def test_a_tls_file_the_gate_cannot_use_is_named_at_start(run, tmp_path, case):
+    (tmp_path / "ca").mkdir(), (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    ca = CertificateAuthority(tmp_path / "ca")
+    cert, key = issue_certificate(ca, tmp_path / "one", "localhost")
+    _, other_key = issue_certificate(ca, tmp_path / "two", "localhost")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not PEM\n")
+    missing = tmp_path / "nope.pem"
+    given, named = {
+        "missing-cert": ((missing, key), f"cannot read --tls-cert {missing}: No such file or directory"),
+        "missing-key": ((cert, missing), f"cannot read --tls-key {missing}: No such file or directory"),
+        "garbage-cert": ((garbage, key), f"cannot use --tls-cert {garbage}: it holds no PEM certificate"),
+        "garbage-key": ((cert, garbage), f"cannot use --tls-key {garbage}: it holds no unencrypted PEM private key"),
+        "key-as-cert": ((key, key), f"cannot use --tls-cert {key}: it holds no PEM certificate"),
+        "other-key": ((cert, other_key), f"--tls-key {other_key} is not the private key of --tls-cert {cert}"),
+    }[case]
+    result = run(["gate", "--listen", "127.0.0.1:0", "--authorized-keys", both_keys_file(tmp_path),
+                  "--tls-cert", str(given[0]), "--tls-key", str(given[1])])
+    assert result.code == 2 and named in result.err and result.err.count("\n") == 1, result.err

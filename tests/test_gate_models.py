@@ -394,6 +394,20 @@ def test_auth_only_refuses_to_start_with_lines_it_cannot_enforce(tmp_path, env, 
         process.wait(10)
 
 
+@pytest.mark.parametrize("rule, why, not_why", [
+    ('models="small"', "carries no body", "answer end"),
+    ("max-concurrent=2", "never sees an answer end", "carries no body"),
+])
+def test_auth_only_says_why_each_option_needs_reverse_proxy_mode_and_what_to_do(tmp_path, env, rule, why, not_why):
+    import subprocess
+
+    path = write_keys(tmp_path, f"{rule} {key_line('ed25519-b')} bob *\n")
+    result = subprocess.run([*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
+                            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 3 and rule.split("=")[0] + "=" in result.stderr, result.stderr
+    assert why in result.stderr and not_why not in result.stderr and "without --auth-only" in result.stderr, result.stderr
+
+
 def _multipart(model: str, query_model: str | None = None) -> tuple[bytes, str]:
     boundary = "gateboundary7"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"

@@ -235,5 +235,26 @@ def _server_tls(cert: str, key: str) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
-        raise InputError(f"cannot use --tls-cert {cert} / --tls-key {key}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise InputError(_tls_problem(cert, key, exc)) from None
     return context
+
+
+def _tls_problem(cert: str, key: str, exc: Exception) -> str:
+    """Which of the two files is wrong, and how: OpenSSL's own text for a file it
+    cannot parse is ``[SSL] PEM lib`` with no file name (Modules/_ssl.c load_cert_chain)."""
+    import ssl
+
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            return f"cannot read {option} {path}: {error.strerror or error}"
+    if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
+        return f"--tls-key {key} is not the private key of --tls-cert {cert}; give the key the certificate was issued for"
+    try:  # a file holding at least one PEM certificate loads as trust anchors; a key or garbage does not
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+    except ssl.SSLError:
+        return f"cannot use --tls-cert {cert}: it holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the certificate chain file (e.g. fullchain.pem)"
+    return (f"cannot use --tls-key {key}: it holds no unencrypted PEM private key for --tls-cert {cert} "
+            "(-----BEGIN PRIVATE KEY-----; an encrypted key is not supported); give the key file (e.g. privkey.pem)")

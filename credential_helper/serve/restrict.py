@@ -76,10 +76,15 @@ def auth_only_problems(entries: Iterable[tuple[int, KeyOptions]], can_see_addres
     ``from=`` needs ``--trusted-front``."""
     problems = []
     for number, options in entries:
-        needs = [name for name, value in (("models=", options.models), ("max-concurrent=", options.max_concurrent)) if value is not None]
+        # Why each needs reverse-proxy mode (README "What each mode can enforce").
+        needs = [(name, why) for name, why, value in (
+            ("models=", "the front server's auth request carries no body, so the gate cannot see the model", options.models),
+            ("max-concurrent=", "the gate never sees an answer end, so it cannot count requests in flight", options.max_concurrent),
+        ) if value is not None]
         if needs:
-            problems.append(f"line {number}: {' and '.join(needs)} cannot be enforced with --auth-only "
-                            "(the front server's auth request carries no body); run the gate as a reverse proxy")
+            problems.append(f"line {number}: {' and '.join(name for name, _ in needs)} cannot be enforced with --auth-only "
+                            f"({'; '.join(why for _, why in needs)}); "
+                            "run the gate as a reverse proxy (without --auth-only) or remove the option from the line")
         elif options.from_patterns is not None and not can_see_address:
             problems.append(f"line {number}: from= needs --trusted-front with --auth-only "
                             "(the client's address is known only from a front server the operator trusts)")
