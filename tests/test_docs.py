@@ -146,6 +146,39 @@ def test_man_documents_every_option_and_command():
     assert listed == COMMANDS
 
 
+def _readme_command_rows() -> dict[str, str]:
+    """The README's "Commands and output" table: command name -> its first cell."""
+    section = README.split("\n## Commands and output\n", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)([^`]*)`", section, re.M)
+    return {name: rest.replace("\\|", "|") for name, rest in rows}
+
+
+def test_the_readme_commands_table_has_a_row_per_command():
+    assert list(_readme_command_rows()) == COMMANDS
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_readme_commands_table_row_lists_exactly_the_options_of_help(command):
+    """A user reads the table, not --help: an option missing there is one they never find."""
+    row = _options(_readme_command_rows()[command])
+    listed = _options(_help([command])) - {"--help"}
+    assert (sorted(listed - row), sorted(row - listed)) == ([], []), "(missing from the README row, not in --help)"
+
+
+def test_the_readme_names_every_pinned_runtime_dependency():
+    block = (ROOT / "pyproject.toml").read_text().split("\ndependencies = [", 1)[1].split("\n]", 1)[0]
+    pinned = re.findall(r'^\s*"([\w.-]+==[\w.]+)"', block, re.M)
+    sentence = README.split("Runtime dependencies, pinned:", 1)[1].split("\n\n", 1)[0]
+    assert pinned and [pin for pin in pinned if f"`{pin}`" not in sentence] == []
+
+
+def test_the_readme_names_every_benchmark():
+    section = README.split("\n## Development\n", 1)[1]
+    scripts = sorted(path.name for path in (ROOT / "benchmarks").glob("*.py") if not path.name.startswith("_"))
+    assert scripts and [name for name in scripts if f"`{name}`" not in section and f"benchmarks/{name}" not in section] == []
+
+
 def test_man_page_has_the_required_sections():
     sections = re.findall(r"^\.SH (.+)$", MAN, re.M)
     assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"]
