@@ -227,6 +227,9 @@ def test_a_refusal_on_v1_takes_openais_shape_through_the_front(chain, tmp_path, 
     assert status == expected and set(shown) == {"error"} and shown["error"]["type"] == "api_error", (status, body)
     direct_status, direct = chain.gate_direct(method, target, headers)
     assert (direct_status, direct["error"]["message"]) == (status, shown["error"]["message"])
+    # openai-python's e.code: the gate's reason class, which nginx rebuilds from X-Ollama-Reason.
+    expected_code = {"unsigned": "unsigned", "unknown-key": "unknown-key", "ungranted-endpoint": "not-granted"}[case]
+    assert shown["error"]["code"] == direct["error"]["code"] == expected_code, (shown, direct)
     chain.assert_nothing_reached_ollama()
 
 
