@@ -7,6 +7,7 @@ back to the pool only when both sides finished their messages cleanly.
 """
 
 import os
+import select
 import selectors
 import socket
 import ssl
@@ -53,6 +54,10 @@ class Connection:
         nobody must never be read as the answer to the next request)."""
         if self.h11.trailing_data[0] or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return False
+        if hasattr(select, "poll"):  # once per relayed request: select.poll direct, not the selectors wrapper (~10x cheaper)
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            return not poller.poll(0)
         with Selector() as selector:
             selector.register(self.sock, selectors.EVENT_READ)
             return not selector.select(0)
