@@ -1,6 +1,11 @@
 """The gate against direct, side by side in one run (issue 15, "Performance").
 
-    python benchmarks/gate_bench.py [--upstream minimal|standin] [--clients N] [--seconds S]
+    python benchmarks/gate_bench.py [--upstream minimal|standin] [--clients N] [--seconds S] [--old TREE] [--repeat R]
+
+``--old TREE`` also runs the gate and auth-only of another checkout (``python -m``,
+its package first on PYTHONPATH) beside these, round by round, and prints the
+per-round ratios: a before/after in one run on a noisy machine. ``--rounds 0``
+skips the latency part.
 
 Three servers run as separate processes: a loopback upstream standing in for
 ``ollama serve``, ``ollama-credential-helper gate --upstream`` in front of it (the
