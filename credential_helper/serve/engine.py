@@ -47,6 +47,7 @@ IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
 BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
 LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
+RECV_BYTES = 65536  # one read, from the client or the upstream
 
 
 class ClientGone(Exception):
@@ -61,6 +62,9 @@ class ClientConnection:
         self.sock = sock
         self.peer = peer_address(sock)  # once per connection, for Head.peer (from=, X-Forwarded-For)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        # Every read lands here, allocated once: a fresh 64 KiB bytes per recv()
+        # left glibc's per-thread arenas holding freed heap under load (issue 21).
+        self._buffer = memoryview(bytearray(RECV_BYTES))
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
         self.status: int | None = None  # the status of the answer being relayed, once its head went out
@@ -119,10 +123,10 @@ class ClientConnection:
                 if remaining <= 0:
                     return
                 self.sock.settimeout(remaining)
-                data = self.sock.recv(65536)
-                if not data:
+                read = self.sock.recv_into(self._buffer)
+                if not read:
                     return
-                left -= len(data)
+                left -= read
         except (OSError, ssl.SSLError):
             return
 
@@ -162,7 +166,7 @@ class ClientConnection:
                 return None
             self.sock.settimeout(left)
             try:
-                data = self.sock.recv(65536)
+                data = self._recv(self.sock)
             except TimeoutError:
                 return None
             if self.evicted:
@@ -367,7 +371,7 @@ class ClientConnection:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
                 self.sock.settimeout(BODY_READ_TIMEOUT)
                 try:
-                    data = self.sock.recv(65536)
+                    data = self._recv(self.sock)
                 except OSError:
                     raise ClientGone() from None
                 if not data:
@@ -477,7 +481,7 @@ class ClientConnection:
         """The next bytes from the upstream, watching the client for a hang-up meanwhile;
         None once ``deadline`` (default: --timeout from now) has passed."""
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
-            return up.sock.recv(65536)
+            return self._recv(up.sock)
         if deadline is None:
             deadline = time.monotonic() + self.server.timeout
         while True:
@@ -487,7 +491,7 @@ class ClientConnection:
             for key, _ in selector.select(left):
                 if key.data == "client":
                     try:
-                        data = self.sock.recv(65536)
+                        data = self._recv(self.sock)
                     except (BlockingIOError, ssl.SSLWantReadError):
                         continue
                     except OSError:
@@ -499,7 +503,7 @@ class ClientConnection:
                         selector.unregister(self.sock)  # enough read ahead; stop watching
                 else:
                     try:
-                        data = up.sock.recv(65536)
+                        data = self._recv(up.sock)
                     except ssl.SSLWantReadError:
                         continue
                     except (ConnectionResetError, BrokenPipeError) as exc:
@@ -569,6 +573,10 @@ class ClientConnection:
             answer, failure = Answer(502, server_text(text, secrets, limit=300), **known), "connect"
         self._finish(head, answer, started, failure)
         return False
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read (client or upstream) through the connection's buffer: only its bytes are copied out."""
+        return self._buffer[:sock.recv_into(self._buffer)].tobytes()
 
     # -- writing and logging ---------------------------------------------------------------------
 
