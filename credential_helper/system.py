@@ -467,7 +467,7 @@ if sys.platform == "win32":
         and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
         ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
         two sockets (client, upstream), so the cap never binds; the number of
-        connections is bounded by server.MAX_CONNECTIONS, not by select()."""
+        connections is bounded by serve/limits.Limits.connections, not by select()."""
         import selectors
 
         return selectors.SelectSelector

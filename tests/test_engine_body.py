@@ -16,6 +16,7 @@ from faults import KeepAliveServer
 
 from credential_helper import protocol
 from credential_helper.serve import server
+from credential_helper.serve.limits import Limits
 from credential_helper.serve.messages import Answer, Forward, Head, NeedBody
 from credential_helper.serve.upstream import Upstream
 
@@ -67,7 +68,7 @@ def engine():
         upstream_server = KeepAliveServer(respond).__enter__()
         upstream = Upstream(protocol.URL("http", upstream_server.host, "", ""), 5, environ={})
         log: list[str] = []
-        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=log.append, timeout=5)
+        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=log.append, limits=Limits(upstream=5))
         threading.Thread(target=served.serve_forever, daemon=True).start()
         started.append((served, upstream_server))
         return served.address[1], upstream_server, log

@@ -12,10 +12,10 @@ Rules it keeps (each cites why):
 - an upstream body cut short cuts the client's connection: never kept alive;
 - only a safe method without a body is retried on a fresh connection, and only
   when a reused connection failed before any answer (RFC 9110 9.2.1, RFC 9112 9.3.1);
-- a request head must arrive within HEAD_TIMEOUT in total; until it has, the
+- a request head must arrive within limits.head in total; until it has, the
   connection may be closed to make room at the cap (server.py);
 - a policy that needs the body to decide (``NeedBody``, the gate's models=) gets
-  all of it before a byte goes upstream, bounded (413 over, BODY_READ_TIMEOUT per
+  all of it before a byte goes upstream, bounded (413 over, limits.body per
   read as a relayed body), and the body goes on with one Content-Length, never
   chunked as well (RFC 9112 6.1); a Forward's ``filter_answer`` holds the answer
   whole (bounded, a compressed one refused) and sends it with its new length;
@@ -42,11 +42,7 @@ if TYPE_CHECKING:
     from .server import Server
     from .upstream import Connection
 
-HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
-IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
-BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
-LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
 RECV_BYTES = 65536  # one read, from the client or the upstream
 
 
@@ -60,6 +56,7 @@ class ClientConnection:
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
+        self.limits = server.limits
         self.peer = peer_address(sock)  # once per connection, for Head.peer (from=, X-Forwarded-For)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         # Every read lands here, allocated once: a fresh 64 KiB bytes per recv()
@@ -82,11 +79,11 @@ class ClientConnection:
     def run(self) -> None:
         try:
             if self.server.tls_context is not None:
-                self.sock.settimeout(HEAD_TIMEOUT)
+                self.sock.settimeout(self.limits.head)
                 self.sock = self.server.tls_context.wrap_socket(self.sock, server_side=True)
             first = True
             while not self.server.stopping.is_set():
-                head = self._read_head(HEAD_TIMEOUT if first else IDLE_TIMEOUT)
+                head = self._read_head(self.limits.head if first else self.limits.idle)
                 first = False
                 if head is None or not self._serve(head):
                     break
@@ -116,7 +113,7 @@ class ClientConnection:
                 self.sock.shutdown(socket.SHUT_WR)  # the answer is complete: say so
             except OSError:
                 return
-        deadline, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+        deadline, left = time.monotonic() + self.limits.linger, self.limits.linger_bytes
         try:
             while left > 0:
                 remaining = deadline - time.monotonic()
@@ -135,7 +132,7 @@ class ClientConnection:
     def _read_head(self, idle_timeout: float) -> Head | None:
         """The next request head, checked; None when the connection should end."""
         raw = bytearray(self.conn.trailing_data[0])  # a pipelined request already received
-        deadline = time.monotonic() + (HEAD_TIMEOUT if raw else idle_timeout)
+        deadline = time.monotonic() + (self.limits.head if raw else idle_timeout)
         started = bool(raw)
         # Until its head is complete a connection may be closed to make room at
         # the cap: idle or trickling, it holds nothing that would be lost.
@@ -177,7 +174,7 @@ class ClientConnection:
                     continue
             if data and not started:
                 started = True
-                deadline = time.monotonic() + HEAD_TIMEOUT  # the whole head, not per read
+                deadline = time.monotonic() + self.limits.head  # the whole head, not per read
             if len(raw) <= MAX_HEAD_BYTES:
                 raw += data
             self.conn.receive_data(data)
@@ -243,7 +240,7 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                self.sock.settimeout(BODY_READ_TIMEOUT)  # a body that stops arriving: as when relayed
+                self.sock.settimeout(self.limits.body)  # a body that stops arriving: as when relayed
                 try:
                     data = self.sock.recv(65536)
                 except OSError:
@@ -302,11 +299,11 @@ class ClientConnection:
             headers.append(("Connection", "close"))
         try:
             # An answer of our own is small: a client that does not take it within
-            # HEAD_TIMEOUT is not reading (the relay's writes wait --timeout).
-            self._send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason_phrase()), HEAD_TIMEOUT)
+            # limits.head is not reading (the relay's writes wait --timeout).
+            self._send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason_phrase()), self.limits.head)
             if body:
-                self._send(h11.Data(data=body), HEAD_TIMEOUT)
-            self._send(h11.EndOfMessage(), HEAD_TIMEOUT)
+                self._send(h11.Data(data=body), self.limits.head)
+            self._send(h11.EndOfMessage(), self.limits.head)
         except (ClientGone, h11.LocalProtocolError):
             return -1
         return len(body)
@@ -369,7 +366,7 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                self.sock.settimeout(BODY_READ_TIMEOUT)
+                self.sock.settimeout(self.limits.body)
                 try:
                     data = self._recv(self.sock)
                 except OSError:
@@ -409,7 +406,7 @@ class ClientConnection:
         held, buffered = None, bytearray()
         # --timeout bounds each wait for more of a body, but the answer's head as a
         # whole: one byte at a time must not hold a request forever.
-        head_deadline = time.monotonic() + self.server.timeout
+        head_deadline = time.monotonic() + self.limits.upstream
         with Selector() as selector:  # poll: fds above 1024 too
             selector.register(up.sock, selectors.EVENT_READ, "upstream")
             watching = self._request_read()  # the whole request is in: a read now means hang-up
@@ -483,7 +480,7 @@ class ClientConnection:
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
             return self._recv(up.sock)
         if deadline is None:
-            deadline = time.monotonic() + self.server.timeout
+            deadline = time.monotonic() + self.limits.upstream
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -588,7 +585,7 @@ class ClientConnection:
     def _flush(self) -> None:
         if self._out:
             data, self._out = bytes(self._out), bytearray()
-            set_timeout(self.sock, self.server.timeout)
+            set_timeout(self.sock, self.limits.upstream)
             try:
                 self.sock.sendall(data)
             except OSError:
@@ -599,7 +596,7 @@ class ClientConnection:
     def _send(self, event: h11.Event, timeout: float | None = None) -> None:
         data = self.conn.send(event)
         if data:
-            set_timeout(self.sock, self.server.timeout if timeout is None else timeout)
+            set_timeout(self.sock, self.limits.upstream if timeout is None else timeout)
             try:
                 self.sock.sendall(data)
             except OSError:

@@ -98,10 +98,11 @@ class Exporter:
     def __init__(self, registry: CollectorRegistry, address: tuple[str, int]) -> None:
         from ..errors import ListenError
         from . import server
+        from .limits import Limits
 
         try:
             self.server = server.Server(address, _Scrape(registry), upstream=None, log=lambda line: None,
-                                        timeout=10, max_in_flight=4, max_connections=16, observe=lambda record: None)
+                                        limits=Limits(upstream=10, in_flight=4, connections=16), observe=lambda record: None)
         except ListenError as exc:
             raise ListenError(f"--metrics-listen: {exc}") from None
         self.address = self.server.address
