@@ -1,0 +1,46 @@
+"""A hostile review of today's work (issues 19 and 22): each test failed on main."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from credential_helper.serve import models
+from credential_helper.serve.key_options import model_allowed, parse_options
+
+
+def _subject(method: str, path: str, body: bytes) -> str:
+    named = models.models_named(method, path, "", "application/json", body)
+    assert isinstance(named, models.Named), named
+    (model,) = named.models
+    return model.subject
+
+
+# --- models=: a family pattern must not grant another registry's models -----------------------
+
+@pytest.mark.parametrize("pattern, name", [
+    ("llama3*", "llama3.attacker.example/x/anything"),  # a host name that starts like the family
+    ("qwen3:*", "qwen3:443/evil/model:70b"),  # a host named qwen3 on a port (the README's own example)
+    ("myteam/*", "myteam/evil/model:latest"),  # host "myteam", not namespace "myteam"
+    ("llama3:?b", "llama3:1/x/y:latest"),
+])
+def test_a_wildcard_pattern_does_not_cross_into_another_host_or_namespace(pattern, name):
+    # /api/pull with the model a member chose: Ollama fetches it from the host in the name.
+    subject = _subject("POST", "/api/pull", ('{"model": "%s"}' % name).encode())
+    assert not model_allowed(parse_options(f'models="{pattern}"'), subject), subject
+
+
+@pytest.mark.parametrize("pattern, name", [
+    ("llama3*", "llama3.1:8b"), ("llama3*", "llama3"), ("qwen3:*", "qwen3:8b"), ("myteam/*", "myteam/coder:7b"),
+    ("*", "host:5000/ns/m:8b"), ("*", "llama3"), ("host:5000/ns/*", "host:5000/ns/m:8b"),
+    ("*-cloud", "gpt-oss:20b-cloud"),
+])
+def test_the_families_an_operator_means_are_still_granted(pattern, name):
+    subject = _subject("POST", "/api/pull", ('{"model": "%s"}' % name).encode())
+    assert model_allowed(parse_options(f'models="{pattern}"'), subject), subject
+
+
+def test_a_negated_pattern_still_denies_across_hosts():
+    options = parse_options('models="*,!*70b*"')
+    assert not model_allowed(options, _subject("POST", "/api/pull", b'{"model": "h.example/ns/m:70b"}'))
