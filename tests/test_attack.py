@@ -44,3 +44,32 @@ def test_the_families_an_operator_means_are_still_granted(pattern, name):
 def test_a_negated_pattern_still_denies_across_hosts():
     options = parse_options('models="*,!*70b*"')
     assert not model_allowed(options, _subject("POST", "/api/pull", b'{"model": "h.example/ns/m:70b"}'))
+
+
+# --- models=: a body read for the model must not cost the gate many times its size ----------
+
+def _peak(call):
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_a_body_of_a_million_tiny_json_values_is_refused_without_building_them(path):
+    # 1.2 M empty arrays in 3.6 MiB: json builds a list object for each (about 64 bytes),
+    # holding the GIL throughout. At the 32 MiB limit that was ~2 GiB and ~15 s of every
+    # other connection's time, per request, from any member with a models= line.
+    body = b'{"model":"small","messages":[],"x":[' + b"[]," * 1_200_000 + b"[]]}"
+    result, peak = _peak(lambda: models.models_named("POST", path, "", "application/json", body))
+    assert isinstance(result, models.Unreadable) and result.status == 400, result
+    assert peak < 4 * len(body), f"{peak >> 20} MiB for a {len(body) >> 20} MiB body"
+
+
+def test_large_bodies_of_text_images_and_token_arrays_are_still_read():
+    prose = b'{"model":"small","prompt":"' + b'hello, world [x] {y} \\" ok, ' * 100_000 + b'"}'
+    context = b'{"model":"small","context":[' + b"123456," * 200_000 + b'1]}'
+    for body in (prose, context):
+        assert _subject("POST", "/api/generate", body) == "small:latest"
