@@ -73,3 +73,34 @@ def test_large_bodies_of_text_images_and_token_arrays_are_still_read():
     context = b'{"model":"small","context":[' + b"123456," * 200_000 + b'1]}'
     for body in (prose, context):
         assert _subject("POST", "/api/generate", body) == "small:latest"
+
+
+# --- the key file: an option written after the key is a misplaced option, never a name --------
+
+def _key_a() -> tuple[str, bytes]:
+    import base64
+
+    from conftest import asset
+
+    text = asset("keys/ed25519-a.pub").read_text().split()[1]
+    return text, base64.b64decode(text)
+
+
+@pytest.mark.parametrize("misplaced", ['models="small"', 'from="10.0.0.0/8"', "max-concurrent=1",
+                                       'expiry-time="20200101"', 'MODELS="small*"'])
+def test_an_option_in_the_name_field_skips_the_line_instead_of_granting_without_it(misplaced):
+    # 'ssh-ed25519 AAAA... models="small" *' read as the name 'models="small"' granted every model.
+    from credential_helper.serve.authorized_keys import parse
+
+    text, blob = _key_a()
+    keys, warnings = parse(f"ssh-ed25519 {text} {misplaced} *\n")
+    assert keys.grants_for(blob) == []
+    assert len(warnings) == 1 and "option" in warnings[0], warnings
+
+
+def test_names_with_an_equals_sign_that_are_not_options_still_name_the_line():
+    from credential_helper.serve.authorized_keys import parse
+
+    text, blob = _key_a()
+    keys, warnings = parse(f"ssh-ed25519 {text} bob=admin *\n")
+    assert warnings == [] and keys.grants_for(blob)[0].name == "bob=admin"
