@@ -16,7 +16,7 @@ Rules it keeps (each cites why):
   connection may be closed to make room at the cap (server.py);
 - a policy that needs the body to decide (``NeedBody``, the gate's models=) gets
   all of it before a byte goes upstream, bounded (413 over, BODY_READ_TIMEOUT per
-  read as a relayed body), and the body goes on with one Content-Length, never
+  read as a relayed body, 503 past the server's body_budget for all connections), and the body goes on with one Content-Length, never
   chunked as well (RFC 9112 6.1); a Forward's ``filter_answer`` holds the answer
   whole (bounded, a compressed one refused) and sends it with its new length;
   a Forward's ``release`` is called once however the request ends.
@@ -59,6 +59,7 @@ class ClientConnection:
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
         self.usage: usage.Scanner | None = None  # token counts of the answer being relayed
+        self._held = 0  # bytes of a body read for the policy, counted in server.body_budget
 
     def evict(self) -> None:
         self.evicted = True
@@ -182,6 +183,14 @@ class ClientConnection:
 
     def _serve(self, head: Head) -> bool:
         """Answer or relay one request; True to keep the connection for another."""
+        try:
+            return self._serve_one(head)
+        finally:
+            if self._held:
+                self.server.body_budget.give(self._held)  # the body read for the policy is done with
+                self._held = 0
+
+    def _serve_one(self, head: Head) -> bool:
         started = time.monotonic()
         decision = self.server.policy.decide(head)
         if isinstance(decision, NeedBody):
@@ -240,9 +249,14 @@ class ClientConnection:
                     raise ClientGone()
                 self.conn.receive_data(data)
             elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limit:
+                if len(body) + len(event.data) > limit:
                     return too_large
+                if not self.server.body_budget.take(len(event.data)):
+                    # All connections together hold as many bodies as the gate allows itself.
+                    return Answer(503, "the gate is holding as many request bodies as it may to check their models; "
+                                       "retry shortly", headers=(("Retry-After", "1"),), reason="body")
+                self._held += len(event.data)
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             else:

@@ -53,6 +53,31 @@ def listen_problem(shown: str, exc: OSError) -> str:
     return f"cannot listen on {shown}: {why}"
 
 
+# Request bodies the engine holds whole for a policy that reads them (the gate's models=), all
+# connections together: each may hold one up to its limit (32 MiB), and MAX_CONNECTIONS of
+# them would be 16 GiB. Past this, a body that needs holding is answered 503.
+MAX_HELD_BODY_BYTES = 256 << 20
+
+
+class Budget:
+    """Bytes held across connections, bounded by ``total``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.held = total, 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.total:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
 class Server:
     def __init__(self, address, policy, *, upstream: Upstream | None, log, timeout: float = 300.0,
                  max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
@@ -69,6 +94,7 @@ class Server:
         self.timeout, self.verbose, self.tls_context = timeout, verbose, tls_context
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_in_flight)
+        self.body_budget = Budget(MAX_HELD_BODY_BYTES)  # request bodies held whole for the policy (models=)
         self.stopping = threading.Event()
         self.in_flight = 0
         self._lock = threading.Lock()

@@ -1,0 +1,53 @@
+"""A hostile review of today's work (issue 22), through a running gate: each test failed on main."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from faults import KeepAliveServer
+from test_gate_models import Gate, key_line, sign, write_keys
+
+pytestmark = pytest.mark.process  # loopback servers
+
+module_keys = pytest.importorskip("test_gate_models").module_keys  # the fixture, shared
+
+
+def _partial(port: int, target: str, authorization: str, length: int, sent: int) -> socket.socket:
+    """A models= request whose body stops short: the gate holds what it read, waiting for the rest."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall((f"POST {target} HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\n"
+                  f"Content-Length: {length}\r\n\r\n").encode() + b'{"model":"small","prompt":"' + b"x" * (sent - 27))
+    return sock
+
+
+def test_bodies_held_for_the_model_check_are_bounded_across_connections(tmp_path, module_keys):
+    # Each connection may hold one body up to the limit (32 MiB by default) while it trickles in,
+    # and 512 connections are admitted: 16 GiB from one member with a models= line. Here with a
+    # 1 MiB limit: the 9th connection holding ~1 MiB must be refused, not buffered.
+    path = write_keys(tmp_path, f'models="small*" {key_line("ed25519-b")} bob *\n')
+    with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") as upstream:
+        running = Gate(path, upstream.host, max_body=1 << 20)
+        if hasattr(running.server, "body_budget"):
+            running.server.body_budget.total = 8 << 20  # the server-wide budget, small for the test
+        held = []
+        try:
+            replies = []
+            for _ in range(12):
+                target, authorization = sign(module_keys, "POST", "/api/generate")
+                sock = _partial(running.port, target, authorization, 1 << 20, (1 << 20) - 100)
+                held.append(sock)
+                sock.settimeout(0.5)
+                try:
+                    replies.append(sock.recv(200))
+                except socket.timeout:
+                    replies.append(b"")
+            refused = [r for r in replies if r.startswith(b"HTTP/1.1 503 ")]
+            assert len(refused) >= 4, replies
+            assert upstream.requests == []
+        finally:
+            for sock in held:
+                sock.close()
+            time.sleep(0.2)
+            running.close()
