@@ -104,3 +104,10 @@ def test_names_with_an_equals_sign_that_are_not_options_still_name_the_line():
     text, blob = _key_a()
     keys, warnings = parse(f"ssh-ed25519 {text} bob=admin *\n")
     assert warnings == [] and keys.grants_for(blob)[0].name == "bob=admin"
+
+
+# --- listings: whatever the upstream answers, the filter answers (never an internal error) ------
+
+def test_a_deeply_nested_listing_becomes_an_empty_listing_not_an_internal_error():
+    nested = b'{"models":[{"name":"small","details":' + b"[" * 100_000 + b"]" * 100_000 + b"}]}"
+    assert models.filter_listing("/api/tags", nested, lambda name: True) == b'{"models":[]}'

@@ -328,7 +328,7 @@ def filter_listing(path: str, body: bytes, allowed: Callable[[str], bool]) -> by
     list_key, keys = ("data", ("id",)) if v1 else ("models", ("name", "model"))
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get(list_key), (list, type(None))):
         doc = {"object": "list", "data": []} if v1 else {"models": []}
