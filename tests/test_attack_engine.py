@@ -51,3 +51,27 @@ def test_bodies_held_for_the_model_check_are_bounded_across_connections(tmp_path
                 sock.close()
             time.sleep(0.2)
             running.close()
+
+
+def _get(port: int, host: str) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        return reply
+
+
+def test_loopback_metrics_answer_only_their_own_host_names_not_a_rebound_dns_name():
+    # A web page whose DNS name rebinds to 127.0.0.1 reads same-origin what a loopback listener
+    # answers: every member's name, their models and usage. The proxy checks Host for this reason.
+    from credential_helper.serve.metrics import Metrics
+
+    exporter = Metrics().serve(("127.0.0.1", 0))
+    try:
+        port = exporter.address[1]
+        assert _get(port, f"127.0.0.1:{port}").startswith(b"HTTP/1.1 200 ")
+        assert _get(port, f"localhost:{port}").startswith(b"HTTP/1.1 200 ")
+        assert _get(port, f"rebound.attacker.example:{port}").startswith(b"HTTP/1.1 403 ")
+    finally:
+        exporter.close()
