@@ -111,3 +111,20 @@ def test_names_with_an_equals_sign_that_are_not_options_still_name_the_line():
 def test_a_deeply_nested_listing_becomes_an_empty_listing_not_an_internal_error():
     nested = b'{"models":[{"name":"small","details":' + b"[" * 100_000 + b"]" * 100_000 + b"}]}"
     assert models.filter_listing("/api/tags", nested, lambda name: True) == b'{"models":[]}'
+
+
+# --- /v1/audio/transcriptions: Go's multipart reader stops at 1000 parts, and so must the gate --
+
+def _form(parts: int) -> bytes:
+    filler = b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\ny\r\n" * (parts - 1)
+    return filler + b"--b\r\nContent-Disposition: form-data; name=model\r\n\r\nsmall\r\n--b--\r\n"
+
+
+def test_a_form_of_more_parts_than_go_reads_is_refused_before_it_costs_seconds():
+    # mime/multipart readForm: more than 1000 parts (GODEBUG multipartmaxparts) is
+    # ErrMessageTooLarge, so Ollama answers 400. Read part by part in Python, 32 MiB of
+    # tiny parts held the GIL for ~4 s per request.
+    named = models.models_named("POST", "/v1/audio/transcriptions", "", "multipart/form-data; boundary=b", _form(1001))
+    assert isinstance(named, models.Unreadable) and named.status == 400, named
+    named = models.models_named("POST", "/v1/audio/transcriptions", "", "multipart/form-data; boundary=b", _form(1000))
+    assert isinstance(named, models.Named) and named.subjects == ("small:latest",), named
