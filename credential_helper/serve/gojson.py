@@ -104,7 +104,7 @@ def _scan(text: str, start: int) -> tuple[Any, int]:
 # cost ~2 GiB and ~15 s of every other connection's time. A million values (a 128k-token
 # `context`, long `input` arrays) are ~64 MiB and well under a second.
 MAX_VALUES = 1 << 20
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 
 
 def _bounded(body: bytes) -> None:
