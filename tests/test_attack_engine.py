@@ -75,3 +75,40 @@ def test_loopback_metrics_answer_only_their_own_host_names_not_a_rebound_dns_nam
         assert _get(port, f"rebound.attacker.example:{port}").startswith(b"HTTP/1.1 403 ")
     finally:
         exporter.close()
+
+
+def _one_byte_chunks(port: int, target: str, authorization: str, body: bytes) -> bytes:
+    framed = b"".join(b"1\r\n%s\r\n" % body[i:i + 1] for i in range(len(body))) + b"0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall((f"POST {target} HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\n"
+                      "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode())
+        try:
+            sock.sendall(framed)
+        except OSError:
+            pass  # refused part way: the answer is waiting
+        reply = b""
+        try:
+            while chunk := sock.recv(65536):
+                reply += chunk
+        except OSError:
+            pass
+        return reply
+
+
+@pytest.mark.parametrize("rule", ['models="small*" ', ""], ids=["read-for-models", "relayed"])
+def test_a_body_in_one_byte_chunks_is_refused_before_it_costs_minutes(tmp_path, module_keys, rule):
+    # h11 spends ~4 us per chunk (and the relay a write to Ollama per chunk): a 32 MiB body sent
+    # as 1-byte chunks (~200 MiB on the wire, nothing for the sender) was >2 minutes of CPU.
+    path = write_keys(tmp_path, f'{rule}{key_line("ed25519-b")} bob *\n')
+    with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") as upstream:
+        running = Gate(path, upstream.host)
+        try:
+            target, authorization = sign(module_keys, "POST", "/api/chat")
+            body = b'{"model":"small","prompt":"' + b"x" * 20_000 + b'"}'
+            reply = _one_byte_chunks(running.port, target, authorization, body)
+            assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+            assert b"larger chunks" in reply
+            # Relayed, the head went on before the body: Ollama never gets the whole body.
+            assert all(len(got) < len(body) for _, _, got in upstream.requests), upstream.requests
+        finally:
+            running.close()
