@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 for proxy in proxies:
                     print(f"{proxy.name}: {proxy.banner}")
                 direct, proxied = latency(server, proxies, identity)
-                print(f"added latency, small signed GET /api/tags, kept-alive connections, 400 rounds (direct, then each proxy):")
+                print("added latency, small signed GET /api/tags, kept-alive connections, 400 rounds (direct, then each proxy):")
                 print(f"  {'direct':10} median {ms(statistics.median(direct))}  p99 {ms(percentile(direct, 0.99))}")
                 for proxy, values in zip(proxies, proxied):
                     added = [p - d for p, d in zip(values, direct)]

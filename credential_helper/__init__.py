@@ -41,8 +41,16 @@ _EXPORTS = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:  # what __getattr__ gives, as the type checker should see it
+    from .cache import TokenCache as TokenCache
+    from .client import SignedRequest as SignedRequest, Token as Token, fetch_challenge as fetch_challenge, get_token as get_token, resolve_input as resolve_input, sign_request as sign_request
+    from .errors import HelperError as HelperError, IdentityError as IdentityError, InputError as InputError, KeyNotFoundError as KeyNotFoundError, NetworkError as NetworkError, RealmRefusedError as RealmRefusedError, ServerRefusedError as ServerRefusedError
+    from .identity import Identity as Identity, load_identity as load_identity
+    from .protocol import Challenge as Challenge, parse_www_authenticate as parse_www_authenticate
 
-def __getattr__(name: str):
+
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'credential_helper' has no attribute {name!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+from collections.abc import Callable
 
 from . import policy, protocol, system
 from .errors import IdentityError, ServerRefusedError
@@ -77,7 +78,8 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
         raise IdentityError(f"cannot create {path}: {exc.strerror or exc}") from None
 
 
-def whoami(base_url: str | None = None, *, identity=None, timeout: float = 10.0, log=None) -> dict:
+def whoami(base_url: str | None = None, *, identity: str | None = None, timeout: float = 10.0,
+           log: Callable[[str], None] | None = None) -> dict:
     """POST <base>/api/me, signed (scheme 2): the proof that keyless auth works.
 
     ``base_url`` is checked under Ollama's rules for OLLAMA_CLOUD_BASE_URL (None:
@@ -115,7 +117,7 @@ def whoami(base_url: str | None = None, *, identity=None, timeout: float = 10.0,
     return account
 
 
-def _link_hint(identity, source: str) -> str:
+def _link_hint(identity: str | None, source: str) -> str:
     if source != "ed25519":
         return "; check OLLAMA_API_KEY"
     try:

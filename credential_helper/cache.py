@@ -17,6 +17,7 @@ Every number in an entry is checked on the way in (a bad one is a miss).
 Kept lean on purpose: a cache hit must not import cryptography or urllib3.
 """
 
+from __future__ import annotations
 
 import json
 import os
@@ -30,9 +31,13 @@ try:  # the builtin SHA-256; hashlib would load OpenSSL (~10 ms) on the hit path
     from _sha256 import sha256
 except ImportError:  # pragma: no cover - Python 3.12+ renamed it
     try:
-        from _sha2 import sha256  # type: ignore[no-redef]
+        from _sha2 import sha256
     except ImportError:
-        from hashlib import sha256  # type: ignore[no-redef]
+        from hashlib import sha256
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
+if TYPE_CHECKING:
+    from typing import TypeGuard
 
 APP_DIR = "ollama-credential-helper"
 ENTRY_SUFFIX = ".json"
@@ -83,7 +88,7 @@ class Entry:
         return self.expires_at - now > safety_margin(self.lifetime)
 
     @classmethod
-    def from_json(cls, raw: object, now: float) -> "Entry | None":
+    def from_json(cls, raw: object, now: float) -> Entry | None:
         """A valid entry, or None: token usable in a header, numbers real and bounded."""
         if not isinstance(raw, dict):
             return None
@@ -96,7 +101,7 @@ class Entry:
         return cls(token, float(expires_at), float(lifetime))
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -212,7 +217,7 @@ class TokenCache:
                 removed += name.endswith(ENTRY_SUFFIX)
         return removed
 
-    def lock(self, key: str, timeout: float) -> "_Lock":
+    def lock(self, key: str, timeout: float) -> _Lock:
         return _Lock(self._path(key, LOCK_SUFFIX), timeout, self)
 
 
@@ -231,7 +236,7 @@ class _Lock:
         self.fd: int | None = None
         self.acquired = False
 
-    def __enter__(self) -> "_Lock":
+    def __enter__(self) -> _Lock:
         if not system.can_lock():  # said once by --verbose and doctor (system.limitations)
             return self
         if self.cache.problem(create=True) is not None:

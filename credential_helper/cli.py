@@ -4,6 +4,7 @@ The only module that prints or exits. Every failure becomes one stderr line
 starting ``ollama-credential-helper: `` and the exit status of its error class.
 """
 
+from __future__ import annotations
 
 import json
 import os
@@ -16,6 +17,17 @@ from .errors import EXIT_INTERNAL, EXIT_OK, HelperError, InputError, OutputError
 PROG = "ollama-credential-helper"
 MAX_STDIN_BYTES = 64 * 1024
 DEFAULT_TIMEOUT = 10.0
+
+# typing.TYPE_CHECKING without importing typing (a cache hit never needs it).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import NoReturn
+
+    from .cache import TokenCache
+
+    Log = Callable[[str], None]
 
 
 class _Verbose:
@@ -58,22 +70,22 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The full parser. Imported lazily: argparse costs a cache hit ~10 ms."""
     import argparse
 
     class _Parser(argparse.ArgumentParser):
         """Usage errors as one line and exit status 2."""
 
-        def error(self, message: str):  # type: ignore[override]
+        def error(self, message: str) -> NoReturn:
             raise InputError(f"{message} (see '{self.prog} --help')")
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--identity", metavar="FILE", help="the Ed25519 private key (default: ~/.ollama/id_ed25519)")
     common.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
-    network = argparse.ArgumentParser(add_help=False)
+    network = _Parser(add_help=False)
     network.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)")
-    challenged = argparse.ArgumentParser(add_help=False)
+    challenged = _Parser(add_help=False)
     challenged.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
 
     parser = _Parser(
@@ -155,54 +167,9 @@ def build_parser():
                         "whether each of your keys is admitted, and which key Ollama's CLI signs with")
     doctor.set_defaults(func=cmd_doctor)
 
-    proxy = commands.add_parser(
-        "proxy",
-        parents=[common],
-        help="a loopback signing proxy: any OpenAI- or Ollama-compatible tool reaches Ollama Cloud keylessly",
-        description="Listen on loopback and forward every request to the upstream (default "
-        "$OLLAMA_CLOUD_BASE_URL, else https://ollama.com), signed as Ollama signs it, streaming both ways. "
-        "Clients authenticate with the local access token (see --print-env).",
-    )
-    proxy.add_argument("--listen", default="127.0.0.1:11470", metavar="HOST:PORT", help="loopback address to listen on; port 0 picks one (default: 127.0.0.1:11470)")
-    proxy.add_argument("--upstream", metavar="URL", help="where to forward (scheme and host; https unless loopback)")
-    proxy.add_argument("--no-local-token", action="store_true", help="accept requests without the local access token (single-user machines only)")
-    proxy.add_argument("--allow-origin", action="append", metavar="ORIGIN", help="admit requests from this web page origin (scheme://host:port); repeatable; default: none")
-    proxy.add_argument("--print-env", action="store_true", help="print shell lines that point clients at the proxy, then exit")
-    proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
-    proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
-    proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
-    proxy.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
-    proxy.set_defaults(func=cmd_proxy)
+    from .serve.arguments import add_serve_commands
 
-    verbose_only = argparse.ArgumentParser(add_help=False)
-    verbose_only.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
-    gate = commands.add_parser(
-        "gate",
-        parents=[verbose_only],
-        help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
-        description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
-        "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
-        "or, with --auth-only, answer 204/401/403 for nginx auth_request, ingress-nginx, Caddy forward_auth or Traefik ForwardAuth (200/401/403 for Envoy ext_authz with --path-prefix). "
-        "The file is reloaded when it changes, and on SIGHUP.",
-    )
-    gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
-    gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
-    gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
-    gate.add_argument("--trusted-front", metavar="CIDR[,CIDR]", help="with --auth-only: front servers whose X-Forwarded-For "
-                      "(its last entry) gives the client's address for from= lines")
-    gate.add_argument("--path-prefix", metavar="PREFIX", help="with --auth-only: the request to check is the auth request's own method and "
-                      "target after PREFIX (Envoy ext_authz http_service path_prefix, Gateway API ExternalAuth); admits with 200")
-    gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
-    gate.add_argument("--max-skew", type=_timeout, default=300.0, metavar="SECONDS", help="how far a signature's ts may be from this clock (default: 300)")
-    gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
-    gate.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
-    gate.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="upstream idle bound while waiting for bytes (default: 300)")
-    gate.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
-    gate.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on a stop signal, how long requests in flight may finish (default: 10)")
-    gate.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
-    gate.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics; loopback only unless --metrics-public (default: off)")
-    gate.add_argument("--metrics-public", action="store_true", help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)")
-    gate.set_defaults(func=cmd_gate)
+    add_serve_commands(commands, common, _Parser)
     return parser
 
 
@@ -331,8 +298,8 @@ def _serve_cache_hit(args: list[str]) -> bool:
     try:
         parsed = protocol.parse_challenge_input(read_stdin())
         host = options.get("host")
-        if parsed.url is not None or (host is not None and parsed.host not in (None, host)):
-            return False
+        if parsed.challenge is None or (host is not None and parsed.host not in (None, host)):
+            return False  # a URL to fetch its challenge from, or a --host conflict
         token = client.cached_token(
             parsed.challenge, host=host or parsed.host, identity=options.get("identity"), cache=TokenCache()
         )
@@ -372,7 +339,7 @@ def _read_stdin_once() -> str:
         raise InputError(f"standard input is not valid UTF-8 (byte {exc.start})") from None
 
 
-def _cache_for(args):
+def _cache_for(args: argparse.Namespace) -> TokenCache | None:
     if getattr(args, "no_cache", False) or getattr(args, "dry_run", False):
         return None
     from .cache import TokenCache
@@ -380,7 +347,7 @@ def _cache_for(args):
     return TokenCache()
 
 
-def cmd_get(args, log) -> int:
+def cmd_get(args: argparse.Namespace, log: Log) -> int:
     from . import client
 
     if args.no_cache and args.refresh:
@@ -389,6 +356,7 @@ def cmd_get(args, log) -> int:
     log(f"read {len(text)} characters on stdin")
     deadline = time.monotonic() + args.timeout  # --timeout bounds the whole command
     parsed = client.resolve_input(text, host=args.host, timeout=args.timeout)
+    assert parsed.challenge is not None  # resolve_input fetched a URL's
     result = client.get_token(
         parsed.challenge,
         host=parsed.host,
@@ -404,7 +372,7 @@ def cmd_get(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_sign(args, log) -> int:
+def cmd_sign(args: argparse.Namespace, log: Log) -> int:
     from . import client
 
     if args.method is not None and args.url is None:
@@ -428,7 +396,7 @@ def cmd_sign(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_erase(args, log) -> int:
+def cmd_erase(args: argparse.Namespace, log: Log) -> int:
     from . import client
     from .cache import TokenCache
     from .errors import KeyNotFoundError
@@ -447,12 +415,13 @@ def cmd_erase(args, log) -> int:
     except KeyNotFoundError:
         log("no identity, so nothing can be cached for it")
         return EXIT_OK
+    assert parsed.challenge is not None  # resolve_input fetched a URL's
     cache.erase(client.cache_key_for(parsed.challenge, key_bytes))
     log("erased the entry for this challenge and identity")
     return EXIT_OK
 
 
-def cmd_key(args, log) -> int:
+def cmd_key(args: argparse.Namespace, log: Log) -> int:
     from . import account
     from .identity import default_identity_path
 
@@ -483,7 +452,7 @@ def cmd_key(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_whoami(args, log) -> int:
+def cmd_whoami(args: argparse.Namespace, log: Log) -> int:
     from . import account
 
     who = account.whoami(os.environ.get("OLLAMA_CLOUD_BASE_URL"), identity=args.identity, timeout=args.timeout, log=log)
@@ -496,57 +465,7 @@ def cmd_whoami(args, log) -> int:
     return EXIT_OK
 
 
-def cmd_proxy(args, log) -> int:
-    from .identity import default_identity_path
-    from .serve import commands, sign
-
-    if args.print_env:
-        host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
-                                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
-        if port == 0:
-            raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
-        token = None if args.no_local_token else sign.local_token()
-        write_stdout("".join(f"{line}\n" for line in sign.env_lines(commands.shown_base(host, port), token)))
-        return EXIT_OK
-    return commands.serve_proxy(
-        listen=args.listen,
-        upstream_text=args.upstream if args.upstream is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"),
-        identity_path=args.identity or default_identity_path(),
-        default_identity=args.identity is None,
-        require_token=not args.no_local_token,
-        allow_origins=args.allow_origin,
-        timeout=args.timeout,
-        max_in_flight=args.max_concurrency,
-        grace=args.grace,
-        verbose=args.verbose,
-        log_format=args.log_format,
-    )
-
-
-def cmd_gate(args, log) -> int:
-    from .serve import commands
-
-    return commands.serve_gate(
-        listen=args.listen,
-        upstream_text=args.upstream,
-        auth_only=args.auth_only,
-        path_prefix=args.path_prefix,
-        authorized_keys=args.authorized_keys,
-        trusted_fronts=args.trusted_front,
-        max_skew=args.max_skew,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        timeout=args.timeout,
-        max_in_flight=args.max_concurrency,
-        grace=args.grace,
-        verbose=args.verbose,
-        log_format=args.log_format,
-        metrics_listen=args.metrics_listen,
-        metrics_public=args.metrics_public,
-    )
-
-
-def cmd_doctor(args, log) -> int:
+def cmd_doctor(args: argparse.Namespace, log: Log) -> int:
     from . import doctor
 
     if args.host is not None:

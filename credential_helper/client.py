@@ -5,6 +5,7 @@ raises only :class:`~credential_helper.errors.HelperError` subclasses, and
 returns objects whose ``repr`` hides every secret.
 """
 
+from __future__ import annotations
 
 import os
 import time
@@ -14,6 +15,12 @@ from .cache import Entry, TokenCache, entry_key, format_rfc3339, identity_digest
 from .errors import InputError, KeyNotFoundError, NetworkError
 from .identity import Identity, api_key_from_env, default_identity_path, parse_private_key, read_key_file
 from .tokens import Exchanged, new_nonce
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing on the hit path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Log = Callable[[str], None]
 
 
 
@@ -32,7 +39,7 @@ class Token:
         return f"Token(token=[redacted], expires_at={self.expires_at!r}, source={self.source!r})"
 
     @classmethod
-    def from_entry(cls, entry: Entry) -> "Token":
+    def from_entry(cls, entry: Entry) -> Token:
         return cls(entry.token, entry.expires_at, "ed25519")
 
     def as_dict(self) -> dict:
@@ -149,7 +156,7 @@ def get_token(
     cache: TokenCache | None = None,
     refresh: bool = False,
     dry_run: bool = False,
-    log=None,
+    log: Log | None = None,
 ) -> Token | DryRun:
     """Exchange a Bearer challenge for a token (scheme 1, server/auth.go).
 
@@ -171,6 +178,7 @@ def get_token(
         if dry_run:
             return DryRun(None, None, None, protocol.bearer(api_key), "api_key")
         return Token(api_key, None, "api_key")
+    assert key_bytes is not None  # load_credential gives the key or the API key
 
     problem = cache.problem(create=True) if cache is not None and not dry_run else None
     if problem is not None:
@@ -239,7 +247,7 @@ def _key_or_api_key(key_path: str, destination: protocol.URL) -> tuple[bytes | N
     return key_bytes, api_key
 
 
-def _key_path(identity) -> str:
+def _key_path(identity: str | os.PathLike[str] | None) -> str:
     return os.fspath(identity) if identity is not None else default_identity_path()
 
 
@@ -264,7 +272,8 @@ def cached_token(
     return Token.from_entry(hit) if hit is not None else None
 
 
-def _exchange(challenge, realm, ident: Identity, nonce, timeout: float, log) -> Exchanged:
+def _exchange(challenge: protocol.Challenge, realm: protocol.URL, ident: Identity, nonce: str | None, timeout: float,
+              log: Log) -> Exchanged:
     """Drive the one token flow (tokens.exchange) with transport.send, under one deadline."""
     from . import tokens, transport
 
@@ -331,12 +340,13 @@ def sign_request(
         key_bytes, api_key = _key_or_api_key(key_path, parsed)
         if api_key is not None:
             return SignedRequest(method.upper(), url, protocol.bearer(api_key), None, "api_key")
+        assert key_bytes is not None  # load_credential gives the key or the API key
         identity = parse_private_key(key_bytes, key_path)
     plan, authorization = sign_parsed(method, parsed, identity, ts)
     return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")
 
 
-def sign_parsed(method: str, url: protocol.URL, identity: Identity, ts: int | None = None):
+def sign_parsed(method: str, url: protocol.URL, identity: Identity, ts: int | None = None) -> tuple[protocol.SignedRequestPlan, str]:
     """Scheme 2 for a parsed URL: (SignedRequestPlan, Authorization value).
 
     The one place every signer (``sign_request``, the HTTP-library adapters, the

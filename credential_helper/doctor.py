@@ -11,6 +11,7 @@ every detail built from server text, and the API key is reported by presence.
 
 import os
 import time
+from collections.abc import Mapping
 
 from . import account, client, identity, policy, protocol, tokens
 from .cache import TokenCache
@@ -62,7 +63,7 @@ class _Budget:
         return self.deadline - time.monotonic()
 
 
-def run(*, identity_path: str | None, registry: str | None, timeout: float, environ=None) -> list[Check]:
+def run(*, identity_path: str | None, registry: str | None, timeout: float, environ: Mapping[str, str] | None = None) -> list[Check]:
     environ = os.environ if environ is None else environ
     key_path = identity_path or identity.default_identity_path()
     budget = _Budget(timeout)
@@ -81,7 +82,7 @@ def run(*, identity_path: str | None, registry: str | None, timeout: float, envi
     registry_check, _ = check_network("network (registry)", registry_url, budget)
     checks.append(registry_check)
     checks.append(check_clock(date) if api_check.status == "ok" else _skipped("clock", "the API host could not be reached"))
-    checks.append(check_link(base, key_path, budget) if api_check.status == "ok" else _skipped("link", "the API host could not be reached"))
+    checks.append(check_link(base, key_path, budget) if api_check.status == "ok" and base is not None else _skipped("link", "the API host could not be reached"))
     checks.append(check_registry(registry_url, key_path, budget) if registry_check.status == "ok" else _skipped("registry", "the registry could not be reached"))
     checks.append(check_cache())
     checks.append(check_platform())
@@ -135,8 +136,10 @@ def read_regular_file(path: str, limit: int) -> bytes | None:
     """
     import stat
 
+    from . import system
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, system.READ_NONBLOCKING)  # O_NONBLOCK | O_NOCTTY where they exist
     except OSError:
         return None
     try:
@@ -152,7 +155,7 @@ def read_regular_file(path: str, limit: int) -> bytes | None:
 # --- 2. API key -----------------------------------------------------------------------------
 
 
-def check_api_key(key_path: str, environ) -> Check:
+def check_api_key(key_path: str, environ: Mapping[str, str]) -> Check:
     value = environ.get("OLLAMA_API_KEY", "").strip()
     if not value:
         return Check("api key", "ok", "OLLAMA_API_KEY is not set; the key file is the only credential")
@@ -231,6 +234,7 @@ def check_registry(registry: protocol.URL, key_path: str, budget: _Budget) -> Ch
         return Check("registry", "fail", str(exc), _connect_fix(key_path))
     except HelperError as exc:
         return Check("registry", "fail", str(exc), "fix the checks above first" if isinstance(exc, IdentityError) else exc.fix or _NETWORK_FIX)
+    assert isinstance(token, client.Token)  # no dry_run: a token, not a DryRun
     if token.expires_at is None:
         return Check("registry", "ok", f"{registry.host} challenged for {challenge.scope}; OLLAMA_API_KEY answers it")
     lifetime = max(token.expires_at - time.time(), 0)

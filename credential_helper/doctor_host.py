@@ -29,6 +29,7 @@ import time
 from . import client, identity, protocol, tokens
 from .doctor import Check
 from .errors import HelperError, IdentityError, InputError, NetworkError
+from .response import Response
 
 PROBE = "/api/version"
 GATE_MAX_SKEW = 300.0  # the gate's default --max-skew
@@ -104,17 +105,18 @@ def _left(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.05)
 
 
-def _send(method: str, url: protocol.URL, deadline: float, dates: list[str], authorization: str | None = None):
+def _send(method: str, url: protocol.URL, deadline: float, dates: list[str], authorization: str | None = None) -> Response:
     from . import transport
 
     headers = {"Authorization": authorization} if authorization else None
     response = transport.send(method, url, headers=headers, timeout=_left(deadline), max_body=64 * 1024)
-    if response.header("date"):
-        dates.append(response.header("date"))
+    date = response.header("date")
+    if date:
+        dates.append(date)
     return response
 
 
-def _reason(response) -> str:
+def _reason(response: Response) -> str:
     """The gate's one-line reason: X-Ollama-Error, else the body's error."""
     from .sanitize import server_text
 

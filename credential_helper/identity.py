@@ -4,12 +4,17 @@ Only this module imports ``cryptography``, and only when a key is actually
 parsed: a cache hit needs the file's bytes (to key the cache) but never the key.
 """
 
+from __future__ import annotations
 
 import os
 import stat
 
 from . import system
 from .errors import IdentityError, KeyNotFoundError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 MAX_KEY_FILE_BYTES = 64 * 1024
 SYSTEM_SERVICE_PUBKEY = "/usr/share/ollama/.ollama/id_ed25519.pub"
@@ -115,7 +120,7 @@ def _refuse_public_key(data: bytes, path: str) -> None:
 class Identity:
     """An Ed25519 private key and the public forms Ollama derives from it."""
 
-    def __init__(self, private_key, path: str | None = None) -> None:
+    def __init__(self, private_key: Ed25519PrivateKey, path: str | None = None) -> None:
         from cryptography.hazmat.primitives import serialization
 
         self._private_key = private_key
@@ -157,6 +162,7 @@ def parse_private_key(data: bytes, path: str = "<memory>") -> Identity:
 
     if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data:
         raise _encrypted(path)
+    key: object
     try:
         if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
             key = serialization.load_ssh_private_key(data, password=None)

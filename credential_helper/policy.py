@@ -7,6 +7,7 @@ adapters) goes through these, so a test of a rule tests every caller at once.
 No I/O, no clock, no environment reads: callers pass what they found.
 """
 
+from __future__ import annotations
 
 from .errors import InputError, RealmRefusedError
 from .protocol import URL, encode_query, parse_query, parse_url

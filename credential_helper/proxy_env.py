@@ -21,8 +21,10 @@ Pure: the caller passes the environment. Only http:// proxies are supported
 (CONNECT for https URLs, the absolute form for http URLs).
 """
 
+from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
 from .errors import NetworkError
@@ -72,7 +74,7 @@ def proxy_secrets(proxy: Proxy | None) -> tuple[str, ...]:
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
 
 
-def environment_secrets(environ) -> tuple[str, ...]:
+def environment_secrets(environ: Mapping[str, str]) -> tuple[str, ...]:
     """``proxy_secrets`` for every proxy variable set, whichever a request would use.
 
     A value that does not parse still has its user info (the text between
@@ -93,7 +95,7 @@ def environment_secrets(environ) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _first(environ, *names: str) -> tuple[str, str]:
+def _first(environ: Mapping[str, str], *names: str) -> tuple[str, str]:
     for name in names:
         value = environ.get(name, "")
         if value:
@@ -101,7 +103,7 @@ def _first(environ, *names: str) -> tuple[str, str]:
     return "", ""
 
 
-def proxy_for(url: URL, environ) -> Proxy | None:
+def proxy_for(url: URL, environ: Mapping[str, str]) -> Proxy | None:
     """The proxy for ``url`` under the environment, or None for a direct connection."""
     if url.scheme == "https":
         value, variable = _first(environ, "HTTPS_PROXY", "https_proxy")
@@ -186,7 +188,7 @@ def _split_host_port(entry: str) -> tuple[str, str]:
     return entry, ""
 
 
-def _ip(text: str):
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)
     except ValueError:

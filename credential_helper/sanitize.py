@@ -7,9 +7,11 @@ terminal or a CR/LF that forges a second stderr line. :func:`server_text`
 removes both; every message built from server text goes through it.
 """
 
+from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection, Iterable
 
 REDACTED = "[redacted]"
 # Shorter strings are not secrets worth hiding, and hiding them would shred text.
@@ -26,7 +28,7 @@ _ESCAPE_SEQUENCE = re.compile(
 )
 
 
-def secret_parts(secrets) -> list[str]:
+def secret_parts(secrets: Iterable[str | None]) -> list[str]:
     """Each secret, and the pieces of it that are secret on their own.
 
     An Authorization value ``pub:sig`` gives ``pub:sig`` and ``sig`` (the public
@@ -118,7 +120,7 @@ def _encoded_forms(secret: str) -> list[str]:
     return [std, std.replace("+", "-").replace("/", "_")]
 
 
-def redact(text: str, secrets=()) -> str:
+def redact(text: str, secrets: Collection[str | None] = ()) -> str:
     """Replace every secret, in raw, %-encoded, JSON-escaped and base64url forms."""
     parts = secret_parts(secrets)
     if not parts:
@@ -134,6 +136,9 @@ def redact(text: str, secrets=()) -> str:
 def printable(text: str) -> str:
     """Escape sequences removed; every other non-printable becomes one space;
     runs of white space collapse. The result is one line that paints nothing."""
+    if text.isascii() and text.isprintable():
+        # No ESC, no C1, no control: nothing to remove (most log fields, once per request each).
+        return " ".join(text.split())
     text = _ESCAPE_SEQUENCE.sub("", text)
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
@@ -150,21 +155,21 @@ def quoted(text: str, limit: int = 80) -> str:
     return repr(shown(text, limit))
 
 
-def server_text(text, secrets=(), limit: int | None = 200) -> str:
+def server_text(text: object, secrets: Collection[str | None] = (), limit: int | None = 200) -> str:
     """Server-chosen text made safe for stderr: no secret, one printable line,
     at most ``limit`` characters (then ``...``)."""
     if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    elif not isinstance(text, str):
-        text = str(text)
+        out = text.decode("utf-8", "replace")
+    else:
+        out = text if isinstance(text, str) else str(text)
     if limit is not None:
         # Bound the work. Far enough out that redactions (a 140-character secret
         # percent-encoded becomes "[redacted]") cannot pull a secret cut in two
         # by this bound into the first ``limit`` characters.
-        text = text[: limit * 64 + 4096]
+        out = out[: limit * 64 + 4096]
     # Redact before and after cleaning: an escape sequence can split a secret,
     # and a secret can contain nothing the cleaning would change.
-    text = redact(printable(redact(text, secrets)), secrets)
-    if limit is not None and len(text) > limit:
-        text = text[:limit] + "..."
-    return text
+    out = redact(printable(redact(out, secrets)), secrets)
+    if limit is not None and len(out) > limit:
+        out = out[:limit] + "..."
+    return out

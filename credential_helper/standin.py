@@ -15,13 +15,16 @@ import base64
 import hashlib
 import json
 import secrets
+import socket
+import ssl
 import struct
 import sys
 import threading
 import time
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Iterable
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -60,7 +63,7 @@ class StandIn:
         exchange_delay: float = 0.0,
         chunk_delay: float = 0.0,
         service: str = "ollama.com",
-        tls_context=None,
+        tls_context: ssl.SSLContext | None = None,
         port: int = 0,
         verify_signatures: bool = True,
     ) -> None:
@@ -107,7 +110,7 @@ class StandIn:
         self.accounts[blob] = {"name": name, "email": email, "plan": plan}
 
     # -- lifecycle -------------------------------------------------------------
-    def start(self) -> "StandIn":
+    def start(self) -> StandIn:
         handler = type("Handler", (_Handler,), {"state": self})
         self.server = _QuietServer(("127.0.0.1", self.port), handler)
         if self.tls_context is not None:
@@ -126,10 +129,10 @@ class StandIn:
             self._thread.join(5)
             self._thread = None
 
-    def __enter__(self) -> "StandIn":
+    def __enter__(self) -> StandIn:
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     @property
@@ -173,7 +176,7 @@ class _QuietServer(ThreadingHTTPServer):
     # and the clients wait through retransmissions (seen as read timeouts).
     request_queue_size = 128
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: object) -> None:
         # A client that hangs up mid-stream is a case the tests make on purpose.
         if not isinstance(sys.exc_info()[1], OSError):
             super().handle_error(request, client_address)
@@ -184,10 +187,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # stream chunks leave at once
 
-    def log_message(self, format: str, *args) -> None:  # keep test output quiet
+    def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
         self.state.log.append(format % args)
 
-    def date_time_string(self, timestamp=None) -> str:
+    def date_time_string(self, timestamp: float | None = None) -> str:
         return formatdate(self.state.now(), usegmt=True)
 
     def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
@@ -233,13 +236,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.read(2)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _api(self, method: str, target) -> None:
+    def _api(self, method: str, target: SplitResult) -> None:
         """Scheme 2 on every /api/ and /v1/ request: METHOD,<raw request target>."""
         body = self._body() if method == "POST" else b""
         if not target.path.startswith(("/api/", "/v1/")):
             return self._send(404, {"error": "not found"})
         self.state.request_headers.append(list(self.headers.items()))
         query = parse_qs(target.query, keep_blank_values=True)
+        account: dict[str, str] | None
         if not self.state.verify_signatures:
             account = {"name": "local", "email": "", "plan": "local"}
             self.state.unverified_requests.append((method, self.path))
@@ -286,14 +290,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            return self.wfile.write(data)
+            self.wfile.write(data)
+            return
         if route == ("POST", "/api/web_fetch"):
             return self._send(200, {"title": "Stand-in", "content": request.get("url", ""), "links": []})
         if method == "POST" and target.path.startswith("/api/"):
             return self._send(200, {"ok": True, "path": target.path, "account": account["name"]})
         self._send(404, {"error": "not found"})
 
-    def _stream(self, content_type: str, chunks) -> None:
+    def _stream(self, content_type: str, chunks: Iterable[str]) -> None:
         """Chunked transfer encoding, one chunk per piece, each flushed at once."""
         self.send_response(200)
         self.send_header("Content-Type", content_type)

@@ -18,15 +18,59 @@ use ``msvcrt.locking``, and privacy rests on the profile directory's default
 ACL (only the user, SYSTEM and Administrators), which every file under
 ``%LOCALAPPDATA%`` and ``%APPDATA%`` inherits. ``limitations()`` says so.
 
+What exists on one system only sits under a module-level ``if sys.platform ==
+"win32":`` (or ``!=``) branch, as in CPython's own library and typeshed, so that
+``mypy --platform win32|linux|darwin`` checks each system's branch against what
+that system's ``os`` really has: ``class Posix`` is not even defined on Windows,
+where ``os.O_NONBLOCK``, ``os.getuid`` and ``os.fchmod`` do not exist. ``Windows``
+uses only names every system has, so its logic runs in the tests on Linux too.
+
 Kept lean: ``get``'s cache hit imports this module, so it imports only ``os``,
-``stat``, ``sys``, ``errno`` and ``time``.
+``stat``, ``sys``, ``errno`` and ``time`` (not ``typing``: see TYPE_CHECKING).
 """
+
+from __future__ import annotations
 
 import errno
 import os
 import stat
 import sys
 import time
+
+# typing.TYPE_CHECKING without importing typing at run time; mypy treats any name
+# TYPE_CHECKING as true (PEP 484 "Runtime or type checking?").
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from selectors import BaseSelector
+    from socket import socket as Socket
+    from types import ModuleType
+    from typing import Protocol
+
+    class Implementation(Protocol):
+        """What Posix and Windows each provide; ``current`` is one of them."""
+
+        name: str
+
+        def cache_dir(self) -> str: ...
+        def config_dir(self) -> str: ...
+        def is_mine(self, info: os.stat_result) -> bool: ...
+        def is_private(self, info: os.stat_result) -> bool: ...
+        def too_open(self, info: os.stat_result) -> bool: ...
+        def others_may_write(self, info: os.stat_result) -> bool: ...
+        def permission_advice(self, path: str) -> str: ...
+        def private_directory_problem(self, directory: str, create: bool = False) -> str | None: ...
+        def open_regular(self, path: str, flags: int, mode: int = 0o600) -> int: ...
+        def create_new(self, path: str, mode: int) -> int: ...
+        def set_mode(self, fd: int, mode: int) -> None: ...
+        def replace(self, source: str, target: str) -> None: ...
+        def publish_new(self, source: str, target: str) -> None: ...
+        def can_lock(self) -> bool: ...
+        def try_lock(self, fd: int) -> bool | None: ...
+        def unlock(self, fd: int) -> None: ...
+        def stop_signals(self) -> tuple[int, ...]: ...
+        def prepare_listening_socket(self, sock: Socket) -> None: ...
+        def limitations(self) -> list[str]: ...
 
 APP_DIR = "ollama-credential-helper"
 
@@ -57,155 +101,6 @@ def _xdg(variable: str, fallback: str) -> str:
     return os.path.join(base, APP_DIR)
 
 
-class Posix:
-    """The kernel's own checks: uid, mode bits, O_NOFOLLOW, flock."""
-
-    name = "posix"
-    # Opened files must never block (a FIFO) or follow a planted symlink.
-    OPEN_FLAGS = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-
-    def __init__(self, fcntl_module=None) -> None:
-        self._fcntl = fcntl_module
-
-    # --- where things live -------------------------------------------------------
-
-    def cache_dir(self) -> str:
-        return _xdg("XDG_CACHE_HOME", ".cache")
-
-    def config_dir(self) -> str:
-        return _xdg("XDG_CONFIG_HOME", ".config")
-
-    # --- ownership ---------------------------------------------------------------
-
-    def is_mine(self, info: os.stat_result) -> bool:
-        return info.st_uid == os.getuid()
-
-    def is_private(self, info: os.stat_result) -> bool:
-        """A regular file of ours that group and others cannot touch (ssh's rule)."""
-        return stat.S_ISREG(info.st_mode) and self.is_mine(info) and not info.st_mode & 0o077
-
-    def too_open(self, info: os.stat_result) -> bool:
-        return bool(info.st_mode & 0o077)
-
-    def others_may_write(self, info: os.stat_result) -> bool:
-        # A sticky directory (/tmp) lets others add files but not replace ours.
-        sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
-        return bool(info.st_mode & 0o022) and not sticky
-
-    def permission_advice(self, path: str) -> str:
-        return f"run: chmod 600 {path}"
-
-    # --- directories and files -----------------------------------------------------
-
-    def private_directory_problem(self, directory: str, create: bool = False) -> str | None:
-        """Why ``directory`` cannot hold private files (None: it can), tightened to 0700.
-
-        Opened with O_DIRECTORY | O_NOFOLLOW and checked on the descriptor, so a
-        symlink or someone else's directory is refused with no race.
-        """
-        try:
-            if create:
-                os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | self.OPEN_FLAGS)
-        except FileNotFoundError:
-            return f"{directory} does not exist"
-        except OSError as exc:
-            if os.path.islink(directory):
-                return f"{directory} is a symlink"
-            return f"{directory} cannot be opened ({exc.strerror})"
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISDIR(info.st_mode):
-                return f"{directory} is not a directory"
-            if not self.is_mine(info):
-                return f"{directory} belongs to another user"
-            if info.st_mode & 0o077:
-                os.fchmod(fd, 0o700)  # on the opened directory: no symlink race
-            return None
-        except OSError as exc:
-            return f"{directory} cannot be made private ({exc.strerror})"
-        finally:
-            os.close(fd)
-
-    def open_regular(self, path: str, flags: int, mode: int = 0o600) -> int:
-        """os.open that never blocks on a FIFO nor follows a symlink; the caller
-        checks what it got with fstat. Raises OSError."""
-        return os.open(path, flags | self.OPEN_FLAGS, mode)
-
-    def create_new(self, path: str, mode: int) -> int:
-        """A new file: O_CREAT | O_EXCL (never through a planted file or link)."""
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
-
-    def set_mode(self, fd: int, mode: int) -> None:
-        os.fchmod(fd, mode)  # the umask may have removed bits the caller wants
-
-    def replace(self, source: str, target: str) -> None:
-        os.replace(source, target)
-
-    def publish_new(self, source: str, target: str) -> None:
-        """Move a finished file to ``target`` only if nothing is there (FileExistsError
-        otherwise): a hard link is atomic and never replaces, rename(2) would."""
-        os.link(source, target)
-        os.unlink(source)
-        self._sync_directory(os.path.dirname(os.path.abspath(target)))
-
-    @staticmethod
-    def _sync_directory(directory: str) -> None:
-        try:
-            fd = os.open(directory, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)  # the new name survives a crash, not only the data
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    # --- locks -------------------------------------------------------------------
-
-    def can_lock(self) -> bool:
-        return self._fcntl is not None
-
-    def try_lock(self, fd: int) -> bool | None:
-        """An exclusive lock without waiting: True taken, False held elsewhere,
-        None when this system cannot lock. Closing the fd releases it."""
-        if self._fcntl is None:
-            return None
-        try:
-            self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        except OSError:
-            return None
-
-    def unlock(self, fd: int) -> None:
-        pass  # flock belongs to the open file description: os.close releases it
-
-    # --- processes and sockets -------------------------------------------------------
-
-    def stop_signals(self) -> tuple[int, ...]:
-        import signal
-
-        return (signal.SIGINT, signal.SIGTERM)
-
-    def prepare_listening_socket(self, sock) -> None:
-        import socket
-
-        # Rebind at once after a restart (TIME_WAIT). On POSIX this never lets
-        # another process bind the same port while we listen.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-
-    def limitations(self) -> list[str]:
-        found = []
-        if self._fcntl is None:
-            found.append("no file locking here: concurrent get calls may each exchange a token")
-        if not hasattr(os, "O_NOFOLLOW"):
-            found.append("no O_NOFOLLOW here: a symlink planted in the cache could be followed")
-        return found
-
-
 class Windows:
     """Win32 semantics. ``msvcrt`` is a seam: tests pass a fake that behaves as
     Microsoft documents ``_locking`` (LK_NBLCK fails at once with EACCES when
@@ -213,7 +108,14 @@ class Windows:
 
     name = "windows"
 
-    def __init__(self, msvcrt_module=None, *, replace=None, sleep=None, clock=None) -> None:
+    def __init__(
+        self,
+        msvcrt_module: ModuleType | None = None,
+        *,
+        replace: Callable[[str, str], None] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._msvcrt = msvcrt_module
         self._replace = replace or os.replace
         self._sleep = sleep or time.sleep
@@ -363,7 +265,7 @@ class Windows:
         # SIGTERM is never delivered on Windows; Ctrl+Break is SIGBREAK.
         return (signal.SIGINT, getattr(signal, "SIGBREAK", _SIGBREAK))
 
-    def prepare_listening_socket(self, sock) -> None:
+    def prepare_listening_socket(self, sock: Socket) -> None:
         import socket
 
         # Windows SO_REUSEADDR lets another process bind the same port and take
@@ -382,23 +284,218 @@ class Windows:
         return found
 
 
-def _choose() -> "Posix | Windows":
-    if sys.platform == "win32":
-        try:
-            import msvcrt
-        except ImportError:  # pragma: no cover - every CPython on Windows has it
-            msvcrt = None
-        return Windows(msvcrt)
+# Defined only where it can work: its body reads os.O_NONBLOCK, which Windows's
+# os lacks (the os docs: "Availability: Unix"), and the type checker reads this
+# branch only for POSIX platforms.
+if sys.platform != "win32":
+
+    class Posix:
+        """The kernel's own checks: uid, mode bits, O_NOFOLLOW, flock."""
+
+        name = "posix"
+        # Opened files must never block (a FIFO) or follow a planted symlink.
+        OPEN_FLAGS = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+
+        def __init__(self, fcntl_module: ModuleType | None = None) -> None:
+            self._fcntl = fcntl_module
+
+        # --- where things live -------------------------------------------------------
+
+        def cache_dir(self) -> str:
+            return _xdg("XDG_CACHE_HOME", ".cache")
+
+        def config_dir(self) -> str:
+            return _xdg("XDG_CONFIG_HOME", ".config")
+
+        # --- ownership ---------------------------------------------------------------
+
+        def is_mine(self, info: os.stat_result) -> bool:
+            return info.st_uid == os.getuid()
+
+        def is_private(self, info: os.stat_result) -> bool:
+            """A regular file of ours that group and others cannot touch (ssh's rule)."""
+            return stat.S_ISREG(info.st_mode) and self.is_mine(info) and not info.st_mode & 0o077
+
+        def too_open(self, info: os.stat_result) -> bool:
+            return bool(info.st_mode & 0o077)
+
+        def others_may_write(self, info: os.stat_result) -> bool:
+            # A sticky directory (/tmp) lets others add files but not replace ours.
+            sticky = stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+            return bool(info.st_mode & 0o022) and not sticky
+
+        def permission_advice(self, path: str) -> str:
+            return f"run: chmod 600 {path}"
+
+        # --- directories and files -----------------------------------------------------
+
+        def private_directory_problem(self, directory: str, create: bool = False) -> str | None:
+            """Why ``directory`` cannot hold private files (None: it can), tightened to 0700.
+
+            Opened with O_DIRECTORY | O_NOFOLLOW and checked on the descriptor, so a
+            symlink or someone else's directory is refused with no race.
+            """
+            try:
+                if create:
+                    os.makedirs(directory, mode=0o700, exist_ok=True)
+                fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | self.OPEN_FLAGS)
+            except FileNotFoundError:
+                return f"{directory} does not exist"
+            except OSError as exc:
+                if os.path.islink(directory):
+                    return f"{directory} is a symlink"
+                return f"{directory} cannot be opened ({exc.strerror})"
+            try:
+                info = os.fstat(fd)
+                if not stat.S_ISDIR(info.st_mode):
+                    return f"{directory} is not a directory"
+                if not self.is_mine(info):
+                    return f"{directory} belongs to another user"
+                if info.st_mode & 0o077:
+                    os.fchmod(fd, 0o700)  # on the opened directory: no symlink race
+                return None
+            except OSError as exc:
+                return f"{directory} cannot be made private ({exc.strerror})"
+            finally:
+                os.close(fd)
+
+        def open_regular(self, path: str, flags: int, mode: int = 0o600) -> int:
+            """os.open that never blocks on a FIFO nor follows a symlink; the caller
+            checks what it got with fstat. Raises OSError."""
+            return os.open(path, flags | self.OPEN_FLAGS, mode)
+
+        def create_new(self, path: str, mode: int) -> int:
+            """A new file: O_CREAT | O_EXCL (never through a planted file or link)."""
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+
+        def set_mode(self, fd: int, mode: int) -> None:
+            os.fchmod(fd, mode)  # the umask may have removed bits the caller wants
+
+        def replace(self, source: str, target: str) -> None:
+            os.replace(source, target)
+
+        def publish_new(self, source: str, target: str) -> None:
+            """Move a finished file to ``target`` only if nothing is there (FileExistsError
+            otherwise): a hard link is atomic and never replaces, rename(2) would."""
+            os.link(source, target)
+            os.unlink(source)
+            self._sync_directory(os.path.dirname(os.path.abspath(target)))
+
+        @staticmethod
+        def _sync_directory(directory: str) -> None:
+            try:
+                fd = os.open(directory, os.O_RDONLY)
+            except OSError:
+                return
+            try:
+                os.fsync(fd)  # the new name survives a crash, not only the data
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+        # --- locks -------------------------------------------------------------------
+
+        def can_lock(self) -> bool:
+            return self._fcntl is not None
+
+        def try_lock(self, fd: int) -> bool | None:
+            """An exclusive lock without waiting: True taken, False held elsewhere,
+            None when this system cannot lock. Closing the fd releases it."""
+            if self._fcntl is None:
+                return None
+            try:
+                self._fcntl.flock(fd, self._fcntl.LOCK_EX | self._fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+            except OSError:
+                return None
+
+        def unlock(self, fd: int) -> None:
+            pass  # flock belongs to the open file description: os.close releases it
+
+        # --- processes and sockets -------------------------------------------------------
+
+        def stop_signals(self) -> tuple[int, ...]:
+            import signal
+
+            return (signal.SIGINT, signal.SIGTERM)
+
+        def prepare_listening_socket(self, sock: Socket) -> None:
+            import socket
+
+            # Rebind at once after a restart (TIME_WAIT). On POSIX this never lets
+            # another process bind the same port while we listen.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+        def limitations(self) -> list[str]:
+            found = []
+            if self._fcntl is None:
+                found.append("no file locking here: concurrent get calls may each exchange a token")
+            if not hasattr(os, "O_NOFOLLOW"):
+                found.append("no O_NOFOLLOW here: a symlink planted in the cache could be followed")
+            return found
+
+
+def _fcntl() -> ModuleType | None:
     try:
         import fcntl
-    except ImportError:
-        fcntl = None
-    return Posix(fcntl)
+    except ImportError:  # a POSIX build without fcntl (some embedded ones): no locks
+        return None
+    return fcntl
 
 
-current = _choose()
+current: Implementation  # tests put the other implementation here
+if sys.platform == "win32":
+    import msvcrt  # every CPython on Windows has it
+
+    current = Windows(msvcrt)
+    # What a read that must never block opens with: no FIFOs in Windows file systems.
+    READ_NONBLOCKING = os.O_RDONLY | os.O_BINARY | os.O_NOINHERIT
+else:
+    current = Posix(_fcntl())
+    READ_NONBLOCKING = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 # The package's interface: module-level names, so callers write system.cache_dir().
+
+
+if sys.platform == "win32":
+
+    def selector_class() -> type[BaseSelector]:
+        """select(): Windows has neither poll nor epoll. There it takes sockets only
+        and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
+        ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
+        two sockets (client, upstream), so the cap never binds; the number of
+        connections is bounded by server.MAX_CONNECTIONS, not by select()."""
+        import selectors
+
+        return selectors.SelectSelector
+
+    def readable_now(sock: Socket) -> bool:
+        """True when ``sock`` has bytes (or a close) to read at once."""
+        import select
+
+        return bool(select.select([sock], [], [], 0)[0])
+
+else:
+
+    def selector_class() -> type[BaseSelector]:
+        """poll(2): any fd number (select() fails above 1024) and, unlike epoll or
+        kqueue, no kernel object to create, register with and close on every use."""
+        import selectors
+
+        return selectors.PollSelector
+
+    def readable_now(sock: Socket) -> bool:
+        """True when ``sock`` has bytes (or a close) to read at once: poll(2) directly,
+        once per relayed request (about 10x cheaper than a selectors object)."""
+        import select
+
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+
 
 
 def cache_dir() -> str:
@@ -523,7 +620,7 @@ def stop_signals() -> tuple[int, ...]:
     return current.stop_signals()
 
 
-def prepare_listening_socket(sock) -> None:
+def prepare_listening_socket(sock: Socket) -> None:
     """Before bind(): SO_REUSEADDR on POSIX; SO_EXCLUSIVEADDRUSE on Windows,
     never SO_REUSEADDR there."""
     current.prepare_listening_socket(sock)

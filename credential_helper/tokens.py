@@ -22,6 +22,11 @@ from . import protocol
 from .cache import lifetime_from_response
 from .errors import NetworkError, ServerRefusedError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at run time
+if TYPE_CHECKING:
+    from .identity import Identity
+    from .response import Response
+
 # Ollama servers explain refusals in the body; show this much of it.
 BODY_EXCERPT_CHARS = 200
 # A Date header further off than this makes a 401 worth one retry with corrected ts.
@@ -45,7 +50,8 @@ class Call(NamedTuple):
     authorization: str
 
 
-def exchange(challenge, realm: protocol.URL, identity, nonce: str | None = None) -> Generator[Call, object, Exchanged]:
+def exchange(challenge: protocol.Challenge, realm: protocol.URL, identity: Identity,
+             nonce: str | None = None) -> Generator[Call, Response | None, Exchanged]:
     """Yield each :class:`Call`; send back its Response, or throw the send's error in."""
     clock_offset, note = 0.0, ""
     for attempt in (1, 2):
@@ -54,6 +60,7 @@ def exchange(challenge, realm: protocol.URL, identity, nonce: str | None = None)
             response = yield call
         except (NetworkError, ServerRefusedError) as exc:
             raise with_note(exc, note) from None
+        assert response is not None  # None only starts the flow (the first send)
         # A fixed nonce (a caller's replay of a challenge) is never re-signed with another ts.
         skew = skew_to_correct(response) if attempt == 1 and nonce is None else None
         if skew is not None:
@@ -67,7 +74,8 @@ def exchange(challenge, realm: protocol.URL, identity, nonce: str | None = None)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def prepare(challenge, realm: protocol.URL, identity, clock_offset: float = 0.0, nonce: str | None = None) -> Call:
+def prepare(challenge: protocol.Challenge, realm: protocol.URL, identity: Identity, clock_offset: float = 0.0,
+            nonce: str | None = None) -> Call:
     """The signed token request (server/auth.go)."""
     ts = int(time.time() + clock_offset)
     request = protocol.build_token_request(challenge, realm, ts, nonce or new_nonce())
@@ -78,7 +86,7 @@ def new_nonce() -> str:
     return protocol.make_nonce(os.urandom(16))
 
 
-def skew_to_correct(response) -> float | None:
+def skew_to_correct(response: Response) -> float | None:
     """A 401 whose plausible Date is more than the tolerance off: the offset to retry with."""
     if response.status != 401:
         return None
@@ -93,7 +101,7 @@ def skew_note(skew: float, host: str) -> str:
     )
 
 
-def with_note(exc, note: str):
+def with_note(exc: NetworkError | ServerRefusedError, note: str) -> NetworkError | ServerRefusedError:
     """The same error with ``note`` appended: one stderr line, never two."""
     if not note:
         return exc
@@ -116,7 +124,7 @@ def clock_skew(date_header: str | None, now: float) -> float | None:
     return server - now
 
 
-def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
+def raise_for_status(response: Response, where: str, what: str, hint: str = "") -> None:
     """5xx and other non-2xx answers: NetworkError (exit 4); 4xx: ServerRefusedError (exit 1).
 
     The message quotes the status, the reason phrase and a short excerpt of the
@@ -137,11 +145,11 @@ def raise_for_status(response, where: str, what: str, hint: str = "") -> None:
     raise NetworkError(f"{where} answered {status} {reason} to {what}", status)
 
 
-def read_token_response(response, where: str, authorization: str | None = None) -> tuple[str, float, float]:
+def read_token_response(response: Response, where: str, authorization: str | None = None) -> tuple[str, float, float]:
     """(token, expires_at, lifetime) from a token endpoint's answer; the
     Authorization that was sent is redacted from any message about it."""
     if authorization is not None:
-        response.secrets = tuple(response.secrets) + (authorization,)
+        response.secrets = (*response.secrets, authorization)
     status = response.status
     raise_for_status(response, where, "the token request", _refusal_hint(status))
     body = response.json_object(where)

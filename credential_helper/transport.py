@@ -19,6 +19,7 @@ import time
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.response import BaseHTTPResponse
 
 from . import __version__
 from .errors import NetworkError
@@ -62,16 +63,20 @@ def send(
     context = tls_context() if url.scheme == "https" else None
     proxy = proxy_for(url, os.environ)  # Go's http.ProxyFromEnvironment rules
     target = url.request_target
-    conn_class = HTTPSConnection if url.scheme == "https" else HTTPConnection
-    tls = {"ssl_context": context} if context is not None else {}
+
+    def connection(host: str, port: int | None) -> HTTPConnection:
+        if context is not None:
+            return HTTPSConnection(host, port, timeout=timeout, ssl_context=context, cert_reqs="CERT_REQUIRED")
+        return HTTPConnection(host, port, timeout=timeout)
+
     if proxy is None:
-        conn = conn_class(url.hostname, url.port, timeout=timeout, **tls)
+        conn = connection(url.hostname, url.port)
     else:
         where = f"{url.host} (through the proxy {proxy} from {proxy.variable})"
         proxy_authorization = proxy.authorization()
         if proxy_authorization:
             secrets += (proxy_authorization, proxy.password or "")
-        conn = conn_class(proxy.host, proxy.port, timeout=timeout, **tls)
+        conn = connection(proxy.host, proxy.port)
         if url.scheme == "https":
             # CONNECT, then TLS to the origin inside the tunnel, verified end to end.
             tunnel_headers = {"Proxy-Authorization": proxy_authorization} if proxy_authorization else None
@@ -80,8 +85,6 @@ def send(
             target = f"http://{url.host}{url.request_target}"  # the absolute form a proxy needs
             if proxy_authorization:
                 all_headers["Proxy-Authorization"] = proxy_authorization
-    if url.scheme == "https":
-        conn.cert_reqs = "CERT_REQUIRED"
     # A hard deadline: a server that drips bytes slowly would otherwise reset the
     # socket timeout on every byte. Closing the socket ends any blocked call.
     fired = threading.Event()
@@ -121,7 +124,7 @@ def send(
             )
         data = _read_bounded(response, max_body, deadline, where, status)
         if fired.is_set():  # the body ended because the watchdog cut it short
-            raise socket.timeout("deadline")
+            raise TimeoutError("deadline")
         return Response(status, response.reason or "", response_headers, data, secrets)
     except NetworkError:
         raise
@@ -174,12 +177,12 @@ def check_ca_file() -> None:
         raise NetworkError(f"SSL_CERT_FILE={path!r} is not a regular file; point it at a PEM bundle")
 
 
-def _read_bounded(response, max_body: int, deadline: float, where: str, status: int) -> bytes:
-    chunks = []
+def _read_bounded(response: BaseHTTPResponse, max_body: int, deadline: float, where: str, status: int) -> bytes:
+    chunks: list[bytes] = []
     size = 0
     while True:
         if time.monotonic() >= deadline:
-            raise socket.timeout("deadline")
+            raise TimeoutError("deadline")
         chunk = response.read(65536, decode_content=False)
         if not chunk:
             return b"".join(chunks)
@@ -191,7 +194,7 @@ def _read_bounded(response, max_body: int, deadline: float, where: str, status: 
         chunks.append(chunk)
 
 
-def _abort(conn, held: list[socket.socket], fired: threading.Event) -> None:
+def _abort(conn: HTTPConnection, held: list[socket.socket], fired: threading.Event) -> None:
     fired.set()
     for sock in [getattr(conn, "sock", None), *held]:
         if sock is not None:
@@ -259,7 +262,7 @@ def diagnose(exc: BaseException, where: str) -> tuple[str | None, str]:
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    chain = []
+    chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and len(chain) < 10:
         chain.append(current)

@@ -34,7 +34,7 @@ class ScriptedServer:
     def realm_challenge(self) -> str:
         return f'Bearer realm="http://{self.host}/token",service="s",scope="repository:x:pull"'
 
-    def __enter__(self) -> "ScriptedServer":
+    def __enter__(self) -> ScriptedServer:
         self.thread.start()
         return self
 
@@ -192,7 +192,7 @@ class ConnectProxy:
         self.server = ScriptedServer(self._handle)
         self.host = self.server.host
 
-    def __enter__(self) -> "ConnectProxy":
+    def __enter__(self) -> ConnectProxy:
         self.server.__enter__()
         return self
 
@@ -276,7 +276,7 @@ class KeepAliveServer:
     def host(self) -> str:
         return self.inner.host
 
-    def __enter__(self) -> "KeepAliveServer":
+    def __enter__(self) -> KeepAliveServer:
         self.inner.__enter__()
         return self
 

@@ -50,7 +50,7 @@ def raw_exchange(proxy: RunningProxy, data: bytes, timeout: float = 10) -> bytes
         while True:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

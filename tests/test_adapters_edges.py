@@ -77,7 +77,7 @@ class Registry:
         self.server = ScriptedServer(self._script)
         self.host = self.server.host
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         self.server.__enter__()
         return self
 

@@ -187,7 +187,7 @@ def raw(port: int, data: bytes, timeout: float = 10, context: ssl.SSLContext | N
         try:
             while chunk := sock.recv(65536):
                 received += chunk
-        except (socket.timeout, ssl.SSLError):
+        except (TimeoutError, ssl.SSLError):
             pass
         return received
 

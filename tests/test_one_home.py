@@ -161,5 +161,5 @@ def test_network_failures_are_diagnosed_by_kind():
     assert transport.diagnose(socket.gaierror(-2, "Name or service not known"), "h")[1] == "dns"
     assert transport.diagnose(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "h")[1] == "tls"
     assert transport.diagnose(ConnectionRefusedError(111, "refused"), "h")[1] == "refused"
-    assert transport.diagnose(socket.timeout("timed out"), "h") == (None, "timeout")
+    assert transport.diagnose(TimeoutError("timed out"), "h") == (None, "timeout")
     assert set(transport.FIXES) >= {"dns", "tls", "proxy", "timeout", "refused", "other"}

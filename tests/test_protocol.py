@@ -201,6 +201,9 @@ def test_realm_refused(realm, host, message):
         ('{"realm": "https://ollama.com/t", "nonce": ""}', "empty"),
         ('{"realm": "https://ollama.com/t", "host": "a b"}', "invalid host"),
         ('{"realm": "https://ollama.com/t"', "not valid JSON"),
+        # Found by mypy (ValueError has no .msg): int()'s digit limit (CPython 3.11, backported
+        # to 3.10.7) raises a plain ValueError; before, an AttributeError and exit 5.
+        ('{"realm": ' + "1" * 5000 + "}", "number too long"),
         ("[" * 100000 + "]" * 100000, "Bearer"),
         ("{" + '"a":' * 1 + "[" * 100000 + "]" * 100000 + "}", "nested too deeply|not valid JSON"),
         ("https://ollama.com/v2/x with space", "white space"),

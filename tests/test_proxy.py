@@ -239,7 +239,7 @@ def test_a_burst_of_clients_is_queued_by_the_kernel_not_dropped(upstream, start_
     try:
         for _ in range(64):
             clients.append(socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5))
-    except socket.timeout:
+    except TimeoutError:
         pass
     finally:
         os.kill(proxy.process.pid, signal.SIGCONT)
@@ -275,9 +275,9 @@ def read_log_line(proxy: RunningProxy, needle: str, timeout: float) -> str | Non
 
 
 def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line, start_proxy):
-    with StandIn(chunk_delay=2.0) as slow:
+    with StandIn(chunk_delay=4.0) as slow:
         slow.authorize(public_line("ed25519-a"))
-        slow.stream_chunks = 20  # 40 seconds if nobody stops it
+        slow.stream_chunks = 10  # 40 seconds if nobody stops it
         proxy = start_proxy("--upstream", slow.base_url)
         threads_before = proxy.threads()
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
@@ -287,12 +287,13 @@ def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line
             while b"Hello" not in data:
                 data += sock.recv(4096)
         hung_up = time.monotonic()
-        # Between two upstream chunks (2 s apart), the proxy notices and cuts the
-        # upstream request: it does not wait for the next chunk to fail.
-        line = read_log_line(proxy, "client gone", timeout=1.5)
+        # Between two upstream chunks (4 s apart), the proxy notices and cuts the
+        # upstream request: it does not wait for the next chunk to fail. (Bounded
+        # well under the gap, with room for a loaded machine.)
+        line = read_log_line(proxy, "client gone", timeout=3.0)
         assert line is not None and line.startswith("POST /api/chat 200 "), proxy.log
-        assert time.monotonic() - hung_up < 1.5
-        while slow.aborted_streams < 1 and time.monotonic() - hung_up < 5:
+        assert time.monotonic() - hung_up < 3.0
+        while slow.aborted_streams < 1 and time.monotonic() - hung_up < 12:  # it learns at its next writes
             time.sleep(0.05)
         assert slow.aborted_streams == 1  # the upstream saw its client go
         time.sleep(0.3)

@@ -3,9 +3,10 @@
 1. The Windows implementation's logic, run here on Linux with msvcrt and
    os.replace replaced by fakes that behave as Microsoft documents them.
 2. The whole installed CLI in a subprocess that looks like Windows to the
-   package: a sitecustomize removes fcntl, O_NOFOLLOW, O_DIRECTORY, os.getuid
-   and os.fchmod, supplies an msvcrt (``_locking`` semantics over flock), and
-   makes system.py choose its Windows implementation.
+   package: tests/platform_surface.py's sitecustomize hides from the package
+   everything typeshed says Windows lacks (fcntl, os.O_NONBLOCK, os.getuid,
+   os.fchmod, select.poll, signal.SIGHUP...), supplies an msvcrt (``_locking``
+   semantics over flock), and makes system.py choose its Windows implementation.
 3. Cache and input rules from issue 14: no entry through a symlink or of
    another user, a lookup checks the directory, erase matches whole names, C1
    controls refused.
@@ -21,7 +22,6 @@ import socket
 import stat
 import subprocess
 import sys
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_line_error, helper_executable
+from platform_surface import sitecustomize
 from credential_helper import system
 from credential_helper.cache import TokenCache
 from credential_helper.standin import StandIn
@@ -315,46 +316,11 @@ def test_no_platform_check_outside_the_seam():
 
 # --- 2. the whole CLI, with the POSIX-only facilities gone ---------------------------------------
 
-SIMULATION = textwrap.dedent(
-    '''
-    """Windows as the package sees it (written by tests/test_system.py)."""
-    import errno, os, sys, types
-    import fcntl as _fcntl
-
-    def _locking(fd, mode, nbytes):
-        # Microsoft's _locking over flock: LK_NBLCK fails at once with EACCES.
-        if mode == msvcrt.LK_UNLCK:
-            _fcntl.flock(fd, _fcntl.LOCK_UN)
-            return
-        if mode != msvcrt.LK_NBLCK:
-            raise AssertionError("blocking lock mode used")
-        try:
-            _fcntl.flock(fd, _fcntl.LOCK_EX | _fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(errno.EACCES, "Permission denied") from None
-
-    msvcrt = types.ModuleType("msvcrt")
-    msvcrt.LK_UNLCK, msvcrt.LK_LOCK, msvcrt.LK_NBLCK = 0, 1, 2
-    msvcrt.locking = _locking
-    sys.modules["msvcrt"] = msvcrt
-    sys.modules["fcntl"] = None  # "import fcntl" now raises ImportError
-    for name in ("O_NOFOLLOW", "O_DIRECTORY", "getuid", "fchmod"):
-        if hasattr(os, name):
-            delattr(os, name)
-    _platform, sys.platform = sys.platform, "win32"
-    try:
-        import credential_helper.system  # chooses its Windows implementation, once
-    finally:
-        sys.platform = _platform
-    '''
-)
-
-
 @pytest.fixture
 def windows_env(env, tmp_path):
     directory = tmp_path / "simulation"
     directory.mkdir()
-    (directory / "sitecustomize.py").write_text(SIMULATION)
+    (directory / "sitecustomize.py").write_text(sitecustomize("win32"))
     return dict(
         env,
         PYTHONPATH=str(directory),
@@ -369,13 +335,15 @@ def windows_cache(windows_env) -> str:
 
 @pytest.mark.process
 def test_the_simulation_is_in_force(windows_env):
+    # The package's own os (system.os) lacks what typeshed says Windows lacks; the
+    # rest of the process keeps Linux's (tests/platform_surface.py).
     probe = (
         "import os, sys, credential_helper.system as s\n"
-        "try:\n    import fcntl\nexcept ImportError:\n    fcntl = None\n"
-        "print(s.current.name, fcntl, [n for n in ('O_NOFOLLOW','O_DIRECTORY','getuid','fchmod') if hasattr(os, n)], sys.platform)\n"
+        "print(s.current.name, [n for n in ('O_NOFOLLOW','O_DIRECTORY','O_NONBLOCK','getuid','fchmod') if hasattr(s.os, n)],"
+        " hasattr(os, 'O_NONBLOCK'), s.selector_class().__name__, sys.platform)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], env=windows_env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["windows", "None", "[]", sys.platform]
+    assert out.split() == ["windows", "[]", "True", "SelectSelector", sys.platform]
 
 
 def test_simulated_windows_get_caches_in_localappdata(run, windows_env, standin):
@@ -545,59 +513,6 @@ def test_doctor_names_the_platform_and_what_cannot_hold(run, env, windows_env):
     assert simulated["status"] == "warn" and simulated["detail"].startswith(f"windows: cache {windows_cache(windows_env)}")
     assert "ACL" in simulated["detail"]
     assert "SSL_CERT_FILE" in platform(dict(env, SSL_CERT_FILE="/nonexistent.pem"))["detail"]
-
-
-SOCKET_SIMULATION = textwrap.dedent(
-    '''
-    import socket as _socket
-
-    # Windows's SO_EXCLUSIVEADDRUSE (~SO_REUSEADDR there); Linux knows no such option,
-    # so the simulation accepts it and refuses SO_REUSEADDR, which Windows must never get.
-    _socket.SO_EXCLUSIVEADDRUSE = -5
-    _setsockopt = _socket.socket.setsockopt
-
-    def _checked(self, level, option, *value):
-        if level == _socket.SOL_SOCKET and option == _socket.SO_REUSEADDR:
-            raise AssertionError("SO_REUSEADDR on Windows lets another process bind the port")
-        if level == _socket.SOL_SOCKET and option == -5:
-            return None
-        return _setsockopt(self, level, option, *value)
-
-    _socket.socket.setsockopt = _checked
-    '''
-)
-
-
-@pytest.mark.process
-def test_simulated_windows_proxy_starts_serves_and_stops_on_ctrl_c(windows_env, tmp_path, public_line):
-    """Issue 16: the proxy's token file under %APPDATA%, an exclusive listening
-    socket, and a drain on Ctrl+C (SIGINT) on Windows, with POSIX facilities gone."""
-    import signal as signal_module
-    import urllib.request
-
-    from conftest import helper_executable
-
-    simulation = Path(windows_env["PYTHONPATH"]) / "sitecustomize.py"
-    simulation.write_text(simulation.read_text() + SOCKET_SIMULATION)
-    with StandIn() as upstream:
-        upstream.authorize(public_line("ed25519-a"))
-        process = subprocess.Popen([*helper_executable(), "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url],
-                                   env=windows_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            first = process.stderr.readline()
-            assert first.startswith("listening on http://127.0.0.1:"), first + (process.stderr.read() if process.poll() is not None else "")
-            port = int(first.split()[2].rsplit(":", 1)[1])
-            token_file = Path(windows_env["APPDATA"]) / "ollama-credential-helper" / "proxy-token"
-            token = token_file.read_text().strip()
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/api/me", data=b"", method="POST",
-                                             headers={"Authorization": f"Bearer {token}"})
-            with urllib.request.urlopen(request, timeout=30) as response:
-                assert response.status == 200
-        finally:
-            process.send_signal(signal_module.SIGINT)
-            _, log = process.communicate(timeout=20)
-    assert process.returncode == 0 and "Traceback" not in log and log.rstrip().endswith("stopped"), log
-    assert len(upstream.signed_requests) == 1
 
 
 def test_the_gates_key_file_rules_go_through_the_seam(windows, tmp_path):

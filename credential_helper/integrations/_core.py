@@ -10,10 +10,13 @@ the CLI's: the realm rules and the cross-origin check (``client``, ``policy``),
 the API-key rules, the token-response checks and the shared disk cache.
 """
 
+from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
 
 from .. import client, policy, protocol, tokens
 from ..cache import Entry, TokenCache
@@ -60,7 +63,8 @@ class SharedServerWarning(UserWarning):
 class KeylessCore:
     """The state one adapter instance keeps: API origins, identity, tokens, claims."""
 
-    def __init__(self, *, identity=None, api_base: str | None = None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+    def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None, api_hosts: Iterable[str] = (),
+                 timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
             raise InputError("timeout must be more than 0 and at most 600 seconds")
         self.timeout = float(timeout)
@@ -82,7 +86,7 @@ class KeylessCore:
         self._claims: dict[str, _Claim] = {}
         # Set by each adapter: the proxy its library would take from the environment
         # for a URL (None: direct). See check_not_proxied.
-        self.environment_proxy = None
+        self.environment_proxy: Callable[[str], str | None] | None = None
 
     def check_not_proxied(self, url_text: str, what: str) -> None:
         """No credential over http through a proxy: refused before it is sent.
@@ -131,6 +135,7 @@ class KeylessCore:
             policy.check_api_key_destination(url)
             return url_text, None, protocol.bearer(credential.api_key)
         url = protocol.parse_url(url_text)
+        assert credential.identity is not None  # no API key: the key file's identity
         plan, authorization = client.sign_parsed(method, url, credential.identity)
         if not self._warned:
             self._warned = True  # once per adapter
@@ -143,7 +148,7 @@ class KeylessCore:
 
     # -- scheme 1: tokens ----------------------------------------------------------------
 
-    def challenge(self, status: int, www_authenticate: list[str], url_text: str):
+    def challenge(self, status: int, www_authenticate: list[str], url_text: str) -> tuple[protocol.Challenge, protocol.URL] | None:
         """(Challenge, realm URL) for a 401 with a Bearer challenge, checked; else None."""
         if status != 401:
             return None
@@ -216,7 +221,7 @@ class KeylessCore:
         except asyncio.TimeoutError:
             raise NetworkError(f"timed out after {self.timeout:.3g}s waiting for a concurrent token exchange") from None
 
-    def store(self, key: str, exchanged) -> str:
+    def store(self, key: str, exchanged: tokens.Exchanged) -> str:
         """Keep a fresh token in memory and, when enabled, in the disk cache."""
         entry = Entry(exchanged.token, exchanged.expires_at, exchanged.lifetime)
         with self._lock:
@@ -226,7 +231,13 @@ class KeylessCore:
         return exchanged.token
 
 
-def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authenticate: list[str]):
+# The flows the adapters drive: each yields (kind, argument) — ("wait", key),
+# ("exchange", TokenCall) or ("retry", Authorization value) — and is sent back
+# None, the token Response, or the retried request's status.
+Flow = Generator[tuple[str, Any], Any, None]
+
+
+def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authenticate: list[str]) -> Flow:
     """The answer to a 401, as instructions for a library's driver.
 
     Yields ``("wait", key)`` (send back None), ``("exchange", TokenCall)`` (send
@@ -250,6 +261,7 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
         core.check_not_proxied(url_text, "OLLAMA_API_KEY")
         yield ("retry", protocol.bearer(credential.api_key))
         return
+    assert credential.key_bytes is not None  # no API key: the key file's bytes
     key = client.cache_key_for(challenge, credential.key_bytes)
     core.check_not_proxied(url_text, "a token")
     token, from_cache = yield from _obtain(core, key, challenge, realm)
@@ -260,7 +272,8 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
         yield ("retry", protocol.bearer(token))
 
 
-def _obtain(core: KeylessCore, key: str, challenge, realm):
+def _obtain(core: KeylessCore, key: str, challenge: protocol.Challenge,
+            realm: protocol.URL) -> Generator[tuple[str, Any], Any, tuple[str, bool]]:
     """(token, came from a cache): memory, disk, or one exchange per key at a time."""
     while True:
         token = core.cached(key)
@@ -273,7 +286,9 @@ def _obtain(core: KeylessCore, key: str, challenge, realm):
         token = core.cached(key)  # filled between the look and the claim
         if token is not None:
             return token, True
-        flow = tokens.exchange(challenge, realm, core.credential().identity)  # the one token flow
+        identity = core.credential().identity
+        assert identity is not None  # no API key: the key file's identity
+        flow = tokens.exchange(challenge, realm, identity)  # the one token flow
         answer = None
         while True:
             try:

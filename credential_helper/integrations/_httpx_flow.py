@@ -6,14 +6,24 @@ does, so the exchange travels through the caller's client, transport, proxies
 and timeouts, and in an ``AsyncClient`` never blocks the event loop.
 """
 
-import functools
+from __future__ import annotations
 
+import functools
+import os
+from collections.abc import AsyncGenerator, Generator, Iterable
+from typing import Any
+
+from ..cache import TokenCache
 from ..errors import NetworkError
 from ..response import Response
-from ._core import MAX_TOKEN_RESPONSE_BYTES, KeylessCore, bearer_retries, oversized
+from ._core import MAX_TOKEN_RESPONSE_BYTES, KeylessCore, TokenCall, bearer_retries, oversized
+
+# httpx or httpx2, and their objects: the same flow serves both, chosen at run time,
+# so their types are Any here (each library checks its own).
+Module = Any
 
 
-def build(httpx):
+def build(httpx: Module) -> type:
     class OllamaAuth(httpx.Auth):
         __doc__ = f"""Keyless Ollama auth for ``{httpx.__name__}.Client`` and ``{httpx.__name__}.AsyncClient``.
 
@@ -24,14 +34,15 @@ def build(httpx):
         (scheme 1, the CLI's rules and cache) and one retry.
         """
 
-        def __init__(self, *, identity=None, api_base=None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+        def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None,
+                     api_hosts: Iterable[str] = (), timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
             self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
             self._core.environment_proxy = functools.partial(_environment_proxy, httpx)
 
         def __repr__(self) -> str:
             return f"OllamaAuth({self._core.describe()})"
 
-        def _sign_if_api(self, request) -> bool:
+        def _sign_if_api(self, request: Any) -> bool:
             url = request.url
             if not self._core.is_api(url.scheme, url.host, url.port):
                 return False
@@ -42,7 +53,7 @@ def build(httpx):
             request.headers["Authorization"] = authorization
             return True
 
-        def _token_request(self, call):
+        def _token_request(self, call: TokenCall) -> Any:
             request = httpx.Request(
                 "GET",
                 call.url,
@@ -53,7 +64,7 @@ def build(httpx):
             return request
 
         @staticmethod
-        def _answer(sent, response, body: bytes) -> Response:
+        def _answer(sent: Any, response: Any, body: bytes) -> Response:
             if response.request.url != sent.url:  # a client that follows redirects followed one
                 raise NetworkError(
                     f"{sent.url.netloc.decode()} answered the token request with a "
@@ -66,7 +77,7 @@ def build(httpx):
                 headers.setdefault(name.lower(), []).append(value)
             return Response(response.status_code, response.reason_phrase or "", headers, body)
 
-        def sync_auth_flow(self, request):
+        def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
             flow, closing = self._sync_flow(request), False
             try:
                 sent = next(flow)
@@ -80,7 +91,7 @@ def build(httpx):
                 flow.close()
                 _raise_if_tls(request, httpx.__name__)
 
-        async def async_auth_flow(self, request):
+        async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
             flow, closing = self._async_flow(request), False
             try:
                 sent = await flow.__anext__()
@@ -94,7 +105,7 @@ def build(httpx):
                 await flow.aclose()
                 _raise_if_tls(request, httpx.__name__)
 
-        def _sync_flow(self, request):
+        def _sync_flow(self, request: Any) -> Generator[Any, Any, None]:
             if self._sign_if_api(request):
                 yield request
                 return
@@ -124,7 +135,7 @@ def build(httpx):
             finally:
                 flow.close()  # an exception from the library: release the exchange's claim now
 
-        async def _async_flow(self, request):
+        async def _async_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
             if self._sign_if_api(request):
                 yield request
                 return
@@ -169,7 +180,7 @@ TLS_HINTS = {
 }
 
 
-def _raise_if_tls(request, library: str) -> None:
+def _raise_if_tls(request: Any, library: str) -> None:
     """Say TLS when a TLS failure ended the request.
 
     httpx and httpx2 close the auth flow in a ``finally`` (``_send_handling_auth``)
@@ -193,7 +204,7 @@ def _raise_if_tls(request, library: str) -> None:
         raise NetworkError(f"{server_text(message, limit=300)}; {TLS_HINTS.get(library, TLS_HINTS['httpx'])}") from cause
 
 
-def _environment_proxy(httpx, url_text: str) -> str | None:
+def _environment_proxy(httpx: Module, url_text: str) -> str | None:
     """The proxy a default client (trust_env=True) takes from the environment for
     ``url_text``, found with the library's own rules (Client._transport_for_url)."""
     url = httpx.URL(url_text)
@@ -205,16 +216,16 @@ def _environment_proxy(httpx, url_text: str) -> str | None:
     return None
 
 
-def _origin(url) -> tuple:
+def _origin(url: Any) -> tuple:
     return url.scheme, url.host, url.port
 
 
-def _declared_too_large(response) -> bool:
+def _declared_too_large(response: Any) -> bool:
     length = response.headers.get("content-length", "")
     return length.isdigit() and int(length) > MAX_TOKEN_RESPONSE_BYTES
 
 
-def _read_sync(response) -> bytes:
+def _read_sync(response: Any) -> bytes:
     where = response.request.url.netloc.decode()
     if _declared_too_large(response):
         response.close()
@@ -229,7 +240,7 @@ def _read_sync(response) -> bytes:
     return b"".join(chunks)
 
 
-async def _read_async(response) -> bytes:
+async def _read_async(response: Any) -> bytes:
     where = response.request.url.netloc.decode()
     if _declared_too_large(response):
         await response.aclose()

@@ -14,21 +14,28 @@ certificate settings. A body given as a file, a pipe or a generator is read
 into memory first, so that the retry sends the same bytes.
 """
 
+from __future__ import annotations
+
 import functools
+import os
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase
 
+from ..cache import TokenCache
 from ..errors import InputError, NetworkError
 from ..response import Response
-from ._core import MAX_TOKEN_RESPONSE_BYTES, KeylessCore, bearer_retries, oversized
+from ._core import MAX_TOKEN_RESPONSE_BYTES, Flow, KeylessCore, TokenCall, bearer_retries, oversized
 
 
 class OllamaAuth(AuthBase):
     """Keyless Ollama auth for ``requests``; see the module documentation."""
 
-    def __init__(self, *, identity=None, api_base=None, api_hosts=(), timeout: float = 10.0, cache=True) -> None:
+    def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None, api_hosts: Iterable[str] = (),
+                 timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
         self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
         self._core.environment_proxy = _environment_proxy
 
@@ -36,6 +43,8 @@ class OllamaAuth(AuthBase):
         return f"OllamaAuth({self._core.describe()})"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        # Prepared: prepare_url and prepare_method ran before prepare_auth (requests/models.py).
+        assert request.url is not None and request.method is not None
         parts = urlsplit(request.url)
         if self._core.is_api(parts.scheme, parts.hostname or "", parts.port):
             url, _, authorization = self._core.sign(request.method, request.url)
@@ -46,8 +55,8 @@ class OllamaAuth(AuthBase):
         request.register_hook("response", functools.partial(self._on_response, request.url))
         return request
 
-    def _on_response(self, original_url: str, response: requests.Response, **kwargs) -> requests.Response:
-        if _origin(response.request.url) != _origin(original_url):
+    def _on_response(self, original_url: str, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if _origin(response.request.url or "") != _origin(original_url):
             return response  # a redirect led elsewhere: never authenticate there
         flow = bearer_retries(self._core, original_url, response.status_code, _header_values(response, "www-authenticate"))
         try:
@@ -55,8 +64,8 @@ class OllamaAuth(AuthBase):
         finally:
             flow.close()  # an exception from requests: release the exchange's claim now
 
-    def _drive(self, flow, response: requests.Response, kwargs: dict) -> requests.Response:
-        result = None
+    def _drive(self, flow: Flow, response: requests.Response, kwargs: dict) -> requests.Response:
+        result: Response | int | None = None
         while True:
             try:
                 kind, argument = flow.send(result)
@@ -79,7 +88,7 @@ class OllamaAuth(AuthBase):
                 response = new
                 result = response.status_code
 
-    def _exchange(self, response: requests.Response, call, kwargs: dict) -> Response:
+    def _exchange(self, response: requests.Response, call: TokenCall, kwargs: dict) -> Response:
         token_request = requests.Request("GET", call.url, headers={"Accept": "application/json"}).prepare()
         token_request.url = call.url  # exactly as signed
         token_request.headers["Host"] = call.host_header
@@ -110,6 +119,7 @@ def _buffer_body(request: requests.PreparedRequest) -> None:
     body = request.body
     if body is None or isinstance(body, (bytes, str)):
         return
+    data: bytes | str
     try:
         if isinstance(body, (bytearray, memoryview)):
             data = bytes(body)

@@ -47,10 +47,12 @@ Nothing here ever raises on the file's content. Reading the file from disk
 (safe paths, reloads, writes in progress) is ``keyfile.py``'s.
 """
 
+from __future__ import annotations
 
 import base64
 import os
 import re
+from typing import TYPE_CHECKING
 
 from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
 from ..sanitize import quoted
@@ -142,14 +144,14 @@ class AuthorizedKeys:
     """
 
     def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line], problem: str | None = None,
-                 members: "AuthorizedKeys | None" = None) -> None:
+                 members: AuthorizedKeys | None = None) -> None:
         self._by_key = by_key
         self._wildcards = wildcards
         self.problem = problem
         self._members = members
 
     @classmethod
-    def unusable(cls, problem: str, last_good: "AuthorizedKeys | None" = None) -> "AuthorizedKeys":
+    def unusable(cls, problem: str, last_good: AuthorizedKeys | None = None) -> AuthorizedKeys:
         """A set that grants nothing; ``last_good`` only tells members from strangers."""
         members = last_good._members if last_good is not None and last_good.problem is not None else last_good
         return cls({}, [], problem, members)
@@ -266,7 +268,7 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
             return None, None, None, f"the name is longer than {MAX_NAME_CHARS} characters"
         if not all("!" <= ch <= "~" for ch in name):
             return None, None, None, "the name holds control or non-ASCII characters (it is sent as a header)"
-    endpoints = frozenset({"*"})
+    endpoints: frozenset[str] | None = frozenset({"*"})
     if len(parts) == 4 and parts[3] != "":
         endpoints, problem = _parse_endpoints(parts[3])
         if problem is not None:
@@ -310,7 +312,11 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
 
 
 
-def __getattr__(name: str):
+if TYPE_CHECKING:  # what __getattr__ gives, as the type checker should see it
+    from .keyfile import RACY_NS as RACY_NS, KeyFile as KeyFile, read_key_file as read_key_file
+
+
+def __getattr__(name: str) -> object:
     # The file on disk lives in keyfile.py; these names stay importable from here
     # (lazily: keyfile imports this module).
     if name in ("KeyFile", "read_key_file", "RACY_NS"):

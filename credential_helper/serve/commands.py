@@ -1,11 +1,21 @@
 """Starting ``proxy`` and ``gate``: parse what the command line gave, build the
 policy and the engine, serve until a stop signal. The CLI calls only these."""
 
+from __future__ import annotations
+
 import sys
 import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .. import policy, system
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from ..protocol import URL
+    from .server import Server
 
 DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
 DEFAULT_GATE_PORT = 11435
@@ -32,7 +42,7 @@ def shown_base(host: str, port: int, scheme: str = "http") -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def make_log(log_format: str = "text"):
+def make_log(log_format: str = "text") -> tuple[Callable[[str], None], Callable[[str], None]]:
     """(log, write): ``log`` for the server's own messages, ``write`` for a formatted
     request line. With ``--log-format json`` every line on stderr is one JSON
     object: messages become ``{"time", "message"}``."""
@@ -58,8 +68,8 @@ def make_log(log_format: str = "text"):
 
 
 def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
-                require_token: bool, allow_origins, timeout: float, max_in_flight: int, grace: float,
-                verbose: bool, ready=None, log_format: str = "text") -> int:
+                require_token: bool, allow_origins: Iterable[str] | None, timeout: float, max_in_flight: int, grace: float,
+                verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text") -> int:
     from . import record, server as server_module, sign
     from .upstream import Upstream
 
@@ -89,11 +99,11 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
 def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
                path_prefix: str | None = None,
                max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
-               grace: float, verbose: bool, ready=None, log_format: str = "text", metrics_listen: str | None = None,
-               metrics_public: bool = False, trusted_fronts: str | None = None) -> int:
+               grace: float, verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text",
+               metrics_listen: str | None = None, metrics_public: bool = False, trusted_fronts: str | None = None) -> int:
     from . import gate, record, restrict
     from . import server as server_module
-    from .authorized_keys import KeyFile, default_path
+    from .authorized_keys import AuthorizedKeys, KeyFile, default_path
 
     address = parse_listen(listen, DEFAULT_GATE_PORT, loopback_only=False)
     if (tls_cert is None) != (tls_key is None):
@@ -123,10 +133,10 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         metrics_address = parse_listen(metrics_listen, 0, loopback_only=not metrics_public, option="--metrics-listen",
                                        why="metrics name every user: listen on loopback, or add --metrics-public "
                                            "and restrict who can reach it")
-    context = _server_tls(tls_cert, tls_key) if tls_cert is not None else None
+    context = _server_tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     log, write = make_log(log_format)
     path = authorized_keys or default_path()
-    early: list[str] = []  # warnings of the first read, shown after the listening line
+    early: list[str] | None = []  # warnings of the first read, shown after the listening line
 
     def warn(text: str) -> None:
         if early is not None:
@@ -134,7 +144,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         else:
             log(f"warning: {text}")
 
-    def reloaded(new) -> None:
+    def reloaded(new: AuthorizedKeys) -> None:
         log(f"reloaded {path}: {len(new)} key line(s)")
         if auth_only:  # a line this mode cannot enforce grants nothing (AuthOnlyPolicy.enforceable)
             for problem in restrict.auth_only_problems(restrict.line_options(new), bool(fronts)):
@@ -148,10 +158,12 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
 
             raise IdentityError(f"refusing {path} with --auth-only: {problems[0]}"
                                 + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else ""))
-        decider = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix, trusted_fronts=fronts)
+        decider: gate.AuthOnlyPolicy | gate.GatePolicy = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix,
+                                                                              trusted_fronts=fronts)
     else:
         from .upstream import Upstream
 
+        assert upstream_url is not None  # parsed above unless --auth-only
         upstream = Upstream(upstream_url, timeout)
         decider = gate.GatePolicy(keys, max_skew, upstream_url.host)
     metrics = None
@@ -164,7 +176,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                            observe=record.fan_out(record.Logger(write, log_format), metrics),
                            count_usage=log_format == "json" or metrics is not None)
     exporter = None
-    if metrics is not None:
+    if metrics is not None and metrics_address is not None:  # metrics only with an address
         server.flight = metrics.flight
         try:
             exporter = metrics.serve(metrics_address)
@@ -174,17 +186,18 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     mode = f"upstream {upstream_url}"
     if auth_only:
         mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
-    log(f"listening on {shown_base(*server.address, 'https' if context else 'http')} ({mode}, "
+    host, port = server.address
+    log(f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
         f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
     if exporter is not None:
         log(f"metrics at {shown_base(*exporter.address)}/metrics")
-    shown, early = early, None
+    shown, early = early or [], None
     for text in shown:
         log(f"warning: {text}")
 
     def reload() -> None:
         keys.reload()
-        if tls_cert is not None:
+        if tls_cert is not None and tls_key is not None:  # they go together (checked above)
             # certbot renews in place and runs a deploy hook (e.g. kill -HUP): new connections get the
             # new certificate, those already open keep theirs (the engine wraps each at accept).
             try:
@@ -202,7 +215,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
             exporter.close()
 
 
-def _gate_upstream(text: str):
+def _gate_upstream(text: str) -> URL:
     """Ollama's address: a scheme and host. Ollama's client signs paths without any
     base path of OLLAMA_HOST (api/client.go), so a gate cannot sit under one."""
     from .. import protocol
@@ -214,7 +227,7 @@ def _gate_upstream(text: str):
     return protocol.URL(url.scheme, url.host, "", "")
 
 
-def _server_tls(cert: str, key: str):
+def _server_tls(cert: str, key: str) -> ssl.SSLContext:
     import ssl
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

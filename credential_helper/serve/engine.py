@@ -22,11 +22,15 @@ Rules it keeps (each cites why):
   a Forward's ``release`` is called once however the request ends.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import selectors
 import socket
 import ssl
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -34,11 +38,16 @@ from . import record, usage
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, end_to_end, head_problem, request_has_body
 from .upstream import Selector, set_timeout
 
+if TYPE_CHECKING:
+    from .server import Server
+    from .upstream import Connection
+
 HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
 IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
 BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
 LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
+RECV_BYTES = 65536  # one read, from the client or the upstream
 # A request body in pieces this small costs h11 ~4 us each (and the relay a write each): 32 MiB
 # of 1-byte chunks was over 2 minutes of CPU. Past TINY_PIECES pieces, they must average TINY_BYTES.
 TINY_PIECES, TINY_BYTES = 4096, 256
@@ -56,14 +65,17 @@ class ClientGone(Exception):
 class ClientConnection:
     """One client connection: requests in order, each answered or relayed."""
 
-    def __init__(self, server, sock: socket.socket) -> None:
+    def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer_address(sock)  # once per connection, for Head.peer (from=, X-Forwarded-For)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        # Every read lands here, allocated once: a fresh 64 KiB bytes per recv()
+        # left glibc's per-thread arenas holding freed heap under load (issue 21).
+        self._buffer = memoryview(bytearray(RECV_BYTES))
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
-        self.status = None  # the status of the answer being relayed, once its head went out
+        self.status: int | None = None  # the status of the answer being relayed, once its head went out
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
         self.usage: usage.Scanner | None = None  # token counts of the answer being relayed
@@ -120,10 +132,10 @@ class ClientConnection:
                 if remaining <= 0:
                     return
                 self.sock.settimeout(remaining)
-                data = self.sock.recv(65536)
-                if not data:
+                read = self.sock.recv_into(self._buffer)
+                if not read:
                     return
-                left -= len(data)
+                left -= read
         except (OSError, ssl.SSLError):
             return
 
@@ -163,8 +175,8 @@ class ClientConnection:
                 return None
             self.sock.settimeout(left)
             try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
+                data = self._recv(self.sock)
+            except TimeoutError:
                 return None
             if self.evicted:
                 return None
@@ -327,6 +339,7 @@ class ClientConnection:
 
     def _relay(self, head: Head, forward: Forward, started: float) -> bool:
         upstream = self.server.upstream
+        assert upstream is not None  # only a policy with an upstream forwards (--auth-only answers all)
         has_body = request_has_body(head)
         headers = list(forward.headers)
         length = head.get("content-length")
@@ -369,7 +382,7 @@ class ClientConnection:
     def _request_read(self) -> bool:
         return self.conn.their_state is h11.DONE or self.conn.their_state is h11.MUST_CLOSE
 
-    def _send_body(self, up) -> None:
+    def _send_body(self, up: Connection) -> None:
         """The client's request body to the upstream as it arrives."""
         if self._request_read():  # a retry: the body (none) was read before
             up.send(h11.EndOfMessage())
@@ -385,7 +398,7 @@ class ClientConnection:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
                 self.sock.settimeout(BODY_READ_TIMEOUT)
                 try:
-                    data = self.sock.recv(65536)
+                    data = self._recv(self.sock)
                 except OSError:
                     raise ClientGone() from None
                 if not data:
@@ -406,7 +419,7 @@ class ClientConnection:
             except (BrokenPipeError, ConnectionResetError) as exc:
                 raise _Stale() from exc
 
-    def _send_buffered(self, up, body: bytes) -> None:
+    def _send_buffered(self, up: Connection, body: bytes) -> None:
         """A body read before the decision (NeedBody), whole."""
         try:
             if body:
@@ -415,7 +428,7 @@ class ClientConnection:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise _Stale() from exc
 
-    def _answer_from(self, up, head: Head, forward: Forward, started: float, secrets) -> bool:
+    def _answer_from(self, up: Connection, head: Head, forward: Forward, started: float, secrets: tuple[str, ...]) -> bool:
         """Relay the upstream's answer; True when both connections may carry another request."""
         self.sent = 0
         self.status = status = None
@@ -444,7 +457,7 @@ class ClientConnection:
                     data = self._wait_upstream(up, selector, status is None, head_deadline if status is None else None)
                     if data is None:  # timed out
                         if status is None:
-                            raise socket.timeout()
+                            raise TimeoutError()
                         return self._cut(up, head, status, started, forward, "upstream stalled")
                     if not data and not received:
                         raise _Stale()  # closed before a byte of an answer: a kept-alive connection gone stale
@@ -473,10 +486,12 @@ class ClientConnection:
                         self.usage.feed(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     if filtering:
+                        assert held is not None  # h11: the answer's head comes before its end
                         self.status = status = held.status_code
                         self._queue_filtered(held, bytes(buffered), forward)  # may raise: before pooling
                     # Pooled before the client can see the end: its next request may follow at once.
                     # From here the connection is the pool's: a client gone now must not close it.
+                    assert self.server.upstream is not None  # it is relaying (see _relay)
                     self.server.upstream.give_back(up)
                     self._queue(h11.EndOfMessage())
                     try:
@@ -491,11 +506,12 @@ class ClientConnection:
                         raise _Stale()
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
 
-    def _wait_upstream(self, up, selector, before_answer: bool, deadline: float | None = None) -> bytes | None:
+    def _wait_upstream(self, up: Connection, selector: selectors.BaseSelector, before_answer: bool,
+                       deadline: float | None = None) -> bytes | None:
         """The next bytes from the upstream, watching the client for a hang-up meanwhile;
         None once ``deadline`` (default: --timeout from now) has passed."""
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
-            return up.sock.recv(65536)
+            return self._recv(up.sock)
         if deadline is None:
             deadline = time.monotonic() + self.server.timeout
         while True:
@@ -505,7 +521,7 @@ class ClientConnection:
             for key, _ in selector.select(left):
                 if key.data == "client":
                     try:
-                        data = self.sock.recv(65536)
+                        data = self._recv(self.sock)
                     except (BlockingIOError, ssl.SSLWantReadError):
                         continue
                     except OSError:
@@ -517,7 +533,7 @@ class ClientConnection:
                         selector.unregister(self.sock)  # enough read ahead; stop watching
                 else:
                     try:
-                        data = up.sock.recv(65536)
+                        data = self._recv(up.sock)
                     except ssl.SSLWantReadError:
                         continue
                     except (ConnectionResetError, BrokenPipeError) as exc:
@@ -543,6 +559,7 @@ class ClientConnection:
         encodings = [v.decode("latin-1").strip().lower() for n, v in event.headers if n == b"content-encoding"]
         if any(encoding not in ("", "identity") for encoding in encodings):
             raise _UpstreamMalformed("a compressed model listing, which the gate must read to filter")
+        assert forward.filter_answer is not None  # only a filtering Forward's answer is held
         try:
             body = forward.filter_answer(event.status_code, body)
         except ValueError as exc:
@@ -558,18 +575,18 @@ class ClientConnection:
         if body:
             self._queue(h11.Data(data=body), len(body))
 
-    def _cut(self, up, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
+    def _cut(self, up: Connection, head: Head, status: int, started: float, forward: Forward, why: str) -> bool:
         up.close()
         self._flush()  # what did arrive, then the connection closes
         self._log_relayed(head, forward, status, started, detail=why, failure="stalled" if "stalled" in why else "cut")
         return False  # the client's connection closes mid-answer: it sees a cut message
 
-    def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets, forward: Forward) -> bool:
+    def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets: tuple[str, ...], forward: Forward) -> bool:
         if self.conn.our_state is not h11.SEND_RESPONSE and self.conn.our_state is not h11.IDLE:
             self._log_relayed(head, forward, None, started, detail="upstream failed mid-answer", failure="cut")
             return False
-        where = self.server.upstream.url.host
-        known = {"who": forward.who, "key": forward.key, "reason": "upstream"}
+        where = self.server.upstream.url.host if self.server.upstream is not None else "-"
+        known: dict[str, Any] = {"who": forward.who, "key": forward.key, "reason": "upstream"}
         if isinstance(exc, (socket.timeout, TimeoutError)):
             answer, failure = Answer(504, f"the upstream {where} did not answer in time", **known), "timeout"
         elif isinstance(exc, _UpstreamMalformed):
@@ -587,9 +604,13 @@ class ClientConnection:
         self._finish(head, answer, started, failure)
         return False
 
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read (client or upstream) through the connection's buffer: only its bytes are copied out."""
+        return self._buffer[:sock.recv_into(self._buffer)].tobytes()
+
     # -- writing and logging ---------------------------------------------------------------------
 
-    def _queue(self, event, body_bytes: int = 0) -> None:
+    def _queue(self, event: h11.Event, body_bytes: int = 0) -> None:
         """Batch what is ready for the client (one write per upstream read)."""
         self._out += self.conn.send(event) or b""
         self._out_body += body_bytes
@@ -605,7 +626,7 @@ class ClientConnection:
         self.sent += self._out_body
         self._out_body = 0
 
-    def _send(self, event, timeout: float | None = None) -> None:
+    def _send(self, event: h11.Event, timeout: float | None = None) -> None:
         data = self.conn.send(event)
         if data:
             set_timeout(self.sock, self.server.timeout if timeout is None else timeout)
@@ -614,7 +635,8 @@ class ClientConnection:
             except OSError:
                 raise ClientGone() from None
 
-    def _log_relayed(self, head: Head, forward: Forward, status, started: float, detail: str = "", failure: str = "") -> None:
+    def _log_relayed(self, head: Head, forward: Forward, status: int | None, started: float, detail: str = "",
+                     failure: str = "") -> None:
         counted = self.usage.result() if self.usage is not None and not failure else None
         self.usage = None
         self._log(head, status, self.sent, started, who=forward.who, key=forward.key, detail=detail, failure=failure,
@@ -622,8 +644,9 @@ class ClientConnection:
                   # The model the policy read from the request (policy22), else the one Ollama's answer names.
                   model=getattr(forward, "model", None) or (counted[2] if counted else ""))
 
-    def _log(self, head: Head, status, size: int, started: float, *, who: str | None = None, key: str = "",
-             reason: str = "", detail: str = "", failure: str = "", model: str = "", tokens=None) -> None:
+    def _log(self, head: Head, status: int | str | None, size: int, started: float, *, who: str | None = None, key: str = "",
+             reason: str = "", detail: str = "", failure: str = "", model: str = "",
+             tokens: tuple[int, int, str] | None = None) -> None:
         """One record per request to the server's observer (log line, metrics)."""
         elapsed = time.monotonic() - started
         self.server.observe(record.Record(
@@ -648,7 +671,7 @@ def http_date() -> str:
     return _date_cache[1]
 
 
-def _content_type(headers) -> str | None:
+def _content_type(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return next((value.decode("latin-1") for name, value in headers if name == b"content-type"), None)
 
 
@@ -664,7 +687,7 @@ class _UpstreamMalformed(Exception):
     """The upstream's answer head could not be read as HTTP/1.1."""
 
 
-def peer_address(sock) -> str:
+def peer_address(sock: socket.socket) -> str:
     """The client's IP address; an IPv4-mapped IPv6 one (a dual-stack listener) as IPv4."""
     try:
         address = sock.getpeername()[0]

@@ -125,7 +125,7 @@ def prefixed_request(method: str, target: str, prefix: str) -> tuple[str, str] |
     return method, target[len(prefix):]
 
 
-def authorization_header(headers: list[tuple[str, str]]) -> str | None | Refused:
+def authorization_header(headers: list[tuple[str, str]]) -> str | Refused | None:
     """The one ``Authorization`` value, None when absent, Refused (400) when repeated."""
     seen = _collect(headers)
     if isinstance(seen, Refused):

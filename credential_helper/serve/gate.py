@@ -7,13 +7,17 @@ self-hosted Ollama (reverse proxy); ``AuthOnlyPolicy`` only answers ``204`` (or
 Caddy ``forward_auth``, Traefik ``ForwardAuth`` and Envoy ``ext_authz``.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import time
+import ipaddress
+from collections.abc import Callable, Iterable
 
 from ..sanitize import printable
 from . import models, restrict
-from .authorized_keys import KeyFile
+from .authorized_keys import Grant, KeyFile
 from .forwarded import authorization_header, forwarded_request, prefixed_request
 from .messages import Answer, Forward, Head, NeedBody, end_to_end, request_has_body
 from .verify import (
@@ -29,6 +33,8 @@ from .verify import (
 # it: bounded, as a body the gate holds in memory must be (over: 413, or 502 for a listing).
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_LISTING_BYTES = 8 * 1024 * 1024
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network  # a --trusted-front range
 
 # Never forwarded to Ollama besides hop-by-hop fields: the signature (replayable at
 # ollama.com while its ts is fresh) and any client copy of what the gate asserts.
@@ -77,9 +83,9 @@ def label(admitted: Admitted) -> str:
 
 
 class _Verifying:
-    enforceable = None  # which lines this mode can enforce (None: every line)
+    enforceable: Callable[[Grant], bool] | None = None  # which lines this mode can enforce (None: every line)
 
-    def __init__(self, keys: KeyFile, max_skew: float, clock=time.time) -> None:
+    def __init__(self, keys: KeyFile, max_skew: float, clock: Callable[[], float] = time.time) -> None:
         self.keys, self.max_skew, self.clock = keys, max_skew, clock
 
     def live(self, admitted: Admitted, address: str) -> list | Refused:
@@ -89,7 +95,7 @@ class _Verifying:
         lines = restrict.live_lines(admitted.grants, address, self.clock(), self.enforceable, who=_who(admitted))
         return _theirs(admitted, lines) if isinstance(lines, Refused) else lines
 
-    def check(self, method: str, target: str, headers) -> Admitted | Refused:
+    def check(self, method: str, target: str, headers: Iterable[tuple[str, str]]) -> Admitted | Refused:
         authorization = authorization_header(list(headers))
         if isinstance(authorization, Refused):
             return authorization
@@ -100,14 +106,14 @@ class GatePolicy(_Verifying):
     """Reverse proxy: verify the request as received, forward it unchanged but
     for Host, without Authorization, with who it is from."""
 
-    def __init__(self, keys: KeyFile, max_skew: float, upstream_host: str, clock=time.time,
+    def __init__(self, keys: KeyFile, max_skew: float, upstream_host: str, clock: Callable[[], float] = time.time,
                  max_body: int = MAX_BODY_BYTES) -> None:
         super().__init__(keys, max_skew, clock)
         self.upstream_host = upstream_host
         self.max_body = max_body
         self.in_flight = restrict.InFlight()
 
-    def decide(self, head: Head) -> Forward | Answer:
+    def decide(self, head: Head) -> Forward | Answer | NeedBody:
         result = self.check(head.method, head.target, head.headers)
         if isinstance(result, Admitted) and result.name == HEALTH_CHECK_NAME and not result.fingerprint and request_has_body(head):
             # The one unsigned request admitted must not carry anything to Ollama (or hold a slot while it trickles).
@@ -200,8 +206,8 @@ class AuthOnlyPolicy(_Verifying):
     matched against the address a trusted front reports (:func:`front_reported_address`).
     """
 
-    def __init__(self, keys: KeyFile, max_skew: float, clock=time.time, path_prefix: str | None = None,
-                 trusted_fronts=()) -> None:
+    def __init__(self, keys: KeyFile, max_skew: float, clock: Callable[[], float] = time.time, path_prefix: str | None = None,
+                 trusted_fronts: Iterable[IPNetwork] = ()) -> None:
         super().__init__(keys, max_skew, clock)
         self.path_prefix = path_prefix
         self.trusted_fronts = tuple(trusted_fronts)
@@ -254,7 +260,7 @@ def parse_trusted_fronts(text: str) -> tuple:
     return tuple(networks)
 
 
-def front_reported_address(head: Head, trusted) -> str:
+def front_reported_address(head: Head, trusted: Iterable[IPNetwork]) -> str:
     """The client's address as a trusted front server reports it, else "".
 
     Only when the auth request itself comes from a trusted front (``head.peer``) is

@@ -66,7 +66,7 @@ def _no_constant(name: str) -> Any:
     raise GoJSONError(f"invalid literal {name}")
 
 
-class Pairs(list):  # type: ignore[type-arg]
+class Pairs(list[tuple[str, Any]]):
     """A JSON object: its (key, value) pairs in document order (arrays stay plain lists)."""
 
 

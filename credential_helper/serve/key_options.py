@@ -24,11 +24,14 @@ second ``from`` and keeps the earliest of several ``expiry-time``; here any
 duplicate refuses the line (grant less).
 """
 
+from __future__ import annotations
+
 import calendar
 import functools
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_PATTERNS = 256
@@ -168,7 +171,7 @@ def _value(name: str, raw: str) -> object:
     return int(raw)
 
 
-def _pattern_list(raw: str, name: str, check) -> tuple[str, ...]:
+def _pattern_list(raw: str, name: str, check: Callable[[str], None]) -> tuple[str, ...]:
     entries = raw.split(",")
     if len(entries) > MAX_PATTERNS:
         raise OptionError(f"{name}= holds more than {MAX_PATTERNS} patterns")
@@ -208,7 +211,8 @@ def _check_model_pattern(pattern: str) -> None:
 
 
 def _compile_addresses(patterns: tuple[str, ...]) -> tuple:
-    compiled = []
+    # (negated, a network, or None and a glob pattern)
+    compiled: list[tuple[bool, ipaddress.IPv4Network | ipaddress.IPv6Network | None, str | None]] = []
     for entry in patterns:
         negated = entry.startswith("!")
         bare = entry[1:] if negated else entry
@@ -250,7 +254,7 @@ def parse_timespec(raw: str) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _compiled(pattern: str, within: str = "") -> "re.Pattern[str]":
+def _compiled(pattern: str, within: str = "") -> re.Pattern[str]:
     anything = f"[^{re.escape(within)}]" if within else "."
     return re.compile("".join(anything + "*" if ch == "*" else anything if ch == "?" else re.escape(ch) for ch in pattern),
                       re.DOTALL)

@@ -52,7 +52,7 @@ path, and the walk of rule 1 whenever that changes and at least every
 import os
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import IdentityError
 from ..sanitize import printable
@@ -146,6 +146,7 @@ class KeyFile:
         self._data: bytes | None = None
         self._file: tuple | None = None  # the mark of the file in force, while usable
         self._walk_due = 0
+        self._keys: AuthorizedKeys  # set by _install, first below
         data, seen, after = _first_read(path)
         # Nothing was in force before: the first read is used even while it may be
         # settling (rule 4 still holds), and read again once it has settled.

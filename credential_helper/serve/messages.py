@@ -7,8 +7,10 @@ a few places, because the server behind it may read the same bytes differently
 head before any policy sees it.
 """
 
+from __future__ import annotations
+
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 MAX_HEAD_BYTES = 32 * 1024  # request line and header fields together
@@ -82,7 +84,7 @@ class NeedBody:
     then calls ``then(body)`` for the decision."""
 
     limit: int
-    then: Callable[[bytes], "Forward | Answer"]
+    then: Callable[[bytes], Forward | Answer]
     who: str | None = None  # the caller, for the log of an answer the engine gives itself (413, 400)
     key: str = ""
 
@@ -187,7 +189,7 @@ def head_problem(raw: bytes, head: Head) -> str | None:
     return None
 
 
-def connection_tokens(headers) -> set[str]:
+def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     """Field names listed in Connection: hop-by-hop for this message too (RFC 9110 7.6.1)."""
     return {
         token.strip().lower()
@@ -204,7 +206,7 @@ def field_key(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def end_to_end(headers, also_drop=frozenset()) -> list[tuple[str, str]]:
+def end_to_end(headers: Sequence[tuple[str, str]], also_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """The fields an intermediary passes on: no hop-by-hop field, none that
     Connection names, no framing field, nothing in ``also_drop`` (lower case,
     with ``-``); each name compared through :func:`field_key`."""

@@ -11,11 +11,17 @@ label set is bounded, whatever a caller sends:
   model the server has); past MAX_MODELS distinct names, ``other``.
 """
 
+from __future__ import annotations
+
 import threading
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import record
+
+if TYPE_CHECKING:
+    from .messages import Answer, Head
 
 MAX_MODELS = 200
 # Seconds: from a refusal (well under a millisecond) to a long generation.
@@ -74,7 +80,7 @@ class Metrics:
             self._models.add(model)
             return model
 
-    def serve(self, address: tuple[str, int]) -> "Exporter":
+    def serve(self, address: tuple[str, int]) -> Exporter:
         return Exporter(self.registry, address)
 
 
@@ -89,7 +95,7 @@ class Exporter:
     bounds as the gate. The text itself is prometheus_client's (``choose_encoder``
     answers OpenMetrics when Prometheus asks for it)."""
 
-    def __init__(self, registry, address: tuple[str, int]) -> None:
+    def __init__(self, registry: CollectorRegistry, address: tuple[str, int]) -> None:
         from ..errors import ListenError
         from . import server
 
@@ -117,11 +123,11 @@ class Exporter:
 class _Scrape:
     """The exporter's policy: GET or HEAD /metrics, nothing else."""
 
-    def __init__(self, registry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.hosts: frozenset[str] | None = None  # Host values answered (None: any, --metrics-public)
 
-    def decide(self, head):
+    def decide(self, head: Head) -> Answer:
         from prometheus_client.exposition import choose_encoder
 
         from .messages import Answer

@@ -59,7 +59,7 @@ def parse_name(s: str) -> tuple[str, str, str, str] | None:
     else:
         model = s
     parts = (host or "registry.ollama.ai", namespace or "library", model, tag or "latest")  # Merge(DefaultName())
-    if not all(_PART[k].fullmatch(v) for k, v in zip(_PART, parts)):
+    if not all(_PART[k].fullmatch(v) for k, v in zip(_PART, parts, strict=True)):
         return None
     return parts
 

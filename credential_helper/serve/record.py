@@ -7,8 +7,11 @@ string in it went through ``sanitize.printable`` and a bound before it got here
 or goes through it when a line is written.
 """
 
+from __future__ import annotations
+
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import sanitize
@@ -43,7 +46,7 @@ def endpoint(path: str) -> str:
     return "other"
 
 
-def reason_class(status, reason: str) -> str:
+def reason_class(status: int | None, reason: str) -> str:
     """The bounded class of an answer: "" for a success, a REASONS word, or "other"."""
     if reason:
         return reason if reason in REASONS else "other"
@@ -118,10 +121,13 @@ def _rfc3339(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((seconds - whole) * 1000):03d}Z"
 
 
+Observer = Callable[[Record], None]  # what a Server hands each request's record to
+
+
 class Logger:
     """The observer that writes each record as a log line (``--log-format text|json``)."""
 
-    def __init__(self, write, log_format: str = "text") -> None:
+    def __init__(self, write: Callable[[str], None], log_format: str = "text") -> None:
         self.write = write
         self.format = json_line if log_format == "json" else text_line
 
@@ -129,7 +135,7 @@ class Logger:
         self.write(self.format(record))
 
 
-def fan_out(*observers):
+def fan_out(*observers: Observer | None) -> Observer:
     """One observer that calls each of ``observers`` (None skipped) in turn."""
     chosen = [observer for observer in observers if observer is not None]
     if len(chosen) == 1:

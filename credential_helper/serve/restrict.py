@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..sanitize import printable
-from .authorized_keys import Grant
-from .key_options import address_allowed, expired, model_allowed
+from .authorized_keys import AuthorizedKeys, Grant
+from .key_options import KeyOptions, address_allowed, expired, model_allowed
 from .verify import Refused
 
 
@@ -45,7 +45,7 @@ def live_lines(grants: Sequence[Grant], address: str, now: float, enforceable: C
             continue
         if enforceable is not None and not enforceable(grant):
             continue
-        if expired(options, now):
+        if expired(options, now) and options.expiry is not None:  # expired() needs an expiry
             expired_at.append(options.expiry)
             continue
         if options.from_patterns is not None and not (address and address_allowed(options, address)):
@@ -63,13 +63,13 @@ def live_lines(grants: Sequence[Grant], address: str, now: float, enforceable: C
     return Refused(403, f"key {who} has no line this gate can enforce in this mode", reason="not-granted")
 
 
-def line_options(keys) -> list:
+def line_options(keys: AuthorizedKeys) -> list:
     """(line number, options) of every usable line of a parsed file, in file order."""
     entries = [entry for lines in keys._by_key.values() for entry in lines] + list(keys._wildcards)
     return sorted(((entry.line, entry.options) for entry in entries), key=lambda pair: pair[0])
 
 
-def auth_only_problems(entries, can_see_address: bool) -> list[str]:
+def auth_only_problems(entries: Iterable[tuple[int, KeyOptions]], can_see_address: bool) -> list[str]:
     """Why lines cannot be enforced by ``--auth-only``: (line number, options) pairs in,
     one message per line out. A front's auth request carries no body and the gate never
     sees the answer, so ``models=`` and ``max-concurrent=`` need reverse-proxy mode;
@@ -106,7 +106,7 @@ def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Re
         if all(model_allowed(grant.options, name) for name in names):
             return None
     denied = next(name for name in names if not any(model_allowed(g.options, name) for g in lines))
-    rules = "; ".join(f"line {grant.line} allows models=\"{printable(','.join(grant.options.models))[:200]}\"" for grant in lines[:4])
+    rules = "; ".join(f"line {grant.line} allows models=\"{printable(','.join(grant.options.models or ()))[:200]}\"" for grant in lines[:4])
     return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model")
 
 
@@ -129,7 +129,7 @@ class InFlight:
             if count >= limit:
                 return None
             self._counts[key] = count + 1
-        done = []
+        done: list[bool] = []
 
         def release() -> None:
             if done:

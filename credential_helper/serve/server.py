@@ -2,22 +2,34 @@
 and a graceful stop. Each accepted connection is an engine.ClientConnection on
 its own thread."""
 
+from __future__ import annotations
+
 import socket
 import ssl
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from ..errors import InputError, ListenError
 from . import record
 from .engine import ClientConnection
+from .messages import Answer, Forward, Head, NeedBody
 from .upstream import Upstream
+
+
+class Policy(Protocol):
+    """What decides each request (sign.SigningPolicy, gate.GatePolicy, gate.AuthOnlyPolicy)."""
+
+    def decide(self, head: Head) -> Forward | Answer | NeedBody: ...
 
 MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 
 
-def listening_socket(address, prepare_socket=None) -> socket.socket:
+def listening_socket(address: tuple[str, int],
+                     prepare_socket: Callable[[socket.socket], None] | None = None) -> socket.socket:
     """A socket bound and listening on ``address``; a failure is one line with its
     exit code (errors.py), never an internal error: a port in use, an address this
     machine does not have, a privileged port, a host name that does not resolve."""
@@ -49,7 +61,7 @@ def listen_problem(shown: str, exc: OSError) -> str:
                           "or stop that program (ss -ltnp shows which)",
         errno.EACCES: "permission denied (ports below 1024 need privileges): choose a port from 1024 up",
         errno.EADDRNOTAVAIL: "this machine has no such address: listen on one of its own addresses, or 0.0.0.0",
-    }.get(exc.errno, exc.strerror or str(exc))
+    }.get(exc.errno or 0, exc.strerror or str(exc))
     return f"cannot listen on {shown}: {why}"
 
 
@@ -79,14 +91,19 @@ class Budget:
 
 
 class Server:
-    def __init__(self, address, policy, *, upstream: Upstream | None, log, timeout: float = 300.0,
+    policy: Policy  # None at construction when it needs the bound port: set before run()
+
+    def __init__(self, address: tuple[str, int], policy: Policy | None, *, upstream: Upstream | None,
+                 log: Callable[[str], None], timeout: float = 300.0,
                  max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
-                 tls_context: ssl.SSLContext | None = None, prepare_socket=None, observe=None,
-                 count_usage: bool = False) -> None:
+                 tls_context: ssl.SSLContext | None = None, prepare_socket: Callable[[socket.socket], None] | None = None,
+                 observe: record.Observer | None = None, count_usage: bool = False) -> None:
         self.sock = listening_socket(address, prepare_socket)
         self.sock.settimeout(0.2)
         self.address = self.sock.getsockname()[:2]
-        self.policy, self.upstream, self.log = policy, upstream, log
+        if policy is not None:
+            self.policy = policy
+        self.upstream, self.log = upstream, log
         # Each request's record goes to one observer: the log line, and metrics when asked for.
         self.observe = observe if observe is not None else record.Logger(log)
         self.count_usage = count_usage  # read token counts from answers (the JSON log, metrics)
@@ -98,8 +115,8 @@ class Server:
         self.stopping = threading.Event()
         self.in_flight = 0
         self._lock = threading.Lock()
-        self._open: set = set()
-        self._idle: OrderedDict = OrderedDict()  # connections waiting for a request head, oldest first
+        self._open: set[ClientConnection] = set()
+        self._idle: OrderedDict[ClientConnection, None] = OrderedDict()  # connections waiting for a request head, oldest first
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -107,7 +124,7 @@ class Server:
         while not self.stopping.is_set():
             try:
                 sock, peer = self.sock.accept()
-            except (socket.timeout, BlockingIOError, InterruptedError):
+            except (TimeoutError, BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 if self.stopping.is_set():
@@ -132,14 +149,14 @@ class Server:
                 self._idle[client] = None
             threading.Thread(target=client.run, daemon=True).start()
 
-    def idle(self, client, waiting: bool) -> None:
+    def idle(self, client: ClientConnection, waiting: bool) -> None:
         with self._lock:
             if waiting:
                 self._idle[client] = None
             else:
                 self._idle.pop(client, None)
 
-    def closed(self, client) -> None:
+    def closed(self, client: ClientConnection) -> None:
         with self._lock:
             self._open.discard(client)
             self._idle.pop(client, None)
@@ -168,7 +185,8 @@ class Server:
             self.in_flight += delta
 
 
-def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reload=None) -> int:
+def run(server: Server, *, grace: float, log: Callable[[str], None], stop_signals: Iterable[int],
+        ready: Callable[[Server], None] | None = None, on_reload: Callable[[], None] | None = None) -> int:
     """Serve until a stop signal; then stop accepting, let requests in flight
     finish within ``grace`` seconds, and return 0. ``SIGHUP`` (where it exists)
     calls ``on_reload`` from this thread, not from the signal handler."""
@@ -189,7 +207,8 @@ def run(server: Server, *, grace: float, log, stop_signals, ready=None, on_reloa
         while not stop.wait(0.2):
             if reload.is_set():
                 reload.clear()
-                on_reload()
+                if on_reload is not None:  # always: reload is set only then
+                    on_reload()
     finally:
         server.stop_accepting()
         loop.join(timeout=2)

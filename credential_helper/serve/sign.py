@@ -14,14 +14,21 @@ Who may use it, checked in this order, each before anything is forwarded:
 3. the local access token, compared whole and in constant time.
 """
 
+from __future__ import annotations
+
 import hmac
 import os
 import secrets
 import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .. import client, policy, protocol, system
 from ..errors import HelperError, IdentityError, InputError
 from .messages import Answer, Forward, Head, end_to_end
+
+if TYPE_CHECKING:
+    from ..identity import Identity
 
 TOKEN_FILE = "proxy-token"
 MIN_TOKEN_CHARS = 32
@@ -108,6 +115,8 @@ class Signer:
         self.upstream = upstream
         # load_credential never takes the local token for an API key (policy.check_not_local_token).
         key_bytes, api_key = client.load_credential(identity_path)
+        self.identity: Identity | None
+        self.api_key: str | None
         if api_key is not None:
             policy.check_api_key_destination(upstream)
             self.identity, self.api_key = None, api_key
@@ -115,6 +124,7 @@ class Signer:
         else:
             from ..identity import parse_private_key
 
+            assert key_bytes is not None  # load_credential gives the key or the API key
             self.identity, self.api_key = parse_private_key(key_bytes, identity_path), None
             self.description = f"key {self.identity.fingerprint}"
         self._lock = threading.Lock()
@@ -124,6 +134,7 @@ class Signer:
         url = protocol.parse_url(f"{self.upstream}{target}", what="request URL")
         if self.api_key is not None:
             return url.request_target, protocol.bearer(self.api_key)
+        assert self.identity is not None  # no API key: the key file's identity
         plan, authorization = client.sign_parsed(method, url, self.identity)
         return plan.url.request_target, authorization
 
@@ -140,7 +151,7 @@ def own_hosts(address: tuple[str, int]) -> frozenset[str]:
     return frozenset([f"{name}:{port}" for name in names] + (list(names) if port == 80 else []))
 
 
-def parse_origins(values) -> frozenset[tuple[str, str, int]]:
+def parse_origins(values: Iterable[str] | None) -> frozenset[tuple[str, str, int]]:
     """``--allow-origin`` values as comparable origins (scheme, host, port)."""
     found = set()
     for value in values or ():
@@ -171,7 +182,8 @@ def browser_problem(head: Head, allowed: frozenset) -> str | None:
 class SigningPolicy:
     """The proxy: admit the local token holder, sign, forward."""
 
-    def __init__(self, signer: Signer, token: str | None, address: tuple[str, int], allowed_origins=frozenset()) -> None:
+    def __init__(self, signer: Signer, token: str | None, address: tuple[str, int],
+                 allowed_origins: frozenset[tuple[str, str, int]] = frozenset()) -> None:
         self.signer = signer
         self.token = token.encode() if token is not None else None
         self.hosts = own_hosts(address)

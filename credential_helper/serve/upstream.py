@@ -6,27 +6,31 @@ ends, and whether the connection may carry another request: a connection goes
 back to the pool only when both sides finished their messages cleanly.
 """
 
+from __future__ import annotations
+
 import os
-import selectors
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import h11
 
-from .. import protocol
+from .. import protocol, system
 from ..errors import NetworkError
+
+if TYPE_CHECKING:
+    from ..proxy_env import Proxy
 
 CONNECT_TIMEOUT = 10.0
 MAX_IDLE_UPSTREAM = 32
 MAX_IDLE_SECONDS = 20.0  # servers drop idle connections; do not find out mid-request
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head
 
-# poll(2) where the system has it: any fd number (select() fails above 1024) and,
-# unlike epoll or kqueue, no kernel object to create, register with and close on
-# every use (three system calls per request saved, each a GIL hand-off).
-Selector = getattr(selectors, "PollSelector", selectors.DefaultSelector)
+# poll(2) where the system has it, select() on Windows (system.selector_class says why).
+Selector = system.selector_class()
 
 
 def set_timeout(sock: socket.socket, seconds: float) -> None:
@@ -43,7 +47,7 @@ class Connection:
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.idle_since = 0.0
 
-    def send(self, event) -> None:
+    def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
             self.sock.sendall(data)
@@ -53,9 +57,7 @@ class Connection:
         nobody must never be read as the answer to the next request)."""
         if self.h11.trailing_data[0] or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return False
-        with Selector() as selector:
-            selector.register(self.sock, selectors.EVENT_READ)
-            return not selector.select(0)
+        return not system.readable_now(self.sock)
 
     def close(self) -> None:
         try:
@@ -68,13 +70,13 @@ class Upstream:
     """Where requests go: ``url`` (scheme and host), through ``HTTPS_PROXY`` /
     ``HTTP_PROXY`` when Go's rules say so (proxy_env)."""
 
-    def __init__(self, url: protocol.URL, read_timeout: float, environ=None) -> None:
+    def __init__(self, url: protocol.URL, read_timeout: float, environ: Mapping[str, str] | None = None) -> None:
         from ..proxy_env import proxy_for
 
         self.url = url
         self.read_timeout = read_timeout
         self.via = proxy_for(url, os.environ if environ is None else environ)
-        self.context = None
+        self.context: ssl.SSLContext | None = None
         if url.scheme == "https":
             from ..transport import tls_context
 
@@ -133,9 +135,9 @@ class Upstream:
             # Head and body go out in separate writes: without this, Nagle's
             # algorithm holds the body until the server's delayed ACK (~40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.url.scheme == "https":
+            if self.context is not None:  # https
                 if self.via is not None:
-                    self._tunnel(sock, f"{host}:{port}")
+                    self._tunnel(sock, f"{host}:{port}", self.via)
                 sock = self.context.wrap_socket(sock, server_hostname=host)
             sock.settimeout(self.read_timeout)
         except BaseException:
@@ -143,11 +145,11 @@ class Upstream:
             raise
         return Connection(sock)
 
-    def _tunnel(self, sock: socket.socket, authority: str) -> None:
-        """CONNECT through the http:// proxy (RFC 9110 9.3.6), with h11 reading its answer."""
+    def _tunnel(self, sock: socket.socket, authority: str, via: Proxy) -> None:
+        """CONNECT through the http:// proxy ``via`` (RFC 9110 9.3.6), with h11 reading its answer."""
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         headers = [("Host", authority)]
-        authorization = self.via.authorization()
+        authorization = via.authorization()
         if authorization:
             headers.append(("Proxy-Authorization", authorization))
         sock.sendall(conn.send(h11.Request(method="CONNECT", target=authority, headers=headers)))
@@ -158,11 +160,11 @@ class Upstream:
                 event = conn.next_event()
             except h11.RemoteProtocolError:
                 # Not shown: the proxy's own bytes can echo its credentials.
-                raise NetworkError(f"the proxy {self.via} ({self.via.variable}) sent a malformed answer to CONNECT") from None
+                raise NetworkError(f"the proxy {via} ({via.variable}) sent a malformed answer to CONNECT") from None
             if event is h11.NEED_DATA:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise socket.timeout("the proxy did not answer CONNECT in time")
+                    raise TimeoutError("the proxy did not answer CONNECT in time")
                 sock.settimeout(left)
                 conn.receive_data(sock.recv(65536))
                 continue
@@ -174,7 +176,7 @@ class Upstream:
                 # Its reason phrase is not shown: a proxy can echo the credentials in it.
                 hint = " (check the user and password in the proxy URL)" if event.status_code == 407 else ""
                 raise NetworkError(
-                    f"the proxy {self.via} ({self.via.variable}) refused the tunnel to {authority} "
+                    f"the proxy {via} ({via.variable}) refused the tunnel to {authority} "
                     f"with status {event.status_code}{hint}"
                 )
-            raise NetworkError(f"the proxy {self.via} closed the tunnel to {authority}")
+            raise NetworkError(f"the proxy {via} closed the tunnel to {authority}")

@@ -15,8 +15,11 @@ one parse at the end; a body whose final object does not fit in the tail (a larg
 embedding) falls back to reading the two top-level counts by pattern.
 """
 
+from __future__ import annotations
+
 import json
 import re
+from typing import Any
 
 TAIL = 64 * 1024
 # Inside a JSON string (model text) the name's quotes are escaped, \"eval_count\": never a match.
@@ -68,7 +71,7 @@ class Scanner:
         return _by_pattern(tail)
 
 
-def counts(value) -> tuple[int, int, str] | None:
+def counts(value: Any) -> tuple[int, int, str] | None:  # decoded JSON
     """(prompt, completion, model) from one decoded object, or None when it has none."""
     if not isinstance(value, dict):
         return None
@@ -91,7 +94,7 @@ def _name(value: dict) -> str:
     return model[:200] if isinstance(model, str) else ""
 
 
-def _number(value) -> int:
+def _number(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**15 else 0
 
 
