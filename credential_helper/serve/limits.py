@@ -17,3 +17,6 @@ class Limits:
     upstream: float = 300.0  # --timeout: the upstream's whole answer head, then each wait for more body
     connections: int = 512  # open client connections; at the cap the longest-waiting idle one is closed
     in_flight: int = 128  # --max-concurrency: requests relayed at once; more get 503
+    # Request bodies held whole for a policy that reads them (the gate's models=), all connections
+    # together: each may hold one up to 32 MiB, and 512 of them would be 16 GiB. Past this: 503.
+    held_bodies: int = 256 << 20

@@ -65,6 +65,25 @@ def listen_problem(shown: str, exc: OSError) -> str:
     return f"cannot listen on {shown}: {why}"
 
 
+class Budget:
+    """Bytes held across connections, bounded by ``total``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.held = total, 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.total:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
 class Server:
     policy: Policy  # None at construction when it needs the bound port: set before run()
 
@@ -85,6 +104,7 @@ class Server:
         self.limits = limits if limits is not None else Limits()  # every bound, handed in (limits.py)
         self.verbose, self.tls_context = verbose, tls_context
         self.slots = threading.BoundedSemaphore(self.limits.in_flight)
+        self.body_budget = Budget(self.limits.held_bodies)  # request bodies held whole for the policy (models=)
         self.stopping = threading.Event()
         self.in_flight = 0
         self._lock = threading.Lock()
