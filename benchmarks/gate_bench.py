@@ -1,6 +1,11 @@
 """The gate against direct, side by side in one run (issue 15, "Performance").
 
-    python benchmarks/gate_bench.py [--upstream minimal|standin] [--clients N] [--seconds S]
+    python benchmarks/gate_bench.py [--upstream minimal|standin] [--clients N] [--seconds S] [--old TREE] [--repeat R]
+
+``--old TREE`` also runs the gate and auth-only of another checkout (``python -m``,
+its package first on PYTHONPATH) beside these, round by round, and prints the
+per-round ratios: a before/after in one run on a noisy machine. ``--rounds 0``
+skips the latency part.
 
 Three servers run as separate processes: a loopback upstream standing in for
 ``ollama serve``, ``ollama-credential-helper gate --upstream`` in front of it (the
@@ -27,6 +32,7 @@ Asserts nothing; a non-2xx answer is counted and printed.
 
 import argparse
 import asyncio
+import collections
 import os
 import shutil
 import socket
@@ -47,13 +53,36 @@ BODY = b'{"models":[{"name":"stand-in:latest","model":"stand-in:latest","size":1
 
 class _MinimalHTTP(asyncio.Protocol):
     """Answers every request head with one fixed 200, kept alive. Reads a
-    Content-Length body and skips it; nothing else (no chunked requests)."""
+    Content-Length body and skips it; nothing else (no chunked requests).
+
+    With ``CHUNKS`` set, each answer is instead a chunked stream of that many
+    ndjson lines, ``GAP`` seconds apart (as ``ollama serve`` streams a chat), so
+    whatever relays it reads each answer in many pieces."""
 
     ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
+    STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n"
+    CHUNKS, GAP = 0, 0.002
 
     def connection_made(self, transport) -> None:
         self.transport, self.buffer, self.skip = transport, b"", 0
+        self.pieces: collections.deque[bytes] = collections.deque()
+        self.streaming = False
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _streamed(self) -> None:
+        """Queue one chunked answer; pieces leave GAP apart, answers in order."""
+        for i in range(self.CHUNKS):
+            line = b'{"model":"stand-in","message":{"role":"assistant","content":"word %d "},"done":false}\n' % i
+            self.pieces.append((self.STREAM_HEAD if i == 0 else b"") + b"%x\r\n%s\r\n" % (len(line), line))
+        self.pieces[-1] += b"0\r\n\r\n"
+        if not self.streaming:
+            self._next_piece()
+
+    def _next_piece(self) -> None:
+        self.streaming = bool(self.pieces) and not self.transport.is_closing()
+        if self.streaming:
+            self.transport.write(self.pieces.popleft())
+            asyncio.get_running_loop().call_later(self.GAP, self._next_piece)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -71,12 +100,17 @@ class _MinimalHTTP(asyncio.Protocol):
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
                 self.skip = int(head[at + 17:].split(b"\r\n", 1)[0])
-            out.append(self.ANSWER)
+            if self.CHUNKS:
+                self._streamed()
+            else:
+                out.append(self.ANSWER)
         if out:
             self.transport.write(b"".join(out))
 
 
-def serve_minimal() -> int:
+def serve_minimal(chunks: int = 0, gap: float = 0.002) -> int:
+    _MinimalHTTP.CHUNKS, _MinimalHTTP.GAP = chunks, gap
+
     async def main() -> None:
         server = await asyncio.get_running_loop().create_server(_MinimalHTTP, "127.0.0.1", 0, backlog=512)
         print(server.sockets[0].getsockname()[1], flush=True)
@@ -100,9 +134,9 @@ while True:
 # -- processes ------------------------------------------------------------------------------------
 
 class Process:
-    def __init__(self, name: str, command: list[str], env: dict, port_from_banner: bool) -> None:
+    def __init__(self, name: str, command: list[str], env: dict, port_from_banner: bool, cwd: str | None = None) -> None:
         self.name = name
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         stream = self.process.stderr if port_from_banner else self.process.stdout
         first = stream.readline()
         if not first:
@@ -245,10 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="kept-alive connections for throughput (default: 8)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measure (default: 3)")
     parser.add_argument("--rounds", type=int, default=400, help="latency rounds (default: 400)")
+    parser.add_argument("--old", metavar="TREE", help="also run the gate and auth-only of another checkout (its package first "
+                        "on PYTHONPATH, this interpreter), alternating with this one: a before/after in one run")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating throughput rounds (default: 3)")
     parser.add_argument("--serve-minimal", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunks", type=int, default=0, help=argparse.SUPPRESS)  # --serve-minimal: stream N chunks
+    parser.add_argument("--gap", type=float, default=0.002, help=argparse.SUPPRESS)  # --serve-minimal: seconds between chunks
     args = parser.parse_args(argv)
     if args.serve_minimal:
-        return serve_minimal()
+        return serve_minimal(args.chunks, args.gap)
 
     work = tempfile.mkdtemp(prefix="och-gate-bench-")
     processes: list[Process] = []
@@ -277,12 +316,23 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(gate)
         auth = Process("auth-only", [exe, "gate", "--auth-only", *common], env, True)
         processes.append(auth)
+        old = {}
+        if args.old:
+            tree = os.path.abspath(args.old)
+            # "python -m" puts the working directory first on sys.path: run it in the tree.
+            old_env, old_exe = {**env, "PYTHONPATH": tree}, [sys.executable, "-m", "credential_helper"]
+            old["gate-old"] = Process("gate-old", [*old_exe, "gate", "--upstream", f"http://127.0.0.1:{upstream.port}", *common],
+                                      old_env, True, cwd=tree)
+            old["auth-old"] = Process("auth-old", [*old_exe, "gate", "--auth-only", *common], old_env, True, cwd=tree)
+            processes.extend(old.values())
+            print(f"old: {tree} (gate-old, auth-old)")
         print(f"upstream: {args.upstream} on port {upstream.port}")
         print(f"gate: {gate.banner}")
         print(f"auth-only: {auth.banner}")
 
-        times = latency(identity, upstream.port, gate.port, auth.port, args.rounds)
-        print(f"latency, small signed GET /api/tags, one at a time, kept-alive, {args.rounds} rounds (direct, gate, auth-only):")
+        times = latency(identity, upstream.port, gate.port, auth.port, args.rounds) if args.rounds else {}
+        if times:
+            print(f"latency, small signed GET /api/tags, one at a time, kept-alive, {args.rounds} rounds (direct, gate, auth-only):")
         for name, values in times.items():
             line = f"  {name:10} median {ms(statistics.median(values))}  p99 {ms(percentile(values, 0.99))}"
             if name != "direct":
@@ -295,20 +345,28 @@ def main(argv: list[str] | None = None) -> int:
         plain = [request for request, _ in pools]
         nginx = [auth_request for _, auth_request in pools]
         targets = {"direct": (upstream, plain), "gate": (gate, plain), "auth-only": (auth, nginx)}
+        if old:  # each beside its counterpart
+            targets = {"direct": (upstream, plain), "gate": (gate, plain), "gate-old": (old["gate-old"], plain),
+                       "auth-only": (auth, nginx), "auth-old": (old["auth-old"], nginx)}
         rates: dict[str, list[float]] = {name: [] for name in targets}
-        cpu: dict[str, list[float]] = {"upstream (direct)": [], "gate": [], "auth-only": []}
+        cpu: dict[str, list[float]] = {"upstream (direct)": [], **{name: [] for name in targets if name != "direct"}}
         bad_total = 0
-        for _ in range(3):  # alternate, so each gets the same share of the machine's noise
+        for _ in range(args.repeat):  # alternate, so each gets the same share of the machine's noise
             for name, (process, pool) in targets.items():
                 before = process.cpu_seconds()
                 rate, answers, bad = throughput(process.port, pool, args.clients, args.seconds)
                 bad_total += bad
                 rates[name].append(rate)
                 cpu["upstream (direct)" if name == "direct" else name].append((process.cpu_seconds() - before) / max(answers, 1))
-        print(f"throughput, {args.clients} kept-alive clients, {args.seconds:g} s each, 3 alternating rounds (median round):")
+        print(f"throughput, {args.clients} kept-alive clients, {args.seconds:g} s each, {args.repeat} alternating rounds (median round):")
         print("  " + "   ".join(f"{name} {statistics.median(values):,.0f}/s" for name, values in rates.items())
               + "   (rounds: " + "; ".join(f"{name} " + ", ".join(f"{v:,.0f}" for v in values) for name, values in rates.items()) + ")")
         print("  server CPU per answer: " + "   ".join(f"{name} {statistics.median(values) * 1e6:.0f} us" for name, values in cpu.items()))
+        if old:  # per round, each beside its counterpart, so the machine's noise mostly cancels
+            for new_name, old_name in (("gate", "gate-old"), ("auth-only", "auth-old")):
+                ratios = [n / o for n, o in zip(rates[new_name], rates[old_name])]
+                print(f"  {new_name} / {old_name}: median x{statistics.median(ratios):.2f} (rounds: "
+                      + ", ".join(f"x{r:.2f}" for r in ratios) + ")")
         if bad_total:
             print(f"  WARNING: {bad_total} answers were not 2xx")
     finally:

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from credential_helper import protocol
     from credential_helper.serve import engine, gate, server, sign
     from credential_helper.serve.authorized_keys import KeyFile
+    from credential_helper.serve.limits import Limits
     from credential_helper.serve.upstream import Upstream
 
     work = tempfile.mkdtemp(prefix="och-profile-")
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
         lines: list[str] = []
         upstream = None if args.mode == "auth-only" else Upstream(upstream_url, 30, environ={})
-        server = server.Server(("127.0.0.1", 0), None, upstream=upstream, log=lines.append, max_in_flight=256)
+        server = server.Server(("127.0.0.1", 0), None, upstream=upstream, log=lines.append, limits=Limits(in_flight=256))
         token = "t" * 43
         if args.mode == "proxy":
             server.policy = sign.SigningPolicy(sign.Signer(upstream_url, key, token), token, server.address)

@@ -136,6 +136,9 @@ def redact(text: str, secrets: Collection[str | None] = ()) -> str:
 def printable(text: str) -> str:
     """Escape sequences removed; every other non-printable becomes one space;
     runs of white space collapse. The result is one line that paints nothing."""
+    if text.isascii() and text.isprintable():
+        # No ESC, no C1, no control: nothing to remove (most log fields, once per request each).
+        return " ".join(text.split())
     text = _ESCAPE_SEQUENCE.sub("", text)
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 

@@ -467,10 +467,16 @@ if sys.platform == "win32":
         and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
         ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
         two sockets (client, upstream), so the cap never binds; the number of
-        connections is bounded by server.MAX_CONNECTIONS, not by select()."""
+        connections is bounded by serve/limits.Limits.connections, not by select()."""
         import selectors
 
         return selectors.SelectSelector
+
+    def readable_now(sock: Socket) -> bool:
+        """True when ``sock`` has bytes (or a close) to read at once."""
+        import select
+
+        return bool(select.select([sock], [], [], 0)[0])
 
 else:
 
@@ -480,6 +486,15 @@ else:
         import selectors
 
         return selectors.PollSelector
+
+    def readable_now(sock: Socket) -> bool:
+        """True when ``sock`` has bytes (or a close) to read at once: poll(2) directly,
+        once per relayed request (about 10x cheaper than a selectors object)."""
+        import select
+
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
 
 
 

@@ -16,6 +16,7 @@ from faults import KeepAliveServer
 
 from credential_helper import protocol
 from credential_helper.serve import server
+from credential_helper.serve.limits import Limits
 from credential_helper.serve.messages import Answer, Forward, Head, NeedBody
 from credential_helper.serve.upstream import Upstream
 
@@ -63,11 +64,11 @@ class Policy:
 def engine():
     started = []
 
-    def start(policy, respond=listing):
+    def start(policy, respond=listing, limits=None):
         upstream_server = KeepAliveServer(respond).__enter__()
         upstream = Upstream(protocol.URL("http", upstream_server.host, "", ""), 5, environ={})
         log: list[str] = []
-        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=log.append, timeout=5)
+        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=log.append, limits=limits or Limits(upstream=5))
         threading.Thread(target=served.serve_forever, daemon=True).start()
         started.append((served, upstream_server))
         return served.address[1], upstream_server, log
@@ -134,12 +135,9 @@ def test_a_malformed_chunked_body_is_400_and_nothing_goes_upstream(engine):
     assert reply.startswith(b"HTTP/1.1 400 ") and upstream.requests == []
 
 
-def test_a_body_that_stops_arriving_reaches_nothing(engine, monkeypatch):
-    from credential_helper.serve import engine as engine_module
-
-    monkeypatch.setattr(engine_module, "BODY_READ_TIMEOUT", 0.3)
+def test_a_body_that_stops_arriving_reaches_nothing(engine):
     policy = Policy()
-    port, upstream, _ = engine(policy)
+    port, upstream, _ = engine(policy, limits=Limits(body=0.3, upstream=5))
     reply = exchange(port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nallow", timeout=3)
     assert reply == b"" and upstream.requests == [] and policy.bodies == []
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import GOLDEN, assert_ollama_error_shape, helper_executable, load_vectors
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, keyfile, server
+from credential_helper.serve.limits import Limits
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.standin import REPLY_WORDS, StandIn
 from faults import CertificateAuthority, KeepAliveServer
@@ -54,7 +55,7 @@ class InProcessGate:
         self.log: list[str] = []
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 30, environ={})
         policy = gate.GatePolicy(KeyFile(keys_path, self.log.append), 300, upstream_host, clock=clock)
-        self.server = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.log.append, timeout=30)
+        self.server = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.log.append, limits=Limits(upstream=30))
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.port = self.server.address[1]

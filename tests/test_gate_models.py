@@ -21,6 +21,7 @@ from faults import KeepAliveServer
 from credential_helper import protocol
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, server
+from credential_helper.serve.limits import Limits
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import REPLY_WORDS, StandIn
@@ -50,7 +51,7 @@ class Gate:
         self.log: list[str] = []
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 30, environ={})
         self.policy = gate.GatePolicy(KeyFile(keys_path, self.log.append), 300, upstream_host, **policy)
-        self.server = server.Server(("127.0.0.1", 0), self.policy, upstream=upstream, log=self.log.append, timeout=30)
+        self.server = server.Server(("127.0.0.1", 0), self.policy, upstream=upstream, log=self.log.append, limits=Limits(upstream=30))
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.address[1]
         self.base = f"http://127.0.0.1:{self.port}"

@@ -20,6 +20,7 @@ from credential_helper import protocol
 from credential_helper.errors import EXIT_NETWORK, EXIT_USAGE, InputError, ListenError
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, record, server
+from credential_helper.serve.limits import Limits
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import StandIn
@@ -45,7 +46,7 @@ class Gate:
         observe = record.fan_out(record.Logger(self.text.append), record.Logger(self.json.append, "json"), self.records.append)
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={})
         policy = gate.GatePolicy(KeyFile(str(path), lambda line: None), 300, upstream_host, clock=clock)
-        self.server = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.text.append, timeout=5,
+        self.server = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.text.append, limits=Limits(upstream=5),
                                     observe=observe, count_usage=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.address[1]

@@ -34,6 +34,8 @@ warning naming its line number. Such lines are:
 - a name that can only be an endpoint list (it starts with ``/`` or holds a
   ``,``): ``ssh-ed25519 AAAA... /api/tags`` lost its name, and the draft would
   read ``/api/tags`` as the name and grant every endpoint;
+- a name that is one of the gate's options (``models="small"``, written after the
+  key where sshd reads a comment): as a name the line would grant without it;
 - a line for any key (``* *``) without an endpoint list: ``* * /api/tags`` and
   ``* * name`` are ``* * * /api/tags`` with a field missing, and the draft would
   give every key every endpoint. A line for any key states its endpoints;
@@ -62,6 +64,8 @@ MAX_LINE_CHARS = 8192
 MAX_NAME_CHARS = 256
 BOM = "\ufeff"
 
+# A name field that is one of the gate's options (key_options.py), misplaced after the key.
+_MISPLACED_OPTION = re.compile(r"(?i)(?:from|expiry-time|models|max-concurrent)=")
 # Go's regexp \s, which the draft uses to collapse white space.
 _GO_SPACE = re.compile(r"[\t\n\f\r ]+")
 _GO_SPACE_CHARS = "\t\n\f\r "
@@ -249,6 +253,13 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
         return None, None, None, (
             "a line for any key must state its endpoints: '* * <name or *> <endpoint>,...' "
             "(read as it stands, Ollama's draft would give every key every endpoint)"
+        )
+    if len(parts) >= 3 and _MISPLACED_OPTION.match(parts[2]):
+        # 'ssh-ed25519 AAAA... models="small" *': an option after the key, where sshd reads a
+        # comment; taken for a name, the line would grant every model, address and time.
+        return None, None, None, (
+            f"the third field {quoted(parts[2], 60)} is an option where the name goes; options come "
+            "before the key type: 'models=\"...\" ssh-ed25519 <public key> <name> <endpoint>,...'"
         )
     name = None
     if len(parts) >= 3 and parts[2] not in ("", "*"):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .. import policy, system
 from ..errors import InputError
+from .limits import Limits
 
 if TYPE_CHECKING:
     import ssl
@@ -81,7 +82,7 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request
     log, write = make_log(log_format)
     upstream = Upstream(upstream_url, timeout)
-    server = server_module.Server(address, None, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
+    server = server_module.Server(address, None, upstream=upstream, log=log, limits=Limits(upstream=timeout, in_flight=max_in_flight),
                            verbose=verbose, prepare_socket=system.prepare_listening_socket,
                            observe=record.Logger(write, log_format), count_usage=log_format == "json")
     server.policy = sign.SigningPolicy(signer, token, server.address, allowed)
@@ -171,7 +172,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         from . import metrics as metrics_module
 
         metrics = metrics_module.Metrics()
-    server = server_module.Server(address, decider, upstream=upstream, log=log, timeout=timeout, max_in_flight=max_in_flight,
+    server = server_module.Server(address, decider, upstream=upstream, log=log, limits=Limits(upstream=timeout, in_flight=max_in_flight),
                            verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket,
                            observe=record.fan_out(record.Logger(write, log_format), metrics),
                            count_usage=log_format == "json" or metrics is not None)

@@ -12,11 +12,11 @@ Rules it keeps (each cites why):
 - an upstream body cut short cuts the client's connection: never kept alive;
 - only a safe method without a body is retried on a fresh connection, and only
   when a reused connection failed before any answer (RFC 9110 9.2.1, RFC 9112 9.3.1);
-- a request head must arrive within HEAD_TIMEOUT in total; until it has, the
+- a request head must arrive within limits.head in total; until it has, the
   connection may be closed to make room at the cap (server.py);
 - a policy that needs the body to decide (``NeedBody``, the gate's models=) gets
-  all of it before a byte goes upstream, bounded (413 over, BODY_READ_TIMEOUT per
-  read as a relayed body), and the body goes on with one Content-Length, never
+  all of it before a byte goes upstream, bounded (413 over, limits.body per
+  read as a relayed body, 503 past the server's body_budget for all connections), and the body goes on with one Content-Length, never
   chunked as well (RFC 9112 6.1); a Forward's ``filter_answer`` holds the answer
   whole (bounded, a compressed one refused) and sends it with its new length;
   a Forward's ``release`` is called once however the request ends.
@@ -42,15 +42,20 @@ if TYPE_CHECKING:
     from .server import Server
     from .upstream import Connection
 
-HEAD_TIMEOUT = 10.0  # from a head's first byte (or a new connection's accept) to its end
-IDLE_TIMEOUT = 60.0  # a kept-alive connection with nothing to say
-BODY_READ_TIMEOUT = 60.0  # a request body that stops arriving
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
 # An upstream's reason phrase passed on: long enough for the gate's own 401 phrases (the
 # unknown key's SHA256 fingerprint, about 110 characters), which Ollama's CLI shows alone on a
 # streamed 401 (api/client.go stream); bounded, since it is an upstream's text.
 REASON_PHRASE_LIMIT = 200
-LINGER_SECONDS, LINGER_BYTES = 2.0, 1 << 20  # reading what a refused client still sends
+RECV_BYTES = 65536  # one read, from the client or the upstream
+# A request body in pieces this small costs h11 ~4 us each (and the relay a write each): 32 MiB
+# of 1-byte chunks was over 2 minutes of CPU. Past TINY_PIECES pieces, they must average TINY_BYTES.
+TINY_PIECES, TINY_BYTES = 4096, 256
+TINY_MESSAGE = f"the request body arrives in pieces of fewer than {TINY_BYTES} bytes on average; send it in larger chunks"
+
+
+def _tiny(pieces: int, size: int) -> bool:
+    return pieces > TINY_PIECES and size < pieces * TINY_BYTES
 
 
 class ClientGone(Exception):
@@ -63,14 +68,19 @@ class ClientConnection:
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
         self.sock = sock
+        self.limits = server.limits
         self.peer = peer_address(sock)  # once per connection, for Head.peer (from=, X-Forwarded-For)
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        # Every read lands here, allocated once: a fresh 64 KiB bytes per recv()
+        # left glibc's per-thread arenas holding freed heap under load (issue 21).
+        self._buffer = memoryview(bytearray(RECV_BYTES))
         self.evicted = False
         self.sent = 0  # body bytes the client has been sent for the current answer
         self.status: int | None = None  # the status of the answer being relayed, once its head went out
         self._out = bytearray()  # bytes for the client not yet written
         self._out_body = 0
         self.usage: usage.Scanner | None = None  # token counts of the answer being relayed
+        self._held = 0  # bytes of a body read for the policy, counted in server.body_budget
 
     def evict(self) -> None:
         self.evicted = True
@@ -82,11 +92,11 @@ class ClientConnection:
     def run(self) -> None:
         try:
             if self.server.tls_context is not None:
-                self.sock.settimeout(HEAD_TIMEOUT)
+                self.sock.settimeout(self.limits.head)
                 self.sock = self.server.tls_context.wrap_socket(self.sock, server_side=True)
             first = True
             while not self.server.stopping.is_set():
-                head = self._read_head(HEAD_TIMEOUT if first else IDLE_TIMEOUT)
+                head = self._read_head(self.limits.head if first else self.limits.idle)
                 first = False
                 if head is None or not self._serve(head):
                     break
@@ -116,17 +126,17 @@ class ClientConnection:
                 self.sock.shutdown(socket.SHUT_WR)  # the answer is complete: say so
             except OSError:
                 return
-        deadline, left = time.monotonic() + LINGER_SECONDS, LINGER_BYTES
+        deadline, left = time.monotonic() + self.limits.linger, self.limits.linger_bytes
         try:
             while left > 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
                 self.sock.settimeout(remaining)
-                data = self.sock.recv(65536)
-                if not data:
+                read = self.sock.recv_into(self._buffer)
+                if not read:
                     return
-                left -= len(data)
+                left -= read
         except (OSError, ssl.SSLError):
             return
 
@@ -135,7 +145,7 @@ class ClientConnection:
     def _read_head(self, idle_timeout: float) -> Head | None:
         """The next request head, checked; None when the connection should end."""
         raw = bytearray(self.conn.trailing_data[0])  # a pipelined request already received
-        deadline = time.monotonic() + (HEAD_TIMEOUT if raw else idle_timeout)
+        deadline = time.monotonic() + (self.limits.head if raw else idle_timeout)
         started = bool(raw)
         # Until its head is complete a connection may be closed to make room at
         # the cap: idle or trickling, it holds nothing that would be lost.
@@ -166,7 +176,7 @@ class ClientConnection:
                 return None
             self.sock.settimeout(left)
             try:
-                data = self.sock.recv(65536)
+                data = self._recv(self.sock)
             except TimeoutError:
                 return None
             if self.evicted:
@@ -177,7 +187,7 @@ class ClientConnection:
                     continue
             if data and not started:
                 started = True
-                deadline = time.monotonic() + HEAD_TIMEOUT  # the whole head, not per read
+                deadline = time.monotonic() + self.limits.head  # the whole head, not per read
             if len(raw) <= MAX_HEAD_BYTES:
                 raw += data
             self.conn.receive_data(data)
@@ -194,6 +204,14 @@ class ClientConnection:
 
     def _serve(self, head: Head) -> bool:
         """Answer or relay one request; True to keep the connection for another."""
+        try:
+            return self._serve_one(head)
+        finally:
+            if self._held:
+                self.server.body_budget.give(self._held)  # the body read for the policy is done with
+                self._held = 0
+
+    def _serve_one(self, head: Head) -> bool:
         started = time.monotonic()
         decision = self.server.policy.decide(head)
         if isinstance(decision, NeedBody):
@@ -235,6 +253,7 @@ class ClientConnection:
         if length is not None and int(length.split(",")[0]) > limit:
             return too_large  # before reading a byte (a client waiting for 100-continue sends nothing)
         body = bytearray()
+        pieces = 0
         while True:
             try:
                 event = self.conn.next_event()
@@ -243,7 +262,7 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                self.sock.settimeout(BODY_READ_TIMEOUT)  # a body that stops arriving: as when relayed
+                self.sock.settimeout(self.limits.body)  # a body that stops arriving: as when relayed
                 try:
                     data = self.sock.recv(65536)
                 except OSError:
@@ -252,9 +271,17 @@ class ClientConnection:
                     raise ClientGone()
                 self.conn.receive_data(data)
             elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > limit:
+                if len(body) + len(event.data) > limit:
                     return too_large
+                pieces += 1
+                if _tiny(pieces, len(body) + len(event.data)):
+                    return Answer(400, TINY_MESSAGE, reason="body")
+                if not self.server.body_budget.take(len(event.data)):
+                    # All connections together hold as many bodies as the gate allows itself.
+                    return Answer(503, "the gate is holding as many request bodies as it may to check their models; "
+                                       "retry shortly", headers=(("Retry-After", "1"),), reason="body")
+                self._held += len(event.data)
+                body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             else:
@@ -302,11 +329,11 @@ class ClientConnection:
             headers.append(("Connection", "close"))
         try:
             # An answer of our own is small: a client that does not take it within
-            # HEAD_TIMEOUT is not reading (the relay's writes wait --timeout).
-            self._send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason_phrase()), HEAD_TIMEOUT)
+            # limits.head is not reading (the relay's writes wait --timeout).
+            self._send(h11.Response(status_code=answer.status, headers=headers, reason=answer.reason_phrase()), self.limits.head)
             if body:
-                self._send(h11.Data(data=body), HEAD_TIMEOUT)
-            self._send(h11.EndOfMessage(), HEAD_TIMEOUT)
+                self._send(h11.Data(data=body), self.limits.head)
+            self._send(h11.EndOfMessage(), self.limits.head)
         except (ClientGone, h11.LocalProtocolError):
             return -1
         return len(body)
@@ -361,6 +388,7 @@ class ClientConnection:
         if self._request_read():  # a retry: the body (none) was read before
             up.send(h11.EndOfMessage())
             return
+        pieces = size = 0
         while True:
             try:
                 event = self.conn.next_event()
@@ -369,9 +397,9 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                self.sock.settimeout(BODY_READ_TIMEOUT)
+                self.sock.settimeout(self.limits.body)
                 try:
-                    data = self.sock.recv(65536)
+                    data = self._recv(self.sock)
                 except OSError:
                     raise ClientGone() from None
                 if not data:
@@ -380,6 +408,9 @@ class ClientConnection:
                 continue
             try:
                 if isinstance(event, h11.Data):
+                    pieces, size = pieces + 1, size + len(event.data)
+                    if _tiny(pieces, size):
+                        raise _BadBody(TINY_MESSAGE)
                     up.send(h11.Data(data=bytes(event.data)))
                 elif isinstance(event, h11.EndOfMessage):
                     up.send(h11.EndOfMessage())
@@ -409,7 +440,7 @@ class ClientConnection:
         held, buffered = None, bytearray()
         # --timeout bounds each wait for more of a body, but the answer's head as a
         # whole: one byte at a time must not hold a request forever.
-        head_deadline = time.monotonic() + self.server.timeout
+        head_deadline = time.monotonic() + self.limits.upstream
         with Selector() as selector:  # poll: fds above 1024 too
             selector.register(up.sock, selectors.EVENT_READ, "upstream")
             watching = self._request_read()  # the whole request is in: a read now means hang-up
@@ -481,9 +512,9 @@ class ClientConnection:
         """The next bytes from the upstream, watching the client for a hang-up meanwhile;
         None once ``deadline`` (default: --timeout from now) has passed."""
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
-            return up.sock.recv(65536)
+            return self._recv(up.sock)
         if deadline is None:
-            deadline = time.monotonic() + self.server.timeout
+            deadline = time.monotonic() + self.limits.upstream
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -491,7 +522,7 @@ class ClientConnection:
             for key, _ in selector.select(left):
                 if key.data == "client":
                     try:
-                        data = self.sock.recv(65536)
+                        data = self._recv(self.sock)
                     except (BlockingIOError, ssl.SSLWantReadError):
                         continue
                     except OSError:
@@ -503,7 +534,7 @@ class ClientConnection:
                         selector.unregister(self.sock)  # enough read ahead; stop watching
                 else:
                     try:
-                        data = up.sock.recv(65536)
+                        data = self._recv(up.sock)
                     except ssl.SSLWantReadError:
                         continue
                     except (ConnectionResetError, BrokenPipeError) as exc:
@@ -574,6 +605,10 @@ class ClientConnection:
         self._finish(head, answer, started, failure)
         return False
 
+    def _recv(self, sock: socket.socket) -> bytes:
+        """One read (client or upstream) through the connection's buffer: only its bytes are copied out."""
+        return self._buffer[:sock.recv_into(self._buffer)].tobytes()
+
     # -- writing and logging ---------------------------------------------------------------------
 
     def _queue(self, event: h11.Event, body_bytes: int = 0) -> None:
@@ -584,7 +619,7 @@ class ClientConnection:
     def _flush(self) -> None:
         if self._out:
             data, self._out = bytes(self._out), bytearray()
-            set_timeout(self.sock, self.server.timeout)
+            set_timeout(self.sock, self.limits.upstream)
             try:
                 self.sock.sendall(data)
             except OSError:
@@ -595,7 +630,7 @@ class ClientConnection:
     def _send(self, event: h11.Event, timeout: float | None = None) -> None:
         data = self.conn.send(event)
         if data:
-            set_timeout(self.sock, self.server.timeout if timeout is None else timeout)
+            set_timeout(self.sock, self.limits.upstream if timeout is None else timeout)
             try:
                 self.sock.sendall(data)
             except OSError:

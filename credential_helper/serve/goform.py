@@ -57,6 +57,9 @@ def parse_query(query: str) -> dict[str, list[str]]:
     return values
 
 
+# mime/multipart readForm: a part past GODEBUG multipartmaxparts (1000) is ErrMessageTooLarge,
+# which ParseMultipartForm returns (Ollama: 400). Also what bounds this reader's time.
+MAX_PARTS = 1000
 _TOKEN = re.compile(r"[!#$%&'+.^_`|~0-9A-Za-z-]+")
 _BOUNDARY = re.compile(r"[0-9A-Za-z'()+_,./:=?-]{1,70}")
 
@@ -94,7 +97,11 @@ def multipart_values(content_type: str, body: bytes, field: str) -> list[str]:
         raise FormError("multipart body does not start with its boundary")
     pos = len(dash) + 2
     found: list[str] = []
+    parts = 0
     while True:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise FormError(f"more than {MAX_PARTS} parts")
         end = body.find(delimiter, pos)
         if end < 0:
             raise FormError("multipart body without a closing boundary")

@@ -98,6 +98,25 @@ def _scan(text: str, start: int) -> tuple[Any, int]:
         raise GoJSONError("JSON this gate does not read") from exc
 
 
+# Values a body may hold for the gate to read it (grant less: a body with more is refused,
+# 400, where Go would read it). Python builds an object for every value (an empty array is
+# ~64 bytes for 3 bytes of JSON) while holding the GIL: unbounded, one 32 MiB body of `[],`
+# cost ~2 GiB and ~15 s of every other connection's time. A million values (a 128k-token
+# `context`, long `input` arrays) are ~64 MiB and well under a second.
+MAX_VALUES = 1 << 20
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def _bounded(body: bytes) -> None:
+    """Refuse a body with more than MAX_VALUES values before Python builds them: strings
+    taken out (their text may hold any bracket or comma), each ``,`` ``[`` ``{`` counted."""
+    if len(body) <= MAX_VALUES:
+        return  # cannot hold more values than bytes
+    bare = _STRING.sub(b'""', body)
+    if bare.count(b",") + bare.count(b"[") + bare.count(b"{") > MAX_VALUES:
+        raise GoJSONError(f"JSON with more than {MAX_VALUES} values, which this gate does not read")
+
+
 def decode_first(body: bytes) -> Any:
     """The first JSON value of ``body``, as ``json.NewDecoder(body).Decode`` reads it.
 
@@ -109,12 +128,14 @@ def decode_first(body: bytes) -> Any:
     start = len(text) - len(text.lstrip(_WS))
     if start == len(text):
         raise MissingBody("missing request body")
+    _bounded(body)
     value, _end = _scan(text, start)
     return value
 
 
 def unmarshal_whole(body: bytes) -> Any:
     """``body`` as ``json.Unmarshal`` reads it: one value, then only whitespace (decode.go checkValid)."""
+    _bounded(body)
     text = _text(body)
     start = len(text) - len(text.lstrip(_WS))
     value, end = _scan(text, start)

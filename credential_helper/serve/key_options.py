@@ -254,13 +254,16 @@ def parse_timespec(raw: str) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile("".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern), re.DOTALL)
+def _compiled(pattern: str, within: str = "") -> re.Pattern[str]:
+    anything = f"[^{re.escape(within)}]" if within else "."
+    return re.compile("".join(anything + "*" if ch == "*" else anything if ch == "?" else re.escape(ch) for ch in pattern),
+                      re.DOTALL)
 
 
-def _wildcard(text: str, pattern: str) -> bool:
-    """match.c ``match_pattern``: ``*`` any run, ``?`` one character, the rest literal."""
-    return _compiled(pattern).fullmatch(text) is not None
+def _wildcard(text: str, pattern: str, within: str = "") -> bool:
+    """match.c ``match_pattern``: ``*`` any run, ``?`` one character, the rest literal;
+    with ``within``, neither runs over one of its characters."""
+    return _compiled(pattern, within).fullmatch(text) is not None
 
 
 def address_allowed(options: KeyOptions, ip: str) -> bool:
@@ -299,14 +302,22 @@ def model_allowed(options: KeyOptions, name: str) -> bool:
     """``models=`` as match.c ``match_pattern_list`` decides, case-insensitively (Ollama
     compares model names without case, ``types/model/name.go`` ``EqualFold``): a
     negated pattern that matches denies, else one positive match admits.
-    ``name`` is matched exactly as given (the caller normalises it)."""
+    ``name`` is matched exactly as given (the caller normalises it).
+
+    In a positive pattern ``*`` and ``?`` stay within one ``/``-separated part of the
+    name (grant less): ``llama3*`` is the llama3 family, never every model of a host
+    whose name starts so (``llama3.example.net/x/y:z``, which ``/api/pull`` fetches
+    from that host), and ``qwen3:*`` never a host ``qwen3`` on some port. A pattern
+    that is ``*`` alone still means every model; a negated one matches across ``/``
+    (deny more)."""
     if options.models is None:
         return True
     lowered = name.lower()
     positive = False
     for entry in options.models:
         negated = entry.startswith("!")
-        if _wildcard(lowered, (entry[1:] if negated else entry).lower()):
+        pattern = (entry[1:] if negated else entry).lower()
+        if _wildcard(lowered, pattern, "" if negated or pattern == "*" else "/"):
             if negated:
                 return False
             positive = True

@@ -98,13 +98,20 @@ class Exporter:
     def __init__(self, registry: CollectorRegistry, address: tuple[str, int]) -> None:
         from ..errors import ListenError
         from . import server
+        from .limits import Limits
 
+        from .sign import own_hosts
+
+        scrape = _Scrape(registry)
         try:
-            self.server = server.Server(address, _Scrape(registry), upstream=None, log=lambda line: None,
-                                        timeout=10, max_in_flight=4, max_connections=16, observe=lambda record: None)
+            self.server = server.Server(address, scrape, upstream=None, log=lambda line: None,
+                                        limits=Limits(upstream=10, in_flight=4, connections=16), observe=lambda record: None)
         except ListenError as exc:
             raise ListenError(f"--metrics-listen: {exc}") from None
         self.address = self.server.address
+        # On loopback only the listener's own names: a web page whose DNS name rebinds to
+        # 127.0.0.1 would otherwise read every member's usage (as for the proxy, sign.own_hosts).
+        scrape.hosts = own_hosts(self.address) or None
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -119,12 +126,15 @@ class _Scrape:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.hosts: frozenset[str] | None = None  # Host values answered (None: any, --metrics-public)
 
     def decide(self, head: Head) -> Answer:
         from prometheus_client.exposition import choose_encoder
 
         from .messages import Answer
 
+        if self.hosts is not None and (head.get("host") or "").strip().lower() not in self.hosts:
+            return Answer(403, "the Host header must name this listener by its address", keep_alive=True)
         if head.path != "/metrics":
             return Answer(404, "only /metrics is served here", keep_alive=True)
         if head.method not in ("GET", "HEAD"):

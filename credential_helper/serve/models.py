@@ -24,7 +24,8 @@ Refused (400) although Ollama would act, because the gate cannot judge the reque
 name (grant less): ``/api/create`` with ``files``, ``adapters`` or ``draft_files`` (weights named
 by digest) or ``remote_host``; ``/v1/responses`` and ``/v1/messages`` whose cloud check and
 handler read different models while a ``tools`` key is present; a transcription form with two
-``model`` parts or anything ``goform`` does not read exactly as Go does.
+``model`` parts or anything ``goform`` does not read exactly as Go does; a JSON body of more than
+``gojson.MAX_VALUES`` values (what Python would build for it is many times its size).
 
 The subject a pattern is matched against is the name Ollama acts on, normalised as
 ``types/model/name.go`` does (default host ``registry.ollama.ai``, namespace ``library``, tag
@@ -327,7 +328,7 @@ def filter_listing(path: str, body: bytes, allowed: Callable[[str], bool]) -> by
     list_key, keys = ("data", ("id",)) if v1 else ("models", ("name", "model"))
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get(list_key), (list, type(None))):
         doc = {"object": "list", "data": []} if v1 else {"models": []}

@@ -15,6 +15,7 @@ from typing import Protocol
 from ..errors import InputError, ListenError
 from . import record
 from .engine import ClientConnection
+from .limits import Limits
 from .messages import Answer, Forward, Head, NeedBody
 from .upstream import Upstream
 
@@ -24,7 +25,6 @@ class Policy(Protocol):
 
     def decide(self, head: Head) -> Forward | Answer | NeedBody: ...
 
-MAX_CONNECTIONS = 512
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 
 
@@ -65,12 +65,30 @@ def listen_problem(shown: str, exc: OSError) -> str:
     return f"cannot listen on {shown}: {why}"
 
 
+class Budget:
+    """Bytes held across connections, bounded by ``total``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.held = total, 0
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.total:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
 class Server:
     policy: Policy  # None at construction when it needs the bound port: set before run()
 
     def __init__(self, address: tuple[str, int], policy: Policy | None, *, upstream: Upstream | None,
-                 log: Callable[[str], None], timeout: float = 300.0,
-                 max_in_flight: int = 128, max_connections: int = MAX_CONNECTIONS, verbose: bool = False,
+                 log: Callable[[str], None], limits: Limits | None = None, verbose: bool = False,
                  tls_context: ssl.SSLContext | None = None, prepare_socket: Callable[[socket.socket], None] | None = None,
                  observe: record.Observer | None = None, count_usage: bool = False) -> None:
         self.sock = listening_socket(address, prepare_socket)
@@ -83,9 +101,10 @@ class Server:
         self.observe = observe if observe is not None else record.Logger(log)
         self.count_usage = count_usage  # read token counts from answers (the JSON log, metrics)
         self.flight = _no_flight  # (user, +1/-1) around each relayed request: metrics' in-flight gauge
-        self.timeout, self.verbose, self.tls_context = timeout, verbose, tls_context
-        self.max_connections = max_connections
-        self.slots = threading.BoundedSemaphore(max_in_flight)
+        self.limits = limits if limits is not None else Limits()  # every bound, handed in (limits.py)
+        self.verbose, self.tls_context = verbose, tls_context
+        self.slots = threading.BoundedSemaphore(self.limits.in_flight)
+        self.body_budget = Budget(self.limits.held_bodies)  # request bodies held whole for the policy (models=)
         self.stopping = threading.Event()
         self.in_flight = 0
         self._lock = threading.Lock()
@@ -112,7 +131,7 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = ClientConnection(self, sock)
             with self._lock:
-                if len(self._open) >= self.max_connections:
+                if len(self._open) >= self.limits.connections:
                     victim = next(iter(self._idle), None)
                     if victim is None:
                         sock.close()  # every connection is mid-request: refuse this one

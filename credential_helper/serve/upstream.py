@@ -9,7 +9,6 @@ back to the pool only when both sides finished their messages cleanly.
 from __future__ import annotations
 
 import os
-import selectors
 import socket
 import ssl
 import threading
@@ -58,9 +57,7 @@ class Connection:
         nobody must never be read as the answer to the next request)."""
         if self.h11.trailing_data[0] or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return False
-        with Selector() as selector:
-            selector.register(self.sock, selectors.EVENT_READ)
-            return not selector.select(0)
+        return not system.readable_now(self.sock)
 
     def close(self) -> None:
         try:

@@ -1,0 +1,148 @@
+"""The engine's bounds (serve/limits.py), tested in-process with tiny limits:
+the real server and engine on port 0, so a deadline or an eviction takes
+milliseconds instead of the ten seconds a constant would cost (issue 21)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from credential_helper import protocol
+from credential_helper.serve import server
+from credential_helper.serve.limits import Limits
+from credential_helper.serve.messages import Answer, Forward, Head
+from credential_helper.serve.upstream import Upstream
+from faults import KeepAliveServer
+
+pytestmark = pytest.mark.process  # loopback sockets, no subprocess
+
+
+class Answering:
+    """Answers every request itself, keeping the connection."""
+
+    def decide(self, head: Head) -> Answer:
+        return Answer(200, "ok", keep_alive=True)
+
+
+class Forwarding:
+    def decide(self, head: Head) -> Forward:
+        return Forward(head.target, (("Host", "upstream"),))
+
+
+@pytest.fixture
+def serve():
+    started: list[server.Server] = []
+
+    def start(policy, limits: Limits, upstream: Upstream | None = None) -> int:
+        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=lambda line: None, limits=limits)
+        threading.Thread(target=served.serve_forever, daemon=True).start()
+        started.append(served)
+        return served.address[1]
+
+    yield start
+    for served in started:
+        served.stop_accepting()
+        served.close()
+
+
+def closed_within(sock: socket.socket, seconds: float) -> float | None:
+    """Seconds until the peer closed (EOF or reset), or None if it did not."""
+    sock.settimeout(seconds)
+    started = time.monotonic()
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - started
+
+
+def test_a_head_that_never_completes_is_cut_at_limits_head(serve):
+    port = serve(Answering(), Limits(head=0.3))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+        took = closed_within(sock, 5)
+    assert took is not None and took < 2, took
+
+
+def test_a_head_trickled_within_every_gap_is_still_cut_at_limits_head(serve):
+    # Each byte arrives well inside any per-read timeout; only a deadline over the
+    # whole head stops it, and nothing reaches the upstream.
+    with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") as upstream_server:
+        upstream = Upstream(protocol.URL("http", upstream_server.host, "", ""), 5, environ={})
+        port = serve(Forwarding(), Limits(head=0.5), upstream)
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            started = time.monotonic()
+            try:
+                for byte in b"POST /api/me HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            closed_within(sock, 5)
+            took = time.monotonic() - started
+        assert took < 2.5, took
+        assert upstream_server.requests == []
+
+
+def test_the_defaults_are_the_documented_bounds():
+    # README "Any tool, through the signing proxy": a head has 10 s in total, the
+    # connection cap is 512, --timeout 300 s, --max-concurrency 128.
+    assert Limits() == Limits(head=10.0, idle=60.0, body=60.0, linger=2.0, linger_bytes=1 << 20,
+                              upstream=300.0, connections=512, in_flight=128, held_bodies=256 << 20)
+
+
+def test_an_idle_kept_alive_connection_closes_at_limits_idle(serve):
+    port = serve(Answering(), Limits(idle=0.3))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        took = closed_within(sock, 5)
+    assert took is not None and took < 2, took
+
+
+def test_at_the_connection_cap_the_longest_idle_connection_makes_room(serve):
+    port = serve(Answering(), Limits(connections=3))
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    time.sleep(0.2)  # all three accepted and waiting for a head
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as newcomer:
+            newcomer.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert newcomer.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert closed_within(idle[0], 2) is not None  # the oldest was evicted
+        idle[2].sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # the youngest still served
+        idle[2].settimeout(5)
+        assert idle[2].recv(65536).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_over_limits_in_flight_a_request_gets_503(serve):
+    release = threading.Event()
+
+    def slow(head: bytes, body: bytes, index: int) -> bytes:
+        release.wait(5)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    with KeepAliveServer(slow) as upstream_server:
+        upstream = Upstream(protocol.URL("http", upstream_server.host, "", ""), 5, environ={})
+        port = serve(Forwarding(), Limits(in_flight=1, upstream=5), upstream)
+        first = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            first.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)  # the first holds the one slot
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+                second.sendall(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert second.recv(65536).startswith(b"HTTP/1.1 503 ")
+            release.set()
+            assert first.recv(65536).startswith(b"HTTP/1.1 200 ")
+        finally:
+            release.set()
+            first.close()
