@@ -131,9 +131,9 @@ def test_doctor_host_fails_a_line_that_expired_or_does_not_allow_this_address(sh
 
 
 class _Busy(http.server.BaseHTTPRequestHandler):
-    """Ollama's own 503 (server/sched.go ErrMaxQueue: "server busy, please try again. maximum pending requests exceeded")."""
+    """Ollama's own 503 (server/sched.go ErrMaxQueue, two spaces as there: "server busy, please try again. maximum pending requests exceeded")."""
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         body = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
         self.send_response(503)
         self.send_header("Content-Type", "application/json; charset=utf-8")
