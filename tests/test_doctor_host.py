@@ -131,7 +131,7 @@ def test_doctor_host_fails_a_line_that_expired_or_does_not_allow_this_address(sh
 
 
 class _Busy(http.server.BaseHTTPRequestHandler):
-    """Ollama's own 503 (server/sched.go ErrMaxQueue, two spaces as there: "server busy, please try again. maximum pending requests exceeded")."""
+    """Ollama's own 503 (server/sched.go ErrMaxQueue, two spaces as there: "server busy, please try again.  maximum pending requests exceeded")."""
 
     def do_GET(self):
         body = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
