@@ -7,10 +7,13 @@ Four things decide whether a member gets in, and each is one check here:
   (an unsigned request is refused; Ollama alone would answer it);
 - **clock**: the local clock against the box's ``Date`` (a signature's ``ts``
   must be within the gate's ``--max-skew``, 300 s by default);
-- **key PATH**, once per key of the member's: a signed ``GET /api/version``
-  tells admitted (200), unknown to the server (401 and the line to send the
-  operator) and listed but not granted (403) apart; the gate's verifier
-  (serve/verify.py) answers exactly these;
+- **key PATH**, once per key of the member's: a signed ``GET /api/version``.
+  An answer of the gate's own names its class in ``X-Ollama-Reason`` (the
+  log's word, serve/engine.py); read that, never the prose: ``unknown-key``
+  (warn, and the line to send the operator), ``not-granted`` (warn),
+  ``expired``, ``address``, ``keyfile-unusable``, ``upstream``, ``stale``
+  (fail, each with whose fix it is). An answer without it passed the gate and
+  is Ollama's: admitted, unless it is a 5xx (the server's problem);
 - **ollama CLI**: which key Ollama's own CLI will sign with (always
   ``~/.ollama/id_ed25519``: auth/auth.go reads only that file) and whether it
   is admitted.
@@ -172,6 +175,19 @@ def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> Check
 # --- keys ------------------------------------------------------------------------------------
 
 
+def gate_reason(response: Response) -> str | None:
+    """Whose answer this is: the class the gate put on an answer of its own
+    (``X-Ollama-Reason``, serve/engine.py), "" for an answer of an older gate
+    (``X-Ollama-Error`` alone) or a 401/403 a front server rebuilt from the gate's
+    (nginx's ``error_page`` keeps the body only), None for Ollama's answer relayed."""
+    reason = response.header("x-ollama-reason")
+    if reason and reason.strip():
+        return reason.strip().lower()
+    if response.header("x-ollama-error") or response.status in (401, 403):
+        return ""
+    return None
+
+
 def check_key(base: protocol.URL, path: str, deadline: float, dates: list[str], verdicts: dict[str, str]) -> Check:
     name = f"key {path}"
     try:
@@ -184,29 +200,59 @@ def check_key(base: protocol.URL, path: str, deadline: float, dates: list[str], 
         plan, authorization = client.sign_parsed("GET", url, loaded)
         response = _send("GET", plan.url, deadline, dates, authorization)
     except HelperError as exc:
-        verdicts[path] = "unknown"
+        verdicts[path] = "error"
         return Check(name, "fail", f"{loaded.fingerprint}: {exc}", "fix the server check first")
-    reason = _reason(response)
-    if response.status not in (401, 403) and not (response.status == 400 and response.header("x-ollama-error")):
-        # Not a refusal of the gate (401/403; a 400 of its own carries X-Ollama-Error, which nginx's
-        # error_page may turn into the body only): it passed the gate, and Ollama answered.
+    reason, who, operator = _reason(response), loaded.fingerprint, "tell the server's operator"
+    gate = gate_reason(response)
+    if gate is None:  # it passed the gate: Ollama answered
+        if response.status >= 500:  # admitted, but nothing works: the server's problem, not "admitted"
+            verdicts[path] = "server"
+            return Check(name, "fail", f"{who}: passed the gate, but Ollama behind it answered {response.status} ({reason}): "
+                         "a problem on the server", f"{operator} (Ollama's log on the box says why)")
         verdicts[path] = "admitted"
         answered = "" if response.status == 200 else f" (Ollama answered {response.status})"
-        return Check(name, "ok", f"{loaded.fingerprint}: admitted: a signed GET {PROBE} passed the gate{answered}")
-    if response.status == 403:
-        verdicts[path] = "listed"
-        return Check(name, "warn", f"{loaded.fingerprint}: listed in the server's authorized_keys, but not granted "
-                     f"GET {PROBE} (its endpoint list decides what it may call; a signed HEAD /, the CLI's heartbeat, passes)",
-                     "if it needs more endpoints, ask the operator to add them to its line")
-    if response.status == 401 and "not in this server's authorized_keys" in reason:
+        return Check(name, "ok", f"{who}: admitted: a signed GET {PROBE} passed the gate{answered}")
+    if gate == "":  # an older gate, or a front server's copy of a refusal: only the status and its words
+        gate = {403: "not-granted"}.get(response.status, "")
+        if response.status == 401:
+            gate = "unknown-key" if "not in this server's authorized_keys" in reason else "stale" if "clock" in reason else ""
+    if gate == "unknown-key":
         verdicts[path] = "unknown"
-        return Check(name, "warn", f"{loaded.fingerprint}: not in the server's authorized_keys",
+        return Check(name, "warn", f"{who}: not in the server's authorized_keys",
                      f"send the operator the line: {loaded.public_key_line} <your name> *   "
                      f"(ollama-credential-helper key --identity {path} prints it)")
-    verdicts[path] = "refused"
-    if response.status == 401 and "clock" in reason:
-        return Check(name, "fail", f"{loaded.fingerprint}: refused: {reason}", "sync the clock: timedatectl set-ntp true")
-    return Check(name, "fail", f"{loaded.fingerprint}: a signed GET {PROBE} got {response.status}: {reason}",
+    if gate == "not-granted":
+        verdicts[path] = "listed"
+        return Check(name, "warn", f"{who}: listed in the server's authorized_keys, but not granted "
+                     f"GET {PROBE} (its endpoint list decides what it may call; a signed HEAD /, the CLI's heartbeat, passes)",
+                     "if it needs more endpoints, ask the operator to add them to its line")
+    if gate == "model":
+        verdicts[path] = "listed"
+        return Check(name, "warn", f"{who}: listed in the server's authorized_keys for some models only (models=), "
+                     f"and GET {PROBE} was refused: {reason}", "if it needs more models, ask the operator to add them to its line")
+    if gate == "concurrency":  # verified and admitted; the server (or the key's max-concurrent) was full
+        verdicts[path] = "admitted"
+        return Check(name, "warn", f"{who}: admitted, but the server was busy ({response.status}: {reason})",
+                     "run doctor again in a moment; if it stays busy, tell the server's operator")
+    verdicts[path] = {"keyfile-unusable": "server", "upstream": "server", "expired": "expired", "address": "address"}.get(gate, "refused")
+    if gate == "expired":
+        return Check(name, "fail", f"{who}: the line for this key expired (ask the operator): {reason}",
+                     "ask the operator to renew the line's expiry-time in the server's authorized_keys")
+    if gate == "address":
+        return Check(name, "fail", f"{who}: the gate sees you from an address its from= does not allow: {reason}",
+                     "connect from an address the line allows (VPN, office network), or ask the operator to add this one to its from=")
+    if gate == "keyfile-unusable":
+        return Check(name, "fail", f"{who}: the server's authorized_keys is unusable, so the gate admits no key ({response.status}): {reason}",
+                     f"{operator}: the gate's log names the file's problem; nothing on this machine can fix it")
+    if gate == "upstream":
+        return Check(name, "fail", f"{who}: passed the gate, but the gate got no answer from Ollama behind it ({response.status}): {reason}",
+                     f"{operator}: Ollama on the box is down, slow or unreachable from the gate")
+    if gate == "stale":
+        return Check(name, "fail", f"{who}: refused: {reason}", "sync the clock: timedatectl set-ntp true")
+    from .sanitize import shown
+
+    named = f" ({shown(gate, 40)})" if gate else ""
+    return Check(name, "fail", f"{who}: a signed GET {PROBE} got {response.status}{named}: {reason}",
                  "show this line to the server's operator")
 
 
@@ -244,6 +290,14 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
     if not os.path.lexists(default):
         return Check("ollama CLI", "warn", f"{why}, and there is none at {default}", proxy)
     state = {"unknown": "is not in the server's authorized_keys", "listed": "is listed but not granted every endpoint",
+             "expired": "has a line that expired", "address": "is refused from this address (from=)",
+             "server": "cannot get in while the server has the problem above", "error": "could not be checked",
              None: "was not checked"}.get(verdict, "is refused")
+    meanwhile = f"; until then, {proxy}" if others else ""
+    if verdict == "unknown":  # the fix is the line the key check printed, not a second key
+        return Check("ollama CLI", "warn", f"{why}; that key {state}",
+                     f"send the operator the line printed for key {default} above; once it is added, {use} works{meanwhile}")
+    if verdict in ("listed", "expired", "address", "server", "error"):
+        return Check("ollama CLI", "warn", f"{why}; that key {state}", f"see the check of key {default} above{meanwhile}")
     return Check("ollama CLI", "warn", f"{why}; that key {state}", proxy if others else
                  f"{proxy} (a second key, not linked to ollama.com: ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519)")

@@ -5,10 +5,13 @@ does) in front of a stand-in Ollama."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import socket
 import subprocess
 import textwrap
+import threading
 
 import pytest
 
@@ -22,9 +25,10 @@ pytestmark = pytest.mark.process
 
 
 @pytest.fixture
-def shared(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
-    """A gate on https://localhost:PORT whose file admits the member's second key (every endpoint)
-    and key b for /api/tags only; the member's default key (golden key a) is not in it."""
+def share(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
+    """Start a gate on https://localhost:PORT: ``share(options="", upstream=None)``. Its file
+    admits the member's second key (every endpoint, with ``options`` before the key) and key b
+    for /api/tags only; the member's default key (golden key a) is not in it."""
     for name in ("ca", "box"):
         (tmp_path / name).mkdir()
     ca = CertificateAuthority(tmp_path / "ca")
@@ -34,13 +38,22 @@ def shared(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
                           capture_output=True, text=True, check=True)
     authorized = tmp_path / "authorized_keys"
     b_line = " ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2])
-    authorized.write_text(f"{made.stdout.splitlines()[0]} member *\n{b_line} bob /api/tags\n")
-    os.chmod(authorized, 0o600)
-    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(authorized),
-                       "--tls-cert", str(cert), "--tls-key", str(key))
     environment = {k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
     environment["SSL_CERT_DIR"] = hashed_directory(ca, tmp_path / "capath")
-    return f"https://localhost:{gate_.port}", environment, box_key
+
+    def start(options: str = "", upstream: str | None = None) -> tuple[str, dict, object]:
+        authorized.write_text(f"{options} {made.stdout.splitlines()[0]} member *\n{b_line} bob /api/tags\n".lstrip())
+        os.chmod(authorized, 0o600)
+        gate_ = start_gate("--upstream", upstream or local_ollama.base_url, "--authorized-keys", str(authorized),
+                           "--tls-cert", str(cert), "--tls-key", str(key))
+        return f"https://localhost:{gate_.port}", environment, box_key
+
+    return start
+
+
+@pytest.fixture
+def shared(share):
+    return share()
 
 
 def doctor(url: str, environment: dict, *args: str) -> tuple[int, dict]:
@@ -67,6 +80,8 @@ def test_doctor_host_tells_admitted_unknown_and_not_granted_keys_apart(shared, h
     assert checks["clock"]["status"] == "ok"
     cli = checks["ollama CLI"]
     assert cli["status"] == "warn" and "~/.ollama/id_ed25519" in cli["detail"] and "is not in the server's authorized_keys" in cli["detail"]
+    # The fix for the CLI's key is the line printed above it, not a second key (the one admitted serves until then).
+    assert cli["fix"].startswith(f"send the operator the line printed for key {default} above") and "--generate" not in cli["fix"]
     assert f"--identity {box_key}" in cli["fix"] and f"--upstream {url}" in cli["fix"]
     assert code == 0  # warnings only: the member gets in with the second key
 
@@ -85,6 +100,74 @@ def test_doctor_host_fails_when_none_of_the_keys_gets_in(shared, home):
     box_key.unlink(), box_key.with_suffix(".pub").unlink()
     code, checks = doctor(url, environment)
     assert code == 1 and checks[f"key {home / '.ollama' / 'id_ed25519'}"]["status"] == "fail"
+
+
+def test_doctor_host_fails_when_the_servers_key_file_becomes_unusable(share, tmp_path, home):
+    # The operator's file turned group-writable under a running gate: every signed request gets 503
+    # keyfile-unusable (serve/keyfile.py rule 2). Break caught: a 503 read as "passed the gate" (admitted, exit 0).
+    url, environment, box_key = share()
+    os.chmod(tmp_path / "authorized_keys", 0o620)
+    code, checks = doctor(url, environment)
+    for path in (box_key, home / ".ollama" / "id_ed25519"):
+        check = checks[f"key {path}"]
+        assert check["status"] == "fail" and ": admitted" not in check["detail"], check
+        assert "the server's authorized_keys is unusable" in check["detail"] and "tell the server's operator" in check["fix"]
+    assert "problem above" in checks["ollama CLI"]["detail"]
+    assert code == 1
+
+
+@pytest.mark.parametrize("options, detail, fix", [
+    ('expiry-time="20200101"', "the line for this key expired (ask the operator)", "expiry-time"),
+    ('from="10.0.0.0/8"', "the gate sees you from an address its from= does not allow", "from="),  # it sees 127.0.0.1
+])
+def test_doctor_host_fails_a_line_that_expired_or_does_not_allow_this_address(share, options, detail, fix):
+    # Break caught: every 403 read as "listed but not granted" (a warning, exit 0) for a member who cannot get in.
+    url, environment, box_key = share(options)
+    code, checks = doctor(url, environment)
+    check = checks[f"key {box_key}"]
+    assert check["status"] == "fail" and detail in check["detail"] and fix in check["fix"], check
+    assert "not granted" not in check["detail"]
+    assert code == 1
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """Ollama's own 503 (server/sched.go ErrMaxQueue, two spaces as there: "server busy, please try again.  maximum pending requests exceeded")."""
+
+    def do_GET(self):
+        body = b'{"error":"server busy, please try again.  maximum pending requests exceeded"}'
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("behind", ["busy", "down"])
+def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all(share, behind):
+    # Ollama's own 503 relayed (no X-Ollama-Reason), and the gate's own 502 (reason upstream):
+    # the key passed the gate, but nothing works. Break caught: either read as "admitted" (ok, exit 0).
+    if behind == "busy":
+        ollama_ = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+        threading.Thread(target=ollama_.serve_forever, daemon=True).start()
+        upstream = f"http://127.0.0.1:{ollama_.server_address[1]}"
+    else:
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            upstream = f"http://127.0.0.1:{free.getsockname()[1]}"  # closed: connection refused
+    try:
+        url, environment, box_key = share(upstream=upstream)
+        code, checks = doctor(url, environment)
+    finally:
+        if behind == "busy":
+            ollama_.shutdown()
+            ollama_.server_close()
+    check = checks[f"key {box_key}"]
+    assert check["status"] == "fail" and "passed the gate, but" in check["detail"] and ": admitted" not in check["detail"], check
+    assert ("server busy" in check["detail"]) if behind == "busy" else ("got no answer from Ollama" in check["detail"] and "(502)" in check["detail"])
+    assert "operator" in check["fix"] and code == 1
 
 
 def test_doctor_host_says_tls_and_how_to_trust_the_box(shared, tmp_path):

@@ -264,6 +264,10 @@ def test_hostile_requests_are_refused_and_nothing_is_forwarded(tmp_path, start_g
     reply = raw(gate_.port, f"{method} {target} HTTP/1.1\r\nHost: box\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
     time.sleep(0.2)
     assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply
+    # The class a client's script reads without parsing prose: the log's word (serve/record.py).
+    reason = {"no-authorization": "unsigned", "bearer-garbage": "unsigned", "stale-ts": "stale", "future-ts": "stale", "other-method": "bad-signature",
+              "replayed-on-another-path": "bad-signature", "unknown-key": "unknown-key", "ungranted-endpoint": "not-granted"}
+    assert f"\r\nX-Ollama-Reason: {reason.get(case, 'malformed')}\r\n".encode() in reply.partition(b"\r\n\r\n")[0], reply
     body = json.loads(reply.partition(b"\r\n\r\n")[2])
     assert_ollama_error_shape(status, body)
     assert local_ollama.unverified_requests == [] and local_ollama.request_headers == []
@@ -364,9 +368,10 @@ def test_auth_only_answers_204_with_who_and_refuses_disagreeing_header_families(
     admitted = raw(gate_.port, (ask + "Connection: close\r\n\r\n").encode())
     fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-b.pub")], capture_output=True, text=True).stdout.split()[1]
     assert admitted.startswith(b"HTTP/1.1 204 ") and b"\r\nX-Ollama-User: bob\r\n" in admitted
-    assert f"\r\nX-Ollama-Key: {fingerprint}\r\n".encode() in admitted
+    assert f"\r\nX-Ollama-Key: {fingerprint}\r\n".encode() in admitted and b"X-Ollama-Reason" not in admitted
     disagreeing = raw(gate_.port, (ask + "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /api/tags\r\nConnection: close\r\n\r\n").encode())
     assert disagreeing.startswith(b"HTTP/1.1 400 ") and b"X-Ollama-Error: " in disagreeing
+    assert b"\r\nX-Ollama-Reason: malformed\r\n" in disagreeing
     log = gate_.stop()
     assert any(line.startswith("POST /api/chat 204 0B ") and line.endswith(" bob") for line in log), log
 

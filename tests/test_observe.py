@@ -90,7 +90,8 @@ def test_every_log_line_names_the_caller_and_the_refusals_reason_and_never_a_sec
             secrets.extend([authorization.split(":")[1], target.rsplit("ts=", 1)[1]])
             reply = gate_.send(method, target, authorization)
             assert reply.startswith(f"HTTP/1.1 {expect} ".encode()), reply
-        gate_.send("GET", "/api/tags?secret=hunter2")  # unsigned
+            replies.append(reply)
+        replies: list[bytes] = [gate_.send("GET", "/api/tags?secret=hunter2")]  # unsigned
         send("ed25519-a", "GET", "/api/tags", expect=401)  # a valid signature by an unknown key
         send("ed25519-b", "GET", "/api/ps", expect=403)  # not granted
         send("ed25519-b", "GET", "/api/tags", ts=int(time.time()) - 900, expect=401)  # stale
@@ -113,6 +114,8 @@ def test_every_log_line_names_the_caller_and_the_refusals_reason_and_never_a_sec
     assert text[1].startswith("GET /api/tags 401 ") and f" {FINGERPRINT_A} refused unknown-key (to admit it add: {LINE_A} <name> /api/tags)" in text[1]
     assert " bob refused not-granted" in text[2] and " bob refused stale" in text[3] and text[4].endswith(" refused bad-signature")
     assert text[5].startswith("POST /api/chat 200 ") and text[5].endswith(" bob")
+    # The client reads the same class in X-Ollama-Reason; Ollama's own answer (relayed) carries none.
+    assert [reason_header(reply) for reply in replies] == ["unsigned", "unknown-key", "not-granted", "stale", "bad-signature", None]
     for entry in shown:
         assert {"time", "method", "path", "status", "bytes", "ms", "user", "key", "reason"} <= set(entry)
         assert entry["path"] in ("/api/tags", "/api/ps", "/api/chat") and entry["time"].endswith("Z")
@@ -122,6 +125,14 @@ def test_every_log_line_names_the_caller_and_the_refusals_reason_and_never_a_sec
             assert value not in line, line
 
 
+def reason_header(reply: bytes) -> str | None:
+    """The X-Ollama-Reason of a raw answer (one at most), else None."""
+    lines = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    found = [value.strip() for name, value in (line.split(":", 1) for line in lines) if name.lower() == "x-ollama-reason"]
+    assert len(found) <= 1, reply
+    return found[0] if found else None
+
+
 def test_a_502_and_a_504_name_their_cause_in_the_log(tmp_path, keys):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -129,7 +140,8 @@ def test_a_502_and_a_504_name_their_cause_in_the_log(tmp_path, keys):
     gate_ = Gate(tmp_path, f"127.0.0.1:{closed}")
     try:
         target, authorization = signed(keys, "ed25519-b", "GET", "/api/tags")
-        assert gate_.send("GET", target, authorization).startswith(b"HTTP/1.1 502 ")
+        reply = gate_.send("GET", target, authorization)
+        assert reply.startswith(b"HTTP/1.1 502 ") and reason_header(reply) == "upstream", reply
         time.sleep(0.1)
     finally:
         gate_.close()

@@ -321,6 +321,11 @@ class ClientConnection:
         body = payload if (head is None or head.method != "HEAD") else b""
         headers = list(answer.headers)
         headers.append(("Date", http_date()))  # RFC 9110 6.6.1: a server with a clock sends Date
+        reason = record.reason_class(answer.status, answer.reason)
+        if reason:
+            # Every refusal or failure of our own names its class (the log's and metrics' word), so
+            # `doctor --host` and scripts tell it from an answer relayed from Ollama without reading prose.
+            headers.append(("X-Ollama-Reason", reason))
         if answer.status != 204:
             if answer.body is None:
                 headers.append(("Content-Type", "application/json"))

@@ -60,8 +60,6 @@ def refusal(refused: Refused) -> Answer:
     if refused.status == 429:
         headers.append(("Retry-After", "1"))  # RFC 6585 4: a slot frees when a request of the key ends
     reason = refused.reason or ("malformed" if refused.status == 400 else "")
-    if reason:  # the class for a front that rebuilds the body (nginx: OpenAI's "code"); the name branch fixdoctor uses
-        headers.append(("X-Ollama-Reason", reason))
     return Answer(refused.status, message, headers=tuple(headers), keep_alive=True, who=refused.user or None,
                   key=refused.key, reason=reason, hint=refused.hint)
 

@@ -93,7 +93,8 @@ class NeedBody:
 class Answer:
     """Answer the client directly: ``message`` in the body each client reads
     (:meth:`payload`); 204 has no body. ``reason`` is the refusal's class (the
-    log, the metrics and, on a 401, the reason phrase); ``key`` the caller's
+    log, the metrics, the ``X-Ollama-Reason`` header the engine adds and, on a 401,
+    the reason phrase); ``key`` the caller's
     fingerprint when known; ``hint`` a line for the operator's log only."""
 
     status: int

@@ -26,6 +26,7 @@ GOLDEN = ROOT / "golden"
 
 from credential_helper import protocol
 from credential_helper.serve import gate, server
+from credential_helper.serve.limits import Limits
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.upstream import Upstream
 
@@ -64,7 +65,7 @@ def start_gate(keys_path: str, kind: str, skew: float = SKEW):
     clock = (lambda: time.time() + skew) if kind == "skewed" else time.time
     upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={})
     policy = gate.GatePolicy(KeyFile(keys_path, lambda line: None), 300, upstream_host, clock=clock)
-    serving = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=lambda line: None, timeout=5)
+    serving = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=lambda line: None, limits=Limits(upstream=5))
     threading.Thread(target=serving.serve_forever, daemon=True).start()
     return serving
 
