@@ -154,7 +154,9 @@ def main() -> int:
         with StandIn(expires_in=3600) as server:
             with open(os.path.join(ROOT_KEYS, "ed25519-a.pub")) as handle:
                 server.authorize(handle.read())
-            challenge = json.dumps({"realm": f"{server.base_url}/token", "service": "ollama.com", "scope": "repository:library/x:pull"}).encode()
+            challenge = json.dumps(
+                {"realm": f"{server.base_url}/token", "service": "ollama.com", "scope": "repository:library/x:pull"}
+            ).encode()
             timed([exe, "get"], challenge, env)  # fill the cache
             rows = [
                 ("get, cache hit", [exe, "get"], challenge),
@@ -162,7 +164,9 @@ def main() -> int:
                 ("sign", [exe, "sign", "POST", "https://ollama.com/api/chat"], b""),
                 ("--version (argparse path)", [exe, "--version"], b""),
             ]
-            print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}")
+            print(
+                f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+            )
             print(f"paired runs: {args.runs}; ratio = median over pairs of (command / bare 'python -c pass')\n")
             print(f"{'command':40} {'ratio':>7} {'command ms':>11} {'bare ms':>8}")
             for label, cmd, stdin in rows:
@@ -182,7 +186,9 @@ def main() -> int:
         print(f"\nin-process signing: {signing_rate():,.0f} signatures/s (key loaded once)")
         print("\nadapter cost per signed request, in-process (median of 7 rounds of 2,000):")
         for name, cost, base in adapter_costs():
-            print(f"  {name:9} {cost:7.1f} us added ({1e6 / cost:,.0f} signed requests/s); building the request alone {base:.1f} us")
+            print(
+                f"  {name:9} {cost:7.1f} us added ({1e6 / cost:,.0f} signed requests/s); building the request alone {base:.1f} us"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

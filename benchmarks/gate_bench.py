@@ -51,6 +51,7 @@ BODY = b'{"models":[{"name":"stand-in:latest","model":"stand-in:latest","size":1
 
 # -- the minimal upstream (run in its own process: python gate_bench.py --serve-minimal) ----------
 
+
 class _MinimalHTTP(asyncio.Protocol):
     """Answers every request head with one fixed 200, kept alive. Reads a
     Content-Length body and skips it; nothing else (no chunked requests).
@@ -96,10 +97,10 @@ class _MinimalHTTP(asyncio.Protocol):
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 break
-            head, self.buffer = self.buffer[:end].lower(), self.buffer[end + 4:]
+            head, self.buffer = self.buffer[:end].lower(), self.buffer[end + 4 :]
             at = head.find(b"\r\ncontent-length:")
             if at >= 0:
-                self.skip = int(head[at + 17:].split(b"\r\n", 1)[0])
+                self.skip = int(head[at + 17 :].split(b"\r\n", 1)[0])
             if self.CHUNKS:
                 self._streamed()
             else:
@@ -133,6 +134,7 @@ while True:
 
 # -- processes ------------------------------------------------------------------------------------
 
+
 class Process:
     def __init__(self, name: str, command: list[str], env: dict, port_from_banner: bool, cwd: str | None = None) -> None:
         self.name = name
@@ -163,14 +165,17 @@ class Process:
 
 # -- requests -------------------------------------------------------------------------------------
 
+
 def signed_tags(identity, port: int) -> tuple[bytes, bytes]:
     """(direct or gate request, nginx auth request) for GET /api/tags, signed now."""
     target = f"/api/tags?ts={int(time.time())}"
     authorization = identity.sign(f"GET,{target}")
     request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {authorization}\r\n\r\n"
     # What the README's nginx configuration sends to the gate (auth_request, proxy_set_header).
-    auth = (f"GET /auth HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Original-Method: GET\r\nX-Original-URI: {target}\r\n"
-            f"Authorization: {authorization}\r\n\r\n")
+    auth = (
+        f"GET /auth HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Original-Method: GET\r\nX-Original-URI: {target}\r\n"
+        f"Authorization: {authorization}\r\n\r\n"
+    )
     return request.encode(), auth.encode()
 
 
@@ -179,7 +184,7 @@ def parse_head(head: bytes) -> tuple[int, int]:
     status = int(head[9:12])
     lower = head.lower()
     at = lower.find(b"\r\ncontent-length:")
-    length = int(lower[at + 17:].split(b"\r\n", 1)[0]) if at >= 0 else 0
+    length = int(lower[at + 17 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
     return status, length
 
 
@@ -233,6 +238,7 @@ def latency(identity, upstream: int, gate: int, auth: int, rounds: int) -> dict[
 
 # -- throughput -----------------------------------------------------------------------------------
 
+
 async def _load(port: int, pool: list[bytes], clients: int, seconds: float) -> tuple[int, int, float]:
     """(answers, non-2xx answers, elapsed) from ``clients`` kept-alive connections."""
     stop_at = time.perf_counter() + seconds
@@ -268,19 +274,25 @@ def throughput(port: int, pool: list[bytes], clients: int, seconds: float) -> tu
 
 # -- main -----------------------------------------------------------------------------------------
 
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--upstream", choices=("minimal", "standin"), default="minimal",
-                        help="what stands in for ollama serve (default: minimal)")
+    parser.add_argument(
+        "--upstream", choices=("minimal", "standin"), default="minimal", help="what stands in for ollama serve (default: minimal)"
+    )
     parser.add_argument("--clients", type=int, default=8, help="kept-alive connections for throughput (default: 8)")
     parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measure (default: 3)")
     parser.add_argument("--rounds", type=int, default=400, help="latency rounds (default: 400)")
-    parser.add_argument("--old", metavar="TREE", help="also run the gate and auth-only of another checkout (its package first "
-                        "on PYTHONPATH, this interpreter), alternating with this one: a before/after in one run")
+    parser.add_argument(
+        "--old",
+        metavar="TREE",
+        help="also run the gate and auth-only of another checkout (its package first "
+        "on PYTHONPATH, this interpreter), alternating with this one: a before/after in one run",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="alternating throughput rounds (default: 3)")
     parser.add_argument("--serve-minimal", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--chunks", type=int, default=0, help=argparse.SUPPRESS)  # --serve-minimal: stream N chunks
@@ -321,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             tree = os.path.abspath(args.old)
             # "python -m" puts the working directory first on sys.path: run it in the tree.
             old_env, old_exe = {**env, "PYTHONPATH": tree}, [sys.executable, "-m", "credential_helper"]
-            old["gate-old"] = Process("gate-old", [*old_exe, "gate", "--upstream", f"http://127.0.0.1:{upstream.port}", *common],
-                                      old_env, True, cwd=tree)
+            old["gate-old"] = Process(
+                "gate-old",
+                [*old_exe, "gate", "--upstream", f"http://127.0.0.1:{upstream.port}", *common],
+                old_env,
+                True,
+                cwd=tree,
+            )
             old["auth-old"] = Process("auth-old", [*old_exe, "gate", "--auth-only", *common], old_env, True, cwd=tree)
             processes.extend(old.values())
             print(f"old: {tree} (gate-old, auth-old)")
@@ -332,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
 
         times = latency(identity, upstream.port, gate.port, auth.port, args.rounds) if args.rounds else {}
         if times:
-            print(f"latency, small signed GET /api/tags, one at a time, kept-alive, {args.rounds} rounds (direct, gate, auth-only):")
+            print(
+                f"latency, small signed GET /api/tags, one at a time, kept-alive, {args.rounds} rounds (direct, gate, auth-only):"
+            )
         for name, values in times.items():
             line = f"  {name:10} median {ms(statistics.median(values))}  p99 {ms(percentile(values, 0.99))}"
             if name != "direct":
@@ -346,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         nginx = [auth_request for _, auth_request in pools]
         targets = {"direct": (upstream, plain), "gate": (gate, plain), "auth-only": (auth, nginx)}
         if old:  # each beside its counterpart
-            targets = {"direct": (upstream, plain), "gate": (gate, plain), "gate-old": (old["gate-old"], plain),
-                       "auth-only": (auth, nginx), "auth-old": (old["auth-old"], nginx)}
+            targets = {
+                "direct": (upstream, plain),
+                "gate": (gate, plain),
+                "gate-old": (old["gate-old"], plain),
+                "auth-only": (auth, nginx),
+                "auth-old": (old["auth-old"], nginx),
+            }
         rates: dict[str, list[float]] = {name: [] for name in targets}
         cpu: dict[str, list[float]] = {"upstream (direct)": [], **{name: [] for name in targets if name != "direct"}}
         bad_total = 0
@@ -358,15 +382,28 @@ def main(argv: list[str] | None = None) -> int:
                 bad_total += bad
                 rates[name].append(rate)
                 cpu["upstream (direct)" if name == "direct" else name].append((process.cpu_seconds() - before) / max(answers, 1))
-        print(f"throughput, {args.clients} kept-alive clients, {args.seconds:g} s each, {args.repeat} alternating rounds (median round):")
-        print("  " + "   ".join(f"{name} {statistics.median(values):,.0f}/s" for name, values in rates.items())
-              + "   (rounds: " + "; ".join(f"{name} " + ", ".join(f"{v:,.0f}" for v in values) for name, values in rates.items()) + ")")
-        print("  server CPU per answer: " + "   ".join(f"{name} {statistics.median(values) * 1e6:.0f} us" for name, values in cpu.items()))
+        print(
+            f"throughput, {args.clients} kept-alive clients, {args.seconds:g} s each, {args.repeat} alternating rounds (median round):"
+        )
+        print(
+            "  "
+            + "   ".join(f"{name} {statistics.median(values):,.0f}/s" for name, values in rates.items())
+            + "   (rounds: "
+            + "; ".join(f"{name} " + ", ".join(f"{v:,.0f}" for v in values) for name, values in rates.items())
+            + ")"
+        )
+        print(
+            "  server CPU per answer: "
+            + "   ".join(f"{name} {statistics.median(values) * 1e6:.0f} us" for name, values in cpu.items())
+        )
         if old:  # per round, each beside its counterpart, so the machine's noise mostly cancels
             for new_name, old_name in (("gate", "gate-old"), ("auth-only", "auth-old")):
                 ratios = [n / o for n, o in zip(rates[new_name], rates[old_name])]
-                print(f"  {new_name} / {old_name}: median x{statistics.median(ratios):.2f} (rounds: "
-                      + ", ".join(f"x{r:.2f}" for r in ratios) + ")")
+                print(
+                    f"  {new_name} / {old_name}: median x{statistics.median(ratios):.2f} (rounds: "
+                    + ", ".join(f"x{r:.2f}" for r in ratios)
+                    + ")"
+                )
         if bad_total:
             print(f"  WARNING: {bad_total} answers were not 2xx")
     finally:

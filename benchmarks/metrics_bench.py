@@ -39,8 +39,10 @@ def scrape(port: int) -> tuple[float, int]:
 
 
 def summary(values: list[float]) -> str:
-    return (f"median {gate_bench.ms(statistics.median(values))}  p95 {gate_bench.ms(gate_bench.percentile(values, 0.95))}  "
-            f"max {gate_bench.ms(max(values))}")
+    return (
+        f"median {gate_bench.ms(statistics.median(values))}  p95 {gate_bench.ms(gate_bench.percentile(values, 0.95))}  "
+        f"max {gate_bench.ms(max(values))}"
+    )
 
 
 def main(argv=None) -> int:
@@ -71,9 +73,25 @@ def main(argv=None) -> int:
             probe.bind(("127.0.0.1", 0))
             metrics_port = probe.getsockname()[1]
         exe = os.path.join(os.path.dirname(sys.executable), "ollama-credential-helper")
-        gate = gate_bench.Process("gate", [exe, "gate", "--upstream", f"http://127.0.0.1:{upstream.port}", "--listen", "127.0.0.1:0",
-                                           "--authorized-keys", keys, "--max-concurrency", "256",
-                                           "--metrics-listen", f"127.0.0.1:{metrics_port}"], env, True)
+        gate = gate_bench.Process(
+            "gate",
+            [
+                exe,
+                "gate",
+                "--upstream",
+                f"http://127.0.0.1:{upstream.port}",
+                "--listen",
+                "127.0.0.1:0",
+                "--authorized-keys",
+                keys,
+                "--max-concurrency",
+                "256",
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
+            ],
+            env,
+            True,
+        )
         processes.append(gate)
         time.sleep(0.5)
         idle = [scrape(metrics_port)[0] for _ in range(args.scrapes)]
@@ -83,7 +101,9 @@ def main(argv=None) -> int:
         result = {}
 
         def load() -> None:
-            result["answers"], result["bad"], result["elapsed"] = asyncio.run(gate_bench._load(gate.port, pool, args.clients, args.seconds))
+            result["answers"], result["bad"], result["elapsed"] = asyncio.run(
+                gate_bench._load(gate.port, pool, args.clients, args.seconds)
+            )
 
         loader = threading.Thread(target=load)
         loader.start()
@@ -96,8 +116,10 @@ def main(argv=None) -> int:
         print(f"gate: {gate.banner}")
         print(f"/metrics idle, {len(idle)} scrapes:        {summary(idle)}")
         print(f"/metrics under load, {len(busy)} scrapes:  {summary(busy)}  ({size} bytes)")
-        print(f"load: {args.clients} kept-alive clients, {result['answers'] / result['elapsed']:.0f} answers/s "
-              f"({result['bad']} non-2xx: the unsigned tenth)")
+        print(
+            f"load: {args.clients} kept-alive clients, {result['answers'] / result['elapsed']:.0f} answers/s "
+            f"({result['bad']} non-2xx: the unsigned tenth)"
+        )
     finally:
         for process in processes:
             process.stop()

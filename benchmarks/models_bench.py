@@ -61,7 +61,9 @@ def main() -> None:
         assert refused is None, refused
         times.sort()
         p99 = times[int(len(times) * 0.99) - 1]
-        print(f"{label % len(body):48} median {statistics.median(times) * 1e3:.4f} ms   p99 {p99 * 1e3:.4f} ms   ({rounds} calls)")
+        print(
+            f"{label % len(body):48} median {statistics.median(times) * 1e3:.4f} ms   p99 {p99 * 1e3:.4f} ms   ({rounds} calls)"
+        )
 
 
 if __name__ == "__main__":

@@ -36,9 +36,17 @@ from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.serve.messages import Forward, Head, NeedBody
 
 NOW = 1_800_000_000
-CHAT = json.dumps({"model": "qwen3:8b", "stream": True, "options": {"temperature": 0.2},
-                   "messages": [{"role": "system", "content": "You are terse."},
-                                {"role": "user", "content": "Summarise the plot of Hamlet in three sentences. " * 8}]}).encode()
+CHAT = json.dumps(
+    {
+        "model": "qwen3:8b",
+        "stream": True,
+        "options": {"temperature": 0.2},
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Summarise the plot of Hamlet in three sentences. " * 8},
+        ],
+    }
+).encode()
 
 
 def policy_for(directory: str, options: str) -> gate.GatePolicy:
@@ -76,21 +84,38 @@ def end_to_end(rounds: int) -> int:
         shutil.copy(os.path.join(ROOT, "golden", "keys", "ed25519-a"), key)
         os.chmod(key, 0o600)
         identity = load_identity(key)
-        upstream = Process("upstream", [sys.executable, os.path.join(ROOT, "benchmarks", "gate_bench.py"), "--serve-minimal"], env, False)
+        upstream = Process(
+            "upstream", [sys.executable, os.path.join(ROOT, "benchmarks", "gate_bench.py"), "--serve-minimal"], env, False
+        )
         processes.append(upstream)
         gates = {}
         for name, options in (("no options", ""), ("models=", 'models="qwen3:*,gemma3:4b,!qwen3:235b"')):
             path = policy_for(directory, options).keys.path
-            gates[name] = Process(name, [executable, "gate", "--listen", "127.0.0.1:0", "--upstream", f"http://127.0.0.1:{upstream.port}",
-                                         "--authorized-keys", path], env, True)
+            gates[name] = Process(
+                name,
+                [
+                    executable,
+                    "gate",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--upstream",
+                    f"http://127.0.0.1:{upstream.port}",
+                    "--authorized-keys",
+                    path,
+                ],
+                env,
+                True,
+            )
             processes.append(gates[name])
         clients = {name: BlockingClient(process.port) for name, process in gates.items()}
         times: dict[str, list[float]] = {name: [] for name in gates}
         for i in range(rounds + 50):
             for name, client in clients.items():
                 target = f"/api/chat?ts={int(time.time())}"
-                request = (f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {identity.sign(f'POST,{target}')}\r\n"
-                           f"Content-Type: application/json\r\nContent-Length: {len(CHAT)}\r\n\r\n").encode() + CHAT
+                request = (
+                    f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {identity.sign(f'POST,{target}')}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(CHAT)}\r\n\r\n"
+                ).encode() + CHAT
                 elapsed, status = client.round_trip(request)
                 assert status == 200, (name, status)
                 if i >= 50:
@@ -101,8 +126,10 @@ def end_to_end(rounds: int) -> int:
         shutil.rmtree(directory)
     for name, values in times.items():
         ordered = sorted(values)
-        print(f"{name:<12} POST /api/chat through the gate: median {statistics.median(values) * 1e3:.3f} ms   "
-              f"p90 {ordered[int(len(ordered) * 0.9)] * 1e3:.3f} ms")
+        print(
+            f"{name:<12} POST /api/chat through the gate: median {statistics.median(values) * 1e3:.3f} ms   "
+            f"p90 {ordered[int(len(ordered) * 0.9)] * 1e3:.3f} ms"
+        )
     difference = statistics.median(times["models="]) - statistics.median(times["no options"])
     print(f"models= adds (median difference) {difference * 1e3:.3f} ms")
     return 0
@@ -122,8 +149,18 @@ def main() -> int:
         os.chmod(key, 0o600)
         target = f"/api/chat?ts={NOW}"
         authorization = load_identity(key).sign(f"POST,{target}")
-        head = Head("POST", target, "1.1", (("Host", "box"), ("Authorization", authorization), ("Content-Type", "application/json"),
-                                            ("Content-Length", str(len(CHAT)))), "10.0.0.5")
+        head = Head(
+            "POST",
+            target,
+            "1.1",
+            (
+                ("Host", "box"),
+                ("Authorization", authorization),
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(CHAT))),
+            ),
+            "10.0.0.5",
+        )
         plain = policy_for(directory, "")
         restricted = policy_for(directory, 'models="qwen3:*,gemma3:4b,!qwen3:235b"')
         measure(plain, head, 200)  # warm up
@@ -137,12 +174,16 @@ def main() -> int:
 
     def show(name: str, times: list[float]) -> None:
         ordered = sorted(times)
-        print(f"{name:<34} median {statistics.median(times) * 1e6:7.1f} us   p90 {ordered[int(len(ordered) * 0.9)] * 1e6:7.1f} us")
+        print(
+            f"{name:<34} median {statistics.median(times) * 1e6:7.1f} us   p90 {ordered[int(len(ordered) * 0.9)] * 1e6:7.1f} us"
+        )
 
     show("no options (decide)", a)
     show("models= (decide + body check)", b)
-    print(f"models= adds (median difference)  {(statistics.median(b) - statistics.median(a)) * 1e6:7.1f} us  "
-          f"(chat body {len(CHAT)} bytes)")
+    print(
+        f"models= adds (median difference)  {(statistics.median(b) - statistics.median(a)) * 1e6:7.1f} us  "
+        f"(chat body {len(CHAT)} bytes)"
+    )
     return 0
 
 

@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(os.path.join(ROOT, "golden", "keys", "ed25519-a.pub"), keys)
         os.chmod(keys, 0o600)
         os.utime(keys, (time.time() - 60, time.time() - 60))  # past authorized_keys.RACY_NS: no reread per request
-        upstream_process = subprocess.Popen([sys.executable, os.path.join(HERE, "gate_bench.py"), "--serve-minimal"],
-                                            stdout=subprocess.PIPE, text=True)
+        upstream_process = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "gate_bench.py"), "--serve-minimal"], stdout=subprocess.PIPE, text=True
+        )
         upstream_url = protocol.URL("http", f"127.0.0.1:{int(upstream_process.stdout.readline())}", "", "")
 
         lines: list[str] = []
@@ -90,8 +91,22 @@ def main(argv: list[str] | None = None) -> int:
 
         engine.ClientConnection.run = profiled_run
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        load = subprocess.run([sys.executable, "-c", LOAD.format(here=HERE), args.mode, str(server.address[1]), str(args.clients),
-                               str(args.seconds), key, token], capture_output=True, text=True, timeout=args.seconds + 60)
+        load = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                LOAD.format(here=HERE),
+                args.mode,
+                str(server.address[1]),
+                str(args.clients),
+                str(args.seconds),
+                key,
+                token,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=args.seconds + 60,
+        )
         if load.returncode != 0:
             print(load.stderr)
             return 1
@@ -99,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         server.stop_accepting()
         time.sleep(0.5)  # the client threads end and their profiles close
         server.close()
-        print(f"{args.mode}: {int(answers):,} answers ({bad} not 2xx), {float(rate):,.0f}/s with {args.clients} clients, "
-              f"{len(lines):,} log lines; cProfile slows everything down, compare shares, not absolute times")
+        print(
+            f"{args.mode}: {int(answers):,} answers ({bad} not 2xx), {float(rate):,.0f}/s with {args.clients} clients, "
+            f"{len(lines):,} log lines; cProfile slows everything down, compare shares, not absolute times"
+        )
         stats = pstats.Stats(profiles[0])
         for profile in profiles[1:]:
             stats.add(profile)

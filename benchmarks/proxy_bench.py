@@ -63,12 +63,20 @@ class Proxy:
             cwd = os.path.abspath(tree)
             command = [sys.executable, "-m", "credential_helper"]
             env = {**env, "PYTHONPATH": cwd}
-        self.process = subprocess.Popen([*command, "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream, "--max-concurrency", "256"],
-                                        env=env, cwd=cwd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        self.process = subprocess.Popen(
+            [*command, "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream, "--max-concurrency", "256"],
+            env=env,
+            cwd=cwd,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
         first = self.process.stderr.readline()
         self.banner = first.strip()  # shows which version runs (the h11 one names its credential)
         self.port = int(first.split()[2].rsplit(":", 1)[1])
-        printed = subprocess.run([*command, "proxy", "--print-env"], env=env, cwd=cwd, capture_output=True, text=True, check=True).stdout
+        printed = subprocess.run(
+            [*command, "proxy", "--print-env"], env=env, cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout
         self.token = dict(line[7:].split("=", 1) for line in printed.splitlines() if "=" in line)["OPENAI_API_KEY"]
         # Drain the per-request log so the pipe never fills.
         threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
@@ -108,7 +116,9 @@ def latency(server: StandIn, proxies: list[Proxy], identity, rounds: int = 400) 
         target = signed.url.split(server.host, 1)[1]
         sign_time = time.perf_counter() - signed_started
         d = timed_get(direct_conn, target, {"Authorization": signed.authorization}) + sign_time
-        p = [timed_get(conn, "/api/tags", {"Authorization": f"Bearer {proxy.token}"}) for conn, proxy in zip(proxy_conns, proxies)]
+        p = [
+            timed_get(conn, "/api/tags", {"Authorization": f"Bearer {proxy.token}"}) for conn, proxy in zip(proxy_conns, proxies)
+        ]
         if i >= 20:  # warm-up
             direct.append(d)
             for values, value in zip(proxied, p):
@@ -130,11 +140,17 @@ def first_chunk(port: int, target: str, headers: dict) -> float:
     return elapsed
 
 
-def time_to_first_chunk(server: StandIn, proxies: list[Proxy], identity, rounds: int = 30) -> tuple[list[float], list[list[float]]]:
+def time_to_first_chunk(
+    server: StandIn, proxies: list[Proxy], identity, rounds: int = 30
+) -> tuple[list[float], list[list[float]]]:
     direct, proxied = [], [[] for _ in proxies]
     for _ in range(rounds):
         signed = sign_request("POST", f"{server.base_url}/api/chat", identity=identity)
-        direct.append(first_chunk(server.server.server_address[1], signed.url.split(server.host, 1)[1], {"Authorization": signed.authorization}))
+        direct.append(
+            first_chunk(
+                server.server.server_address[1], signed.url.split(server.host, 1)[1], {"Authorization": signed.authorization}
+            )
+        )
         for values, proxy in zip(proxied, proxies):
             values.append(first_chunk(proxy.port, "/api/chat", {"Authorization": f"Bearer {proxy.token}"}))
     return direct, proxied
@@ -238,8 +254,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {'direct':10} median {ms(statistics.median(direct))}  p99 {ms(percentile(direct, 0.99))}")
                 for proxy, values in zip(proxies, proxied):
                     added = [p - d for p, d in zip(values, direct)]
-                    print(f"  {proxy.name:10} median {ms(statistics.median(values))}  p99 {ms(percentile(values, 0.99))}"
-                          f"   added: median {ms(statistics.median(added))}  p99 {ms(percentile(added, 0.99))}")
+                    print(
+                        f"  {proxy.name:10} median {ms(statistics.median(values))}  p99 {ms(percentile(values, 0.99))}"
+                        f"   added: median {ms(statistics.median(added))}  p99 {ms(percentile(added, 0.99))}"
+                    )
 
                 port = server.server.server_address[1]
 
@@ -253,14 +271,18 @@ def main(argv: list[str] | None = None) -> int:
                     rates["direct"].append(throughput(port, direct_headers))
                     for proxy in proxies:
                         before, started = proxy.cpu_seconds(), time.perf_counter()
-                        rate = throughput(proxy.port, lambda proxy=proxy: ("/api/tags", {"Authorization": f"Bearer {proxy.token}"}))
+                        rate = throughput(
+                            proxy.port, lambda proxy=proxy: ("/api/tags", {"Authorization": f"Bearer {proxy.token}"})
+                        )
                         requests = rate * (time.perf_counter() - started)
                         rates[proxy.name].append(rate)
                         cpu[proxy.name].append((proxy.cpu_seconds() - before) / max(requests, 1))
                 print("throughput, small signed requests, 4 kept-alive clients, 2 s each, 3 alternating rounds (median round):")
                 print("  " + "   ".join(f"{name} {statistics.median(values):,.0f} req/s" for name, values in rates.items()))
-                print("  proxy CPU per request: " + "   ".join(f"{name} {statistics.median(values) * 1e6:.0f} us"
-                                                           for name, values in cpu.items()))
+                print(
+                    "  proxy CPU per request: "
+                    + "   ".join(f"{name} {statistics.median(values) * 1e6:.0f} us" for name, values in cpu.items())
+                )
             finally:
                 for proxy in proxies:
                     proxy.stop()
@@ -274,13 +296,19 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 direct, proxied = time_to_first_chunk(server, proxies, identity)
                 print("time to first chunk, NDJSON stream, upstream chunk every 50 ms, 30 rounds:")
-                print(f"  direct median {ms(statistics.median(direct))}" + "".join(
-                    f"   {proxy.name} median {ms(statistics.median(values))} (+{ms(statistics.median(values) - statistics.median(direct))})"
-                    for proxy, values in zip(proxies, proxied)))
+                print(
+                    f"  direct median {ms(statistics.median(direct))}"
+                    + "".join(
+                        f"   {proxy.name} median {ms(statistics.median(values))} (+{ms(statistics.median(values) - statistics.median(direct))})"
+                        for proxy, values in zip(proxies, proxied)
+                    )
+                )
                 for proxy in proxies:
                     intact, elapsed = concurrent_streams(proxy)
-                    print(f"{proxy.name}: 64 concurrent streams of 20 chunks (1 s each): {intact}/64 intact in {elapsed:.2f} s; "
-                          f"peak RSS {proxy.peak_rss_mb():.1f} MB")
+                    print(
+                        f"{proxy.name}: 64 concurrent streams of 20 chunks (1 s each): {intact}/64 intact in {elapsed:.2f} s; "
+                        f"peak RSS {proxy.peak_rss_mb():.1f} MB"
+                    )
             finally:
                 for proxy in proxies:
                     proxy.stop()

@@ -58,8 +58,10 @@ def soak(name: str, process: Process, url: str, headers: list[str], clients: int
     non2xx = next((line.strip() for line in report.splitlines() if "Non-2xx" in line), "all 2xx")
     print(f"{name}: {requests} requests, {rate}/s, {non2xx}")
     print("  VmRSS MB over time: " + ", ".join(f"{t:.0f}s {mb:.1f}" for t, mb in samples))
-    print(f"  start {samples[0][1]:.1f} MB, peak {max(mb for _, mb in samples):.1f} MB, "
-          f"last under load {samples[-1][1]:.1f} MB, 2 s after the connections closed {after:.1f} MB")
+    print(
+        f"  start {samples[0][1]:.1f} MB, peak {max(mb for _, mb in samples):.1f} MB, "
+        f"last under load {samples[-1][1]:.1f} MB, 2 s after the connections closed {after:.1f} MB"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--every", type=float, default=15.0, help="seconds between RSS samples (default 15)")
     parser.add_argument("--only", choices=("gate", "proxy"))
-    parser.add_argument("--chunks", type=int, default=0,
-                        help="the upstream streams each answer as N chunks (as a chat does); default: one small answer")
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=0,
+        help="the upstream streams each answer as N chunks (as a chat does); default: one small answer",
+    )
     parser.add_argument("--gap", type=float, default=0.002, help="seconds between streamed chunks (default 0.002)")
     parser.add_argument("--tree", help="run the gate and proxy of this checkout (python -m, its package first on PYTHONPATH)")
     args = parser.parse_args(argv)
@@ -89,8 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_API_KEY", "HTTPS_PROXY", "HTTP_PROXY", "PYTHONPATH")}
         env.update(HOME=work, XDG_CACHE_HOME=os.path.join(work, ".cache"), XDG_CONFIG_HOME=os.path.join(work, ".config"))
         bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate_bench.py")
-        upstream = Process("upstream", [sys.executable, bench, "--serve-minimal", "--chunks", str(args.chunks), "--gap", str(args.gap)],
-                           env, False)
+        upstream = Process(
+            "upstream",
+            [sys.executable, bench, "--serve-minimal", "--chunks", str(args.chunks), "--gap", str(args.gap)],
+            env,
+            False,
+        )
         processes.append(upstream)
         exe = [os.path.join(os.path.dirname(sys.executable), "ollama-credential-helper")]
         if args.tree:
@@ -101,19 +111,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"upstream: {f'{args.chunks} chunks {args.gap:g} s apart' if args.chunks else 'one small answer'} per request")
         common = ["--listen", "127.0.0.1:0", "--max-concurrency", "256"]
         if args.only in (None, "gate"):
-            gate = Process("gate", [*exe, "gate", "--upstream", f"http://127.0.0.1:{upstream.port}", *common,
-                                    "--authorized-keys", keys, "--max-skew", str(args.seconds + 120)], env, True)
+            gate = Process(
+                "gate",
+                [
+                    *exe,
+                    "gate",
+                    "--upstream",
+                    f"http://127.0.0.1:{upstream.port}",
+                    *common,
+                    "--authorized-keys",
+                    keys,
+                    "--max-skew",
+                    str(args.seconds + 120),
+                ],
+                env,
+                True,
+            )
             processes.append(gate)
             target = f"/api/tags?ts={int(time.time())}"
-            soak("gate", gate, f"http://127.0.0.1:{gate.port}{target}", [f"Authorization: {identity.sign(f'GET,{target}')}"],
-                 args.clients, args.seconds, args.every)
+            soak(
+                "gate",
+                gate,
+                f"http://127.0.0.1:{gate.port}{target}",
+                [f"Authorization: {identity.sign(f'GET,{target}')}"],
+                args.clients,
+                args.seconds,
+                args.every,
+            )
         if args.only in (None, "proxy"):
             proxy = Process("proxy", [*exe, "proxy", "--upstream", f"http://127.0.0.1:{upstream.port}", *common], env, True)
             processes.append(proxy)
             printed = subprocess.run([*exe, "proxy", "--print-env"], env=env, capture_output=True, text=True, check=True).stdout
-            token = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
-            soak("proxy", proxy, f"http://127.0.0.1:{proxy.port}/api/tags", [f"Authorization: Bearer {token}"],
-                 args.clients, args.seconds, args.every)
+            token = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
+            soak(
+                "proxy",
+                proxy,
+                f"http://127.0.0.1:{proxy.port}/api/tags",
+                [f"Authorization: Bearer {token}"],
+                args.clients,
+                args.seconds,
+                args.every,
+            )
     finally:
         for process in reversed(processes):
             process.stop()

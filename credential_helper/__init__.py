@@ -14,7 +14,6 @@ Every error is a subclass of :class:`HelperError`; ``exc.exit_code`` is the
 status the command line would exit with.
 """
 
-
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -44,8 +43,23 @@ __all__ = ["__version__", *_EXPORTS]
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
 if TYPE_CHECKING:  # what __getattr__ gives, as the type checker should see it
     from .cache import TokenCache as TokenCache
-    from .client import SignedRequest as SignedRequest, Token as Token, fetch_challenge as fetch_challenge, get_token as get_token, resolve_input as resolve_input, sign_request as sign_request
-    from .errors import HelperError as HelperError, IdentityError as IdentityError, InputError as InputError, KeyNotFoundError as KeyNotFoundError, NetworkError as NetworkError, RealmRefusedError as RealmRefusedError, ServerRefusedError as ServerRefusedError
+    from .client import (
+        SignedRequest as SignedRequest,
+        Token as Token,
+        fetch_challenge as fetch_challenge,
+        get_token as get_token,
+        resolve_input as resolve_input,
+        sign_request as sign_request,
+    )
+    from .errors import (
+        HelperError as HelperError,
+        IdentityError as IdentityError,
+        InputError as InputError,
+        KeyNotFoundError as KeyNotFoundError,
+        NetworkError as NetworkError,
+        RealmRefusedError as RealmRefusedError,
+        ServerRefusedError as ServerRefusedError,
+    )
     from .identity import Identity as Identity, load_identity as load_identity
     from .protocol import Challenge as Challenge, parse_www_authenticate as parse_www_authenticate
 

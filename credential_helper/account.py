@@ -56,9 +56,7 @@ def generate_identity(path: str | os.PathLike[str] | None = None) -> Identity:
     except OSError as exc:
         raise IdentityError(f"cannot create {directory}: {exc.strerror}") from None
     key = ed25519.Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
     identity = parse_private_key(pem, key_path)
     _write_new(key_path, pem, 0o600)
     try:
@@ -78,8 +76,9 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
         raise IdentityError(f"cannot create {path}: {exc.strerror or exc}") from None
 
 
-def whoami(base_url: str | None = None, *, identity: str | None = None, timeout: float = 10.0,
-           log: Callable[[str], None] | None = None) -> dict:
+def whoami(
+    base_url: str | None = None, *, identity: str | None = None, timeout: float = 10.0, log: Callable[[str], None] | None = None
+) -> dict:
     """POST <base>/api/me, signed (scheme 2): the proof that keyless auth works.
 
     ``base_url`` is checked under Ollama's rules for OLLAMA_CLOUD_BASE_URL (None:
@@ -98,9 +97,7 @@ def whoami(base_url: str | None = None, *, identity: str | None = None, timeout:
     signed = sign_request("POST", url, identity=identity)
     log(f"POST {signed.url} (Authorization: [redacted], source {signed.source})")
     target = protocol.parse_url(signed.url)
-    response = transport.send(
-        "POST", target, headers={"Authorization": signed.authorization}, body=b"", timeout=timeout
-    )
+    response = transport.send("POST", target, headers={"Authorization": signed.authorization}, body=b"", timeout=timeout)
     log(f"{target.host} answered {response.status}")
     link_hint = _link_hint(identity, signed.source)
     if response.status == 401:

@@ -141,9 +141,7 @@ class TokenCache:
         """Write atomically (new temporary file, fsync, rename); False if not cached."""
         if self.problem(create=True) is not None:
             return False
-        payload = json.dumps(
-            {"token": entry.token, "expires_at": entry.expires_at, "lifetime": entry.lifetime}
-        ).encode()
+        payload = json.dumps({"token": entry.token, "expires_at": entry.expires_at, "lifetime": entry.lifetime}).encode()
         target = self._path(key, ENTRY_SUFFIX)
         created = self._create_temporary(target)
         if created is None:

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--identity", metavar="FILE", help="the Ed25519 private key (default: ~/.ollama/id_ed25519)")
     common.add_argument("--verbose", action="store_true", help="log each step to stderr, secrets shown as [redacted]")
     network = _Parser(add_help=False)
-    network.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)")
+    network.add_argument(
+        "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)"
+    )
     challenged = _Parser(add_help=False)
     challenged.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
 
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sign",
         parents=[common],
         help="sign one ollama.com API request (scheme 2)",
-        description="Sign METHOD URL (or stdin {\"method\": ..., \"url\": ...}) and print "
+        description='Sign METHOD URL (or stdin {"method": ..., "url": ...}) and print '
         "{method, url, authorization, ts, source} as JSON.",
     )
     sign.add_argument("method", nargs="?", metavar="METHOD", help="HTTP method, e.g. POST")
@@ -148,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "whoami",
         parents=[common, network],
         help="ask ollama.com which account this key is linked to",
-        description="Send a signed POST /api/me to $OLLAMA_CLOUD_BASE_URL (default "
-        "https://ollama.com) and print the account.",
+        description="Send a signed POST /api/me to $OLLAMA_CLOUD_BASE_URL (default https://ollama.com) and print the account.",
     )
     whoami.add_argument("--json", action="store_true", help="print the account as a JSON object")
     whoami.set_defaults(func=cmd_whoami)
@@ -163,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--json", action="store_true", help="print {checks: [{name, status, detail, fix}], ok} as JSON")
     doctor.add_argument("--registry", metavar="URL", help="the registry to check (default: https://registry.ollama.ai)")
-    doctor.add_argument("--host", metavar="URL", help="check a shared server (a gate) instead: TLS trust, clock, "
-                        "whether each of your keys is admitted, and which key Ollama's CLI signs with")
+    doctor.add_argument(
+        "--host",
+        metavar="URL",
+        help="check a shared server (a gate) instead: TLS trust, clock, "
+        "whether each of your keys is admitted, and which key Ollama's CLI signs with",
+    )
     doctor.set_defaults(func=cmd_doctor)
 
     from .serve.arguments import add_serve_commands
@@ -205,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for line in traceback.format_exc().splitlines():
                 sys.stderr.write(_redact(line) + "\n")
-        _fail(
-            f"internal error ({type(exc).__name__}); rerun with --verbose for details "
-            "and report it"
-        )
+        _fail(f"internal error ({type(exc).__name__}); rerun with --verbose for details and report it")
         return EXIT_INTERNAL
 
 
@@ -435,9 +437,11 @@ def cmd_key(args: argparse.Namespace, log: Log) -> int:
         else:
             # A second key is for a shared server (a gate): linking it to ollama.com would undo its point,
             # since whoever runs that server can replay its signatures at ollama.com.
-            write_stdout(f"created {identity.path} (and .pub). For a shared server, send its operator the line above; "
-                         "leave this key unlinked: apart from your ollama.com account, its signatures are worth nothing there "
-                         f"(to link it anyway: ollama-credential-helper key --connect-url --identity {identity.path})\n")
+            write_stdout(
+                f"created {identity.path} (and .pub). For a shared server, send its operator the line above; "
+                "leave this key unlinked: apart from your ollama.com account, its signatures are worth nothing there "
+                f"(to link it anyway: ollama-credential-helper key --connect-url --identity {identity.path})\n"
+            )
         return EXIT_OK
     from .identity import load_identity
 

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     Log = Callable[[str], None]
 
 
-
 class Token:
     """A Bearer token. ``str()``/``repr()`` never show its value."""
 
@@ -132,7 +131,7 @@ def resolve_input(text: str, *, host: str | None = None, timeout: float = 10.0) 
     if host is not None:
         protocol.check_host_value(host)
         if parsed.host is not None and parsed.host != host:
-            raise InputError(f"--host {host!r} differs from the input's \"host\" {parsed.host!r}")
+            raise InputError(f'--host {host!r} differs from the input\'s "host" {parsed.host!r}')
     if parsed.url is not None:
         if host is not None and host != parsed.url.host:
             raise InputError(f"--host {host!r} differs from the URL's host {parsed.url.host!r}")
@@ -272,8 +271,9 @@ def cached_token(
     return Token.from_entry(hit) if hit is not None else None
 
 
-def _exchange(challenge: protocol.Challenge, realm: protocol.URL, ident: Identity, nonce: str | None, timeout: float,
-              log: Log) -> Exchanged:
+def _exchange(
+    challenge: protocol.Challenge, realm: protocol.URL, ident: Identity, nonce: str | None, timeout: float, log: Log
+) -> Exchanged:
     """Drive the one token flow (tokens.exchange) with transport.send, under one deadline."""
     from . import tokens, transport
 
@@ -294,8 +294,13 @@ def _exchange(challenge: protocol.Challenge, realm: protocol.URL, ident: Identit
         log(f"GET {request.token_url} (Host: {request.host_header}, Authorization: [redacted])")
         started = time.monotonic()
         try:
-            response = transport.send("GET", request.url, headers={"Authorization": call.authorization},
-                                      host_header=request.host_header, timeout=max(deadline - started, 0.001))
+            response = transport.send(
+                "GET",
+                request.url,
+                headers={"Authorization": call.authorization},
+                host_header=request.host_header,
+                timeout=max(deadline - started, 0.001),
+            )
         except NetworkError as exc:
             flow.throw(exc)  # raises it again, with the flow's note
             raise  # pragma: no cover  (throw always raises here)
@@ -346,7 +351,9 @@ def sign_request(
     return SignedRequest(plan.method, str(plan.url), authorization, plan.ts, "ed25519")
 
 
-def sign_parsed(method: str, url: protocol.URL, identity: Identity, ts: int | None = None) -> tuple[protocol.SignedRequestPlan, str]:
+def sign_parsed(
+    method: str, url: protocol.URL, identity: Identity, ts: int | None = None
+) -> tuple[protocol.SignedRequestPlan, str]:
     """Scheme 2 for a parsed URL: (SignedRequestPlan, Authorization value).
 
     The one place every signer (``sign_request``, the HTTP-library adapters, the

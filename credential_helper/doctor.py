@@ -8,7 +8,6 @@ Nothing here prints a token, a signature or an API key: the sanitiser cleans
 every detail built from server text, and the API key is reported by presence.
 """
 
-
 import os
 import time
 from collections.abc import Mapping
@@ -63,7 +62,9 @@ class _Budget:
         return self.deadline - time.monotonic()
 
 
-def run(*, identity_path: str | None, registry: str | None, timeout: float, environ: Mapping[str, str] | None = None) -> list[Check]:
+def run(
+    *, identity_path: str | None, registry: str | None, timeout: float, environ: Mapping[str, str] | None = None
+) -> list[Check]:
     environ = os.environ if environ is None else environ
     key_path = identity_path or identity.default_identity_path()
     budget = _Budget(timeout)
@@ -71,7 +72,9 @@ def run(*, identity_path: str | None, registry: str | None, timeout: float, envi
     try:
         base = policy.cloud_base_url(environ.get("OLLAMA_CLOUD_BASE_URL"))
     except HelperError as exc:
-        checks.append(Check("network", "fail", str(exc), "unset OLLAMA_CLOUD_BASE_URL, or give a scheme and host (https unless loopback)"))
+        checks.append(
+            Check("network", "fail", str(exc), "unset OLLAMA_CLOUD_BASE_URL, or give a scheme and host (https unless loopback)")
+        )
         base = None
     registry_url = protocol.parse_url(registry or DEFAULT_REGISTRY, what="--registry")
     if base is not None:
@@ -82,8 +85,16 @@ def run(*, identity_path: str | None, registry: str | None, timeout: float, envi
     registry_check, _ = check_network("network (registry)", registry_url, budget)
     checks.append(registry_check)
     checks.append(check_clock(date) if api_check.status == "ok" else _skipped("clock", "the API host could not be reached"))
-    checks.append(check_link(base, key_path, budget) if api_check.status == "ok" and base is not None else _skipped("link", "the API host could not be reached"))
-    checks.append(check_registry(registry_url, key_path, budget) if registry_check.status == "ok" else _skipped("registry", "the registry could not be reached"))
+    checks.append(
+        check_link(base, key_path, budget)
+        if api_check.status == "ok" and base is not None
+        else _skipped("link", "the API host could not be reached")
+    )
+    checks.append(
+        check_registry(registry_url, key_path, budget)
+        if registry_check.status == "ok"
+        else _skipped("registry", "the registry could not be reached")
+    )
     checks.append(check_cache())
     checks.append(check_platform())
     return checks
@@ -160,9 +171,15 @@ def check_api_key(key_path: str, environ: Mapping[str, str]) -> Check:
     if not value:
         return Check("api key", "ok", "OLLAMA_API_KEY is not set; the key file is the only credential")
     if os.path.lexists(key_path):
-        return Check("api key", "ok", f"OLLAMA_API_KEY is set ({len(value)} characters) but not used: the key file takes precedence")
-    return Check("api key", "warn", f"OLLAMA_API_KEY is set ({len(value)} characters) and used, for ollama.com hosts only, because there is no key file",
-                 "for keyless auth, create a key: ollama-credential-helper key --generate")
+        return Check(
+            "api key", "ok", f"OLLAMA_API_KEY is set ({len(value)} characters) but not used: the key file takes precedence"
+        )
+    return Check(
+        "api key",
+        "warn",
+        f"OLLAMA_API_KEY is set ({len(value)} characters) and used, for ollama.com hosts only, because there is no key file",
+        "for keyless auth, create a key: ollama-credential-helper key --generate",
+    )
 
 
 # --- 3. network -------------------------------------------------------------------------------
@@ -182,7 +199,9 @@ def check_network(name: str, base: protocol.URL, budget: _Budget) -> tuple[Check
         return Check(name, "fail", str(exc), exc.fix or _NETWORK_FIX), None
     route = f"through the proxy {via} ({via.variable})" if via is not None else "directly"
     tls = ", TLS verified" if url.scheme == "https" else ""
-    return Check(name, "ok", f"{base.scheme}://{base.host} answered HTTP {response.status}, {route}{tls}"), response.header("date")
+    return Check(name, "ok", f"{base.scheme}://{base.host} answered HTTP {response.status}, {route}{tls}"), response.header(
+        "date"
+    )
 
 
 # --- 4. clock ---------------------------------------------------------------------------------
@@ -194,8 +213,12 @@ def check_clock(date_header: str | None) -> Check:
         return Check("clock", "warn", "the server sent no usable Date header; the clock could not be compared")
     direction = "behind" if skew > 0 else "ahead of"
     if abs(skew) > CLOCK_TOLERANCE:
-        return Check("clock", "fail", f"the local clock is {abs(skew):.0f}s {direction} the server's; signatures carry ts and are refused when stale",
-                     "sync the clock: timedatectl set-ntp true (or your system's time service)")
+        return Check(
+            "clock",
+            "fail",
+            f"the local clock is {abs(skew):.0f}s {direction} the server's; signatures carry ts and are refused when stale",
+            "sync the clock: timedatectl set-ntp true (or your system's time service)",
+        )
     return Check("clock", "ok", f"within {max(abs(skew), 0.5):.0f}s of the server's")
 
 
@@ -233,12 +256,19 @@ def check_registry(registry: protocol.URL, key_path: str, budget: _Budget) -> Ch
     except ServerRefusedError as exc:
         return Check("registry", "fail", str(exc), _connect_fix(key_path))
     except HelperError as exc:
-        return Check("registry", "fail", str(exc), "fix the checks above first" if isinstance(exc, IdentityError) else exc.fix or _NETWORK_FIX)
+        return Check(
+            "registry",
+            "fail",
+            str(exc),
+            "fix the checks above first" if isinstance(exc, IdentityError) else exc.fix or _NETWORK_FIX,
+        )
     assert isinstance(token, client.Token)  # no dry_run: a token, not a DryRun
     if token.expires_at is None:
         return Check("registry", "ok", f"{registry.host} challenged for {challenge.scope}; OLLAMA_API_KEY answers it")
     lifetime = max(token.expires_at - time.time(), 0)
-    return Check("registry", "ok", f"{registry.host} challenged for {challenge.scope}; token exchanged, valid for {lifetime:.0f}s")
+    return Check(
+        "registry", "ok", f"{registry.host} challenged for {challenge.scope}; token exchanged, valid for {lifetime:.0f}s"
+    )
 
 
 # --- 7. cache ---------------------------------------------------------------------------------
@@ -278,5 +308,10 @@ def check_platform() -> Check:
     detail = f"{system.platform_name()}: cache {system.cache_dir()}, config {system.config_dir()}, TLS trust from {trust}"
     limits = system.limitations()
     if limits:
-        return Check("platform", "warn", f"{detail}; " + "; ".join(limits), "nothing to fix: this is what this system allows (see the README's macOS and Windows section)")
+        return Check(
+            "platform",
+            "warn",
+            f"{detail}; " + "; ".join(limits),
+            "nothing to fix: this is what this system allows (see the README's macOS and Windows section)",
+        )
     return Check("platform", "ok", detail)

@@ -86,11 +86,21 @@ def run(*, host: str, identity_path: str | None, timeout: float) -> list[Check]:
             for check in keyed:  # no key of yours gets in: an unknown key is then the failure itself
                 if check.status == "warn":
                     check.status = "fail"
-        checks += keyed or [Check("keys", "fail", "no key to check: none at ~/.ollama/id_ed25519 and no --identity",
-                                  "ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519, then send the operator its line")]
+        checks += keyed or [
+            Check(
+                "keys",
+                "fail",
+                "no key to check: none at ~/.ollama/id_ed25519 and no --identity",
+                "ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519, then send the operator its line",
+            )
+        ]
     else:
         checks.append(Check("keys", "warn", "not checked: the server could not be reached"))
-    checks.append(check_clock(dates[0] if dates else None) if reachable else Check("clock", "warn", "not checked: the server could not be reached"))
+    checks.append(
+        check_clock(dates[0] if dates else None)
+        if reachable
+        else Check("clock", "warn", "not checked: the server could not be reached")
+    )
     checks.append(check_cli(base, verdicts))
     return checks
 
@@ -151,8 +161,10 @@ def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> Check
 
         message = str(exc)
         if exc.fix == transport.FIXES["tls"]:  # diagnosed where it failed (transport.diagnose)
-            fix = ("install the server's CA in this system's trust store (e.g. /usr/local/share/ca-certificates/, then "
-                   "update-ca-certificates; the Keychain on macOS), or point SSL_CERT_FILE at its PEM file")
+            fix = (
+                "install the server's CA in this system's trust store (e.g. /usr/local/share/ca-certificates/, then "
+                "update-ca-certificates; the Keychain on macOS), or point SSL_CERT_FILE at its PEM file"
+            )
         else:
             fix = "check the URL and port, and that the gate runs (gate --listen ... on the box)"
         return Check("server", "fail", message, fix)
@@ -160,16 +172,28 @@ def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> Check
         return Check("server", "fail", str(exc), "use https (the gate needs --tls-cert off loopback)")
     tls = ""
     if base.scheme == "https":
-        tls = ", TLS verified against SSL_CERT_FILE" if os.environ.get("SSL_CERT_FILE") else ", TLS verified through this system's trust store"
+        tls = (
+            ", TLS verified against SSL_CERT_FILE"
+            if os.environ.get("SSL_CERT_FILE")
+            else ", TLS verified through this system's trust store"
+        )
     where = f"{base.scheme}://{base.host}"
     if response.status == 401:  # the gate's answer (WWW-Authenticate: Ollama ...), or its front server's
         return Check("server", "ok", f"{where} answered{tls}; an unsigned request is refused (401): a gate")
     if 200 <= response.status < 300:
-        return Check("server", "warn", f"{where} answered{tls}, and an unsigned GET {PROBE} got {response.status}: "
-                     "nothing checks signatures there, so anyone who reaches it can use it",
-                     "the operator puts the gate in front: ollama-credential-helper gate (see the README's Share your Ollama server)")
-    return Check("server", "warn", f"{where} answered{tls}; an unsigned GET {PROBE} got {response.status} ({_reason(response)}): "
-                 "not the answer of a gate", "check the URL: it should be the gate's, not Ollama's or a front server's")
+        return Check(
+            "server",
+            "warn",
+            f"{where} answered{tls}, and an unsigned GET {PROBE} got {response.status}: "
+            "nothing checks signatures there, so anyone who reaches it can use it",
+            "the operator puts the gate in front: ollama-credential-helper gate (see the README's Share your Ollama server)",
+        )
+    return Check(
+        "server",
+        "warn",
+        f"{where} answered{tls}; an unsigned GET {PROBE} got {response.status} ({_reason(response)}): not the answer of a gate",
+        "check the URL: it should be the gate's, not Ollama's or a front server's",
+    )
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -207,8 +231,12 @@ def check_key(base: protocol.URL, path: str, deadline: float, dates: list[str], 
     if gate is None:  # it passed the gate: Ollama answered
         if response.status >= 500:  # admitted, but nothing works: the server's problem, not "admitted"
             verdicts[path] = "server"
-            return Check(name, "fail", f"{who}: passed the gate, but Ollama behind it answered {response.status} ({reason}): "
-                         "a problem on the server", f"{operator} (Ollama's log on the box says why)")
+            return Check(
+                name,
+                "fail",
+                f"{who}: passed the gate, but Ollama behind it answered {response.status} ({reason}): a problem on the server",
+                f"{operator} (Ollama's log on the box says why)",
+            )
         verdicts[path] = "admitted"
         answered = "" if response.status == 200 else f" (Ollama answered {response.status})"
         return Check(name, "ok", f"{who}: admitted: a signed GET {PROBE} passed the gate{answered}")
@@ -218,42 +246,81 @@ def check_key(base: protocol.URL, path: str, deadline: float, dates: list[str], 
             gate = "unknown-key" if "not in this server's authorized_keys" in reason else "stale" if "clock" in reason else ""
     if gate == "unknown-key":
         verdicts[path] = "unknown"
-        return Check(name, "warn", f"{who}: not in the server's authorized_keys",
-                     f"send the operator the line: {loaded.public_key_line} <your name> *   "
-                     f"(ollama-credential-helper key --identity {path} prints it)")
+        return Check(
+            name,
+            "warn",
+            f"{who}: not in the server's authorized_keys",
+            f"send the operator the line: {loaded.public_key_line} <your name> *   "
+            f"(ollama-credential-helper key --identity {path} prints it)",
+        )
     if gate == "not-granted":
         verdicts[path] = "listed"
-        return Check(name, "warn", f"{who}: listed in the server's authorized_keys, but not granted "
-                     f"GET {PROBE} (its endpoint list decides what it may call; a signed HEAD /, the CLI's heartbeat, passes)",
-                     "if it needs more endpoints, ask the operator to add them to its line")
+        return Check(
+            name,
+            "warn",
+            f"{who}: listed in the server's authorized_keys, but not granted "
+            f"GET {PROBE} (its endpoint list decides what it may call; a signed HEAD /, the CLI's heartbeat, passes)",
+            "if it needs more endpoints, ask the operator to add them to its line",
+        )
     if gate == "model":
         verdicts[path] = "listed"
-        return Check(name, "warn", f"{who}: listed in the server's authorized_keys for some models only (models=), "
-                     f"and GET {PROBE} was refused: {reason}", "if it needs more models, ask the operator to add them to its line")
+        return Check(
+            name,
+            "warn",
+            f"{who}: listed in the server's authorized_keys for some models only (models=), "
+            f"and GET {PROBE} was refused: {reason}",
+            "if it needs more models, ask the operator to add them to its line",
+        )
     if gate == "concurrency":  # verified and admitted; the server (or the key's max-concurrent) was full
         verdicts[path] = "admitted"
-        return Check(name, "warn", f"{who}: admitted, but the server was busy ({response.status}: {reason})",
-                     "run doctor again in a moment; if it stays busy, tell the server's operator")
-    verdicts[path] = {"keyfile-unusable": "server", "upstream": "server", "expired": "expired", "address": "address"}.get(gate, "refused")
+        return Check(
+            name,
+            "warn",
+            f"{who}: admitted, but the server was busy ({response.status}: {reason})",
+            "run doctor again in a moment; if it stays busy, tell the server's operator",
+        )
+    verdicts[path] = {"keyfile-unusable": "server", "upstream": "server", "expired": "expired", "address": "address"}.get(
+        gate, "refused"
+    )
     if gate == "expired":
-        return Check(name, "fail", f"{who}: the line for this key expired (ask the operator): {reason}",
-                     "ask the operator to renew the line's expiry-time in the server's authorized_keys")
+        return Check(
+            name,
+            "fail",
+            f"{who}: the line for this key expired (ask the operator): {reason}",
+            "ask the operator to renew the line's expiry-time in the server's authorized_keys",
+        )
     if gate == "address":
-        return Check(name, "fail", f"{who}: the gate sees you from an address its from= does not allow: {reason}",
-                     "connect from an address the line allows (VPN, office network), or ask the operator to add this one to its from=")
+        return Check(
+            name,
+            "fail",
+            f"{who}: the gate sees you from an address its from= does not allow: {reason}",
+            "connect from an address the line allows (VPN, office network), or ask the operator to add this one to its from=",
+        )
     if gate == "keyfile-unusable":
-        return Check(name, "fail", f"{who}: the server's authorized_keys is unusable, so the gate admits no key ({response.status}): {reason}",
-                     f"{operator}: the gate's log names the file's problem; nothing on this machine can fix it")
+        return Check(
+            name,
+            "fail",
+            f"{who}: the server's authorized_keys is unusable, so the gate admits no key ({response.status}): {reason}",
+            f"{operator}: the gate's log names the file's problem; nothing on this machine can fix it",
+        )
     if gate == "upstream":
-        return Check(name, "fail", f"{who}: passed the gate, but the gate got no answer from Ollama behind it ({response.status}): {reason}",
-                     f"{operator}: Ollama on the box is down, slow or unreachable from the gate")
+        return Check(
+            name,
+            "fail",
+            f"{who}: passed the gate, but the gate got no answer from Ollama behind it ({response.status}): {reason}",
+            f"{operator}: Ollama on the box is down, slow or unreachable from the gate",
+        )
     if gate == "stale":
         return Check(name, "fail", f"{who}: refused: {reason}", "sync the clock: timedatectl set-ntp true")
     from .sanitize import shown
 
     named = f" ({shown(gate, 40)})" if gate else ""
-    return Check(name, "fail", f"{who}: a signed GET {PROBE} got {response.status}{named}: {reason}",
-                 "show this line to the server's operator")
+    return Check(
+        name,
+        "fail",
+        f"{who}: a signed GET {PROBE} got {response.status}{named}: {reason}",
+        "show this line to the server's operator",
+    )
 
 
 # --- clock -----------------------------------------------------------------------------------
@@ -266,10 +333,19 @@ def check_clock(date_header: str | None) -> Check:
     direction = "behind" if skew > 0 else "ahead of"
     detail = f"the local clock is {abs(skew):.0f}s {direction} the server's"
     if abs(skew) > GATE_MAX_SKEW:
-        return Check("clock", "fail", f"{detail}: past the gate's default --max-skew ({GATE_MAX_SKEW:.0f}s), every signature is refused",
-                     "sync the clock: timedatectl set-ntp true (or your system's time service), and ask the operator to check the box's")
+        return Check(
+            "clock",
+            "fail",
+            f"{detail}: past the gate's default --max-skew ({GATE_MAX_SKEW:.0f}s), every signature is refused",
+            "sync the clock: timedatectl set-ntp true (or your system's time service), and ask the operator to check the box's",
+        )
     if abs(skew) > CLOCK_WARN:
-        return Check("clock", "warn", f"{detail} (the gate allows {GATE_MAX_SKEW:.0f}s by default)", "sync the clock: timedatectl set-ntp true")
+        return Check(
+            "clock",
+            "warn",
+            f"{detail} (the gate allows {GATE_MAX_SKEW:.0f}s by default)",
+            "sync the clock: timedatectl set-ntp true",
+        )
     return Check("clock", "ok", f"within {max(abs(skew), 0.5):.0f}s of the server's")
 
 
@@ -282,22 +358,43 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
     others = [path for path, found in verdicts.items() if found == "admitted" and path != default]
     use = f"OLLAMA_HOST={base.scheme}://{base.host} OLLAMA_AUTH=1 ollama ..."
     why = "Ollama's CLI always signs with ~/.ollama/id_ed25519 (auth/auth.go; it has no option for another key)"
-    proxy = (f"for another key use the proxy: ollama-credential-helper proxy --listen 127.0.0.1:11471 "
-             f"--upstream {base.scheme}://{base.host} --identity {others[0] if others else 'PATH'}")
+    proxy = (
+        f"for another key use the proxy: ollama-credential-helper proxy --listen 127.0.0.1:11471 "
+        f"--upstream {base.scheme}://{base.host} --identity {others[0] if others else 'PATH'}"
+    )
     if verdict == "admitted":
-        return Check("ollama CLI", "ok", f"{why}; that key is admitted: {use} works. The server's operator can replay "
-                     "its signatures at ollama.com while their ts is fresh")
+        return Check(
+            "ollama CLI",
+            "ok",
+            f"{why}; that key is admitted: {use} works. The server's operator can replay "
+            "its signatures at ollama.com while their ts is fresh",
+        )
     if not os.path.lexists(default):
         return Check("ollama CLI", "warn", f"{why}, and there is none at {default}", proxy)
-    state = {"unknown": "is not in the server's authorized_keys", "listed": "is listed but not granted every endpoint",
-             "expired": "has a line that expired", "address": "is refused from this address (from=)",
-             "server": "cannot get in while the server has the problem above", "error": "could not be checked",
-             None: "was not checked"}.get(verdict, "is refused")
+    state = {
+        "unknown": "is not in the server's authorized_keys",
+        "listed": "is listed but not granted every endpoint",
+        "expired": "has a line that expired",
+        "address": "is refused from this address (from=)",
+        "server": "cannot get in while the server has the problem above",
+        "error": "could not be checked",
+        None: "was not checked",
+    }.get(verdict, "is refused")
     meanwhile = f"; until then, {proxy}" if others else ""
     if verdict == "unknown":  # the fix is the line the key check printed, not a second key
-        return Check("ollama CLI", "warn", f"{why}; that key {state}",
-                     f"send the operator the line printed for key {default} above; once it is added, {use} works{meanwhile}")
+        return Check(
+            "ollama CLI",
+            "warn",
+            f"{why}; that key {state}",
+            f"send the operator the line printed for key {default} above; once it is added, {use} works{meanwhile}",
+        )
     if verdict in ("listed", "expired", "address", "server", "error"):
         return Check("ollama CLI", "warn", f"{why}; that key {state}", f"see the check of key {default} above{meanwhile}")
-    return Check("ollama CLI", "warn", f"{why}; that key {state}", proxy if others else
-                 f"{proxy} (a second key, not linked to ollama.com: ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519)")
+    return Check(
+        "ollama CLI",
+        "warn",
+        f"{why}; that key {state}",
+        proxy
+        if others
+        else f"{proxy} (a second key, not linked to ollama.com: ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519)",
+    )

@@ -19,7 +19,6 @@ can act on, set where the failure is diagnosed (never guessed later from the
 message's words); ``doctor`` shows it.
 """
 
-
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2

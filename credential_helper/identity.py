@@ -113,8 +113,10 @@ def _refuse_public_key(data: bytes, path: str) -> None:
         return
     private = path[:-4] if path.endswith(".pub") else None
     meant = f"; the private key is {private}" if private and os.path.lexists(private) else ""
-    raise IdentityError(f"{path} is a public key ({first} ...): --identity (identity=) takes the private key{meant}",
-                        fix=f"--identity {private or 'the private key'}")
+    raise IdentityError(
+        f"{path} is a public key ({first} ...): --identity (identity=) takes the private key{meant}",
+        fix=f"--identity {private or 'the private key'}",
+    )
 
 
 class Identity:
@@ -125,9 +127,7 @@ class Identity:
 
         self._private_key = private_key
         self.path = path
-        line = private_key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
+        line = private_key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         #: ``ssh-ed25519 AAAA...`` without a comment (ssh.MarshalAuthorizedKey).
         self.public_key_line: str = line.decode("ascii")
         #: The second field of that line: what precedes ':' in a signature.
@@ -183,10 +183,11 @@ def parse_private_key(data: bytes, path: str = "<memory>") -> Identity:
         raise IdentityError(f"{path} holds a key this tool cannot use ({type(exc).__name__})") from None
     if not isinstance(key, ed25519.Ed25519PrivateKey):
         kind = type(key).__name__.replace("PrivateKey", "").replace("_", "")
-        kind = {"RSA": "an RSA", "EllipticCurve": "an ECDSA", "EC": "an ECDSA", "DSA": "a DSA"}.get(kind, f"a {kind or 'non-Ed25519'}")
+        kind = {"RSA": "an RSA", "EllipticCurve": "an ECDSA", "EC": "an ECDSA", "DSA": "a DSA"}.get(
+            kind, f"a {kind or 'non-Ed25519'}"
+        )
         raise IdentityError(
-            f"{path} is {kind} key; only Ed25519 keys are supported "
-            "(create one with 'ollama-credential-helper key --generate')"
+            f"{path} is {kind} key; only Ed25519 keys are supported (create one with 'ollama-credential-helper key --generate')"
         )
     return Identity(key, path)
 

@@ -78,13 +78,7 @@ def loopback_names(host: str) -> tuple[str, ...]:
 
 def _canonical_octet(text: str) -> bool:
     """One dotted-decimal octet as Go's net.ParseIP accepts it (no leading zero)."""
-    return (
-        0 < len(text) <= 3
-        and text.isascii()
-        and text.isdigit()
-        and (text == "0" or text[0] != "0")
-        and int(text) <= 255
-    )
+    return 0 < len(text) <= 3 and text.isascii() and text.isdigit() and (text == "0" or text[0] != "0") and int(text) <= 255
 
 
 def check_cleartext(url: URL, what: str) -> None:
@@ -92,8 +86,7 @@ def check_cleartext(url: URL, what: str) -> None:
     can be replayed (a scheme-2 signature does not even name the host)."""
     if url.scheme != "https" and not is_loopback(url.hostname):
         raise RealmRefusedError(
-            f"refusing to send {what} to {url.scheme}://{url.host}: "
-            "it must use https (http is allowed only to loopback)"
+            f"refusing to send {what} to {url.scheme}://{url.host}: it must use https (http is allowed only to loopback)"
         )
 
 
@@ -212,6 +205,8 @@ def shared_server_warning(url: URL, default_identity: bool) -> str | None:
     """
     if not default_identity or url.hostname.lower().rstrip(".") == "ollama.com":
         return None
-    return (f"signing with your default key toward {url.host}: whoever runs it can replay each signature at "
-            "ollama.com as you (same method and path, any body) while its ts is fresh; use a second key for "
-            "shared servers (identity=/--identity, made with 'ollama-credential-helper key --generate --identity PATH')")
+    return (
+        f"signing with your default key toward {url.host}: whoever runs it can replay each signature at "
+        "ollama.com as you (same method and path, any body) while its ts is fresh; use a second key for "
+        "shared servers (identity=/--identity, made with 'ollama-credential-helper key --generate --identity PATH')"
+    )

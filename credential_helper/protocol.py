@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 # server/auth.go signs "GET,<url>,<digest>" where <digest> is the standard base64 of
 # the lower-case hex SHA-256 of the empty request body. A literal, so that the
 # cache-hit path need not import hashlib; tests derive it independently.
-EMPTY_BODY_DIGEST = (
-    "ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ=="
-)
+EMPTY_BODY_DIGEST = "ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ=="
 
 
 # --- Text a caller or server hands us ----------------------------------------------
@@ -107,9 +105,7 @@ def parse_www_authenticate(value: str) -> Challenge:
         text = text[17:].strip()
     scheme, _, params_text = text.partition(" ")
     if scheme.lower() != "bearer":
-        raise InputError(
-            f"expected a Bearer challenge, got scheme {quoted(scheme, 20)}"
-        )
+        raise InputError(f"expected a Bearer challenge, got scheme {quoted(scheme, 20)}")
     params = _parse_auth_params(params_text)
     if "realm" not in params or not params["realm"]:
         raise InputError("the Bearer challenge has no realm")
@@ -125,7 +121,7 @@ def _parse_auth_params(text: str) -> dict[str, str]:
         if i >= n:
             return params
         start = i
-        while i < n and text[i] not in "= \t,\"":
+        while i < n and text[i] not in '= \t,"':
             i += 1
         name = text[start:i].lower()
         while i < n and text[i] in " \t":
@@ -278,10 +274,7 @@ def parse_challenge_input(text: str) -> ChallengeInput:
     """Recognise a JSON object, a URL, or a WWW-Authenticate value."""
     stripped = text.strip()
     if not stripped:
-        raise InputError(
-            "no challenge on standard input: pass a JSON object, a "
-            "'Bearer realm=...' header value, or a URL"
-        )
+        raise InputError("no challenge on standard input: pass a JSON object, a 'Bearer realm=...' header value, or a URL")
     if stripped.startswith("{"):
         return _parse_json_input(stripped)
     if stripped[:8].lower().startswith(("http://", "https://")):

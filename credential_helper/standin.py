@@ -265,20 +265,37 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("GET", "/api/ps"):
             return self._send(200, {"models": [dict(model, expires_at="2026-12-01T00:00:00Z", size_vram=0) for model in MODELS]})
         if route == ("GET", "/v1/models"):  # openai.ListMiddleware's shape
-            return self._send(200, {"object": "list", "data": [{"id": model["name"], "object": "model", "created": 1764374400,
-                                                                 "owned_by": "library"} for model in MODELS]})
+            return self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": model["name"], "object": "model", "created": 1764374400, "owned_by": "library"} for model in MODELS
+                    ],
+                },
+            )
         if route == ("POST", "/api/me"):
             return self._send(200, dict(account))
         if route == ("POST", "/api/show"):
-            return self._send(200, {"modelfile": "FROM stand-in", "parameters": "", "template": "{{ .Prompt }}",
-                                    "details": {"family": "stand-in", "format": "gguf"}, "model_info": {"general.architecture": "stand-in"},
-                                    "capabilities": ["completion"]})
+            return self._send(
+                200,
+                {
+                    "modelfile": "FROM stand-in",
+                    "parameters": "",
+                    "template": "{{ .Prompt }}",
+                    "details": {"family": "stand-in", "format": "gguf"},
+                    "model_info": {"general.architecture": "stand-in"},
+                    "capabilities": ["completion"],
+                },
+            )
         if route == ("POST", "/api/chat"):
             return self._chat(request)
         if route == ("POST", "/v1/chat/completions"):
             return self._openai_chat(request)
         if route == ("POST", "/api/web_search"):
-            return self._send(200, {"results": [{"title": "Stand-in", "url": "https://example.com/", "content": request.get("query", "")}]})
+            return self._send(
+                200, {"results": [{"title": "Stand-in", "url": "https://example.com/", "content": request.get("query", "")}]}
+            )
         if route == ("GET", "/api/redirect"):
             return self._send(302, {}, {"Location": "https://elsewhere.example/landing"})
         if route == ("GET", "/api/gzip"):
@@ -323,14 +340,35 @@ class _Handler(BaseHTTPRequestHandler):
         created = "2026-11-29T00:00:00Z"
         if request.get("stream", True):
             pieces = [
-                json.dumps({"model": model, "created_at": created, "message": {"role": "assistant", "content": word}, "done": False}) + "\n"
+                json.dumps(
+                    {"model": model, "created_at": created, "message": {"role": "assistant", "content": word}, "done": False}
+                )
+                + "\n"
                 for word in self._words()
             ]
-            pieces.append(json.dumps({"model": model, "created_at": created, "message": {"role": "assistant", "content": ""},
-                                      "done": True, "done_reason": "stop"}) + "\n")
+            pieces.append(
+                json.dumps(
+                    {
+                        "model": model,
+                        "created_at": created,
+                        "message": {"role": "assistant", "content": ""},
+                        "done": True,
+                        "done_reason": "stop",
+                    }
+                )
+                + "\n"
+            )
             return self._stream("application/x-ndjson", pieces)
-        self._send(200, {"model": model, "created_at": created, "message": {"role": "assistant", "content": "".join(REPLY_WORDS)},
-                         "done": True, "done_reason": "stop"})
+        self._send(
+            200,
+            {
+                "model": model,
+                "created_at": created,
+                "message": {"role": "assistant", "content": "".join(REPLY_WORDS)},
+                "done": True,
+                "done_reason": "stop",
+            },
+        )
 
     def _words(self) -> list[str]:
         extra = max(self.state.stream_chunks - len(REPLY_WORDS), 0)
@@ -341,17 +379,37 @@ class _Handler(BaseHTTPRequestHandler):
         base = {"id": "chatcmpl-standin", "created": 1764374400, "model": model}
         if request.get("stream"):
             pieces = [
-                "data: " + json.dumps({**base, "object": "chat.completion.chunk",
-                                       "choices": [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}]}) + "\n\n"
+                "data: "
+                + json.dumps(
+                    {
+                        **base,
+                        "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": word}, "finish_reason": None}],
+                    }
+                )
+                + "\n\n"
                 for word in self._words()
             ]
-            pieces.append("data: " + json.dumps({**base, "object": "chat.completion.chunk",
-                                                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) + "\n\n")
+            pieces.append(
+                "data: "
+                + json.dumps(
+                    {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                )
+                + "\n\n"
+            )
             pieces.append("data: [DONE]\n\n")
             return self._stream("text/event-stream", pieces)
-        self._send(200, {**base, "object": "chat.completion",
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(REPLY_WORDS)}, "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5}})
+        self._send(
+            200,
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(REPLY_WORDS)}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
+            },
+        )
 
     def _token(self) -> None:
         state = self.state

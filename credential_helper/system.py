@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         def prepare_listening_socket(self, sock: Socket) -> None: ...
         def limitations(self) -> list[str]: ...
 
+
 APP_DIR = "ollama-credential-helper"
 
 # Win32 winnt.h: FILE_ATTRIBUTE_REPARSE_POINT; Python exposes it as
@@ -497,7 +498,6 @@ else:
         return bool(poller.poll(0))
 
 
-
 def cache_dir() -> str:
     """``$XDG_CACHE_HOME/ollama-credential-helper`` (default ~/.cache/...) on
     POSIX; ``%LOCALAPPDATA%\\ollama-credential-helper`` on Windows."""
@@ -589,7 +589,7 @@ def write_new_file(path: str, data: bytes, mode: int) -> None:
             current.set_mode(fd, mode)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -50,8 +50,9 @@ class Call(NamedTuple):
     authorization: str
 
 
-def exchange(challenge: protocol.Challenge, realm: protocol.URL, identity: Identity,
-             nonce: str | None = None) -> Generator[Call, Response | None, Exchanged]:
+def exchange(
+    challenge: protocol.Challenge, realm: protocol.URL, identity: Identity, nonce: str | None = None
+) -> Generator[Call, Response | None, Exchanged]:
     """Yield each :class:`Call`; send back its Response, or throw the send's error in."""
     clock_offset, note = 0.0, ""
     for attempt in (1, 2):
@@ -74,8 +75,9 @@ def exchange(challenge: protocol.Challenge, realm: protocol.URL, identity: Ident
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def prepare(challenge: protocol.Challenge, realm: protocol.URL, identity: Identity, clock_offset: float = 0.0,
-            nonce: str | None = None) -> Call:
+def prepare(
+    challenge: protocol.Challenge, realm: protocol.URL, identity: Identity, clock_offset: float = 0.0, nonce: str | None = None
+) -> Call:
     """The signed token request (server/auth.go)."""
     ts = int(time.time() + clock_offset)
     request = protocol.build_token_request(challenge, realm, ts, nonce or new_nonce())

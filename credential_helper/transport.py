@@ -111,15 +111,13 @@ def send(
             location = server_text(response.headers.get("location", ""), secrets, limit=None)
             location_host = server_text(_location_host(location), limit=80)
             raise NetworkError(
-                f"{where} answered {status} {reason} (a redirect{location_host}); "
-                "redirects are never followed with credentials",
+                f"{where} answered {status} {reason} (a redirect{location_host}); redirects are never followed with credentials",
                 status,
             )
         length = response.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_body:
             raise NetworkError(
-                f"{where} sent a response of {int(length)} bytes, over the "
-                f"{max_body}-byte limit",
+                f"{where} sent a response of {int(length)} bytes, over the {max_body}-byte limit",
                 status,
             )
         data = _read_bounded(response, max_body, deadline, where, status)
@@ -188,9 +186,7 @@ def _read_bounded(response: BaseHTTPResponse, max_body: int, deadline: float, wh
             return b"".join(chunks)
         size += len(chunk)
         if size > max_body:
-            raise NetworkError(
-                f"{where} sent a response over the {max_body}-byte limit", status
-            )
+            raise NetworkError(f"{where} sent a response over the {max_body}-byte limit", status)
         chunks.append(chunk)
 
 
@@ -235,9 +231,7 @@ def diagnose(exc: BaseException, where: str) -> tuple[str | None, str]:
     """
     chain = _chain(exc)
     for err in chain:
-        if isinstance(err, urllib3.exceptions.NameResolutionError) or isinstance(
-            err, socket.gaierror
-        ):
+        if isinstance(err, urllib3.exceptions.NameResolutionError) or isinstance(err, socket.gaierror):
             return f"cannot resolve {where}: DNS lookup failed", "dns"
     tls = tls_failure(exc, where)
     if tls is not None:
@@ -251,9 +245,7 @@ def diagnose(exc: BaseException, where: str) -> tuple[str | None, str]:
     for err in chain:
         if isinstance(err, (socket.timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)):
             return None, "timeout"
-        if isinstance(err, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
-            err, urllib3.exceptions.NewConnectionError
-        ):
+        if isinstance(err, urllib3.exceptions.ConnectTimeoutError) and not isinstance(err, urllib3.exceptions.NewConnectionError):
             return None, "timeout"
     for err in chain:
         if isinstance(err, (ConnectionError, urllib3.exceptions.ProtocolError)):
@@ -292,4 +284,3 @@ def _first_line(exc: BaseException) -> str:
     # Not shortened here: the caller's sanitiser redacts, then shortens.
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-

@@ -175,8 +175,15 @@ def pytest_addoption(parser) -> None:
 # otherwise. A unit test that opens a socket or starts a process fails (the guard
 # below), so the unit tier cannot quietly start needing the network.
 
-INTEROP_FILES = {"test_frontends.py", "test_recipes.py", "test_integrations.py", "test_live.py", "test_prometheus.py", "test_models_go.py",
-                 "test_go_client.py"}
+INTEROP_FILES = {
+    "test_frontends.py",
+    "test_recipes.py",
+    "test_integrations.py",
+    "test_live.py",
+    "test_prometheus.py",
+    "test_models_go.py",
+    "test_go_client.py",
+}
 PROCESS_FIXTURES = {"run", "standin", "streaming_standin", "upstream", "start_proxy", "start_gate", "proxy_env"}
 
 
@@ -203,8 +210,10 @@ def _unit_tier_guard(request, monkeypatch):
     import subprocess
 
     def refuse(*args, **kwargs):
-        raise NotAUnitTest(f"{request.node.nodeid} opens a socket or starts a process: mark it "
-                           "@pytest.mark.process (or interop), or keep it socket-free")
+        raise NotAUnitTest(
+            f"{request.node.nodeid} opens a socket or starts a process: mark it "
+            "@pytest.mark.process (or interop), or keep it socket-free"
+        )
 
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "socketpair", refuse)
@@ -311,7 +320,11 @@ def start_proxy(proxy_env):
         environment = environment or proxy_env
         process = subprocess.Popen(
             [*helper_executable(), "proxy", "--listen", "127.0.0.1:0", *args],
-            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         processes.append(process)  # before any check: a proxy that fails one is still stopped
         first = process.stderr.readline()
@@ -320,8 +333,10 @@ def start_proxy(proxy_env):
             raise AssertionError(first + process.stderr.read())
         secret = None
         if token:
-            printed = subprocess.run([*helper_executable(), "proxy", "--print-env"], env=environment, capture_output=True, text=True, check=True).stdout
-            secret = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
+            printed = subprocess.run(
+                [*helper_executable(), "proxy", "--print-env"], env=environment, capture_output=True, text=True, check=True
+            ).stdout
+            secret = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
         running = serving.RunningProxy(process, first, secret)
         started.append(running)
         return running

@@ -90,7 +90,9 @@ def issue_certificate(ca, directory: Path, name: str) -> tuple[Path, Path]:
     )
     cert_file, key_file = directory / "fullchain.pem", directory / "privkey.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     os.chmod(key_file, 0o600)
     return cert_file, key_file
 
@@ -130,8 +132,21 @@ class Gate:
 
     def __init__(self, authorized_keys: Path, environment: dict[str, str], *extra: str) -> None:
         self.process = subprocess.Popen(
-            [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", str(authorized_keys), *extra],
-            env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                *helper_executable(),
+                "gate",
+                "--auth-only",
+                "--listen",
+                "127.0.0.1:0",
+                "--authorized-keys",
+                str(authorized_keys),
+                *extra,
+            ],
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.first_line = self.process.stderr.readline()
         if not self.first_line.startswith("listening on http://127.0.0.1:"):
@@ -403,11 +418,15 @@ class Nginx(FrontServer):
             + f"    include {directory / 'ollama.conf'};\n"
             "}\n"
         )
-        test = subprocess.run([binary, "-t", "-p", str(directory), "-c", str(directory / "nginx.conf")], capture_output=True, text=True)
+        test = subprocess.run(
+            [binary, "-t", "-p", str(directory), "-c", str(directory / "nginx.conf")], capture_output=True, text=True
+        )
         assert test.returncode == 0, f"nginx -t refused the {self.source} configuration:\n{test.stderr}"
         self.process = subprocess.Popen(
             [binary, "-p", str(directory), "-c", str(directory / "nginx.conf"), "-g", "daemon off;"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(directory / "stderr.log", "w"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(directory / "stderr.log", "w"),
         )
         wait_for_port(self.port, self.process, "nginx", self.log_file)
 
@@ -420,14 +439,19 @@ class Nginx(FrontServer):
 INGRESS_AUTH_PATH = "/_external-auth-Lw-Prefix"  # template.go buildAuthLocation: base64url(path) and pathType
 
 
-def ingress_nginx_site(port: int, cert: Path, key: Path, ollama_port: int, gate_url: str, response_headers: list[str],
-                       auth_method: str | None = None) -> str:
+def ingress_nginx_site(
+    port: int, cert: Path, key: Path, ollama_port: int, gate_url: str, response_headers: list[str], auth_method: str | None = None
+) -> str:
     annotation_method = (
-        # nginx.tmpl 1050-1054: only with nginx.ingress.kubernetes.io/auth-method
-        f"        proxy_method                {auth_method};\n"
-        "        proxy_set_header            X-Original-URI          $request_uri;\n"
-        "        proxy_set_header            X-Scheme                $scheme;\n"
-    ) if auth_method else ""
+        (
+            # nginx.tmpl 1050-1054: only with nginx.ingress.kubernetes.io/auth-method
+            f"        proxy_method                {auth_method};\n"
+            "        proxy_set_header            X-Original-URI          $request_uri;\n"
+            "        proxy_set_header            X-Scheme                $scheme;\n"
+        )
+        if auth_method
+        else ""
+    )
     # template.go buildAuthResponseHeaders (599-617), for nginx.ingress.kubernetes.io/auth-response-headers
     copied = "".join(
         f"        auth_request_set $authHeader{i} $upstream_http_{name.lower().replace('-', '_')};\n"
@@ -446,15 +470,14 @@ def ingress_nginx_site(port: int, cert: Path, key: Path, ollama_port: int, gate_
         # nginx.tmpl 1044-1048
         "        proxy_intercept_errors      off;\n"
         "        proxy_pass_request_body     off;\n"
-        "        proxy_set_header            Content-Length          \"\";\n"
-        "        proxy_set_header            X-Forwarded-Proto       \"\";\n"
-        "        proxy_set_header            X-Request-ID            $request_id;\n"
-        + annotation_method +
+        '        proxy_set_header            Content-Length          "";\n'
+        '        proxy_set_header            X-Forwarded-Proto       "";\n'
+        "        proxy_set_header            X-Request-ID            $request_id;\n" + annotation_method +
         # nginx.tmpl 1056-1065: Host is the auth-url's; the rest always
         "        proxy_set_header            Host                    ollama-gate.ollama.svc;\n"
         "        proxy_set_header            X-Original-URL          $scheme://$http_host$request_uri;\n"
         "        proxy_set_header            X-Original-Method       $request_method;\n"
-        "        proxy_set_header            X-Sent-From             \"nginx-ingress-controller\";\n"
+        '        proxy_set_header            X-Sent-From             "nginx-ingress-controller";\n'
         "        proxy_set_header            X-Real-IP               $remote_addr;\n"
         "        proxy_set_header            X-Forwarded-For        $remote_addr;\n"
         "        proxy_set_header            X-Auth-Request-Redirect $request_uri;\n"  # nginx.tmpl 1070
@@ -468,9 +491,7 @@ def ingress_nginx_site(port: int, cert: Path, key: Path, ollama_port: int, gate_
         "    location / {\n"
         f"        auth_request        {INGRESS_AUTH_PATH};\n"  # nginx.tmpl 1236-1238
         "        auth_request_set    $auth_cookie $upstream_http_set_cookie;\n"
-        "        add_header          Set-Cookie $auth_cookie;\n"
-        + copied +
-        "        proxy_http_version 1.1;\n"
+        "        add_header          Set-Cookie $auth_cookie;\n" + copied + "        proxy_http_version 1.1;\n"
         "        proxy_buffering off;\n"
         "        proxy_pass http://ollama;\n"
         "    }\n"
@@ -483,15 +504,20 @@ class IngressNginx(Nginx):
 
     name = "ingress-nginx"
 
-    def __init__(self, directory: Path, ca, ollama_port: int, gate_port: int, response_headers: list[str],
-                 auth_method: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, ca, ollama_port: int, gate_port: int, response_headers: list[str], auth_method: str | None = None
+    ) -> None:
         binary = find_binary("nginx")
         directory.mkdir()
         cert, key = issue_certificate(ca, directory, SERVER_NAME)
         FrontServer.__init__(self, directory, ca.ca_file, free_port())
         self.source = "ingress-nginx's nginx.tmpl"
-        self._run(binary, ingress_nginx_site(self.port, cert, key, ollama_port, f"http://127.0.0.1:{gate_port}/_gate",
-                                             response_headers, auth_method))
+        self._run(
+            binary,
+            ingress_nginx_site(
+                self.port, cert, key, ollama_port, f"http://127.0.0.1:{gate_port}/_gate", response_headers, auth_method
+            ),
+        )
 
 
 class Caddy(FrontServer):
@@ -524,7 +550,11 @@ class Caddy(FrontServer):
         environment.update(HOME=str(directory), XDG_DATA_HOME=str(data), XDG_CONFIG_HOME=str(directory / "config"))
         self.process = subprocess.Popen(
             [binary, "run", "--config", str(directory / "Caddyfile"), "--adapter", "caddyfile"],
-            env=environment, cwd=directory, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(self.log_file, "w"),
+            env=environment,
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_file, "w"),
         )
         wait_for_port(self.port, self.process, "caddy", self.log_file)
         # Listening is not yet serving: wait for a complete TLS exchange with the test's certificate.

@@ -124,7 +124,9 @@ def surface(module: str, platform: str, version: tuple[int, int] | None = None, 
 def absent(platform: str, modules: set[str] | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """(names Linux has and ``platform`` lacks, per module; modules ``platform`` lacks)."""
     hidden, gone = {}, []
-    for module in sorted(modules or package_imports() | {"select", "fcntl", "termios", "pwd", "grp", "resource", "msvcrt", "winreg"}):
+    for module in sorted(
+        modules or package_imports() | {"select", "fcntl", "termios", "pwd", "grp", "resource", "msvcrt", "winreg"}
+    ):
         here, there = surface(module, "linux"), surface(module, platform)
         if here and not there:
             gone.append(module)

@@ -56,5 +56,3 @@ def raw_exchange(proxy: RunningProxy, data: bytes, timeout: float = 10) -> bytes
                 break
             chunks.append(chunk)
     return b"".join(chunks)
-
-

@@ -165,7 +165,10 @@ def test_whoami_reads_fields_case_insensitively(run, env):
     assert "\r\nContent-Length: 0\r\n" in request
 
 
-@pytest.mark.parametrize("base", ["http://ollama.example", "https://ollama.example/prefix", "https://ollama.example/?a=1", "https://u:p@ollama.example"])
+@pytest.mark.parametrize(
+    "base",
+    ["http://ollama.example", "https://ollama.example/prefix", "https://ollama.example/?a=1", "https://u:p@ollama.example"],
+)
 def test_whoami_refuses_bases_ollama_refuses(run, env, base):
     # server/cloud_proxy.go resolveCloudProxyBaseURL: https unless loopback; no path, query or user info.
     assert_one_line_error(run(["whoami"], environment=dict(env, OLLAMA_CLOUD_BASE_URL=base)), 2)
@@ -224,8 +227,10 @@ def test_a_public_key_given_as_identity_names_the_private_key_not_chmod(run, key
 def test_doctor_names_the_private_key_for_a_pub_and_no_key_generation_for_a_typo(run, keys):
     import json
 
-    for given, fix in ((keys / "ed25519-a.pub", f"--identity {keys / 'ed25519-a'}"),
-                       (keys / "ed25519-x", "give --identity the path of an existing private key")):
+    for given, fix in (
+        (keys / "ed25519-a.pub", f"--identity {keys / 'ed25519-a'}"),
+        (keys / "ed25519-x", "give --identity the path of an existing private key"),
+    ):
         os.chmod(keys / "ed25519-a.pub", 0o644)
         result = run(["doctor", "--json", "--identity", str(given), "--timeout", "1", "--registry", "http://127.0.0.1:9"])
         identity_check = next(c for c in json.loads(result.out)["checks"] if c["name"] == "identity")

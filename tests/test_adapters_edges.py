@@ -37,8 +37,19 @@ TOKEN = "good-token-1234567890"
 def keyed(env, monkeypatch):
     for name in ("HOME", "XDG_CACHE_HOME"):
         monkeypatch.setenv(name, env[name])
-    for name in ("OLLAMA_API_KEY", "OLLAMA_CLOUD_BASE_URL", "OLLAMA_HOST", "HTTP_PROXY", "http_proxy",
-                 "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+    for name in (
+        "OLLAMA_API_KEY",
+        "OLLAMA_CLOUD_BASE_URL",
+        "OLLAMA_HOST",
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     return env
 
@@ -133,8 +144,11 @@ def pipe_body(_):
     return os.fdopen(read_end, "rb")
 
 
-@pytest.mark.parametrize("make", [lambda _: generator_body(), file_body, pipe_body, lambda _: io.BytesIO(PAYLOAD), lambda _: PAYLOAD],
-                         ids=["generator", "file", "pipe", "bytesio", "bytes"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda _: generator_body(), file_body, pipe_body, lambda _: io.BytesIO(PAYLOAD), lambda _: PAYLOAD],
+    ids=["generator", "file", "pipe", "bytesio", "bytes"],
+)
 @pytest.mark.process
 def test_requests_retries_a_401_with_the_same_body(keyed, tmp_path, make):
     with Registry() as registry:
@@ -327,6 +341,7 @@ def test_a_finished_exchange_wakes_waiters_in_other_threads(public_line, keyed, 
         url = f"{slow.base_url}/v2/library/gemma3/manifests/latest"
         if library == "requests":
             auth = for_requests.OllamaAuth(cache=False, timeout=8)
+
             def get():
                 s = requests.Session()
                 s.auth = auth
@@ -393,13 +408,25 @@ class _To(httpx.HTTPTransport):
 
     def handle_request(self, request):
         # A copy: the client's request (and its URL, which the adapter reads) stays as sent.
-        moved = httpx.Request(request.method, request.url.copy_with(scheme="http", host=self.host, port=int(self.port)),
-                              headers=request.headers, content=request.content)
+        moved = httpx.Request(
+            request.method,
+            request.url.copy_with(scheme="http", host=self.host, port=int(self.port)),
+            headers=request.headers,
+            content=request.content,
+        )
         return super().handle_request(moved)
 
 
-@pytest.mark.parametrize("name, allowed", [("registry.ollama.ai", True), ("ollama.com", True), ("api.ollama.com", True),
-                                           ("evil.test", False), ("ollama.com.evil.test", False)])
+@pytest.mark.parametrize(
+    "name, allowed",
+    [
+        ("registry.ollama.ai", True),
+        ("ollama.com", True),
+        ("api.ollama.com", True),
+        ("evil.test", False),
+        ("ollama.com.evil.test", False),
+    ],
+)
 @pytest.mark.process
 def test_the_api_key_is_retried_only_toward_allowed_hosts(keyed, tmp_path, monkeypatch, name, allowed):
     api_key = "sk-test-api-key-0123456789"

@@ -54,7 +54,9 @@ def test_ollama_client_with_the_command_lines_context_trusts_the_system_store(bo
     assert [model.model for model in client.list().models]
 
     async def main():
-        aclient = ollama.AsyncClient(host=box.base_url, auth=auth(adapter, keys, box), verify=credential_helper.tls_context(), timeout=30)
+        aclient = ollama.AsyncClient(
+            host=box.base_url, auth=auth(adapter, keys, box), verify=credential_helper.tls_context(), timeout=30
+        )
         return (await aclient.list()).models
 
     assert asyncio.run(main())
@@ -99,8 +101,12 @@ def test_openai_says_tls_with_the_fix_for_httpx2(box, keys, tmp_path, monkeypatc
     from credential_helper.integrations import httpx2 as adapter
 
     def client(**verify):
-        return openai.OpenAI(base_url=f"{box.base_url}/v1", api_key="unused", max_retries=0,
-                             http_client=httpx2.Client(auth=auth(adapter, keys, box), timeout=30, **verify))
+        return openai.OpenAI(
+            base_url=f"{box.base_url}/v1",
+            api_key="unused",
+            max_retries=0,
+            http_client=httpx2.Client(auth=auth(adapter, keys, box), timeout=30, **verify),
+        )
 
     store = os.environ["SSL_CERT_DIR"]
     (tmp_path / "other").mkdir()
@@ -110,7 +116,9 @@ def test_openai_says_tls_with_the_fix_for_httpx2(box, keys, tmp_path, monkeypatc
     error = caught.value if isinstance(caught.value, NetworkError) else caught.value.__cause__
     _says_tls(error, box, hint="install the server's CA there")
     monkeypatch.setenv("SSL_CERT_DIR", store)
-    done = client(verify=credential_helper.tls_context()).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    done = client(verify=credential_helper.tls_context()).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "hi"}]
+    )
     assert done.choices[0].message.content
 
 

@@ -16,7 +16,11 @@ from conftest import assert_one_line_error
 
 @pytest.fixture
 def c_locale(env):
-    environment = {k: v for k, v in env.items() if not k.startswith("LC_") and k not in ("LANG", "LANGUAGE", "PYTHONUTF8", "PYTHONIOENCODING")}
+    environment = {
+        k: v
+        for k, v in env.items()
+        if not k.startswith("LC_") and k not in ("LANG", "LANGUAGE", "PYTHONUTF8", "PYTHONIOENCODING")
+    }
     return dict(environment, LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
 
 

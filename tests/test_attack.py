@@ -19,23 +19,35 @@ def _subject(method: str, path: str, body: bytes) -> str:
 
 # --- models=: a family pattern must not grant another registry's models -----------------------
 
-@pytest.mark.parametrize("pattern, name", [
-    ("llama3*", "llama3.attacker.example/x/anything"),  # a host name that starts like the family
-    ("qwen3:*", "qwen3:443/evil/model:70b"),  # a host named qwen3 on a port (the README's own example)
-    ("myteam/*", "myteam/evil/model:latest"),  # host "myteam", not namespace "myteam"
-    ("llama3:?b", "llama3:1/x/y:latest"),
-])
+
+@pytest.mark.parametrize(
+    "pattern, name",
+    [
+        ("llama3*", "llama3.attacker.example/x/anything"),  # a host name that starts like the family
+        ("qwen3:*", "qwen3:443/evil/model:70b"),  # a host named qwen3 on a port (the README's own example)
+        ("myteam/*", "myteam/evil/model:latest"),  # host "myteam", not namespace "myteam"
+        ("llama3:?b", "llama3:1/x/y:latest"),
+    ],
+)
 def test_a_wildcard_pattern_does_not_cross_into_another_host_or_namespace(pattern, name):
     # /api/pull with the model a member chose: Ollama fetches it from the host in the name.
     subject = _subject("POST", "/api/pull", ('{"model": "%s"}' % name).encode())
     assert not model_allowed(parse_options(f'models="{pattern}"'), subject), subject
 
 
-@pytest.mark.parametrize("pattern, name", [
-    ("llama3*", "llama3.1:8b"), ("llama3*", "llama3"), ("qwen3:*", "qwen3:8b"), ("myteam/*", "myteam/coder:7b"),
-    ("*", "host:5000/ns/m:8b"), ("*", "llama3"), ("host:5000/ns/*", "host:5000/ns/m:8b"),
-    ("*-cloud", "gpt-oss:20b-cloud"),
-])
+@pytest.mark.parametrize(
+    "pattern, name",
+    [
+        ("llama3*", "llama3.1:8b"),
+        ("llama3*", "llama3"),
+        ("qwen3:*", "qwen3:8b"),
+        ("myteam/*", "myteam/coder:7b"),
+        ("*", "host:5000/ns/m:8b"),
+        ("*", "llama3"),
+        ("host:5000/ns/*", "host:5000/ns/m:8b"),
+        ("*-cloud", "gpt-oss:20b-cloud"),
+    ],
+)
 def test_the_families_an_operator_means_are_still_granted(pattern, name):
     subject = _subject("POST", "/api/pull", ('{"model": "%s"}' % name).encode())
     assert model_allowed(parse_options(f'models="{pattern}"'), subject), subject
@@ -47,6 +59,7 @@ def test_a_negated_pattern_still_denies_across_hosts():
 
 
 # --- models=: a body read for the model must not cost the gate many times its size ----------
+
 
 def _peak(call):
     tracemalloc.start()
@@ -70,12 +83,13 @@ def test_a_body_of_a_million_tiny_json_values_is_refused_without_building_them(p
 
 def test_large_bodies_of_text_images_and_token_arrays_are_still_read():
     prose = b'{"model":"small","prompt":"' + b'hello, world [x] {y} \\" ok, ' * 100_000 + b'"}'
-    context = b'{"model":"small","context":[' + b"123456," * 200_000 + b'1]}'
+    context = b'{"model":"small","context":[' + b"123456," * 200_000 + b"1]}"
     for body in (prose, context):
         assert _subject("POST", "/api/generate", body) == "small:latest"
 
 
 # --- the key file: an option written after the key is a misplaced option, never a name --------
+
 
 def _key_a() -> tuple[str, bytes]:
     import base64
@@ -86,8 +100,9 @@ def _key_a() -> tuple[str, bytes]:
     return text, base64.b64decode(text)
 
 
-@pytest.mark.parametrize("misplaced", ['models="small"', 'from="10.0.0.0/8"', "max-concurrent=1",
-                                       'expiry-time="20200101"', 'MODELS="small*"'])
+@pytest.mark.parametrize(
+    "misplaced", ['models="small"', 'from="10.0.0.0/8"', "max-concurrent=1", 'expiry-time="20200101"', 'MODELS="small*"']
+)
 def test_an_option_in_the_name_field_skips_the_line_instead_of_granting_without_it(misplaced):
     # 'ssh-ed25519 AAAA... models="small" *' read as the name 'models="small"' granted every model.
     from credential_helper.serve.authorized_keys import parse
@@ -108,12 +123,14 @@ def test_names_with_an_equals_sign_that_are_not_options_still_name_the_line():
 
 # --- listings: whatever the upstream answers, the filter answers (never an internal error) ------
 
+
 def test_a_deeply_nested_listing_becomes_an_empty_listing_not_an_internal_error():
     nested = b'{"models":[{"name":"small","details":' + b"[" * 100_000 + b"]" * 100_000 + b"}]}"
     assert models.filter_listing("/api/tags", nested, lambda name: True) == b'{"models":[]}'
 
 
 # --- /v1/audio/transcriptions: Go's multipart reader stops at 1000 parts, and so must the gate --
+
 
 def _form(parts: int) -> bytes:
     filler = b"--b\r\nContent-Disposition: form-data; name=x\r\n\r\ny\r\n" * (parts - 1)

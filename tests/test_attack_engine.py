@@ -17,8 +17,11 @@ module_keys = pytest.importorskip("test_gate_models").module_keys  # the fixture
 def _partial(port: int, target: str, authorization: str, length: int, sent: int) -> socket.socket:
     """A models= request whose body stops short: the gate holds what it read, waiting for the rest."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall((f"POST {target} HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\n"
-                  f"Content-Length: {length}\r\n\r\n").encode() + b'{"model":"small","prompt":"' + b"x" * (sent - 27))
+    sock.sendall(
+        (f"POST {target} HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\nContent-Length: {length}\r\n\r\n").encode()
+        + b'{"model":"small","prompt":"'
+        + b"x" * (sent - 27)
+    )
     return sock
 
 
@@ -78,10 +81,14 @@ def test_loopback_metrics_answer_only_their_own_host_names_not_a_rebound_dns_nam
 
 
 def _one_byte_chunks(port: int, target: str, authorization: str, body: bytes) -> bytes:
-    framed = b"".join(b"1\r\n%s\r\n" % body[i:i + 1] for i in range(len(body))) + b"0\r\n\r\n"
+    framed = b"".join(b"1\r\n%s\r\n" % body[i : i + 1] for i in range(len(body))) + b"0\r\n\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall((f"POST {target} HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\n"
-                      "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"POST {target} HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\n"
+                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            ).encode()
+        )
         try:
             sock.sendall(framed)
         except OSError:
@@ -99,7 +106,7 @@ def _one_byte_chunks(port: int, target: str, authorization: str, body: bytes) ->
 def test_a_body_in_one_byte_chunks_is_refused_before_it_costs_minutes(tmp_path, module_keys, rule):
     # h11 spends ~4 us per chunk (and the relay a write to Ollama per chunk): a 32 MiB body sent
     # as 1-byte chunks (~200 MiB on the wire, nothing for the sender) was >2 minutes of CPU.
-    path = write_keys(tmp_path, f'{rule}{key_line("ed25519-b")} bob *\n')
+    path = write_keys(tmp_path, f"{rule}{key_line('ed25519-b')} bob *\n")
     with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") as upstream:
         running = Gate(path, upstream.host)
         try:

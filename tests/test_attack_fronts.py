@@ -21,8 +21,9 @@ def office_only(request, tmp_path, env, keys, local_ollama):  # noqa: F811
     relay = Relay(gate.port)
     front = None
     try:
-        front = FRONTS[request.param](tmp_path / request.param, CertificateAuthority(tmp_path),
-                                      local_ollama.server.server_address[1], relay.port)
+        front = FRONTS[request.param](
+            tmp_path / request.param, CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port
+        )
         yield Chain(front, gate, relay, local_ollama, keys)
     finally:
         if front is not None:

@@ -58,36 +58,55 @@ def sign(method: str, target: str, name: str = "ed25519-a") -> str:
 # --- ingress-nginx: X-Original-URL ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [
-    # ingress-nginx's default directives
-    [("X-Original-URL", URL), ("X-Original-Method", "POST")],
-    # with the auth-method annotation it adds X-Original-URI (the same request)
-    [("X-Original-URL", URL), ("X-Original-Method", "POST"), ("X-Original-URI", TARGET)],
-    [("x-original-url", f"http://10.0.0.7:8080{TARGET}"), ("x-original-method", "POST")],
-    # a Host holding '?', '#' or '@' cannot move the target: nginx refuses '/' in Host
-    [("X-Original-URL", f"https://a?b#c@d{TARGET}"), ("X-Original-Method", "POST")],
-    [("X-Original-URL", f"HTTPS://ollama.example.com{TARGET}"), ("X-Original-Method", "POST"),
-     ("X-Forwarded-Method", "POST"), ("X-Forwarded-Uri", TARGET)],
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # ingress-nginx's default directives
+        [("X-Original-URL", URL), ("X-Original-Method", "POST")],
+        # with the auth-method annotation it adds X-Original-URI (the same request)
+        [("X-Original-URL", URL), ("X-Original-Method", "POST"), ("X-Original-URI", TARGET)],
+        [("x-original-url", f"http://10.0.0.7:8080{TARGET}"), ("x-original-method", "POST")],
+        # a Host holding '?', '#' or '@' cannot move the target: nginx refuses '/' in Host
+        [("X-Original-URL", f"https://a?b#c@d{TARGET}"), ("X-Original-Method", "POST")],
+        [
+            ("X-Original-URL", f"HTTPS://ollama.example.com{TARGET}"),
+            ("X-Original-Method", "POST"),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", TARGET),
+        ],
+    ],
+)
 def test_x_original_url_names_the_request(headers):
     assert forwarded_request(headers) == ("POST", TARGET)
 
 
-@pytest.mark.parametrize("headers", [
-    # Issue 19 item 1: behind ingress-nginx's defaults the client adds X-Original-URI for
-    # a path it is granted; it must not complete (or outvote) the front server's URL.
-    [("X-Original-URL", "https://ollama.example.com/api/ps?ts=1"), ("X-Original-Method", "GET"), ("X-Original-URI", "/api/tags?ts=1")],
-    # the client's X-Forwarded-* family beside it: a disagreement, never a choice
-    [("X-Original-URL", "https://h/api/ps?ts=1"), ("X-Original-Method", "GET"), ("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", "/api/tags?ts=1")],
-    [("X-Original-URL", "https://h/api/ps?ts=1"), ("X-Original-Method", "GET"), ("X-Forwarded-Uri", "/api/tags?ts=1")],
-    # a URL alone (no method), a method alone, a URL that is not one
-    [("X-Original-URL", URL)],
-    [("X-Original-Method", "POST")],
-    [("X-Original-URL", "ollama.example.com/api/chat"), ("X-Original-Method", "POST")],
-    [("X-Original-URL", "ftp://h/api/chat"), ("X-Original-Method", "POST")],
-    [("X-Original-URL", "https://ollama.example.com"), ("X-Original-Method", "POST")],
-    [("X-Original-URL", URL), ("X-Original-URL", URL), ("X-Original-Method", "POST")],
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # Issue 19 item 1: behind ingress-nginx's defaults the client adds X-Original-URI for
+        # a path it is granted; it must not complete (or outvote) the front server's URL.
+        [
+            ("X-Original-URL", "https://ollama.example.com/api/ps?ts=1"),
+            ("X-Original-Method", "GET"),
+            ("X-Original-URI", "/api/tags?ts=1"),
+        ],
+        # the client's X-Forwarded-* family beside it: a disagreement, never a choice
+        [
+            ("X-Original-URL", "https://h/api/ps?ts=1"),
+            ("X-Original-Method", "GET"),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Uri", "/api/tags?ts=1"),
+        ],
+        [("X-Original-URL", "https://h/api/ps?ts=1"), ("X-Original-Method", "GET"), ("X-Forwarded-Uri", "/api/tags?ts=1")],
+        # a URL alone (no method), a method alone, a URL that is not one
+        [("X-Original-URL", URL)],
+        [("X-Original-Method", "POST")],
+        [("X-Original-URL", "ollama.example.com/api/chat"), ("X-Original-Method", "POST")],
+        [("X-Original-URL", "ftp://h/api/chat"), ("X-Original-Method", "POST")],
+        [("X-Original-URL", "https://ollama.example.com"), ("X-Original-Method", "POST")],
+        [("X-Original-URL", URL), ("X-Original-URL", URL), ("X-Original-Method", "POST")],
+    ],
+)
 def test_x_original_url_is_never_outvoted_or_completed_by_a_client_header(headers):
     result = forwarded_request(headers)
     assert isinstance(result, Refused) and result.status == 400, result
@@ -95,7 +114,9 @@ def test_x_original_url_is_never_outvoted_or_completed_by_a_client_header(header
 
 def test_the_issues_attack_is_refused_before_any_signature_is_looked_at():
     """bob may list models only; he signs GET /api/tags and asks ingress-nginx for GET /api/ps."""
-    keys = parse(PUB_A.split()[0] + " " + PUB_A.split()[1] + " alice *\n" + PUB_B.split()[0] + " " + PUB_B.split()[1] + " bob /api/tags\n")[0]
+    keys = parse(
+        PUB_A.split()[0] + " " + PUB_A.split()[1] + " alice *\n" + PUB_B.split()[0] + " " + PUB_B.split()[1] + " bob /api/tags\n"
+    )[0]
     granted = f"/api/tags?ts={NOW}"
     authorization = sign("GET", granted, "ed25519-b")
     headers = [("X-Original-URL", f"https://h/api/ps?ts={NOW}"), ("X-Original-Method", "GET"), ("X-Original-URI", granted)]
@@ -108,17 +129,22 @@ def test_the_issues_attack_is_refused_before_any_signature_is_looked_at():
 # --- Envoy: the request line after --path-prefix ----------------------------------------------
 
 
-@pytest.mark.parametrize("method, target, expected", [
-    ("POST", f"/_gate{TARGET}", ("POST", TARGET)),
-    ("DELETE", "/_gate/api/delete?ts=1", ("DELETE", "/api/delete?ts=1")),
-    ("HEAD", "/_gate/", ("HEAD", "/")),
-    ("GET", "/_gate/?ts=1", ("GET", "/?ts=1")),
-])
+@pytest.mark.parametrize(
+    "method, target, expected",
+    [
+        ("POST", f"/_gate{TARGET}", ("POST", TARGET)),
+        ("DELETE", "/_gate/api/delete?ts=1", ("DELETE", "/api/delete?ts=1")),
+        ("HEAD", "/_gate/", ("HEAD", "/")),
+        ("GET", "/_gate/?ts=1", ("GET", "/?ts=1")),
+    ],
+)
 def test_prefixed_request_strips_the_prefix_and_keeps_the_method(method, target, expected):
     assert prefixed_request(method, target, "/_gate") == expected
 
 
-@pytest.mark.parametrize("target", ["/api/chat?ts=1", "/_gate", "/_gate?ts=1", "/_gatex/api/chat", "/_GATE/api/chat", "/x/_gate/api/tags"])
+@pytest.mark.parametrize(
+    "target", ["/api/chat?ts=1", "/_gate", "/_gate?ts=1", "/_gatex/api/chat", "/_GATE/api/chat", "/x/_gate/api/tags"]
+)
 def test_prefixed_request_refuses_anything_outside_the_prefix(target):
     result = prefixed_request("GET", target, "/_gate")
     assert isinstance(result, Refused) and result.status == 400, result
@@ -130,8 +156,24 @@ def test_a_path_prefix_that_cannot_work_is_refused_at_start(tmp_path, env, prefi
     keys = tmp_path / "authorized_keys"
     keys.write_text(PUB_A)
     keys.chmod(0o600)
-    done = subprocess.run([*helper_executable(), "gate", "--auth-only", "--path-prefix", prefix, "--listen", "127.0.0.1:0",
-                           "--authorized-keys", str(keys)], env=env, capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [
+            *helper_executable(),
+            "gate",
+            "--auth-only",
+            "--path-prefix",
+            prefix,
+            "--listen",
+            "127.0.0.1:0",
+            "--authorized-keys",
+            str(keys),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 2 and "--path-prefix" in done.stderr, (done.returncode, done.stderr)
 
 
@@ -140,8 +182,14 @@ def test_path_prefix_needs_auth_only(tmp_path, env):
     keys = tmp_path / "authorized_keys"
     keys.write_text(PUB_A)
     keys.chmod(0o600)
-    done = subprocess.run([*helper_executable(), "gate", "--path-prefix", "/_gate", "--listen", "127.0.0.1:0",
-                           "--authorized-keys", str(keys)], env=env, capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [*helper_executable(), "gate", "--path-prefix", "/_gate", "--listen", "127.0.0.1:0", "--authorized-keys", str(keys)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 2 and "--auth-only" in done.stderr
 
 
@@ -161,8 +209,15 @@ def envoy_gate(tmp_path, env):
 def envoy_asks(port: int, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     """The auth request as RawHttpClientImpl::check builds it: the client's method, the
     prefix before the client's :path, Content-Length: 0, the allowed headers only."""
-    lines = [f"{method} /_gate{path} HTTP/1.1", "Host: ollama.example.com", "Content-Length: 0",
-             *(f"{name}: {value}" for name, value in headers.items()), "Connection: close", "", ""]
+    lines = [
+        f"{method} /_gate{path} HTTP/1.1",
+        "Host: ollama.example.com",
+        "Content-Length: 0",
+        *(f"{name}: {value}" for name, value in headers.items()),
+        "Connection: close",
+        "",
+        "",
+    ]
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall("\r\n".join(lines).encode())
         received = b""
@@ -199,8 +254,13 @@ def test_envoy_shape_refuses_with_the_reason_and_never_reads_header_families(env
     """bob, granted /api/tags, asks for /api/ps; header families naming /api/tags are not read."""
     granted = f"/api/tags?ts={int(time.time())}"
     authorization = sign("GET", granted, "ed25519-b")
-    claim = {"X-Original-Method": "GET", "X-Original-URI": granted, "X-Forwarded-Method": "GET", "X-Forwarded-Uri": granted,
-             "X-Original-URL": f"https://h{granted}"}
+    claim = {
+        "X-Original-Method": "GET",
+        "X-Original-URI": granted,
+        "X-Forwarded-Method": "GET",
+        "X-Forwarded-Uri": granted,
+        "X-Original-URL": f"https://h{granted}",
+    }
     ps = "/api/ps?" + granted.split("?", 1)[1]
     status, headers, body = envoy_asks(envoy_gate.port, "GET", ps, {"Authorization": authorization, **claim})
     assert status == 401 and "signature does not verify" in json.loads(body)["error"], body

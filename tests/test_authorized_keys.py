@@ -107,13 +107,16 @@ def test_draft_tags_for_everyone():
 # --- issue 19 item 2: a field that can only be an endpoint list is never a name ------------
 
 
-@pytest.mark.parametrize("line", [
-    f"ssh-ed25519 {A} /api/tags",  # the issue's line: the draft reads name "/api/tags", endpoints *
-    f"ssh-ed25519 {A} /api/tags,/api/show",
-    f"ssh-ed25519 {A} /api/tags /api/show",  # a list where the name goes, another where the list goes
-    f"ssh-ed25519 {A} tags,show",  # a ',' never occurs in a name ssh-keygen writes (user@host)
-    f"ssh-ed25519 {A} /",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"ssh-ed25519 {A} /api/tags",  # the issue's line: the draft reads name "/api/tags", endpoints *
+        f"ssh-ed25519 {A} /api/tags,/api/show",
+        f"ssh-ed25519 {A} /api/tags /api/show",  # a list where the name goes, another where the list goes
+        f"ssh-ed25519 {A} tags,show",  # a ',' never occurs in a name ssh-keygen writes (user@host)
+        f"ssh-ed25519 {A} /",
+    ],
+)
 def test_an_endpoint_list_in_the_name_field_grants_nothing_and_says_so(line):
     keys, warnings = parse(line + "\n")
     assert keys.grants_for(BLOB_A) == []
@@ -121,12 +124,15 @@ def test_an_endpoint_list_in_the_name_field_grants_nothing_and_says_so(line):
     assert "endpoint list where the name goes" in warnings[0]
 
 
-@pytest.mark.parametrize("line", [
-    "* * /api/tags",  # the README's '* * * /api/tags' with one '*' missing (issue 19 item 2)
-    "* * *",  # name or endpoints? Either way every key would get everything
-    "* * somename",  # the draft's TestParse "default name wildcard": every endpoint to every key
-    "* *",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "* * /api/tags",  # the README's '* * * /api/tags' with one '*' missing (issue 19 item 2)
+        "* * *",  # name or endpoints? Either way every key would get everything
+        "* * somename",  # the draft's TestParse "default name wildcard": every endpoint to every key
+        "* *",
+    ],
+)
 def test_a_line_for_any_key_must_state_its_endpoints(line):
     keys, warnings = parse(f"# shared box\n{line}\n")
     for blob in (BLOB_A, BLOB_B, BLOB_C):  # C stands for a freshly generated key
@@ -191,7 +197,7 @@ def test_a_byte_order_mark_before_a_comment_costs_nothing():
         (f"ssh-ed25519 {base64.b64encode(BLOB_A[:-1]).decode()} short", "not an Ed25519 key"),
         (f"ssh-ed25519 {A}= padded", "not valid base64"),
         (f"* {A} x *", "needs public key '*'"),
-        (f'restrict ssh-ed25519 {A} x', "options: unknown option"),  # sshd's own options: the gate cannot honour them
+        (f"restrict ssh-ed25519 {A} x", "options: unknown option"),  # sshd's own options: the gate cannot honour them
         (f'from="10.0.0.1" ssh-rsa {RSA} x', "unsupported key type"),
     ],
 )
@@ -257,7 +263,11 @@ def test_endpoints_are_case_sensitive_like_ollamas_router():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(list(" \t\r\n#*,/;%.\\\x00\x1b\u00e9") + ["ssh-ed25519", A, "/api/tags", "alice"]), max_size=60).map("".join))
+@given(
+    st.lists(st.sampled_from(list(" \t\r\n#*,/;%.\\\x00\x1b\u00e9") + ["ssh-ed25519", A, "/api/tags", "alice"]), max_size=60).map(
+        "".join
+    )
+)
 def test_parse_never_raises_and_grants_only_star_or_paths(text):
     keys, warnings = parse(text)
     assert all(w.startswith("line ") for w in warnings)
@@ -279,7 +289,9 @@ def test_huge_lines_are_skipped_not_parsed():
 def test_fingerprint_is_what_ssh_keygen_prints(name):
     printed = subprocess.run(
         ["ssh-keygen", "-l", "-E", "sha256", "-f", str(asset(f"keys/{name}.pub"))],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()[1]
     keys, _ = parse(asset(f"keys/{name}.pub").read_text())
     [grant] = keys.grants_for(base64.b64decode(pub(name)))

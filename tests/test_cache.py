@@ -295,7 +295,10 @@ def test_entry_with_loose_permissions_is_ignored(run, env, standin):
 
 
 def test_cache_hit_does_not_load_cryptography_urllib3_or_tls(env, standin):
-    assert subprocess.run([*helper_executable(), "get"], input=challenge(standin).encode(), env=env, capture_output=True).returncode == 0
+    assert (
+        subprocess.run([*helper_executable(), "get"], input=challenge(standin).encode(), env=env, capture_output=True).returncode
+        == 0
+    )
     probe = (
         "import sys, json\n"
         "from credential_helper.cli import main\n"

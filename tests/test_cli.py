@@ -93,7 +93,12 @@ def test_python_module_entry_point_works_too(env, standin):
     import sys
 
     completed = subprocess.run(
-        [sys.executable, "-m", "credential_helper", "get"], input=challenge_for(standin), capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-m", "credential_helper", "get"],
+        input=challenge_for(standin),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert completed.returncode == 0, completed.stderr
     pull_with(standin, json.loads(completed.stdout)["token"])
@@ -110,7 +115,10 @@ def test_dry_run_sends_nothing_and_prints_a_verifiable_request(run, standin, pub
     assert not any("/token" in line for line in standin.log)
     assert printed["token_url"].startswith(f"{standin.base_url}/token?")
     assert printed["host"] == standin.host
-    assert printed["signed_data"] == f"GET,{printed['token_url']},ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ=="
+    assert (
+        printed["signed_data"]
+        == f"GET,{printed['token_url']},ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ=="
+    )
     blob, signature = printed["authorization"].split(":")
     assert blob == public_line("ed25519-a").split()[1]
     public_key_from_blob(blob).verify(base64.b64decode(signature), printed["signed_data"].encode())
@@ -135,7 +143,9 @@ def test_sign_from_stdin_json(run, standin):
     assert result.code == 0, result
     printed = result.json()
     assert printed["url"] == f"{standin.base_url}/api/generate?a=1&b=2&ts={printed['ts']}"
-    request = urllib.request.Request(printed["url"], data=b"{}", method="POST", headers={"Authorization": printed["authorization"]})
+    request = urllib.request.Request(
+        printed["url"], data=b"{}", method="POST", headers={"Authorization": printed["authorization"]}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert json.loads(response.read())["account"] == "jdoe"
 
@@ -148,7 +158,9 @@ def test_sign_refuses_cleartext_to_a_remote_host(run):
 def test_signature_from_an_unlinked_key_is_refused(run, standin, keys):
     result = run(["sign", "--identity", str(keys / "ed25519-b"), "POST", f"{standin.base_url}/api/me"])
     assert result.code == 0 and result.err == "", result  # signing succeeds; the server refuses
-    request = urllib.request.Request(result.json()["url"], data=b"", method="POST", headers={"Authorization": result.json()["authorization"]})
+    request = urllib.request.Request(
+        result.json()["url"], data=b"", method="POST", headers={"Authorization": result.json()["authorization"]}
+    )
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(request, timeout=10)
     assert caught.value.code == 401
@@ -164,7 +176,14 @@ def test_unknown_key_is_refused_with_exit_1(run, standin, keys):
 
 
 def test_replayed_nonce_is_refused(run, standin):
-    stdin = json.dumps({"realm": f"{standin.base_url}/token", "service": "ollama.com", "scope": "repository:library/x:pull", "nonce": "fixed-nonce-1"})
+    stdin = json.dumps(
+        {
+            "realm": f"{standin.base_url}/token",
+            "service": "ollama.com",
+            "scope": "repository:library/x:pull",
+            "nonce": "fixed-nonce-1",
+        }
+    )
     assert run(["get", "--no-cache"], stdin).code == 0
     replay = run(["get", "--no-cache"], stdin)
     assert_one_line_error(replay, 1)
@@ -219,7 +238,13 @@ def test_host_in_json_and_flag_must_agree(run, standin):
 
 @pytest.mark.parametrize(
     "args",
-    [["frobnicate"], ["get", "--timeout", "0"], ["get", "--timeout", "soon"], ["sign", "GET"], ["get", "--refresh", "--no-cache"]],
+    [
+        ["frobnicate"],
+        ["get", "--timeout", "0"],
+        ["get", "--timeout", "soon"],
+        ["sign", "GET"],
+        ["get", "--refresh", "--no-cache"],
+    ],
 )
 def test_usage_errors_exit_2_with_one_line(run, args):
     assert_one_line_error(run(args, '{"realm": "https://ollama.com/t"}'), 2)
@@ -348,4 +373,3 @@ def test_version(run):
 def test_no_command_prints_usage_and_exits_2(run):
     result = run([])
     assert result.code == 2 and "usage:" in result.err and result.out == ""
-

@@ -78,8 +78,13 @@ def test_the_gate_still_sends_what_ollamas_go_client_was_recorded_printing_and_i
 
     printed, status = case["printed"], int(case["status_line"].split()[1])
     message = json.loads(case["payload"])["error"]
-    why = {"unsigned": "OLLAMA_AUTH=1", "unknown-key": FINGERPRINT_A, "not-granted": "is not granted",
-           "stale": "sync", "upstream-down": "cannot connect"}[name.rsplit("-", 1)[0]]
+    why = {
+        "unsigned": "OLLAMA_AUTH=1",
+        "unknown-key": FINGERPRINT_A,
+        "not-granted": "is not granted",
+        "stale": "sync",
+        "upstream-down": "cannot connect",
+    }[name.rsplit("-", 1)[0]]
     assert why in printed, printed
     # Never the message twice (api/types.go StatusError prints "status: error").
     assert printed.count(message) <= 1 and printed.count(why) == 1, printed
@@ -138,8 +143,13 @@ def test_openai_python_shows_the_gates_reason_and_its_class(gate_port, keys):
     with pytest.raises(openai.AuthenticationError) as refused:
         unsigned.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert "OLLAMA_AUTH=1" in refused.value.message and refused.value.code == "unsigned" and refused.value.type == "api_error"
-    bob = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=10,
-                        http_client=httpx.Client(auth=OllamaAuth(identity=keys / "ed25519-b", api_base=base)))
+    bob = openai.OpenAI(
+        base_url=f"{base}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=10,
+        http_client=httpx.Client(auth=OllamaAuth(identity=keys / "ed25519-b", api_base=base)),
+    )
     with pytest.raises(openai.PermissionDeniedError) as denied:
         bob.models.list()
     assert "(bob) is not granted /v1/models" in str(denied.value) and denied.value.code == "not-granted"

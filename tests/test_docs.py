@@ -181,13 +181,26 @@ def test_the_readme_names_every_benchmark():
 
 def test_man_page_has_the_required_sections():
     sections = re.findall(r"^\.SH (.+)$", MAN, re.M)
-    assert sections == ["NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"]
+    assert sections == [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "COMMANDS",
+        "OPTIONS",
+        "EXIT STATUS",
+        "ENVIRONMENT",
+        "FILES",
+        "EXAMPLES",
+        "SEE ALSO",
+    ]
 
 
 @pytest.mark.process
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_man_page_is_warning_free():
-    done = subprocess.run(["groff", "-man", "-ww", "-z", str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True)
+    done = subprocess.run(
+        ["groff", "-man", "-ww", "-z", str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True
+    )
     assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
 
 
@@ -206,11 +219,32 @@ def test_install_instructions_work_on_an_externally_managed_python():
 def test_man_pages_json_field_lists_render_with_their_quotes():
     # Break caught: writing them as macro arguments (.B {"token", "token_type"}): roff takes an argument that
     # starts with a double quote as quoted, and the page showed {"token", token_type , expires_at , source }.
-    done = subprocess.run(["groff", "-man", "-Tascii", "-P-cbou", "-rLL=1000n", "-rHY=0", str(ROOT / "man" / "ollama-credential-helper.1")],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["groff", "-man", "-Tascii", "-P-cbou", "-rLL=1000n", "-rHY=0", str(ROOT / "man" / "ollama-credential-helper.1")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lists = re.findall(r"\{\"[^{}]*(?:\{[^{}]*\}[^{}]*)*\}", done.stdout)
-    fields = {"token", "token_type", "expires_at", "source", "realm", "nonce", "url", "authorization", "ts", "error",
-              "status", "email", "plan", "checks", "detail", "fix", "ok"}
+    fields = {
+        "token",
+        "token_type",
+        "expires_at",
+        "source",
+        "realm",
+        "nonce",
+        "url",
+        "authorization",
+        "ts",
+        "error",
+        "status",
+        "email",
+        "plan",
+        "checks",
+        "detail",
+        "fix",
+        "ok",
+    }
     assert len(lists) >= 7 and fields <= {name for text in lists for name in re.findall(r'"(\w+)"', text)}, lists
     for text in lists:
         assert not re.search(r"[{,\[]\s*[a-z_]+\s*[,:}\]]", text), text  # every name in quotes

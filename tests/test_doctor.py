@@ -40,7 +40,7 @@ def doctor(run, env, server, *args, **extra):
 def assert_no_secret(text: str, server: StandIn | None) -> None:
     assert API_KEY not in text
     assert not SIGNATURE_SHAPE.search(text)
-    for token in (server.tokens if server else {}):
+    for token in server.tokens if server else {}:
         assert token not in text
 
 
@@ -118,10 +118,16 @@ def test_untrusted_tls_names_ssl_cert_file(run, env, tmp_path, public_line):
 
 def test_network_through_a_proxy_says_which(run, env, tmp_path, public_line):
     ca = CertificateAuthority(tmp_path)
-    with StandIn(tls_context=ca.server_context(["ollama.test"], [])) as server, ConnectProxy({"ollama.test": "127.0.0.1"}) as proxy:
+    with (
+        StandIn(tls_context=ca.server_context(["ollama.test"], [])) as server,
+        ConnectProxy({"ollama.test": "127.0.0.1"}) as proxy,
+    ):
         server.authorize(public_line("ed25519-a"))
         base = f"https://ollama.test:{server.server.server_address[1]}"
-        result = run(["doctor", "--json", "--registry", base], environment=dict(env, OLLAMA_CLOUD_BASE_URL=base, SSL_CERT_FILE=str(ca.ca_file), HTTPS_PROXY=proxy.url))
+        result = run(
+            ["doctor", "--json", "--registry", base],
+            environment=dict(env, OLLAMA_CLOUD_BASE_URL=base, SSL_CERT_FILE=str(ca.ca_file), HTTPS_PROXY=proxy.url),
+        )
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     assert result.code == 0, result
     assert f"through the proxy {proxy.url} (HTTPS_PROXY)" in checks["network (API)"]["detail"]
@@ -165,7 +171,9 @@ def test_cache_ok_counts_entries(run, env, linked):
     _, checks = doctor(run, env, linked)
     directory = os.path.join(env["XDG_CACHE_HOME"], "ollama-credential-helper")
     assert checks["cache"]["status"] == "ok"
-    assert checks["cache"]["detail"] == f"{directory}: yours, mode {stat.S_IMODE(os.stat(directory).st_mode):04o}, 1 cached token(s)"
+    assert (
+        checks["cache"]["detail"] == f"{directory}: yours, mode {stat.S_IMODE(os.stat(directory).st_mode):04o}, 1 cached token(s)"
+    )
 
 
 def test_one_timeout_budget_for_every_network_check(run, env):
@@ -175,8 +183,11 @@ def test_one_timeout_budget_for_every_network_check(run, env):
 
     with ScriptedServer(silent) as quiet:
         started = time.monotonic()
-        result = run(["doctor", "--json", "--timeout", "2", "--registry", f"http://{quiet.host}"],
-                     environment=dict(env, OLLAMA_CLOUD_BASE_URL=f"http://{quiet.host}"), timeout=60)
+        result = run(
+            ["doctor", "--json", "--timeout", "2", "--registry", f"http://{quiet.host}"],
+            environment=dict(env, OLLAMA_CLOUD_BASE_URL=f"http://{quiet.host}"),
+            timeout=60,
+        )
         elapsed = time.monotonic() - started
     assert result.code == 1 and elapsed < 6, (elapsed, result)
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
@@ -231,7 +242,9 @@ def test_a_dangling_key_symlink_is_a_broken_key_not_an_api_key_in_use(run, env, 
 
 def test_the_registry_check_depends_on_the_registry_not_the_api(run, env, linked):
     # API unreachable, registry fine: the registry check still runs (and passes).
-    result = run(["doctor", "--json", "--registry", linked.base_url], environment=dict(env, OLLAMA_CLOUD_BASE_URL="http://127.0.0.1:9"))
+    result = run(
+        ["doctor", "--json", "--registry", linked.base_url], environment=dict(env, OLLAMA_CLOUD_BASE_URL="http://127.0.0.1:9")
+    )
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     assert checks["network (API)"]["status"] == "fail" and checks["link"]["status"] == "warn"
     assert checks["registry"]["status"] == "ok", checks["registry"]
@@ -254,8 +267,11 @@ def test_the_link_check_stays_inside_the_timeout_budget(run, env):
 
     with ScriptedServer(script) as server:
         started = time.monotonic()
-        result = run(["doctor", "--json", "--timeout", "3", "--registry", "http://127.0.0.1:9"],
-                     environment=dict(env, OLLAMA_CLOUD_BASE_URL=f"http://{server.host}"), timeout=60)
+        result = run(
+            ["doctor", "--json", "--timeout", "3", "--registry", "http://127.0.0.1:9"],
+            environment=dict(env, OLLAMA_CLOUD_BASE_URL=f"http://{server.host}"),
+            timeout=60,
+        )
         elapsed = time.monotonic() - started
     checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     assert checks["network (API)"]["status"] == "ok" and checks["link"]["status"] == "fail", checks

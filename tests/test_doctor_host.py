@@ -34,8 +34,13 @@ def share(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
     ca = CertificateAuthority(tmp_path / "ca")
     cert, key = issue_certificate(ca, tmp_path / "box", "localhost")
     box_key = home / ".ollama" / "box_ed25519"
-    made = subprocess.run([*helper_executable(), "key", "--generate", "--identity", str(box_key)], env=env,
-                          capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        [*helper_executable(), "key", "--generate", "--identity", str(box_key)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     authorized = tmp_path / "authorized_keys"
     b_line = " ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2])
     environment = {k: v for k, v in env.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
@@ -44,8 +49,16 @@ def share(tmp_path, env, home, keys, start_gate, local_ollama):  # noqa: F811
     def start(options: str = "", upstream: str | None = None) -> tuple[str, dict, object]:
         authorized.write_text(f"{options} {made.stdout.splitlines()[0]} member *\n{b_line} bob /api/tags\n".lstrip())
         os.chmod(authorized, 0o600)
-        gate_ = start_gate("--upstream", upstream or local_ollama.base_url, "--authorized-keys", str(authorized),
-                           "--tls-cert", str(cert), "--tls-key", str(key))
+        gate_ = start_gate(
+            "--upstream",
+            upstream or local_ollama.base_url,
+            "--authorized-keys",
+            str(authorized),
+            "--tls-cert",
+            str(cert),
+            "--tls-key",
+            str(key),
+        )
         return f"https://localhost:{gate_.port}", environment, box_key
 
     return start
@@ -57,8 +70,13 @@ def shared(share):
 
 
 def doctor(url: str, environment: dict, *args: str) -> tuple[int, dict]:
-    done = subprocess.run([*helper_executable(), "doctor", "--json", "--host", url, *args], env=environment,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [*helper_executable(), "doctor", "--json", "--host", url, *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.stderr == "", done.stderr
     return done.returncode, {check["name"]: check for check in json.loads(done.stdout)["checks"]}
 
@@ -79,7 +97,11 @@ def test_doctor_host_tells_admitted_unknown_and_not_granted_keys_apart(shared, h
     assert listed["status"] == "warn" and "not granted" in listed["detail"]
     assert checks["clock"]["status"] == "ok"
     cli = checks["ollama CLI"]
-    assert cli["status"] == "warn" and "~/.ollama/id_ed25519" in cli["detail"] and "is not in the server's authorized_keys" in cli["detail"]
+    assert (
+        cli["status"] == "warn"
+        and "~/.ollama/id_ed25519" in cli["detail"]
+        and "is not in the server's authorized_keys" in cli["detail"]
+    )
     # The fix for the CLI's key is the line printed above it, not a second key (the one admitted serves until then).
     assert cli["fix"].startswith(f"send the operator the line printed for key {default} above") and "--generate" not in cli["fix"]
     assert f"--identity {box_key}" in cli["fix"] and f"--upstream {url}" in cli["fix"]
@@ -116,10 +138,13 @@ def test_doctor_host_fails_when_the_servers_key_file_becomes_unusable(share, tmp
     assert code == 1
 
 
-@pytest.mark.parametrize("options, detail, fix", [
-    ('expiry-time="20200101"', "the line for this key expired (ask the operator)", "expiry-time"),
-    ('from="10.0.0.0/8"', "the gate sees you from an address its from= does not allow", "from="),  # it sees 127.0.0.1
-])
+@pytest.mark.parametrize(
+    "options, detail, fix",
+    [
+        ('expiry-time="20200101"', "the line for this key expired (ask the operator)", "expiry-time"),
+        ('from="10.0.0.0/8"', "the gate sees you from an address its from= does not allow", "from="),  # it sees 127.0.0.1
+    ],
+)
 def test_doctor_host_fails_a_line_that_expired_or_does_not_allow_this_address(share, options, detail, fix):
     # Break caught: every 403 read as "listed but not granted" (a warning, exit 0) for a member who cannot get in.
     url, environment, box_key = share(options)
@@ -166,17 +191,28 @@ def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all
             ollama_.server_close()
     check = checks[f"key {box_key}"]
     assert check["status"] == "fail" and "passed the gate, but" in check["detail"] and ": admitted" not in check["detail"], check
-    assert ("server busy" in check["detail"]) if behind == "busy" else ("got no answer from Ollama" in check["detail"] and "(502)" in check["detail"])
+    assert (
+        ("server busy" in check["detail"])
+        if behind == "busy"
+        else ("got no answer from Ollama" in check["detail"] and "(502)" in check["detail"])
+    )
     assert "operator" in check["fix"] and code == 1
 
 
 def test_doctor_host_says_tls_and_how_to_trust_the_box(shared, tmp_path):
     url, environment, _ = shared
     (tmp_path / "other-ca").mkdir()
-    environment = dict(environment, SSL_CERT_DIR=hashed_directory(CertificateAuthority(tmp_path / "other-ca"), tmp_path / "other"))
+    environment = dict(
+        environment, SSL_CERT_DIR=hashed_directory(CertificateAuthority(tmp_path / "other-ca"), tmp_path / "other")
+    )
     code, checks = doctor(url, environment)
     server = checks["server"]
-    assert code == 1 and server["status"] == "fail" and "TLS failure" in server["detail"] and "certificate verification failed" in server["detail"]
+    assert (
+        code == 1
+        and server["status"] == "fail"
+        and "TLS failure" in server["detail"]
+        and "certificate verification failed" in server["detail"]
+    )
     assert "trust store" in server["fix"] and "SSL_CERT_FILE" in server["fix"]
 
 
@@ -226,6 +262,9 @@ def test_the_readmes_python_route_reaches_the_gate_with_the_second_key(shared, m
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.setenv("SSL_CERT_DIR", environment["SSL_CERT_DIR"])
     assert box_key == Path.home() / ".ollama/box_ed25519"
-    client = ollama.Client(host=url, auth=OllamaAuth(api_base=url, identity=Path.home() / ".ollama/box_ed25519"),
-                           verify=credential_helper.tls_context())
+    client = ollama.Client(
+        host=url,
+        auth=OllamaAuth(api_base=url, identity=Path.home() / ".ollama/box_ed25519"),
+        verify=credential_helper.tls_context(),
+    )
     assert client.list().models is not None

@@ -54,8 +54,9 @@ class Policy:
             self.bodies.append(body)
             if b"allow" not in body:
                 return Answer(403, "not this one")
-            return Forward(head.target, (("Host", "upstream"),), release=self.release,
-                           filter_answer=self.filter, filter_limit=4096)
+            return Forward(
+                head.target, (("Host", "upstream"),), release=self.release, filter_answer=self.filter, filter_limit=4096
+            )
 
         return NeedBody(self.limit, then)
 
@@ -95,10 +96,13 @@ def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
 def test_a_chunked_body_is_read_whole_then_forwarded_with_one_content_length(engine):
     policy = Policy()
     port, upstream, _ = engine(policy)
-    reply = exchange(port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                           b"3\r\nall\r\n2\r\now\r\n0\r\n\r\n")
+    reply = exchange(
+        port,
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nall\r\n2\r\now\r\n0\r\n\r\n",
+    )
     assert reply.startswith(b"HTTP/1.1 200 "), reply
-    (_, head, body), = upstream.requests
+    ((_, head, body),) = upstream.requests
     assert body == b"allow" and policy.bodies == [b"allow"]
     fields = head.lower().split(b"\r\n")
     assert b"content-length: 5" in fields and not any(f.startswith(b"transfer-encoding") for f in fields)
@@ -113,11 +117,15 @@ def test_a_refused_body_never_reaches_the_upstream_and_nothing_is_released(engin
     assert reply.startswith(b"HTTP/1.1 403 ") and upstream.requests == [] and policy.released == 0
 
 
-@pytest.mark.parametrize("data", [
-    b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nallow......",
-    b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nallow.\r\n6\r\n......\r\n0\r\n\r\n",
-    b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n",
-], ids=["content-length", "chunked", "expect-100"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nallow......",
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nallow.\r\n6\r\n......\r\n0\r\n\r\n",
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n",
+    ],
+    ids=["content-length", "chunked", "expect-100"],
+)
 def test_a_body_over_the_limit_is_413_before_anything_goes_upstream(engine, data):
     policy = Policy(limit=10)
     port, upstream, _ = engine(policy)
@@ -174,7 +182,9 @@ def test_a_filtered_answer_has_the_filtered_body_and_its_own_length(engine, ask)
 
     policy.filter = only_small
     port, _, _ = engine(policy)
-    reply = exchange(port, b"POST /api/tags?" + ask + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nallow")
+    reply = exchange(
+        port, b"POST /api/tags?" + ask + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nallow"
+    )
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ") and b"big" not in body and b"small" in body
     assert f"content-length: {len(body)}".encode() in head.lower().split(b"\r\n")
@@ -185,7 +195,9 @@ def test_a_compressed_answer_to_filter_is_refused(engine):
     policy = Policy()
     policy.filter = lambda status, body: body
     port, _, _ = engine(policy)
-    reply = exchange(port, b"POST /api/tags?gzip-please HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nallow")
+    reply = exchange(
+        port, b"POST /api/tags?gzip-please HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nallow"
+    )
     assert reply.startswith(b"HTTP/1.1 502 ") and b"compressed" in reply and b"big" not in reply
 
 

@@ -93,8 +93,17 @@ def test_a_head_trickled_within_every_gap_is_still_cut_at_limits_head(serve):
 def test_the_defaults_are_the_documented_bounds():
     # README "Any tool, through the signing proxy": a head has 10 s in total, the
     # connection cap is 512, --timeout 300 s, --max-concurrency 128.
-    assert Limits() == Limits(head=10.0, idle=60.0, body=60.0, linger=2.0, linger_bytes=1 << 20,
-                              upstream=300.0, connections=512, in_flight=128, held_bodies=256 << 20)
+    assert Limits() == Limits(
+        head=10.0,
+        idle=60.0,
+        body=60.0,
+        linger=2.0,
+        linger_bytes=1 << 20,
+        upstream=300.0,
+        connections=512,
+        in_flight=128,
+        held_bodies=256 << 20,
+    )
 
 
 def test_an_idle_kept_alive_connection_closes_at_limits_idle(serve):

@@ -184,7 +184,9 @@ def ca(tmp_path):
 def test_private_ca_through_ssl_cert_file(run, env, ca, public_line):
     with StandIn(tls_context=ca.server_context([], ["127.0.0.1"])) as server:
         server.authorize(public_line("ed25519-a"))
-        result = run(["get"], f"{server.base_url}/v2/library/x/manifests/latest", environment=dict(env, SSL_CERT_FILE=str(ca.ca_file)))
+        result = run(
+            ["get"], f"{server.base_url}/v2/library/x/manifests/latest", environment=dict(env, SSL_CERT_FILE=str(ca.ca_file))
+        )
         assert result.code == 0, result
         assert server.exchanges == 1
 
@@ -273,7 +275,7 @@ def test_small_skew_is_not_retried(run, secret_env):
         (b"\xff\xfe\x00garbage", "UTF-8"),
         (b'{"realm": "https://ollama.com/token", "scope": ', "not valid JSON"),
         (b"{" + b'"a":[' * 50000 + b"]" * 50000 + b"}", "larger than 64 KiB|nested"),
-        (b'{"a":' + b"[" * 20000 + b"]" * 20000 + b"}", "nested too deeply|no \"realm\""),
+        (b'{"a":' + b"[" * 20000 + b"]" * 20000 + b"}", 'nested too deeply|no "realm"'),
         (b'{"realm": "https://ollama.com/token", "scope": 5}', '"scope" must be a string'),
         (b'[{"realm": "https://ollama.com/token"}]', "Bearer|object"),
         (b'{"realm": "not a url"}', "not an absolute URL"),
@@ -377,7 +379,9 @@ def test_timeout_bounds_probe_and_exchange_together(run, secret_env):
 
     with ScriptedServer(script) as server:
         started = time.monotonic()
-        result = run(["get", "--no-cache", "--timeout", "2"], f"http://{server.host}/v2/x/manifests/latest", environment=secret_env)
+        result = run(
+            ["get", "--no-cache", "--timeout", "2"], f"http://{server.host}/v2/x/manifests/latest", environment=secret_env
+        )
         elapsed = time.monotonic() - started
         assert len(server.requests) == 2
     assert_one_line_error(result, 4)

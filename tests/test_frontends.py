@@ -119,14 +119,21 @@ def chain(request, tmp_path, env, keys, authorized_keys, local_ollama):
 def test_a_listed_key_streams_chat_incrementally_and_only_the_gate_names_the_user(chain, keys):
     target, authorization = chain.signed("POST", "/api/chat")
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    status, lines = chain.front.stream("POST", target, {
-        "Authorization": authorization, "Content-Type": "application/json",
-        # A client claiming an identity of its own: the upstream must see the gate's.
-        "X-Ollama-User": "root", "X-Ollama-Key": "SHA256:forged",
-    }, body)
+    status, lines = chain.front.stream(
+        "POST",
+        target,
+        {
+            "Authorization": authorization,
+            "Content-Type": "application/json",
+            # A client claiming an identity of its own: the upstream must see the gate's.
+            "X-Ollama-User": "root",
+            "X-Ollama-Key": "SHA256:forged",
+        },
+        body,
+    )
     assert status == 200, lines
     words = [json.loads(line)["message"]["content"] for _, line in lines]
-    assert words[:len(REPLY_WORDS)] == REPLY_WORDS and len(words) == STREAM_CHUNKS + 1 and json.loads(lines[-1][1])["done"]
+    assert words[: len(REPLY_WORDS)] == REPLY_WORDS and len(words) == STREAM_CHUNKS + 1 and json.loads(lines[-1][1])["done"]
     # Incremental: the first line arrived well before the stream ended, and no
     # line waited for the next one (a buffering front server delivers them together).
     first, last = lines[0][0], lines[-1][0]
@@ -159,7 +166,9 @@ def test_a_grant_for_one_endpoint_admits_that_endpoint(chain):
 def _unknown_key(tmp_path):
     key = ed25519.Ed25519PrivateKey.generate()
     private = tmp_path / "stranger"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     private.chmod(0o600)
     public = tmp_path / "stranger.pub"
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
@@ -198,7 +207,9 @@ def _tamper(signed):
 def test_a_refused_request_shows_the_gates_reason_and_never_reaches_ollama(chain, tmp_path, case):
     expected, build = REFUSALS[case]
     method, target, headers = build(chain, tmp_path)
-    status, answer_headers, body = chain.front.request(method, target, {**headers, "Content-Type": "application/json"}, b'{"model": "m"}')
+    status, answer_headers, body = chain.front.request(
+        method, target, {**headers, "Content-Type": "application/json"}, b'{"model": "m"}'
+    )
     assert status == expected, (status, body)
     assert answer_headers.get("content-type", "").startswith("application/json"), answer_headers
     shown = json.loads(body)
@@ -246,13 +257,17 @@ def test_client_sent_target_headers_cannot_claim_a_granted_path(chain, family):
         claim.update({"X-Forwarded-Method": "GET", "X-Forwarded-Uri": granted})
     if family in ("ingress-names", "both"):
         claim.update({"X-Original-Method": "GET", "X-Original-URL": f"https://{SERVER_NAME}{granted}"})
-    status, _, body = chain.front.request("POST", f"/api/chat?{chat_ts_query}", {"Authorization": authorization, **claim}, b'{"model": "m"}')
+    status, _, body = chain.front.request(
+        "POST", f"/api/chat?{chat_ts_query}", {"Authorization": authorization, **claim}, b'{"model": "m"}'
+    )
     assert status in (400, 401, 403), (status, body)
     assert_ollama_error_shape(status, json.loads(body))
     chain.assert_nothing_reached_ollama()
     # On the wire to the gate: only the front server's own family, naming the real request
     # (so the refusal does not rest on the gate noticing two families that disagree).
-    own, other = (("x-original-method", "x-original-uri"), ("x-forwarded-method", "x-forwarded-uri"))[:: 1 if chain.front.name == "nginx" else -1]
+    own, other = (("x-original-method", "x-original-uri"), ("x-forwarded-method", "x-forwarded-uri"))[
+        :: 1 if chain.front.name == "nginx" else -1
+    ]
     spoofed = [head for head in chain.relay.heads() if head.get("authorization") == [authorization]]
     assert len(spoofed) == 1, chain.relay.heads()
     assert spoofed[0].get(own[0]) == ["POST"] and spoofed[0].get(own[1]) == [f"/api/chat?{chat_ts_query}"], spoofed[0]
@@ -298,8 +313,14 @@ def ingress(request, tmp_path, env, keys, authorized_keys, local_ollama):
     relay = Relay(gate.port)
     front = None
     try:
-        front = IngressNginx(tmp_path / "ingress", CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port,
-                             INGRESS_RESPONSE_HEADERS, auth_method=request.param)
+        front = IngressNginx(
+            tmp_path / "ingress",
+            CertificateAuthority(tmp_path),
+            local_ollama.server.server_address[1],
+            relay.port,
+            INGRESS_RESPONSE_HEADERS,
+            auth_method=request.param,
+        )
         yield Chain(front, gate, relay, local_ollama, keys)
     finally:
         if front is not None:
@@ -329,11 +350,15 @@ def test_ingress_nginx_a_client_sent_x_original_uri_cannot_claim_a_granted_path(
 
 def test_ingress_nginx_refuses_and_admits_as_the_gate_decides(ingress, tmp_path):
     target, authorization = ingress.signed("POST", "/api/chat", key="ed25519-b")
-    status, _, _ = ingress.front.request("POST", target, {"Authorization": authorization, "X-Ollama-User": "root"}, b'{"model": "m"}')
+    status, _, _ = ingress.front.request(
+        "POST", target, {"Authorization": authorization, "X-Ollama-User": "root"}, b'{"model": "m"}'
+    )
     assert status == 403
     ingress.assert_nothing_reached_ollama()
     target, authorization = ingress.signed("POST", "/api/chat")
-    status, lines = ingress.front.stream("POST", target, {"Authorization": authorization, **FORGED}, b'{"model": "m", "messages": []}')
+    status, lines = ingress.front.stream(
+        "POST", target, {"Authorization": authorization, **FORGED}, b'{"model": "m", "messages": []}'
+    )
     assert status == 200 and json.loads(lines[-1][1])["done"]
     seen = ingress.upstream_headers()
     assert seen["x-ollama-user"] == ["alice"] and seen["x-ollama-key"] == [fingerprint(ingress.keys / "ed25519-a.pub")]
@@ -347,8 +372,14 @@ def test_ingress_nginx_refuses_and_admits_as_the_gate_decides(ingress, tmp_path)
 # Every spelling of the gate's names a client can send: nginx drops names with "_";
 # Caddy passes them, and Go rewrites their case (X-Ollama_user, X_ollama-User, ...).
 FORGED = {
-    "x-OLLAMA-user": "root", "X-Ollama_User": "root", "X_Ollama-User": "root", "x_ollama_user": "root",
-    "X-OLLAMA-KEY": "SHA256:forged", "X-Ollama_Key": "SHA256:forged", "X_OLLAMA-key": "SHA256:forged", "X_Ollama_Key": "SHA256:forged",
+    "x-OLLAMA-user": "root",
+    "X-Ollama_User": "root",
+    "X_Ollama-User": "root",
+    "x_ollama_user": "root",
+    "X-OLLAMA-KEY": "SHA256:forged",
+    "X-Ollama_Key": "SHA256:forged",
+    "X_OLLAMA-key": "SHA256:forged",
+    "X_Ollama_Key": "SHA256:forged",
 }
 
 
@@ -363,7 +394,9 @@ def test_no_client_spelling_of_the_identity_headers_reaches_ollama(chain, keys):
     assert status == 200
     fields = _identity_fields(chain.ollama.request_headers[-1])
     assert sorted((name.lower(), value) for name, value in fields) == [
-        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")), ("x-ollama-user", "alice")], fields
+        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")),
+        ("x-ollama-user", "alice"),
+    ], fields
 
 
 @pytest.fixture(params=sorted(FRONTS))
@@ -392,8 +425,13 @@ def test_an_unsigned_health_check_carries_no_body_and_no_forged_header_to_ollama
         body, extra = secret, {}
     connection = front.connection()
     try:
-        connection.request("HEAD", "/", body=body, headers={**FORGED, **extra, "Content-Type": "application/json"},
-                           encode_chunked=framing == "chunked")
+        connection.request(
+            "HEAD",
+            "/",
+            body=body,
+            headers={**FORGED, **extra, "Content-Type": "application/json"},
+            encode_chunked=framing == "chunked",
+        )
         response = connection.getresponse()
         response.read()
         assert response.status == 200, response.status
@@ -426,7 +464,9 @@ def test_a_signed_heartbeat_and_a_signed_request_carry_no_placeholder(bare, keys
         assert not any("{" in value for _, value in fields), f"a placeholder reached Ollama: {fields}"
         assert "authorization" not in {name.lower() for name, _ in fields}
     assert sorted((name.lower(), value) for name, value in _identity_fields(heads[1][1])) == [
-        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")), ("x-ollama-user", "alice")]
+        ("x-ollama-key", fingerprint(keys / "ed25519-a.pub")),
+        ("x-ollama-user", "alice"),
+    ]
 
 
 # --- when the gate or Ollama does not answer (issue 19 item 10) --------------------------------
@@ -540,7 +580,9 @@ def fronted_from(request, tmp_path, env, keys, local_ollama):
     relay = Relay(gate.port)
     front = None
     try:
-        front = FRONTS[request.param](tmp_path / request.param, CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port)
+        front = FRONTS[request.param](
+            tmp_path / request.param, CertificateAuthority(tmp_path), local_ollama.server.server_address[1], relay.port
+        )
         yield Chain(front, gate, relay, local_ollama, keys)
     finally:
         if front is not None:

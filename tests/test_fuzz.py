@@ -35,9 +35,9 @@ json_scalars = (
 )
 # Any code point, with the troublesome ones (surrogates, C0 and C1 controls,
 # escapes, characters Go's escaping treats specially) made common.
-hostile_chars = st.sampled_from(["\ud800", "\udfff", "\x00", "\x1b", "\r", "\n", "\x85", "\u2028", "%", "+", "~", " ", "#", "?"]) | st.characters(
-    blacklist_categories=()
-)
+hostile_chars = st.sampled_from(
+    ["\ud800", "\udfff", "\x00", "\x1b", "\r", "\n", "\x85", "\u2028", "%", "+", "~", " ", "#", "?"]
+) | st.characters(blacklist_categories=())
 
 
 def hostile_text(max_size: int):
@@ -45,7 +45,11 @@ def hostile_text(max_size: int):
     return st.lists(hostile_chars, max_size=max_size).map("".join)
 
 
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 # Field values that matter, plus anything at all.
 tokens = st.sampled_from(["tok-0123456789", "a.b.c", ""]) | st.text(max_size=40) | json_values
 lifetimes = st.sampled_from([300, 0, -1, 1e300, 1e17, 9e18, "300"]) | json_values

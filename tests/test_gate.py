@@ -38,8 +38,10 @@ def ok_answer(head: bytes, body: bytes, index: int) -> bytes:
 
 def both_keys_file(tmp_path, extra: str = "") -> str:
     path = tmp_path / "authorized_keys"
-    lines = [(GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2] + ["alice", "*"],
-             (GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2] + ["bob", "*"]]
+    lines = [
+        (GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2] + ["alice", "*"],
+        (GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2] + ["bob", "*"],
+    ]
     path.write_text("".join(" ".join(line) + "\n" for line in lines) + extra)
     os.chmod(path, 0o600)
     return str(path)
@@ -95,7 +97,7 @@ def test_ollamas_own_requests_are_admitted_at_their_ts_and_forwarded_without_the
     clock["now"] = vector["ts"]
     reply = gate_.send(vector["method"], vector["target"], vector["authorization"], vector["host_header"])
     assert reply.startswith(b"HTTP/1.1 200 "), reply
-    (_, head, _), = ollama.requests
+    ((_, head, _),) = ollama.requests
     request_line, *fields = head.decode("latin-1").split("\r\n")
     assert request_line == f"{vector['method']} {vector['target']} HTTP/1.1"
     names = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip() for line in fields}
@@ -136,7 +138,9 @@ class RunningGate:
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
         self.first_line = process.stderr.readline()
-        assert self.first_line.startswith("listening on http"), self.first_line + (process.stderr.read() if process.poll() is not None else "")
+        assert self.first_line.startswith("listening on http"), self.first_line + (
+            process.stderr.read() if process.poll() is not None else ""
+        )
         self.base = self.first_line.split()[2]
         self.port = int(self.base.rsplit(":", 1)[1])
         self.log: list[str] = []
@@ -154,8 +158,14 @@ def start_gate(env):
     started: list[RunningGate] = []
 
     def start(*args: str) -> RunningGate:
-        process = subprocess.Popen([*helper_executable(), "gate", "--listen", "127.0.0.1:0", *args], env=env,
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [*helper_executable(), "gate", "--listen", "127.0.0.1:0", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started.append(process)  # before any check: a gate that fails one is still stopped
         return RunningGate(process)
 
@@ -198,8 +208,12 @@ def test_this_projects_proxy_streams_chat_through_the_gate(tmp_path, start_gate,
     proxy = start_proxy("--upstream", f"http://127.0.0.1:{gate_.port}")
     import urllib.request
 
-    request_ = urllib.request.Request(f"{proxy.base}/api/chat", data=b'{"model": "m", "messages": [], "stream": true}',
-                                      headers={"Authorization": f"Bearer {proxy.token}"}, method="POST")
+    request_ = urllib.request.Request(
+        f"{proxy.base}/api/chat",
+        data=b'{"model": "m", "messages": [], "stream": true}',
+        headers={"Authorization": f"Bearer {proxy.token}"},
+        method="POST",
+    )
     with urllib.request.urlopen(request_, timeout=30) as response:
         lines = [json.loads(line) for line in response if line.strip()]
     assert "".join(line["message"]["content"] for line in lines) == "".join(REPLY_WORDS)
@@ -216,7 +230,9 @@ def test_the_ollama_client_with_ollamaauth_chats_through_the_gate(tmp_path, star
 
     gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
     client = ollama.Client(host=gate_.base, auth=OllamaAuth(identity=keys / "ed25519-b", api_base=gate_.base), timeout=30)
-    pieces = [part["message"]["content"] for part in client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)]
+    pieces = [
+        part["message"]["content"] for part in client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    ]
     assert "".join(pieces) == "".join(REPLY_WORDS) and len(pieces) > 1
     assert client.show("m")["modelfile"]
     logged = gate_.stop()
@@ -249,10 +265,26 @@ def hostile_cases(keys):
     }
 
 
-@pytest.mark.parametrize("case", [
-    "no-authorization", "no-ts", "two-ts", "stale-ts", "future-ts", "other-method", "replayed-on-another-path",
-    "unknown-key", "ungranted-endpoint", "dot-segment", "double-slash", "encoded-letter", "encoded-slash",
-    "malformed-base64", "bearer-garbage"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no-authorization",
+        "no-ts",
+        "two-ts",
+        "stale-ts",
+        "future-ts",
+        "other-method",
+        "replayed-on-another-path",
+        "unknown-key",
+        "ungranted-endpoint",
+        "dot-segment",
+        "double-slash",
+        "encoded-letter",
+        "encoded-slash",
+        "malformed-base64",
+        "bearer-garbage",
+    ],
+)
 def test_hostile_requests_are_refused_and_nothing_is_forwarded(tmp_path, start_gate, local_ollama, keys, case):
     b_line = " ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2])
     path = tmp_path / "authorized_keys"
@@ -261,19 +293,30 @@ def test_hostile_requests_are_refused_and_nothing_is_forwarded(tmp_path, start_g
     gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(path))
     method, target, authorization, status = hostile_cases(keys)[case]
     auth = f"Authorization: {authorization}\r\n" if authorization else ""
-    reply = raw(gate_.port, f"{method} {target} HTTP/1.1\r\nHost: box\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    reply = raw(
+        gate_.port, f"{method} {target} HTTP/1.1\r\nHost: box\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
     time.sleep(0.2)
     assert reply.startswith(f"HTTP/1.1 {status} ".encode()), reply
     # The class a client's script reads without parsing prose: the log's word (serve/record.py).
-    reason = {"no-authorization": "unsigned", "bearer-garbage": "unsigned", "stale-ts": "stale", "future-ts": "stale", "other-method": "bad-signature",
-              "replayed-on-another-path": "bad-signature", "unknown-key": "unknown-key", "ungranted-endpoint": "not-granted"}
+    reason = {
+        "no-authorization": "unsigned",
+        "bearer-garbage": "unsigned",
+        "stale-ts": "stale",
+        "future-ts": "stale",
+        "other-method": "bad-signature",
+        "replayed-on-another-path": "bad-signature",
+        "unknown-key": "unknown-key",
+        "ungranted-endpoint": "not-granted",
+    }
     assert f"\r\nX-Ollama-Reason: {reason.get(case, 'malformed')}\r\n".encode() in reply.partition(b"\r\n\r\n")[0], reply
     body = json.loads(reply.partition(b"\r\n\r\n")[2])
     assert_ollama_error_shape(status, body)
     assert local_ollama.unverified_requests == [] and local_ollama.request_headers == []
     if case == "unknown-key":
-        fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-a.pub")],
-                                     capture_output=True, text=True).stdout.split()[1]
+        fingerprint = subprocess.run(
+            ["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-a.pub")], capture_output=True, text=True
+        ).stdout.split()[1]
         assert fingerprint in body["error"] and "ssh-ed25519 AAAA" in body["error"]
     log = gate_.stop()
     assert any("line 3" in line and "warning" in line for line in log), log  # the RSA line is skipped, named
@@ -283,12 +326,16 @@ def test_hostile_requests_are_refused_and_nothing_is_forwarded(tmp_path, start_g
             assert authorization.split(":")[1][:20] not in line
 
 
-@pytest.mark.parametrize("data", [
-    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nAuthorization: a\r\n b\r\n\r\n",
-    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nX-Ollama-User: admin\rX: y\r\n\r\n",
-    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n",
-    b"GET /api/tags HTTP/1.1\r\nHost: box\r\nAuthorization: x\r\nAuthorization: y\r\n\r\n",
-], ids=["folded", "bare-cr", "oversized", "two-authorizations"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET /api/tags HTTP/1.1\r\nHost: box\r\nAuthorization: a\r\n b\r\n\r\n",
+        b"GET /api/tags HTTP/1.1\r\nHost: box\r\nX-Ollama-User: admin\rX: y\r\n\r\n",
+        b"GET /api/tags HTTP/1.1\r\nHost: box\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n",
+        b"GET /api/tags HTTP/1.1\r\nHost: box\r\nAuthorization: x\r\nAuthorization: y\r\n\r\n",
+    ],
+    ids=["folded", "bare-cr", "oversized", "two-authorizations"],
+)
 def test_malformed_heads_are_refused_and_nothing_is_forwarded(tmp_path, start_gate, local_ollama, data):
     gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
     reply = raw(gate_.port, data)
@@ -303,7 +350,10 @@ def test_revocation_takes_effect_on_the_next_request(tmp_path, start_gate, local
 
     def ask(name: str = "ed25519-b") -> bytes:
         target, authorization = signed(keys, "GET", "/api/tags", name)
-        return raw(gate_.port, f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode())
+        return raw(
+            gate_.port,
+            f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode(),
+        )
 
     assert ask().startswith(b"HTTP/1.1 200 ")
     lines = open(path).read().splitlines()
@@ -331,11 +381,14 @@ def test_a_non_loopback_listen_address_needs_tls(run, tmp_path):
     assert result.code == 2 and "--tls-cert" in result.err and result.err.count("\n") == 1
 
 
-@pytest.mark.parametrize("args, code", [
-    (["--upstream", "http://127.0.0.1:11434/ollama"], 2),
-    (["--auth-only", "--upstream", "http://127.0.0.1:11434"], 2),
-    (["--tls-cert", "/nonexistent"], 2),
-])
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--upstream", "http://127.0.0.1:11434/ollama"], 2),
+        (["--auth-only", "--upstream", "http://127.0.0.1:11434"], 2),
+        (["--tls-cert", "/nonexistent"], 2),
+    ],
+)
 def test_configurations_that_cannot_work_are_refused(run, tmp_path, args, code):
     result = run(["gate", "--listen", "127.0.0.1:0", "--authorized-keys", both_keys_file(tmp_path), *args])
     assert result.code == code and result.err.count("\n") == 1, result.err
@@ -354,10 +407,23 @@ def test_the_gate_serves_https_with_its_certificate(tmp_path, start_gate, local_
 
     ca = CertificateAuthority(tmp_path)
     cert, key = issue_certificate(ca, tmp_path, "localhost")
-    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path), "--tls-cert", str(cert), "--tls-key", str(key))
+    gate_ = start_gate(
+        "--upstream",
+        local_ollama.base_url,
+        "--authorized-keys",
+        both_keys_file(tmp_path),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
     client = ssl.create_default_context(cafile=str(ca.ca_file))
     target, authorization = signed(keys, "GET", "/api/tags")
-    reply = raw(gate_.port, f"GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode(), context=client)
+    reply = raw(
+        gate_.port,
+        f"GET {target} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode(),
+        context=client,
+    )
     assert reply.startswith(b"HTTP/1.1 200 ") and gate_.first_line.startswith("listening on https://")
 
 
@@ -366,10 +432,14 @@ def test_auth_only_answers_204_with_who_and_refuses_disagreeing_header_families(
     target, authorization = signed(keys, "POST", "/api/chat", "ed25519-b")
     ask = f"GET /_gate HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\nX-Original-Method: POST\r\nX-Original-URI: {target}\r\n"
     admitted = raw(gate_.port, (ask + "Connection: close\r\n\r\n").encode())
-    fingerprint = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-b.pub")], capture_output=True, text=True).stdout.split()[1]
+    fingerprint = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(keys / "ed25519-b.pub")], capture_output=True, text=True
+    ).stdout.split()[1]
     assert admitted.startswith(b"HTTP/1.1 204 ") and b"\r\nX-Ollama-User: bob\r\n" in admitted
     assert f"\r\nX-Ollama-Key: {fingerprint}\r\n".encode() in admitted and b"X-Ollama-Reason" not in admitted
-    disagreeing = raw(gate_.port, (ask + "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /api/tags\r\nConnection: close\r\n\r\n").encode())
+    disagreeing = raw(
+        gate_.port, (ask + "X-Forwarded-Method: GET\r\nX-Forwarded-Uri: /api/tags\r\nConnection: close\r\n\r\n").encode()
+    )
     assert disagreeing.startswith(b"HTTP/1.1 400 ") and b"X-Ollama-Error: " in disagreeing
     assert b"\r\nX-Ollama-Reason: malformed\r\n" in disagreeing
     log = gate_.stop()
@@ -416,12 +486,14 @@ def test_client_copies_of_what_the_gate_asserts_never_reach_ollama(recorded):
     vector = POSITIVES[0]
     clock["now"] = vector["ts"]
     with socket.create_connection(("127.0.0.1", gate_.port), timeout=10) as sock:
-        sock.sendall(f"{vector['method']} {vector['target']} HTTP/1.1\r\nHost: box\r\nAuthorization: {vector['authorization']}\r\n"
-                     "X-Ollama-User: root\r\nX_Ollama_User: root\r\nx-ollama-key: SHA256:forged\r\nExpect: 100-continue\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"{vector['method']} {vector['target']} HTTP/1.1\r\nHost: box\r\nAuthorization: {vector['authorization']}\r\n"
+            "X-Ollama-User: root\r\nX_Ollama_User: root\r\nx-ollama-key: SHA256:forged\r\nExpect: 100-continue\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 200 ")
-    (_, head, _), = ollama.requests
+    ((_, head, _),) = ollama.requests
     assert b"root" not in head and b"forged" not in head and b"expect" not in head.lower()
 
 
@@ -495,7 +567,9 @@ def test_auth_only_keeps_the_front_servers_connection_alive_after_each_answer(tm
     conn.close()
 
 
-def test_the_gate_keeps_the_connection_alive_after_a_refusal_and_forwards_only_the_signed_request(tmp_path, start_gate, local_ollama, keys):
+def test_the_gate_keeps_the_connection_alive_after_a_refusal_and_forwards_only_the_signed_request(
+    tmp_path, start_gate, local_ollama, keys
+):
     import http.client
 
     gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path))
@@ -541,7 +615,9 @@ def test_the_gates_401_reason_phrase_arrives_whole_through_the_proxy(tmp_path, s
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    connection.request("POST", "/api/chat", body=b'{"model": "m", "messages": []}', headers={"Authorization": f"Bearer {proxy.token}"})
+    connection.request(
+        "POST", "/api/chat", body=b'{"model": "m", "messages": []}', headers={"Authorization": f"Bearer {proxy.token}"}
+    )
     response = connection.getresponse()
     response.read()
     connection.close()

@@ -27,14 +27,18 @@ def test_client_address_headers_are_the_gates_own(recorded):  # noqa: F811
     vector = POSITIVES[0]
     clock["now"] = vector["ts"]
     with socket.create_connection(("127.0.0.1", gate_.port), timeout=10) as sock:
-        sock.sendall(f"{vector['method']} {vector['target']} HTTP/1.1\r\nHost: box\r\nAuthorization: {vector['authorization']}\r\n"
-                     "X-Forwarded-For: 6.6.6.6\r\nx-real-ip: 6.6.6.7\r\nX_Forwarded_For: 6.6.6.8\r\nForwarded: for=6.6.6.9\r\n"
-                     "X-Real_IP: 6.6.6.10\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"{vector['method']} {vector['target']} HTTP/1.1\r\nHost: box\r\nAuthorization: {vector['authorization']}\r\n"
+            "X-Forwarded-For: 6.6.6.6\r\nx-real-ip: 6.6.6.7\r\nX_Forwarded_For: 6.6.6.8\r\nForwarded: for=6.6.6.9\r\n"
+            "X-Real_IP: 6.6.6.10\r\nConnection: close\r\n\r\n".encode()
+        )
         reply = sock.recv(65536)
     assert reply.startswith(b"HTTP/1.1 200 ")
-    (_, head, _), = ollama.requests
+    ((_, head, _),) = ollama.requests
     fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:] if b":" in line]
-    assert b"6.6.6." not in head and not [name for name, _ in fields if name.lower() in (b"x-real-ip", b"forwarded", b"x_forwarded_for")]
+    assert b"6.6.6." not in head and not [
+        name for name, _ in fields if name.lower() in (b"x-real-ip", b"forwarded", b"x_forwarded_for")
+    ]
     assert [value.strip() for name, value in fields if name.lower() == b"x-forwarded-for"] == [b"127.0.0.1"]
 
 
@@ -61,8 +65,16 @@ def test_sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(
         (tmp_path / name).mkdir()
     old_ca, new_ca = CertificateAuthority(tmp_path / "old-ca"), CertificateAuthority(tmp_path / "new-ca")
     cert, key = issue_certificate(old_ca, tmp_path / "box", "localhost")
-    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path),
-                       "--tls-cert", str(cert), "--tls-key", str(key))
+    gate_ = start_gate(
+        "--upstream",
+        local_ollama.base_url,
+        "--authorized-keys",
+        both_keys_file(tmp_path),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
     trusts_old, trusts_new = trusting(old_ca), trusting(new_ca)
     kept = http.client.HTTPSConnection("localhost", gate_.port, context=trusts_old, timeout=10)
     assert _get(kept, keys) == 200
@@ -92,8 +104,16 @@ def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, l
     (tmp_path / "ca").mkdir(), (tmp_path / "box").mkdir()
     ca = CertificateAuthority(tmp_path / "ca")
     cert, key = issue_certificate(ca, tmp_path / "box", "localhost")
-    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", both_keys_file(tmp_path),
-                       "--tls-cert", str(cert), "--tls-key", str(key))
+    gate_ = start_gate(
+        "--upstream",
+        local_ollama.base_url,
+        "--authorized-keys",
+        both_keys_file(tmp_path),
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
     conn = http.client.HTTPSConnection("localhost", gate_.port, context=trusting(ca), timeout=10)
     assert _get(conn, keys) == 200  # serving, so its SIGHUP handler is in place
     conn.close()
@@ -105,7 +125,9 @@ def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, l
     while "previous certificate" not in line and time.monotonic() < deadline:
         line = gate_.process.stderr.readline()
     # The file at fault is named, not OpenSSL's bare "[SSL] PEM lib".
-    assert line.startswith(f"warning: cannot use {broken} {damaged}:") and "PEM lib" not in line and "half a file" not in line, line
+    assert line.startswith(f"warning: cannot use {broken} {damaged}:") and "PEM lib" not in line and "half a file" not in line, (
+        line
+    )
     conn = http.client.HTTPSConnection("localhost", gate_.port, context=trusting(ca), timeout=10)
     assert _get(conn, keys) == 200
     conn.close()
@@ -128,6 +150,17 @@ def test_a_tls_file_the_gate_cannot_use_is_named_at_start(run, tmp_path, case):
         "key-as-cert": ((key, key), f"cannot use --tls-cert {key}: it holds no PEM certificate"),
         "other-key": ((cert, other_key), f"--tls-key {other_key} is not the private key of --tls-cert {cert}"),
     }[case]
-    result = run(["gate", "--listen", "127.0.0.1:0", "--authorized-keys", both_keys_file(tmp_path),
-                  "--tls-cert", str(given[0]), "--tls-key", str(given[1])])
+    result = run(
+        [
+            "gate",
+            "--listen",
+            "127.0.0.1:0",
+            "--authorized-keys",
+            both_keys_file(tmp_path),
+            "--tls-cert",
+            str(given[0]),
+            "--tls-key",
+            str(given[1]),
+        ]
+    )
     assert result.code == 2 and named in result.err and result.err.count("\n") == 1, result.err

@@ -51,7 +51,9 @@ class Gate:
         self.log: list[str] = []
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 30, environ={})
         self.policy = gate.GatePolicy(KeyFile(keys_path, self.log.append), 300, upstream_host, **policy)
-        self.server = server.Server(("127.0.0.1", 0), self.policy, upstream=upstream, log=self.log.append, limits=Limits(upstream=30))
+        self.server = server.Server(
+            ("127.0.0.1", 0), self.policy, upstream=upstream, log=self.log.append, limits=Limits(upstream=30)
+        )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.address[1]
         self.base = f"http://127.0.0.1:{self.port}"
@@ -91,8 +93,13 @@ def openai_client(gate_: Gate, keys, key: str = "ed25519-b"):
 
     from credential_helper.integrations.httpx2 import OllamaAuth
 
-    return openai.OpenAI(base_url=f"{gate_.base}/v1", api_key="unused", max_retries=0, timeout=30,
-                         http_client=httpx2.Client(auth=OllamaAuth(identity=keys / key, api_base=gate_.base)))
+    return openai.OpenAI(
+        base_url=f"{gate_.base}/v1",
+        api_key="unused",
+        max_retries=0,
+        timeout=30,
+        http_client=httpx2.Client(auth=OllamaAuth(identity=keys / key, api_base=gate_.base)),
+    )
 
 
 # --- the real clients ---------------------------------------------------------------------------
@@ -103,19 +110,24 @@ def test_the_ollama_client_allowed_and_denied(bob_gate, standin, keys):
     import ollama
 
     client = ollama_client(bob_gate, keys)
-    pieces = [part["message"]["content"] for part in client.chat(model=ALLOWED, messages=[{"role": "user", "content": "hi"}], stream=True)]
+    pieces = [
+        part["message"]["content"]
+        for part in client.chat(model=ALLOWED, messages=[{"role": "user", "content": "hi"}], stream=True)
+    ]
     assert "".join(pieces) == "".join(REPLY_WORDS)
     assert [m.model for m in client.list().models] == [ALLOWED]
     assert [m.model for m in client.ps().models] == [ALLOWED]
     reached = len(standin.request_headers)
-    for call in (lambda: client.chat(model=DENIED, messages=[{"role": "user", "content": "hi"}]),
-                 lambda: list(client.chat(model=DENIED, messages=[{"role": "user", "content": "hi"}], stream=True)),
-                 lambda: client.generate(model=DENIED, prompt="hi"),
-                 lambda: client.show(DENIED),
-                 lambda: client.embed(model=DENIED, input="hi"),
-                 lambda: client.pull(DENIED),
-                 lambda: client.copy(ALLOWED, DENIED),
-                 lambda: client.delete(DENIED)):
+    for call in (
+        lambda: client.chat(model=DENIED, messages=[{"role": "user", "content": "hi"}]),
+        lambda: list(client.chat(model=DENIED, messages=[{"role": "user", "content": "hi"}], stream=True)),
+        lambda: client.generate(model=DENIED, prompt="hi"),
+        lambda: client.show(DENIED),
+        lambda: client.embed(model=DENIED, input="hi"),
+        lambda: client.pull(DENIED),
+        lambda: client.copy(ALLOWED, DENIED),
+        lambda: client.delete(DENIED),
+    ):
         with pytest.raises(ollama.ResponseError) as refused:
             call()
         assert refused.value.status_code == 403 and "line 1" in str(refused.value), str(refused.value)
@@ -175,21 +187,37 @@ def _tricks(field: str) -> dict[str, bytes]:
 
 # (method, path, field): every endpoint of server/routes.go that names a model, by the body field it reads.
 ENDPOINTS = [
-    ("POST", "/api/generate", "model"), ("POST", "/api/chat", "model"), ("POST", "/api/embed", "model"),
-    ("POST", "/api/embeddings", "model"), ("POST", "/api/show", "model"), ("POST", "/api/show", "name"),
-    ("POST", "/api/pull", "model"), ("POST", "/api/pull", "name"), ("POST", "/api/push", "model"),
-    ("POST", "/api/create", "model"), ("POST", "/api/create", "from"), ("POST", "/api/copy", "source"),
-    ("POST", "/api/copy", "destination"), ("DELETE", "/api/delete", "model"), ("DELETE", "/api/delete", "name"),
-    ("POST", "/v1/chat/completions", "model"), ("POST", "/v1/completions", "model"), ("POST", "/v1/embeddings", "model"),
-    ("POST", "/v1/responses", "model"), ("POST", "/v1/messages", "model"),
+    ("POST", "/api/generate", "model"),
+    ("POST", "/api/chat", "model"),
+    ("POST", "/api/embed", "model"),
+    ("POST", "/api/embeddings", "model"),
+    ("POST", "/api/show", "model"),
+    ("POST", "/api/show", "name"),
+    ("POST", "/api/pull", "model"),
+    ("POST", "/api/pull", "name"),
+    ("POST", "/api/push", "model"),
+    ("POST", "/api/create", "model"),
+    ("POST", "/api/create", "from"),
+    ("POST", "/api/copy", "source"),
+    ("POST", "/api/copy", "destination"),
+    ("DELETE", "/api/delete", "model"),
+    ("DELETE", "/api/delete", "name"),
+    ("POST", "/v1/chat/completions", "model"),
+    ("POST", "/v1/completions", "model"),
+    ("POST", "/v1/embeddings", "model"),
+    ("POST", "/v1/responses", "model"),
+    ("POST", "/v1/messages", "model"),
 ]
 
 
 def _body(path: str, field: str, named: bytes) -> bytes:
     """The trick inside an otherwise valid request of that endpoint."""
-    extra = {"/api/copy": {"source": "small", "destination": "small"}, "/api/create": {"model": "small", "from": "small"},
-             "/v1/messages": {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
-             "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]}}.get(path, {})
+    extra = {
+        "/api/copy": {"source": "small", "destination": "small"},
+        "/api/create": {"model": "small", "from": "small"},
+        "/v1/messages": {"max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "hi"}]},
+    }.get(path, {})
     prefix = json.dumps(extra)[1:-1]
     if not prefix:
         return named
@@ -206,12 +234,16 @@ def sign(keys, method: str, path: str, key: str = "ed25519-b") -> tuple[str, str
 
 def send(port: int, method: str, target: str, authorization: str, body: bytes, extra: str = "", chunked: bool = False) -> bytes:
     if chunked:
-        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n"
+        framed = (
+            b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n"
+        )
         framing = "Transfer-Encoding: chunked\r\n"
     else:
         framed, framing = body, f"Content-Length: {len(body)}\r\n"
-    data = (f"{method} {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\n"
-            f"{framing}{extra}Connection: close\r\n\r\n").encode() + framed
+    data = (
+        f"{method} {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\n"
+        f"{framing}{extra}Connection: close\r\n\r\n"
+    ).encode() + framed
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(data)
         received = b""
@@ -247,7 +279,9 @@ def module_keys(tmp_path_factory):
 
 @pytest.mark.parametrize("method, path, field, trick", MATRIX, ids=[f"{m} {p} {f} {t}" for m, p, f, t in MATRIX])
 @pytest.mark.parametrize("framing", ["length", "chunked"])
-def test_every_way_to_name_a_denied_model_is_refused_and_nothing_reaches_ollama(matrix_gate, module_keys, method, path, field, trick, framing):
+def test_every_way_to_name_a_denied_model_is_refused_and_nothing_reaches_ollama(
+    matrix_gate, module_keys, method, path, field, trick, framing
+):
     gate_, recorder = matrix_gate
     before = len(recorder.requests)
     body = _body(path, field, _tricks(field)[trick])
@@ -267,7 +301,7 @@ def test_the_same_endpoints_naming_an_allowed_model_reach_ollama(matrix_gate, mo
     target, authorization = sign(module_keys, method, path)
     reply = send(gate_.port, method, target, authorization, body)
     assert reply.startswith(b"HTTP/1.1 200 "), (reply[:300], body)
-    (_, head, forwarded), = recorder.requests[before:]
+    ((_, head, forwarded),) = recorder.requests[before:]
     assert forwarded == body and f"content-length: {len(body)}".encode() in head.lower()
 
 
@@ -276,12 +310,23 @@ def test_a_compressed_body_is_refused_whatever_it_names(matrix_gate, module_keys
     gate_, recorder = matrix_gate
     before = len(recorder.requests)
     target, authorization = sign(module_keys, "POST", "/api/chat")
-    reply = send(gate_.port, "POST", target, authorization, gzip.compress(b'{"model":"small"}'), extra=f"Content-Encoding: {encoding}\r\n")
+    reply = send(
+        gate_.port, "POST", target, authorization, gzip.compress(b'{"model":"small"}'), extra=f"Content-Encoding: {encoding}\r\n"
+    )
     assert reply.startswith(b"HTTP/1.1 400 ") and len(recorder.requests) == before
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/v1/models/big"), ("GET", "/v1/models/library%2fbig"), ("DELETE", "/v1/models/big"),
-                                          ("POST", "/api/unknown"), ("GET", "/api/chat"), ("POST", "/v1/audio/transcriptions?model=big")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/v1/models/big"),
+        ("GET", "/v1/models/library%2fbig"),
+        ("DELETE", "/v1/models/big"),
+        ("POST", "/api/unknown"),
+        ("GET", "/api/chat"),
+        ("POST", "/v1/audio/transcriptions?model=big"),
+    ],
+)
 def test_paths_that_name_a_model_or_that_the_gate_does_not_know(matrix_gate, module_keys, method, path):
     gate_, recorder = matrix_gate
     before = len(recorder.requests)
@@ -351,8 +396,16 @@ def test_max_concurrent_refuses_the_next_request_with_429_until_one_ends(tmp_pat
             running.close()
 
 
-@pytest.mark.parametrize("rule, status", [('from="127.0.0.0/8"', b"200"), ('from="10.0.0.0/8"', b"403"), ('from="!127.0.0.1,*"', b"403"),
-                                          ('expiry-time="20200101"', b"403"), ('expiry-time="29991231235959Z"', b"200")])
+@pytest.mark.parametrize(
+    "rule, status",
+    [
+        ('from="127.0.0.0/8"', b"200"),
+        ('from="10.0.0.0/8"', b"403"),
+        ('from="!127.0.0.1,*"', b"403"),
+        ('expiry-time="20200101"', b"403"),
+        ('expiry-time="29991231235959Z"', b"200"),
+    ],
+)
 def test_from_and_expiry_through_the_running_gate(tmp_path, module_keys, rule, status):
     path = write_keys(tmp_path, f"{rule} {key_line('ed25519-b')} bob *\n")
     with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}") as recorder:
@@ -371,17 +424,29 @@ def test_from_and_expiry_through_the_running_gate(tmp_path, module_keys, rule, s
 # --- --auth-only at start -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule, args, code", [
-    ('models="small"', [], 3), ("max-concurrent=2", [], 3), ('from="10.0.0.0/8"', [], 3),
-    ('from="10.0.0.0/8"', ["--trusted-front", "127.0.0.1"], None), ('expiry-time="29991231"', [], None),
-    ('from="10.0.0.0/8"', ["--trusted-front", "not-an-address"], 2),
-])
+@pytest.mark.parametrize(
+    "rule, args, code",
+    [
+        ('models="small"', [], 3),
+        ("max-concurrent=2", [], 3),
+        ('from="10.0.0.0/8"', [], 3),
+        ('from="10.0.0.0/8"', ["--trusted-front", "127.0.0.1"], None),
+        ('expiry-time="29991231"', [], None),
+        ('from="10.0.0.0/8"', ["--trusted-front", "not-an-address"], 2),
+    ],
+)
 def test_auth_only_refuses_to_start_with_lines_it_cannot_enforce(tmp_path, env, rule, args, code):
     import subprocess
 
     path = write_keys(tmp_path, f"{rule} {key_line('ed25519-b')} bob *\n")
-    process = subprocess.Popen([*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path, *args],
-                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path, *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = process.stderr.readline()
         if code is None:
@@ -395,25 +460,36 @@ def test_auth_only_refuses_to_start_with_lines_it_cannot_enforce(tmp_path, env, 
         process.wait(10)
 
 
-@pytest.mark.parametrize("rule, why, not_why", [
-    ('models="small"', "carries no body", "answer end"),
-    ("max-concurrent=2", "never sees an answer end", "carries no body"),
-])
+@pytest.mark.parametrize(
+    "rule, why, not_why",
+    [
+        ('models="small"', "carries no body", "answer end"),
+        ("max-concurrent=2", "never sees an answer end", "carries no body"),
+    ],
+)
 def test_auth_only_says_why_each_option_needs_reverse_proxy_mode_and_what_to_do(tmp_path, env, rule, why, not_why):
     import subprocess
 
     path = write_keys(tmp_path, f"{rule} {key_line('ed25519-b')} bob *\n")
-    result = subprocess.run([*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
-                            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 3 and rule.split("=")[0] + "=" in result.stderr, result.stderr
     assert why in result.stderr and not_why not in result.stderr and "without --auth-only" in result.stderr, result.stderr
 
 
 def _multipart(model: str, query_model: str | None = None) -> tuple[bytes, str]:
     boundary = "gateboundary7"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n"
-            f"RIFF....\r\n--{boundary}--\r\n").encode()
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: audio/wav\r\n\r\n'
+        f"RIFF....\r\n--{boundary}--\r\n"
+    ).encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -423,8 +499,10 @@ def test_an_audio_transcription_names_its_model_in_a_multipart_field(matrix_gate
     before = len(recorder.requests)
     body, content_type = _multipart(model)
     target, authorization = sign(module_keys, "POST", "/v1/audio/transcriptions")
-    data = (f"POST {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    data = (
+        f"POST {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
     with socket.create_connection(("127.0.0.1", gate_.port), timeout=10) as sock:
         sock.sendall(data)
         reply = sock.recv(65536)
@@ -436,8 +514,14 @@ def test_trusted_front_is_for_auth_only(tmp_path, env):
     import subprocess
 
     path = write_keys(tmp_path, f"{key_line('ed25519-b')} bob *\n")
-    done = subprocess.run([*helper_executable(), "gate", "--listen", "127.0.0.1:0", "--authorized-keys", path, "--trusted-front", "127.0.0.1"],
-                          env=env, capture_output=True, text=True, timeout=30, check=False)
+    done = subprocess.run(
+        [*helper_executable(), "gate", "--listen", "127.0.0.1:0", "--authorized-keys", path, "--trusted-front", "127.0.0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode == 2 and "--auth-only" in done.stderr and done.stderr.count("\n") == 1
 
 
@@ -445,15 +529,23 @@ def test_a_line_auth_only_cannot_enforce_that_arrives_in_a_reload_grants_nothing
     import subprocess
 
     path = write_keys(tmp_path, f"{key_line('ed25519-b')} bob *\n")
-    process = subprocess.Popen([*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
-                               env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = int(process.stderr.readline().split()[2].rsplit(":", 1)[1])
 
         def ask() -> bytes:
             target, authorization = sign(module_keys, "POST", "/api/chat")
-            data = (f"GET /_gate HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\nX-Original-Method: POST\r\n"
-                    f"X-Original-URI: {target}\r\nConnection: close\r\n\r\n").encode()
+            data = (
+                f"GET /_gate HTTP/1.1\r\nHost: gate\r\nAuthorization: {authorization}\r\nX-Original-Method: POST\r\n"
+                f"X-Original-URI: {target}\r\nConnection: close\r\n\r\n"
+            ).encode()
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 sock.sendall(data)
                 return sock.recv(65536)
@@ -467,7 +559,9 @@ def test_a_line_auth_only_cannot_enforce_that_arrives_in_a_reload_grants_nothing
     finally:
         process.terminate()
         log = process.communicate(timeout=20)[1]
-    assert any("line 1: models= cannot be enforced with --auth-only" in line and "grants nothing" in line for line in log.splitlines()), log
+    assert any(
+        "line 1: models= cannot be enforced with --auth-only" in line and "grants nothing" in line for line in log.splitlines()
+    ), log
 
 
 # --- Ollama's own Go client (api/client.go do and stream) ---------------------------------------
@@ -476,26 +570,47 @@ HARNESS = os.environ.get("OLLAMA_CLIENT_HARNESS", "")
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(not os.path.exists(HARNESS or "/nonexistent"),
-                    reason="set OLLAMA_CLIENT_HARNESS to a harness built by golden/ollama-client-harness/build.sh (needs Go and an Ollama checkout)")
-@pytest.mark.parametrize("call, method, path, model, allowed", [
-    ("do", "POST", "/api/show", "small", True), ("do", "POST", "/api/show", "big", False),
-    ("stream", "POST", "/api/chat", "small", True), ("stream", "POST", "/api/chat", "big", False),
-    ("stream", "POST", "/api/pull", "registry.ollama.ai/library/BIG:latest", False), ("do", "DELETE", "/api/delete", "big", False),
-])
+@pytest.mark.skipif(
+    not os.path.exists(HARNESS or "/nonexistent"),
+    reason="set OLLAMA_CLIENT_HARNESS to a harness built by golden/ollama-client-harness/build.sh (needs Go and an Ollama checkout)",
+)
+@pytest.mark.parametrize(
+    "call, method, path, model, allowed",
+    [
+        ("do", "POST", "/api/show", "small", True),
+        ("do", "POST", "/api/show", "big", False),
+        ("stream", "POST", "/api/chat", "small", True),
+        ("stream", "POST", "/api/chat", "big", False),
+        ("stream", "POST", "/api/pull", "registry.ollama.ai/library/BIG:latest", False),
+        ("do", "DELETE", "/api/delete", "big", False),
+    ],
+)
 def test_ollamas_own_go_client_allowed_and_denied(tmp_path, call, method, path, model, allowed):
     """What Ollama's CLI prints (api/client.go do/stream, types.go Error(), built from Ollama
     fb30760 by the harness) for a models= refusal: the rule, and nothing reached Ollama."""
     import subprocess
 
     keys_path = write_keys(tmp_path, f"{RULE} {key_line('ed25519-b')} bob *\n")
-    with KeepAliveServer(lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}") as recorder:
+    with KeepAliveServer(
+        lambda head, body, index: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    ) as recorder:
         running = Gate(keys_path, recorder.host)
         try:
-            env = {"PATH": os.environ["PATH"], "OLLAMA_HOST": running.base, "HOME": "/nonexistent",
-                   "OLLAMA_AUTH": "1", "HARNESS_KEY": str(GOLDEN / "keys" / "ed25519-b")}
-            done = subprocess.run([HARNESS, call, method, path, json.dumps({"model": model})], env=env, capture_output=True,
-                                  text=True, check=True, timeout=30)
+            env = {
+                "PATH": os.environ["PATH"],
+                "OLLAMA_HOST": running.base,
+                "HOME": "/nonexistent",
+                "OLLAMA_AUTH": "1",
+                "HARNESS_KEY": str(GOLDEN / "keys" / "ed25519-b"),
+            }
+            done = subprocess.run(
+                [HARNESS, call, method, path, json.dumps({"model": model})],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            )
             printed = json.loads(done.stdout)["printed"]
         finally:
             running.close()

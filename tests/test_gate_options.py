@@ -59,8 +59,10 @@ def chat(model: str) -> bytes:
 # --- from= ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("peer, admitted", [("10.0.0.5", True), ("10.0.9.9", True), ("10.1.0.1", False), ("10.0.0.66", False),
-                                            ("192.168.1.1", False), ("", False)])
+@pytest.mark.parametrize(
+    "peer, admitted",
+    [("10.0.0.5", True), ("10.0.9.9", True), ("10.1.0.1", False), ("10.0.0.66", False), ("192.168.1.1", False), ("", False)],
+)
 def test_from_matches_the_peer_address(tmp_path, keys, peer, admitted):
     keys_file = key_file(tmp_path, f'from="10.0.0.0/16,!10.0.0.66" {key_line()} alice *\n')
     decision = decided(policy(keys_file), head(keys, "GET", "/api/tags", peer=peer))
@@ -72,7 +74,9 @@ def test_from_matches_the_peer_address(tmp_path, keys, peer, admitted):
 
 def test_a_clients_own_x_forwarded_for_does_not_count_in_reverse_proxy_mode(tmp_path, keys):
     keys_file = key_file(tmp_path, f'from="10.0.0.0/8" {key_line()} alice *\n')
-    decision = decided(policy(keys_file), head(keys, "GET", "/api/tags", peer="192.0.2.1", extra=[("X-Forwarded-For", "10.0.0.5")]))
+    decision = decided(
+        policy(keys_file), head(keys, "GET", "/api/tags", peer="192.0.2.1", extra=[("X-Forwarded-For", "10.0.0.5")])
+    )
     assert isinstance(decision, Answer) and decision.status == 403
 
 
@@ -90,11 +94,15 @@ def test_a_second_line_of_the_same_key_can_admit_from_elsewhere(tmp_path, keys):
 def test_an_expired_line_is_refused_saying_when(tmp_path, keys):
     expired = time.strftime("%Y%m%d%H%M", time.gmtime(NOW - 60))
     later = time.strftime("%Y%m%d%H%M", time.gmtime(NOW + 3600))
-    refused = decided(policy(key_file(tmp_path, f'expiry-time="{expired}Z" {key_line()} alice *\n')), head(keys, "GET", "/api/tags"))
+    refused = decided(
+        policy(key_file(tmp_path, f'expiry-time="{expired}Z" {key_line()} alice *\n')), head(keys, "GET", "/api/tags")
+    )
     assert isinstance(refused, Answer) and refused.status == 403 and "expired at " in refused.message
     assert time.strftime("%Y-%m-%d %H:%M", time.gmtime(NOW - 60)) in refused.message
     (tmp_path / "authorized_keys").unlink()
-    admitted = decided(policy(key_file(tmp_path, f'expiry-time="{later}Z" {key_line()} alice *\n')), head(keys, "GET", "/api/tags"))
+    admitted = decided(
+        policy(key_file(tmp_path, f'expiry-time="{later}Z" {key_line()} alice *\n')), head(keys, "GET", "/api/tags")
+    )
     assert isinstance(admitted, Forward)
 
 
@@ -111,8 +119,10 @@ def test_a_line_without_options_asks_for_no_body(restricted, keys):
     assert isinstance(decision, Forward) and decision.release is None and decision.filter_answer is None
 
 
-@pytest.mark.parametrize("model, status", [("qwen3:8b", None), ("qwen3", None), ("QWEN3:8B", None), ("qwen3:235b", 403),
-                                           ("llama3", 403), ("gemma3:27b", 403)])
+@pytest.mark.parametrize(
+    "model, status",
+    [("qwen3:8b", None), ("qwen3", None), ("QWEN3:8B", None), ("qwen3:235b", 403), ("llama3", 403), ("gemma3:27b", 403)],
+)
 def test_models_on_a_chat(restricted, keys, model, status):
     body = chat(model)
     decision = decided(policy(restricted), head(keys, "POST", "/api/chat", body=body), body)
@@ -133,7 +143,9 @@ def test_a_compressed_request_body_is_400(restricted, keys, encoding):
     import gzip as gz
 
     body = gz.compress(chat("qwen3:8b"))
-    decision = decided(policy(restricted), head(keys, "POST", "/api/chat", body=body, extra=[("Content-Encoding", encoding)]), body)
+    decision = decided(
+        policy(restricted), head(keys, "POST", "/api/chat", body=body, extra=[("Content-Encoding", encoding)]), body
+    )
     assert isinstance(decision, Answer) and decision.status == 400
 
 
@@ -141,8 +153,15 @@ def test_a_listing_is_filtered_for_a_restricted_key(restricted, keys):
     decision = decided(policy(restricted), head(keys, "GET", "/api/tags", extra=[("Accept-Encoding", "gzip")]))
     assert isinstance(decision, Forward) and decision.filter_answer is not None
     assert not any(name.lower() == "accept-encoding" for name, _ in decision.headers)
-    listing = json.dumps({"models": [{"name": "qwen3:8b", "model": "qwen3:8b"}, {"name": "qwen3:235b", "model": "qwen3:235b"},
-                                     {"name": "llama3:latest", "model": "llama3:latest"}]}).encode()
+    listing = json.dumps(
+        {
+            "models": [
+                {"name": "qwen3:8b", "model": "qwen3:8b"},
+                {"name": "qwen3:235b", "model": "qwen3:235b"},
+                {"name": "llama3:latest", "model": "llama3:latest"},
+            ]
+        }
+    ).encode()
     shown = json.loads(decision.filter_answer(200, listing))
     assert [m["name"] for m in shown["models"]] == ["qwen3:8b"]
 
@@ -171,18 +190,27 @@ def test_max_concurrent_counts_a_keys_requests_in_flight_and_the_tightest_line_w
 def auth_head(keys, method, path, peer, extra=()):
     h = head(keys, method, path, peer=peer)
     authorization = dict(h.headers)["Authorization"]
-    headers = (("Host", "gate"), ("Authorization", authorization), ("X-Original-Method", method), ("X-Original-URI", h.target), *extra)
+    headers = (
+        ("Host", "gate"),
+        ("Authorization", authorization),
+        ("X-Original-Method", method),
+        ("X-Original-URI", h.target),
+        *extra,
+    )
     return Head("GET", "/_gate", "1.1", headers, peer)
 
 
-@pytest.mark.parametrize("peer, forwarded, status", [
-    ("127.0.0.1", "10.0.0.5", 204),  # the trusted front reports an allowed client
-    ("127.0.0.1", "10.0.0.5, 192.0.2.7", 403),  # the last hop is what the front saw; the first is the client's claim
-    ("127.0.0.1", "192.0.2.7, 10.0.0.5", 204),
-    ("192.0.2.9", "10.0.0.5", 403),  # not a trusted front: its header is not believed
-    ("127.0.0.1", None, 403),
-    ("127.0.0.1", "10.0.0.5:443", 403),
-])
+@pytest.mark.parametrize(
+    "peer, forwarded, status",
+    [
+        ("127.0.0.1", "10.0.0.5", 204),  # the trusted front reports an allowed client
+        ("127.0.0.1", "10.0.0.5, 192.0.2.7", 403),  # the last hop is what the front saw; the first is the client's claim
+        ("127.0.0.1", "192.0.2.7, 10.0.0.5", 204),
+        ("192.0.2.9", "10.0.0.5", 403),  # not a trusted front: its header is not believed
+        ("127.0.0.1", None, 403),
+        ("127.0.0.1", "10.0.0.5:443", 403),
+    ],
+)
 def test_auth_only_reads_the_address_only_from_a_trusted_front(tmp_path, keys, peer, forwarded, status):
     keys_file = key_file(tmp_path, f'from="10.0.0.0/8" {key_line()} alice *\n')
     p = gate.AuthOnlyPolicy(keys_file, 300, clock=lambda: NOW, trusted_fronts=gate.parse_trusted_fronts("127.0.0.1/32"))
@@ -222,7 +250,9 @@ def test_every_request_that_names_a_model_is_refused_for_a_key_that_may_use_none
 @pytest.mark.parametrize("encoding", ["gzip", "zstd", "identity, gzip"])
 def test_a_body_labelled_compressed_is_400_even_when_it_reads_as_an_allowed_json(restricted, keys, encoding):
     body = chat("qwen3:8b")  # plain JSON naming an allowed model: the label alone is refused
-    decision = decided(policy(restricted), head(keys, "POST", "/api/chat", body=body, extra=[("Content-Encoding", encoding)]), body)
+    decision = decided(
+        policy(restricted), head(keys, "POST", "/api/chat", body=body, extra=[("Content-Encoding", encoding)]), body
+    )
     assert isinstance(decision, Answer) and decision.status == 400
 
 

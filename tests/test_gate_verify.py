@@ -132,7 +132,7 @@ def test_each_of_ollamas_requests_is_refused_on_another_path_or_method(vector):
     # the other golden key presented with this signature
     key = vector["authorization"].split(":")[0]
     other = B_B64 if key == A_B64 else A_B64
-    check(verify(vector["method"], vector["target"], other + authorization[len(key):], BOTH, ts, SKEW), 401)
+    check(verify(vector["method"], vector["target"], other + authorization[len(key) :], BOTH, ts, SKEW), 401)
 
 
 def test_an_unlisted_key_with_a_valid_signature_hears_its_fingerprint_and_the_line_to_add():
@@ -205,7 +205,17 @@ NON_CANONICAL_CHAT = [
     "api/chat",
     "",
 ]
-CANONICAL_BUT_NOT_TAGS = ["/API/chat", "/API/TAGS", "/api/Tags", "/api/tags/", "/api/chat/", "/api/chat", "/api/tagsx", "/api/tags.json", "/api/tags/x"]
+CANONICAL_BUT_NOT_TAGS = [
+    "/API/chat",
+    "/API/TAGS",
+    "/api/Tags",
+    "/api/tags/",
+    "/api/chat/",
+    "/api/chat",
+    "/api/tagsx",
+    "/api/tags.json",
+    "/api/tags/x",
+]
 
 
 @pytest.mark.parametrize("path", NON_CANONICAL_CHAT)
@@ -227,7 +237,16 @@ def test_a_canonical_path_other_than_the_grant_is_refused_with_403(path):
 
 @pytest.mark.parametrize(
     "query",
-    [f"ts={NOW}&x=a;b", f"ts={NOW}&x=%zz", f"ts={NOW}&x=%4", f"%74s={NOW}", f"ts={NOW}&x=%41", f"ts={NOW}&x=a b", f"ts={NOW}&x=\u00e9", f"ts={NOW}&x=a\r\nX-Evil: 1"],
+    [
+        f"ts={NOW}&x=a;b",
+        f"ts={NOW}&x=%zz",
+        f"ts={NOW}&x=%4",
+        f"%74s={NOW}",
+        f"ts={NOW}&x=%41",
+        f"ts={NOW}&x=a b",
+        f"ts={NOW}&x=\u00e9",
+        f"ts={NOW}&x=a\r\nX-Evil: 1",
+    ],
 )
 def test_an_ambiguous_query_is_refused_with_400(query):
     target = f"/api/tags?{query}"
@@ -413,7 +432,18 @@ def test_an_unsigned_head_slash_is_a_health_check():
     check(verify("HEAD", "/", None, TAGS_ONLY, NOW, allow_health_check=False), 401)
 
 
-@pytest.mark.parametrize("method, target", [("GET", "/"), ("HEAD", "/?x=1"), ("HEAD", "/api/tags"), ("HEAD", "//"), ("POST", "/"), ("GET", "/api/tags"), ("HEAD", f"/?ts={NOW}")])
+@pytest.mark.parametrize(
+    "method, target",
+    [
+        ("GET", "/"),
+        ("HEAD", "/?x=1"),
+        ("HEAD", "/api/tags"),
+        ("HEAD", "//"),
+        ("POST", "/"),
+        ("GET", "/api/tags"),
+        ("HEAD", f"/?ts={NOW}"),
+    ],
+)
 def test_every_other_unsigned_request_is_401(method, target):
     expected = 400 if canonical_path_problem(target) else 401
     check(verify(method, target, None, TAGS_ONLY, NOW), expected)
@@ -465,7 +495,12 @@ def test_forwarded_request_reads_either_family(headers):
         [("X-Original-Method", "POST")],
         [("X-Original-URI", TARGET)],
         [("X-Original-Method", "POST"), ("X-Original-URI", TARGET), ("X-Forwarded-Method", "GET"), ("X-Forwarded-Uri", TARGET)],
-        [("X-Original-Method", "POST"), ("X-Original-URI", TARGET), ("X-Forwarded-Method", "POST"), ("X-Forwarded-Uri", "/api/tags")],
+        [
+            ("X-Original-Method", "POST"),
+            ("X-Original-URI", TARGET),
+            ("X-Forwarded-Method", "POST"),
+            ("X-Forwarded-Uri", "/api/tags"),
+        ],
         [("X-Original-Method", "POST"), ("X-Original-URI", TARGET), ("X-Forwarded-Uri", TARGET)],
         [("X-Original-Method", "POST"), ("X-Original-URI", TARGET), ("x-original-uri", "/api/tags")],
         [("X-Original-Method", "POST"), ("X-Original-Method", "POST"), ("X-Original-URI", TARGET)],

@@ -114,9 +114,7 @@ def test_absurd_lifetimes_are_clamped_and_cached_safely(run, env, body):
     assert len(server.requests) in (1, 2)
 
 
-@pytest.mark.parametrize(
-    "expires_at", ["1e300", "9e18", "Infinity", "-Infinity", "NaN", '"2030-01-01"', "true", "null"]
-)
+@pytest.mark.parametrize("expires_at", ["1e300", "9e18", "Infinity", "-Infinity", "NaN", '"2030-01-01"', "true", "null"])
 def test_hand_written_cache_entry_with_absurd_numbers_is_a_miss(run, env, standin, expires_at):
     realm = f"{standin.base_url}/token"
     path = entry_path(env, os.path.join(env["HOME"], ".ollama", "id_ed25519"), realm)
@@ -261,7 +259,9 @@ def test_get_never_echoes_the_signature_to_stderr(run, env, layout):
         echo_authorization(layout)(conn, head)
 
     with ScriptedServer(script) as server:
-        result = run(["get", "--no-cache"], json_challenge(f"http://{server.host}/token"), environment=dict(env, OLLAMA_API_KEY=API_KEY))
+        result = run(
+            ["get", "--no-cache"], json_challenge(f"http://{server.host}/token"), environment=dict(env, OLLAMA_API_KEY=API_KEY)
+        )
     assert result.code in (1, 4), result
     assert len(result.err.splitlines()) == 1, result
     assert captured and ":" in captured[0]
@@ -330,7 +330,9 @@ def test_control_characters_from_a_server_never_reach_the_terminal(run, env):
 
 
 def test_whoami_human_output_is_sanitised(run, env):
-    body = json.dumps({"name": "eve\x1b[2J\r\nollama-credential-helper: forged", "email": "e\x07@x", "plan": "pro\x1b]0;t\x07"}).encode()
+    body = json.dumps(
+        {"name": "eve\x1b[2J\r\nollama-credential-helper: forged", "email": "e\x07@x", "plan": "pro\x1b]0;t\x07"}
+    ).encode()
     with ScriptedServer(reply("200 OK", body, {"Content-Type": "application/json"})) as server:
         result = run(["whoami"], environment=dict(env, OLLAMA_CLOUD_BASE_URL=f"http://{server.host}"))
     assert result.code == 0, result
@@ -517,7 +519,10 @@ def test_a_dangling_symlink_at_the_key_path_never_falls_back_to_the_api_key(run,
     os.unlink(key_path)
     os.symlink(tmp_path / "gone", key_path)
     environment = dict(env, OLLAMA_API_KEY=API_KEY)
-    for args, stdin in ((["get"], json_challenge(f"{standin.base_url}/token")), (["sign", "GET", f"{standin.base_url}/api/tags"], "")):
+    for args, stdin in (
+        (["get"], json_challenge(f"{standin.base_url}/token")),
+        (["sign", "GET", f"{standin.base_url}/api/tags"], ""),
+    ):
         result = run(args, stdin, environment=environment)
         assert_one_line_error(result, 3)
         assert "symlink" in result.err and API_KEY not in result.err
@@ -572,7 +577,9 @@ def test_realm_query_keys_before_ts_keep_the_signed_string_ending_in_ts(run, env
 # --- rules that every caller shares --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["evilollama.com", "notregistry.ollama.ai", "ollama.com.evil.test", "registry.ollama.ai.evil.test"])
+@pytest.mark.parametrize(
+    "host", ["evilollama.com", "notregistry.ollama.ai", "ollama.com.evil.test", "registry.ollama.ai.evil.test"]
+)
 def test_allowlists_match_whole_labels(run, env, host):
     environment = dict(env, HOME=env["HOME"] + "-missing", OLLAMA_API_KEY=API_KEY)
     got = run(["get"], json_challenge(f"https://{host}/token"), environment=dict(env))
@@ -689,7 +696,11 @@ def test_an_explicit_port_is_sent_in_host_exactly_as_written(run, env, standin_o
 
 
 @pytest.mark.process
-@pytest.mark.parametrize("layout", [status_line(403, "raw"), body_echo("percent"), location_echo("json"), malformed_status], ids=["reason", "body", "location", "status-line"])
+@pytest.mark.parametrize(
+    "layout",
+    [status_line(403, "raw"), body_echo("percent"), location_echo("json"), malformed_status],
+    ids=["reason", "body", "location", "status-line"],
+)
 def test_get_token_raises_nothing_that_carries_the_signature(keys, layout):
     """In-process: str(), repr() and args of the exception are secret-free."""
     from credential_helper import Challenge, HelperError, get_token

@@ -74,12 +74,17 @@ def test_ollama_client_list_show_chat_and_stream(api, monkeypatch):
     import ollama
 
     monkeypatch.setenv("OLLAMA_API_KEY", PLACEHOLDER)  # ollama-python sends it; the adapter overwrites it
-    client = ollama.Client(host=api.base_url, auth=for_httpx.OllamaAuth(identity=None, api_base=api.base_url), timeout=CLIENT_TIMEOUT)
+    client = ollama.Client(
+        host=api.base_url, auth=for_httpx.OllamaAuth(identity=None, api_base=api.base_url), timeout=CLIENT_TIMEOUT
+    )
     assert [m.model for m in client.list().models] == ["gpt-oss:120b-cloud", "qwen3-coder:480b-cloud"]
     assert client.show("gpt-oss:120b-cloud").modelfile == "FROM stand-in"
     answer = client.chat(model="gpt-oss:120b-cloud", messages=[{"role": "user", "content": "hi"}])
     assert answer.message.content == REPLY
-    parts = [part.message.content for part in client.chat(model="gpt-oss:120b-cloud", messages=[{"role": "user", "content": "hi"}], stream=True)]
+    parts = [
+        part.message.content
+        for part in client.chat(model="gpt-oss:120b-cloud", messages=[{"role": "user", "content": "hi"}], stream=True)
+    ]
     assert parts == [*REPLY_WORDS, ""]
     assert_all_signed(api, [("GET", "/api/tags"), ("POST", "/api/show"), ("POST", "/api/chat"), ("POST", "/api/chat")])
 
@@ -179,7 +184,9 @@ def test_an_unsigned_client_is_refused_by_the_stand_in(api):
     """The control: without the adapter the same call fails, so the tests above prove signing."""
     import openai
 
-    client = openai.OpenAI(base_url=f"{api.base_url}/v1", api_key="unused", http_client=httpx2.Client(), max_retries=0, timeout=CLIENT_TIMEOUT)
+    client = openai.OpenAI(
+        base_url=f"{api.base_url}/v1", api_key="unused", http_client=httpx2.Client(), max_retries=0, timeout=CLIENT_TIMEOUT
+    )
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     assert api.signed_requests == [] and len(api.refused_requests) == 1
@@ -216,7 +223,9 @@ def test_registry_pull_sync_and_async_share_the_cli_cache(api, registry, run, li
     assert asyncio.run(pull()) == 200
     assert registry.exchanges == 1  # the second adapter found the first one's token on disk
     # ... and so does the CLI, whose cache it is.
-    challenge = json.dumps({"realm": f"{registry.base_url}/token", "service": "ollama.com", "scope": "repository:library/gemma3:pull"})
+    challenge = json.dumps(
+        {"realm": f"{registry.base_url}/token", "service": "ollama.com", "scope": "repository:library/gemma3:pull"}
+    )
     assert run(["get"], challenge).code == 0 and registry.exchanges == 1
 
 
@@ -353,7 +362,9 @@ def test_errors_are_helper_errors_from_the_request_call(api, registry, keyed, tm
         call(module.OllamaAuth(identity=missing, api_base=api.base_url), f"{api.base_url}/api/tags")
     assert "no key file at" in str(caught.value) and "key --generate" not in str(caught.value)
     # A challenge whose realm names another host: the CLI's cross-origin rule.
-    with ScriptedServer(reply("401 Unauthorized", b"", {"WWW-Authenticate": f'Bearer realm="{registry.base_url}/token",service="s"'})) as foreign:
+    with ScriptedServer(
+        reply("401 Unauthorized", b"", {"WWW-Authenticate": f'Bearer realm="{registry.base_url}/token",service="s"'})
+    ) as foreign:
         with pytest.raises(RealmRefusedError):
             call(module.OllamaAuth(api_base=api.base_url), f"http://{foreign.host}/v2/x/manifests/latest")
     assert registry.exchanges == 0
@@ -440,7 +451,11 @@ def test_neither_the_cli_nor_the_package_imports_an_http_library(env, standin):
     for args, data in ((["get"], stdin), (["--version"], b""), (["key"], b"")):
         done = subprocess.run([sys.executable, "-X", "importtime", script, *args], input=data, env=env, capture_output=True)
         assert done.returncode == 0, done.stderr[-500:]
-        imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.decode().splitlines() if line.startswith("import time:")}
+        imported = {
+            line.split("|")[-1].strip().split(".")[0]
+            for line in done.stderr.decode().splitlines()
+            if line.startswith("import time:")
+        }
         assert not imported & {"httpx", "httpx2", "requests", "anyio", "httpcore"}, (args, imported)
     probe = "import sys, credential_helper, credential_helper.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'httpx2', 'requests')))"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -61,7 +61,8 @@ def test_a_line_without_options_has_none():
 
 def test_the_four_options_together():
     options, warnings = options_of(
-        f'from="10.0.0.0/8,!10.0.9.*",expiry-time="20991231Z",models="llama3*,!*70b*",max-concurrent=2 ssh-ed25519 {A} bob *')
+        f'from="10.0.0.0/8,!10.0.9.*",expiry-time="20991231Z",models="llama3*,!*70b*",max-concurrent=2 ssh-ed25519 {A} bob *'
+    )
     assert warnings == []
     assert options.from_patterns == ("10.0.0.0/8", "!10.0.9.*")
     assert options.expiry == calendar.timegm((2099, 12, 31, 0, 0, 0))
@@ -69,7 +70,9 @@ def test_the_four_options_together():
     assert options.max_concurrent == 2 and options.needs_reverse_proxy
 
 
-@pytest.mark.parametrize("text", ['FROM="10.0.0.1"', 'From="10.0.0.1"', 'Expiry-Time="20991231Z"', 'MODELS="x"', "Max-Concurrent=3"])
+@pytest.mark.parametrize(
+    "text", ['FROM="10.0.0.1"', 'From="10.0.0.1"', 'Expiry-Time="20991231Z"', 'MODELS="x"', "Max-Concurrent=3"]
+)
 def test_option_keywords_are_case_insensitive(text):
     options, warnings = options_of(f"{text} ssh-ed25519 {A} bob *")
     assert warnings == [] and not options.empty
@@ -92,21 +95,24 @@ def test_an_escaped_quote_is_part_of_the_value():
     assert "quotes" in refused(r'models="a\"b"')
 
 
-@pytest.mark.parametrize("text, why", [
-    ("restrict", "unknown option"),  # sshd.8's own options: the gate cannot honour them
-    ("no-pty", "unknown option"),
-    ('command="uptime"', "unknown option"),
-    ('environment="A=b"', "unknown option"),
-    ('tunnel="0"', "unknown option"),
-    ('from ="10.0.0.1"', "unknown option"),  # misc.c opt_match: the keyword then '='
-    ("from=10.0.0.1", "missing start quote"),  # opt_dequote: valued options are quoted
-    ('from="10.0.0.1', "unterminated quote"),
-    ('from="10.0.0.1";models="x"', "unexpected ';'"),  # sshauthopt_parse: anything but ',' is unknown
-    ('from="10.0.0.1",from="10.0.0.2"', "appears twice"),  # sshd: 'multiple "from" clauses'
-    ('expiry-time="20991231",expiry-time="20991230"', "appears twice"),  # sshd keeps the earliest; here: nothing
-    ('models="a",models="b"', "appears twice"),
-    ("max-concurrent=1,max-concurrent=2", "appears twice"),
-])
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("restrict", "unknown option"),  # sshd.8's own options: the gate cannot honour them
+        ("no-pty", "unknown option"),
+        ('command="uptime"', "unknown option"),
+        ('environment="A=b"', "unknown option"),
+        ('tunnel="0"', "unknown option"),
+        ('from ="10.0.0.1"', "unknown option"),  # misc.c opt_match: the keyword then '='
+        ("from=10.0.0.1", "missing start quote"),  # opt_dequote: valued options are quoted
+        ('from="10.0.0.1', "unterminated quote"),
+        ('from="10.0.0.1";models="x"', "unexpected ';'"),  # sshauthopt_parse: anything but ',' is unknown
+        ('from="10.0.0.1",from="10.0.0.2"', "appears twice"),  # sshd: 'multiple "from" clauses'
+        ('expiry-time="20991231",expiry-time="20991230"', "appears twice"),  # sshd keeps the earliest; here: nothing
+        ('models="a",models="b"', "appears twice"),
+        ("max-concurrent=1,max-concurrent=2", "appears twice"),
+    ],
+)
 def test_an_unknown_malformed_or_repeated_option_grants_nothing(text, why):
     assert why in refused(text)
 
@@ -140,14 +146,17 @@ def test_max_concurrent_that_is_not_a_positive_whole_number_grants_nothing(value
 # system time zone unless suffixed by a Z character"; misc.c parse_absolute_time) ----------
 
 
-@pytest.mark.parametrize("spec, moment", [
-    ("20270301Z", (2027, 3, 1, 0, 0, 0)),
-    ("202703011230Z", (2027, 3, 1, 12, 30, 0)),
-    ("20270301123045Z", (2027, 3, 1, 12, 30, 45)),
-    ("20270301z", (2027, 3, 1, 0, 0, 0)),  # strcasecmp
-    ("20270301UTC", (2027, 3, 1, 0, 0, 0)),  # parse_absolute_time also takes "UTC"
-    ("20270301utc", (2027, 3, 1, 0, 0, 0)),
-])
+@pytest.mark.parametrize(
+    "spec, moment",
+    [
+        ("20270301Z", (2027, 3, 1, 0, 0, 0)),
+        ("202703011230Z", (2027, 3, 1, 12, 30, 0)),
+        ("20270301123045Z", (2027, 3, 1, 12, 30, 45)),
+        ("20270301z", (2027, 3, 1, 0, 0, 0)),  # strcasecmp
+        ("20270301UTC", (2027, 3, 1, 0, 0, 0)),  # parse_absolute_time also takes "UTC"
+        ("20270301utc", (2027, 3, 1, 0, 0, 0)),
+    ],
+)
 def test_a_utc_timespec(spec, moment):
     assert parse_timespec(spec) == calendar.timegm(moment)
 
@@ -162,20 +171,42 @@ def tokyo(monkeypatch):
     time.tzset()
 
 
-@pytest.mark.parametrize("spec, moment", [
-    ("20270301", (2027, 3, 1, 0, 0, 0)),
-    ("202703011230", (2027, 3, 1, 12, 30, 0)),
-    ("20270301123045", (2027, 3, 1, 12, 30, 45)),
-])
+@pytest.mark.parametrize(
+    "spec, moment",
+    [
+        ("20270301", (2027, 3, 1, 0, 0, 0)),
+        ("202703011230", (2027, 3, 1, 12, 30, 0)),
+        ("20270301123045", (2027, 3, 1, 12, 30, 45)),
+    ],
+)
 def test_without_z_the_timespec_is_the_systems_local_time(tokyo, spec, moment):
     assert parse_timespec(spec) == calendar.timegm(moment) - 9 * 3600
 
 
-@pytest.mark.parametrize("spec", [
-    "2027030", "2027030112", "202703011", "2027030112304", "202703011230456",  # lengths 7, 10, 9, 13, 15
-    "20271301", "20270230", "20270431", "20270301240000", "20270301126000", "20270301123060",  # no such moment
-    "2027-03-01", "+0270301", "2027030x", "Z", "UTC", "", "19600101", "\u0662\u0660\u0662\u0667\u0660\u0663\u0660\u0661",  # before 1970: sshd's uint64 would never expire
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "2027030",
+        "2027030112",
+        "202703011",
+        "2027030112304",
+        "202703011230456",  # lengths 7, 10, 9, 13, 15
+        "20271301",
+        "20270230",
+        "20270431",
+        "20270301240000",
+        "20270301126000",
+        "20270301123060",  # no such moment
+        "2027-03-01",
+        "+0270301",
+        "2027030x",
+        "Z",
+        "UTC",
+        "",
+        "19600101",
+        "\u0662\u0660\u0662\u0667\u0660\u0663\u0660\u0661",  # before 1970: sshd's uint64 would never expire
+    ],
+)
 def test_a_timespec_that_is_not_one_grants_nothing(spec):
     with pytest.raises(OptionError):
         parse_timespec(spec)
@@ -198,16 +229,24 @@ def allowed(patterns: str, ip: str) -> bool:
     return address_allowed(parse_options(f'from="{patterns}"'), ip)
 
 
-@pytest.mark.parametrize("ip, expected", [
-    ("192.168.0.1", True), ("192.168.0.9", True), ("192.168.0.10", False), ("192.168.1.1", False),
-])
+@pytest.mark.parametrize(
+    "ip, expected",
+    [
+        ("192.168.0.1", True),
+        ("192.168.0.9", True),
+        ("192.168.0.10", False),
+        ("192.168.1.1", False),
+    ],
+)
 def test_a_question_mark_is_one_character(ip, expected):
     # ssh_config.5: "192.168.0.? would match any host in the 192.168.0.[0-9] network range".
     assert allowed("192.168.0.?", ip) is expected
 
 
-@pytest.mark.parametrize("ip, expected", [("10.1.2.3", True), ("10.255.255.255", True), ("11.0.0.1", False),
-                                          ("::ffff:10.1.2.3", True), ("2001:db8::1", False)])
+@pytest.mark.parametrize(
+    "ip, expected",
+    [("10.1.2.3", True), ("10.255.255.255", True), ("11.0.0.1", False), ("::ffff:10.1.2.3", True), ("2001:db8::1", False)],
+)
 def test_cidr(ip, expected):
     assert allowed("10.0.0.0/8", ip) is expected
 
@@ -232,22 +271,25 @@ def test_a_negated_match_denies_outright_wherever_it_stands(patterns):
     assert allowed(patterns, "10.9.9.9")
 
 
-@pytest.mark.parametrize("patterns, why", [
-    ("*.example.com", "never host names"),  # the gate does no DNS: it could never match
-    ("office.example.com", "never host names"),
-    ("!*.dialup.example.com,*", "never host names"),  # ssh_config.5's own example: a negation that would never fire
-    ("10.0.0.1/8", "host bits"),  # addr_pton_cidr: host bits under the mask are -2 (an error, which denies)
-    ("10.0.0.0/33", "mask length"),
-    ("10.1", "canonical form"),  # getaddrinfo would read 10.0.0.1
-    ("012.0.0.1", "canonical form"),  # and this as octal
-    ("10.0.0.0/255.0.0.0", "bad mask length"),  # sshd's strtonum: not a range, a pattern that never matches
-    ("10.0.0.0/0.255.255.255", "bad mask length"),  # Python's ipaddress reads a host mask here
-    ("fe80::%eth0/64", "bad mask length"),
-    ("10.0.0.0/08", "bad mask length"),
-    ("\u0661\u0660.0.0.1", "never host names"),  # Arabic-Indic digits
-    ("10.0.0.1,,10.0.0.2", "empty pattern"),  # addr_match_list: an empty entry is -2
-    ("!", "empty pattern"),
-])
+@pytest.mark.parametrize(
+    "patterns, why",
+    [
+        ("*.example.com", "never host names"),  # the gate does no DNS: it could never match
+        ("office.example.com", "never host names"),
+        ("!*.dialup.example.com,*", "never host names"),  # ssh_config.5's own example: a negation that would never fire
+        ("10.0.0.1/8", "host bits"),  # addr_pton_cidr: host bits under the mask are -2 (an error, which denies)
+        ("10.0.0.0/33", "mask length"),
+        ("10.1", "canonical form"),  # getaddrinfo would read 10.0.0.1
+        ("012.0.0.1", "canonical form"),  # and this as octal
+        ("10.0.0.0/255.0.0.0", "bad mask length"),  # sshd's strtonum: not a range, a pattern that never matches
+        ("10.0.0.0/0.255.255.255", "bad mask length"),  # Python's ipaddress reads a host mask here
+        ("fe80::%eth0/64", "bad mask length"),
+        ("10.0.0.0/08", "bad mask length"),
+        ("\u0661\u0660.0.0.1", "never host names"),  # Arabic-Indic digits
+        ("10.0.0.1,,10.0.0.2", "empty pattern"),  # addr_match_list: an empty entry is -2
+        ("!", "empty pattern"),
+    ],
+)
 def test_a_from_list_the_gate_cannot_read_as_sshd_would_grants_nothing(patterns, why):
     assert why in refused(f'from="{patterns}"')
 
@@ -260,10 +302,18 @@ def test_no_from_option_admits_every_address_and_a_garbled_peer_is_denied():
 # --- models= (match.c match_pattern_list with '!'; case-insensitive as Ollama's name.go) --
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("llama3:8b", True), ("LLAMA3:8B", True), ("llama3:70b", False), ("llama3.1:70b-instruct", False),
-    ("qwen2.5:7b", True), ("qwen2.5:14b", False), ("gemma3", False),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("llama3:8b", True),
+        ("LLAMA3:8B", True),
+        ("llama3:70b", False),
+        ("llama3.1:70b-instruct", False),
+        ("qwen2.5:7b", True),
+        ("qwen2.5:14b", False),
+        ("gemma3", False),
+    ],
+)
 def test_model_patterns(name, expected):
     options = parse_options('models="llama3*,!*70b*,qwen2.5:?b"')
     assert model_allowed(options, name) is expected
@@ -277,7 +327,8 @@ def test_models_negations_alone_admit_nothing_and_no_option_admits_all():
 def test_which_lines_need_reverse_proxy_mode():
     keys, warnings = parse(
         f'ssh-ed25519 {A} a *\nfrom="10.0.0.0/8" ssh-ed25519 {A} b *\nmodels="x" ssh-ed25519 {A} c *\n'
-        f'max-concurrent=1 * * d /api/tags\nexpiry-time="20991231Z" * * e /api/tags\n')
+        f'max-concurrent=1 * * d /api/tags\nexpiry-time="20991231Z" * * e /api/tags\n'
+    )
     assert warnings == [] and keys.needing_reverse_proxy() == [3, 4]
 
 
@@ -291,10 +342,17 @@ def test_until_the_engine_enforces_them_a_line_with_options_grants_less_never_mo
         assert not enforceable_by_verify(parse_options(text), now)
 
 
-@pytest.mark.parametrize("options, admitted", [
-    ("", True), ('expiry-time="20991231Z"', True), ('expiry-time="20200101Z"', False),
-    ('from="*"', False), ('models="*"', False), ("max-concurrent=5", False),
-])
+@pytest.mark.parametrize(
+    "options, admitted",
+    [
+        ("", True),
+        ('expiry-time="20991231Z"', True),
+        ('expiry-time="20200101Z"', False),
+        ('from="*"', False),
+        ('models="*"', False),
+        ("max-concurrent=5", False),
+    ],
+)
 def test_verify_alone_admits_only_through_options_it_can_enforce(options, admitted):
     from cryptography.hazmat.primitives import serialization
 
@@ -330,10 +388,12 @@ def real_sshd(tmp_path_factory):
     (directory / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {directory / 'host'}\nAuthorizedKeysFile {directory / 'authorized_keys'}\n"
         "StrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        f"KbdInteractiveAuthentication no\nPidFile {directory / 'sshd.pid'}\n")
+        f"KbdInteractiveAuthentication no\nPidFile {directory / 'sshd.pid'}\n"
+    )
     os.makedirs("/run/sshd", exist_ok=True)
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(directory / "sshd_config")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(directory / "sshd_config")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -349,23 +409,65 @@ def real_sshd(tmp_path_factory):
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("options", [
-    'from="127.0.0.1"', 'FROM="127.0.0.1"', 'from="127.0.0.0/8"', 'from="127.0.0.?"', 'from="127.*"', 'from="10.0.0.0/8"',
-    'from="!127.0.0.1,*"', 'from="*,!127.0.0.0/8"', 'from="!10.0.0.1,!10.0.0.2"', 'from="!10.0.0.1,*"', 'from="127.0.0.1/8"',
-    'from="10.0.0.1,,127.0.0.1"', "from=127.0.0.1", 'from="127.0.0.1",', 'from="127.0.0.1",from="127.0.0.1"',
-    'expiry-time="20200101"', 'expiry-time="20991231Z"', 'expiry-time="20991231UTC"', 'expiry-time="209912"',
-    'expiry-time="209912312359"', 'expiry-time="20991231235959Z"', 'from="127.0.0.1",expiry-time="20991231"',
-    'from="127.0.0.1",expiry-time="20200101Z"', 'from="127.0.0.1";expiry-time="20991231"',
-    'from="127.0.0.0/255.0.0.0"', 'from="127.0.0.1/32"', 'from="127.0.0.1", ',
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        'from="127.0.0.1"',
+        'FROM="127.0.0.1"',
+        'from="127.0.0.0/8"',
+        'from="127.0.0.?"',
+        'from="127.*"',
+        'from="10.0.0.0/8"',
+        'from="!127.0.0.1,*"',
+        'from="*,!127.0.0.0/8"',
+        'from="!10.0.0.1,!10.0.0.2"',
+        'from="!10.0.0.1,*"',
+        'from="127.0.0.1/8"',
+        'from="10.0.0.1,,127.0.0.1"',
+        "from=127.0.0.1",
+        'from="127.0.0.1",',
+        'from="127.0.0.1",from="127.0.0.1"',
+        'expiry-time="20200101"',
+        'expiry-time="20991231Z"',
+        'expiry-time="20991231UTC"',
+        'expiry-time="209912"',
+        'expiry-time="209912312359"',
+        'expiry-time="20991231235959Z"',
+        'from="127.0.0.1",expiry-time="20991231"',
+        'from="127.0.0.1",expiry-time="20200101Z"',
+        'from="127.0.0.1";expiry-time="20991231"',
+        'from="127.0.0.0/255.0.0.0"',
+        'from="127.0.0.1/32"',
+        'from="127.0.0.1", ',
+    ],
+)
 def test_the_gate_admits_exactly_when_sshd_does(real_sshd, options):
     directory, port = real_sshd
     public = (directory / "user.pub").read_text().split()
     (directory / "authorized_keys").write_text(f"{options} {public[0]} {public[1]}\n")
     result = subprocess.run(
-        ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-i", str(directory / "user"), "-p", str(port),
-         "root@127.0.0.1", "true"], capture_output=True, timeout=30)
+        [
+            "ssh",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-i",
+            str(directory / "user"),
+            "-p",
+            str(port),
+            "root@127.0.0.1",
+            "true",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     sshd_admits = result.returncode == 0
     keys, _ = parse(f"{options} ssh-ed25519 {public[1]} member *\n")
     grants = keys.grants_for(base64.b64decode(public[1]))

@@ -343,6 +343,7 @@ def test_a_reload_that_finds_the_file_unusable_admits_no_signed_request(key_dir,
         # root reads anything: make the read itself fail as EACCES would.
         def refuse(seen):
             raise keyfile_module._Unusable(f"cannot read {path}: Permission denied")
+
         monkeypatch.setattr(keyfile_module, "_read", refuse)
         age(path, 30)  # a change, so that the file is read again
         problem = "Permission denied"
@@ -519,6 +520,7 @@ def test_a_same_size_edit_in_the_same_tick_as_the_first_read_is_seen_once_settle
         # FAT and some network mounts: whole seconds, no ctime; the stats are identical.
         def coarse(info):
             return (info.st_ino, info.st_size, info.st_mtime_ns // 10**9)
+
         monkeypatch.setattr(keyfile_module, "_mark", coarse)
         monkeypatch.setattr(safe_path, "_mark", coarse)
     path = key_dir / "authorized_keys"

@@ -23,7 +23,9 @@ from conftest import GOLDEN, helper_executable
 
 pytestmark = [
     pytest.mark.live,
-    pytest.mark.skipif(os.environ.get("OLLAMA_LIVE_TESTS") != "1", reason="live test: set OLLAMA_LIVE_TESTS=1 (needs network and a linked key)"),
+    pytest.mark.skipif(
+        os.environ.get("OLLAMA_LIVE_TESTS") != "1", reason="live test: set OLLAMA_LIVE_TESTS=1 (needs network and a linked key)"
+    ),
 ]
 
 REGISTRY = "registry.ollama.ai"
@@ -61,7 +63,11 @@ def test_live_whoami_names_the_linked_account(request):
     transcript = Transcript(request, "whoami")
     signed = helper("sign", "POST", "https://ollama.com/api/me")
     assert signed.returncode == 0, signed.stderr
-    transcript.add(step="sign", url=json.loads(signed.stdout)["url"].split("?")[0], authorization=redacted(json.loads(signed.stdout)["authorization"]))
+    transcript.add(
+        step="sign",
+        url=json.loads(signed.stdout)["url"].split("?")[0],
+        authorization=redacted(json.loads(signed.stdout)["authorization"]),
+    )
     result = helper("whoami", "--json")
     assert result.returncode == 0, f"whoami failed (is the key linked?): {result.stderr}"
     account = json.loads(result.stdout)

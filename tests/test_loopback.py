@@ -34,12 +34,23 @@ def test_the_proxy_answers_the_url_it_prints(spelling, proxy_env, upstream):
     # and parse_listen returning the spelling as given (--print-env printed [0:0:0:0:0:0:0:1]).
     bind = policy.loopback_names(spelling.strip("[]"))[0].strip("[]")
     listen = f"{spelling}:{free_port(bind)}"
-    printed = subprocess.run([*helper_executable(), "proxy", "--listen", listen, "--print-env"], env=proxy_env,
-                             capture_output=True, text=True, check=True).stdout
-    exported = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())
+    printed = subprocess.run(
+        [*helper_executable(), "proxy", "--listen", listen, "--print-env"],
+        env=proxy_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    exported = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())
     base, token = exported["OLLAMA_HOST"], exported["OLLAMA_API_KEY"]
-    process = subprocess.Popen([*helper_executable(), "proxy", "--listen", listen, "--upstream", upstream.base_url],
-                               env=proxy_env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*helper_executable(), "proxy", "--listen", listen, "--upstream", upstream.base_url],
+        env=proxy_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = process.stderr.readline()
         assert first.startswith(f"listening on {base} "), (first, base)
@@ -55,17 +66,20 @@ def test_the_proxy_answers_the_url_it_prints(spelling, proxy_env, upstream):
     assert status == 200 and len(upstream.signed_requests) == 1
 
 
-@pytest.mark.parametrize("spelling, names", [
-    ("127.0.0.2", ("127.0.0.2",)),
-    ("localhost", ("127.0.0.1", "localhost")),
-    ("LOCALHOST", ("127.0.0.1", "localhost")),
-    ("0:0:0:0:0:0:0:1", ("[::1]", "localhost")),
-    ("::1", ("[::1]", "localhost")),
-    ("127.0.0.01", ()),
-    ("localhost.", ()),
-    ("0.0.0.0", ()),
-    ("::1%lo", ()),
-    ("evil.example", ()),
-])
+@pytest.mark.parametrize(
+    "spelling, names",
+    [
+        ("127.0.0.2", ("127.0.0.2",)),
+        ("localhost", ("127.0.0.1", "localhost")),
+        ("LOCALHOST", ("127.0.0.1", "localhost")),
+        ("0:0:0:0:0:0:0:1", ("[::1]", "localhost")),
+        ("::1", ("[::1]", "localhost")),
+        ("127.0.0.01", ()),
+        ("localhost.", ()),
+        ("0.0.0.0", ()),
+        ("::1%lo", ()),
+        ("evil.example", ()),
+    ],
+)
 def test_the_names_of_a_loopback_address(spelling, names):
     assert policy.loopback_names(spelling) == names

@@ -35,8 +35,18 @@ def test_records_become_the_named_metrics_with_bounded_labels():
 
     seen = metrics.Metrics()
     base = {"time": 0.0, "method": "POST", "bytes": 10, "ms": 12.0}
-    seen(record.Record(path="/api/chat", status=200, user="bob", key="SHA256:b", model="llama3.2", prompt_tokens=26,
-                       completion_tokens=259, **base))
+    seen(
+        record.Record(
+            path="/api/chat",
+            status=200,
+            user="bob",
+            key="SHA256:b",
+            model="llama3.2",
+            prompt_tokens=26,
+            completion_tokens=259,
+            **base,
+        )
+    )
     for number in range(50):  # fifty strangers, fifty made-up paths: one bucket, one "other"
         seen(record.Record(path=f"/x/{number}", status=401, key=f"SHA256:{number}", reason="unknown-key", **base))
     seen(record.Record(path="/api/tags", status=502, user="bob", reason="upstream", upstream_failure="connect", **base))
@@ -64,10 +74,26 @@ def test_records_become_the_named_metrics_with_bounded_labels():
 def test_model_labels_stop_growing_at_the_cap():
     seen = metrics.Metrics()
     for number in range(metrics.MAX_MODELS + 20):
-        seen(record.Record(time=0, method="POST", path="/api/chat", status=200, bytes=1, ms=1, user="bob",
-                           model=f"m{number}", prompt_tokens=1, completion_tokens=1))
-    labels = {labels["model"] for family in seen.registry.collect() if family.name == "ollama_gate_tokens"
-              for _, labels, *_ in [(s.name, s.labels) for s in family.samples]}
+        seen(
+            record.Record(
+                time=0,
+                method="POST",
+                path="/api/chat",
+                status=200,
+                bytes=1,
+                ms=1,
+                user="bob",
+                model=f"m{number}",
+                prompt_tokens=1,
+                completion_tokens=1,
+            )
+        )
+    labels = {
+        labels["model"]
+        for family in seen.registry.collect()
+        if family.name == "ollama_gate_tokens"
+        for _, labels, *_ in [(s.name, s.labels) for s in family.samples]
+    }
     assert len(labels) == metrics.MAX_MODELS + 1 and "other" in labels
 
 
@@ -104,16 +130,33 @@ def running_metered_gate(tmp_path, keys):
     from faults import KeepAliveServer
 
     def respond(head, body, index):
-        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n" % len(API_MD_STREAM)) + API_MD_STREAM
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: %d\r\n\r\n" % len(API_MD_STREAM)
+        ) + API_MD_STREAM
 
     path = tmp_path / "authorized_keys"
     path.write_text(" ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2]) + " bob /api/chat\n")
     os.chmod(path, 0o600)
     metrics_port = free_port()
     with KeepAliveServer(respond) as upstream:
-        process = subprocess.Popen([*helper_executable(), "gate", "--listen", "127.0.0.1:0", "--upstream", f"http://{upstream.host}",
-                                    "--authorized-keys", str(path), "--metrics-listen", f"127.0.0.1:{metrics_port}"],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                *helper_executable(),
+                "gate",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                f"http://{upstream.host}",
+                "--authorized-keys",
+                str(path),
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             first = process.stderr.readline()
             port = int(first.split("listening on http://127.0.0.1:")[1].split(" ")[0])
@@ -121,8 +164,10 @@ def running_metered_gate(tmp_path, keys):
             for name, path_ in (("ed25519-b", "/api/chat"), ("ed25519-a", "/api/chat")):
                 target, authorization = signed(keys, name, "POST", path_)
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                    sock.sendall(f"POST {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\n"
-                                 f"Content-Length: 2\r\nConnection: close\r\n\r\n{{}}".encode())
+                    sock.sendall(
+                        f"POST {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\n"
+                        f"Content-Length: 2\r\nConnection: close\r\n\r\n{{}}".encode()
+                    )
                     while sock.recv(65536):
                         pass
             yield port, metrics_port

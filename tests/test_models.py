@@ -100,17 +100,38 @@ def test_vector_summary(capsys):
 
 # --- a hostile member: every endpoint x every way to name a model --------------------------------
 
+
 def allowed(subject: str) -> bool:
     return subject in ("small:latest", "small:1")
 
 
-BIG = ["big", "BIG", "Big:Latest", "big:7b", "big:local", " big ", "big\t", "library/big", "registry.ollama.ai/library/big",
-       "REGISTRY.OLLAMA.AI/Library/big:latest", "https://registry.ollama.ai/library/big", "http://evil.example/library/small",
-       "evil.example:5000/library/small:latest", "small/big", "big:cloud", "big:7b-cloud", "big:CLOUD", "small:x:cloud",
-       "big@sha256:" + "0" * 64, "small@sha256:" + "0" * 64, "big\u00a0", "bi\u0261", "small:latest/../big"]
+BIG = [
+    "big",
+    "BIG",
+    "Big:Latest",
+    "big:7b",
+    "big:local",
+    " big ",
+    "big\t",
+    "library/big",
+    "registry.ollama.ai/library/big",
+    "REGISTRY.OLLAMA.AI/Library/big:latest",
+    "https://registry.ollama.ai/library/big",
+    "http://evil.example/library/small",
+    "evil.example:5000/library/small:latest",
+    "small/big",
+    "big:cloud",
+    "big:7b-cloud",
+    "big:CLOUD",
+    "small:x:cloud",
+    "big@sha256:" + "0" * 64,
+    "small@sha256:" + "0" * 64,
+    "big\u00a0",
+    "bi\u0261",
+    "small:latest/../big",
+]
 
-NATIVE = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show", "/api/pull", "/api/push",
-          "/api/create"]
+NATIVE = ["/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/show", "/api/pull", "/api/push", "/api/create"]
 V1 = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages"]
 
 
@@ -119,13 +140,22 @@ def spellings(name: str, field: str = "model") -> list[bytes]:
     up, esc = field.upper(), f"\\u{ord(field[0]):04x}" + field[1:]
     folded = field.replace("s", "\u017f")
     q = json.dumps(name)
-    return [s.encode() for s in (
-        f'{{"{field}":{q}}}', f'{{"{field}":"small:1","{field}":{q}}}', f'{{"{field}":"small:1","{up}":{q}}}',
-        f'{{"{up}":"small:1","{field}":{q}}}', f'{{"{field}":{q},"{field}":null}}', f'{{"{esc}":{q}}}',
-        f'{{"{field}":"small:1","{esc}":{q}}}', f'{{"{field}":"small:1","{folded}":{q}}}',
-        f'{{"{field}":{q}}}{{"{field}":"small:1"}}', f'  {{"{field.title()}":{q}}} trailing',
-        f'{{"{field}":"small:1","{field}":{q},"tools":[{{"type":"web_search"}}]}}',
-    )]
+    return [
+        s.encode()
+        for s in (
+            f'{{"{field}":{q}}}',
+            f'{{"{field}":"small:1","{field}":{q}}}',
+            f'{{"{field}":"small:1","{up}":{q}}}',
+            f'{{"{up}":"small:1","{field}":{q}}}',
+            f'{{"{field}":{q},"{field}":null}}',
+            f'{{"{esc}":{q}}}',
+            f'{{"{field}":"small:1","{esc}":{q}}}',
+            f'{{"{field}":"small:1","{folded}":{q}}}',
+            f'{{"{field}":{q}}}{{"{field}":"small:1"}}',
+            f'  {{"{field.title()}":{q}}} trailing',
+            f'{{"{field}":"small:1","{field}":{q},"tools":[{{"type":"web_search"}}]}}',
+        )
+    ]
 
 
 def assert_never_passes(result: models.Result) -> None:
@@ -161,6 +191,7 @@ def test_hostile_copy_and_create_parents(field, name):
 
 def test_hostile_exact_readings():
     """What Go's decoder does, spelled out (each of these is a rule someone gets wrong)."""
+
     def subjects(path, body, method="POST"):
         r = models_named(method, path, "", "application/json", body.encode())
         return r.subjects if isinstance(r, Named) else r
@@ -213,7 +244,9 @@ def test_v1_model_path():
 def test_compressed_chunked_and_oversized_bodies():
     body = b'{"model":"small"}'
     for encoding in ("gzip", "zstd", "br", "deflate", "ZSTD"):
-        assert models_named("POST", "/api/chat", "", "application/json", body, content_encoding=encoding) == Unreadable(400, "compressed body")
+        assert models_named("POST", "/api/chat", "", "application/json", body, content_encoding=encoding) == Unreadable(
+            400, "compressed body"
+        )
     assert isinstance(models_named("POST", "/api/chat", "", "application/json", body, content_encoding="identity"), Named)
     assert models_named("POST", "/api/chat", "", None, body, limit=8).status == 413  # type: ignore[union-attr]
     # A body still chunk-encoded (the engine did not de-chunk it) is not JSON: refused
@@ -241,7 +274,7 @@ def test_transcriptions_query_first_then_multipart():
         assert isinstance(models_named("POST", path, query, MULTIPART, body), Unreadable)
     hostile = [
         form(('form-data; name="model"', "small"), ('form-data; name="model"', "big")),  # two values
-        form(('form-data; name*=UTF-8\'\'model', "big")),  # RFC 2231
+        form(("form-data; name*=UTF-8''model", "big")),  # RFC 2231
         form(('form-data; name="model"; filename="x"', "big")),
         form(('form-data; name="mod\\el"', "big")),
         body.replace(b"--XyZ\r\n", b"preamble\r\n--XyZ\r\n", 1),
@@ -257,25 +290,41 @@ def test_endpoints_without_models_and_unknown_ones():
     assert models_named("GET", "/api/version", "", None, None) == Named()
     for method, path in [("GET", "/api/tags"), ("HEAD", "/api/tags"), ("GET", "/api/ps")]:
         assert models_named(method, path, "", None, None) == Named(listing=True)
-    for method, path in [("POST", "/api/signout"), ("POST", "/api/me"), ("DELETE", "/api/user/keys/x"),
-                         ("POST", "/api/experimental/web_search"), ("POST", "/api/new"), ("GET", "/v1/other"),
-                         ("POST", "/api/blobs/sha256:" + "a" * 64), ("HEAD", "/api/blobs/sha256:" + "a" * 64)]:
+    for method, path in [
+        ("POST", "/api/signout"),
+        ("POST", "/api/me"),
+        ("DELETE", "/api/user/keys/x"),
+        ("POST", "/api/experimental/web_search"),
+        ("POST", "/api/new"),
+        ("GET", "/v1/other"),
+        ("POST", "/api/blobs/sha256:" + "a" * 64),
+        ("HEAD", "/api/blobs/sha256:" + "a" * 64),
+    ]:
         assert isinstance(models_named(method, path, "", "application/json", b'{"model":"small"}'), Unknown)
 
 
 # --- listings ---------------------------------------------------------------------------------
 
+
 def test_filter_listing_tags_ps_and_v1():
-    tags = {"models": [{"name": "small:latest", "model": "small:latest", "size": 1},
-                       {"name": "big:latest", "model": "big:latest"},
-                       {"name": "small:latest", "model": "big:latest"},
-                       {"name": "evil.example/library/small:latest", "model": "evil.example/library/small:latest"},
-                       {"name": "not valid", "model": "not valid"}, "junk"]}
+    tags = {
+        "models": [
+            {"name": "small:latest", "model": "small:latest", "size": 1},
+            {"name": "big:latest", "model": "big:latest"},
+            {"name": "small:latest", "model": "big:latest"},
+            {"name": "evil.example/library/small:latest", "model": "evil.example/library/small:latest"},
+            {"name": "not valid", "model": "not valid"},
+            "junk",
+        ]
+    }
     out = json.loads(filter_listing("/api/tags", json.dumps(tags).encode(), allowed))
     assert out == {"models": [{"name": "small:latest", "model": "small:latest", "size": 1}]}
     assert json.loads(filter_listing("/api/ps", json.dumps(tags).encode(), allowed))["models"][0]["size"] == 1
     v1 = {"object": "list", "data": [{"id": "Small:1", "object": "model"}, {"id": "big:latest", "object": "model"}]}
-    assert json.loads(filter_listing("/v1/models", json.dumps(v1).encode(), allowed)) == {"object": "list", "data": [{"id": "Small:1", "object": "model"}]}
+    assert json.loads(filter_listing("/v1/models", json.dumps(v1).encode(), allowed)) == {
+        "object": "list",
+        "data": [{"id": "Small:1", "object": "model"}],
+    }
     assert json.loads(filter_listing("/api/tags", b"<html>", allowed)) == {"models": []}
     assert json.loads(filter_listing("/v1/models", b'{"data":"x"}', allowed)) == {"object": "list", "data": []}
     assert filter_listing("/api/tags", b"", allowed) == b""
@@ -287,6 +336,7 @@ def test_filter_listing_tags_ps_and_v1():
 
 # --- gojson and name.go details -----------------------------------------------------------------
 
+
 def test_go_trim_space_is_not_python_strip():
     assert gojson.trim_space("\x1cbig\x1f") == "\x1cbig\x1f"  # Python's strip() would trim these
     assert gojson.trim_space("\u00a0\u3000big\u2028\x85") == "big"
@@ -295,7 +345,9 @@ def test_go_trim_space_is_not_python_strip():
 def test_go_strings():
     assert gojson.go_string("a\ud800b") == "a\ufffdb"
     assert gojson.bind_strings(gojson.decode_first(b'{"model":"\\ud83d\\ude00"}'), ("model",)) == {"model": "\U0001f600"}
-    assert gojson.bind_strings(gojson.decode_first(b'{"model":"\\ud800\\ud800\\udc00"}'), ("model",)) == {"model": "\ufffd\U00010000"}
+    assert gojson.bind_strings(gojson.decode_first(b'{"model":"\\ud800\\ud800\\udc00"}'), ("model",)) == {
+        "model": "\ufffd\U00010000"
+    }
     assert gojson.bind_strings(gojson.decode_first(b'{"model":"a\xffb"}'), ("model",)) == {"model": "a\ufffdb"}
     # Turkish dotless/dotted i fold only to themselves in Go (tables.go caseOrbit)
     assert gojson.bind_keys(gojson.decode_first('{"d\u0131":1,"\u0130d":2,"\u212aey":3}'.encode())) == {"key"}
@@ -308,26 +360,47 @@ def test_go_strings():
         gojson.unmarshal_whole(b'{"model":"a"} x')
 
 
-@pytest.mark.parametrize("raw,expected", [
-    # from Ollama's types/model/name_test.go and internal/modelref/modelref_test.go shapes
-    ("mistral:latest", "registry.ollama.ai/library/mistral:latest"),
-    ("example.com/library/mistral:latest", "example.com/library/mistral:latest"),
-    ("https://example.com/ns/mistral:7b", "example.com/ns/mistral:7b"),
-    ("example.com:5000/ns/mistral", "example.com:5000/ns/mistral:latest"),
-    ("myhost:5000", "registry.ollama.ai/library/myhost:5000"),
-    ("a/b/c/d", None), ("-bad", None), ("_ok", "registry.ollama.ai/library/_ok:latest"), ("ns./m", None),
-    (":tag", None), ("m:", None), ("/m", None), ("m" * 81, None), ("m" * 80, "registry.ollama.ai/library/" + "m" * 80 + ":latest"),
-    ("m@sha256:abc", None), ("mod\u00e8le", None), ("\u212aelvin", None),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        # from Ollama's types/model/name_test.go and internal/modelref/modelref_test.go shapes
+        ("mistral:latest", "registry.ollama.ai/library/mistral:latest"),
+        ("example.com/library/mistral:latest", "example.com/library/mistral:latest"),
+        ("https://example.com/ns/mistral:7b", "example.com/ns/mistral:7b"),
+        ("example.com:5000/ns/mistral", "example.com:5000/ns/mistral:latest"),
+        ("myhost:5000", "registry.ollama.ai/library/myhost:5000"),
+        ("a/b/c/d", None),
+        ("-bad", None),
+        ("_ok", "registry.ollama.ai/library/_ok:latest"),
+        ("ns./m", None),
+        (":tag", None),
+        ("m:", None),
+        ("/m", None),
+        ("m" * 81, None),
+        ("m" * 80, "registry.ollama.ai/library/" + "m" * 80 + ":latest"),
+        ("m@sha256:abc", None),
+        ("mod\u00e8le", None),
+        ("\u212aelvin", None),
+    ],
+)
 def test_name_go(raw, expected):
     parts = modelname.parse_name(raw)
     assert (None if parts is None else "{}/{}/{}:{}".format(*parts)) == expected
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("gpt-oss:20b:cloud", ("gpt-oss:20b", "cloud")), ("gpt-oss:20b-cloud", ("gpt-oss:20b", "cloud")),
-    ("gpt-oss:cloud", ("gpt-oss", "cloud")), ("m:LOCAL", ("m", "local")), (" m : cloud ", ("m ", "cloud")),
-    ("host:5000/m-cloud", ("host:5000/m-cloud", "")), ("m:cloud:local", None), ("m:8b-cloud:cloud", None), ("  ", None),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("gpt-oss:20b:cloud", ("gpt-oss:20b", "cloud")),
+        ("gpt-oss:20b-cloud", ("gpt-oss:20b", "cloud")),
+        ("gpt-oss:cloud", ("gpt-oss", "cloud")),
+        ("m:LOCAL", ("m", "local")),
+        (" m : cloud ", ("m ", "cloud")),
+        ("host:5000/m-cloud", ("host:5000/m-cloud", "")),
+        ("m:cloud:local", None),
+        ("m:8b-cloud:cloud", None),
+        ("  ", None),
+    ],
+)
 def test_modelref(raw, expected):
     assert modelname.parse_ref(raw) == expected

@@ -46,34 +46,123 @@ def run(oracle: Path, cases: list[dict]) -> list[dict]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-KEYS = ['model', 'Model', 'MODEL', 'mOdEl', '\\u006dodel', '\\u004dODEL', 'm\\u006fdel', 'name', 'NAME', 'Name',
-        'source', 'SOURCE', '\u017fource', '\u017fOURCE', '\\u017fource', 'de\u017ftination', 'DESTINATION',
-        'dest\u0131nation', 'dest\u0130nation', 'kind', 'KIND', '\u212aind', '\\u212aind', 'k\u0131nd', 'm\u043edel',
-        '\uff4dodel', 'modeL ', ' model', 'model\\u0000', 'other', 'models', 'mode']
-VALUES = ['"a"', '""', '" b "', '"\\u00a0c\\u3000"', '"\\ud800x"', '"\\ud83d\\ude00"', '"\\ud800\\ud800\\udc00"',
-          '"\\udc00"', 'null', '1', 'true', '[]', '{}', '{"model":"n"}', '"x\\u0000y"', '"big:cloud"', '"\xff\xfe"',
-          '"\\"q\\""', '"llama3"', '-0.5e3']
-TAILS = ['', ' ', '\n', ' garbage', '{"model":"z"}', ']', '}', ',', '\x00', '\xff']
+KEYS = [
+    "model",
+    "Model",
+    "MODEL",
+    "mOdEl",
+    "\\u006dodel",
+    "\\u004dODEL",
+    "m\\u006fdel",
+    "name",
+    "NAME",
+    "Name",
+    "source",
+    "SOURCE",
+    "\u017fource",
+    "\u017fOURCE",
+    "\\u017fource",
+    "de\u017ftination",
+    "DESTINATION",
+    "dest\u0131nation",
+    "dest\u0130nation",
+    "kind",
+    "KIND",
+    "\u212aind",
+    "\\u212aind",
+    "k\u0131nd",
+    "m\u043edel",
+    "\uff4dodel",
+    "modeL ",
+    " model",
+    "model\\u0000",
+    "other",
+    "models",
+    "mode",
+]
+VALUES = [
+    '"a"',
+    '""',
+    '" b "',
+    '"\\u00a0c\\u3000"',
+    '"\\ud800x"',
+    '"\\ud83d\\ude00"',
+    '"\\ud800\\ud800\\udc00"',
+    '"\\udc00"',
+    "null",
+    "1",
+    "true",
+    "[]",
+    "{}",
+    '{"model":"n"}',
+    '"x\\u0000y"',
+    '"big:cloud"',
+    '"\xff\xfe"',
+    '"\\"q\\""',
+    '"llama3"',
+    "-0.5e3",
+]
+TAILS = ["", " ", "\n", " garbage", '{"model":"z"}', "]", "}", ",", "\x00", "\xff"]
 
 
 def json_case(rng: random.Random) -> bytes:
     roll = rng.random()
     if roll < 0.05:
-        return rng.choice([b"", b" \n", b"null", b"42", b'"model"', b'[{"model":"a"}]', b"\xef\xbb\xbf{}",
-                           b'{"model":NaN}', b'{"model":"a",}', b'{"model":"a"', b"nul", b'{"model" "a"}'])
+        return rng.choice(
+            [
+                b"",
+                b" \n",
+                b"null",
+                b"42",
+                b'"model"',
+                b'[{"model":"a"}]',
+                b"\xef\xbb\xbf{}",
+                b'{"model":NaN}',
+                b'{"model":"a",}',
+                b'{"model":"a"',
+                b"nul",
+                b'{"model" "a"}',
+            ]
+        )
     pairs = [f'"{rng.choice(KEYS)}":{rng.choice(VALUES)}' for _ in range(rng.randint(0, 6))]
     text = rng.choice(["", " ", "\t\r\n"]) + "{" + ",".join(pairs) + "}" + rng.choice(TAILS)
     return text.encode("utf-8", "surrogatepass").replace("\xff".encode(), b"\xff").replace("\xfe".encode(), b"\xfe")
 
 
-SPACES = ["", " ", "\t", "\x1c", "\x1f", "\x85", "\xa0", "\u1680", "\u180e", "\u2000", "\u200a", "\u200b", "\u2028",
-          "\u202f", "\u205f", "\u3000", "\ufeff", "\v", "\f"]
+SPACES = [
+    "",
+    " ",
+    "\t",
+    "\x1c",
+    "\x1f",
+    "\x85",
+    "\xa0",
+    "\u1680",
+    "\u180e",
+    "\u2000",
+    "\u200a",
+    "\u200b",
+    "\u2028",
+    "\u202f",
+    "\u205f",
+    "\u3000",
+    "\ufeff",
+    "\v",
+    "\f",
+]
 
 
 def test_json_and_trim_match_go(oracle):
     rng = random.Random(20261203)
-    cases = [{"body": json_case(rng), "content_type": "", "query": "",
-              "trim": rng.choice(SPACES) + rng.choice(["a", "", "b c"]) + rng.choice(SPACES)} for _ in range(4000)]
+    cases = [
+        {
+            "body": json_case(rng),
+            "content_type": "",
+            "query": "",
+            "trim": rng.choice(SPACES) + rng.choice(["a", "", "b c"]) + rng.choice(SPACES),
+        }
+        for _ in range(4000)
+    ]
     compared = 0
     for case, go in zip(cases, run(oracle, cases)):
         assert gojson.trim_space(case["trim"]) == go["trimmed"], case["trim"]
@@ -96,17 +185,25 @@ def test_json_and_trim_match_go(oracle):
 
 def multipart_case(rng: random.Random) -> tuple[str, bytes]:
     b = rng.choice(["XyZ", "----WebKitFormBoundary7MA4YWxk", "a b", "q"])
-    ctype = rng.choice([f"multipart/form-data; boundary={b}"] * 6 + [ f'multipart/form-data; boundary="{b}"',
-                        f"Multipart/Form-Data; boundary={b}; charset=utf-8", f"multipart/mixed; boundary={b}",
-                        "application/json", f"multipart/form-data; boundary={b}; boundary=x"])
+    ctype = rng.choice(
+        [f"multipart/form-data; boundary={b}"] * 6
+        + [
+            f'multipart/form-data; boundary="{b}"',
+            f"Multipart/Form-Data; boundary={b}; charset=utf-8",
+            f"multipart/mixed; boundary={b}",
+            "application/json",
+            f"multipart/form-data; boundary={b}; boundary=x",
+        ]
+    )
     nl = "\r\n" if rng.random() < 0.95 else "\n"
     parts = []
     for _ in range(rng.randint(0, 3)):
-        name = rng.choice(['"model"'] * 4 + ["model", '"Model"', '"file"', '"mod\\el"', "\"model\"; filename=\"a\"", '""'])
+        name = rng.choice(['"model"'] * 4 + ["model", '"Model"', '"file"', '"mod\\el"', '"model"; filename="a"', '""'])
         headers = [f"Content-Disposition: {rng.choice(['form-data'] * 4 + ['FORM-DATA', 'attachment'])}; name={name}"]
         if rng.random() < 0.1:
-            headers.append(rng.choice(["Content-Type: text/plain", "Content-Transfer-Encoding: quoted-printable",
-                                       "X-Other: 1", " folded"]))
+            headers.append(
+                rng.choice(["Content-Type: text/plain", "Content-Transfer-Encoding: quoted-printable", "X-Other: 1", " folded"])
+            )
         value = rng.choice(["small", " big ", "a=3Db", "", "big:cloud", "l\u00e8"])
         parts.append(f"--{b}{nl}" + nl.join(headers) + f"{nl}{nl}{value}{nl}")
     body = rng.choice(["", "", "", "preamble" + nl]) + "".join(parts) + f"--{b}--" + rng.choice(["", nl, nl + "x", "x", " "])
@@ -118,8 +215,9 @@ def test_transcription_form_matches_go(oracle):
     cases = []
     for _ in range(6000):
         ctype, body = multipart_case(rng)
-        query = rng.choice(["", "", "model=q", "model=q&model=r", "x=1;y=2", "model=%zz", "model=a+b%3Acloud",
-                            "&&model=", "Model=m", "model"])
+        query = rng.choice(
+            ["", "", "model=q", "model=q&model=r", "x=1;y=2", "model=%zz", "model=a+b%3Acloud", "&&model=", "Model=m", "model"]
+        )
         cases.append({"body": body, "content_type": ctype, "query": query, "trim": ""})
     read = 0
     for case, go in zip(cases, run(oracle, cases)):

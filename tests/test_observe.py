@@ -46,16 +46,26 @@ class Gate:
         observe = record.fan_out(record.Logger(self.text.append), record.Logger(self.json.append, "json"), self.records.append)
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={})
         policy = gate.GatePolicy(KeyFile(str(path), lambda line: None), 300, upstream_host, clock=clock)
-        self.server = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.text.append, limits=Limits(upstream=5),
-                                    observe=observe, count_usage=True)
+        self.server = server.Server(
+            ("127.0.0.1", 0),
+            policy,
+            upstream=upstream,
+            log=self.text.append,
+            limits=Limits(upstream=5),
+            observe=observe,
+            count_usage=True,
+        )
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.port = self.server.address[1]
 
     def send(self, method: str, target: str, authorization: str | None = None, body: bytes = b"") -> bytes:
         auth = f"Authorization: {authorization}\r\n" if authorization else ""
         with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: box\r\n{auth}Content-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + body)
+            sock.sendall(
+                f"{method} {target} HTTP/1.1\r\nHost: box\r\n{auth}Content-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n".encode()
+                + body
+            )
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
@@ -83,6 +93,7 @@ def test_every_log_line_names_the_caller_and_the_refusals_reason_and_never_a_sec
     gate_ = Gate(tmp_path, ollama.host)
     secrets = []
     try:
+
         def send(name, method, path, ts=None, tamper=False, expect=None):
             target, authorization = signed(keys, name, method, path, ts, query="secret=hunter2&")
             if tamper:
@@ -91,6 +102,7 @@ def test_every_log_line_names_the_caller_and_the_refusals_reason_and_never_a_sec
             reply = gate_.send(method, target, authorization)
             assert reply.startswith(f"HTTP/1.1 {expect} ".encode()), reply
             replies.append(reply)
+
         replies: list[bytes] = [gate_.send("GET", "/api/tags?secret=hunter2")]  # unsigned
         send("ed25519-a", "GET", "/api/tags", expect=401)  # a valid signature by an unknown key
         send("ed25519-b", "GET", "/api/ps", expect=403)  # not granted
@@ -111,11 +123,23 @@ def test_every_log_line_names_the_caller_and_the_refusals_reason_and_never_a_sec
     ], shown
     assert text[0].startswith("GET /api/tags 401 ") and text[0].endswith(" refused unsigned")
     # The operator gets the unknown key's fingerprint and the line that would admit it.
-    assert text[1].startswith("GET /api/tags 401 ") and f" {FINGERPRINT_A} refused unknown-key (to admit it add: {LINE_A} <name> /api/tags)" in text[1]
-    assert " bob refused not-granted" in text[2] and " bob refused stale" in text[3] and text[4].endswith(" refused bad-signature")
+    assert (
+        text[1].startswith("GET /api/tags 401 ")
+        and f" {FINGERPRINT_A} refused unknown-key (to admit it add: {LINE_A} <name> /api/tags)" in text[1]
+    )
+    assert (
+        " bob refused not-granted" in text[2] and " bob refused stale" in text[3] and text[4].endswith(" refused bad-signature")
+    )
     assert text[5].startswith("POST /api/chat 200 ") and text[5].endswith(" bob")
     # The client reads the same class in X-Ollama-Reason; Ollama's own answer (relayed) carries none.
-    assert [reason_header(reply) for reply in replies] == ["unsigned", "unknown-key", "not-granted", "stale", "bad-signature", None]
+    assert [reason_header(reply) for reply in replies] == [
+        "unsigned",
+        "unknown-key",
+        "not-granted",
+        "stale",
+        "bad-signature",
+        None,
+    ]
     for entry in shown:
         assert {"time", "method", "path", "status", "bytes", "ms", "user", "key", "reason"} <= set(entry)
         assert entry["path"] in ("/api/tags", "/api/ps", "/api/chat") and entry["time"].endswith("Z")
@@ -145,7 +169,9 @@ def test_a_502_and_a_504_name_their_cause_in_the_log(tmp_path, keys):
         time.sleep(0.1)
     finally:
         gate_.close()
-    assert gate_.text[0].startswith("GET /api/tags 502 ") and " bob upstream-failed (cannot connect to 127.0.0.1:" in gate_.text[0]
+    assert (
+        gate_.text[0].startswith("GET /api/tags 502 ") and " bob upstream-failed (cannot connect to 127.0.0.1:" in gate_.text[0]
+    )
     assert "connection refused" in gate_.text[0]
     entry = json.loads(gate_.json[0])
     assert entry["reason"] == "upstream" and "connection refused" in entry["detail"]
@@ -166,7 +192,9 @@ def test_the_json_line_carries_the_token_counts_of_ollamas_final_object(tmp_path
 
     def respond(head, body, index):
         chunks = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in API_MD_STREAM.splitlines(keepends=True))
-        return b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        )
 
     with KeepAliveServer(respond) as ollama_:
         gate_ = Gate(tmp_path, ollama_.host)
@@ -195,7 +223,9 @@ def test_the_gates_and_the_proxys_own_answers_carry_date(tmp_path):
 
 
 def run_helper(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*helper_executable(), *args], check=False, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*helper_executable(), *args], check=False, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
+    )
 
 
 @pytest.mark.parametrize("command", ["gate", "proxy"])
@@ -207,7 +237,11 @@ def test_a_port_in_use_is_one_line_and_a_network_exit_code(command, tmp_path, ke
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        extra = ["--authorized-keys", str(keys_path)] if command == "gate" else ["--no-local-token", "--upstream", "http://127.0.0.1:9", "--identity", str(keys / "ed25519-a")]
+        extra = (
+            ["--authorized-keys", str(keys_path)]
+            if command == "gate"
+            else ["--no-local-token", "--upstream", "http://127.0.0.1:9", "--identity", str(keys / "ed25519-a")]
+        )
         result = run_helper(command, "--listen", f"127.0.0.1:{port}", *extra)
     lines = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
     assert result.returncode == EXIT_NETWORK == ListenError.exit_code, result
@@ -233,15 +267,32 @@ def test_the_gate_writes_json_lines_from_the_command_line(tmp_path, keys, ollama
     keys_path = tmp_path / "authorized_keys"
     keys_path.write_text(" ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2]) + " bob *\n")
     os.chmod(keys_path, 0o600)
-    process = subprocess.Popen([*helper_executable(), "gate", "--listen", "127.0.0.1:0", "--log-format", "json",
-                                "--upstream", ollama.base_url, "--authorized-keys", str(keys_path)],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            *helper_executable(),
+            "gate",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--upstream",
+            ollama.base_url,
+            "--authorized-keys",
+            str(keys_path),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = json.loads(process.stderr.readline())
         port = int(first["message"].split("listening on http://127.0.0.1:")[1].split(" ")[0])
         target, authorization = signed(keys, "ed25519-b", "GET", "/api/tags")
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(
+                f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode()
+            )
             while sock.recv(65536):
                 pass
         entry = json.loads(process.stderr.readline())
@@ -249,7 +300,13 @@ def test_the_gate_writes_json_lines_from_the_command_line(tmp_path, keys, ollama
         process.terminate()
         process.wait(timeout=10)
     assert (entry["method"], entry["path"], entry["status"], entry["user"], entry["key"], entry["reason"]) == (
-        "GET", "/api/tags", 200, "bob", FINGERPRINT_B, None)
+        "GET",
+        "/api/tags",
+        200,
+        "bob",
+        FINGERPRINT_B,
+        None,
+    )
     assert entry["bytes"] > 0 and entry["ms"] >= 0
 
 
@@ -261,14 +318,33 @@ def test_the_proxy_writes_json_lines_too(keys, tmp_path):
 
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     with KeepAliveServer(respond) as upstream:
-        process = subprocess.Popen([*helper_executable(), "proxy", "--listen", "127.0.0.1:0", "--log-format", "json",
-                                    "--no-local-token", "--upstream", f"http://{upstream.host}", "--identity", str(keys / "ed25519-b")],
-                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                *helper_executable(),
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--no-local-token",
+                "--upstream",
+                f"http://{upstream.host}",
+                "--identity",
+                str(keys / "ed25519-b"),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             first = json.loads(process.stderr.readline())
             port = int(first["message"].split("listening on http://127.0.0.1:")[1].split(" ")[0])
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-                sock.sendall(f"GET /api/tags?secret=hunter2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                sock.sendall(
+                    f"GET /api/tags?secret=hunter2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+                )
                 while sock.recv(65536):
                     pass
             lines = []
@@ -279,5 +355,11 @@ def test_the_proxy_writes_json_lines_too(keys, tmp_path):
             process.wait(timeout=10)
     shown = [json.loads(line) for line in lines]  # every line is one JSON object, warnings included
     entry = shown[-1]
-    assert (entry["method"], entry["path"], entry["status"], entry["bytes"], entry["reason"]) == ("GET", "/api/tags", 200, 2, None)
+    assert (entry["method"], entry["path"], entry["status"], entry["bytes"], entry["reason"]) == (
+        "GET",
+        "/api/tags",
+        200,
+        2,
+        None,
+    )
     assert "hunter2" not in "".join(lines)

@@ -16,17 +16,20 @@ from credential_helper.serve.messages import Head
 # --- the Bearer credential: protocol.bearer_credential / is_bearer_challenge / bearer -------------
 
 
-@pytest.mark.parametrize("value, credential", [
-    ("Bearer abc", "abc"),
-    ("bearer abc", "abc"),
-    ("BEARER   abc", "abc"),  # RFC 9110 11.1: the scheme is case-insensitive
-    ("  Bearer abc \t", "abc"),
-    ("Bearer", None),
-    ("Bearerabc", None),
-    ("Basic abc", None),
-    ("abc", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "value, credential",
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER   abc", "abc"),  # RFC 9110 11.1: the scheme is case-insensitive
+        ("  Bearer abc \t", "abc"),
+        ("Bearer", None),
+        ("Bearerabc", None),
+        ("Basic abc", None),
+        ("abc", None),
+        ("", None),
+    ],
+)
 def test_the_bearer_rule(value, credential):
     assert protocol.bearer_credential(value) == credential
     assert protocol.is_bearer_challenge(value) is (credential is not None)
@@ -94,11 +97,14 @@ def test_the_identity_and_the_gate_take_the_fingerprint_from_keys(monkeypatch, k
 # --- untrusted text in a message: sanitize.shown / quoted -----------------------------------------
 
 
-@pytest.mark.parametrize("text, limit, expected", [
-    ("plain", 80, "plain"),
-    ("a\x1b[2Jb\r\nc", 80, "ab c"),  # an escape sequence gone, CR/LF one space: one line that paints nothing
-    ("x" * 90, 80, "x" * 80 + "..."),
-])
+@pytest.mark.parametrize(
+    "text, limit, expected",
+    [
+        ("plain", 80, "plain"),
+        ("a\x1b[2Jb\r\nc", 80, "ab c"),  # an escape sequence gone, CR/LF one space: one line that paints nothing
+        ("x" * 90, 80, "x" * 80 + "..."),
+    ],
+)
 def test_shown_and_quoted(text, limit, expected):
     from credential_helper import sanitize
 

@@ -56,8 +56,14 @@ def helper(args: list[str], environment: dict, stdin: str = "") -> subprocess.Co
 
 
 def start(args: list[str], environment: dict) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen([*helper_executable(), *args, "--listen", "127.0.0.1:0"], env=environment,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*helper_executable(), *args, "--listen", "127.0.0.1:0"],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = process.stderr.readline()
     if not first.startswith("listening on http://127.0.0.1:"):
         process.kill()
@@ -87,7 +93,13 @@ def test_the_simulation_hides_what_typeshed_says_is_missing(simulated):
         windows_has = ["fchmod"] if sys.version_info >= (3, 13) else []
         assert json.loads(out) == ["windows", windows_has, "SelectSelector", True, True]
     elif platform == "linux":
-        assert json.loads(out) == ["posix", ["O_NONBLOCK", "getuid", "fchmod", "O_NOFOLLOW", "O_DIRECT", "pipe2"], "PollSelector", True, True]
+        assert json.loads(out) == [
+            "posix",
+            ["O_NONBLOCK", "getuid", "fchmod", "O_NOFOLLOW", "O_DIRECT", "pipe2"],
+            "PollSelector",
+            True,
+            True,
+        ]
     else:  # macOS has the first four, not Linux's O_DIRECT or pipe2, nor /proc
         assert json.loads(out) == ["posix", ["O_NONBLOCK", "getuid", "fchmod", "O_NOFOLLOW"], "PollSelector", False, True]
 
@@ -117,9 +129,10 @@ def test_proxy_starts_serves_and_stops(simulated, standin, which):
     process, port = start(["proxy", "--upstream", standin.base_url], environment)
     try:
         printed = helper(["proxy", "--print-env"], environment).stdout
-        token = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/me", data=b"", method="POST",
-                                         headers={"Authorization": f"Bearer {token}"})
+        token = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/me", data=b"", method="POST", headers={"Authorization": f"Bearer {token}"}
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
     finally:
@@ -130,14 +143,17 @@ def test_proxy_starts_serves_and_stops(simulated, standin, which):
 
 def test_gate_serves_reloads_its_changed_key_file_and_stops(simulated, tmp_path, keys):
     platform, environment = simulated
-    lines = [" ".join((GOLDEN / "keys" / f"ed25519-{k}.pub").read_text().split()[:2] + [name, "*"]) + "\n"
-             for k, name in (("a", "alice"), ("b", "bob"))]
+    lines = [
+        " ".join((GOLDEN / "keys" / f"ed25519-{k}.pub").read_text().split()[:2] + [name, "*"]) + "\n"
+        for k, name in (("a", "alice"), ("b", "bob"))
+    ]
     path = tmp_path / "authorized_keys"
     path.write_text(lines[0])
     os.chmod(path, 0o600)
     with StandIn(verify_signatures=False) as ollama:
         process, port = start(["gate", "--upstream", ollama.base_url, "--authorized-keys", str(path)], environment)
         try:
+
             def ask(name: str) -> int:
                 target = f"/api/tags?ts={int(time.time())}"
                 authorization = load_identity(str(keys / f"ed25519-{name}")).sign(f"GET,{target}")

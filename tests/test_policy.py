@@ -20,17 +20,54 @@ from credential_helper.protocol import parse_url
 from credential_helper.proxy_env import use_proxy
 
 LOOPBACK = [
-    "localhost", "LOCALHOST", "LocalHost",
-    "127.0.0.1", "127.0.0.0", "127.1.2.3", "127.255.255.255", "127.0.0.10", "127.100.200.250",
-    "::1", "0:0:0:0:0:0:0:1", "0000::0001",
+    "localhost",
+    "LOCALHOST",
+    "LocalHost",
+    "127.0.0.1",
+    "127.0.0.0",
+    "127.1.2.3",
+    "127.255.255.255",
+    "127.0.0.10",
+    "127.100.200.250",
+    "::1",
+    "0:0:0:0:0:0:0:1",
+    "0000::0001",
 ]
 NOT_LOOPBACK = [
-    "evillocalhost", "localhost.evil.test", "local.localhost", "localhost.", "localhost.net", "",
-    "127.0.0.300", "127.0.0.256", "127.256.0.1", "128.0.0.1", "126.255.255.255", "10.0.0.1", "0.0.0.0",
+    "evillocalhost",
+    "localhost.evil.test",
+    "local.localhost",
+    "localhost.",
+    "localhost.net",
+    "",
+    "127.0.0.300",
+    "127.0.0.256",
+    "127.256.0.1",
+    "128.0.0.1",
+    "126.255.255.255",
+    "10.0.0.1",
+    "0.0.0.0",
     # Not canonical dotted decimal: the C resolver reads some as octal or hex, or asks DNS.
-    "127.000.000.001", "127.0.0.01", "0127.0.0.1", "127.0.0.099", "127.1", "127.0.1", "0x7f.0.0.1",
-    "0x7f000001", "2130706433", "127.0.0.1.", "127.0.0.1.1", "127..0.1", "１２７.0.0.1", "127.0.0.-1",
-    "::2", "::", "::ffff:127.0.0.1", "::1%lo", "[::1]x", "ollama.com",
+    "127.000.000.001",
+    "127.0.0.01",
+    "0127.0.0.1",
+    "127.0.0.099",
+    "127.1",
+    "127.0.1",
+    "0x7f.0.0.1",
+    "0x7f000001",
+    "2130706433",
+    "127.0.0.1.",
+    "127.0.0.1.1",
+    "127..0.1",
+    "１２７.0.0.1",
+    "127.0.0.-1",
+    "::2",
+    "::",
+    "::ffff:127.0.0.1",
+    "::1%lo",
+    "[::1]x",
+    "ollama.com",
 ]
 
 
@@ -79,7 +116,9 @@ def test_the_realm_query_rule_applies_to_every_realm_known_or_not(realm_host):
     policy.check_realm_query(parse_url(f"{scheme}://{realm_host}/token?t=1&tr=2"))
 
 
-@pytest.mark.parametrize("value", ["http://example.test", "http://127.000.000.001:8080", "http://localhost.:8080", "http://127.1:80"])
+@pytest.mark.parametrize(
+    "value", ["http://example.test", "http://127.000.000.001:8080", "http://localhost.:8080", "http://127.1:80"]
+)
 def test_cloud_base_url_over_http_to_a_non_loopback_host_is_refused(value):
     with pytest.raises(RealmRefusedError, match="must use https"):
         policy.cloud_base_url(value)
@@ -89,7 +128,9 @@ def test_cloud_base_url_over_http_to_a_non_loopback_host_is_refused(value):
         KeylessCore(api_base="https://ollama.com", api_hosts=[value], cache=False)
 
 
-@pytest.mark.parametrize("value", ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:2", "https://example.test", "", None])
+@pytest.mark.parametrize(
+    "value", ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:2", "https://example.test", "", None]
+)
 def test_cloud_base_url_allows_https_and_loopback_http(value):
     base = policy.cloud_base_url(value)
     assert str(base) in (value or "https://ollama.com", (value or "") + "/")
@@ -111,10 +152,21 @@ def test_origins_compare_host_names_case_insensitively():
     assert not core.is_api("https", "evilollama.com", None)
 
 
-@pytest.mark.parametrize("host, allowed", [
-    ("ollama.com", True), ("OLLAMA.COM", True), ("registry.ollama.ai", True), ("api.ollama.com", True),
-    ("ollama.com.", True), ("localhost", True), ("127.0.0.1", True),
-    ("evilollama.com", False), ("ollama.com.evil.test", False), ("evillocalhost", False), ("127.000.000.001", False),
-])
+@pytest.mark.parametrize(
+    "host, allowed",
+    [
+        ("ollama.com", True),
+        ("OLLAMA.COM", True),
+        ("registry.ollama.ai", True),
+        ("api.ollama.com", True),
+        ("ollama.com.", True),
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("evilollama.com", False),
+        ("ollama.com.evil.test", False),
+        ("evillocalhost", False),
+        ("127.000.000.001", False),
+    ],
+)
 def test_the_api_key_goes_only_to_ollama_hosts_and_loopback(host, allowed):
     assert policy.may_receive_api_key(parse_url(f"https://{host}/")) is allowed

@@ -27,11 +27,21 @@ def test_debians_prometheus_scrapes_the_gate(metered_gate, tmp_path):
     web = free_port()
     config = tmp_path / "prometheus.yml"
     # The README's scrape configuration, with this test's port and a short interval.
-    config.write_text("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ollama-gate\n"
-                      f"    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n")
-    process = subprocess.Popen(["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                                f"--web.listen-address=127.0.0.1:{web}"],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config.write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ollama-gate\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n"
+    )
+    process = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         query = urllib.parse.quote('ollama_gate_tokens_total{user="bob",kind="prompt"}')
         deadline, found = time.monotonic() + 60, None

@@ -196,7 +196,7 @@ def test_realm_refused(realm, host, message):
         ('{"realm": 5}', "must be a string"),
         ('{"realm": "https://ollama.com/t", "scope": 5}', "must be a string"),
         ('{"realm": "https://ollama.com/t", "scope": ["a"]}', "must be a string"),
-        ('{"service": "x"}', "no \"realm\""),
+        ('{"service": "x"}', 'no "realm"'),
         ('{"realm": ""}', "empty"),
         ('{"realm": "https://ollama.com/t", "nonce": ""}', "empty"),
         ('{"realm": "https://ollama.com/t", "host": "a b"}', "invalid host"),
@@ -216,8 +216,15 @@ def test_challenge_input_refused(text, message):
 
 
 def test_challenge_input_forms():
-    as_json = protocol.parse_challenge_input('{"realm": "https://ollama.com/t", "scope": "s", "nonce": "n", "host": "ollama.com"}')
-    assert (as_json.challenge.realm, as_json.challenge.scope, as_json.nonce, as_json.host) == ("https://ollama.com/t", "s", "n", "ollama.com")
+    as_json = protocol.parse_challenge_input(
+        '{"realm": "https://ollama.com/t", "scope": "s", "nonce": "n", "host": "ollama.com"}'
+    )
+    assert (as_json.challenge.realm, as_json.challenge.scope, as_json.nonce, as_json.host) == (
+        "https://ollama.com/t",
+        "s",
+        "n",
+        "ollama.com",
+    )
     as_header = protocol.parse_challenge_input('Bearer realm="https://ollama.com/t",service="svc"')
     assert as_header.challenge.service == "svc" and as_header.host is None
     as_url = protocol.parse_challenge_input("https://registry.ollama.ai/v2/library/x/manifests/latest\n")

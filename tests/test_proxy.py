@@ -33,7 +33,10 @@ def test_openai_client_through_the_proxy_sync_and_async(upstream, start_proxy):
 
     proxy = start_proxy("--upstream", upstream.base_url)
     client = openai.OpenAI(base_url=f"{proxy.base}/v1", api_key=proxy.token, max_retries=0, timeout=30)
-    assert client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content == REPLY
+    assert (
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]).choices[0].message.content
+        == REPLY
+    )
     stream = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
     assert [c.choices[0].delta.content for c in stream if c.choices[0].delta.content] == REPLY_WORDS
 
@@ -56,10 +59,16 @@ def test_ollama_client_through_the_proxy(upstream, start_proxy, monkeypatch):
     proxy = start_proxy("--upstream", upstream.base_url)
     monkeypatch.setenv("OLLAMA_API_KEY", proxy.token)  # as --print-env sets it
     client = ollama.Client(host=proxy.base, timeout=30)
-    assert [part.message.content for part in client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)] == [*REPLY_WORDS, ""]
+    assert [
+        part.message.content for part in client.chat(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+    ] == [*REPLY_WORDS, ""]
     assert client.show("m").modelfile == "FROM stand-in"
     assert len(client.list().models) == 2
-    assert [(m, t.split("?")[0]) for m, t in upstream.signed_requests] == [("POST", "/api/chat"), ("POST", "/api/show"), ("GET", "/api/tags")]
+    assert [(m, t.split("?")[0]) for m, t in upstream.signed_requests] == [
+        ("POST", "/api/chat"),
+        ("POST", "/api/show"),
+        ("GET", "/api/tags"),
+    ]
 
 
 def test_curl_chunked_upload_arrives_intact(upstream, start_proxy, tmp_path):
@@ -67,9 +76,21 @@ def test_curl_chunked_upload_arrives_intact(upstream, start_proxy, tmp_path):
     payload = os.urandom(300_000)
     (tmp_path / "payload").write_bytes(payload)
     done = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "-H", "Transfer-Encoding: chunked", "-H", f"Authorization: Bearer {proxy.token}",
-         "--data-binary", f"@{tmp_path / 'payload'}", f"{proxy.base}/api/upload?x=1"],
-        capture_output=True, text=True, timeout=60,
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            f"Authorization: Bearer {proxy.token}",
+            "--data-binary",
+            f"@{tmp_path / 'payload'}",
+            f"{proxy.base}/api/upload?x=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert json.loads(done.stdout) == {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
@@ -80,7 +101,11 @@ def test_curl_chunked_upload_arrives_intact(upstream, start_proxy, tmp_path):
 # --- the local access token ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"}, {"x-api-key": "wrong"}], ids=["missing", "wrong-bearer", "wrong-x-api-key"])
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong-token"}, {"x-api-key": "wrong"}],
+    ids=["missing", "wrong-bearer", "wrong-x-api-key"],
+)
 def test_without_the_local_token_nothing_is_forwarded(upstream, start_proxy, proxy_env, headers):
     proxy = start_proxy("--upstream", upstream.base_url)
     saved, proxy.token = proxy.token, None
@@ -118,7 +143,7 @@ def test_a_non_loopback_listen_address_is_refused(run, listen):
 def test_print_env_lines(run, proxy_env):
     result = run(["proxy", "--print-env", "--listen", "127.0.0.1:12345"], environment=proxy_env)
     assert result.code == 0, result
-    values = dict(line[len("export "):].split("=", 1) for line in result.out.splitlines())
+    values = dict(line[len("export ") :].split("=", 1) for line in result.out.splitlines())
     assert values["OPENAI_BASE_URL"] == "http://127.0.0.1:12345/v1" and values["OLLAMA_HOST"] == "http://127.0.0.1:12345"
     assert values["OPENAI_API_KEY"] == values["OLLAMA_API_KEY"] == values["ANTHROPIC_API_KEY"]
 
@@ -128,12 +153,15 @@ def test_print_env_lines(run, proxy_env):
 
 def test_hop_by_hop_and_local_headers_are_dropped(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url)
-    reply = raw_exchange(proxy, (
-        f"POST /api/me?secret=value HTTP/1.1\r\nHost: localhost:{proxy.port}\r\nContent-Length: 0\r\n"
-        f"x-api-key: {proxy.token}\r\nConnection: close, X-Private-Hop\r\nX-Private-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
-        "TE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Forwarded-For: 10.1.2.3\r\n"
-        "Forwarded: for=10.1.2.3\r\nAccept-Encoding: gzip\r\nX-Custom: kept\r\n\r\n"
-    ).encode())
+    reply = raw_exchange(
+        proxy,
+        (
+            f"POST /api/me?secret=value HTTP/1.1\r\nHost: localhost:{proxy.port}\r\nContent-Length: 0\r\n"
+            f"x-api-key: {proxy.token}\r\nConnection: close, X-Private-Hop\r\nX-Private-Hop: 1\r\nKeep-Alive: timeout=5\r\n"
+            "TE: trailers\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Forwarded-For: 10.1.2.3\r\n"
+            "Forwarded: for=10.1.2.3\r\nAccept-Encoding: gzip\r\nX-Custom: kept\r\n\r\n"
+        ).encode(),
+    )
     assert reply.startswith(b"HTTP/1.1 200 "), reply
     received = {k.lower(): v for k, v in upstream.request_headers[-1]}
     for name in ("x-private-hop", "keep-alive", "te", "proxy-authorization", "x-forwarded-for", "forwarded", "x-api-key"):
@@ -154,7 +182,10 @@ def test_compression_passes_through_untouched(upstream, start_proxy):
 
 def test_redirects_are_returned_not_followed(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url)
-    reply = raw_exchange(proxy, f"GET /api/redirect HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nConnection: close\r\n\r\n".encode())
+    reply = raw_exchange(
+        proxy,
+        f"GET /api/redirect HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert reply.startswith(b"HTTP/1.1 302 ") and b"\r\nLocation: https://elsewhere.example/landing\r\n" in reply
     assert len(upstream.signed_requests) == 1
 
@@ -223,7 +254,10 @@ def test_over_the_concurrency_limit_is_503(public_line, start_proxy):
         proxy = start_proxy("--upstream", slow.base_url, "--max-concurrency", "1")
         with socket.create_connection(("127.0.0.1", proxy.port)) as first:
             body = b'{"stream": true}'
-            first.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            first.sendall(
+                f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             first.recv(100)  # the stream has started
             status, _, reply = request(proxy, "POST", "/api/me", b"")
         assert status == 503 and "concurrency" in json.loads(reply)["error"]
@@ -282,7 +316,10 @@ def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line
         threads_before = proxy.threads()
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
             body = b'{"stream": true}'
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(
+                f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             data = b""
             while b"Hello" not in data:
                 data += sock.recv(4096)
@@ -307,7 +344,10 @@ def test_time_to_first_chunk_is_not_buffered(public_line, start_proxy):
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
             body = b'{"stream": true}'
             started = time.monotonic()
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(
+                f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             data = b""
             while b"Hello" not in data:
                 data += sock.recv(4096)
@@ -323,7 +363,10 @@ def test_a_stop_signal_lets_a_stream_finish_then_exits_0(public_line, start_prox
         proxy = start_proxy("--upstream", slow.base_url)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
             body = b'{"stream": true}'
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            sock.sendall(
+                f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             sock.recv(100)
             proxy.process.send_signal(sig)
             data = b""
@@ -343,7 +386,10 @@ def test_a_stop_signal_lets_a_stream_finish_then_exits_0(public_line, start_prox
 
 def test_https_upstream_through_a_connect_proxy(public_line, start_proxy, proxy_env, tmp_path):
     ca = CertificateAuthority(tmp_path)
-    with StandIn(tls_context=ca.server_context(["ollama.test"], [])) as origin, ConnectProxy({"ollama.test": "127.0.0.1"}) as tunnel:
+    with (
+        StandIn(tls_context=ca.server_context(["ollama.test"], [])) as origin,
+        ConnectProxy({"ollama.test": "127.0.0.1"}) as tunnel,
+    ):
         origin.authorize(public_line("ed25519-a"))
         upstream_url = f"https://ollama.test:{origin.server.server_address[1]}"
         environment = dict(proxy_env, SSL_CERT_FILE=str(ca.ca_file), HTTPS_PROXY=tunnel.url)

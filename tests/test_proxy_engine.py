@@ -32,15 +32,20 @@ def read_response(sock: socket.socket, method: str = "GET") -> http.client.HTTPR
 
 def send(sock: socket.socket, proxy, method: str, path: str, body: bytes = b"", extra: str = "") -> None:
     length = f"Content-Length: {len(body)}\r\n" if body or method in ("POST", "PUT", "PATCH") else ""
-    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{length}{extra}\r\n".encode() + body)
+    sock.sendall(
+        f"{method} {path} HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{length}{extra}\r\n".encode()
+        + body
+    )
 
 
 def named_answer(head: bytes, body: bytes, index: int) -> bytes:
     """103 Early Hints, then the final answer naming the request's own path."""
     path = head.split(b" ", 2)[1].split(b"?")[0]
     payload = json.dumps({"path": path.decode()}).encode()
-    return (b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    return (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
 
 
 # --- 1. interim answers ---------------------------------------------------------------------
@@ -106,9 +111,12 @@ def test_exactly_one_content_length_reaches_upstream(start_proxy, lengths):
     with KeepAliveServer(lambda head, body, i: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as upstream:
         proxy = start_proxy("--upstream", f"http://{upstream.host}")
         fields = "".join(f"Content-Length: {value}\r\n" for value in lengths)
-        reply = raw_exchange(proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{fields}Connection: close\r\n\r\nhello".encode())
+        reply = raw_exchange(
+            proxy,
+            f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{fields}Connection: close\r\n\r\nhello".encode(),
+        )
     assert reply.startswith(b"HTTP/1.1 200 "), reply
-    (_, head, body), = upstream.requests
+    ((_, head, body),) = upstream.requests
     assert [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length")] == [b"content-length: 5"]
     assert body == b"hello"
 
@@ -118,7 +126,10 @@ def test_conflicting_or_malformed_content_length_is_400(start_proxy, lengths):
     with KeepAliveServer(lambda head, body, i: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as upstream:
         proxy = start_proxy("--upstream", f"http://{upstream.host}")
         fields = "".join(f"Content-Length: {value}\r\n" for value in lengths)
-        reply = raw_exchange(proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{fields}\r\nhello!".encode())
+        reply = raw_exchange(
+            proxy,
+            f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n{fields}\r\nhello!".encode(),
+        )
         time.sleep(0.3)
     assert reply.startswith(b"HTTP/1.1 400 "), reply
     assert upstream.requests == []
@@ -153,14 +164,27 @@ def test_a_safe_request_on_a_stale_connection_is_retried_once_on_a_fresh_one(sta
         proxy.stop()
     assert (status, body) == (200, b"ok"), proxy.log
     assert [(number, head.split(b" ")[1].split(b"?")[0]) for number, head, _ in upstream.requests] == [
-        (1, b"/api/tags"), (1, b"/api/ps"), (2, b"/api/ps")]
+        (1, b"/api/tags"),
+        (1, b"/api/ps"),
+        (2, b"/api/ps"),
+    ]
 
 
 # --- 5. DNS rebinding and web pages ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1:1", "localhost.evil.example:{port}",
-                                  "127.0.0.2:{port}", "", "evillocalhost:{port}"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "evil.example:{port}",
+        "127.0.0.1:1",
+        "localhost.evil.example:{port}",
+        "127.0.0.2:{port}",
+        "",
+        "evillocalhost:{port}",
+    ],
+)
 @pytest.mark.parametrize("token", [True, False])
 def test_a_host_that_is_not_the_proxy_is_refused(upstream, start_proxy, host, token):
     args = ("--upstream", upstream.base_url) + (() if token else ("--no-local-token",))
@@ -176,7 +200,10 @@ def test_a_host_that_is_not_the_proxy_is_refused(upstream, start_proxy, host, to
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "LOCALHOST:{port}", "localhost:{port}"])
 def test_the_proxys_own_host_names_are_admitted(upstream, start_proxy, host):
     proxy = start_proxy("--upstream", upstream.base_url)
-    reply = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\nHost: {host.format(port=proxy.port)}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+    reply = raw_exchange(
+        proxy,
+        f"POST /api/me HTTP/1.1\r\nHost: {host.format(port=proxy.port)}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert reply.startswith(b"HTTP/1.1 200 "), reply
 
 
@@ -194,7 +221,9 @@ BROWSER = {
 def test_a_web_pages_request_is_refused_without_allow_origin(upstream, start_proxy, fields, token):
     proxy = start_proxy("--upstream", upstream.base_url, *(() if token else ("--no-local-token",)), token=token)
     auth = f"Authorization: Bearer {proxy.token}\r\n" if token else ""
-    reply = raw_exchange(proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\n{auth}{fields}Content-Length: 2\r\n\r\n{{}}".encode())
+    reply = raw_exchange(
+        proxy, f"POST /api/chat HTTP/1.1\r\nHost: {proxy.host}\r\n{auth}{fields}Content-Length: 2\r\n\r\n{{}}".encode()
+    )
     time.sleep(0.3)
     assert reply.startswith(b"HTTP/1.1 403 "), reply
     assert "--allow-origin" in json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
@@ -203,8 +232,14 @@ def test_a_web_pages_request_is_refused_without_allow_origin(upstream, start_pro
 
 def test_allow_origin_admits_that_origin_only(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url, "--allow-origin", "http://localhost:3000")
-    admitted = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nOrigin: http://LocalHost:3000\r\nSec-Fetch-Site: same-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-    refused = raw_exchange(proxy, f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nOrigin: http://localhost:3001\r\nContent-Length: 0\r\n\r\n".encode())
+    admitted = raw_exchange(
+        proxy,
+        f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nOrigin: http://LocalHost:3000\r\nSec-Fetch-Site: same-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(),
+    )
+    refused = raw_exchange(
+        proxy,
+        f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nOrigin: http://localhost:3001\r\nContent-Length: 0\r\n\r\n".encode(),
+    )
     assert admitted.startswith(b"HTTP/1.1 200 ") and refused.startswith(b"HTTP/1.1 403 ")
     assert len(upstream.request_headers) == 1
     assert "origin" not in {name.lower() for name, _ in upstream.request_headers[0]}
@@ -239,8 +274,20 @@ def test_complete_curl_streams_are_never_reported_as_client_gone(upstream, start
     proxy = start_proxy("--upstream", upstream.base_url)
     for _ in range(12):
         done = subprocess.run(
-            ["curl", "-sS", "-N", "--fail", f"{proxy.base}/api/chat", "-H", f"Authorization: Bearer {proxy.token}",
-             "-d", '{"model": "m", "messages": [], "stream": true}'], capture_output=True, timeout=30)
+            [
+                "curl",
+                "-sS",
+                "-N",
+                "--fail",
+                f"{proxy.base}/api/chat",
+                "-H",
+                f"Authorization: Bearer {proxy.token}",
+                "-d",
+                '{"model": "m", "messages": [], "stream": true}',
+            ],
+            capture_output=True,
+            timeout=30,
+        )
         assert done.returncode == 0, done.stderr
     proxy.stop()
     chats = [line for line in proxy.log if "/api/chat" in line]
@@ -257,16 +304,24 @@ def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp
         "    os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)\n"
         "os.execv(sys.argv[1], sys.argv[1:])\n"
     )
-    process = subprocess.Popen([sys.executable, str(wrapper), *helper_executable(), "proxy", "--listen", "127.0.0.1:0",
-                                "--upstream", upstream.base_url], env=proxy_env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(wrapper), *helper_executable(), "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url],
+        env=proxy_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = process.stderr.readline()
         port = int(first.split()[2].rsplit(":", 1)[1])
         token = (tmp_path / "config" / "ollama-credential-helper" / "proxy-token").read_text().strip()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             body = b'{"stream": true}'
-            sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            sock.sendall(
+                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk
@@ -282,7 +337,7 @@ def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp
 
 def test_the_local_token_in_ollama_api_key_is_never_sent_upstream(upstream, run, proxy_env):
     printed = run(["proxy", "--print-env"], environment=proxy_env).out
-    exported = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())
+    exported = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())
     environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY=exported["OLLAMA_API_KEY"])
     started = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url], environment=environment, timeout=20)
     assert started.code == 3 and "local access token" in started.err and exported["OLLAMA_API_KEY"] not in started.err
@@ -302,7 +357,9 @@ def test_the_start_line_names_the_credential(upstream, start_proxy, proxy_env):
 
 def test_the_api_key_fallback_obeys_the_destination_rule(run, proxy_env):
     environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY="sk-a-real-ollama-api-key-0123456789")
-    result = run(["proxy", "--listen", "127.0.0.1:0", "--upstream", "https://api.example.net"], environment=environment, timeout=20)
+    result = run(
+        ["proxy", "--listen", "127.0.0.1:0", "--upstream", "https://api.example.net"], environment=environment, timeout=20
+    )
     assert result.code == 2 and "OLLAMA_API_KEY" in result.err and "sk-a-real" not in result.err
 
 
@@ -312,7 +369,9 @@ def test_the_api_key_fallback_obeys_the_destination_rule(run, proxy_env):
 @pytest.mark.parametrize("method", ["get", "Post", "M-SEARCH"])
 def test_a_method_that_is_not_upper_case_letters_is_refused(upstream, start_proxy, method):
     proxy = start_proxy("--upstream", upstream.base_url)
-    reply = raw_exchange(proxy, f"{method} /api/tags HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n\r\n".encode())
+    reply = raw_exchange(
+        proxy, f"{method} /api/tags HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\n\r\n".encode()
+    )
     time.sleep(0.3)
     assert reply.startswith(b"HTTP/1.1 400 "), reply
     assert upstream.request_headers == []
@@ -333,17 +392,29 @@ def test_the_proxys_own_401_carries_status_and_error_and_ends_in_a_newline(upstr
 # --- 11. a forward proxy's 407 never shows its credentials ----------------------------------
 
 
-@pytest.mark.parametrize("user, password", [("u", "pr0xy-Passw0rd-zz"), ("us", "pr0xy-Passw0rd-zz"), ("use", "pr0xy-Passw0rd-zz"),
-                                            ("user", "pr0xy-Passw0rd-zz"), ("a-much-longer-user-name", "pr0xy-Passw0rd-zz"),
-                                            ("bob", "hunter2")])
+@pytest.mark.parametrize(
+    "user, password",
+    [
+        ("u", "pr0xy-Passw0rd-zz"),
+        ("us", "pr0xy-Passw0rd-zz"),
+        ("use", "pr0xy-Passw0rd-zz"),
+        ("user", "pr0xy-Passw0rd-zz"),
+        ("a-much-longer-user-name", "pr0xy-Passw0rd-zz"),
+        ("bob", "hunter2"),
+    ],
+)
 def test_a_407_echoing_the_proxy_credentials_never_shows_them(start_proxy, proxy_env, user, password):
 
     def echo_407(conn, head):
-        value = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"proxy-authorization"))
+        value = next(
+            line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"proxy-authorization")
+        )
         import base64 as b64
 
         pair = b64.b64decode(value.split()[1])
-        conn.sendall(b"HTTP/1.1 407 " + value + b" pw=" + pair.split(b":", 1)[1] + b" pair=" + pair + b"\r\nContent-Length: 0\r\n\r\n")
+        conn.sendall(
+            b"HTTP/1.1 407 " + value + b" pw=" + pair.split(b":", 1)[1] + b" pair=" + pair + b"\r\nContent-Length: 0\r\n\r\n"
+        )
 
     with ScriptedServer(echo_407) as forward:
         environment = dict(proxy_env, HTTPS_PROXY=f"http://{user}:{password}@{forward.host}", NO_PROXY="")
@@ -372,10 +443,14 @@ def test_the_connect_tunnel_carries_the_proxy_credentials(start_proxy, proxy_env
 
 def test_upgrade_and_connection_named_fields_are_hop_by_hop_whatever_their_case(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url)
-    reply = raw_exchange(proxy, (
-        f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\n"
-        "Connection: Upgrade, X-PRIVATE-HOP, close\r\nUpgrade: websocket\r\nx-private-hop: 1\r\n"
-        "X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Anything: 1\r\n\r\n").encode())
+    reply = raw_exchange(
+        proxy,
+        (
+            f"POST /api/me HTTP/1.1\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\n"
+            "Connection: Upgrade, X-PRIVATE-HOP, close\r\nUpgrade: websocket\r\nx-private-hop: 1\r\n"
+            "X-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Anything: 1\r\n\r\n"
+        ).encode(),
+    )
     assert reply.startswith(b"HTTP/1.1 200 "), reply
     received = {name.lower() for name, _ in upstream.request_headers[-1]}
     assert "upgrade" not in received and "x-private-hop" not in received
@@ -385,7 +460,9 @@ def test_upgrade_and_connection_named_fields_are_hop_by_hop_whatever_their_case(
 def test_http_1_0_is_not_kept_alive_without_keep_alive(upstream, start_proxy):
     proxy = start_proxy("--upstream", upstream.base_url)
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(f"POST /api/me HTTP/1.0\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /api/me HTTP/1.0\r\nHost: {proxy.host}\r\nAuthorization: Bearer {proxy.token}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
         data = b""
         while chunk := sock.recv(65536):  # the proxy closes: the loop ends
             data += chunk
@@ -438,7 +515,7 @@ def test_the_local_token_is_compared_whole(upstream, start_proxy, offered):
 def test_a_304_carries_no_body(start_proxy):
     def not_modified(head: bytes, body: bytes, index: int) -> bytes:
         if index == 0:
-            return b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 5\r\n\r\n"
+            return b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\nContent-Length: 5\r\n\r\n'
         return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh"
 
     with KeepAliveServer(not_modified) as upstream:
@@ -522,7 +599,10 @@ def test_a_token_file_too_short_or_not_private_is_refused(upstream, run, proxy_e
 def test_bytes_after_an_answer_never_become_the_next_clients_answer(start_proxy):
     def with_stray(head: bytes, body: bytes, index: int) -> bytes:
         path = head.split(b" ", 2)[1].split(b"?")[0]
-        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!" % (len(path), path)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%sHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTRAY!" % (
+            len(path),
+            path,
+        )
 
     with KeepAliveServer(with_stray) as upstream:
         proxy = start_proxy("--upstream", f"http://{upstream.host}")
@@ -533,8 +613,11 @@ def test_bytes_after_an_answer_never_become_the_next_clients_answer(start_proxy)
 
 def test_a_head_answer_with_a_body_leaves_nothing_for_the_next_request(start_proxy):
     def head_with_body(head: bytes, body: bytes, index: int) -> bytes:
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" if head.startswith(b"HEAD") or index else \
+        return (
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+            if head.startswith(b"HEAD") or index
+            else b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        )
 
     with KeepAliveServer(head_with_body) as upstream:
         proxy = start_proxy("--upstream", f"http://{upstream.host}")
@@ -553,7 +636,7 @@ def test_the_local_token_exported_as_ollama_api_key_goes_nowhere(run, proxy_env,
     """--print-env exports the local token as OLLAMA_API_KEY for the proxy's clients;
     on a machine with no key file, no command may take it for an ollama.com key."""
     printed = run(["proxy", "--print-env"], environment=proxy_env).out
-    token = dict(line[len("export "):].split("=", 1) for line in printed.splitlines())["OLLAMA_API_KEY"]
+    token = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OLLAMA_API_KEY"]
     environment = dict(proxy_env, HOME=proxy_env["HOME"] + "-nokey", OLLAMA_API_KEY=token)
     result = run(command, environment=environment, timeout=20)
     assert result.code == 3 and token not in result.out + result.err and "local access token" in result.err

@@ -26,13 +26,33 @@ GO_NO_PROXY = (
     "2001:db8::52:0:1, [2001:db8::52:0:2]:443, [2001:db8::52:0:3]:80, 2002:db8:a::45/64"
 )
 GO_USE_PROXY = [
-    ("localhost", False), ("127.0.0.1", False), ("127.0.0.2", False), ("[::1]", False), ("[::2]", True),
-    ("192.168.1.1", False), ("192.168.1.2", True), ("192.168.1.3", False), ("192.168.1.4", True),
-    ("10.0.0.2", False), ("[2001:db8::52:0:1]", False), ("[2001:db8::52:0:2]", True),
-    ("[2001:db8::52:0:3]", False), ("[2002:db8:a::123]", False), ("[fe80::424b:c8be:1643:a1b6]", True),
-    ("barbaz.net", True), ("www.barbaz.net", False), ("foobar.com", False), ("www.foobar.com", False),
-    ("foofoobar.com", True), ("baz.com", True), ("localhost.net", True), ("local.localhost", True),
-    ("barbarbaz.net", True), ("wildcard.io", True), ("nested.wildcard.io", False), ("awildcard.io", True),
+    ("localhost", False),
+    ("127.0.0.1", False),
+    ("127.0.0.2", False),
+    ("[::1]", False),
+    ("[::2]", True),
+    ("192.168.1.1", False),
+    ("192.168.1.2", True),
+    ("192.168.1.3", False),
+    ("192.168.1.4", True),
+    ("10.0.0.2", False),
+    ("[2001:db8::52:0:1]", False),
+    ("[2001:db8::52:0:2]", True),
+    ("[2001:db8::52:0:3]", False),
+    ("[2002:db8:a::123]", False),
+    ("[fe80::424b:c8be:1643:a1b6]", True),
+    ("barbaz.net", True),
+    ("www.barbaz.net", False),
+    ("foobar.com", False),
+    ("www.foobar.com", False),
+    ("foofoobar.com", True),
+    ("baz.com", True),
+    ("localhost.net", True),
+    ("local.localhost", True),
+    ("barbarbaz.net", True),
+    ("wildcard.io", True),
+    ("nested.wildcard.io", False),
+    ("awildcard.io", True),
 ]
 
 
@@ -142,7 +162,9 @@ def test_no_proxy_bypasses_the_proxy(run, env, tls_origin, no_proxy):
     no_proxy = no_proxy.replace("PORT", str(server.server.server_address[1]))
     with ConnectProxy({ORIGIN: "127.0.0.1"}) as proxy:
         environment = dict(env, SSL_CERT_FILE=ca_file, HTTPS_PROXY=proxy.url, NO_PROXY=no_proxy)
-        result = run(["get", "--no-cache", "--timeout", "5"], origin_url(server, "/v2/library/x/manifests/latest"), environment=environment)
+        result = run(
+            ["get", "--no-cache", "--timeout", "5"], origin_url(server, "/v2/library/x/manifests/latest"), environment=environment
+        )
     # Direct, so this machine has to resolve a name only the proxy knows.
     assert_one_line_error(result, 4)
     assert f"cannot resolve {ORIGIN}" in result.err
@@ -165,14 +187,22 @@ def test_proxy_credentials_are_sent_and_never_shown(run, env, tls_origin):
 def test_tls_is_verified_through_the_tunnel(run, env, tls_origin):
     server, _ = tls_origin
     with ConnectProxy({ORIGIN: "127.0.0.1"}) as proxy:
-        result = run(["get", "--no-cache"], origin_url(server, "/v2/library/x/manifests/latest"), environment=dict(env, HTTPS_PROXY=proxy.url))
+        result = run(
+            ["get", "--no-cache"],
+            origin_url(server, "/v2/library/x/manifests/latest"),
+            environment=dict(env, HTTPS_PROXY=proxy.url),
+        )
     assert_one_line_error(result, 4)
     assert "TLS" in result.err and "certificate" in result.err
     assert len(proxy.connects()) == 1 and server.exchanges == 0
 
 
 def test_an_unreachable_proxy_is_named(run, env):
-    result = run(["get", "--no-cache"], "https://ollama.test/v2/x/manifests/latest", environment=dict(env, HTTPS_PROXY="http://127.0.0.1:9"))
+    result = run(
+        ["get", "--no-cache"],
+        "https://ollama.test/v2/x/manifests/latest",
+        environment=dict(env, HTTPS_PROXY="http://127.0.0.1:9"),
+    )
     assert_one_line_error(result, 4)
     assert "proxy http://127.0.0.1:9" in result.err and "HTTPS_PROXY" in result.err
 
@@ -208,7 +238,11 @@ def test_get_never_sends_a_signature_to_an_http_proxy(run, env, standin, spellin
     stdin = json.dumps({"realm": f"http://{spelling}:{port}/token", "service": "s", "scope": "repository:x:pull"})
     with ConnectProxy({spelling: "127.0.0.1"}) as proxy:
         result = run(["get", "--no-cache"], stdin, environment=dict(env, HTTP_PROXY=proxy.url))
-        by_url = run(["get", "--no-cache"], f"http://{spelling}:{port}/v2/library/x/manifests/latest", environment=dict(env, HTTP_PROXY=proxy.url))
+        by_url = run(
+            ["get", "--no-cache"],
+            f"http://{spelling}:{port}/v2/library/x/manifests/latest",
+            environment=dict(env, HTTP_PROXY=proxy.url),
+        )
     assert_one_line_error(result, 2)
     assert "must use https" in result.err
     assert_one_line_error(by_url, 2)

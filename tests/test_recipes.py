@@ -46,10 +46,14 @@ CHUNK_DELAY = 0.3
 
 
 def needs_python_client(module: str):
-    present = CLIENTS_PYTHON.exists() and subprocess.run(
-        [str(CLIENTS_PYTHON), "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
-        capture_output=True,
-    ).returncode == 0
+    present = (
+        CLIENTS_PYTHON.exists()
+        and subprocess.run(
+            [str(CLIENTS_PYTHON), "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     return pytest.mark.skipif(not present, reason=f"{module} is not installed in {CLIENTS / 'venv'}: {INSTALL_HINT}")
 
 
@@ -74,7 +78,10 @@ def test_the_readme_names_the_pinned_client_versions():
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["clients"]
     pins = dict(re.fullmatch(r"([\w-]+)(?:\[\w+\])?==([\w.]+)", pin).groups() for pin in extras)
-    assert f"npm install --prefix \"$dir/node\" --no-save --no-audit --no-fund --ignore-scripts ollama@{OLLAMA_JS} " in (ROOT / ".ci" / "run").read_text()
+    assert (
+        f'npm install --prefix "$dir/node" --no-save --no-audit --no-fund --ignore-scripts ollama@{OLLAMA_JS} '
+        in (ROOT / ".ci" / "run").read_text()
+    )
     named = RECIPES_SECTION.split("\n\n", 1)[0]
     assert f"`ollama` {OLLAMA_JS} from npm" in named
     for name, version in pins.items():
@@ -93,7 +100,9 @@ def after_print_env(proxy, command: str) -> list[str]:
 def run_timed(argv: list[str], environment: dict, cwd: Path, timeout: float = 90) -> tuple[list[tuple[float, str]], str, int]:
     """Run with stdout a pipe; every read as (seconds since start, text so far)."""
     started = time.monotonic()
-    process = subprocess.Popen(argv, env=environment, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        argv, env=environment, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     seen: list[tuple[float, str]] = []
     text = b""
     try:
@@ -225,10 +234,17 @@ def test_ollama_js_sends_no_origin_and_the_header_it_is_given(recipe_env, tmp_pa
 def test_ollama_js_web_calls_bypass_the_proxy_with_its_headers(recipe_env, tmp_path, method):
     """The README's warning: these two go to https://ollama.com whatever ``host`` is,
     carrying the client's headers (seen through a recording ``fetch``; nothing is sent)."""
-    constructor = RECIPES["ollama-js"].split("const stream", 1)[0].replace(
-        "headers: {", "fetch: async (url, init) => { console.log(JSON.stringify([String(url), init.headers])); throw new Error('recorded') },\n  headers: {"
+    constructor = (
+        RECIPES["ollama-js"]
+        .split("const stream", 1)[0]
+        .replace(
+            "headers: {",
+            "fetch: async (url, init) => { console.log(JSON.stringify([String(url), init.headers])); throw new Error('recorded') },\n  headers: {",
+        )
     )
-    node_script(tmp_path, constructor + f"await ollama.{method}({{ query: 'q', url: 'https://example.com/' }}).catch(() => {{}})\n")
+    node_script(
+        tmp_path, constructor + f"await ollama.{method}({{ query: 'q', url: 'https://example.com/' }}).catch(() => {{}})\n"
+    )
     environment = dict(recipe_env, OLLAMA_HOST="http://127.0.0.1:9", OLLAMA_API_KEY="recipe-test-token")
     done = subprocess.run(["node", "chat.mjs"], env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -263,8 +279,14 @@ def test_litellm_recipe_ollama_chat_and_openai(slow_upstream, start_proxy, recip
 def test_pydantic_ai_recipe(upstream, start_proxy, recipe_env, tmp_path):
     proxy = start_proxy("--upstream", upstream.base_url)
     (tmp_path / "recipe.py").write_text(RECIPES["pydantic-ai"])
-    done = subprocess.run(after_print_env(proxy, f"{shlex.quote(str(CLIENTS_PYTHON))} recipe.py"),
-                          env=recipe_env, cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    done = subprocess.run(
+        after_print_env(proxy, f"{shlex.quote(str(CLIENTS_PYTHON))} recipe.py"),
+        env=recipe_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == REPLY + "\n"
     assert_signed_upstream(upstream, proxy, [("POST", "/v1/chat/completions")])

@@ -74,8 +74,14 @@ def test_basic_credentials_are_redacted_whole_decoded_and_by_password(user):
     password = "hunter2-long-pass"
     header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     encoded = header[6:]
-    for echo in (header, encoded, encoded.rstrip("="), f"{user}:{password}", password,
-                 base64.urlsafe_b64encode(f"{user}:{password}".encode()).decode()):
+    for echo in (
+        header,
+        encoded,
+        encoded.rstrip("="),
+        f"{user}:{password}",
+        password,
+        base64.urlsafe_b64encode(f"{user}:{password}".encode()).decode(),
+    ):
         out = sanitize.server_text(f"407 echo {echo} end", [header])
         assert password not in out and encoded.rstrip("=") not in out and "[redacted]" in out, (echo, out)
 
@@ -123,8 +129,9 @@ def echo_proxy(style: str):
         }[style]
         body = json.dumps({"error": echo}).encode()
         conn.sendall(
-            f"HTTP/1.1 407 {echo}\r\nProxy-Authenticate: Basic realm=\"{echo}\"\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+            f'HTTP/1.1 407 {echo}\r\nProxy-Authenticate: Basic realm="{echo}"\r\n'
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
         )
 
     return script
@@ -132,8 +139,12 @@ def echo_proxy(style: str):
 
 def leaked(text: str, user: str) -> list[str]:
     pair = f"{user}:{PASSWORD}".encode()
-    forms = [PASSWORD, pair.decode(), base64.b64encode(pair).decode().rstrip("="),
-             base64.b64encode(PASSWORD.encode()).decode().rstrip("=")[:8]]
+    forms = [
+        PASSWORD,
+        pair.decode(),
+        base64.b64encode(pair).decode().rstrip("="),
+        base64.b64encode(PASSWORD.encode()).decode().rstrip("=")[:8],
+    ]
     return [form for form in forms if form in text]
 
 
@@ -142,8 +153,16 @@ def leaked(text: str, user: str) -> list[str]:
 def test_a_407_echo_never_shows_the_proxy_credentials_in_get(run, env, user, style):
     with ScriptedServer(echo_proxy(style)) as proxy:
         url = f"http://{user}:{PASSWORD}@{proxy.host}"
-        tunnel = run(["get", "--no-cache", "--timeout", "5"], "https://ollama.test/v2/x/manifests/latest", environment=dict(env, HTTPS_PROXY=url))
-        forward = run(["get", "--no-cache", "--timeout", "5", "--verbose"], "http://registry.test/v2/x/manifests/latest", environment=dict(env, HTTP_PROXY=url))
+        tunnel = run(
+            ["get", "--no-cache", "--timeout", "5"],
+            "https://ollama.test/v2/x/manifests/latest",
+            environment=dict(env, HTTPS_PROXY=url),
+        )
+        forward = run(
+            ["get", "--no-cache", "--timeout", "5", "--verbose"],
+            "http://registry.test/v2/x/manifests/latest",
+            environment=dict(env, HTTP_PROXY=url),
+        )
     assert len(proxy.requests) == 2
     assert all(b"proxy-authorization: basic" in head.lower() for head in proxy.requests)
     assert_one_line_error(tunnel, 4)
@@ -156,7 +175,9 @@ def test_a_407_echo_never_shows_the_proxy_credentials_in_get(run, env, user, sty
 @pytest.mark.parametrize("user", USERS)
 def test_a_407_echo_never_shows_the_proxy_credentials_in_doctor(run, env, user):
     with ScriptedServer(echo_proxy("header")) as proxy, ScriptedServer(echo_proxy("decoded")) as other:
-        environment = dict(env, HTTPS_PROXY=f"http://{user}:{PASSWORD}@{proxy.host}", HTTP_PROXY=f"http://{user}:{PASSWORD}@{other.host}")
+        environment = dict(
+            env, HTTPS_PROXY=f"http://{user}:{PASSWORD}@{proxy.host}", HTTP_PROXY=f"http://{user}:{PASSWORD}@{other.host}"
+        )
         text = run(["doctor", "--timeout", "5", "--registry", "http://registry.test"], environment=environment)
         as_json = run(["doctor", "--json", "--timeout", "5", "--registry", "http://registry.test"], environment=environment)
     assert proxy.requests and other.requests

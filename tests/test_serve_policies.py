@@ -24,13 +24,16 @@ def head(method="POST", target="/api/me", version="1.1", **fields) -> Head:
 # --- head_problem ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("raw, why", [
-    (b"GET / HTTP/1.1\nHost: x\n\n", "bare LF"),
-    (b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", "bare LF"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n", "folded"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX: 1\r\n\tfolded\r\n\r\n", "folded"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40000 + b"\r\n\r\n", "too large"),
-])
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (b"GET / HTTP/1.1\nHost: x\n\n", "bare LF"),
+        (b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n", "bare LF"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: 1\r\n folded\r\n\r\n", "folded"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: 1\r\n\tfolded\r\n\r\n", "folded"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40000 + b"\r\n\r\n", "too large"),
+    ],
+)
 def test_heads_h11_accepts_but_an_intermediary_refuses(raw, why):
     assert why in head_problem(raw, head("GET", "/", Host="x"))
 
@@ -40,22 +43,34 @@ def test_a_clean_head_has_no_problem_and_its_body_is_ignored():
     assert head_problem(raw, head(Host="x", Content_Length="4")) is None
 
 
-@pytest.mark.parametrize("parsed, why", [
-    (head(Host="x", Content_Length="5", Transfer_Encoding="chunked"), "both Content-Length and Transfer-Encoding"),
-    (head(version="1.0", Transfer_Encoding="chunked"), "HTTP/1.0"),
-    (Head("GET", "/", "1.1", (("Host", "x"), ("host", "y"))), "more than one Host"),
-    (head(target="http://evil.example/api/me", Host="x"), "origin form"),
-    (head(target="*", Host="x"), "origin form"),
-    (head(version="2.0", Host="x"), "version"),
-    (Head("GET", "/", "1.1", tuple(("X-A", "1") for _ in range(101))), "too many"),
-])
+@pytest.mark.parametrize(
+    "parsed, why",
+    [
+        (head(Host="x", Content_Length="5", Transfer_Encoding="chunked"), "both Content-Length and Transfer-Encoding"),
+        (head(version="1.0", Transfer_Encoding="chunked"), "HTTP/1.0"),
+        (Head("GET", "/", "1.1", (("Host", "x"), ("host", "y"))), "more than one Host"),
+        (head(target="http://evil.example/api/me", Host="x"), "origin form"),
+        (head(target="*", Host="x"), "origin form"),
+        (head(version="2.0", Host="x"), "version"),
+        (Head("GET", "/", "1.1", tuple(("X-A", "1") for _ in range(101))), "too many"),
+    ],
+)
 def test_framing_and_form_rules(parsed, why):
     assert why in head_problem(b"GET / HTTP/1.1\r\n\r\n", parsed)
 
 
 def test_end_to_end_drops_hop_by_hop_framing_and_connection_named_fields_in_any_case():
-    fields = [("Connection", "X-Hop, KEEP-ALIVE"), ("x-hop", "1"), ("Keep-Alive", "5"), ("Upgrade", "h2c"), ("TE", "trailers"),
-              ("Content-Length", "3"), ("Transfer-Encoding", "chunked"), ("Proxy-Authorization", "Basic x"), ("X-Kept", "yes")]
+    fields = [
+        ("Connection", "X-Hop, KEEP-ALIVE"),
+        ("x-hop", "1"),
+        ("Keep-Alive", "5"),
+        ("Upgrade", "h2c"),
+        ("TE", "trailers"),
+        ("Content-Length", "3"),
+        ("Transfer-Encoding", "chunked"),
+        ("Proxy-Authorization", "Basic x"),
+        ("X-Kept", "yes"),
+    ]
     assert end_to_end(fields) == [("X-Kept", "yes")]
     assert end_to_end([("Cookie", "a"), ("X-Kept", "yes")], frozenset({"cookie"})) == [("X-Kept", "yes")]
 
@@ -82,8 +97,10 @@ def test_a_connection_token_with_underscores_names_its_field():
     assert end_to_end([("Connection", "x_hop"), ("X-Hop", "1"), ("X-Kept", "yes")]) == [("X-Kept", "yes")]
 
 
-@pytest.mark.parametrize("fields, expected", [({}, False), ({"Content_Length": "0"}, False), ({"Content_Length": "3"}, True),
-                                              ({"Transfer_Encoding": "chunked"}, True)])
+@pytest.mark.parametrize(
+    "fields, expected",
+    [({}, False), ({"Content_Length": "0"}, False), ({"Content_Length": "3"}, True), ({"Transfer_Encoding": "chunked"}, True)],
+)
 def test_request_has_body(fields, expected):
     assert request_has_body(head(**fields)) is expected
 
@@ -119,8 +136,17 @@ def proxy_policy(**kwargs):
 
 def test_the_proxy_forwards_an_admitted_request_with_only_end_to_end_fields():
     policy, signer = proxy_policy()
-    decision = policy.decide(head(Host="127.0.0.1:11470", Authorization=f"Bearer {TOKEN}", X_Forwarded_For="1.2.3.4",
-                                  X_API_Key=TOKEN, Cookie="c=1", Origin_Trial="x", Content_Length="2"))
+    decision = policy.decide(
+        head(
+            Host="127.0.0.1:11470",
+            Authorization=f"Bearer {TOKEN}",
+            X_Forwarded_For="1.2.3.4",
+            X_API_Key=TOKEN,
+            Cookie="c=1",
+            Origin_Trial="x",
+            Content_Length="2",
+        )
+    )
     assert isinstance(decision, Forward) and signer.calls == [("POST", "/api/me")]
     names = [name.lower() for name, _ in decision.headers]
     assert names == ["origin-trial", "host", "authorization"]
@@ -128,19 +154,34 @@ def test_the_proxy_forwards_an_admitted_request_with_only_end_to_end_fields():
     assert TOKEN not in repr(decision)
 
 
-@pytest.mark.parametrize("bound, host", [
-    ("127.0.0.1", "127.0.0.1:11470"), ("127.0.0.1", "localhost:11470"), ("127.0.0.1", "LocalHost:11470"),
-    ("::1", "[::1]:11470"), ("::1", "localhost:11470"), ("127.0.0.2", "127.0.0.2:11470"), ("127.1.2.3", "127.1.2.3:11470"),
-])
+@pytest.mark.parametrize(
+    "bound, host",
+    [
+        ("127.0.0.1", "127.0.0.1:11470"),
+        ("127.0.0.1", "localhost:11470"),
+        ("127.0.0.1", "LocalHost:11470"),
+        ("::1", "[::1]:11470"),
+        ("::1", "localhost:11470"),
+        ("127.0.0.2", "127.0.0.2:11470"),
+        ("127.1.2.3", "127.1.2.3:11470"),
+    ],
+)
 def test_the_proxys_own_hosts(bound, host):
     policy, _ = proxy_policy(address=(bound, 11470))
     assert isinstance(policy.decide(head(Host=host, Authorization=f"Bearer {TOKEN}")), Forward)
 
 
-@pytest.mark.parametrize("bound, host", [
-    ("127.0.0.1", "[::1]:11470"), ("::1", "127.0.0.1:11470"), ("127.0.0.2", "localhost:11470"), ("127.0.0.2", "127.0.0.1:11470"),
-    ("0.0.0.0", "0.0.0.0:11470"), ("0.0.0.0", "localhost:11470"),
-])
+@pytest.mark.parametrize(
+    "bound, host",
+    [
+        ("127.0.0.1", "[::1]:11470"),
+        ("::1", "127.0.0.1:11470"),
+        ("127.0.0.2", "localhost:11470"),
+        ("127.0.0.2", "127.0.0.1:11470"),
+        ("0.0.0.0", "0.0.0.0:11470"),
+        ("0.0.0.0", "localhost:11470"),
+    ],
+)
 def test_a_name_of_another_address_is_refused(bound, host):
     # Break caught: own_hosts admitting the three fixed names whatever was bound.
     policy, signer = proxy_policy(address=(bound, 11470))
@@ -158,8 +199,20 @@ def test_parse_listen_and_own_hosts_take_their_names_from_one_rule(monkeypatch):
     assert sign.own_hosts(("localhost", 5)) == {"127.9.9.9:5", "ship.test:5"}
 
 
-@pytest.mark.parametrize("host", ["", "127.0.0.1", "127.0.0.1:11471", "localhost", "evil.example:11470",
-                                  "localhost.evil.example:11470", "127.0.0.2:11470", "0.0.0.0:11470", "[::2]:11470"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "127.0.0.1",
+        "127.0.0.1:11471",
+        "localhost",
+        "evil.example:11470",
+        "localhost.evil.example:11470",
+        "127.0.0.2:11470",
+        "0.0.0.0:11470",
+        "[::2]:11470",
+    ],
+)
 def test_any_other_host_is_refused_before_the_token_is_looked_at(host):
     policy, signer = proxy_policy()
     decision = policy.decide(head(Host=host, Authorization=f"Bearer {TOKEN}"))
@@ -170,8 +223,16 @@ def test_port_80_may_be_implied():
     assert "localhost" in sign.own_hosts(("127.0.0.1", 80)) and "localhost" not in sign.own_hosts(("127.0.0.1", 8080))
 
 
-@pytest.mark.parametrize("fields", [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec_Fetch_Site": "cross-site"},
-                                    {"Sec_Fetch_Site": "Same-Site"}, {"Origin": "http://localhost:3000/x"}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec_Fetch_Site": "cross-site"},
+        {"Sec_Fetch_Site": "Same-Site"},
+        {"Origin": "http://localhost:3000/x"},
+    ],
+)
 def test_browser_requests_are_refused_unless_their_origin_is_allowed(fields):
     policy, signer = proxy_policy(allowed_origins=sign.parse_origins(["http://localhost:3000"]))
     decision = policy.decide(head(Host="127.0.0.1:11470", Authorization=f"Bearer {TOKEN}", **fields))
@@ -187,9 +248,18 @@ def test_an_allowed_origin_compares_host_names_case_insensitively_and_ports_exac
     assert isinstance(refused, Answer)
 
 
-@pytest.mark.parametrize("fields", [{}, {"Authorization": f"Bearer {TOKEN[:-1]}"}, {"Authorization": f"Bearer {TOKEN}x"},
-                                    {"X_API_Key": ""}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN},
-                                    {"Authorization": "Bearer ", "X_API_Key": TOKEN}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"X_API_Key": ""},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer ", "X_API_Key": TOKEN},
+    ],
+)
 def test_the_local_token_is_compared_whole(fields):
     policy, signer = proxy_policy()
     decision = policy.decide(head(Host="127.0.0.1:11470", **fields))
@@ -239,12 +309,26 @@ def key_file(tmp_path):
 def test_the_gate_forwards_ollamas_own_request_without_authorization_and_with_who(key_file):
     vector = next(v for v in load_vectors("gate.json") if v["expect"] == "admit" and v["key_file"].endswith("-a"))
     policy = gate.GatePolicy(key_file, 300, "127.0.0.1:11434", clock=lambda: vector["ts"])
-    decision = policy.decide(Head(vector["method"], vector["target"], "1.1", (
-        ("Host", vector["host_header"]), ("Authorization", vector["authorization"]), ("X-Ollama-User", "root"),
-        ("Accept", "application/json"))))
+    decision = policy.decide(
+        Head(
+            vector["method"],
+            vector["target"],
+            "1.1",
+            (
+                ("Host", vector["host_header"]),
+                ("Authorization", vector["authorization"]),
+                ("X-Ollama-User", "root"),
+                ("Accept", "application/json"),
+            ),
+        )
+    )
     assert isinstance(decision, Forward) and decision.target == vector["target"]
-    assert list(decision.headers) == [("Accept", "application/json"), ("Host", "127.0.0.1:11434"),
-                                      ("X-Ollama-User", "alice"), ("X-Ollama-Key", "SHA256:" + decision.headers[-1][1][7:])]
+    assert list(decision.headers) == [
+        ("Accept", "application/json"),
+        ("Host", "127.0.0.1:11434"),
+        ("X-Ollama-User", "alice"),
+        ("X-Ollama-Key", "SHA256:" + decision.headers[-1][1][7:]),
+    ]
     assert decision.who == "alice"
 
 
@@ -262,11 +346,21 @@ def test_auth_only_takes_method_and_target_from_the_front_servers_headers(key_fi
     policy = gate.AuthOnlyPolicy(key_file, 300)
     target = f"/api/chat?ts={int(time.time())}"
     authorization = load_identity(str(keys / "ed25519-b")).sign(f"POST,{target}")
-    refused = policy.decide(head("GET", "/_gate", Host="gate", Authorization=authorization, X_Original_Method="POST", X_Original_URI=target))
+    refused = policy.decide(
+        head("GET", "/_gate", Host="gate", Authorization=authorization, X_Original_Method="POST", X_Original_URI=target)
+    )
     assert refused.status == 403 and refused.about == ("POST", target)  # bob may list models only
     tags = f"/api/tags?ts={int(time.time())}"
-    allowed = policy.decide(head("GET", "/_gate", Host="gate", X_Forwarded_Method="GET", X_Forwarded_Uri=tags,
-                                 Authorization=load_identity(str(keys / "ed25519-b")).sign(f"GET,{tags}")))
+    allowed = policy.decide(
+        head(
+            "GET",
+            "/_gate",
+            Host="gate",
+            X_Forwarded_Method="GET",
+            X_Forwarded_Uri=tags,
+            Authorization=load_identity(str(keys / "ed25519-b")).sign(f"GET,{tags}"),
+        )
+    )
     assert allowed.status == 204 and dict(allowed.headers)["X-Ollama-User"] == "bob" and allowed.keep_alive
 
 
@@ -293,8 +387,17 @@ def test_a_scheme_of_seven_characters_is_not_bearer():
 
 def test_two_origin_fields_are_refused_even_when_the_first_is_allowed():
     policy, _ = proxy_policy(allowed_origins=sign.parse_origins(["http://localhost:3000"]))
-    two = Head("POST", "/api/me", "1.1", (("Host", "127.0.0.1:11470"), ("Authorization", f"Bearer {TOKEN}"),
-                                          ("Origin", "http://localhost:3000"), ("Origin", "http://evil.example")))
+    two = Head(
+        "POST",
+        "/api/me",
+        "1.1",
+        (
+            ("Host", "127.0.0.1:11470"),
+            ("Authorization", f"Bearer {TOKEN}"),
+            ("Origin", "http://localhost:3000"),
+            ("Origin", "http://evil.example"),
+        ),
+    )
     assert policy.decide(two).status == 403
 
 

@@ -316,6 +316,7 @@ def test_no_platform_check_outside_the_seam():
 
 # --- 2. the whole CLI, with the POSIX-only facilities gone ---------------------------------------
 
+
 @pytest.fixture
 def windows_env(env, tmp_path):
     directory = tmp_path / "simulation"
@@ -501,14 +502,20 @@ def test_c1_controls_are_refused_like_c0(run, control):
 def test_doctor_names_the_platform_and_what_cannot_hold(run, env, windows_env):
     # Break caught: check_platform ignoring system.limitations() (Windows shows "ok").
     def platform(environment):
-        result = run(["doctor", "--json", "--registry", "http://127.0.0.1:9", "--timeout", "2"], environment=dict(environment, OLLAMA_CLOUD_BASE_URL="http://127.0.0.1:9"))
+        result = run(
+            ["doctor", "--json", "--registry", "http://127.0.0.1:9", "--timeout", "2"],
+            environment=dict(environment, OLLAMA_CLOUD_BASE_URL="http://127.0.0.1:9"),
+        )
         return {c["name"]: c for c in json.loads(result.out)["checks"]}["platform"]
 
     env = {k: v for k, v in env.items() if k != "SSL_CERT_FILE"}
     windows_env = {k: v for k, v in windows_env.items() if k != "SSL_CERT_FILE"}
     linux = platform(env)
     assert linux["status"] == "ok"
-    assert linux["detail"].startswith(f"posix: cache {cache_dir(env)}, config ") and "system trust store (truststore)" in linux["detail"]
+    assert (
+        linux["detail"].startswith(f"posix: cache {cache_dir(env)}, config ")
+        and "system trust store (truststore)" in linux["detail"]
+    )
     simulated = platform(windows_env)
     assert simulated["status"] == "warn" and simulated["detail"].startswith(f"windows: cache {windows_cache(windows_env)}")
     assert "ACL" in simulated["detail"]

@@ -89,7 +89,10 @@ def run_path(path: str, server: StandIn, environment: dict) -> subprocess.Comple
     """One outbound path of the CLI against ``server``."""
     realm = f"{server.base_url}/token"
     if path == "get":
-        args, stdin = ["get", "--no-cache"], json.dumps({"realm": realm, "service": "ollama.com", "scope": "repository:library/x:pull"})
+        args, stdin = (
+            ["get", "--no-cache"],
+            json.dumps({"realm": realm, "service": "ollama.com", "scope": "repository:library/x:pull"}),
+        )
     elif path == "probe":  # the URL form of get's input: the helper asks the URL for its challenge
         args, stdin = ["get", "--no-cache"], f"{server.base_url}/v2/library/x/manifests/latest"
     elif path == "whoami":
@@ -134,7 +137,9 @@ def test_an_unknown_ca_is_refused(path, trusted, stranger, spied, public_line):
         assert server.exchanges == 0
     if path == "doctor":
         checks = {c["name"]: c for c in json.loads(completed.stdout)["checks"]}
-        assert checks["network (API)"]["status"] == "fail" and "certificate verification failed" in checks["network (API)"]["detail"]
+        assert (
+            checks["network (API)"]["status"] == "fail" and "certificate verification failed" in checks["network (API)"]["detail"]
+        )
     else:
         assert completed.returncode == 4, completed
         assert "certificate verification failed" in completed.stderr and len(completed.stderr.splitlines()) == 1
@@ -227,11 +232,19 @@ def serve_through(kind: str, server: StandIn, environment: dict, tmp_path) -> tu
         args = ["proxy", "--listen", "127.0.0.1:0", "--no-local-token", "--upstream", server.base_url]
     else:
         keys = tmp_path / "authorized_keys"
-        keys.write_text(subprocess.run([*helper_executable(), "key"], env=environment, capture_output=True, text=True, check=True).stdout)
+        keys.write_text(
+            subprocess.run([*helper_executable(), "key"], env=environment, capture_output=True, text=True, check=True).stdout
+        )
         os.chmod(keys, 0o600)
         args = ["gate", "--listen", "127.0.0.1:0", "--authorized-keys", str(keys), "--upstream", server.base_url]
-    process = subprocess.Popen([*helper_executable(), *args], env=environment, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*helper_executable(), *args],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = process.stderr.readline()
         port = int(first.split()[2].rsplit(":", 1)[1])

@@ -40,9 +40,11 @@ EMBED = b"""{
 }"""
 # OpenAI API reference, chat completion object (usage), and a stream with
 # stream_options.include_usage: the last chunk before [DONE] has empty choices and usage.
-OPENAI_JSON = (b'{"id":"chatcmpl-123","object":"chat.completion","created":1677652288,"model":"gpt-4o-mini",'
-               b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello there"},"finish_reason":"stop"}],'
-               b'"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}')
+OPENAI_JSON = (
+    b'{"id":"chatcmpl-123","object":"chat.completion","created":1677652288,"model":"gpt-4o-mini",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello there"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21}}'
+)
 OPENAI_SSE = (
     b'data: {"id":"chatcmpl-123","object":"chat.completion.chunk","created":1694268190,"model":"gpt-4o-mini",'
     b'"choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}\n\n'
@@ -61,20 +63,23 @@ RESPONSES_SSE = (
 def scan(body: bytes, size: int = 7) -> tuple[int, int, str] | None:
     scanner = usage.Scanner()
     for start in range(0, len(body), size):  # in pieces, as an answer streams past
-        scanner.feed(body[start:start + size])
+        scanner.feed(body[start : start + size])
     return scanner.result()
 
 
-@pytest.mark.parametrize("body, expected", [
-    (GENERATE_PART + b"\n" + GENERATE_PART + b"\n" + GENERATE_FINAL + b"\n", (26, 259, "llama3.2")),
-    (USAGE_MDX, (11, 18, "gemma4")),
-    (EMBED, (8, 0, "all-minilm")),
-    (OPENAI_JSON, (9, 12, "gpt-4o-mini")),
-    (OPENAI_SSE, (9, 12, "gpt-4o-mini")),
-    (RESPONSES_SSE, (36, 87, "")),
-    (GENERATE_PART + b"\n", None),
-    (b'{"models":[]}', None),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (GENERATE_PART + b"\n" + GENERATE_PART + b"\n" + GENERATE_FINAL + b"\n", (26, 259, "llama3.2")),
+        (USAGE_MDX, (11, 18, "gemma4")),
+        (EMBED, (8, 0, "all-minilm")),
+        (OPENAI_JSON, (9, 12, "gpt-4o-mini")),
+        (OPENAI_SSE, (9, 12, "gpt-4o-mini")),
+        (RESPONSES_SSE, (36, 87, "")),
+        (GENERATE_PART + b"\n", None),
+        (b'{"models":[]}', None),
+    ],
+)
 def test_counts_from_documented_shapes(body, expected):
     assert scan(body) == expected
 

@@ -52,7 +52,16 @@ def test_get_dry_run_matches_reference_with_frozen_clock(vector, keys, monkeypat
     stdin = dict(vector["challenge"], nonce=vector["nonce"])
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(json.dumps(stdin).encode())))
     with freeze_time(_ts_to_iso(vector["ts"])):
-        code = cli.main(["get", "--dry-run", "--identity", str(keys / vector["key"]), "--host", protocol.parse_url(vector["challenge"]["realm"]).host])
+        code = cli.main(
+            [
+                "get",
+                "--dry-run",
+                "--identity",
+                str(keys / vector["key"]),
+                "--host",
+                protocol.parse_url(vector["challenge"]["realm"]).host,
+            ]
+        )
     out = capsys.readouterr()
     assert code == 0, out.err
     printed = json.loads(out.out)

@@ -63,8 +63,15 @@ class SharedServerWarning(UserWarning):
 class KeylessCore:
     """The state one adapter instance keeps: API origins, identity, tokens, claims."""
 
-    def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None, api_hosts: Iterable[str] = (),
-                 timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
+    def __init__(
+        self,
+        *,
+        identity: str | os.PathLike[str] | None = None,
+        api_base: str | None = None,
+        api_hosts: Iterable[str] = (),
+        timeout: float = 10.0,
+        cache: TokenCache | bool | None = True,
+    ) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
             raise InputError("timeout must be more than 0 and at most 600 seconds")
         self.timeout = float(timeout)
@@ -148,7 +155,9 @@ class KeylessCore:
 
     # -- scheme 1: tokens ----------------------------------------------------------------
 
-    def challenge(self, status: int, www_authenticate: list[str], url_text: str) -> tuple[protocol.Challenge, protocol.URL] | None:
+    def challenge(
+        self, status: int, www_authenticate: list[str], url_text: str
+    ) -> tuple[protocol.Challenge, protocol.URL] | None:
         """(Challenge, realm URL) for a 401 with a Bearer challenge, checked; else None."""
         if status != 401:
             return None
@@ -272,8 +281,9 @@ def bearer_retries(core: KeylessCore, url_text: str, status: int, www_authentica
         yield ("retry", protocol.bearer(token))
 
 
-def _obtain(core: KeylessCore, key: str, challenge: protocol.Challenge,
-            realm: protocol.URL) -> Generator[tuple[str, Any], Any, tuple[str, bool]]:
+def _obtain(
+    core: KeylessCore, key: str, challenge: protocol.Challenge, realm: protocol.URL
+) -> Generator[tuple[str, Any], Any, tuple[str, bool]]:
     """(token, came from a cache): memory, disk, or one exchange per key at a time."""
     while True:
         token = core.cached(key)
@@ -295,8 +305,9 @@ def _obtain(core: KeylessCore, key: str, challenge: protocol.Challenge,
                 call = flow.send(answer)  # the first send(None) starts it
             except StopIteration as done:
                 return core.store(key, done.value), False
-            token_call = TokenCall(call.request.token_url, call.request.url.request_target, call.request.host_header,
-                                   call.authorization)
+            token_call = TokenCall(
+                call.request.token_url, call.request.url.request_target, call.request.host_header, call.authorization
+            )
             core.check_not_proxied(token_call.url, "a signed token request")
             answer = yield ("exchange", token_call)
     finally:

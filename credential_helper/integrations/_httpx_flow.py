@@ -34,8 +34,15 @@ def build(httpx: Module) -> type:
         (scheme 1, the CLI's rules and cache) and one retry.
         """
 
-        def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None,
-                     api_hosts: Iterable[str] = (), timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
+        def __init__(
+            self,
+            *,
+            identity: str | os.PathLike[str] | None = None,
+            api_base: str | None = None,
+            api_hosts: Iterable[str] = (),
+            timeout: float = 10.0,
+            cache: TokenCache | bool | None = True,
+        ) -> None:
             self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
             self._core.environment_proxy = functools.partial(_environment_proxy, httpx)
 
@@ -113,7 +120,9 @@ def build(httpx: Module) -> type:
             response = yield request
             if _origin(response.request.url) != _origin(request.url):
                 return  # a redirect led elsewhere: never authenticate there
-            flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
+            flow = bearer_retries(
+                self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate")
+            )
             try:
                 result = None
                 while True:
@@ -143,7 +152,9 @@ def build(httpx: Module) -> type:
             response = yield request
             if _origin(response.request.url) != _origin(request.url):
                 return  # a redirect led elsewhere: never authenticate there
-            flow = bearer_retries(self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate"))
+            flow = bearer_retries(
+                self._core, str(request.url), response.status_code, response.headers.get_list("www-authenticate")
+            )
             try:
                 result = None
                 while True:
@@ -174,9 +185,9 @@ def build(httpx: Module) -> type:
 # the system's store), and so the fix for a certificate it refused.
 TLS_HINTS = {
     "httpx": "httpx clients trust certifi's bundle unless given verify=; "
-             "verify=credential_helper.tls_context() trusts this system's store, as the command line does",
+    "verify=credential_helper.tls_context() trusts this system's store, as the command line does",
     "httpx2": "httpx2 clients trust this system's store, as the command line does: install the server's CA there "
-              "(or point SSL_CERT_FILE at it)",
+    "(or point SSL_CERT_FILE at it)",
 }
 
 
@@ -209,7 +220,9 @@ def _environment_proxy(httpx: Module, url_text: str) -> str | None:
     ``url_text``, found with the library's own rules (Client._transport_for_url)."""
     url = httpx.URL(url_text)
     utils = httpx._utils  # pinned versions; the same module in httpx and httpx2
-    mounts = sorted(((utils.URLPattern(key), value) for key, value in utils.get_environment_proxies().items()), key=lambda item: item[0])
+    mounts = sorted(
+        ((utils.URLPattern(key), value) for key, value in utils.get_environment_proxies().items()), key=lambda item: item[0]
+    )
     for pattern, proxy in mounts:
         if pattern.matches(url):
             return proxy

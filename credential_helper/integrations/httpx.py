@@ -1,9 +1,9 @@
 """``OllamaAuth`` for ``httpx.Client`` and ``httpx.AsyncClient`` (from a clone, with its extra: ``pip install '/path/to/clone[httpx]'``).
 
-    import httpx
-    from credential_helper.integrations.httpx import OllamaAuth
+import httpx
+from credential_helper.integrations.httpx import OllamaAuth
 
-    client = httpx.Client(auth=OllamaAuth())
+client = httpx.Client(auth=OllamaAuth())
 """
 
 import httpx

@@ -34,8 +34,15 @@ from ._core import MAX_TOKEN_RESPONSE_BYTES, Flow, KeylessCore, TokenCall, beare
 class OllamaAuth(AuthBase):
     """Keyless Ollama auth for ``requests``; see the module documentation."""
 
-    def __init__(self, *, identity: str | os.PathLike[str] | None = None, api_base: str | None = None, api_hosts: Iterable[str] = (),
-                 timeout: float = 10.0, cache: TokenCache | bool | None = True) -> None:
+    def __init__(
+        self,
+        *,
+        identity: str | os.PathLike[str] | None = None,
+        api_base: str | None = None,
+        api_hosts: Iterable[str] = (),
+        timeout: float = 10.0,
+        cache: TokenCache | bool | None = True,
+    ) -> None:
         self._core = KeylessCore(identity=identity, api_base=api_base, api_hosts=api_hosts, timeout=timeout, cache=cache)
         self._core.environment_proxy = _environment_proxy
 
@@ -106,7 +113,9 @@ class OllamaAuth(AuthBase):
         except NetworkError:
             raise
         except requests.RequestException as exc:
-            raise NetworkError(f"reading the token response from {urlsplit(call.url).netloc} failed ({type(exc).__name__})") from None
+            raise NetworkError(
+                f"reading the token response from {urlsplit(call.url).netloc} failed ({type(exc).__name__})"
+            ) from None
         finally:
             answer.close()
         headers = {name.lower(): [value] for name, value in answer.headers.items()}

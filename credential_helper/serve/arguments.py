@@ -25,15 +25,50 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
         "$OLLAMA_CLOUD_BASE_URL, else https://ollama.com), signed as Ollama signs it, streaming both ways. "
         "Clients authenticate with the local access token (see --print-env).",
     )
-    proxy.add_argument("--listen", default="127.0.0.1:11470", metavar="HOST:PORT", help="loopback address to listen on; port 0 picks one (default: 127.0.0.1:11470)")
+    proxy.add_argument(
+        "--listen",
+        default="127.0.0.1:11470",
+        metavar="HOST:PORT",
+        help="loopback address to listen on; port 0 picks one (default: 127.0.0.1:11470)",
+    )
     proxy.add_argument("--upstream", metavar="URL", help="where to forward (scheme and host; https unless loopback)")
-    proxy.add_argument("--no-local-token", action="store_true", help="accept requests without the local access token (single-user machines only)")
-    proxy.add_argument("--allow-origin", action="append", metavar="ORIGIN", help="admit requests from this web page origin (scheme://host:port); repeatable; default: none")
+    proxy.add_argument(
+        "--no-local-token", action="store_true", help="accept requests without the local access token (single-user machines only)"
+    )
+    proxy.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="admit requests from this web page origin (scheme://host:port); repeatable; default: none",
+    )
     proxy.add_argument("--print-env", action="store_true", help="print shell lines that point clients at the proxy, then exit")
-    proxy.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="bound on the upstream's whole answer head, then on each wait for more of its body (default: 300)")
-    proxy.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
-    proxy.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)")
-    proxy.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
+    proxy.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=300.0,
+        metavar="SECONDS",
+        help="bound on the upstream's whole answer head, then on each wait for more of its body (default: 300)",
+    )
+    proxy.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=128,
+        metavar="N",
+        help="requests in flight at once; more get 503 (default: 128)",
+    )
+    proxy.add_argument(
+        "--grace",
+        type=_timeout,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)",
+    )
+    proxy.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="one line per request as text, or one JSON object per line for log shippers (default: text)",
+    )
     proxy.set_defaults(func=cmd_proxy)
 
     verbose_only = parser_class(add_help=False)
@@ -47,23 +82,74 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
         "or, with --auth-only, answer 204/401/403 for nginx auth_request, ingress-nginx, Caddy forward_auth or Traefik ForwardAuth (200/401/403 for Envoy ext_authz with --path-prefix). "
         "The file is reloaded when it changes, and on SIGHUP.",
     )
-    gate.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT", help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)")
-    gate.add_argument("--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)")
+    gate.add_argument(
+        "--listen",
+        default="127.0.0.1:11435",
+        metavar="HOST:PORT",
+        help="address to listen on; a non-loopback one needs TLS (default: 127.0.0.1:11435)",
+    )
+    gate.add_argument(
+        "--upstream", metavar="URL", help="the Ollama server to forward to, scheme and host (default: http://127.0.0.1:11434)"
+    )
     gate.add_argument("--auth-only", action="store_true", help="forward nothing: answer the front server's auth requests")
-    gate.add_argument("--trusted-front", metavar="CIDR[,CIDR]", help="with --auth-only: front servers whose X-Forwarded-For "
-                      "(its last entry) gives the client's address for from= lines")
-    gate.add_argument("--path-prefix", metavar="PREFIX", help="with --auth-only: the request to check is the auth request's own method and "
-                      "target after PREFIX (Envoy ext_authz http_service path_prefix, Gateway API ExternalAuth); admits with 200")
+    gate.add_argument(
+        "--trusted-front",
+        metavar="CIDR[,CIDR]",
+        help="with --auth-only: front servers whose X-Forwarded-For (its last entry) gives the client's address for from= lines",
+    )
+    gate.add_argument(
+        "--path-prefix",
+        metavar="PREFIX",
+        help="with --auth-only: the request to check is the auth request's own method and "
+        "target after PREFIX (Envoy ext_authz http_service path_prefix, Gateway API ExternalAuth); admits with 200",
+    )
     gate.add_argument("--authorized-keys", metavar="FILE", help="who may call what (default: ~/.ollama/authorized_keys)")
-    gate.add_argument("--max-skew", type=_timeout, default=300.0, metavar="SECONDS", help="how far a signature's ts may be from this clock (default: 300)")
+    gate.add_argument(
+        "--max-skew",
+        type=_timeout,
+        default=300.0,
+        metavar="SECONDS",
+        help="how far a signature's ts may be from this clock (default: 300)",
+    )
     gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
     gate.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
-    gate.add_argument("--timeout", type=_timeout, default=300.0, metavar="SECONDS", help="bound on the upstream's whole answer head, then on each wait for more of its body (default: 300)")
-    gate.add_argument("--max-concurrency", type=_positive_int, default=128, metavar="N", help="requests in flight at once; more get 503 (default: 128)")
-    gate.add_argument("--grace", type=_timeout, default=10.0, metavar="SECONDS", help="on a stop signal, how long requests in flight may finish (default: 10)")
-    gate.add_argument("--log-format", choices=("text", "json"), default="text", help="one line per request as text, or one JSON object per line for log shippers (default: text)")
-    gate.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics; loopback only unless --metrics-public (default: off)")
-    gate.add_argument("--metrics-public", action="store_true", help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)")
+    gate.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=300.0,
+        metavar="SECONDS",
+        help="bound on the upstream's whole answer head, then on each wait for more of its body (default: 300)",
+    )
+    gate.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=128,
+        metavar="N",
+        help="requests in flight at once; more get 503 (default: 128)",
+    )
+    gate.add_argument(
+        "--grace",
+        type=_timeout,
+        default=10.0,
+        metavar="SECONDS",
+        help="on a stop signal, how long requests in flight may finish (default: 10)",
+    )
+    gate.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="one line per request as text, or one JSON object per line for log shippers (default: text)",
+    )
+    gate.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics; loopback only unless --metrics-public (default: off)",
+    )
+    gate.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)",
+    )
     gate.set_defaults(func=cmd_gate)
 
 
@@ -72,8 +158,12 @@ def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
     from . import commands, sign
 
     if args.print_env:
-        host, port = commands.parse_listen(args.listen, commands.DEFAULT_PROXY_PORT, loopback_only=True,
-                                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
+        host, port = commands.parse_listen(
+            args.listen,
+            commands.DEFAULT_PROXY_PORT,
+            loopback_only=True,
+            why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)",
+        )
         if port == 0:
             raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
         token = None if args.no_local_token else sign.local_token()

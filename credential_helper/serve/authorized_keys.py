@@ -71,7 +71,6 @@ _GO_SPACE = re.compile(r"[\t\n\f\r ]+")
 _GO_SPACE_CHARS = "\t\n\f\r "
 
 
-
 def default_path() -> str:
     """``~/.ollama/authorized_keys``, as the draft's ``authkeyPath`` builds it."""
     return os.path.join(os.path.expanduser("~"), ".ollama", "authorized_keys")
@@ -106,8 +105,15 @@ class Grant:
 
     __slots__ = ("name", "fingerprint", "line", "endpoints", "wildcard", "named", "options")
 
-    def __init__(self, name: str | None, fingerprint: str, line: int, endpoints: frozenset[str], wildcard: bool,
-                 options: KeyOptions = NO_OPTIONS) -> None:
+    def __init__(
+        self,
+        name: str | None,
+        fingerprint: str,
+        line: int,
+        endpoints: frozenset[str],
+        wildcard: bool,
+        options: KeyOptions = NO_OPTIONS,
+    ) -> None:
         self.name: str = name if name is not None else fingerprint
         self.named: bool = name is not None
         self.fingerprint: str = fingerprint
@@ -143,8 +149,13 @@ class AuthorizedKeys:
     refuses every key when StrictModes rejects the file.
     """
 
-    def __init__(self, by_key: dict[bytes, list[_Line]], wildcards: list[_Line], problem: str | None = None,
-                 members: AuthorizedKeys | None = None) -> None:
+    def __init__(
+        self,
+        by_key: dict[bytes, list[_Line]],
+        wildcards: list[_Line],
+        problem: str | None = None,
+        members: AuthorizedKeys | None = None,
+    ) -> None:
         self._by_key = by_key
         self._wildcards = wildcards
         self.problem = problem
@@ -202,7 +213,10 @@ def _parse_endpoints(field: str) -> tuple[frozenset[str] | None, str | None]:
         return frozenset({"*"}), None
     for item in items:
         if "*" in item:
-            return None, f"endpoint {quoted(item, 60)} uses '*' inside a path; the format matches whole paths only (list each one, or use * alone)"
+            return (
+                None,
+                f"endpoint {quoted(item, 60)} uses '*' inside a path; the format matches whole paths only (list each one, or use * alone)",
+            )
         if "?" in item:
             return None, f"endpoint {quoted(item, 60)} holds a query; endpoints are paths"
         problem = path_problem(item)
@@ -244,22 +258,37 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
             return None, None, None, "the public key is not an Ed25519 key"
     if len(parts) >= 3 and (parts[2].startswith("/") or "," in parts[2]):
         # Never a name: the draft would take it for one and grant every endpoint.
-        return None, None, None, (
-            f"the third field {quoted(parts[2], 60)} is an endpoint list where the name goes "
-            "(the format is '<key type> <public key> <name> <endpoint>,...'; write * for no name)"
+        return (
+            None,
+            None,
+            None,
+            (
+                f"the third field {quoted(parts[2], 60)} is an endpoint list where the name goes "
+                "(the format is '<key type> <public key> <name> <endpoint>,...'; write * for no name)"
+            ),
         )
     if blob is None and len(parts) < 4:
         # '* * /api/tags' or '* * name': one field short of '* * <name> <endpoints>'.
-        return None, None, None, (
-            "a line for any key must state its endpoints: '* * <name or *> <endpoint>,...' "
-            "(read as it stands, Ollama's draft would give every key every endpoint)"
+        return (
+            None,
+            None,
+            None,
+            (
+                "a line for any key must state its endpoints: '* * <name or *> <endpoint>,...' "
+                "(read as it stands, Ollama's draft would give every key every endpoint)"
+            ),
         )
     if len(parts) >= 3 and _MISPLACED_OPTION.match(parts[2]):
         # 'ssh-ed25519 AAAA... models="small" *': an option after the key, where sshd reads a
         # comment; taken for a name, the line would grant every model, address and time.
-        return None, None, None, (
-            f"the third field {quoted(parts[2], 60)} is an option where the name goes; options come "
-            "before the key type: 'models=\"...\" ssh-ed25519 <public key> <name> <endpoint>,...'"
+        return (
+            None,
+            None,
+            None,
+            (
+                f"the third field {quoted(parts[2], 60)} is an option where the name goes; options come "
+                "before the key type: 'models=\"...\" ssh-ed25519 <public key> <name> <endpoint>,...'"
+            ),
         )
     name = None
     if len(parts) >= 3 and parts[2] not in ("", "*"):
@@ -286,8 +315,10 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
             # At the start of the file, or of one joined into it (cat a b > file).
             rest = raw.lstrip(_GO_SPACE_CHARS)[1:].strip(_GO_SPACE_CHARS)
             if rest and not rest.startswith("#"):
-                warnings.append(f"line {number}: skipped: it starts with a UTF-8 byte order mark (U+FEFF), "
-                                "which sshd and Ollama read as part of the key type; save the file as UTF-8 without BOM")
+                warnings.append(
+                    f"line {number}: skipped: it starts with a UTF-8 byte order mark (U+FEFF), "
+                    "which sshd and Ollama read as part of the key type; save the file as UTF-8 without BOM"
+                )
             continue
         line = raw.strip(_GO_SPACE_CHARS)
         if line == "" or line.startswith("#"):
@@ -308,8 +339,6 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
         else:
             by_key.setdefault(blob, []).append(entry)
     return AuthorizedKeys(by_key, wildcards), warnings
-
-
 
 
 if TYPE_CHECKING:  # what __getattr__ gives, as the type checker should see it

@@ -22,7 +22,9 @@ DEFAULT_PROXY_PORT = 11470  # not Ollama's 11434
 DEFAULT_GATE_PORT = 11435
 
 
-def parse_listen(text: str, default_port: int, *, loopback_only: bool, why: str = "", option: str = "--listen") -> tuple[str, int]:
+def parse_listen(
+    text: str, default_port: int, *, loopback_only: bool, why: str = "", option: str = "--listen"
+) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) as the address to bind. A loopback host is
     bound under its printed name (``policy.loopback_names``: ``localhost`` is
     127.0.0.1, any spelling of ::1 is ::1), so ``--print-env`` prints a URL the
@@ -68,23 +70,47 @@ def make_log(log_format: str = "text") -> tuple[Callable[[str], None], Callable[
     return log, write
 
 
-def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, default_identity: bool,
-                require_token: bool, allow_origins: Iterable[str] | None, timeout: float, max_in_flight: int, grace: float,
-                verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text") -> int:
+def serve_proxy(
+    *,
+    listen: str,
+    upstream_text: str | None,
+    identity_path: str,
+    default_identity: bool,
+    require_token: bool,
+    allow_origins: Iterable[str] | None,
+    timeout: float,
+    max_in_flight: int,
+    grace: float,
+    verbose: bool,
+    ready: Callable[[Server], None] | None = None,
+    log_format: str = "text",
+) -> int:
     from . import record, server as server_module, sign
     from .upstream import Upstream
 
-    address = parse_listen(listen, DEFAULT_PROXY_PORT, loopback_only=True,
-                           why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)")
+    address = parse_listen(
+        listen,
+        DEFAULT_PROXY_PORT,
+        loopback_only=True,
+        why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)",
+    )
     upstream_url = policy.cloud_base_url(upstream_text)
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
     signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request
     log, write = make_log(log_format)
     upstream = Upstream(upstream_url, timeout)
-    server = server_module.Server(address, None, upstream=upstream, log=log, limits=Limits(upstream=timeout, in_flight=max_in_flight),
-                           verbose=verbose, prepare_socket=system.prepare_listening_socket,
-                           observe=record.Logger(write, log_format), count_usage=log_format == "json")
+    server = server_module.Server(
+        address,
+        None,
+        upstream=upstream,
+        log=log,
+        limits=Limits(upstream=timeout, in_flight=max_in_flight),
+        verbose=verbose,
+        prepare_socket=system.prepare_listening_socket,
+        observe=record.Logger(write, log_format),
+        count_usage=log_format == "json",
+    )
     server.policy = sign.SigningPolicy(signer, token, server.address, allowed)
     log(f"listening on {shown_base(*server.address)} (upstream {upstream_url}, signing with {signer.description})")
     if token is None:
@@ -97,11 +123,26 @@ def serve_proxy(*, listen: str, upstream_text: str | None, identity_path: str, d
     return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready)
 
 
-def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, authorized_keys: str | None,
-               path_prefix: str | None = None,
-               max_skew: float, tls_cert: str | None, tls_key: str | None, timeout: float, max_in_flight: int,
-               grace: float, verbose: bool, ready: Callable[[Server], None] | None = None, log_format: str = "text",
-               metrics_listen: str | None = None, metrics_public: bool = False, trusted_fronts: str | None = None) -> int:
+def serve_gate(
+    *,
+    listen: str,
+    upstream_text: str | None,
+    auth_only: bool,
+    authorized_keys: str | None,
+    path_prefix: str | None = None,
+    max_skew: float,
+    tls_cert: str | None,
+    tls_key: str | None,
+    timeout: float,
+    max_in_flight: int,
+    grace: float,
+    verbose: bool,
+    ready: Callable[[Server], None] | None = None,
+    log_format: str = "text",
+    metrics_listen: str | None = None,
+    metrics_public: bool = False,
+    trusted_fronts: str | None = None,
+) -> int:
     from . import gate, record, restrict
     from . import server as server_module
     from .authorized_keys import AuthorizedKeys, KeyFile, default_path
@@ -111,8 +152,10 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         raise InputError("--tls-cert and --tls-key go together")
     if not policy.is_loopback(address[0]) and tls_cert is None:
         # A signature is replayable (at ollama.com too) while its ts is fresh: never in clear text on a network.
-        raise InputError(f"--listen {address[0]}: a gate on a non-loopback address needs --tls-cert and --tls-key "
-                         "(signatures must not cross a network in clear text)")
+        raise InputError(
+            f"--listen {address[0]}: a gate on a non-loopback address needs --tls-cert and --tls-key "
+            "(signatures must not cross a network in clear text)"
+        )
     if auth_only and upstream_text is not None:
         raise InputError("--auth-only answers the front server and forwards nothing: drop --upstream")
     if path_prefix is not None:
@@ -131,9 +174,13 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         upstream_url = _gate_upstream(upstream_text or "http://127.0.0.1:11434")
     metrics_address = None
     if metrics_listen is not None:
-        metrics_address = parse_listen(metrics_listen, 0, loopback_only=not metrics_public, option="--metrics-listen",
-                                       why="metrics name every user: listen on loopback, or add --metrics-public "
-                                           "and restrict who can reach it")
+        metrics_address = parse_listen(
+            metrics_listen,
+            0,
+            loopback_only=not metrics_public,
+            option="--metrics-listen",
+            why="metrics name every user: listen on loopback, or add --metrics-public and restrict who can reach it",
+        )
     context = _server_tls(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
     log, write = make_log(log_format)
     path = authorized_keys or default_path()
@@ -157,10 +204,13 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         if problems:
             from ..errors import IdentityError
 
-            raise IdentityError(f"refusing {path} with --auth-only: {problems[0]}"
-                                + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else ""))
-        decider: gate.AuthOnlyPolicy | gate.GatePolicy = gate.AuthOnlyPolicy(keys, max_skew, path_prefix=path_prefix,
-                                                                              trusted_fronts=fronts)
+            raise IdentityError(
+                f"refusing {path} with --auth-only: {problems[0]}"
+                + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else "")
+            )
+        decider: gate.AuthOnlyPolicy | gate.GatePolicy = gate.AuthOnlyPolicy(
+            keys, max_skew, path_prefix=path_prefix, trusted_fronts=fronts
+        )
     else:
         from .upstream import Upstream
 
@@ -172,10 +222,18 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
         from . import metrics as metrics_module
 
         metrics = metrics_module.Metrics()
-    server = server_module.Server(address, decider, upstream=upstream, log=log, limits=Limits(upstream=timeout, in_flight=max_in_flight),
-                           verbose=verbose, tls_context=context, prepare_socket=system.prepare_listening_socket,
-                           observe=record.fan_out(record.Logger(write, log_format), metrics),
-                           count_usage=log_format == "json" or metrics is not None)
+    server = server_module.Server(
+        address,
+        decider,
+        upstream=upstream,
+        log=log,
+        limits=Limits(upstream=timeout, in_flight=max_in_flight),
+        verbose=verbose,
+        tls_context=context,
+        prepare_socket=system.prepare_listening_socket,
+        observe=record.fan_out(record.Logger(write, log_format), metrics),
+        count_usage=log_format == "json" or metrics is not None,
+    )
     exporter = None
     if metrics is not None and metrics_address is not None:  # metrics only with an address
         server.flight = metrics.flight
@@ -188,8 +246,10 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
     if auth_only:
         mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
     host, port = server.address
-    log(f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
-        f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)")
+    log(
+        f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
+        f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)"
+    )
     if exporter is not None:
         log(f"metrics at {shown_base(*exporter.address)}/metrics")
     shown, early = early or [], None
@@ -209,8 +269,7 @@ def serve_gate(*, listen: str, upstream_text: str | None, auth_only: bool, autho
                 log(f"reloaded {tls_cert}: new connections get this certificate")
 
     try:
-        return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready,
-                                 on_reload=reload)
+        return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=reload)
     finally:
         if exporter is not None:
             exporter.close()
@@ -223,8 +282,10 @@ def _gate_upstream(text: str) -> URL:
 
     url = protocol.parse_url(text.rstrip("/"), what="--upstream")
     if url.scheme not in ("http", "https") or url.path not in ("", "/") or url.raw_query:
-        raise InputError("--upstream must be a scheme and host only (e.g. http://127.0.0.1:11434): "
-                         "Ollama's client signs paths from the root, so the gate serves at the root too")
+        raise InputError(
+            "--upstream must be a scheme and host only (e.g. http://127.0.0.1:11434): "
+            "Ollama's client signs paths from the root, so the gate serves at the root too"
+        )
     return protocol.URL(url.scheme, url.host, "", "")
 
 
@@ -257,5 +318,7 @@ def _tls_problem(cert: str, key: str, exc: Exception) -> str:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
     except ssl.SSLError:
         return f"cannot use --tls-cert {cert}: it holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the certificate chain file (e.g. fullchain.pem)"
-    return (f"cannot use --tls-key {key}: it holds no unencrypted PEM private key for --tls-cert {cert} "
-            "(-----BEGIN PRIVATE KEY-----; an encrypted key is not supported); give the key file (e.g. privkey.pem)")
+    return (
+        f"cannot use --tls-key {key}: it holds no unencrypted PEM private key for --tls-cert {cert} "
+        "(-----BEGIN PRIVATE KEY-----; an encrypted key is not supported); give the key file (e.g. privkey.pem)"
+    )

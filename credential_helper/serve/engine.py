@@ -160,7 +160,9 @@ class ClientConnection:
             if isinstance(event, h11.Request):
                 self.server.idle(self, False)
                 head = Head(
-                    event.method.decode("latin-1"), event.target.decode("latin-1"), event.http_version.decode("latin-1"),
+                    event.method.decode("latin-1"),
+                    event.target.decode("latin-1"),
+                    event.http_version.decode("latin-1"),
                     tuple((name.decode("latin-1"), value.decode("latin-1")) for name, value in event.headers.raw_items()),
                     peer=self.peer,
                 )
@@ -197,8 +199,9 @@ class ClientConnection:
         message = _protocol_message(exc)
         if self.conn.our_state is h11.IDLE or self.conn.our_state is h11.SEND_RESPONSE:
             self._write_answer(Answer(status, message, reason="malformed"), None)
-        self._log(Head("-", "-", "", ()), status, 0, time.monotonic(), reason="malformed",
-                  detail=message if self.server.verbose else "")
+        self._log(
+            Head("-", "-", "", ()), status, 0, time.monotonic(), reason="malformed", detail=message if self.server.verbose else ""
+        )
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -220,8 +223,17 @@ class ClientConnection:
             return self._finish(head, decision, started)
         try:
             if not self.server.slots.acquire(blocking=False):
-                return self._finish(head, Answer(503, "the server is at its concurrency limit; try again shortly", reason="concurrency",
-                                                 who=decision.who, key=decision.key), started)
+                return self._finish(
+                    head,
+                    Answer(
+                        503,
+                        "the server is at its concurrency limit; try again shortly",
+                        reason="concurrency",
+                        who=decision.who,
+                        key=decision.key,
+                    ),
+                    started,
+                )
             self.server.count_in_flight(+1)
             user = decision.who if decision.who and decision.who != decision.key else ""
             self.server.flight(user, +1)
@@ -247,8 +259,9 @@ class ClientConnection:
         return decision
 
     def _read_whole_body(self, head: Head, limit: int) -> bytes | Answer:
-        too_large = Answer(413, f"the request body is larger than the {limit} bytes this gate reads to check which model it names",
-                           reason="body")
+        too_large = Answer(
+            413, f"the request body is larger than the {limit} bytes this gate reads to check which model it names", reason="body"
+        )
         length = head.get("content-length")
         if length is not None and int(length.split(",")[0]) > limit:
             return too_large  # before reading a byte (a client waiting for 100-continue sends nothing)
@@ -278,8 +291,12 @@ class ClientConnection:
                     return Answer(400, TINY_MESSAGE, reason="body")
                 if not self.server.body_budget.take(len(event.data)):
                     # All connections together hold as many bodies as the gate allows itself.
-                    return Answer(503, "the gate is holding as many request bodies as it may to check their models; "
-                                       "retry shortly", headers=(("Retry-After", "1"),), reason="body")
+                    return Answer(
+                        503,
+                        "the gate is holding as many request bodies as it may to check their models; retry shortly",
+                        headers=(("Retry-After", "1"),),
+                        reason="body",
+                    )
                 self._held += len(event.data)
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
@@ -301,8 +318,9 @@ class ClientConnection:
         # The cause of a 502/504 and the line to add for an unknown key always; other messages with --verbose.
         detail = answer.hint or (answer.message if reason == "upstream" or (self.server.verbose and answer.status >= 400) else "")
         shown = head if answer.about is None else Head(*answer.about, head.version, ())
-        self._log(shown, answer.status, written, started, who=answer.who, key=answer.key, reason=reason, detail=detail,
-                  failure=failure)
+        self._log(
+            shown, answer.status, written, started, who=answer.who, key=answer.key, reason=reason, detail=detail, failure=failure
+        )
         return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def _take_empty_body(self) -> bool:
@@ -352,7 +370,9 @@ class ClientConnection:
         if forward.body is not None and (has_body or forward.body):
             headers.append(("Content-Length", str(len(forward.body))))  # read whole: one framing, never both
         elif has_body:
-            headers.append(("Content-Length", str(int(length.split(",")[0]))) if length is not None else ("Transfer-Encoding", "chunked"))
+            headers.append(
+                ("Content-Length", str(int(length.split(",")[0]))) if length is not None else ("Transfer-Encoding", "chunked")
+            )
         request = h11.Request(method=head.method, target=upstream.request_target(forward.target), headers=headers)
         replayable = head.method in SAFE_METHODS and not has_body
         secrets = forward.secrets + upstream.secrets()
@@ -512,8 +532,9 @@ class ClientConnection:
                         raise _Stale()
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
 
-    def _wait_upstream(self, up: Connection, selector: selectors.BaseSelector, before_answer: bool,
-                       deadline: float | None = None) -> bytes | None:
+    def _wait_upstream(
+        self, up: Connection, selector: selectors.BaseSelector, before_answer: bool, deadline: float | None = None
+    ) -> bytes | None:
         """The next bytes from the upstream, watching the client for a hang-up meanwhile;
         None once ``deadline`` (default: --timeout from now) has passed."""
         if isinstance(up.sock, ssl.SSLSocket) and up.sock.pending():
@@ -587,7 +608,9 @@ class ClientConnection:
         self._log_relayed(head, forward, status, started, detail=why, failure="stalled" if "stalled" in why else "cut")
         return False  # the client's connection closes mid-answer: it sees a cut message
 
-    def _upstream_failed(self, head: Head, exc: BaseException, started: float, secrets: tuple[str, ...], forward: Forward) -> bool:
+    def _upstream_failed(
+        self, head: Head, exc: BaseException, started: float, secrets: tuple[str, ...], forward: Forward
+    ) -> bool:
         if self.conn.our_state is not h11.SEND_RESPONSE and self.conn.our_state is not h11.IDLE:
             self._log_relayed(head, forward, None, started, detail="upstream failed mid-answer", failure="cut")
             return False
@@ -612,7 +635,7 @@ class ClientConnection:
 
     def _recv(self, sock: socket.socket) -> bytes:
         """One read (client or upstream) through the connection's buffer: only its bytes are copied out."""
-        return self._buffer[:sock.recv_into(self._buffer)].tobytes()
+        return self._buffer[: sock.recv_into(self._buffer)].tobytes()
 
     # -- writing and logging ---------------------------------------------------------------------
 
@@ -641,27 +664,61 @@ class ClientConnection:
             except OSError:
                 raise ClientGone() from None
 
-    def _log_relayed(self, head: Head, forward: Forward, status: int | None, started: float, detail: str = "",
-                     failure: str = "") -> None:
+    def _log_relayed(
+        self, head: Head, forward: Forward, status: int | None, started: float, detail: str = "", failure: str = ""
+    ) -> None:
         counted = self.usage.result() if self.usage is not None and not failure else None
         self.usage = None
-        self._log(head, status, self.sent, started, who=forward.who, key=forward.key, detail=detail, failure=failure,
-                  reason="upstream" if failure else "", tokens=counted,
-                  # The model the policy read from the request (policy22), else the one Ollama's answer names.
-                  model=getattr(forward, "model", None) or (counted[2] if counted else ""))
+        self._log(
+            head,
+            status,
+            self.sent,
+            started,
+            who=forward.who,
+            key=forward.key,
+            detail=detail,
+            failure=failure,
+            reason="upstream" if failure else "",
+            tokens=counted,
+            # The model the policy read from the request (policy22), else the one Ollama's answer names.
+            model=getattr(forward, "model", None) or (counted[2] if counted else ""),
+        )
 
-    def _log(self, head: Head, status: int | str | None, size: int, started: float, *, who: str | None = None, key: str = "",
-             reason: str = "", detail: str = "", failure: str = "", model: str = "",
-             tokens: tuple[int, int, str] | None = None) -> None:
+    def _log(
+        self,
+        head: Head,
+        status: int | str | None,
+        size: int,
+        started: float,
+        *,
+        who: str | None = None,
+        key: str = "",
+        reason: str = "",
+        detail: str = "",
+        failure: str = "",
+        model: str = "",
+        tokens: tuple[int, int, str] | None = None,
+    ) -> None:
         """One record per request to the server's observer (log line, metrics)."""
         elapsed = time.monotonic() - started
-        self.server.observe(record.Record(
-            time=time.time() - elapsed, method=head.method, path=head.path,
-            status=status if isinstance(status, int) else None, bytes=size, ms=elapsed * 1000,
-            user=who if who and who != key else "", key=key, reason=reason, detail=detail, model=model,
-            prompt_tokens=tokens[0] if tokens else None, completion_tokens=tokens[1] if tokens else None,
-            upstream_failure=failure,
-        ))
+        self.server.observe(
+            record.Record(
+                time=time.time() - elapsed,
+                method=head.method,
+                path=head.path,
+                status=status if isinstance(status, int) else None,
+                bytes=size,
+                ms=elapsed * 1000,
+                user=who if who and who != key else "",
+                key=key,
+                reason=reason,
+                detail=detail,
+                model=model,
+                prompt_tokens=tokens[0] if tokens else None,
+                completion_tokens=tokens[1] if tokens else None,
+                upstream_failure=failure,
+            )
+        )
 
 
 _date_cache: list = [0, ""]

@@ -94,8 +94,11 @@ def forwarded_request(headers: list[tuple[str, str]]) -> tuple[str, str] | Refus
             return Refused(400, f"the headers {' and '.join(present)} disagree about the request")
         found.append((seen[method_name], targets.pop()))
     if not found:
-        return Refused(400, "no X-Original-Method with X-Original-URI or X-Original-URL (nginx, ingress-nginx) and no "
-                            "X-Forwarded-Method/X-Forwarded-Uri (Caddy, Traefik): configure the front server as the README shows")
+        return Refused(
+            400,
+            "no X-Original-Method with X-Original-URI or X-Original-URL (nginx, ingress-nginx) and no "
+            "X-Forwarded-Method/X-Forwarded-Uri (Caddy, Traefik): configure the front server as the README shows",
+        )
     if len(found) == 2 and found[0] != found[1]:
         return Refused(400, "the X-Original-* and X-Forwarded-* headers disagree about the request")
     return found[0]
@@ -122,7 +125,7 @@ def prefixed_request(method: str, target: str, prefix: str) -> tuple[str, str] |
     """
     if not target.startswith(prefix + "/"):
         return Refused(400, f"this gate answers auth requests under {prefix}/ only (--path-prefix)")
-    return method, target[len(prefix):]
+    return method, target[len(prefix) :]
 
 
 def authorization_header(headers: list[tuple[str, str]]) -> str | Refused | None:

@@ -60,8 +60,16 @@ def refusal(refused: Refused) -> Answer:
     if refused.status == 429:
         headers.append(("Retry-After", "1"))  # RFC 6585 4: a slot frees when a request of the key ends
     reason = refused.reason or ("malformed" if refused.status == 400 else "")
-    return Answer(refused.status, message, headers=tuple(headers), keep_alive=True, who=refused.user or None,
-                  key=refused.key, reason=reason, hint=refused.hint)
+    return Answer(
+        refused.status,
+        message,
+        headers=tuple(headers),
+        keep_alive=True,
+        who=refused.user or None,
+        key=refused.key,
+        reason=reason,
+        hint=refused.hint,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -99,15 +107,23 @@ class _Verifying:
         authorization = authorization_header(list(headers))
         if isinstance(authorization, Refused):
             return authorization
-        return verify(method, target, authorization, self.keys.current(), self.clock(), self.max_skew, options_checked_by_caller=True)
+        return verify(
+            method, target, authorization, self.keys.current(), self.clock(), self.max_skew, options_checked_by_caller=True
+        )
 
 
 class GatePolicy(_Verifying):
     """Reverse proxy: verify the request as received, forward it unchanged but
     for Host, without Authorization, with who it is from."""
 
-    def __init__(self, keys: KeyFile, max_skew: float, upstream_host: str, clock: Callable[[], float] = time.time,
-                 max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        keys: KeyFile,
+        max_skew: float,
+        upstream_host: str,
+        clock: Callable[[], float] = time.time,
+        max_body: int = MAX_BODY_BYTES,
+    ) -> None:
         super().__init__(keys, max_skew, clock)
         self.upstream_host = upstream_host
         self.max_body = max_body
@@ -115,7 +131,12 @@ class GatePolicy(_Verifying):
 
     def decide(self, head: Head) -> Forward | Answer | NeedBody:
         result = self.check(head.method, head.target, head.headers)
-        if isinstance(result, Admitted) and result.name == HEALTH_CHECK_NAME and not result.fingerprint and request_has_body(head):
+        if (
+            isinstance(result, Admitted)
+            and result.name == HEALTH_CHECK_NAME
+            and not result.fingerprint
+            and request_has_body(head)
+        ):
             # The one unsigned request admitted must not carry anything to Ollama (or hold a slot while it trickles).
             result = Refused(401, "an unsigned HEAD / (a health check) carries no body; sign the request", "unsigned")
         if isinstance(result, Refused):
@@ -134,26 +155,55 @@ class GatePolicy(_Verifying):
         if not lines or restrict.unrestricted(lines) or is_heartbeat(head.method, head.path):
             return self._count(result, forward)  # HEAD / names no model (server/routes.go: "Ollama is running")
         # models=: the model is named in the body (or the query, or the path): read it first.
-        return NeedBody(self.max_body, lambda body: self._models(head, result, lines, forward, body), who=label(result),
-                        key=result.fingerprint)
+        return NeedBody(
+            self.max_body,
+            lambda body: self._models(head, result, lines, forward, body),
+            who=label(result),
+            key=result.fingerprint,
+        )
 
     def _models(self, head: Head, admitted: Admitted, lines: list, forward: Forward, body: bytes) -> Forward | Answer:
         """Every model the request names, read as Ollama would, allowed by one of the lines."""
         encodings = [value.strip().lower() for value in head.get_all("content-encoding")]
         if any(encoding not in ("", "identity") for encoding in encodings):
             # Ollama reads the bytes as sent (gin decodes no Content-Encoding): refuse what it would misread.
-            return refusal(_theirs(admitted, Refused(400, "a compressed request body cannot be checked for its model; send it uncompressed",
-                                                     reason="body")))
+            return refusal(
+                _theirs(
+                    admitted,
+                    Refused(
+                        400, "a compressed request body cannot be checked for its model; send it uncompressed", reason="body"
+                    ),
+                )
+            )
         path, query = split_target(head.target)
-        named = models.models_named(head.method, path, query or "", head.get("content-type"), body,
-                                    content_encoding=",".join(encodings) or None, limit=self.max_body)
+        named = models.models_named(
+            head.method,
+            path,
+            query or "",
+            head.get("content-type"),
+            body,
+            content_encoding=",".join(encodings) or None,
+            limit=self.max_body,
+        )
         if isinstance(named, models.Unreadable):
-            return refusal(_theirs(admitted, Refused(named.status, f"the gate cannot read this request as Ollama would: {named.reason}",
-                                                     reason="body")))
+            return refusal(
+                _theirs(
+                    admitted,
+                    Refused(named.status, f"the gate cannot read this request as Ollama would: {named.reason}", reason="body"),
+                )
+            )
         if not isinstance(named, models.Named):
-            return refusal(_theirs(admitted, Refused(403, f"key {_who(admitted)} is restricted to some models, and the gate cannot tell "
-                                                     f"which model {printable(path)[:120]} acts on ({named.reason}): not granted",
-                                                     reason="model")))
+            return refusal(
+                _theirs(
+                    admitted,
+                    Refused(
+                        403,
+                        f"key {_who(admitted)} is restricted to some models, and the gate cannot tell "
+                        f"which model {printable(path)[:120]} acts on ({named.reason}): not granted",
+                        reason="model",
+                    ),
+                )
+            )
         denied = restrict.models_refusal(lines, named.subjects, _who(admitted)) if named.models else None
         if denied is not None:
             return refusal(_theirs(admitted, denied))
@@ -175,8 +225,17 @@ class GatePolicy(_Verifying):
             return forward
         release = self.in_flight.take(admitted.fingerprint, limit)
         if release is None:
-            return refusal(_theirs(admitted, Refused(429, f"key {_who(admitted)} already has {limit} request(s) in flight "
-                                                     f"(max-concurrent={limit}); retry when one ends", reason="concurrency")))
+            return refusal(
+                _theirs(
+                    admitted,
+                    Refused(
+                        429,
+                        f"key {_who(admitted)} already has {limit} request(s) in flight "
+                        f"(max-concurrent={limit}); retry when one ends",
+                        reason="concurrency",
+                    ),
+                )
+            )
         return dataclasses.replace(forward, release=release)
 
 
@@ -206,14 +265,23 @@ class AuthOnlyPolicy(_Verifying):
     matched against the address a trusted front reports (:func:`front_reported_address`).
     """
 
-    def __init__(self, keys: KeyFile, max_skew: float, clock: Callable[[], float] = time.time, path_prefix: str | None = None,
-                 trusted_fronts: Iterable[IPNetwork] = ()) -> None:
+    def __init__(
+        self,
+        keys: KeyFile,
+        max_skew: float,
+        clock: Callable[[], float] = time.time,
+        path_prefix: str | None = None,
+        trusted_fronts: Iterable[IPNetwork] = (),
+    ) -> None:
         super().__init__(keys, max_skew, clock)
         self.path_prefix = path_prefix
         self.trusted_fronts = tuple(trusted_fronts)
         can_see_address = bool(self.trusted_fronts)
-        self.enforceable = lambda grant: (grant.options.models is None and grant.options.max_concurrent is None
-                                          and (can_see_address or grant.options.from_patterns is None))
+        self.enforceable = lambda grant: (
+            grant.options.models is None
+            and grant.options.max_concurrent is None
+            and (can_see_address or grant.options.from_patterns is None)
+        )
 
     def decide(self, head: Head) -> Answer:
         if self.path_prefix is None:
@@ -233,15 +301,23 @@ class AuthOnlyPolicy(_Verifying):
             return dataclasses.replace(answer, about=(method, target))
         headers = identity_headers(result)
         if self.path_prefix is None:
-            return Answer(204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target),
-                          key=result.fingerprint)
+            return Answer(
+                204, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), key=result.fingerprint
+            )
         # Envoy removes what this lists from the request it forwards (external_auth.proto,
         # OkHttpResponse.headers_to_remove): the signature, and for an unsigned health check
         # (no X-Ollama-Key of ours to override it) a client's own X-Ollama-Key.
         removed = "authorization" if result.fingerprint else "authorization, x-ollama-key"
         headers.append(("x-envoy-auth-headers-to-remove", removed))
-        return Answer(200, headers=tuple(headers), keep_alive=True, who=label(result), about=(method, target), body=b"",
-                      key=result.fingerprint)
+        return Answer(
+            200,
+            headers=tuple(headers),
+            keep_alive=True,
+            who=label(result),
+            about=(method, target),
+            body=b"",
+            key=result.fingerprint,
+        )
 
 
 def parse_trusted_fronts(text: str) -> tuple:
@@ -256,7 +332,9 @@ def parse_trusted_fronts(text: str) -> tuple:
         try:
             networks.append(ipaddress.ip_network(item.strip(), strict=False))
         except ValueError:
-            raise InputError(f"--trusted-front {printable(item)[:60]!r} is not an IP address or CIDR range (e.g. 127.0.0.1/32,10.0.0.0/8)") from None
+            raise InputError(
+                f"--trusted-front {printable(item)[:60]!r} is not an IP address or CIDR range (e.g. 127.0.0.1/32,10.0.0.0/8)"
+            ) from None
     return tuple(networks)
 
 

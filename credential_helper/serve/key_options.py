@@ -93,7 +93,7 @@ def split_options(line: str) -> tuple[str, str]:
     ``sshkey_advance_past_options`` (the first space or tab outside quotes)."""
     quoted, i = False, 0
     while i < len(line) and (quoted or line[i] not in _SPACE):
-        if line[i] == "\\" and line[i + 1:i + 2] == '"':
+        if line[i] == "\\" and line[i + 1 : i + 2] == '"':
             i += 1
         elif line[i] == '"':
             quoted = not quoted
@@ -105,11 +105,11 @@ def split_options(line: str) -> tuple[str, str]:
 
 def _dequote(text: str, at: int) -> tuple[str, int]:
     """misc.c ``opt_dequote``: the value between double quotes, ``\\"`` unescaped."""
-    if text[at:at + 1] != '"':
+    if text[at : at + 1] != '"':
         raise OptionError("missing start quote")
     out, i = [], at + 1
     while i < len(text) and text[i] != '"':
-        if text[i] == "\\" and text[i + 1:i + 2] == '"':
+        if text[i] == "\\" and text[i + 1 : i + 2] == '"':
             i += 1
         out.append(text[i])
         i += 1
@@ -127,13 +127,13 @@ def parse_options(text: str) -> KeyOptions:
         match = re.match(r"[A-Za-z][A-Za-z0-9-]*", text[at:])
         name = match.group(0).lower() if match else ""
         at += len(name)
-        if name not in ("from", "expiry-time", "models", "max-concurrent") or text[at:at + 1] != "=":
-            shown = (name or text[at:at + 20]) + text[at:at + 1]
+        if name not in ("from", "expiry-time", "models", "max-concurrent") or text[at : at + 1] != "=":
+            shown = (name or text[at : at + 20]) + text[at : at + 1]
             raise OptionError(f"unknown option {shown!r} (the gate knows from=, expiry-time=, models=, max-concurrent=)")
         at += 1
         if name in values:
             raise OptionError(f"{name}= appears twice")
-        if name == "max-concurrent" and text[at:at + 1] != '"':
+        if name == "max-concurrent" and text[at : at + 1] != '"':
             digits = re.match(r"[0-9]*", text[at:]).group(0)  # type: ignore[union-attr]
             raw, at = digits, at + len(digits)
         else:
@@ -201,8 +201,10 @@ def _check_address_pattern(pattern: str) -> None:
             raise OptionError(f"from= CIDR {pattern!r} has a bad mask length or host bits set") from None
         # Host names need DNS (the gate does none); 10.1 or 012.0.0.1 mean other
         # addresses to sshd's getaddrinfo than to anyone reading them.
-        raise OptionError(f"from= pattern {pattern!r} is not an address or CIDR range in canonical form "
-                          "(the gate matches client addresses, never host names)") from None
+        raise OptionError(
+            f"from= pattern {pattern!r} is not an address or CIDR range in canonical form "
+            "(the gate matches client addresses, never host names)"
+        ) from None
 
 
 def _check_model_pattern(pattern: str) -> None:
@@ -237,8 +239,10 @@ def parse_timespec(raw: str) -> float:
     if match is None:
         raise OptionError(f"expiry-time={raw!r} is not YYYYMMDD[Z] or YYYYMMDDHHMM[SS][Z]")
     year, month, day, hour, minute, second = (int(part) if part else 0 for part in match.groups())
-    if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1] and hour < 24 and minute < 60
-            and second < 60) or year < 1970:
+    if (
+        not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1] and hour < 24 and minute < 60 and second < 60)
+        or year < 1970
+    ):
         raise OptionError(f"expiry-time={raw!r} is not a valid date and time")
     fields = (year, month, day, hour, minute, second, 0, 0, 0)
     try:
@@ -256,8 +260,9 @@ def parse_timespec(raw: str) -> float:
 @functools.lru_cache(maxsize=4096)
 def _compiled(pattern: str, within: str = "") -> re.Pattern[str]:
     anything = f"[^{re.escape(within)}]" if within else "."
-    return re.compile("".join(anything + "*" if ch == "*" else anything if ch == "?" else re.escape(ch) for ch in pattern),
-                      re.DOTALL)
+    return re.compile(
+        "".join(anything + "*" if ch == "*" else anything if ch == "?" else re.escape(ch) for ch in pattern), re.DOTALL
+    )
 
 
 def _wildcard(text: str, pattern: str, within: str = "") -> bool:

@@ -125,16 +125,23 @@ def complete_lines(data: bytes) -> tuple[str, str | None]:
     if tail == "" or tail.startswith("#"):
         return text, None
     number = data.count(b"\n", 0, end) + 1
-    return text, (f"line {number}: skipped: it does not end with a newline, and a line still being written "
-                  "looks the same (it could lack its endpoint list); end the file with a newline")
+    return text, (
+        f"line {number}: skipped: it does not end with a newline, and a line still being written "
+        "looks the same (it could lack its endpoint list); end the file with a newline"
+    )
 
 
 class KeyFile:
     """The authorized_keys file, checked on every call to :meth:`current` (see the
     module's rules). At start an unusable file raises IdentityError (exit 3)."""
 
-    def __init__(self, path: str, warn: Callable[[str], None], on_change: Callable[[AuthorizedKeys], None] | None = None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        path: str,
+        warn: Callable[[str], None],
+        on_change: Callable[[AuthorizedKeys], None] | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.path = path
         self._warn = warn
         self._on_change: Callable[[AuthorizedKeys], None] | None = None  # not for the first read
@@ -193,8 +200,11 @@ class KeyFile:
         if not (settled or forced):
             self._pending = True  # rule 3: the set in force stays until the file settles
             if self._keys.problem is not None:
-                self._keys = AuthorizedKeys.unusable(f"{printable(self.path)} changed less than {RACY_NS / 1e9:g} s ago "
-                                                     "and is read once it has settled; retry in a moment", self._keys)
+                self._keys = AuthorizedKeys.unusable(
+                    f"{printable(self.path)} changed less than {RACY_NS / 1e9:g} s ago "
+                    "and is read once it has settled; retry in a moment",
+                    self._keys,
+                )
             return
         try:
             got = _read(seen)
@@ -245,8 +255,10 @@ class KeyFile:
     def _fail(self, seen: Look, problem: str, forced: bool) -> None:
         if forced or seen.signature != self._failed:
             self._failed = seen.signature
-            self._warn(f"the authorized_keys file {printable(self.path)} cannot be used: {problem}; "
-                       "no signed request is admitted until it is fixed")
+            self._warn(
+                f"the authorized_keys file {printable(self.path)} cannot be used: {problem}; "
+                "no signed request is admitted until it is fixed"
+            )
         self._keys = AuthorizedKeys.unusable(problem, self._keys)
         self._data = None
         self._file = None

@@ -18,15 +18,36 @@ MAX_HEADERS = 100
 
 # RFC 9110 7.6.1: connection-specific fields an intermediary must not forward.
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-     "te", "trailer", "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 # Framing is the engine's (h11 writes its own Content-Length or chunking).
 FRAMING = frozenset({"content-length", "transfer-encoding"})
 REASONS = {
-    200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 401: "Unauthorized", 403: "Forbidden",
-    413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    401: "Unauthorized",
+    403: "Forbidden",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -194,8 +215,10 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     """Field names listed in Connection: hop-by-hop for this message too (RFC 9110 7.6.1)."""
     return {
         token.strip().lower()
-        for name, value in headers if name.lower() == "connection"
-        for token in value.split(",") if token.strip()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+        if token.strip()
     }
 
 

@@ -33,21 +33,39 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("ollama_gate_requests", "Requests answered, by caller, endpoint and status.",
-                                ("user", "endpoint", "status"), registry=registry)
-        self.refusals = Counter("ollama_gate_refusals", "Requests refused or failed, by reason class.",
-                                ("reason",), registry=registry)
-        self.in_flight = Gauge("ollama_gate_in_flight", "Requests being relayed to Ollama now, by caller.",
-                               ("user",), registry=registry)
-        self.duration = Histogram("ollama_gate_request_duration_seconds", "From the request head to the answer's end.",
-                                  buckets=BUCKETS, registry=registry)
-        self.tokens = Counter("ollama_gate_tokens", "Tokens Ollama reported (prompt_eval_count, eval_count, /v1 usage).",
-                              ("user", "model", "kind"), registry=registry)
-        self.bytes = Counter("ollama_gate_response_bytes", "Answer body bytes sent to clients, by caller.",
-                             ("user",), registry=registry)
-        self.upstream_failures = Counter("ollama_gate_upstream_failures",
-                                         "Ollama could not be reached, timed out, answered malformed, or cut its answer.",
-                                         ("cause",), registry=registry)
+        self.requests = Counter(
+            "ollama_gate_requests",
+            "Requests answered, by caller, endpoint and status.",
+            ("user", "endpoint", "status"),
+            registry=registry,
+        )
+        self.refusals = Counter(
+            "ollama_gate_refusals", "Requests refused or failed, by reason class.", ("reason",), registry=registry
+        )
+        self.in_flight = Gauge(
+            "ollama_gate_in_flight", "Requests being relayed to Ollama now, by caller.", ("user",), registry=registry
+        )
+        self.duration = Histogram(
+            "ollama_gate_request_duration_seconds",
+            "From the request head to the answer's end.",
+            buckets=BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "ollama_gate_tokens",
+            "Tokens Ollama reported (prompt_eval_count, eval_count, /v1 usage).",
+            ("user", "model", "kind"),
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "ollama_gate_response_bytes", "Answer body bytes sent to clients, by caller.", ("user",), registry=registry
+        )
+        self.upstream_failures = Counter(
+            "ollama_gate_upstream_failures",
+            "Ollama could not be reached, timed out, answered malformed, or cut its answer.",
+            ("cause",),
+            registry=registry,
+        )
         self._models: set[str] = set()
         self._lock = threading.Lock()
 
@@ -104,8 +122,14 @@ class Exporter:
 
         scrape = _Scrape(registry)
         try:
-            self.server = server.Server(address, scrape, upstream=None, log=lambda line: None,
-                                        limits=Limits(upstream=10, in_flight=4, connections=16), observe=lambda record: None)
+            self.server = server.Server(
+                address,
+                scrape,
+                upstream=None,
+                log=lambda line: None,
+                limits=Limits(upstream=10, in_flight=4, connections=16),
+                observe=lambda record: None,
+            )
         except ListenError as exc:
             raise ListenError(f"--metrics-listen: {exc}") from None
         self.address = self.server.address

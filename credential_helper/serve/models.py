@@ -76,7 +76,6 @@ __all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "f
 BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:36)
 
 
-
 @dataclass(frozen=True)
 class Named:
     models: tuple[Model, ...] = ()
@@ -110,6 +109,7 @@ def denied(named: Named, allowed: Callable[[str], bool]) -> Model | None:
 
 
 # --- the endpoints (server/routes.go:1877-1926 GenerateRoutes) --------------------------------
+
 
 def _bind(body: bytes, fields: tuple[str, ...]) -> dict[str, str]:
     try:
@@ -233,14 +233,21 @@ _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {
     ("POST", "/api/push"): _push,
     ("POST", "/api/create"): _create,
     ("POST", "/api/copy"): _copy,
-    **{("POST", p): _v1(p) for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")},
+    **{
+        ("POST", p): _v1(p)
+        for p in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
+    },
 }
 _LISTINGS = {("GET", "/api/tags"), ("HEAD", "/api/tags"), ("GET", "/api/ps"), ("GET", "/v1/models")}
 # Routes that act on no model. Account, web-search and blob routes (/api/me, /api/signout,
 # /api/user/keys/:k, /api/experimental/web_*, /api/blobs/:digest, whose only use is a create
 # from files, refused below) are left Unknown on purpose: a model-restricted key gets nothing there.
 _NO_MODEL = {
-    ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/api/status"),
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/api/version"),
+    ("HEAD", "/api/version"),
+    ("GET", "/api/status"),
 }
 
 
@@ -296,6 +303,7 @@ def models_named(
 
 
 # --- listings ---------------------------------------------------------------------------------
+
 
 def _entry_subject(name: Any) -> str | None:
     # A listed name is a store name (server/images.go): name.go ParseName, no modelref.

@@ -19,21 +19,61 @@ from .. import sanitize
 # Ollama's routes (server/routes.go at fb30760 ``r.GET``/``r.POST``/...), the only
 # values the metrics' ``endpoint`` label takes besides "other": a caller cannot grow
 # the label set with made-up paths. Parameterised routes are named by their prefix.
-ENDPOINTS = frozenset({
-    "/", "/api/delete", "/api/ps", "/api/status", "/api/tags", "/api/version", "/api/chat", "/api/copy",
-    "/api/create", "/api/embed", "/api/embeddings", "/api/generate", "/api/me", "/api/pull", "/api/push",
-    "/api/show", "/api/signout", "/api/experimental/model-recommendations", "/api/experimental/web_fetch",
-    "/api/experimental/web_search", "/v1/models", "/v1/audio/transcriptions", "/v1/chat/completions",
-    "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses",
-})
+ENDPOINTS = frozenset(
+    {
+        "/",
+        "/api/delete",
+        "/api/ps",
+        "/api/status",
+        "/api/tags",
+        "/api/version",
+        "/api/chat",
+        "/api/copy",
+        "/api/create",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/generate",
+        "/api/me",
+        "/api/pull",
+        "/api/push",
+        "/api/show",
+        "/api/signout",
+        "/api/experimental/model-recommendations",
+        "/api/experimental/web_fetch",
+        "/api/experimental/web_search",
+        "/v1/models",
+        "/v1/audio/transcriptions",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/messages",
+        "/v1/responses",
+    }
+)
 PREFIXED = ("/api/blobs/", "/api/user/keys/", "/v1/models/")  # ":digest", ":encodedKey", ":model"
 
 # The reason classes (PLAN.md); the proxy adds token, origin and identity. Any other
 # value is counted as "other", so the refusals label set stays bounded too.
-REASONS = frozenset({
-    "unsigned", "malformed", "stale", "unknown-key", "bad-signature", "not-granted", "keyfile-unusable",
-    "expired", "address", "model", "concurrency", "body", "upstream", "token", "origin", "identity",
-})
+REASONS = frozenset(
+    {
+        "unsigned",
+        "malformed",
+        "stale",
+        "unknown-key",
+        "bad-signature",
+        "not-granted",
+        "keyfile-unusable",
+        "expired",
+        "address",
+        "model",
+        "concurrency",
+        "body",
+        "upstream",
+        "token",
+        "origin",
+        "identity",
+    }
+)
 
 
 def endpoint(path: str) -> str:

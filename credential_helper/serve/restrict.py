@@ -28,8 +28,9 @@ def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
 
 
-def live_lines(grants: Sequence[Grant], address: str, now: float, enforceable: Callable[[Grant], bool] | None = None,
-               who: str = "") -> list[Grant] | Refused:
+def live_lines(
+    grants: Sequence[Grant], address: str, now: float, enforceable: Callable[[Grant], bool] | None = None, who: str = ""
+) -> list[Grant] | Refused:
     """The lines among ``grants`` (each already granting the path) that admit this
     client now; Refused (403, reason ``expired`` or ``address``) when none does.
 
@@ -56,10 +57,13 @@ def live_lines(grants: Sequence[Grant], address: str, now: float, enforceable: C
         return live
     if elsewhere:
         shown = printable(address)[:64] if address else "an address this gate cannot see"
-        return Refused(403, f"key {who} may not connect from {shown}: its line's from= list does not include it", reason="address")
+        return Refused(
+            403, f"key {who} may not connect from {shown}: its line's from= list does not include it", reason="address"
+        )
     if expired_at:
-        return Refused(403, f"key {who} expired at {_when(max(expired_at))} (expiry-time in the server's authorized_keys)",
-                       reason="expired")
+        return Refused(
+            403, f"key {who} expired at {_when(max(expired_at))} (expiry-time in the server's authorized_keys)", reason="expired"
+        )
     return Refused(403, f"key {who} has no line this gate can enforce in this mode", reason="not-granted")
 
 
@@ -77,17 +81,29 @@ def auth_only_problems(entries: Iterable[tuple[int, KeyOptions]], can_see_addres
     problems = []
     for number, options in entries:
         # Why each needs reverse-proxy mode (README "What each mode can enforce").
-        needs = [(name, why) for name, why, value in (
-            ("models=", "the front server's auth request carries no body, so the gate cannot see the model", options.models),
-            ("max-concurrent=", "the gate never sees an answer end, so it cannot count requests in flight", options.max_concurrent),
-        ) if value is not None]
+        needs = [
+            (name, why)
+            for name, why, value in (
+                ("models=", "the front server's auth request carries no body, so the gate cannot see the model", options.models),
+                (
+                    "max-concurrent=",
+                    "the gate never sees an answer end, so it cannot count requests in flight",
+                    options.max_concurrent,
+                ),
+            )
+            if value is not None
+        ]
         if needs:
-            problems.append(f"line {number}: {' and '.join(name for name, _ in needs)} cannot be enforced with --auth-only "
-                            f"({'; '.join(why for _, why in needs)}); "
-                            "run the gate as a reverse proxy (without --auth-only) or remove the option from the line")
+            problems.append(
+                f"line {number}: {' and '.join(name for name, _ in needs)} cannot be enforced with --auth-only "
+                f"({'; '.join(why for _, why in needs)}); "
+                "run the gate as a reverse proxy (without --auth-only) or remove the option from the line"
+            )
         elif options.from_patterns is not None and not can_see_address:
-            problems.append(f"line {number}: from= needs --trusted-front with --auth-only "
-                            "(the client's address is known only from a front server the operator trusts)")
+            problems.append(
+                f"line {number}: from= needs --trusted-front with --auth-only "
+                "(the client's address is known only from a front server the operator trusts)"
+            )
     return problems
 
 
@@ -111,7 +127,9 @@ def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Re
         if all(model_allowed(grant.options, name) for name in names):
             return None
     denied = next(name for name in names if not any(model_allowed(g.options, name) for g in lines))
-    rules = "; ".join(f"line {grant.line} allows models=\"{printable(','.join(grant.options.models or ()))[:200]}\"" for grant in lines[:4])
+    rules = "; ".join(
+        f'line {grant.line} allows models="{printable(",".join(grant.options.models or ()))[:200]}"' for grant in lines[:4]
+    )
     return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model")
 
 

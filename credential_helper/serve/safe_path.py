@@ -51,10 +51,14 @@ def _directory_problem(directory: str, info: os.stat_result) -> str | None:
     if not stat.S_ISDIR(info.st_mode):
         return f"{shown} is not a directory"
     if not _owner_ok(info):
-        return f"the directory {shown} belongs to another user (uid {info.st_uid}); sshd's StrictModes accepts only yours or root's"
+        return (
+            f"the directory {shown} belongs to another user (uid {info.st_uid}); sshd's StrictModes accepts only yours or root's"
+        )
     if system.others_may_write(info):
-        return (f"the directory {shown} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
-                f"they could replace the file; run: chmod go-w {shown}")
+        return (
+            f"the directory {shown} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}): "
+            f"they could replace the file; run: chmod go-w {shown}"
+        )
     return None
 
 
@@ -139,10 +143,14 @@ def look(path: str) -> Look:
             info = stat_(candidate)
         except FileNotFoundError:
             if pending:
-                return failed(f"the directory {printable(candidate)} does not exist: create it "
-                              f"(mkdir -m 700 {printable(candidate)}) and the file in it")
-            return failed(f"no authorized_keys file at {printable(path)}: create it with one line per key "
-                          "('ssh-ed25519 AAAA... <name> <endpoint>,...', e.g. a copy of someone's id_ed25519.pub)")
+                return failed(
+                    f"the directory {printable(candidate)} does not exist: create it "
+                    f"(mkdir -m 700 {printable(candidate)}) and the file in it"
+                )
+            return failed(
+                f"no authorized_keys file at {printable(path)}: create it with one line per key "
+                "('ssh-ed25519 AAAA... <name> <endpoint>,...', e.g. a copy of someone's id_ed25519.pub)"
+            )
         except OSError as exc:
             return failed(f"cannot inspect {printable(candidate)}: {exc.strerror}")
         if stat.S_ISLNK(info.st_mode):

@@ -25,11 +25,11 @@ class Policy(Protocol):
 
     def decide(self, head: Head) -> Forward | Answer | NeedBody: ...
 
+
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
 
 
-def listening_socket(address: tuple[str, int],
-                     prepare_socket: Callable[[socket.socket], None] | None = None) -> socket.socket:
+def listening_socket(address: tuple[str, int], prepare_socket: Callable[[socket.socket], None] | None = None) -> socket.socket:
     """A socket bound and listening on ``address``; a failure is one line with its
     exit code (errors.py), never an internal error: a port in use, an address this
     machine does not have, a privileged port, a host name that does not resolve."""
@@ -38,8 +38,10 @@ def listening_socket(address: tuple[str, int],
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICSERV)
     except (socket.gaierror, UnicodeError) as exc:
-        raise InputError(f"cannot listen on {shown}: {host!r} is not an address or a host name this machine "
-                         f"can resolve ({getattr(exc, 'strerror', None) or exc})") from None
+        raise InputError(
+            f"cannot listen on {shown}: {host!r} is not an address or a host name this machine "
+            f"can resolve ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     family, _, _, _, sockaddr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -58,7 +60,7 @@ def listen_problem(shown: str, exc: OSError) -> str:
 
     why = {
         errno.EADDRINUSE: "the port is in use by another program (another gate or proxy?): choose another port, "
-                          "or stop that program (ss -ltnp shows which)",
+        "or stop that program (ss -ltnp shows which)",
         errno.EACCES: "permission denied (ports below 1024 need privileges): choose a port from 1024 up",
         errno.EADDRNOTAVAIL: "this machine has no such address: listen on one of its own addresses, or 0.0.0.0",
     }.get(exc.errno or 0, exc.strerror or str(exc))
@@ -87,10 +89,20 @@ class Budget:
 class Server:
     policy: Policy  # None at construction when it needs the bound port: set before run()
 
-    def __init__(self, address: tuple[str, int], policy: Policy | None, *, upstream: Upstream | None,
-                 log: Callable[[str], None], limits: Limits | None = None, verbose: bool = False,
-                 tls_context: ssl.SSLContext | None = None, prepare_socket: Callable[[socket.socket], None] | None = None,
-                 observe: record.Observer | None = None, count_usage: bool = False) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        policy: Policy | None,
+        *,
+        upstream: Upstream | None,
+        log: Callable[[str], None],
+        limits: Limits | None = None,
+        verbose: bool = False,
+        tls_context: ssl.SSLContext | None = None,
+        prepare_socket: Callable[[socket.socket], None] | None = None,
+        observe: record.Observer | None = None,
+        count_usage: bool = False,
+    ) -> None:
         self.sock = listening_socket(address, prepare_socket)
         self.sock.settimeout(0.2)
         self.address = self.sock.getsockname()[:2]
@@ -178,8 +190,15 @@ class Server:
             self.in_flight += delta
 
 
-def run(server: Server, *, grace: float, log: Callable[[str], None], stop_signals: Iterable[int],
-        ready: Callable[[Server], None] | None = None, on_reload: Callable[[], None] | None = None) -> int:
+def run(
+    server: Server,
+    *,
+    grace: float,
+    log: Callable[[str], None],
+    stop_signals: Iterable[int],
+    ready: Callable[[Server], None] | None = None,
+    on_reload: Callable[[], None] | None = None,
+) -> int:
     """Serve until a stop signal; then stop accepting, let requests in flight
     finish within ``grace`` seconds, and return 0. ``SIGHUP`` (where it exists)
     calls ``on_reload`` from this thread, not from the signal handler."""

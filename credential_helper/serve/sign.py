@@ -34,9 +34,7 @@ TOKEN_FILE = "proxy-token"
 MIN_TOKEN_CHARS = 32
 # Never forwarded besides hop-by-hop fields: the client's credentials (the local
 # token), framing, and anything that tells the upstream about this machine.
-NOT_FORWARDED = frozenset(
-    {"host", "authorization", "x-api-key", "expect", "forwarded", "x-real-ip", "via", "origin", "cookie"}
-)
+NOT_FORWARDED = frozenset({"host", "authorization", "x-api-key", "expect", "forwarded", "x-real-ip", "via", "origin", "cookie"})
 # Sec-Fetch-Site values a page other than the proxy's own sends (Fetch Metadata).
 BROWSER_SITES = frozenset({"cross-site", "same-site"})
 
@@ -182,8 +180,13 @@ def browser_problem(head: Head, allowed: frozenset) -> str | None:
 class SigningPolicy:
     """The proxy: admit the local token holder, sign, forward."""
 
-    def __init__(self, signer: Signer, token: str | None, address: tuple[str, int],
-                 allowed_origins: frozenset[tuple[str, str, int]] = frozenset()) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        token: str | None,
+        address: tuple[str, int],
+        allowed_origins: frozenset[tuple[str, str, int]] = frozenset(),
+    ) -> None:
         self.signer = signer
         self.token = token.encode() if token is not None else None
         self.hosts = own_hosts(address)
@@ -194,21 +197,32 @@ class SigningPolicy:
     def decide(self, head: Head) -> Forward | Answer:
         host = (head.get("host") or "").strip().lower()
         if host not in self.hosts:
-            return Answer(403, f"the Host header must name this proxy ({self.shown_host}): a DNS name "
-                               "that points at loopback is how a web page would reach it", reason="origin")
+            return Answer(
+                403,
+                f"the Host header must name this proxy ({self.shown_host}): a DNS name "
+                "that points at loopback is how a web page would reach it",
+                reason="origin",
+            )
         problem = browser_problem(head, self.allowed_origins)
         if problem is not None:
             return Answer(403, problem, reason="origin")
         if self.token is not None:
             offered = presented_token(head)
             if offered is None or not hmac.compare_digest(offered.encode("latin-1", "replace"), self.token):
-                return Answer(401, (
-                    "missing or wrong local access token: send it as 'Authorization: Bearer <token>' or "
-                    f"'x-api-key: <token>'; it is in {token_path()} ('ollama-credential-helper proxy --print-env' prints it)"
-                ), headers=(("WWW-Authenticate", 'Bearer realm="ollama-credential-helper proxy"'),), reason="token")
+                return Answer(
+                    401,
+                    (
+                        "missing or wrong local access token: send it as 'Authorization: Bearer <token>' or "
+                        f"'x-api-key: <token>'; it is in {token_path()} ('ollama-credential-helper proxy --print-env' prints it)"
+                    ),
+                    headers=(("WWW-Authenticate", 'Bearer realm="ollama-credential-helper proxy"'),),
+                    reason="token",
+                )
         if not head.method.isalpha() or not head.method.isupper():
             # Signed as sent or not at all: ollama.com verifies METHOD,<target> with the method as sent.
-            return Answer(400, "the method must be upper-case letters (methods are case-sensitive, RFC 9110 9.1)", reason="malformed")
+            return Answer(
+                400, "the method must be upper-case letters (methods are case-sensitive, RFC 9110 9.1)", reason="malformed"
+            )
         try:
             target, authorization = self.signer.sign(head.method, head.target)
         except InputError as exc:

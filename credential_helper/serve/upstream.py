@@ -176,7 +176,6 @@ class Upstream:
                 # Its reason phrase is not shown: a proxy can echo the credentials in it.
                 hint = " (check the user and password in the proxy URL)" if event.status_code == 407 else ""
                 raise NetworkError(
-                    f"the proxy {via} ({via.variable}) refused the tunnel to {authority} "
-                    f"with status {event.status_code}{hint}"
+                    f"the proxy {via} ({via.variable}) refused the tunnel to {authority} with status {event.status_code}{hint}"
                 )
             raise NetworkError(f"the proxy {via} closed the tunnel to {authority}")

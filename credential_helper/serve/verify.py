@@ -29,7 +29,6 @@ message never says which key almost matched. Messages hold no signature, no
 canonical check (then through ``sanitize.printable``, bounded).
 """
 
-
 import math
 import re
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,32}")
 # What Ollama's client sends: strconv.FormatInt(time.Now().Unix(), 10). No sign,
 # no leading zero, at most 12 digits (year 33658): no value can overflow or cost.
 _TS = re.compile(r"0|[1-9][0-9]{0,11}")
-
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,11 @@ def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
         credential = value.strip(" \t")
     key_text, colon, signature_text = credential.partition(":")
     if not colon:
-        return Refused(401, "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)", "unsigned")  # an API key, not a signature
+        return Refused(
+            401,
+            "the Authorization header is not '<public key>:<signature>' as Ollama's client signs it (OLLAMA_AUTH=1)",
+            "unsigned",
+        )  # an API key, not a signature
     blob = decode_base64(key_text)
     if blob is None:
         return Refused(401, "the public key in the Authorization header is not valid base64", "malformed")
@@ -124,7 +126,9 @@ def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
     if signature is None:
         return Refused(401, "the signature in the Authorization header is not valid base64", "malformed")
     if not is_ed25519_blob(blob):
-        return Refused(401, "the key in the Authorization header is not an Ed25519 key; only ssh-ed25519 keys are admitted", "malformed")
+        return Refused(
+            401, "the key in the Authorization header is not an Ed25519 key; only ssh-ed25519 keys are admitted", "malformed"
+        )
     if len(signature) != SIGNATURE_BYTES:
         return Refused(401, "the signature in the Authorization header is not 64 bytes (Ed25519)", "malformed")
     return blob, signature
@@ -166,11 +170,19 @@ def verify(
         return Refused(400, "the request method is not an HTTP token", "malformed")
     problem = canonical_path_problem(target)
     if problem is not None:
-        return Refused(400, f"the request target is not in canonical form: {problem}; send the path exactly as the server routes it", "malformed")
+        return Refused(
+            400,
+            f"the request target is not in canonical form: {problem}; send the path exactly as the server routes it",
+            "malformed",
+        )
     if allow_health_check and is_health_check(method, target, authorization):
         return Admitted(HEALTH_CHECK_NAME, "")
     if authorization is None or authorization.strip() == "":
-        return Refused(401, "this server admits only requests signed with an admitted Ed25519 key: run Ollama's CLI with OLLAMA_AUTH=1, or use ollama-credential-helper's proxy or OllamaAuth", "unsigned")
+        return Refused(
+            401,
+            "this server admits only requests signed with an admitted Ed25519 key: run Ollama's CLI with OLLAMA_AUTH=1, or use ollama-credential-helper's proxy or OllamaAuth",
+            "unsigned",
+        )
     parsed = _parse_authorization(authorization)
     if isinstance(parsed, Refused):
         return parsed
@@ -185,7 +197,11 @@ def verify(
         return Refused(401, "ts= in the query is not Unix seconds in plain decimal digits", "malformed")
     ts = int(stamps[0])
     if not _signature_verifies(blob, signature, f"{method},{target}".encode("ascii")):
-        return Refused(401, f"the signature does not verify over {method} {sanitize.shown(path, 120)} with its query (signed for another method, path or query, or by another key)", "bad-signature")
+        return Refused(
+            401,
+            f"the signature does not verify over {method} {sanitize.shown(path, 120)} with its query (signed for another method, path or query, or by another key)",
+            "bad-signature",
+        )
     # Written as "not within" so that a NaN clock refuses rather than admits.
     skew = now - ts
     if not abs(skew) <= max_skew:
@@ -196,7 +212,9 @@ def verify(
             401,
             f"the signature's ts is {abs(skew):.0f} s {direction} this server's clock, more than the {max_skew:.0f} s allowed: "
             "sync the client's clock (e.g. timedatectl set-ntp true), or the request was replayed",
-            "stale", fingerprint(blob), _own_name(keys, blob),
+            "stale",
+            fingerprint(blob),
+            _own_name(keys, blob),
         )
     if keys.problem is not None:
         # sshd refuses every key while StrictModes rejects the file. A member learns
@@ -205,7 +223,8 @@ def verify(
             503,
             "this server's authorized_keys file cannot be used, so no key is admitted until the operator fixes it: "
             f"{keys.problem_for(blob)}",
-            "keyfile-unusable", fingerprint(blob),
+            "keyfile-unusable",
+            fingerprint(blob),
         )
     # A line's options grant less, never more: one this check cannot enforce admits nothing.
     grants = keys.grants_for(blob)
@@ -230,13 +249,18 @@ def verify(
             403,
             f"key {print_} ({sanitize.shown(name, 64)}) is not granted {shown}: the operator can add {shown} "
             "to its endpoint list in the server's authorized_keys",
-            "not-granted", print_, name if name != print_ else "",
+            "not-granted",
+            print_,
+            name if name != print_ else "",
         )
     return Refused(
         401,
         f"key {print_} is not in this server's authorized_keys; to admit it the operator adds the line: "
         f"{key_line} <name> {shown}   (or * instead of {shown} for every endpoint)",
-        "unknown-key", print_, "", f"to admit it add: {key_line} <name> {shown}",
+        "unknown-key",
+        print_,
+        "",
+        f"to admit it add: {key_line} <name> {shown}",
     )
 
 

@@ -118,9 +118,19 @@ def run_case(harness: str, keys_path: str, case) -> dict:
     headers = [line.split(":", 1)[0].lower() for line in lines[1:]]
     serving.stop_accepting()
     serving.close()
-    return {"key": key, "call": call, "method": method, "path": path, "body": body, "gate": kind,
-            "status_line": lines[0], "header_names": headers, "payload": payload, "printed": printed["printed"],
-            "error_type": printed["type"]}
+    return {
+        "key": key,
+        "call": call,
+        "method": method,
+        "path": path,
+        "body": body,
+        "gate": kind,
+        "status_line": lines[0],
+        "header_names": headers,
+        "payload": payload,
+        "printed": printed["printed"],
+        "error_type": printed["type"],
+    }
 
 
 def main() -> None:
@@ -131,11 +141,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         keys_path = keys_file(Path(directory))
         cases = {name: run_case(harness, keys_path, case) for name, case in CASES.items()}
-    out = {"provenance": f"Printed by Ollama's own api/client.go do/stream and api/types.go Error() (ollama/ollama "
-                         f"{commit}, copied verbatim by golden/ollama-client-harness/extract.go, built with "
-                         f"Go 1.19) against this project's gate, {time.strftime('%Y-%m-%d', time.gmtime())}; "
-                         f"stale cases: gate clock {SKEW} s ahead; keys: golden/keys.",
-           "skew": SKEW, "cases": cases}
+    out = {
+        "provenance": f"Printed by Ollama's own api/client.go do/stream and api/types.go Error() (ollama/ollama "
+        f"{commit}, copied verbatim by golden/ollama-client-harness/extract.go, built with "
+        f"Go 1.19) against this project's gate, {time.strftime('%Y-%m-%d', time.gmtime())}; "
+        f"stale cases: gate clock {SKEW} s ahead; keys: golden/keys.",
+        "skew": SKEW,
+        "cases": cases,
+    }
     (GOLDEN / "ollama_client.json").write_text(json.dumps(out, indent=1) + "\n")
     for name, case in cases.items():
         print(f"{name}: {case['status_line']!r} -> {case['printed']!r}")
