@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from . import record, usage
+from .failures import TINY_MESSAGE, BadBody, ClientGone, Stale, UpstreamMalformed, protocol_message, tiny, upstream_failure
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, end_to_end, head_problem, request_has_body
 from .upstream import Selector, set_timeout
 
@@ -48,18 +49,6 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})  # RFC 9110 9.2.1
 # streamed 401 (api/client.go stream); bounded, since it is an upstream's text.
 REASON_PHRASE_LIMIT = 200
 RECV_BYTES = 65536  # one read, from the client or the upstream
-# A request body in pieces this small costs h11 ~4 us each (and the relay a write each): 32 MiB
-# of 1-byte chunks was over 2 minutes of CPU. Past TINY_PIECES pieces, they must average TINY_BYTES.
-TINY_PIECES, TINY_BYTES = 4096, 256
-TINY_MESSAGE = f"the request body arrives in pieces of fewer than {TINY_BYTES} bytes on average; send it in larger chunks"
-
-
-def _tiny(pieces: int, size: int) -> bool:
-    return pieces > TINY_PIECES and size < pieces * TINY_BYTES
-
-
-class ClientGone(Exception):
-    """The client hung up or stopped reading: stop, and cut the upstream request."""
 
 
 class ClientConnection:
@@ -196,7 +185,7 @@ class ClientConnection:
 
     def _answer_bad_head(self, exc: h11.RemoteProtocolError) -> None:
         status = 431 if exc.error_status_hint == 431 else 400
-        message = _protocol_message(exc)
+        message = protocol_message(exc)
         if self.conn.our_state is h11.IDLE or self.conn.our_state is h11.SEND_RESPONSE:
             self._write_answer(Answer(status, message, reason="malformed"), None)
         self._log(
@@ -271,7 +260,7 @@ class ClientConnection:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                return Answer(400, _protocol_message(exc), reason="body")
+                return Answer(400, protocol_message(exc), reason="body")
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -287,7 +276,7 @@ class ClientConnection:
                 if len(body) + len(event.data) > limit:
                     return too_large
                 pieces += 1
-                if _tiny(pieces, len(body) + len(event.data)):
+                if tiny(pieces, len(body) + len(event.data)):
                     return Answer(400, TINY_MESSAGE, reason="body")
                 if not self.server.body_budget.take(len(event.data)):
                     # All connections together hold as many bodies as the gate allows itself.
@@ -388,7 +377,7 @@ class ClientConnection:
                 else:
                     self._send_body(up)
                 return self._answer_from(up, head, forward, started, secrets)
-            except _Stale as exc:
+            except Stale as exc:
                 up.close()
                 if not (reused and replayable and attempt == 1):
                     return self._upstream_failed(head, exc.__cause__ or exc, started, secrets, forward)
@@ -396,11 +385,11 @@ class ClientConnection:
                 up.close()
                 self._log_relayed(head, forward, self.status, started, detail="client gone")
                 return False
-            except _BadBody as exc:
+            except BadBody as exc:
                 up.close()  # the upstream never sees a complete request
                 self._finish(head, Answer(400, str(exc), who=forward.who, key=forward.key, reason="body"), started)
                 return False
-            except (OSError, ssl.SSLError, h11.ProtocolError, _UpstreamMalformed) as exc:
+            except (OSError, ssl.SSLError, h11.ProtocolError, UpstreamMalformed) as exc:
                 up.close()
                 return self._upstream_failed(head, exc, started, secrets, forward)
         return False  # pragma: no cover
@@ -418,7 +407,7 @@ class ClientConnection:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                raise _BadBody(_protocol_message(exc)) from None
+                raise BadBody(protocol_message(exc)) from None
             if event is h11.NEED_DATA:
                 if self.conn.they_are_waiting_for_100_continue:
                     self._send(h11.InformationalResponse(status_code=100, headers=[]))
@@ -434,8 +423,8 @@ class ClientConnection:
             try:
                 if isinstance(event, h11.Data):
                     pieces, size = pieces + 1, size + len(event.data)
-                    if _tiny(pieces, size):
-                        raise _BadBody(TINY_MESSAGE)
+                    if tiny(pieces, size):
+                        raise BadBody(TINY_MESSAGE)
                     up.send(h11.Data(data=bytes(event.data)))
                 elif isinstance(event, h11.EndOfMessage):
                     up.send(h11.EndOfMessage())
@@ -443,7 +432,7 @@ class ClientConnection:
                 else:
                     raise ClientGone()
             except (BrokenPipeError, ConnectionResetError) as exc:
-                raise _Stale() from exc
+                raise Stale() from exc
 
     def _send_buffered(self, up: Connection, body: bytes) -> None:
         """A body read before the decision (NeedBody), whole."""
@@ -452,7 +441,7 @@ class ClientConnection:
                 up.send(h11.Data(data=body))
             up.send(h11.EndOfMessage())
         except (BrokenPipeError, ConnectionResetError) as exc:
-            raise _Stale() from exc
+            raise Stale() from exc
 
     def _answer_from(self, up: Connection, head: Head, forward: Forward, started: float, secrets: tuple[str, ...]) -> bool:
         """Relay the upstream's answer; True when both connections may carry another request."""
@@ -476,7 +465,7 @@ class ClientConnection:
                     event = up.h11.next_event()
                 except h11.RemoteProtocolError as exc:
                     if status is None:
-                        raise _UpstreamMalformed(_protocol_message(exc)) from None
+                        raise UpstreamMalformed(protocol_message(exc)) from None
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
                 if event is h11.NEED_DATA:
                     self._flush()  # what arrived goes out before we wait for more
@@ -486,7 +475,7 @@ class ClientConnection:
                             raise TimeoutError()
                         return self._cut(up, head, status, started, forward, "upstream stalled")
                     if not data and not received:
-                        raise _Stale()  # closed before a byte of an answer: a kept-alive connection gone stale
+                        raise Stale()  # closed before a byte of an answer: a kept-alive connection gone stale
                     received = True
                     up.h11.receive_data(data)
                     continue
@@ -494,7 +483,7 @@ class ClientConnection:
                     continue  # interim (100, 103): never the answer; the final one follows
                 if isinstance(event, h11.Response):
                     if event.status_code == 101:
-                        raise _UpstreamMalformed("the upstream switched protocols, which the client did not ask for")
+                        raise UpstreamMalformed("the upstream switched protocols, which the client did not ask for")
                     if filtering:
                         held = event
                         continue
@@ -505,7 +494,7 @@ class ClientConnection:
                 elif isinstance(event, h11.Data) and filtering:
                     buffered += event.data
                     if len(buffered) > forward.filter_limit:
-                        raise _UpstreamMalformed(f"a model listing larger than {forward.filter_limit} bytes")
+                        raise UpstreamMalformed(f"a model listing larger than {forward.filter_limit} bytes")
                 elif isinstance(event, h11.Data):
                     self._queue(h11.Data(data=bytes(event.data)), len(event.data))
                     if self.usage is not None:
@@ -529,7 +518,7 @@ class ClientConnection:
                     return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE and not forward.close
                 else:  # ConnectionClosed before an answer
                     if status is None:
-                        raise _Stale()
+                        raise Stale()
                     return self._cut(up, head, status, started, forward, "upstream cut its answer short")
 
     def _wait_upstream(
@@ -565,7 +554,7 @@ class ClientConnection:
                         continue
                     except (ConnectionResetError, BrokenPipeError) as exc:
                         if before_answer:
-                            raise _Stale() from exc
+                            raise Stale() from exc
                         raise
                     return data
 
@@ -585,12 +574,12 @@ class ClientConnection:
         """The held answer with its body filtered and a new Content-Length."""
         encodings = [v.decode("latin-1").strip().lower() for n, v in event.headers if n == b"content-encoding"]
         if any(encoding not in ("", "identity") for encoding in encodings):
-            raise _UpstreamMalformed("a compressed model listing, which the gate must read to filter")
+            raise UpstreamMalformed("a compressed model listing, which the gate must read to filter")
         assert forward.filter_answer is not None  # only a filtering Forward's answer is held
         try:
             body = forward.filter_answer(event.status_code, body)
         except ValueError as exc:
-            raise _UpstreamMalformed(f"a model listing the gate cannot read ({exc})") from None
+            raise UpstreamMalformed(f"a model listing the gate cannot read ({exc})") from None
         headers = end_to_end([(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers.raw_items()])
         headers.append(("Content-Length", str(len(body))))
         if forward.close or self.server.stopping.is_set():
@@ -616,20 +605,7 @@ class ClientConnection:
             return False
         where = self.server.upstream.url.host if self.server.upstream is not None else "-"
         known: dict[str, Any] = {"who": forward.who, "key": forward.key, "reason": "upstream"}
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            answer, failure = Answer(504, f"the upstream {where} did not answer in time", **known), "timeout"
-        elif isinstance(exc, _UpstreamMalformed):
-            from ..sanitize import server_text
-
-            text = server_text(f"the upstream {where} sent a malformed answer: {exc}", secrets, limit=300)
-            answer, failure = Answer(502, text, **known), "malformed"
-        else:
-            from ..sanitize import server_text
-            from ..transport import describe_failure
-
-            detail = describe_failure(exc, where) if not isinstance(exc, _Stale) else None
-            text = detail or f"the connection to {where} failed before an answer"
-            answer, failure = Answer(502, server_text(text, secrets, limit=300), **known), "connect"
+        answer, failure = upstream_failure(exc, where, secrets, known)
         self._finish(head, answer, started, failure)
         return False
 
@@ -738,18 +714,6 @@ def _content_type(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     return next((value.decode("latin-1") for name, value in headers if name == b"content-type"), None)
 
 
-class _Stale(Exception):
-    """The upstream connection failed before any answer began."""
-
-
-class _BadBody(Exception):
-    """The client's body turned malformed part-way."""
-
-
-class _UpstreamMalformed(Exception):
-    """The upstream's answer head could not be read as HTTP/1.1."""
-
-
 def peer_address(sock: socket.socket) -> str:
     """The client's IP address; an IPv4-mapped IPv6 one (a dual-stack listener) as IPv4."""
     try:
@@ -761,10 +725,3 @@ def peer_address(sock: socket.socket) -> str:
     if address[:7].lower() == "::ffff:" and "." in address:
         return address[7:]
     return address
-
-
-def _protocol_message(exc: h11.ProtocolError) -> str:
-    from ..sanitize import shown
-
-    text = str(exc).split(":", 1)[0] if "bytearray(" in str(exc) else str(exc)
-    return shown(text, 120) or "malformed request"
