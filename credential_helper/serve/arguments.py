@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cli import _positive_int, _timeout, write_stdout
 from ..errors import EXIT_OK, InputError
+from .limits import Limits
 
 if TYPE_CHECKING:
     import argparse
@@ -42,33 +43,7 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
         help="admit requests from this web page origin (scheme://host:port); repeatable; default: none",
     )
     proxy.add_argument("--print-env", action="store_true", help="print shell lines that point clients at the proxy, then exit")
-    proxy.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=300.0,
-        metavar="SECONDS",
-        help="bound on the upstream's whole answer head, then on each wait for more of its body (default: 300)",
-    )
-    proxy.add_argument(
-        "--max-concurrency",
-        type=_positive_int,
-        default=128,
-        metavar="N",
-        help="requests in flight at once; more get 503 (default: 128)",
-    )
-    proxy.add_argument(
-        "--grace",
-        type=_timeout,
-        default=10.0,
-        metavar="SECONDS",
-        help="on SIGINT/SIGTERM, how long requests in flight may finish (default: 10)",
-    )
-    proxy.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="one line per request as text, or one JSON object per line for log shippers (default: text)",
-    )
+    _add_serving_options(proxy, "on SIGINT/SIGTERM")
     proxy.set_defaults(func=cmd_proxy)
 
     verbose_only = parser_class(add_help=False)
@@ -113,33 +88,7 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
     )
     gate.add_argument("--tls-cert", metavar="FILE", help="serve https with this certificate chain (PEM)")
     gate.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
-    gate.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=300.0,
-        metavar="SECONDS",
-        help="bound on the upstream's whole answer head, then on each wait for more of its body (default: 300)",
-    )
-    gate.add_argument(
-        "--max-concurrency",
-        type=_positive_int,
-        default=128,
-        metavar="N",
-        help="requests in flight at once; more get 503 (default: 128)",
-    )
-    gate.add_argument(
-        "--grace",
-        type=_timeout,
-        default=10.0,
-        metavar="SECONDS",
-        help="on a stop signal, how long requests in flight may finish (default: 10)",
-    )
-    gate.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default="text",
-        help="one line per request as text, or one JSON object per line for log shippers (default: text)",
-    )
+    _add_serving_options(gate, "on a stop signal")
     gate.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
@@ -151,6 +100,39 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
         help="allow --metrics-listen on a non-loopback address (the metrics name every key's user)",
     )
     gate.set_defaults(func=cmd_gate)
+
+
+def _add_serving_options(parser: argparse.ArgumentParser, stop: str) -> None:
+    """What the proxy and the gate share: the engine's bounds (serve/limits.py gives the
+    defaults) and the log's format."""
+    limits = Limits()
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=limits.upstream,
+        metavar="SECONDS",
+        help=f"bound on the upstream's whole answer head, then on each wait for more of its body (default: {limits.upstream:g})",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=_positive_int,
+        default=limits.in_flight,
+        metavar="N",
+        help=f"requests in flight at once; more get 503 (default: {limits.in_flight})",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_timeout,
+        default=10.0,
+        metavar="SECONDS",
+        help=f"{stop}, how long requests in flight may finish (default: 10)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="one line per request as text, or one JSON object per line for log shippers (default: text)",
+    )
 
 
 def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
