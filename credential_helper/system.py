@@ -498,6 +498,43 @@ else:
         return bool(poller.poll(0))
 
 
+if sys.platform == "win32":
+
+    def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
+        """None: a Windows socket is a handle, not a file descriptor (os.write cannot
+        take it), so the caller writes through the socket's own timed path."""
+        return None
+
+    def read_now(sock: Socket, buffer: memoryview) -> int | None:
+        return None
+
+else:
+
+    def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
+        """Write what the socket takes at once, without the poll(2) CPython makes
+        before every send on a socket with a timeout (Modules/socketmodule.c
+        sock_call_ex): the bytes written, 0 if none fit now, None when this socket
+        cannot be written so (TLS, or blocking). Each system call a thread makes
+        hands the GIL over; under load fewer of them is more requests a second."""
+        if sock.gettimeout() is None or hasattr(sock, "pending"):  # blocking, or an SSLSocket
+            return None
+        try:
+            return os.write(sock.fileno(), data)
+        except BlockingIOError:
+            return 0
+
+    def read_now(sock: Socket, buffer: memoryview) -> int | None:
+        """Read what is there into ``buffer`` without a poll first (see write_now):
+        the bytes read (0 at end of stream), None when this socket cannot be read
+        so or has nothing yet."""
+        if sock.gettimeout() is None or hasattr(sock, "pending"):
+            return None
+        try:
+            return os.readv(sock.fileno(), [buffer])
+        except BlockingIOError:
+            return None
+
+
 def cache_dir() -> str:
     """``$XDG_CACHE_HOME/ollama-credential-helper`` (default ~/.cache/...) on
     POSIX; ``%LOCALAPPDATA%\\ollama-credential-helper`` on Windows."""

@@ -145,7 +145,9 @@ class ClientConnection:
             left = deadline - time.monotonic()
             if left <= 0 or self.evicted:
                 return None
-            self.wire.sock.settimeout(left)
+            current = self.wire.sock.gettimeout()
+            if current is None or abs(current - left) > min(0.05, left / 10):
+                self.wire.sock.settimeout(left)  # an ioctl each (and a GIL hand-off): not for a few ms
             try:
                 data = self.wire.recv(self.wire.sock)
             except TimeoutError:

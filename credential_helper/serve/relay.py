@@ -233,7 +233,7 @@ class Relay:
             for key, _ in selector.select(left):
                 if key.data == "client":
                     try:
-                        data = wire.recv(wire.sock)
+                        data = wire.recv_ready(wire.sock)
                     except (BlockingIOError, ssl.SSLWantReadError):
                         continue
                     except OSError:
@@ -245,7 +245,7 @@ class Relay:
                         selector.unregister(wire.sock)  # enough read ahead; stop watching
                 else:
                     try:
-                        data = wire.recv(up.sock)
+                        data = wire.recv_ready(up.sock)
                     except ssl.SSLWantReadError:
                         continue
                     except (ConnectionResetError, BrokenPipeError) as exc:

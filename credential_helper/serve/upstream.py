@@ -39,6 +39,18 @@ def set_timeout(sock: socket.socket, seconds: float) -> None:
         sock.settimeout(seconds)
 
 
+def send_all(sock: socket.socket, data: bytes, timeout: float | None = None) -> None:
+    """sendall, with what the socket takes at once written without a poll first
+    (system.write_now); the rest through sendall, which waits ``timeout`` (None:
+    the socket's own) for each part. A write done at once needs no timeout set."""
+    written = system.write_now(sock, data)
+    if written is not None and written >= len(data):
+        return
+    if timeout is not None:
+        set_timeout(sock, timeout)
+    sock.sendall(memoryview(data)[written or 0 :])
+
+
 class Connection:
     __slots__ = ("sock", "h11", "idle_since")
 
@@ -50,7 +62,7 @@ class Connection:
     def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
         if data:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
 
     def quiet(self) -> bool:
         """Nothing arrived while idle: no close, and no stray bytes (an answer to

@@ -12,7 +12,8 @@ import h11
 from .failures import ClientGone
 from .limits import Limits
 from .messages import MAX_HEAD_BYTES
-from .upstream import set_timeout
+from .. import system
+from .upstream import send_all, set_timeout
 
 RECV_BYTES = 65536  # one read, from the client or the upstream
 
@@ -32,6 +33,13 @@ class Wire:
     def recv(self, sock: socket.socket) -> bytes:
         """One read (this client's socket or an upstream's) through the buffer: only its bytes are copied out."""
         return self._buffer[: sock.recv_into(self._buffer)].tobytes()
+
+    def recv_ready(self, sock: socket.socket) -> bytes:
+        """One read from a socket a poll said is readable: no second poll where the system allows."""
+        read = system.read_now(sock, self._buffer)
+        if read is None:
+            return self.recv(sock)
+        return self._buffer[:read].tobytes()
 
     def recv_into_buffer(self) -> int:
         """One read from the client whose bytes are not wanted (lingering): how many."""
@@ -70,9 +78,8 @@ class Wire:
         """Write what is queued; a client that takes none of it for --timeout is gone."""
         if self._out:
             data, self._out = bytes(self._out), bytearray()
-            set_timeout(self.sock, self.limits.upstream)
             try:
-                self.sock.sendall(data)
+                send_all(self.sock, data, self.limits.upstream)
             except OSError:
                 raise ClientGone() from None
         self.sent += self._out_body
@@ -82,8 +89,7 @@ class Wire:
         """One event at once; ``timeout`` bounds the write (default --timeout)."""
         data = self.conn.send(event)
         if data:
-            set_timeout(self.sock, self.limits.upstream if timeout is None else timeout)
             try:
-                self.sock.sendall(data)
+                send_all(self.sock, data, self.limits.upstream if timeout is None else timeout)
             except OSError:
                 raise ClientGone() from None
