@@ -28,7 +28,7 @@ from credential_helper.standin import REPLY_WORDS, StandIn
 
 pytestmark = pytest.mark.process  # loopback servers and the installed executable
 
-ALLOWED = "qwen3-coder:480b-cloud"  # the stand-in's models (credential_helper/standin.py MODELS)
+ALLOWED = "qwen3-coder:480b-cloud"  # the stand-in's models (credential_helper/standin_replies.py MODELS)
 DENIED = "gpt-oss:120b-cloud"
 RULE = 'models="qwen3-coder:*,small*"'
 

@@ -1,12 +1,13 @@
 """The ``proxy`` and ``gate`` commands' arguments and entry points (the rest of
-the command line is ``cli.py``, which adds these to its parser)."""
+the command line is ``cli.py`` and ``cli_commands.py``, whose parser adds these)."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
 
-from ..cli import _positive_int, _timeout, write_stdout
+from ..cli import write_stdout
+from ..cli_commands import _positive_int, _timeout
 from ..errors import EXIT_OK, InputError
 from .limits import Limits
 
