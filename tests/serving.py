@@ -6,9 +6,9 @@ json`` too) within a deadline, and returns a :class:`Running`: the URL and port 
 printed, every line it printed so far, the process, and ``stop()``. A process that
 does not start is killed and the failure quotes all it printed. ``running(...)`` is
 the same as a context manager; ``conftest.py``'s ``start_serving``, ``start_proxy``
-and ``start_gate`` fixtures stop whatever a test left running.
+and ``start_gate`` fixtures kill whatever a test left running.
 
-``in_process(policy, ...)`` is the engine (``serve/server.Server``) in a thread of the
+``InProcess(policy, ...)`` is the engine (``serve/server.Server``) in a thread of the
 test's own process, on port 0, for the tests that set its policy or clock themselves.
 """
 
