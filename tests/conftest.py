@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from credential_helper.standin import StandIn
 
 import serving
+from serving import helper_executable  # also imported from here by many test files
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "golden"
@@ -39,14 +39,6 @@ def asset(name: str) -> Path:
 
 def load_vectors(name: str) -> list[dict]:
     return json.loads(asset(name).read_text())
-
-
-def helper_executable() -> list[str]:
-    """The console script installed beside this interpreter (never a source checkout)."""
-    script = Path(sys.executable).with_name("ollama-credential-helper")
-    found = str(script) if script.exists() else shutil.which("ollama-credential-helper")
-    assert found, "ollama-credential-helper is not installed in this environment"
-    return [found]
 
 
 @pytest.fixture
@@ -184,7 +176,16 @@ INTEROP_FILES = {
     "test_models_go.py",
     "test_go_client.py",
 }
-PROCESS_FIXTURES = {"run", "standin", "streaming_standin", "upstream", "start_proxy", "start_gate", "proxy_env"}
+PROCESS_FIXTURES = {
+    "run",
+    "standin",
+    "streaming_standin",
+    "upstream",
+    "start_serving",
+    "start_proxy",
+    "start_gate",
+    "proxy_env",
+}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -312,42 +313,46 @@ def proxy_env(env, tmp_path):
 
 
 @pytest.fixture
-def start_proxy(proxy_env):
-    started: list[serving.RunningProxy] = []
-    processes: list[subprocess.Popen] = []
+def start_serving():
+    """``serving.start`` whose processes are killed at the end of the test if still running."""
+    started: list[serving.Running] = []
 
-    def start(*args: str, environment: dict | None = None, token: bool = True) -> serving.RunningProxy:
-        environment = environment or proxy_env
-        process = subprocess.Popen(
-            [*helper_executable(), "proxy", "--listen", "127.0.0.1:0", *args],
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        processes.append(process)  # before any check: a proxy that fails one is still stopped
-        first = process.stderr.readline()
-        if not first.startswith("listening on http://127.0.0.1:"):
-            process.kill()
-            raise AssertionError(first + process.stderr.read())
-        secret = None
-        if token:
-            printed = subprocess.run(
-                [*helper_executable(), "proxy", "--print-env"], env=environment, capture_output=True, text=True, check=True
-            ).stdout
-            secret = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
-        running = serving.RunningProxy(process, first, secret)
+    def start(*args: str, **options) -> serving.Running:
+        running = serving.start(*args, **options)
         started.append(running)
         return running
 
     yield start
     for running in started:
-        running.stop(signal.SIGKILL)
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        running.close()
+
+
+@pytest.fixture
+def start_proxy(start_serving, proxy_env):
+    """The installed proxy on 127.0.0.1:0 with ``args``; ``token``: its local token, read
+    with ``proxy --print-env`` (the way a user reads it)."""
+
+    def start(*args: str, environment: dict | None = None, token: bool = True) -> serving.Running:
+        environment = environment or proxy_env
+        running = start_serving("proxy", *args, env=environment, expect="listening on http://127.0.0.1:")
+        if token:
+            printed = subprocess.run(
+                [*helper_executable(), "proxy", "--print-env"], env=environment, capture_output=True, text=True, check=True
+            ).stdout
+            running.token = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
+        return running
+
+    return start
+
+
+@pytest.fixture
+def start_gate(start_serving, env):
+    """The installed gate on 127.0.0.1:0 with ``args``."""
+
+    def start(*args: str) -> serving.Running:
+        return start_serving("gate", *args, env=env)
+
+    return start
 
 
 def assert_ollama_error_shape(status: int, body: dict) -> None:

@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import ROOT, helper_executable
+import serving
+from conftest import ROOT
 
 SERVER_NAME = "ollama.example.com"
 # The values the blocks are written with (an operator's defaults) and that a test replaces.
@@ -131,30 +132,16 @@ class Gate:
     """``ollama-credential-helper gate --auth-only`` as installed, on a free loopback port."""
 
     def __init__(self, authorized_keys: Path, environment: dict[str, str], *extra: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                *helper_executable(),
-                "gate",
-                "--auth-only",
-                "--listen",
-                "127.0.0.1:0",
-                "--authorized-keys",
-                str(authorized_keys),
-                *extra,
-            ],
+        self.running = serving.start(
+            "gate",
+            "--auth-only",
+            "--authorized-keys",
+            str(authorized_keys),
+            *extra,
             env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            expect="listening on http://127.0.0.1:",
         )
-        self.first_line = self.process.stderr.readline()
-        if not self.first_line.startswith("listening on http://127.0.0.1:"):
-            rest = self.process.stderr.read() if self.process.poll() is not None else ""
-            stop_process(self.process, signal.SIGKILL)
-            raise AssertionError(f"`gate --auth-only` did not start: {self.first_line!r} {rest!r}")
-        self.port = int(self.first_line.split()[2].rsplit(":", 1)[1].rstrip("/"))
-        self.log: list[str] = []
+        self.process, self.first_line, self.port = self.running.process, self.running.first_line, self.running.port
 
     def ask(self, headers: dict[str, str], path: str = "/_gate") -> tuple[int, dict[str, str], bytes]:
         """One auth request straight to the gate, as a front server would make it."""
@@ -166,14 +153,12 @@ class Gate:
         finally:
             connection.close()
 
+    @property
+    def log(self) -> list[str]:
+        return self.running.log
+
     def stop(self) -> list[str]:
-        stop_process(self.process)
-        if self.process.stderr is not None and not self.process.stderr.closed:
-            self.log += self.process.stderr.read().splitlines()
-            self.process.stderr.close()
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return self.log
+        return self.running.stop()
 
 
 class Relay:

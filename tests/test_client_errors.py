@@ -19,6 +19,7 @@ import time
 
 import pytest
 from conftest import GOLDEN
+from serving import InProcess
 
 from credential_helper.identity import load_identity
 
@@ -160,23 +161,16 @@ def test_openai_python_shows_the_proxys_reason(tmp_path, monkeypatch):
     """The proxy's own answers on /v1 take the same shape (a wrong local token here)."""
     import openai
 
-    from credential_helper.serve import server, sign
+    from credential_helper.serve import sign
     from credential_helper.serve.messages import Answer
 
     class Refusing:
         def decide(self, head):
             return Answer(401, "missing or wrong local access token", reason="token")
 
-    serving = server.Server(("127.0.0.1", 0), Refusing(), upstream=None, log=lambda line: None)
-    import threading
-
-    threading.Thread(target=serving.serve_forever, daemon=True).start()
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{serving.address[1]}/v1", api_key="wrong", max_retries=0, timeout=10)
+    with InProcess(Refusing(), log=lambda line: None) as serving:
+        client = openai.OpenAI(base_url=f"{serving.base}/v1", api_key="wrong", max_retries=0, timeout=10)
         with pytest.raises(openai.AuthenticationError) as refused:
             client.models.list()
         assert "local access token" in refused.value.message and refused.value.code == "token"
-    finally:
-        serving.stop_accepting()
-        serving.close()
     assert sign.SigningPolicy  # the proxy's policy answers with messages.Answer, shaped the same way

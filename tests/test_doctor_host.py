@@ -18,7 +18,7 @@ import pytest
 from conftest import GOLDEN, helper_executable
 from faults import CertificateAuthority
 from frontends import issue_certificate
-from test_gate import local_ollama, start_gate  # noqa: F401 (fixtures)
+from test_gate import local_ollama  # noqa: F401 (fixtures)
 from test_truststore import hashed_directory
 
 pytestmark = pytest.mark.process

@@ -13,12 +13,10 @@ import time
 
 import pytest
 from faults import KeepAliveServer
+from serving import InProcess
 
-from credential_helper import protocol
-from credential_helper.serve import server
 from credential_helper.serve.limits import Limits
 from credential_helper.serve.messages import Answer, Forward, Head, NeedBody
-from credential_helper.serve.upstream import Upstream
 
 pytestmark = pytest.mark.process  # loopback servers, in this process
 
@@ -67,16 +65,12 @@ def engine():
 
     def start(policy, respond=listing, limits=None):
         upstream_server = KeepAliveServer(respond).__enter__()
-        upstream = Upstream(protocol.URL("http", upstream_server.host, "", ""), 5, environ={})
-        log: list[str] = []
-        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=log.append, limits=limits or Limits(upstream=5))
-        threading.Thread(target=served.serve_forever, daemon=True).start()
+        served = InProcess(policy, upstream=upstream_server.host, timeout=5, limits=limits)
         started.append((served, upstream_server))
-        return served.address[1], upstream_server, log
+        return served.port, upstream_server, served.log
 
     yield start
     for served, upstream_server in started:
-        served.stop_accepting()
         served.close()
         upstream_server.__exit__(None, None, None)
 

@@ -11,11 +11,11 @@ import time
 import pytest
 
 from credential_helper import protocol
-from credential_helper.serve import server
 from credential_helper.serve.limits import Limits
 from credential_helper.serve.messages import Answer, Forward, Head
 from credential_helper.serve.upstream import Upstream
 from faults import KeepAliveServer
+from serving import InProcess
 
 pytestmark = pytest.mark.process  # loopback sockets, no subprocess
 
@@ -34,17 +34,15 @@ class Forwarding:
 
 @pytest.fixture
 def serve():
-    started: list[server.Server] = []
+    started: list[InProcess] = []
 
     def start(policy, limits: Limits, upstream: Upstream | None = None) -> int:
-        served = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=lambda line: None, limits=limits)
-        threading.Thread(target=served.serve_forever, daemon=True).start()
+        served = InProcess(policy, upstream=upstream, log=lambda line: None, limits=limits)
         started.append(served)
-        return served.address[1]
+        return served.port
 
     yield start
     for served in started:
-        served.stop_accepting()
         served.close()
 
 

@@ -12,18 +12,17 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import GOLDEN, assert_ollama_error_shape, helper_executable, load_vectors
+from conftest import GOLDEN, assert_ollama_error_shape, load_vectors
 from credential_helper.identity import load_identity
-from credential_helper.serve import gate, keyfile, server
-from credential_helper.serve.limits import Limits
+from credential_helper.serve import gate, keyfile
 from credential_helper.serve.authorized_keys import KeyFile
 from credential_helper.standin import REPLY_WORDS, StandIn
 from faults import CertificateAuthority, KeepAliveServer
+from serving import InProcess
 
 VECTORS = load_vectors("gate.json")
 POSITIVES = [v for v in VECTORS if v["expect"] == "admit"]
@@ -47,20 +46,13 @@ def both_keys_file(tmp_path, extra: str = "") -> str:
     return str(path)
 
 
-class InProcessGate:
+class InProcessGate(InProcess):
     """The engine and GatePolicy in this process, with the verifier's clock set by the test."""
 
     def __init__(self, keys_path: str, upstream_host: str, clock) -> None:
-        from credential_helper import protocol
-        from credential_helper.serve.upstream import Upstream
-
         self.log: list[str] = []
-        upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 30, environ={})
         policy = gate.GatePolicy(KeyFile(keys_path, self.log.append), 300, upstream_host, clock=clock)
-        self.server = server.Server(("127.0.0.1", 0), policy, upstream=upstream, log=self.log.append, limits=Limits(upstream=30))
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.port = self.server.address[1]
+        super().__init__(policy, upstream=upstream_host, timeout=30, log=self.log.append)
 
     def send(self, method: str, target: str, authorization: str | None, host: str = "box.example:443") -> bytes:
         auth = f"Authorization: {authorization}\r\n" if authorization is not None else ""
@@ -72,11 +64,6 @@ class InProcessGate:
             while chunk := sock.recv(65536):
                 data += chunk
         return data
-
-    def close(self) -> None:
-        self.server.stop_accepting()
-        self.thread.join(2)
-        self.server.close()
 
 
 @pytest.fixture
@@ -134,48 +121,6 @@ def test_the_recorded_negatives_are_refused_and_never_forwarded(recorded, vector
 # --- the installed gate, with clients of this project ---------------------------------------
 
 
-class RunningGate:
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.process = process
-        self.first_line = process.stderr.readline()
-        assert self.first_line.startswith("listening on http"), self.first_line + (
-            process.stderr.read() if process.poll() is not None else ""
-        )
-        self.base = self.first_line.split()[2]
-        self.port = int(self.base.rsplit(":", 1)[1])
-        self.log: list[str] = []
-
-    def stop(self) -> list[str]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.process.wait(20)
-        self.log += self.process.stderr.read().splitlines()
-        return self.log
-
-
-@pytest.fixture
-def start_gate(env):
-    started: list[RunningGate] = []
-
-    def start(*args: str) -> RunningGate:
-        process = subprocess.Popen(
-            [*helper_executable(), "gate", "--listen", "127.0.0.1:0", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        started.append(process)  # before any check: a gate that fails one is still stopped
-        return RunningGate(process)
-
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
 @pytest.fixture
 def local_ollama():
     """A stand-in for a self-hosted Ollama: no signatures of its own, streams chat."""
@@ -218,7 +163,7 @@ def test_this_projects_proxy_streams_chat_through_the_gate(tmp_path, start_gate,
         lines = [json.loads(line) for line in response if line.strip()]
     assert "".join(line["message"]["content"] for line in lines) == "".join(REPLY_WORDS)
     assert [method for method, _ in local_ollama.unverified_requests] == ["POST"]
-    assert "warning: signing with your default key toward" in "\n".join(proxy.stop() or proxy.log)
+    assert "warning: signing with your default key toward" in "\n".join(proxy.stop())
     logged = [line for line in gate_.stop() if "/api/chat" in line]
     assert logged and logged[0].startswith("POST /api/chat 200 ") and logged[0].endswith(" alice")
 

@@ -8,13 +8,12 @@ import http.client
 import signal
 import socket
 import ssl
-import time
 
 import pytest
 
 from faults import CertificateAuthority
 from frontends import issue_certificate
-from test_gate import both_keys_file, local_ollama, recorded, signed, start_gate  # noqa: F401 (fixtures)
+from test_gate import both_keys_file, local_ollama, recorded, signed  # noqa: F401 (fixtures)
 
 
 @pytest.mark.process
@@ -82,10 +81,7 @@ def test_sighup_reloads_the_certificate_for_new_connections_and_keeps_open_ones(
 
     issue_certificate(new_ca, tmp_path / "box", "localhost")  # certbot renews the files in place
     gate_.process.send_signal(signal.SIGHUP)
-    line = gate_.process.stderr.readline()
-    while "reloaded" not in line or "fullchain.pem" not in line:
-        assert line, "the gate said nothing after SIGHUP"
-        line = gate_.process.stderr.readline()
+    gate_.wait_for(lambda line: "reloaded" in line and "fullchain.pem" in line)
 
     assert _get(kept, keys) == 200 and kept.sock is sock  # the open connection goes on, with its certificate
     fresh = http.client.HTTPSConnection("localhost", gate_.port, context=trusts_new, timeout=10)
@@ -120,10 +116,7 @@ def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, l
     damaged = cert if broken == "--tls-cert" else key
     damaged.write_text("half a file\n")
     gate_.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    line = gate_.process.stderr.readline()
-    while "previous certificate" not in line and time.monotonic() < deadline:
-        line = gate_.process.stderr.readline()
+    line = gate_.wait_for("previous certificate", timeout=10)
     # The file at fault is named, not OpenSSL's bare "[SSL] PEM lib".
     assert line.startswith(f"warning: cannot use {broken} {damaged}:") and "PEM lib" not in line and "half a file" not in line, (
         line

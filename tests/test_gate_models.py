@@ -16,14 +16,13 @@ import time
 
 import pytest
 from conftest import GOLDEN, helper_executable
+import serving
 from faults import KeepAliveServer
+from serving import InProcess
 
-from credential_helper import protocol
 from credential_helper.identity import load_identity
-from credential_helper.serve import gate, server
-from credential_helper.serve.limits import Limits
+from credential_helper.serve import gate
 from credential_helper.serve.authorized_keys import KeyFile
-from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import REPLY_WORDS, StandIn
 
 pytestmark = pytest.mark.process  # loopback servers and the installed executable
@@ -44,23 +43,13 @@ def write_keys(tmp_path, text: str) -> str:
     return str(path)
 
 
-class Gate:
+class Gate(InProcess):
     """The engine and GatePolicy in this process, toward ``upstream_host``."""
 
     def __init__(self, keys_path: str, upstream_host: str, **policy) -> None:
         self.log: list[str] = []
-        upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 30, environ={})
         self.policy = gate.GatePolicy(KeyFile(keys_path, self.log.append), 300, upstream_host, **policy)
-        self.server = server.Server(
-            ("127.0.0.1", 0), self.policy, upstream=upstream, log=self.log.append, limits=Limits(upstream=30)
-        )
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.port = self.server.address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.stop_accepting()
-        self.server.close()
+        super().__init__(self.policy, upstream=upstream_host, timeout=30, log=self.log.append)
 
 
 @pytest.fixture
@@ -436,28 +425,18 @@ def test_from_and_expiry_through_the_running_gate(tmp_path, module_keys, rule, s
     ],
 )
 def test_auth_only_refuses_to_start_with_lines_it_cannot_enforce(tmp_path, env, rule, args, code):
-    import subprocess
-
     path = write_keys(tmp_path, f"{rule} {key_line('ed25519-b')} bob *\n")
-    process = subprocess.Popen(
-        [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path, *args],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = process.stderr.readline()
-        if code is None:
+    arguments = ("gate", "--auth-only", "--authorized-keys", path, *args)
+    if code is None:
+        with serving.running(*arguments, env=env, expect="listening on ") as started:
+            first = started.first_line
             assert first.startswith("listening on "), first
-        else:
-            assert process.wait(10) == code, first
-            assert first.count("\n") == 1 and (code == 2 or "line 1" in first), first
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+    else:
+        with pytest.raises(serving.DidNotListen) as refused:
+            serving.start(*arguments, env=env, expect="listening on ")
+        lines = refused.value.lines  # all it printed: one line
+        assert refused.value.returncode == code, lines
+        assert len(lines) == 1 and (code == 2 or "line 1" in lines[0]), lines
 
 
 @pytest.mark.parametrize(
@@ -526,19 +505,9 @@ def test_trusted_front_is_for_auth_only(tmp_path, env):
 
 
 def test_a_line_auth_only_cannot_enforce_that_arrives_in_a_reload_grants_nothing_and_says_so(tmp_path, env, module_keys):
-    import subprocess
-
     path = write_keys(tmp_path, f"{key_line('ed25519-b')} bob *\n")
-    process = subprocess.Popen(
-        [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        port = int(process.stderr.readline().split()[2].rsplit(":", 1)[1])
+    with serving.running("gate", "--auth-only", "--authorized-keys", path, env=env) as started:
+        port = started.port
 
         def ask() -> bytes:
             target, authorization = sign(module_keys, "POST", "/api/chat")
@@ -556,12 +525,8 @@ def test_a_line_auth_only_cannot_enforce_that_arrives_in_a_reload_grants_nothing
             handle.write(f'models="small" {key_line("ed25519-b")} bob *\n')
         time.sleep(2.5)  # past the racy window of a fresh write
         assert ask().startswith(b"HTTP/1.1 403 ")
-    finally:
-        process.terminate()
-        log = process.communicate(timeout=20)[1]
-    assert any(
-        "line 1: models= cannot be enforced with --auth-only" in line and "grants nothing" in line for line in log.splitlines()
-    ), log
+        log = started.stop()
+    assert any("line 1: models= cannot be enforced with --auth-only" in line and "grants nothing" in line for line in log), log
 
 
 # --- Ollama's own Go client (api/client.go do and stream) ---------------------------------------

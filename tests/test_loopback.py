@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+import serving
 from conftest import helper_executable
 from credential_helper import policy
 
@@ -43,16 +44,8 @@ def test_the_proxy_answers_the_url_it_prints(spelling, proxy_env, upstream):
     ).stdout
     exported = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())
     base, token = exported["OLLAMA_HOST"], exported["OLLAMA_API_KEY"]
-    process = subprocess.Popen(
-        [*helper_executable(), "proxy", "--listen", listen, "--upstream", upstream.base_url],
-        env=proxy_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = process.stderr.readline()
+    with serving.running("proxy", "--upstream", upstream.base_url, env=proxy_env, listen=listen) as started:
+        first = started.first_line
         assert first.startswith(f"listening on {base} "), (first, base)
         request = urllib.request.Request(f"{base}/api/me", data=b"", method="POST", headers={"Authorization": f"Bearer {token}"})
         try:
@@ -60,9 +53,7 @@ def test_the_proxy_answers_the_url_it_prints(spelling, proxy_env, upstream):
                 status = response.status
         except urllib.error.HTTPError as err:
             status = err.code
-    finally:
-        process.terminate()
-        process.communicate(timeout=20)
+        started.stop()
     assert status == 200 and len(upstream.signed_requests) == 1
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import subprocess
 import urllib.parse
 import urllib.request
 
 import pytest
-from conftest import GOLDEN, helper_executable
+from conftest import GOLDEN
+import serving
 from test_observe import API_MD_STREAM, FINGERPRINT_A, signed
 
 from credential_helper.errors import InputError, ListenError
@@ -139,28 +139,18 @@ def running_metered_gate(tmp_path, keys):
     os.chmod(path, 0o600)
     metrics_port = free_port()
     with KeepAliveServer(respond) as upstream:
-        process = subprocess.Popen(
-            [
-                *helper_executable(),
-                "gate",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                f"http://{upstream.host}",
-                "--authorized-keys",
-                str(path),
-                "--metrics-listen",
-                f"127.0.0.1:{metrics_port}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            first = process.stderr.readline()
-            port = int(first.split("listening on http://127.0.0.1:")[1].split(" ")[0])
-            assert f"metrics at http://127.0.0.1:{metrics_port}/metrics" in process.stderr.readline()
+        with serving.running(
+            "gate",
+            "--upstream",
+            f"http://{upstream.host}",
+            "--authorized-keys",
+            str(path),
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+            expect="listening on http://127.0.0.1:",
+        ) as started:
+            port = started.port
+            assert f"metrics at http://127.0.0.1:{metrics_port}/metrics" in started.next_line()
             for name, path_ in (("ed25519-b", "/api/chat"), ("ed25519-a", "/api/chat")):
                 target, authorization = signed(keys, name, "POST", path_)
                 with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -171,9 +161,7 @@ def running_metered_gate(tmp_path, keys):
                     while sock.recv(65536):
                         pass
             yield port, metrics_port
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+            started.stop()
 
 
 @pytest.mark.process

@@ -10,20 +10,18 @@ import json
 import os
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
 from conftest import GOLDEN, helper_executable
 
-from credential_helper import protocol
 from credential_helper.errors import EXIT_NETWORK, EXIT_USAGE, InputError, ListenError
 from credential_helper.identity import load_identity
 from credential_helper.serve import gate, record, server
-from credential_helper.serve.limits import Limits
 from credential_helper.serve.authorized_keys import KeyFile
-from credential_helper.serve.upstream import Upstream
 from credential_helper.standin import StandIn
+import serving
+from serving import InProcess
 
 pytestmark = pytest.mark.process  # every test here opens sockets or starts the executable
 
@@ -32,7 +30,7 @@ FINGERPRINT_B = "SHA256:tqUkysFYibEa6QQRyzLLqIHEiSmNVge3Hw5EyAMqe8M"
 LINE_A = " ".join((GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2])
 
 
-class Gate:
+class Gate(InProcess):
     """The engine and GatePolicy in this process; its records, written both ways."""
 
     def __init__(self, tmp_path, upstream_host: str, clock=time.time) -> None:
@@ -44,19 +42,8 @@ class Gate:
         self.json: list[str] = []
         self.records: list[record.Record] = []
         observe = record.fan_out(record.Logger(self.text.append), record.Logger(self.json.append, "json"), self.records.append)
-        upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={})
         policy = gate.GatePolicy(KeyFile(str(path), lambda line: None), 300, upstream_host, clock=clock)
-        self.server = server.Server(
-            ("127.0.0.1", 0),
-            policy,
-            upstream=upstream,
-            log=self.text.append,
-            limits=Limits(upstream=5),
-            observe=observe,
-            count_usage=True,
-        )
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.port = self.server.address[1]
+        super().__init__(policy, upstream=upstream_host, timeout=5, log=self.text.append, observe=observe, count_usage=True)
 
     def send(self, method: str, target: str, authorization: str | None = None, body: bytes = b"") -> bytes:
         auth = f"Authorization: {authorization}\r\n" if authorization else ""
@@ -70,10 +57,6 @@ class Gate:
             while chunk := sock.recv(65536):
                 data += chunk
         return data
-
-    def close(self) -> None:
-        self.server.stop_accepting()
-        self.server.close()
 
 
 @pytest.fixture
@@ -267,38 +250,26 @@ def test_the_gate_writes_json_lines_from_the_command_line(tmp_path, keys, ollama
     keys_path = tmp_path / "authorized_keys"
     keys_path.write_text(" ".join((GOLDEN / "keys" / "ed25519-b.pub").read_text().split()[:2]) + " bob *\n")
     os.chmod(keys_path, 0o600)
-    process = subprocess.Popen(
-        [
-            *helper_executable(),
-            "gate",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--upstream",
-            ollama.base_url,
-            "--authorized-keys",
-            str(keys_path),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = json.loads(process.stderr.readline())
-        port = int(first["message"].split("listening on http://127.0.0.1:")[1].split(" ")[0])
+    with serving.running(
+        "gate",
+        "--log-format",
+        "json",
+        "--upstream",
+        ollama.base_url,
+        "--authorized-keys",
+        str(keys_path),
+        expect="listening on http://127.0.0.1:",
+    ) as started:
+        assert json.loads(started.first_line)["message"].startswith("listening on http://127.0.0.1:")
         target, authorization = signed(keys, "ed25519-b", "GET", "/api/tags")
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", started.port), timeout=10) as sock:
             sock.sendall(
                 f"GET {target} HTTP/1.1\r\nHost: box\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n".encode()
             )
             while sock.recv(65536):
                 pass
-        entry = json.loads(process.stderr.readline())
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        entry = json.loads(started.next_line())
+        started.stop()
     assert (entry["method"], entry["path"], entry["status"], entry["user"], entry["key"], entry["reason"]) == (
         "GET",
         "/api/tags",
@@ -318,29 +289,20 @@ def test_the_proxy_writes_json_lines_too(keys, tmp_path):
 
     env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config")}
     with KeepAliveServer(respond) as upstream:
-        process = subprocess.Popen(
-            [
-                *helper_executable(),
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--no-local-token",
-                "--upstream",
-                f"http://{upstream.host}",
-                "--identity",
-                str(keys / "ed25519-b"),
-            ],
+        with serving.running(
+            "proxy",
+            "--log-format",
+            "json",
+            "--no-local-token",
+            "--upstream",
+            f"http://{upstream.host}",
+            "--identity",
+            str(keys / "ed25519-b"),
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            first = json.loads(process.stderr.readline())
-            port = int(first["message"].split("listening on http://127.0.0.1:")[1].split(" ")[0])
+            expect="listening on http://127.0.0.1:",
+        ) as started:
+            assert json.loads(started.first_line)["message"].startswith("listening on http://127.0.0.1:")
+            port = started.port
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 sock.sendall(
                     f"GET /api/tags?secret=hunter2 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
@@ -349,10 +311,8 @@ def test_the_proxy_writes_json_lines_too(keys, tmp_path):
                     pass
             lines = []
             while not any('"method"' in line for line in lines):
-                lines.append(process.stderr.readline())
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+                lines.append(started.next_line())
+            started.stop()
     shown = [json.loads(line) for line in lines]  # every line is one JSON object, warnings included
     entry = shown[-1]
     assert (entry["method"], entry["path"], entry["status"], entry["bytes"], entry["reason"]) == (

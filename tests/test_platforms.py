@@ -26,6 +26,7 @@ import urllib.request
 
 import pytest
 
+import serving
 from conftest import GOLDEN, helper_executable
 from platform_surface import sitecustomize
 from credential_helper.identity import load_identity
@@ -34,6 +35,7 @@ from credential_helper.standin import StandIn
 # linux: no simulation, the same steps on the system they really run on (the smoke
 # run .ci/matrix makes on every Python).
 PLATFORMS = ["linux", "win32", "darwin"]
+LISTENING = "listening on http://127.0.0.1:"
 pytestmark = pytest.mark.process  # every case starts the installed executable
 
 
@@ -55,26 +57,9 @@ def helper(args: list[str], environment: dict, stdin: str = "") -> subprocess.Co
     return subprocess.run([*helper_executable(), *args], input=stdin, env=environment, capture_output=True, text=True, timeout=60)
 
 
-def start(args: list[str], environment: dict) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(
-        [*helper_executable(), *args, "--listen", "127.0.0.1:0"],
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    first = process.stderr.readline()
-    if not first.startswith("listening on http://127.0.0.1:"):
-        process.kill()
-        raise AssertionError(first + process.stderr.read())
-    return process, int(first.split()[2].rsplit(":", 1)[1])
-
-
-def stop(process: subprocess.Popen, sig: int) -> str:
-    process.send_signal(sig)
-    _, log = process.communicate(timeout=20)
-    assert process.returncode == 0 and "Traceback" not in log and log.rstrip().endswith("stopped"), log
+def stop(running: serving.Running, sig: int) -> str:
+    log = "\n".join(running.stop(sig))
+    assert running.returncode == 0 and "Traceback" not in log and log.rstrip().endswith("stopped"), log
     return log
 
 
@@ -124,9 +109,10 @@ def stop_signals(platform: str) -> list[int]:
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["ctrl-c", "other-stop-signal"])
-def test_proxy_starts_serves_and_stops(simulated, standin, which):
+def test_proxy_starts_serves_and_stops(simulated, standin, start_serving, which):
     platform, environment = simulated
-    process, port = start(["proxy", "--upstream", standin.base_url], environment)
+    proxy = start_serving("proxy", "--upstream", standin.base_url, env=environment, expect=LISTENING)
+    port = proxy.port
     try:
         printed = helper(["proxy", "--print-env"], environment).stdout
         token = dict(line[len("export ") :].split("=", 1) for line in printed.splitlines())["OPENAI_API_KEY"]
@@ -136,12 +122,12 @@ def test_proxy_starts_serves_and_stops(simulated, standin, which):
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
     finally:
-        if process.poll() is None:
-            stop(process, stop_signals(platform)[which])
+        if proxy.returncode is None:
+            stop(proxy, stop_signals(platform)[which])
     assert len(standin.signed_requests) == 1
 
 
-def test_gate_serves_reloads_its_changed_key_file_and_stops(simulated, tmp_path, keys):
+def test_gate_serves_reloads_its_changed_key_file_and_stops(simulated, tmp_path, keys, start_serving):
     platform, environment = simulated
     lines = [
         " ".join((GOLDEN / "keys" / f"ed25519-{k}.pub").read_text().split()[:2] + [name, "*"]) + "\n"
@@ -151,7 +137,10 @@ def test_gate_serves_reloads_its_changed_key_file_and_stops(simulated, tmp_path,
     path.write_text(lines[0])
     os.chmod(path, 0o600)
     with StandIn(verify_signatures=False) as ollama:
-        process, port = start(["gate", "--upstream", ollama.base_url, "--authorized-keys", str(path)], environment)
+        gate = start_serving(
+            "gate", "--upstream", ollama.base_url, "--authorized-keys", str(path), env=environment, expect=LISTENING
+        )
+        port = gate.port
         try:
 
             def ask(name: str) -> int:
@@ -172,5 +161,5 @@ def test_gate_serves_reloads_its_changed_key_file_and_stops(simulated, tmp_path,
                 assert time.monotonic() < deadline, "the changed key file was never reloaded"
                 time.sleep(0.2)
         finally:
-            log = stop(process, stop_signals(platform)[0]) if process.poll() is None else process.stderr.read()
+            log = stop(gate, stop_signals(platform)[0]) if gate.returncode is None else "\n".join(gate.stop())
     assert any(line.startswith("reloaded ") for line in log.splitlines()), log

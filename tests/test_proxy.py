@@ -22,7 +22,7 @@ from faults import CertificateAuthority, ConnectProxy, ScriptedServer, silent
 REPLY = "".join(REPLY_WORDS)
 
 
-from serving import RunningProxy, raw_exchange, request  # noqa: E402
+from serving import raw_exchange, request  # noqa: E402
 
 
 # --- clients no one here wrote --------------------------------------------------------------
@@ -294,20 +294,6 @@ def test_a_burst_of_clients_is_queued_by_the_kernel_not_dropped(upstream, start_
 # --- streaming, disconnects, shutdown ------------------------------------------------------------
 
 
-def read_log_line(proxy: RunningProxy, needle: str, timeout: float) -> str | None:
-    import select as select_module
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select_module.select([proxy.process.stderr], [], [], 0.05)
-        if ready:
-            line = proxy.process.stderr.readline()
-            proxy.log.append(line.rstrip("\n"))
-            if needle in line:
-                return line
-    return None
-
-
 def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line, start_proxy):
     with StandIn(chunk_delay=4.0) as slow:
         slow.authorize(public_line("ed25519-a"))
@@ -327,8 +313,8 @@ def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line
         # Between two upstream chunks (4 s apart), the proxy notices and cuts the
         # upstream request: it does not wait for the next chunk to fail. (Bounded
         # well under the gap, with room for a loaded machine.)
-        line = read_log_line(proxy, "client gone", timeout=3.0)
-        assert line is not None and line.startswith("POST /api/chat 200 "), proxy.log
+        line = proxy.wait_for("client gone", timeout=3.0)
+        assert line.startswith("POST /api/chat 200 "), proxy.log
         assert time.monotonic() - hung_up < 3.0
         while slow.aborted_streams < 1 and time.monotonic() - hung_up < 12:  # it learns at its next writes
             time.sleep(0.05)
@@ -376,7 +362,8 @@ def test_a_stop_signal_lets_a_stream_finish_then_exits_0(public_line, start_prox
                     break
                 data += chunk
         assert data.endswith(b"0\r\n\r\n") and b"stand-in." in data
-        assert proxy.stop() == 0
+        proxy.stop()
+        assert proxy.returncode == 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
 

@@ -294,7 +294,7 @@ def test_complete_curl_streams_are_never_reported_as_client_gone(upstream, start
     assert len(chats) == 12 and not [line for line in chats if "gone" in line or "cut" in line], chats
 
 
-def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp_path):
+def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp_path, start_serving):
     """select() cannot watch a descriptor past FD_SETSIZE; the proxy must not use it."""
     wrapper = tmp_path / "many_fds.py"
     wrapper.write_text(
@@ -304,22 +304,15 @@ def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp
         "    os.set_inheritable(os.open(os.devnull, os.O_RDONLY), True)\n"
         "os.execv(sys.argv[1], sys.argv[1:])\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, str(wrapper), *helper_executable(), "proxy", "--listen", "127.0.0.1:0", "--upstream", upstream.base_url],
-        env=proxy_env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proxy = start_serving(
+        "proxy", "--upstream", upstream.base_url, env=proxy_env, executable=[sys.executable, str(wrapper), *helper_executable()]
     )
     try:
-        first = process.stderr.readline()
-        port = int(first.split()[2].rsplit(":", 1)[1])
         token = (tmp_path / "config" / "ollama-credential-helper" / "proxy-token").read_text().strip()
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
             body = b'{"stream": true}'
             sock.sendall(
-                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\nAuthorization: Bearer {token}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
             data = b""
@@ -327,8 +320,7 @@ def test_the_proxy_works_on_file_descriptors_above_1024(upstream, proxy_env, tmp
                 data += chunk
         assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"0\r\n\r\n"), data[-200:]
     finally:
-        process.send_signal(signal.SIGTERM)
-        log = process.communicate(timeout=20)[1]
+        log = "\n".join(proxy.stop())
     assert "internal error" not in log and "/api/chat 200" in log, log
 
 
@@ -538,9 +530,9 @@ def test_grace_bounds_the_wait_on_stop(public_line, start_proxy):
             send(sock, proxy, "POST", "/api/chat", b'{"stream": true}')
             sock.recv(100)
             started = time.monotonic()
-            code = proxy.stop(signal.SIGTERM, timeout=15)
+            proxy.stop(signal.SIGTERM, timeout=15)
             took = time.monotonic() - started
-    assert code == 0 and took < 5, took
+    assert proxy.returncode == 0 and took < 5, took
     assert any("still in flight after 1s" in line for line in proxy.log), proxy.log
 
 

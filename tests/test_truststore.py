@@ -21,6 +21,7 @@ import textwrap
 
 import pytest
 
+import serving
 from conftest import assert_one_line_error, helper_executable
 from credential_helper.standin import StandIn
 from faults import CertificateAuthority
@@ -220,7 +221,6 @@ def test_a_cache_hit_imports_no_tls(env, public_line):
 
 def serve_through(kind: str, server: StandIn, environment: dict, tmp_path) -> tuple[int, str, str]:
     """One request through the installed proxy or gate, whose upstream is ``server`` (https)."""
-    import signal as signal_module
     import time
     import urllib.error
     import urllib.request
@@ -229,25 +229,16 @@ def serve_through(kind: str, server: StandIn, environment: dict, tmp_path) -> tu
 
     environment = dict(environment, XDG_CONFIG_HOME=str(tmp_path / "config"))
     if kind == "proxy":
-        args = ["proxy", "--listen", "127.0.0.1:0", "--no-local-token", "--upstream", server.base_url]
+        args = ["proxy", "--no-local-token", "--upstream", server.base_url]
     else:
         keys = tmp_path / "authorized_keys"
         keys.write_text(
             subprocess.run([*helper_executable(), "key"], env=environment, capture_output=True, text=True, check=True).stdout
         )
         os.chmod(keys, 0o600)
-        args = ["gate", "--listen", "127.0.0.1:0", "--authorized-keys", str(keys), "--upstream", server.base_url]
-    process = subprocess.Popen(
-        [*helper_executable(), *args],
-        env=environment,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        first = process.stderr.readline()
-        port = int(first.split()[2].rsplit(":", 1)[1])
+        args = ["gate", "--authorized-keys", str(keys), "--upstream", server.base_url]
+    with serving.running(*args, env=environment) as started:
+        first, port = started.first_line, started.port
         target = "/api/me"
         headers = {}
         if kind == "gate":
@@ -257,12 +248,11 @@ def serve_through(kind: str, server: StandIn, environment: dict, tmp_path) -> tu
         request = urllib.request.Request(f"http://127.0.0.1:{port}{target}", data=b"", method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read().decode(), first
+                answer = response.status, response.read().decode(), first
         except urllib.error.HTTPError as err:
-            return err.code, err.read().decode(), first
-    finally:
-        process.send_signal(signal_module.SIGTERM)
-        process.communicate(timeout=20)
+            answer = err.code, err.read().decode(), first
+        started.stop()
+    return answer
 
 
 @pytest.mark.process
