@@ -69,6 +69,7 @@ def refusal(refused: Refused) -> Answer:
         key=refused.key,
         reason=reason,
         hint=refused.hint,
+        model=refused.model,
     )
 
 
@@ -204,9 +205,11 @@ class GatePolicy(_Verifying):
                     ),
                 )
             )
+        # The log names the model a refusal is about (record.Record.model), never one read from the query.
+        logged = "" if any(m.in_query for m in named.models) else ",".join(named.subjects)
         denied = restrict.models_refusal(lines, named.subjects, _who(admitted)) if named.models else None
         if denied is not None:
-            return refusal(_theirs(admitted, denied))
+            return refusal(_theirs(admitted, denied if logged else dataclasses.replace(denied, model="")))
         if named.listing and head.method == "GET":
             allowed = restrict.allowed_by(lines)
             forward = dataclasses.replace(
@@ -216,9 +219,9 @@ class GatePolicy(_Verifying):
                 filter_answer=lambda status, data: models.filter_listing(path, data, allowed) if 200 <= status < 300 else data,
                 filter_limit=MAX_LISTING_BYTES,
             )
-        return self._count(admitted, forward)
+        return self._count(admitted, forward, logged)
 
-    def _count(self, admitted: Admitted, forward: Forward) -> Forward | Answer:
+    def _count(self, admitted: Admitted, forward: Forward, model: str = "") -> Forward | Answer:
         """max-concurrent: the key's requests in flight (this process), the tightest of its lines."""
         limit = restrict.concurrency_limit(admitted.lines) if admitted.lines else None
         if limit is None:
@@ -233,6 +236,7 @@ class GatePolicy(_Verifying):
                         f"key {_who(admitted)} already has {limit} request(s) in flight "
                         f"(max-concurrent={limit}); retry when one ends",
                         reason="concurrency",
+                        model=model,
                     ),
                 )
             )

@@ -45,7 +45,7 @@ import json
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -219,7 +219,7 @@ def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, .
     values = in_query + in_body  # net/http request.go ParseMultipartForm appends after the query
     if not values or not values[0]:
         raise Refused("model is required")
-    return (ref_model("model", values[0]),)
+    return (replace(ref_model("model", values[0]), in_query=bool(in_query)),)
 
 
 _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {

@@ -130,7 +130,7 @@ def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Re
     rules = "; ".join(
         f'line {grant.line} allows models="{printable(",".join(grant.options.models or ()))[:200]}"' for grant in lines[:4]
     )
-    return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model")
+    return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model", model=denied)
 
 
 def allowed_by(lines: Sequence[Grant]) -> Callable[[str], bool]:
