@@ -166,6 +166,20 @@ def test_a_listing_is_filtered_for_a_restricted_key(restricted, keys):
     assert [m["name"] for m in shown["models"]] == ["qwen3:8b"]
 
 
+def test_a_copy_between_models_of_two_different_lines_is_refused_not_a_crash(tmp_path, keys):
+    # Each model has a line, no line has both: the request is refused (one line must allow every
+    # model a request names). Break caught: next() over no denied name raised StopIteration, and the
+    # engine dropped the connection with "internal error".
+    keys_file = key_file(tmp_path, f'models="small*" {key_line()} alice *\nmodels="qwen*" {key_line()} alice *\n')
+    body = json.dumps({"source": "small", "destination": "qwen3"}).encode()
+    decision = decided(policy(keys_file), head(keys, "POST", "/api/copy", body=body), body)
+    assert isinstance(decision, Answer) and (decision.status, decision.reason) == (403, "model"), decision
+    assert "'small:latest', 'qwen3:latest' together" in decision.message and decision.model == "small:latest,qwen3:latest"
+    for model in ("small", "qwen3"):  # each alone is allowed
+        alone = json.dumps({"model": model, "messages": []}).encode()
+        assert isinstance(decided(policy(keys_file), head(keys, "POST", "/api/chat", body=alone), alone), Forward)
+
+
 # --- max-concurrent ------------------------------------------------------------------------------
 
 

@@ -126,10 +126,19 @@ def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Re
     for grant in lines:
         if all(model_allowed(grant.options, name) for name in names):
             return None
-    denied = next(name for name in names if not any(model_allowed(g.options, name) for g in lines))
     rules = "; ".join(
         f'line {grant.line} allows models="{printable(",".join(grant.options.models or ()))[:200]}"' for grant in lines[:4]
     )
+    denied = next((name for name in names if not any(model_allowed(g.options, name) for g in lines)), None)
+    if denied is None:  # each name has a line, none has them all (a copy from one line's model to another's)
+        both = ",".join(names)
+        shown = ", ".join(repr(printable(name)[:120]) for name in names)
+        return Refused(
+            403,
+            f"key {who} may not use the models {shown} together: no one line allows them all: {rules}",
+            reason="model",
+            model=both,
+        )
     return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model", model=denied)
 
 
