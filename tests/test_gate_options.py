@@ -276,6 +276,22 @@ def test_a_restricted_keys_heartbeat_and_version_pass(restricted, keys):
         assert isinstance(decided(policy(restricted), head(keys, method, path)), Forward)
 
 
+def test_a_wildcard_lines_max_concurrent_counts_every_key_it_serves_together(tmp_path, keys):
+    # Anyone can make a fresh key: counted per key, a '* *' line's limit would be no limit.
+    # Break caught: the count kept per fingerprint (bob got a slot while alice held the line's only one).
+    keys_file = key_file(tmp_path, 'max-concurrent="3" * * * *\nmax-concurrent=1 * * guests /api/tags\n')
+    p = policy(keys_file)
+    alice = decided(p, head(keys, "GET", "/api/tags"))
+    assert isinstance(alice, Forward)
+    bob = decided(p, head(keys, "GET", "/api/tags", key="ed25519-b"))
+    assert isinstance(bob, Answer) and (bob.status, bob.reason) == (429, "concurrency"), bob
+    assert "line 2 (for any key) already has 1 request(s) in flight" in bob.message
+    assert p.in_flight.count("* line 1") == 1  # alice's: bob's refusal gave back the slot it took on line 1
+    alice.release()
+    assert p.in_flight.count("* line 1") == p.in_flight.count("* line 2") == 0
+    assert isinstance(decided(p, head(keys, "GET", "/api/tags", key="ed25519-b")), Forward)
+
+
 def test_a_wildcard_lines_max_concurrent_is_for_keys_without_a_line_of_their_own(tmp_path, keys):
     keys_file = key_file(tmp_path, f"{key_line()} alice *\nmax-concurrent=1 * * guests /api/tags\n")
     p = policy(keys_file)

@@ -222,25 +222,36 @@ class GatePolicy(_Verifying):
         return self._count(admitted, forward, logged)
 
     def _count(self, admitted: Admitted, forward: Forward, model: str = "") -> Forward | Answer:
-        """max-concurrent: the key's requests in flight (this process), the tightest of its lines."""
-        limit = restrict.concurrency_limit(admitted.lines) if admitted.lines else None
-        if limit is None:
-            return forward
-        release = self.in_flight.take(admitted.fingerprint, limit)
-        if release is None:
-            return refusal(
-                _theirs(
-                    admitted,
-                    Refused(
-                        429,
-                        f"key {_who(admitted)} already has {limit} request(s) in flight "
-                        f"(max-concurrent={limit}); retry when one ends",
-                        reason="concurrency",
-                        model=model,
-                    ),
+        """max-concurrent: a slot in each counter of the key's lines (restrict.concurrency_counts)."""
+        releases: list[Callable[[], None]] = []
+        for counter, limit, whose in restrict.concurrency_counts(admitted.lines, admitted.fingerprint):
+            release = self.in_flight.take(counter, limit)
+            if release is None:
+                for taken in releases:
+                    taken()
+                holder = whose or f"key {_who(admitted)}"
+                return refusal(
+                    _theirs(
+                        admitted,
+                        Refused(
+                            429,
+                            f"{holder} already has {limit} request(s) in flight (max-concurrent={limit}); retry when one ends",
+                            reason="concurrency",
+                            model=model,
+                        ),
+                    )
                 )
-            )
-        return dataclasses.replace(forward, release=release)
+            releases.append(release)
+        if not releases:
+            return forward
+        if len(releases) == 1:
+            return dataclasses.replace(forward, release=releases[0])
+
+        def release_all() -> None:  # each release is idempotent (InFlight.take)
+            for taken in releases:
+                taken()
+
+        return dataclasses.replace(forward, release=release_all)
 
 
 def _theirs(admitted: Admitted, refused: Refused) -> Refused:

@@ -58,7 +58,7 @@ class KeyOptions:
 
     ``from_patterns`` and ``models`` are the pattern lists as written (``!``
     kept); ``expiry`` is epoch seconds (the key is refused when ``now`` is past
-    it); ``max_concurrent`` is requests in flight for the key.
+    it); ``max_concurrent`` is requests in flight for the key (on a ``* *`` line: for the line, restrict.py).
     """
 
     from_patterns: tuple[str, ...] | None = None
