@@ -166,6 +166,25 @@ def test_a_listing_is_filtered_for_a_restricted_key(restricted, keys):
     assert [m["name"] for m in shown["models"]] == ["qwen3:8b"]
 
 
+def test_a_show_of_an_allowed_model_names_no_model_the_key_may_not_use(restricted, keys):
+    # Break caught: /api/show forwarded unfiltered (its details.parent_model named llama3).
+    body = json.dumps({"model": "qwen3:8b"}).encode()
+    decision = decided(policy(restricted), head(keys, "POST", "/api/show", body=body, extra=[("Accept-Encoding", "gzip")]), body)
+    assert isinstance(decision, Forward) and decision.filter_answer is not None
+    assert not any(name.lower() == "accept-encoding" for name, _ in decision.headers)
+    answer = {
+        "modelfile": "# FROM qwen3:8b\n\nFROM /root/.ollama/models/blobs/sha256-1\n",
+        "details": {"parent_model": "llama3:latest", "family": "qwen3"},
+        "model_info": {},
+    }
+    out = json.loads(decision.filter_answer(200, json.dumps(answer).encode()))
+    assert out == dict(answer, details={"parent_model": "", "family": "qwen3"})
+    parent_allowed = dict(answer, details={"parent_model": "qwen3:latest"})
+    assert json.loads(decision.filter_answer(200, json.dumps(parent_allowed).encode())) == parent_allowed
+    bob = decided(policy(restricted), head(keys, "POST", "/api/show", key="ed25519-b", body=body), body)
+    assert isinstance(bob, Forward) and bob.filter_answer is None  # a key without models= sees Ollama's answer
+
+
 def test_a_copy_between_models_of_two_different_lines_is_refused_not_a_crash(tmp_path, keys):
     # Each model has a line, no line has both: the request is refused (one line must allow every
     # model a request names). Break caught: next() over no denied name raised StopIteration, and the

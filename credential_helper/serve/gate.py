@@ -210,14 +210,21 @@ class GatePolicy(_Verifying):
         denied = restrict.models_refusal(lines, named.subjects, _who(admitted)) if named.models else None
         if denied is not None:
             return refusal(_theirs(admitted, denied if logged else dataclasses.replace(denied, model="")))
-        if named.listing and head.method == "GET":
+        if (named.listing and head.method == "GET") or named.show:
             allowed = restrict.allowed_by(lines)
+
+            def shown(status: int, data: bytes) -> bytes:
+                if not 200 <= status < 300:
+                    return data
+                return models.filter_show(data, allowed) if named.show else models.filter_listing(path, data, allowed)
+
             forward = dataclasses.replace(
                 forward,
                 # Ollama answers uncompressed, but a front between may not: ask for identity.
                 headers=tuple((n, v) for n, v in forward.headers if n.lower() != "accept-encoding"),
-                filter_answer=lambda status, data: models.filter_listing(path, data, allowed) if 200 <= status < 300 else data,
-                filter_limit=MAX_LISTING_BYTES,
+                filter_answer=shown,
+                # A verbose show holds the tokenizer's vocabulary: bounded as a request body is.
+                filter_limit=MAX_BODY_BYTES if named.show else MAX_LISTING_BYTES,
             )
         return self._count(admitted, forward, logged)
 
