@@ -164,6 +164,13 @@ def test_a_listing_is_filtered_for_a_restricted_key(restricted, keys):
     ).encode()
     shown = json.loads(decision.filter_answer(200, listing))
     assert [m["name"] for m in shown["models"]] == ["qwen3:8b"]
+    # Not 2xx: the status stays, the text (which can name a model, manifest.go) does not.
+    # Break caught: an error answer passed unfiltered.
+    for status in (500, 404, 302):
+        assert b"llama3" not in decision.filter_answer(status, listing)
+        assert b"llama3" not in decision.filter_answer(
+            status, b'{"error":"/m/manifests/registry.ollama.ai/library/llama3/8b denied"}'
+        )
 
 
 def test_a_show_of_an_allowed_model_names_no_model_the_key_may_not_use(restricted, keys):

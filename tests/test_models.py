@@ -22,6 +22,7 @@ from credential_helper.serve.models import (
     denied,
     filter_listing,
     filter_show,
+    listing_error,
     models_named,
 )
 
@@ -426,6 +427,20 @@ def test_a_listing_entry_shows_no_parent_the_key_may_not_use():
     }
     out = json.loads(filter_listing("/api/tags", json.dumps(tags).encode(), allowed))
     assert [m["details"] for m in out["models"]] == [{"parent_model": "", "family": "x"}, {"parent_model": "small:latest"}]
+
+
+# A 500 of ListHandler (routes.go: err.Error()) from manifest.go Manifests' fmt.Errorf("%s %w", match, err).
+LIST_500 = b'{"error":"/root/.ollama/models/manifests/registry.ollama.ai/library/secret-base/70b permission denied"}'
+
+
+@pytest.mark.parametrize("path", ["/api/tags", "/api/ps", "/v1/models"])
+def test_a_listing_answered_with_an_error_keeps_its_status_but_not_its_text(path):
+    for status, body in ((500, LIST_500), (404, b"404 page not found"), (503, b'{"models":[{"name":"secret-base:70b"}]}')):
+        out = listing_error(path, status, body)
+        assert b"secret" not in out and f"Ollama answered {status} to this model listing".encode() in out
+        error = json.loads(out)["error"]
+        assert isinstance(error, dict) if path.startswith("/v1/") else isinstance(error, str)  # each client's shape
+    assert listing_error(path, 304, b"") == b""
 
 
 # --- gojson and name.go details -----------------------------------------------------------------

@@ -214,9 +214,11 @@ class GatePolicy(_Verifying):
             allowed = restrict.allowed_by(lines)
 
             def shown(status: int, data: bytes) -> bytes:
+                if named.show:  # its errors are about the model asked for (model_answers.py)
+                    return models.filter_show(data, allowed) if 200 <= status < 300 else data
                 if not 200 <= status < 300:
-                    return data
-                return models.filter_show(data, allowed) if named.show else models.filter_listing(path, data, allowed)
+                    return models.listing_error(path, status, data)
+                return models.filter_listing(path, data, allowed)
 
             forward = dataclasses.replace(
                 forward,

@@ -4,6 +4,7 @@ the key may not use.
 Public API (used by the gate's ``models=`` policy; ``allowed`` takes a subject, models.py)::
 
     filter_listing(path, body, allowed) -> bytes    # /api/tags, /api/ps, /v1/models
+    listing_error(path, status, body) -> bytes      # the same, answered with a status not 2xx
     filter_show(body, allowed) -> bytes             # /api/show
 
 - A listing keeps only the entries whose names are allowed (``filter_listing``).
@@ -18,6 +19,12 @@ Public API (used by the gate's ``models=`` policy; ``allowed`` takes a subject, 
   cmd/interactive.go ``NewCreateRequest``), and the whole ``modelfile`` (its other lines
   would still describe the parent). Listing entries carry ``details.parent_model`` too.
 - An answer that is not the JSON expected becomes an empty one (grant less).
+- A listing answered with a status other than 2xx keeps its status, but its text is
+  replaced: Ollama's own can name a model (routes.go ``ListHandler`` answers 500 with
+  ``err.Error()``, and manifest/manifest.go ``Manifests`` prefixes its errors with the
+  manifest's path, ``.../manifests/<host>/<namespace>/<model>/<tag>``), and a body filtered
+  or not cannot be told safe by its shape. A show's errors are about the model asked for
+  and pass as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from .messages import Answer
 from .modelname import Refused, parse_name, ref_model, shortest
 
 Allowed = Callable[[str], bool]
@@ -120,6 +128,18 @@ def filter_listing(path: str, body: bytes, allowed: Allowed) -> bytes:
         for entry in doc[list_key]:
             _blank_parent(entry, allowed)
     return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def listing_error(path: str, status: int, body: bytes) -> bytes:
+    """A listing's answer with a status not 2xx: its status kept, its text our own, in the
+    shape the route's client reads (messages.Answer.payload: OpenAI's on /v1). No body stays none."""
+    if not body:
+        return body
+    return Answer(
+        status,
+        f"Ollama answered {status} to this model listing; its text is not shown to a key limited to some "
+        "models (it can name others): ask the operator",
+    ).payload(path)
 
 
 def filter_show(body: bytes, allowed: Allowed) -> bytes:

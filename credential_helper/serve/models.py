@@ -5,6 +5,7 @@ Public API (used by the gate's ``models=`` policy)::
     models_named(method, path, query, content_type, body, *, content_encoding=None,
                  limit=BODY_LIMIT) -> Named | Unreadable | Unknown
     filter_listing(path, body, allowed) -> bytes     # model_answers.py
+    listing_error(path, status, body) -> bytes       # model_answers.py
     filter_show(body, allowed) -> bytes              # model_answers.py
     denied(named, allowed) -> Model | None
 
@@ -50,7 +51,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from credential_helper.serve import goform
-from credential_helper.serve.model_answers import filter_listing, filter_show
+from credential_helper.serve.model_answers import filter_listing, filter_show, listing_error
 from credential_helper.serve.gojson import (
     GoJSONError,
     MissingBody,
@@ -70,7 +71,18 @@ from credential_helper.serve.modelname import (
     ref_model,
 )
 
-__all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "filter_listing", "filter_show", "models_named"]
+__all__ = [
+    "BODY_LIMIT",
+    "Model",
+    "Named",
+    "Unknown",
+    "Unreadable",
+    "denied",
+    "filter_listing",
+    "filter_show",
+    "listing_error",
+    "models_named",
+]
 
 BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:36)
 
