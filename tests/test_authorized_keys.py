@@ -189,12 +189,19 @@ def test_a_byte_order_mark_before_a_comment_costs_nothing():
         ("*", "expected"),  # the draft's "just an asterix"
         (f"ssh-rsa {RSA} carol", "unsupported key type"),  # a real RSA public key line
         (f"ecdsa-sha2-nistp256 {ECDSA} dave", "unsupported key type"),
-        (f"ssh-ed25519 {RSA} mallory", "not an Ed25519 key"),  # type says ed25519, blob is RSA
-        (f"ssh-ed25519 {ECDSA} mallory", "not an Ed25519 key"),
-        (f"ssh-ed25519 {A[:-3]} short", "not valid base64"),
-        (f"ssh-ed25519 {A[:-4]} short", "not an Ed25519 key"),  # valid base64 of 48 bytes
-        (f"ssh-ed25519 {base64.b64encode(BLOB_A + b'x').decode()} long", "not an Ed25519 key"),
-        (f"ssh-ed25519 {base64.b64encode(BLOB_A[:-1]).decode()} short", "not an Ed25519 key"),
+        (f"ssh-ed25519 {RSA} mallory", "is an ssh-rsa key, not the ssh-ed25519"),  # type says ed25519, blob is RSA
+        (f"ssh-ed25519 {ECDSA} mallory", "is an ecdsa-sha2-nistp256 key, not the ssh-ed25519"),
+        (f"ssh-ed25519 {A[:-3]} short", "cut short (65 of the 68 characters"),
+        (f"ssh-ed25519 {A[:-4]} short", "cut short (64 of the 68 characters"),  # valid base64 of 48 bytes
+        (f"ssh-ed25519 {A[:40]} short", "cut short (40 of the 68 characters"),
+        (f"ssh-ed25519 {base64.b64encode(BLOB_A + b'x').decode()} long", "longer than an Ed25519 key (52 bytes"),
+        (f"ssh-ed25519 {base64.b64encode(BLOB_A[:-1]).decode()} short", "cut short (50 of the 51 bytes"),
+        ("ssh-ed25519 aGVsbG8gd29ybGQh junk", "not an SSH public key"),
+        (f"{A} alice *", "the key type is missing before the public key; write ssh-ed25519"),  # not "unknown option"
+        (A, "the key type is missing before the public key; write ssh-ed25519"),
+        (f"{A[:30]} cut", "the key type is missing"),
+        (f'from="10.0.0.1" {A} alice', "the key type is missing before the public key; write ssh-ed25519"),
+        (f"{RSA} carol", "the key type is missing before the public key, an ssh-rsa key"),
         (f"ssh-ed25519 {A}= padded", "not valid base64"),
         (f"* {A} x *", "needs public key '*'"),
         (f"restrict ssh-ed25519 {A} x", "options: unknown option"),  # sshd's own options: the gate cannot honour them
@@ -205,6 +212,7 @@ def test_an_invalid_key_line_is_skipped_with_its_line_number(line, why):
     keys, warnings = parse(f"# first\nssh-ed25519 {B} bob /api/tags\n{line}\n")
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith("line 3: skipped: ") and why in warnings[0], warnings
+    assert not any(key[4:16] in warnings[0] for key in (A, RSA, ECDSA)), warnings  # the key is never shown
     assert keys.grants_for(BLOB_A) == []
     assert [g.line for g in keys.grants_for(BLOB_B)] == [2]  # the good line is kept
 
@@ -297,6 +305,28 @@ def test_fingerprint_is_what_ssh_keygen_prints(name):
     [grant] = keys.grants_for(base64.b64decode(pub(name)))
     assert grant.fingerprint == printed
     assert fingerprint(base64.b64decode(pub(name))) == printed
+
+
+@pytest.mark.process
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen is not installed")
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{A} alice *",
+        f'from="10.0.0.1" {A} alice',
+        f"ssh-ed25519 {A[:40]} cut",
+        f"ssh-ed25519 {A[:-4]} cut",
+        f"ssh-ed25519 {RSA} x",
+    ],
+)
+def test_the_lines_named_as_broken_are_no_key_to_ssh_keygen_either(tmp_path, line):
+    # OpenSSH reads the same file as skipping the line too (ssh-keygen -l lists only the good
+    # key; with -v it says "not a public key", sshd skips such a line silently).
+    path = tmp_path / "authorized_keys"
+    path.write_text(f"ssh-ed25519 {B} bob\n{line}\n")
+    listed = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True, check=True).stdout
+    assert listed.count("SHA256:") == 1 and fingerprint(BLOB_B) in listed, listed
+    assert len(parse(path.read_text())[1]) == 1
 
 
 def test_default_path_is_under_dot_ollama(monkeypatch, tmp_path):

@@ -157,3 +157,25 @@ def test_a_tls_file_the_gate_cannot_use_is_named_at_start(run, tmp_path, case):
         ]
     )
     assert result.code == 2 and named in result.err and result.err.count("\n") == 1, result.err
+
+
+def test_sighup_as_soon_as_the_listening_line_is_read_reloads(tmp_path, start_gate, local_ollama, keys):  # noqa: F811
+    # A supervisor may send SIGHUP the moment it reads the listening line. Break caught: the line
+    # printed before run() installs the SIGHUP handler (the default action ended the gate). Made
+    # deterministic: the start-up warnings of 2,000 skipped lines are more than a pipe holds (64 KiB),
+    # so the gate is blocked writing them, after the listening line, until this test reads them.
+    path = both_keys_file(tmp_path, extra="ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ skipped-rsa-key\n" * 2000)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", path)
+    gate_.process.send_signal(signal.SIGHUP)
+    lines = [gate_.process.stderr.readline() for _ in range(2000)]
+    assert all("unsupported key type 'ssh-rsa'" in line for line in lines), f"exit {gate_.process.poll()}: {lines[-1]!r}"
+    line = gate_.process.stderr.readline()  # the reload warns of the same lines again, then says so
+    while not line.startswith(f"reloaded {path}:"):
+        assert line, f"the gate said nothing after SIGHUP (exit {gate_.process.poll()})"
+        line = gate_.process.stderr.readline()
+    assert gate_.process.poll() is None
+    target, authorization = signed(keys, "GET", "/api/tags")
+    conn = http.client.HTTPConnection("127.0.0.1", gate_.port, timeout=10)
+    conn.request("GET", target, headers={"Authorization": authorization})
+    assert conn.getresponse().status == 200
+    conn.close()

@@ -126,6 +126,31 @@ def test_the_ollama_client_allowed_and_denied(bob_gate, standin, keys):
 
 
 @pytest.mark.interop
+def test_the_ollama_client_shows_an_allowed_model_without_its_parent(tmp_path, keys):
+    # An answer shaped as Ollama's GetModelInfo writes it for a model created FROM another.
+    show = {
+        "modelfile": f"# FROM {ALLOWED}\n\nFROM /root/.ollama/models/blobs/sha256-1\nSYSTEM hi\n",
+        "details": {"parent_model": DENIED, "format": "gguf", "family": "qwen3", "parameter_size": "480B"},
+        "model_info": {"general.architecture": "qwen3"},
+        "capabilities": ["completion"],
+    }
+    body = json.dumps(show).encode()
+
+    def respond(head, request_body, index):
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    path = write_keys(tmp_path, f"{RULE} {key_line('ed25519-b')} bob *\n")
+    with KeepAliveServer(respond) as ollama_:
+        gate_ = Gate(path, ollama_.host)
+        try:
+            shown = ollama_client(gate_, keys).show(ALLOWED)
+        finally:
+            gate_.close()
+    assert shown.details is not None and shown.details.parent_model == "" and shown.details.family == "qwen3"
+    assert shown.modelfile == show["modelfile"] and shown.capabilities == ["completion"]
+
+
+@pytest.mark.interop
 def test_the_openai_client_allowed_and_denied(bob_gate, standin, keys):
     import openai
 

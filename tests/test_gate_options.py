@@ -164,6 +164,46 @@ def test_a_listing_is_filtered_for_a_restricted_key(restricted, keys):
     ).encode()
     shown = json.loads(decision.filter_answer(200, listing))
     assert [m["name"] for m in shown["models"]] == ["qwen3:8b"]
+    # Not 2xx: the status stays, the text (which can name a model, manifest.go) does not.
+    # Break caught: an error answer passed unfiltered.
+    for status in (500, 404, 302):
+        assert b"llama3" not in decision.filter_answer(status, listing)
+        assert b"llama3" not in decision.filter_answer(
+            status, b'{"error":"/m/manifests/registry.ollama.ai/library/llama3/8b denied"}'
+        )
+
+
+def test_a_show_of_an_allowed_model_names_no_model_the_key_may_not_use(restricted, keys):
+    # Break caught: /api/show forwarded unfiltered (its details.parent_model named llama3).
+    body = json.dumps({"model": "qwen3:8b"}).encode()
+    decision = decided(policy(restricted), head(keys, "POST", "/api/show", body=body, extra=[("Accept-Encoding", "gzip")]), body)
+    assert isinstance(decision, Forward) and decision.filter_answer is not None
+    assert not any(name.lower() == "accept-encoding" for name, _ in decision.headers)
+    answer = {
+        "modelfile": "# FROM qwen3:8b\n\nFROM /root/.ollama/models/blobs/sha256-1\n",
+        "details": {"parent_model": "llama3:latest", "family": "qwen3"},
+        "model_info": {},
+    }
+    out = json.loads(decision.filter_answer(200, json.dumps(answer).encode()))
+    assert out == dict(answer, details={"parent_model": "", "family": "qwen3"})
+    parent_allowed = dict(answer, details={"parent_model": "qwen3:latest"})
+    assert json.loads(decision.filter_answer(200, json.dumps(parent_allowed).encode())) == parent_allowed
+    bob = decided(policy(restricted), head(keys, "POST", "/api/show", key="ed25519-b", body=body), body)
+    assert isinstance(bob, Forward) and bob.filter_answer is None  # a key without models= sees Ollama's answer
+
+
+def test_a_copy_between_models_of_two_different_lines_is_refused_not_a_crash(tmp_path, keys):
+    # Each model has a line, no line has both: the request is refused (one line must allow every
+    # model a request names). Break caught: next() over no denied name raised StopIteration, and the
+    # engine dropped the connection with "internal error".
+    keys_file = key_file(tmp_path, f'models="small*" {key_line()} alice *\nmodels="qwen*" {key_line()} alice *\n')
+    body = json.dumps({"source": "small", "destination": "qwen3"}).encode()
+    decision = decided(policy(keys_file), head(keys, "POST", "/api/copy", body=body), body)
+    assert isinstance(decision, Answer) and (decision.status, decision.reason) == (403, "model"), decision
+    assert "'small:latest', 'qwen3:latest' together" in decision.message and decision.model == "small:latest,qwen3:latest"
+    for model in ("small", "qwen3"):  # each alone is allowed
+        alone = json.dumps({"model": model, "messages": []}).encode()
+        assert isinstance(decided(policy(keys_file), head(keys, "POST", "/api/chat", body=alone), alone), Forward)
 
 
 # --- max-concurrent ------------------------------------------------------------------------------
@@ -260,6 +300,22 @@ def test_a_restricted_keys_heartbeat_and_version_pass(restricted, keys):
     """Ollama's CLI sends HEAD / before every command (cmd/cmd.go checkServerHeartbeat)."""
     for method, path in (("HEAD", "/"), ("GET", "/api/version")):
         assert isinstance(decided(policy(restricted), head(keys, method, path)), Forward)
+
+
+def test_a_wildcard_lines_max_concurrent_counts_every_key_it_serves_together(tmp_path, keys):
+    # Anyone can make a fresh key: counted per key, a '* *' line's limit would be no limit.
+    # Break caught: the count kept per fingerprint (bob got a slot while alice held the line's only one).
+    keys_file = key_file(tmp_path, 'max-concurrent="3" * * * *\nmax-concurrent=1 * * guests /api/tags\n')
+    p = policy(keys_file)
+    alice = decided(p, head(keys, "GET", "/api/tags"))
+    assert isinstance(alice, Forward)
+    bob = decided(p, head(keys, "GET", "/api/tags", key="ed25519-b"))
+    assert isinstance(bob, Answer) and (bob.status, bob.reason) == (429, "concurrency"), bob
+    assert "line 2 (for any key) already has 1 request(s) in flight" in bob.message
+    assert p.in_flight.count("* line 1") == 1  # alice's: bob's refusal gave back the slot it took on line 1
+    alice.release()
+    assert p.in_flight.count("* line 1") == p.in_flight.count("* line 2") == 0
+    assert isinstance(decided(p, head(keys, "GET", "/api/tags", key="ed25519-b")), Forward)
 
 
 def test_a_wildcard_lines_max_concurrent_is_for_keys_without_a_line_of_their_own(tmp_path, keys):

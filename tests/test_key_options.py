@@ -104,6 +104,7 @@ def test_an_escaped_quote_is_part_of_the_value():
         ('environment="A=b"', "unknown option"),
         ('tunnel="0"', "unknown option"),
         ('from ="10.0.0.1"', "unknown option"),  # misc.c opt_match: the keyword then '='
+        ("%restrict", "unknown option '%restrict'"),  # shown as written, its first character not repeated
         ("from=10.0.0.1", "missing start quote"),  # opt_dequote: valued options are quoted
         ('from="10.0.0.1', "unterminated quote"),
         ('from="10.0.0.1";models="x"', "unexpected ';'"),  # sshauthopt_parse: anything but ',' is unknown

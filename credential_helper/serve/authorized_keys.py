@@ -54,7 +54,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from ..keys import KEY_TYPE, fingerprint, is_ed25519_blob
+from ..keys import KEY_TYPE, blob_key_type, fingerprint, is_ed25519_blob, key_text_problem
 from ..sanitize import quoted
 from .target import path_problem
 from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
@@ -92,6 +92,18 @@ def decode_base64(text: str) -> bytes | None:
     if base64.b64encode(raw).decode("ascii") != text:
         return None
     return raw
+
+
+def _missing_key_type(field: str) -> str | None:
+    """The problem of a line whose first field (after any options) is a public key: the
+    key type before it is missing. Named without showing the key (sshd skips such a
+    line silently, ``ssh-keygen -l`` says "not a public key")."""
+    kind = blob_key_type(field)
+    if kind is None:
+        return None
+    if kind != KEY_TYPE:
+        return f"the key type is missing before the public key, an {kind} key (only ssh-ed25519 keys can sign for Ollama)"
+    return "the key type is missing before the public key; write ssh-ed25519 before it, as the .pub file has it"
 
 
 class Grant:
@@ -228,7 +240,11 @@ def _parse_endpoints(field: str) -> tuple[frozenset[str] | None, str | None]:
 def _parse_line(line: str) -> tuple[bytes | None, str | None, frozenset[str] | None, str | None, KeyOptions]:
     """(key blob or None for a wildcard, name, endpoints, problem, options)."""
     options = NO_OPTIONS
-    if not looks_like_key_type(_GO_SPACE.split(line, maxsplit=1)[0]):
+    first = _GO_SPACE.split(line, maxsplit=1)[0]
+    if not looks_like_key_type(first):
+        missing = _missing_key_type(first)  # not "unknown option 'aaaac3...'"
+        if missing is not None:
+            return None, None, None, missing, options
         # sshd: "options, keytype, base64-encoded key, comment" (man sshd).
         try:
             text, line = split_options(line)
@@ -245,6 +261,9 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
     if len(parts) < 2:
         return None, None, None, "expected '<key type> <public key> [<name>] [<endpoint>,...]'"
     kind, key_text = parts[0], parts[1]
+    missing = None if looks_like_key_type(kind) else _missing_key_type(kind)
+    if missing is not None:  # after options: 'from="..." AAAA... alice'
+        return None, None, None, missing
     if kind not in (KEY_TYPE, "*"):
         return None, None, None, f"unsupported key type {quoted(kind, 30)} (only ssh-ed25519 keys can sign for Ollama)"
     if kind == "*" and key_text != "*":
@@ -252,10 +271,8 @@ def _parse_fields(line: str) -> tuple[bytes | None, str | None, frozenset[str] |
     blob = None
     if key_text != "*":
         blob = decode_base64(key_text)
-        if blob is None:
-            return None, None, None, "the public key is not valid base64"
-        if not is_ed25519_blob(blob):
-            return None, None, None, "the public key is not an Ed25519 key"
+        if blob is None or not is_ed25519_blob(blob):
+            return None, None, None, key_text_problem(key_text, blob)
     if len(parts) >= 3 and (parts[2].startswith("/") or "," in parts[2]):
         # Never a name: the draft would take it for one and grant every endpoint.
         return (

@@ -185,12 +185,14 @@ def serve_gate(
     log, write = make_log(log_format)
     path = authorized_keys or default_path()
     early: list[str] | None = []  # warnings of the first read, shown after the listening line
+    early_lock = threading.Lock()  # the serve loop may reload before the listening line is out
 
     def warn(text: str) -> None:
-        if early is not None:
-            early.append(text)
-        else:
-            log(f"warning: {text}")
+        with early_lock:
+            if early is not None:
+                early.append(text)
+                return
+        log(f"warning: {text}")
 
     def reloaded(new: AuthorizedKeys) -> None:
         log(f"reloaded {path}: {len(new)} key line(s)")
@@ -245,16 +247,25 @@ def serve_gate(
     mode = f"upstream {upstream_url}"
     if auth_only:
         mode = "forward auth" if path_prefix is None else f"forward auth under {path_prefix}/"
-    host, port = server.address
-    log(
-        f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
-        f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)"
-    )
-    if exporter is not None:
-        log(f"metrics at {shown_base(*exporter.address)}/metrics")
-    shown, early = early or [], None
-    for text in shown:
-        log(f"warning: {text}")
+
+    def announce(serving: Server) -> None:
+        # Called by run() once its SIGHUP and stop handlers are in place: a supervisor that
+        # sends SIGHUP as soon as it reads the listening line must find the handler, not the
+        # default action (which ends the process).
+        nonlocal early
+        host, port = serving.address
+        log(
+            f"listening on {shown_base(host, port, 'https' if context else 'http')} ({mode}, "
+            f"{len(keys.current())} key line(s) from {path}, max skew {max_skew:g}s)"
+        )
+        if exporter is not None:
+            log(f"metrics at {shown_base(*exporter.address)}/metrics")
+        with early_lock:
+            shown, early = early or [], None
+        for text in shown:
+            log(f"warning: {text}")
+        if ready is not None:
+            ready(serving)
 
     def reload() -> None:
         keys.reload()
@@ -269,7 +280,9 @@ def serve_gate(
                 log(f"reloaded {tls_cert}: new connections get this certificate")
 
     try:
-        return server_module.run(server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=ready, on_reload=reload)
+        return server_module.run(
+            server, grace=grace, log=log, stop_signals=system.stop_signals(), ready=announce, on_reload=reload
+        )
     finally:
         if exporter is not None:
             exporter.close()

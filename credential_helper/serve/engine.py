@@ -279,7 +279,16 @@ class ClientConnection:
         detail = answer.hint or (answer.message if reason == "upstream" or (self.server.verbose and answer.status >= 400) else "")
         shown = head if answer.about is None else Head(*answer.about, head.version, ())
         self.log(
-            shown, answer.status, written, started, who=answer.who, key=answer.key, reason=reason, detail=detail, failure=failure
+            shown,
+            answer.status,
+            written,
+            started,
+            who=answer.who,
+            key=answer.key,
+            reason=reason,
+            detail=detail,
+            failure=failure,
+            model=answer.model,
         )
         return keep and written >= 0 and self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 

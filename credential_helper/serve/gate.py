@@ -69,6 +69,7 @@ def refusal(refused: Refused) -> Answer:
         key=refused.key,
         reason=reason,
         hint=refused.hint,
+        model=refused.model,
     )
 
 
@@ -204,39 +205,62 @@ class GatePolicy(_Verifying):
                     ),
                 )
             )
+        # The log names the model a refusal is about (record.Record.model), never one read from the query.
+        logged = "" if any(m.in_query for m in named.models) else ",".join(named.subjects)
         denied = restrict.models_refusal(lines, named.subjects, _who(admitted)) if named.models else None
         if denied is not None:
-            return refusal(_theirs(admitted, denied))
-        if named.listing and head.method == "GET":
+            return refusal(_theirs(admitted, denied if logged else dataclasses.replace(denied, model="")))
+        if (named.listing and head.method == "GET") or named.show:
             allowed = restrict.allowed_by(lines)
+
+            def shown(status: int, data: bytes) -> bytes:
+                if named.show:  # its errors are about the model asked for (model_answers.py)
+                    return models.filter_show(data, allowed) if 200 <= status < 300 else data
+                if not 200 <= status < 300:
+                    return models.listing_error(path, status, data)
+                return models.filter_listing(path, data, allowed)
+
             forward = dataclasses.replace(
                 forward,
                 # Ollama answers uncompressed, but a front between may not: ask for identity.
                 headers=tuple((n, v) for n, v in forward.headers if n.lower() != "accept-encoding"),
-                filter_answer=lambda status, data: models.filter_listing(path, data, allowed) if 200 <= status < 300 else data,
-                filter_limit=MAX_LISTING_BYTES,
+                filter_answer=shown,
+                # A verbose show holds the tokenizer's vocabulary: bounded as a request body is.
+                filter_limit=MAX_BODY_BYTES if named.show else MAX_LISTING_BYTES,
             )
-        return self._count(admitted, forward)
+        return self._count(admitted, forward, logged)
 
-    def _count(self, admitted: Admitted, forward: Forward) -> Forward | Answer:
-        """max-concurrent: the key's requests in flight (this process), the tightest of its lines."""
-        limit = restrict.concurrency_limit(admitted.lines) if admitted.lines else None
-        if limit is None:
-            return forward
-        release = self.in_flight.take(admitted.fingerprint, limit)
-        if release is None:
-            return refusal(
-                _theirs(
-                    admitted,
-                    Refused(
-                        429,
-                        f"key {_who(admitted)} already has {limit} request(s) in flight "
-                        f"(max-concurrent={limit}); retry when one ends",
-                        reason="concurrency",
-                    ),
+    def _count(self, admitted: Admitted, forward: Forward, model: str = "") -> Forward | Answer:
+        """max-concurrent: a slot in each counter of the key's lines (restrict.concurrency_counts)."""
+        releases: list[Callable[[], None]] = []
+        for counter, limit, whose in restrict.concurrency_counts(admitted.lines, admitted.fingerprint):
+            release = self.in_flight.take(counter, limit)
+            if release is None:
+                for taken in releases:
+                    taken()
+                holder = whose or f"key {_who(admitted)}"
+                return refusal(
+                    _theirs(
+                        admitted,
+                        Refused(
+                            429,
+                            f"{holder} already has {limit} request(s) in flight (max-concurrent={limit}); retry when one ends",
+                            reason="concurrency",
+                            model=model,
+                        ),
+                    )
                 )
-            )
-        return dataclasses.replace(forward, release=release)
+            releases.append(release)
+        if not releases:
+            return forward
+        if len(releases) == 1:
+            return dataclasses.replace(forward, release=releases[0])
+
+        def release_all() -> None:  # each release is idempotent (InFlight.take)
+            for taken in releases:
+                taken()
+
+        return dataclasses.replace(forward, release=release_all)
 
 
 def _theirs(admitted: Admitted, refused: Refused) -> Refused:

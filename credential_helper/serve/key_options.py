@@ -58,7 +58,7 @@ class KeyOptions:
 
     ``from_patterns`` and ``models`` are the pattern lists as written (``!``
     kept); ``expiry`` is epoch seconds (the key is refused when ``now`` is past
-    it); ``max_concurrent`` is requests in flight for the key.
+    it); ``max_concurrent`` is requests in flight for the key (on a ``* *`` line: for the line, restrict.py).
     """
 
     from_patterns: tuple[str, ...] | None = None
@@ -128,7 +128,7 @@ def parse_options(text: str) -> KeyOptions:
         name = match.group(0).lower() if match else ""
         at += len(name)
         if name not in ("from", "expiry-time", "models", "max-concurrent") or text[at : at + 1] != "=":
-            shown = (name or text[at : at + 20]) + text[at : at + 1]
+            shown = name + text[at : at + 1] if name else text[at : at + 20]
             raise OptionError(f"unknown option {shown!r} (the gate knows from=, expiry-time=, models=, max-concurrent=)")
         at += 1
         if name in values:

@@ -128,6 +128,7 @@ class Answer:
     key: str = ""
     reason: str = ""
     hint: str = ""
+    model: str = ""  # the model a refusal is about, when the policy read it: the log's ``model``
 
     def payload(self, path: str = "") -> bytes:
         """The body for a request to ``path``, in the shape its client reads.

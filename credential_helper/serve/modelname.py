@@ -25,6 +25,7 @@ class Model:
     subject: str  # what a pattern is matched against (see the module docstring)
     cloud: bool = False  # Ollama sends it to the cloud (the name is the base, without :cloud)
     base: str = ""  # the string Ollama parsed into ``name`` (for a cloud model: what it sends upstream)
+    in_query: bool = False  # read from the query string: never logged (record.py)
 
 
 _PART = {  # name.go isValidPart / isValidLen: ASCII only, first byte alphanumeric or '_'

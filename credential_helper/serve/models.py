@@ -4,7 +4,9 @@ Public API (used by the gate's ``models=`` policy)::
 
     models_named(method, path, query, content_type, body, *, content_encoding=None,
                  limit=BODY_LIMIT) -> Named | Unreadable | Unknown
-    filter_listing(path, body, allowed) -> bytes
+    filter_listing(path, body, allowed) -> bytes     # model_answers.py
+    listing_error(path, status, body) -> bytes       # model_answers.py
+    filter_show(body, allowed) -> bytes              # model_answers.py
     denied(named, allowed) -> Model | None
 
 - ``path`` is the request-target's path as sent (percent-encoded), ``query`` its raw query
@@ -14,7 +16,7 @@ Public API (used by the gate's ``models=`` policy)::
   ``Named.subjects``: the strings a ``models=`` pattern is matched against, one per model.
   ``Named(())`` is an endpoint that names no model (``/api/version``) or a listing
   (``listing=True``: ``/api/tags``, ``/api/ps``, ``/v1/models``, whose answer goes through
-  ``filter_listing``).
+  ``filter_listing``); ``show=True`` for ``/api/show``, whose answer goes through ``filter_show``.
 - ``Unreadable(status, reason)``: 400 when the body cannot be read exactly as Ollama would (not
   JSON, compressed, a name Ollama refuses, a shape this module does not read), 413 over ``limit``.
 - ``Unknown``: a route this module does not know (or one Ollama answers with a redirect, 404 or
@@ -41,15 +43,15 @@ grant the cloud model. Only that one form is matched (grant less).
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from credential_helper.serve import goform
+from credential_helper.serve.model_answers import filter_listing, filter_show, listing_error
 from credential_helper.serve.gojson import (
     GoJSONError,
     MissingBody,
@@ -64,14 +66,23 @@ from credential_helper.serve.gojson import (
 from credential_helper.serve.modelname import (
     Model,
     Refused,
-    parse_name,
     plain_model,
     pull_model,
     ref_model,
-    shortest,
 )
 
-__all__ = ["BODY_LIMIT", "Model", "Named", "Unknown", "Unreadable", "denied", "filter_listing", "models_named"]
+__all__ = [
+    "BODY_LIMIT",
+    "Model",
+    "Named",
+    "Unknown",
+    "Unreadable",
+    "denied",
+    "filter_listing",
+    "filter_show",
+    "listing_error",
+    "models_named",
+]
 
 BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd limits (cloud_proxy.go:36)
 
@@ -80,6 +91,7 @@ BODY_LIMIT = 32 << 20  # above Ollama's own 25 MiB multipart and 20 MiB zstd lim
 class Named:
     models: tuple[Model, ...] = ()
     listing: bool = False
+    show: bool = False  # /api/show: its answer goes through filter_show
 
     @property
     def subjects(self) -> tuple[str, ...]:
@@ -219,7 +231,7 @@ def _transcription(query: str, content_type: str, body: bytes) -> tuple[Model, .
     values = in_query + in_body  # net/http request.go ParseMultipartForm appends after the query
     if not values or not values[0]:
         raise Refused("model is required")
-    return (ref_model("model", values[0]),)
+    return (replace(ref_model("model", values[0]), in_query=bool(in_query)),)
 
 
 _BODY_ROUTES: dict[tuple[str, str], Callable[[bytes], tuple[Model, ...]]] = {
@@ -289,7 +301,7 @@ def models_named(
         return Unreadable(400, "compressed body")  # cloud_proxy.go:82 and openai.go:1157 inflate zstd
     try:
         if key in _BODY_ROUTES:
-            return Named(_BODY_ROUTES[key](body))
+            return Named(_BODY_ROUTES[key](body), show=key == ("POST", "/api/show"))
         if key == ("POST", "/v1/audio/transcriptions"):
             return Named(_transcription(query, content_type or "", body))
         segments = decoded.split("/")
@@ -300,46 +312,3 @@ def models_named(
     except Refused as exc:
         return Unreadable(400, exc.reason)
     return Unknown()
-
-
-# --- listings ---------------------------------------------------------------------------------
-
-
-def _entry_subject(name: Any) -> str | None:
-    # A listed name is a store name (server/images.go): name.go ParseName, no modelref.
-    if not isinstance(name, str):
-        return None
-    parts = parse_name(name)
-    return None if parts is None else shortest(parts)
-
-
-def _visible(entry: Any, keys: tuple[str, ...], allowed: Callable[[str], bool]) -> bool:
-    if not isinstance(entry, dict):
-        return False
-    names = [entry.get(k) for k in keys if entry.get(k) not in (None, "")]
-    subjects = [_entry_subject(n) for n in names]
-    return bool(subjects) and all(s is not None and allowed(s) for s in subjects)
-
-
-def filter_listing(path: str, body: bytes, allowed: Callable[[str], bool]) -> bytes:
-    """A listing answer with only the models whose subjects ``allowed`` accepts.
-
-    ``/api/tags`` and ``/api/ps`` (``{"models": [{"name", "model", ...}]}``, api/types.go:797-840)
-    keep an entry only when every name it shows (``name``, ``model``) is allowed; ``/v1/models``
-    (``{"object": "list", "data": [{"id", ...}]}``, openai.go:450 ``ToListCompletion``) by ``id``.
-    An empty body (``HEAD``) is returned as is; an answer that is not such JSON becomes an empty
-    listing (grant less).
-    """
-    if not body:
-        return body
-    v1 = path.rstrip("/") == "/v1/models"
-    list_key, keys = ("data", ("id",)) if v1 else ("models", ("name", "model"))
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
-        doc = None
-    if not isinstance(doc, dict) or not isinstance(doc.get(list_key), (list, type(None))):
-        doc = {"object": "list", "data": []} if v1 else {"models": []}
-    else:
-        doc[list_key] = [e for e in doc.get(list_key) or [] if _visible(e, keys, allowed)]
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

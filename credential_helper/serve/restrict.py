@@ -4,10 +4,12 @@ Each line of authorized_keys is a grant on its own, as in sshd (``auth2-pubkey.c
 a line whose options refuse the connection does not stop the next line of the same
 key from admitting it): a request is admitted by a line that grants its path, is not
 past its ``expiry-time``, matches the client's address (``from=``) and allows every
-model the request names (``models=``). ``max-concurrent`` counts a key's requests in
-flight, whichever line admitted them; when several of the key's own lines set it, the
-smallest applies (a wildcard line's limit is for keys without a line of their own).
-Each gate process counts its own.
+model the request names (``models=``). ``max-concurrent`` on a key's own line counts
+that key's requests in flight, whichever line admitted them; when several of the key's
+own lines set it, the smallest applies. On a wildcard line (``* *``, for keys without a
+line of their own) it counts the requests of every key the line serves together: any
+client can make a fresh key, so a count per key would be no limit. Each gate process
+counts its own.
 
 Pure but for :class:`InFlight`'s counter.
 """
@@ -112,12 +114,20 @@ def unrestricted(lines: Sequence[Grant]) -> bool:
     return any(grant.options.models is None for grant in lines)
 
 
-def concurrency_limit(lines: Sequence[Grant]) -> int | None:
-    """The smallest ``max-concurrent`` among the key's own lines (for a key with none,
-    among the wildcard lines, as its name is chosen), or None."""
-    own = [grant for grant in lines if not grant.wildcard] or lines
-    limits = [grant.options.max_concurrent for grant in own if grant.options.max_concurrent is not None]
-    return min(limits) if limits else None
+def concurrency_counts(lines: Sequence[Grant], fingerprint: str) -> list[tuple[str, int, str]]:
+    """The counters a request of this key takes a slot in: (counter, limit, whose), each
+    to have room. The key's own lines: one counter for the key, the smallest limit. A key
+    with none: one counter per wildcard line that sets a limit, shared by every key the
+    line serves (its line number names it; "whose" says so in the refusal)."""
+    own = [grant for grant in lines if not grant.wildcard]
+    if own:
+        limits = [grant.options.max_concurrent for grant in own if grant.options.max_concurrent is not None]
+        return [(fingerprint, min(limits), "")] if limits else []
+    return [
+        (f"* line {grant.line}", grant.options.max_concurrent, f"line {grant.line} (for any key)")
+        for grant in lines
+        if grant.options.max_concurrent is not None
+    ]
 
 
 def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Refused | None:
@@ -126,11 +136,20 @@ def models_refusal(lines: Sequence[Grant], names: Sequence[str], who: str) -> Re
     for grant in lines:
         if all(model_allowed(grant.options, name) for name in names):
             return None
-    denied = next(name for name in names if not any(model_allowed(g.options, name) for g in lines))
     rules = "; ".join(
         f'line {grant.line} allows models="{printable(",".join(grant.options.models or ()))[:200]}"' for grant in lines[:4]
     )
-    return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model")
+    denied = next((name for name in names if not any(model_allowed(g.options, name) for g in lines)), None)
+    if denied is None:  # each name has a line, none has them all (a copy from one line's model to another's)
+        both = ",".join(names)
+        shown = ", ".join(repr(printable(name)[:120]) for name in names)
+        return Refused(
+            403,
+            f"key {who} may not use the models {shown} together: no one line allows them all: {rules}",
+            reason="model",
+            model=both,
+        )
+    return Refused(403, f"key {who} may not use the model {printable(denied)[:120]!r}: {rules}", reason="model", model=denied)
 
 
 def allowed_by(lines: Sequence[Grant]) -> Callable[[str], bool]:
@@ -139,7 +158,7 @@ def allowed_by(lines: Sequence[Grant]) -> Callable[[str], bool]:
 
 
 class InFlight:
-    """Requests in flight per key (fingerprint), in this process."""
+    """Requests in flight per counter (a key's fingerprint, or a wildcard line), in this process."""
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}

@@ -79,6 +79,7 @@ class Refused:
     key: str = ""
     user: str = ""
     hint: str = ""
+    model: str = ""  # the model the refusal is about, when the gate read it (log only)
 
 
 def is_health_check(method: str, target: str, authorization: str | None) -> bool:
