@@ -9,9 +9,9 @@ chosen once, at import, here. Three files, one seam:
 
 - ``system.py``: the choice, the interface, and ``class Posix`` (Linux, macOS,
   the BSDs): owner uid, mode bits, ``O_NOFOLLOW``, ``O_DIRECTORY``, ``flock``.
-- ``system_windows.py``: ``class Windows``: no uid, mode bits, ``O_NOFOLLOW`` or
-  ``fcntl``; reparse points refused by ``lstat``, ``msvcrt.locking``, privacy
-  from the profile's default ACL.
+- ``system_windows.py``: ``class Windows`` (no uid, mode bits, ``O_NOFOLLOW``,
+  ``fcntl``: reparse points refused by ``lstat``, ``msvcrt.locking``, privacy
+  from the profile's ACL) and ``select()`` waits.
 - ``system_common.py``: the primitives each provides (``Implementation``) and
   what is built alike on them: the open, check and bounded read of a file, and
   the all-or-nothing write of a new one.
@@ -36,8 +36,6 @@ import sys
 
 from . import system_common as _common
 from .system_common import APP_DIR as APP_DIR, FileTooLarge as FileTooLarge, RefusedFile as RefusedFile
-from .system_windows import REPLACE_RETRY_DELAY as REPLACE_RETRY_DELAY, REPLACE_RETRY_SECONDS as REPLACE_RETRY_SECONDS
-from .system_windows import Windows as Windows
 
 # typing.TYPE_CHECKING without importing typing at run time; mypy treats any name
 # TYPE_CHECKING as true (PEP 484 "Runtime or type checking?").
@@ -226,32 +224,28 @@ current: Implementation  # tests put the other implementation here
 if sys.platform == "win32":
     import msvcrt  # every CPython on Windows has it
 
+    from .system_windows import REPLACE_RETRY_DELAY as REPLACE_RETRY_DELAY, REPLACE_RETRY_SECONDS as REPLACE_RETRY_SECONDS
+    from .system_windows import Windows as Windows, readable_now as readable_now, selector_class as selector_class
+
     current = Windows(msvcrt)
 else:
     current = Posix(_fcntl())
 
+if not TYPE_CHECKING:  # (mypy would take any system.name for one of these)
+
+    def __getattr__(name: str) -> object:
+        # system.Windows elsewhere, for the tests that run its logic there: loaded
+        # on first use, so a cache hit on Linux or macOS never reads it (PEP 562).
+        if name in ("Windows", "REPLACE_RETRY_SECONDS", "REPLACE_RETRY_DELAY"):
+            from . import system_windows
+
+            return getattr(system_windows, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # The package's interface: module-level names, so callers write system.cache_dir().
-
-
-if sys.platform == "win32":
-
-    def selector_class() -> type[BaseSelector]:
-        """select(): Windows has neither poll nor epoll. There it takes sockets only
-        and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
-        ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
-        two sockets (client, upstream), so the cap never binds; the number of
-        connections is bounded by serve/limits.Limits.connections, not by select()."""
-        import selectors
-
-        return selectors.SelectSelector
-
-    def readable_now(sock: Socket) -> bool:
-        """True when ``sock`` has bytes (or a close) to read at once."""
-        import select
-
-        return bool(select.select([sock], [], [], 0)[0])
-
-else:
+# selector_class and readable_now come from system_windows on Windows.
+if sys.platform != "win32":
 
     def selector_class() -> type[BaseSelector]:
         """poll(2): any fd number (select() fails above 1024) and, unlike epoll or

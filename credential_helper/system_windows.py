@@ -8,11 +8,12 @@ index), files are created with ``O_EXCL`` (which never follows a link), locks
 use ``msvcrt.locking``, and privacy rests on the profile directory's default
 ACL (only the user, SYSTEM and Administrators), which every file under
 ``%LOCALAPPDATA%`` and ``%APPDATA%`` inherits. ``limitations()`` says so.
+The engine waits with ``select()`` (``selector_class``, ``readable_now``).
 
 Only names every system has are used here (Windows-only ones through
 ``getattr`` or a module passed in), so this logic runs in the tests on Linux
-too; ``system.py`` imports it and chooses it on win32. Nothing here looks at
-the platform: that choice is made in ``system.py`` alone.
+too; ``system.py`` imports it on win32, elsewhere only when a test asks for
+``system.Windows``. Nothing here looks at the platform: ``system.py`` chooses.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .system_common import APP_DIR
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (see system.py)
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from selectors import BaseSelector
     from socket import socket as Socket
     from types import ModuleType
 
@@ -242,3 +244,24 @@ class Windows:
         if self._msvcrt is None:
             found.append("no file locking here: concurrent get calls may each exchange a token")
         return found
+
+
+# The engine's waits on Windows (system.py has the POSIX ones).
+
+
+def selector_class() -> type[BaseSelector]:
+    """select(): Windows has neither poll nor epoll. There it takes sockets only
+    and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
+    ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
+    two sockets (client, upstream), so the cap never binds; the number of
+    connections is bounded by serve/limits.Limits.connections, not by select()."""
+    import selectors
+
+    return selectors.SelectSelector
+
+
+def readable_now(sock: Socket) -> bool:
+    """True when ``sock`` has bytes (or a close) to read at once."""
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
