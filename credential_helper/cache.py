@@ -122,15 +122,10 @@ class TokenCache:
         now = time.time() if now is None else now
         if self.problem() is not None:
             return None
-        fd = system.open_own_file(self._path(key, ENTRY_SUFFIX), os.O_RDONLY)
-        if fd is None:
-            return None
         try:
-            data = os.read(fd, MAX_ENTRY_BYTES + 1)
+            data, _ = system.read_file(self._path(key, ENTRY_SUFFIX), MAX_ENTRY_BYTES, follow=False, private=True)
         except OSError:
             return None
-        finally:
-            os.close(fd)
         try:
             entry = Entry.from_json(json.loads(data), now)
         except (ValueError, RecursionError):

@@ -131,36 +131,16 @@ def check_identity(key_path: str) -> Check:
 
 
 def _service_key() -> str | None:
-    data = read_regular_file(identity.SYSTEM_SERVICE_PUBKEY, 4096)
-    if data is None:
+    from . import system
+
+    # The service's key directory is writable by the service account: a FIFO
+    # planted there would block a plain open() forever (system.read_file refuses it).
+    try:
+        data, _ = system.read_file(identity.SYSTEM_SERVICE_PUBKEY, 4096)
+    except OSError:
         return None
     fields = data.decode("ascii", "replace").split()
     return " ".join(fields[:2]) if len(fields) >= 2 else None
-
-
-def read_regular_file(path: str, limit: int) -> bytes | None:
-    """At most ``limit`` bytes of a regular file, or None; never blocks.
-
-    The service's key directory is writable by the service account: a FIFO
-    planted there would block a plain open() forever. Opened non-blocking and
-    checked to be a regular file before reading, as system.open_own_file does.
-    """
-    import stat
-
-    from . import system
-
-    try:
-        fd = os.open(path, system.READ_NONBLOCKING)  # O_NONBLOCK | O_NOCTTY where they exist
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 # --- 2. API key -----------------------------------------------------------------------------

@@ -31,44 +31,54 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
 
     Refuses a file readable or writable by group or others (ssh's rule; on
     Windows, where mode bits mean nothing, the profile's ACL is relied on), a
-    non-regular file, and anything too large to be a key. The key may be a
-    symlink (people link ~/.ollama to another disk), so links are followed.
+    non-regular file (a FIFO planted at the path never hangs: system.read_file),
+    and anything too large to be a key. The key may be a symlink (people link
+    ~/.ollama to another disk), so links are followed.
     """
     path = os.fspath(path)
     try:
-        # O_NONBLOCK: a FIFO planted at the path must not hang the helper.
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        data, _ = system.read_file(path, MAX_KEY_FILE_BYTES, check=_refuse_too_open)
+    except _TooOpen as exc:
+        # A .pub given as --identity is 0644 by design: say which file was meant, not chmod.
+        _refuse_public_key(_start_of(path), path)
+        raise IdentityError(
+            f"the key {path} is accessible by group or others (mode {stat.S_IMODE(exc.mode):04o}); "
+            f"{system.permission_advice(path)}",
+            fix=system.permission_advice(path).removeprefix("run: "),
+        ) from None
     except FileNotFoundError:
         if os.path.lexists(path):
             # Something is there (a dangling symlink): an identity problem, never
             # the "no key file" that would allow the OLLAMA_API_KEY fallback.
             raise IdentityError(f"the key {path} is a symlink to a file that does not exist") from None
         raise KeyNotFoundError(_missing_key_message(path), path) from None
+    except system.FileTooLarge:
+        raise IdentityError(f"the key {path} is not a valid private key (too large)") from None
+    except system.RefusedFile:
+        raise IdentityError(f"the key {path} is not a regular file") from None
     except PermissionError:
         raise IdentityError(f"cannot read the key {path}: permission denied") from None
     except OSError as exc:
         raise IdentityError(f"cannot read the key {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IdentityError(f"the key {path} is not a regular file")
-        if system.too_open(info):
-            # A .pub given as --identity is 0644 by design: say which file was meant, not chmod.
-            _refuse_public_key(os.read(fd, 4096), path)
-            raise IdentityError(
-                f"the key {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); "
-                f"{system.permission_advice(path)}",
-                fix=system.permission_advice(path).removeprefix("run: "),
-            )
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise IdentityError(f"cannot read the key {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise IdentityError(f"the key {path} is not a valid private key (too large)")
     return data
+
+
+class _TooOpen(Exception):
+    def __init__(self, mode: int) -> None:
+        self.mode = mode
+
+
+def _refuse_too_open(info: os.stat_result) -> None:
+    if system.too_open(info):
+        raise _TooOpen(info.st_mode)
+
+
+def _start_of(path: str) -> bytes:
+    """The first bytes of the file refused as too open, to tell a public key by."""
+    try:
+        return system.read_file(path, 4096)[0]
+    except OSError:
+        return b""
 
 
 def _missing_key_message(path: str) -> str:

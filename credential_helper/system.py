@@ -1,98 +1,51 @@
 """What differs by operating system, and only that.
 
-Private directories and files, "is this file only mine", non-blocking opens,
-exclusive locks, atomic replacement, the default cache and config directories,
-the stop signals and how a listening socket is prepared. Every other module
-calls the functions at the bottom; nothing else in the package looks at
-``sys.platform``. The implementation is chosen once, at import.
+Private directories and files, "is this file only mine", the one safe open and
+read of a file, exclusive locks, atomic replacement, the default cache and
+config directories, the stop signals and how a listening socket is prepared.
+Every other module calls the functions at the bottom (``system.read_file(...)``);
+nothing else in the package looks at ``sys.platform``. The implementation is
+chosen once, at import, here. Three files, one seam:
 
-POSIX (Linux, macOS, the BSDs) checks what the kernel reports: owner uid, mode
-bits, ``O_NOFOLLOW``, ``O_DIRECTORY``, ``flock``.
-
-Windows has no uid or mode bits to check (``st_mode`` only reflects the
-read-only attribute), no ``O_NOFOLLOW`` and no ``fcntl``. What it does instead:
-symlinks and junctions (reparse points) are refused by ``lstat`` before an open
-and the opened file is compared with what ``lstat`` saw (same volume and file
-index), files are created with ``O_EXCL`` (which never follows a link), locks
-use ``msvcrt.locking``, and privacy rests on the profile directory's default
-ACL (only the user, SYSTEM and Administrators), which every file under
-``%LOCALAPPDATA%`` and ``%APPDATA%`` inherits. ``limitations()`` says so.
+- ``system.py``: the choice, the interface, and ``class Posix`` (Linux, macOS,
+  the BSDs): owner uid, mode bits, ``O_NOFOLLOW``, ``O_DIRECTORY``, ``flock``.
+- ``system_windows.py``: ``class Windows`` (no uid, mode bits, ``O_NOFOLLOW``,
+  ``fcntl``: reparse points refused by ``lstat``, ``msvcrt.locking``, privacy
+  from the profile's ACL) and ``select()`` waits.
+- ``system_common.py``: the primitives each provides (``Implementation``) and
+  what is built alike on them: the open, check and bounded read of a file, and
+  the all-or-nothing write of a new one.
 
 What exists on one system only sits under a module-level ``if sys.platform ==
-"win32":`` (or ``!=``) branch, as in CPython's own library and typeshed, so that
-``mypy --platform win32|linux|darwin`` checks each system's branch against what
-that system's ``os`` really has: ``class Posix`` is not even defined on Windows,
-where ``os.O_NONBLOCK``, ``os.getuid`` and ``os.fchmod`` do not exist. ``Windows``
-uses only names every system has, so its logic runs in the tests on Linux too.
+"win32":`` (or ``!=``) branch here, as in CPython's own library and typeshed, so
+that ``mypy --platform win32|linux|darwin`` checks each system's branch against
+what that system's ``os`` really has: ``class Posix`` is not even defined on
+Windows, where ``os.O_NONBLOCK``, ``os.getuid`` and ``os.fchmod`` do not exist.
+``Windows`` uses only names every system has, so its logic runs in the tests on
+Linux too.
 
-Kept lean: ``get``'s cache hit imports this module, so it imports only ``os``,
+Kept lean: ``get``'s cache hit imports the three, which import only ``os``,
 ``stat``, ``sys``, ``errno`` and ``time`` (not ``typing``: see TYPE_CHECKING).
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import sys
-import time
+
+from . import system_common as _common
+from .system_common import APP_DIR as APP_DIR, FileTooLarge as FileTooLarge, RefusedFile as RefusedFile
 
 # typing.TYPE_CHECKING without importing typing at run time; mypy treats any name
 # TYPE_CHECKING as true (PEP 484 "Runtime or type checking?").
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from selectors import BaseSelector
     from socket import socket as Socket
     from types import ModuleType
-    from typing import Protocol
 
-    class Implementation(Protocol):
-        """What Posix and Windows each provide; ``current`` is one of them."""
-
-        name: str
-
-        def cache_dir(self) -> str: ...
-        def config_dir(self) -> str: ...
-        def is_mine(self, info: os.stat_result) -> bool: ...
-        def is_private(self, info: os.stat_result) -> bool: ...
-        def too_open(self, info: os.stat_result) -> bool: ...
-        def others_may_write(self, info: os.stat_result) -> bool: ...
-        def permission_advice(self, path: str) -> str: ...
-        def private_directory_problem(self, directory: str, create: bool = False) -> str | None: ...
-        def open_regular(self, path: str, flags: int, mode: int = 0o600) -> int: ...
-        def create_new(self, path: str, mode: int) -> int: ...
-        def set_mode(self, fd: int, mode: int) -> None: ...
-        def replace(self, source: str, target: str) -> None: ...
-        def publish_new(self, source: str, target: str) -> None: ...
-        def can_lock(self) -> bool: ...
-        def try_lock(self, fd: int) -> bool | None: ...
-        def unlock(self, fd: int) -> None: ...
-        def stop_signals(self) -> tuple[int, ...]: ...
-        def prepare_listening_socket(self, sock: Socket) -> None: ...
-        def limitations(self) -> list[str]: ...
-
-
-APP_DIR = "ollama-credential-helper"
-
-# Win32 winnt.h: FILE_ATTRIBUTE_REPARSE_POINT; Python exposes it as
-# stat.FILE_ATTRIBUTE_REPARSE_POINT on every system since 3.5.
-_REPARSE_POINT = getattr(stat, "FILE_ATTRIBUTE_REPARSE_POINT", 0x400)
-# signal.SIGBREAK exists only on Windows (Ctrl+Break); its value there is 21.
-_SIGBREAK = 21
-# pip's utils/filesystem.py retries os.replace for about a second on Windows,
-# where a file another process holds open (an antivirus scan, a reader) cannot
-# be replaced: PermissionError, WinError 5 or 32.
-REPLACE_RETRY_SECONDS = 1.0
-REPLACE_RETRY_DELAY = 0.05
-
-
-def _is_link_or_reparse(info: os.stat_result) -> bool:
-    return stat.S_ISLNK(info.st_mode) or bool(getattr(info, "st_file_attributes", 0) & _REPARSE_POINT)
-
-
-def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
-    return (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino)
+    from .system_common import Check, Implementation
 
 
 def _xdg(variable: str, fallback: str) -> str:
@@ -100,189 +53,6 @@ def _xdg(variable: str, fallback: str) -> str:
     if not os.path.isabs(base):  # the XDG Base Directory spec: ignore a relative path
         base = os.path.join(os.path.expanduser("~"), fallback)
     return os.path.join(base, APP_DIR)
-
-
-class Windows:
-    """Win32 semantics. ``msvcrt`` is a seam: tests pass a fake that behaves as
-    Microsoft documents ``_locking`` (LK_NBLCK fails at once with EACCES when
-    another handle holds the region; LK_UNLCK releases it)."""
-
-    name = "windows"
-
-    def __init__(
-        self,
-        msvcrt_module: ModuleType | None = None,
-        *,
-        replace: Callable[[str, str], None] | None = None,
-        sleep: Callable[[float], None] | None = None,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
-        self._msvcrt = msvcrt_module
-        self._replace = replace or os.replace
-        self._sleep = sleep or time.sleep
-        self._clock = clock or time.monotonic
-
-    # --- where things live -------------------------------------------------------
-
-    @staticmethod
-    def _known_folder(variable: str, fallback: str) -> str:
-        base = os.environ.get(variable, "")
-        if not os.path.isabs(base):  # unset or relative: the profile's default place
-            base = os.path.join(os.path.expanduser("~"), *fallback.split("\\"))
-        return os.path.join(base, APP_DIR)
-
-    def cache_dir(self) -> str:
-        # Local, not roaming: tokens belong to this machine.
-        return self._known_folder("LOCALAPPDATA", "AppData\\Local")
-
-    def config_dir(self) -> str:
-        return self._known_folder("APPDATA", "AppData\\Roaming")
-
-    # --- ownership ---------------------------------------------------------------
-
-    def is_mine(self, info: os.stat_result) -> bool:
-        # stat reports no owner on Windows; the directory's inherited ACL is what
-        # keeps others out (see limitations()).
-        return True
-
-    def is_private(self, info: os.stat_result) -> bool:
-        return stat.S_ISREG(info.st_mode) and not _is_link_or_reparse(info)
-
-    def too_open(self, info: os.stat_result) -> bool:
-        return False  # mode bits mean nothing here; Ollama checks none either
-
-    def others_may_write(self, info: os.stat_result) -> bool:
-        return False  # st_mode reports 0o666 for every writable file; the ACL decides (limitations())
-
-    def permission_advice(self, path: str) -> str:
-        return f'run: icacls "{path}" /inheritance:r /grant:r "%USERNAME%:F"'
-
-    # --- directories and files -----------------------------------------------------
-
-    def private_directory_problem(self, directory: str, create: bool = False) -> str | None:
-        try:
-            if create:
-                os.makedirs(directory, exist_ok=True)
-            info = os.lstat(directory)
-        except FileNotFoundError:
-            return f"{directory} does not exist"
-        except OSError as exc:
-            return f"{directory} cannot be opened ({exc.strerror})"
-        if _is_link_or_reparse(info):
-            return f"{directory} is a symlink or junction"
-        if not stat.S_ISDIR(info.st_mode):
-            return f"{directory} is not a directory"
-        return None
-
-    def open_regular(self, path: str, flags: int, mode: int = 0o600) -> int:
-        """No O_NOFOLLOW on Windows: create with O_EXCL (never follows), else
-        lstat first (a link or junction is refused) and check that the file
-        opened is the one lstat saw, so a link swapped in between is caught."""
-        # O_NONBLOCK does not exist on Windows (nor do FIFOs in its file system);
-        # kept where it exists so that a FIFO can never hang an open.
-        flags |= getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0) | getattr(os, "O_NONBLOCK", 0)
-        if flags & os.O_CREAT:
-            try:
-                return os.open(path, flags | os.O_EXCL, mode)
-            except FileExistsError:
-                flags &= ~os.O_CREAT
-        before = os.lstat(path)
-        if _is_link_or_reparse(before) or not stat.S_ISREG(before.st_mode):
-            raise OSError(errno.ELOOP, "not a regular file", path)
-        fd = os.open(path, flags, mode)
-        try:
-            if not _same_file(before, os.fstat(fd)):
-                raise OSError(errno.ELOOP, "replaced while opening", path)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
-
-    def create_new(self, path: str, mode: int) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        return os.open(path, flags | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0), mode)
-
-    def set_mode(self, fd: int, mode: int) -> None:
-        pass  # no os.fchmod before Python 3.13, and the ACL, not the mode, decides
-
-    def replace(self, source: str, target: str) -> None:
-        deadline = self._clock() + REPLACE_RETRY_SECONDS
-        while True:
-            try:
-                self._replace(source, target)
-                return
-            except PermissionError:
-                if self._clock() >= deadline:
-                    raise
-                self._sleep(REPLACE_RETRY_DELAY)
-
-    def publish_new(self, source: str, target: str) -> None:
-        # A hard link (CreateHardLinkW) never replaces, as on POSIX. FAT and some
-        # network shares have none; there Windows rename (MoveFileEx without
-        # MOVEFILE_REPLACE_EXISTING) refuses an existing target just the same.
-        try:
-            os.link(source, target)
-        except FileExistsError:
-            raise
-        except OSError:
-            os.rename(source, target)
-            return
-        os.unlink(source)
-
-    # --- locks -------------------------------------------------------------------
-
-    def can_lock(self) -> bool:
-        return self._msvcrt is not None
-
-    def try_lock(self, fd: int) -> bool | None:
-        """Byte 0 of the lock file, as filelock's Windows backend does."""
-        if self._msvcrt is None:
-            return None
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)  # _locking starts at the current position
-            self._msvcrt.locking(fd, self._msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EDEADLK):
-                return False
-            return None
-
-    def unlock(self, fd: int) -> None:
-        # Windows releases a closed handle's locks "at the system's discretion":
-        # unlock explicitly before closing, so a waiter is not left waiting.
-        if self._msvcrt is None:
-            return
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            self._msvcrt.locking(fd, self._msvcrt.LK_UNLCK, 1)
-        except OSError:
-            pass
-
-    # --- processes and sockets -------------------------------------------------------
-
-    def stop_signals(self) -> tuple[int, ...]:
-        import signal
-
-        # SIGTERM is never delivered on Windows; Ctrl+Break is SIGBREAK.
-        return (signal.SIGINT, getattr(signal, "SIGBREAK", _SIGBREAK))
-
-    def prepare_listening_socket(self, sock: Socket) -> None:
-        import socket
-
-        # Windows SO_REUSEADDR lets another process bind the same port and take
-        # our connections (and the local token); SO_EXCLUSIVEADDRUSE forbids it.
-        # Microsoft: "Using SO_REUSEADDR and SO_EXCLUSIVEADDRUSE". Value: ~SO_REUSEADDR.
-        option = getattr(socket, "SO_EXCLUSIVEADDRUSE", ~socket.SO_REUSEADDR)
-        sock.setsockopt(socket.SOL_SOCKET, option, 1)
-
-    def limitations(self) -> list[str]:
-        found = [
-            "Windows: file owners and ACLs are not checked; the cache, config and key rely on "
-            "your profile directory's default ACL (you, SYSTEM, Administrators)",
-        ]
-        if self._msvcrt is None:
-            found.append("no file locking here: concurrent get calls may each exchange a token")
-        return found
 
 
 # Defined only where it can work: its body reads os.O_NONBLOCK, which Windows's
@@ -296,6 +66,9 @@ if sys.platform != "win32":
         name = "posix"
         # Opened files must never block (a FIFO) or follow a planted symlink.
         OPEN_FLAGS = os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+        # A read (system_common.open_file): a FIFO opens at once and a terminal
+        # planted at the path never becomes our controlling terminal (open(2)).
+        READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
         def __init__(self, fcntl_module: ModuleType | None = None) -> None:
             self._fcntl = fcntl_module
@@ -451,35 +224,28 @@ current: Implementation  # tests put the other implementation here
 if sys.platform == "win32":
     import msvcrt  # every CPython on Windows has it
 
+    from .system_windows import REPLACE_RETRY_DELAY as REPLACE_RETRY_DELAY, REPLACE_RETRY_SECONDS as REPLACE_RETRY_SECONDS
+    from .system_windows import Windows as Windows, readable_now as readable_now, selector_class as selector_class
+
     current = Windows(msvcrt)
-    # What a read that must never block opens with: no FIFOs in Windows file systems.
-    READ_NONBLOCKING = os.O_RDONLY | os.O_BINARY | os.O_NOINHERIT
 else:
     current = Posix(_fcntl())
-    READ_NONBLOCKING = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+if not TYPE_CHECKING:  # (mypy would take any system.name for one of these)
+
+    def __getattr__(name: str) -> object:
+        # system.Windows elsewhere, for the tests that run its logic there: loaded
+        # on first use, so a cache hit on Linux or macOS never reads it (PEP 562).
+        if name in ("Windows", "REPLACE_RETRY_SECONDS", "REPLACE_RETRY_DELAY"):
+            from . import system_windows
+
+            return getattr(system_windows, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # The package's interface: module-level names, so callers write system.cache_dir().
-
-
-if sys.platform == "win32":
-
-    def selector_class() -> type[BaseSelector]:
-        """select(): Windows has neither poll nor epoll. There it takes sockets only
-        and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
-        ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
-        two sockets (client, upstream), so the cap never binds; the number of
-        connections is bounded by serve/limits.Limits.connections, not by select()."""
-        import selectors
-
-        return selectors.SelectSelector
-
-    def readable_now(sock: Socket) -> bool:
-        """True when ``sock`` has bytes (or a close) to read at once."""
-        import select
-
-        return bool(select.select([sock], [], [], 0)[0])
-
-else:
+# selector_class and readable_now come from system_windows on Windows.
+if sys.platform != "win32":
 
     def selector_class() -> type[BaseSelector]:
         """poll(2): any fd number (select() fails above 1024) and, unlike epoll or
@@ -552,27 +318,50 @@ def private_directory_problem(directory: str, create: bool = False) -> str | Non
     return current.private_directory_problem(directory, create)
 
 
+def open_file(path: str, *, follow: bool = True, private: bool = False, check: Check | None = None) -> tuple[int, os.stat_result]:
+    """An open descriptor for the regular file at ``path`` and its fstat; the
+    caller closes it. For a path another reader (OpenSSL) will open: to read it
+    yourself, use ``read_file``.
+
+    Never blocks or takes a terminal (O_NONBLOCK | O_NOCTTY where they exist): a
+    FIFO or a device is opened at once and refused by fstat (RefusedFile), as is
+    a directory. ``follow=False`` refuses a symlink at the last component
+    (O_NOFOLLOW; Windows: lstat, then the opened file compared with it).
+    ``private=True`` refuses a file not yours or open to group or others (ssh's
+    rule; Windows relies on the ACL: limitations()). Then ``check(info)``, the
+    caller's own policy on the same fstat, whose exception comes out unchanged.
+    Raises OSError: open(2)'s (FileNotFoundError, PermissionError, ELOOP for a
+    refused link), RefusedFile, or what ``check`` raised.
+    """
+    return _common.open_file(current, path, follow=follow, private=private, check=check)
+
+
+def read_file(
+    path: str,
+    limit: int,
+    *,
+    follow: bool = True,
+    private: bool = False,
+    check: Check | None = None,
+) -> tuple[bytes, os.stat_result]:
+    """The bytes of the regular file at ``path`` and its fstat after reading: the
+    one way the package reads a file it did not just write (the key, the gate's
+    authorized_keys, a cache entry, the proxy's token, Ollama's service key).
+    Opened and checked as ``open_file`` says, then read to the end: a file of
+    more than ``limit`` bytes raises FileTooLarge (a RefusedFile) once ``limit``
+    + 1 are read. Each caller keeps its policy in ``check``, and its own words.
+    """
+    return _common.read_file(current, path, limit, follow=follow, private=private, check=check)
+
+
 def open_own_file(path: str, flags: int, mode: int = 0o600) -> int | None:
-    """An fd for a regular file of ours that others cannot access, or None
-    (missing, a FIFO or link planted there, someone else's, too open)."""
+    """An fd for a regular file of ours that others cannot access, opened with
+    ``flags`` (O_CREAT makes it, 0600), or None (missing, a FIFO or link planted
+    there, someone else's, too open). For a file kept open: the cache's lock."""
     try:
-        fd = current.open_regular(path, flags, mode)
+        return _common.open_file(current, path, follow=False, private=True, flags=flags, mode=mode)[0]
     except OSError:
         return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        info = None
-    if info is None or not current.is_private(info):
-        os.close(fd)
-        return None
-    return fd
-
-
-def open_regular(path: str, flags: int) -> int:
-    """An fd for whatever regular file is at ``path`` (never blocking on a FIFO,
-    never through a symlink on the last component). Raises OSError."""
-    return current.open_regular(path, flags)
 
 
 def is_mine(info: os.stat_result) -> bool:
@@ -611,32 +400,7 @@ def write_new_file(path: str, data: bytes, mode: int) -> None:
     exists. A crash or a full disk leaves no file at ``path``, never an empty
     or truncated one (docker/genai-stack#153: an empty id_ed25519 stops Ollama).
     """
-    directory, base = os.path.split(os.path.abspath(path))
-    for _ in range(8):
-        temporary = os.path.join(directory, f".{base}.{os.urandom(6).hex()}.tmp")
-        try:
-            fd = current.create_new(temporary, mode)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(errno.EEXIST, "no free temporary name", path)
-    try:
-        try:
-            current.set_mode(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        current.publish_new(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    _common.write_new_file(current, path, data, mode)
 
 
 def can_lock() -> bool:

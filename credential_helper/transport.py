@@ -21,7 +21,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.response import BaseHTTPResponse
 
-from . import __version__
+from . import __version__, system
 from .errors import NetworkError
 from .protocol import URL
 from .proxy_env import proxy_for
@@ -161,18 +161,18 @@ def tls_context() -> ssl.SSLContext:
 
 def check_ca_file() -> None:
     """OpenSSL reads SSL_CERT_FILE with a blocking open: a FIFO there would hang
-    past any deadline. Anything but a regular file is refused up front."""
-    import stat
-
+    past any deadline. Anything but a regular file is refused up front, opened
+    as every file is (system.open_file: without blocking, checked by fstat)."""
     path = os.environ.get("SSL_CERT_FILE")
     if not path:
         return
     try:
-        mode = os.stat(path).st_mode
+        fd, _ = system.open_file(path)
+    except system.RefusedFile:
+        raise NetworkError(f"SSL_CERT_FILE={path!r} is not a regular file; point it at a PEM bundle") from None
     except OSError:
-        return  # missing: OpenSSL ignores it, and verification fails clearly
-    if not stat.S_ISREG(mode):
-        raise NetworkError(f"SSL_CERT_FILE={path!r} is not a regular file; point it at a PEM bundle")
+        return  # missing or unreadable: OpenSSL ignores it, and verification fails clearly
+    os.close(fd)
 
 
 def _read_bounded(response: BaseHTTPResponse, max_body: int, deadline: float, where: str, status: int) -> bytes:

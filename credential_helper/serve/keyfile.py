@@ -54,6 +54,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .. import system
 from ..errors import IdentityError
 from ..sanitize import printable
 from .authorized_keys import _GO_SPACE_CHARS, AuthorizedKeys, parse
@@ -81,40 +82,40 @@ class _Unusable(Exception):
     pass
 
 
+class _Replaced(Exception):
+    pass
+
+
 def _read(seen: Look) -> tuple[bytes, os.stat_result] | None:
     """The bytes of the file ``seen`` found and its fstat after reading; None when
     it was replaced or written meanwhile; _Unusable when it cannot be read."""
     assert seen.real is not None and seen.info is not None
-    shown = printable(seen.real)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-    try:
-        # O_NONBLOCK: a FIFO swapped in since the walk must not hang the gate.
-        fd = os.open(seen.real, flags)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise _Unusable(f"cannot read {shown}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) != (seen.info.st_dev, seen.info.st_ino):
-            return None
-        problem = file_problem(seen.real, info)
+    real, walked = seen.real, seen.info
+    shown = printable(real)
+
+    def still_safe(info: os.stat_result) -> None:
+        if (info.st_dev, info.st_ino) != (walked.st_dev, walked.st_ino):
+            raise _Replaced
+        problem = file_problem(real, info)
         if problem is not None:
             raise _Unusable(problem)
-        chunks, size = [], 0
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_FILE_BYTES:
-                raise _Unusable(f"{shown} is larger than {MAX_FILE_BYTES} bytes")
-        after = os.fstat(fd)
+
+    try:
+        # Not through a link: the walk resolved them all, so one here was swapped in.
+        data, after = system.read_file(real, MAX_FILE_BYTES, follow=False, check=still_safe)
+    except (FileNotFoundError, _Replaced):
+        return None
+    except system.FileTooLarge:
+        raise _Unusable(f"{shown} is larger than {MAX_FILE_BYTES} bytes") from None
+    except system.RefusedFile:
+        # Not a regular file: the walk saw one there, and an inode never changes
+        # type, so another file (a FIFO, a device) took its place.
+        return None
     except OSError as exc:
         raise _Unusable(f"cannot read {shown}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if _mark(after) != _mark(seen.info):
+    if _mark(after) != _mark(walked):
         return None
-    return b"".join(chunks), after
+    return data, after
 
 
 def complete_lines(data: bytes) -> tuple[str, str | None]:

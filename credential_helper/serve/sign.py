@@ -52,16 +52,18 @@ def local_token(create: bool = True) -> str:
     problem = system.private_directory_problem(os.path.dirname(path), create=create)
     if problem is not None:
         raise IdentityError(f"cannot keep the proxy's access token: {problem}")
-    fd = system.open_own_file(path, os.O_RDONLY)
-    if fd is None and os.path.lexists(path):
-        raise IdentityError(
-            f"{path} is not a private regular file of yours: remove it, or {system.permission_advice(path)}, and start again"
-        )
-    if fd is not None:
-        try:
-            token = os.read(fd, 4096).decode("ascii", "replace").strip()
-        finally:
-            os.close(fd)
+    try:
+        data: bytes | None = system.read_file(path, 4096, follow=False, private=True)[0]
+    except system.FileTooLarge:
+        data = b""  # no token is that long
+    except OSError:
+        if os.path.lexists(path):
+            raise IdentityError(
+                f"{path} is not a private regular file of yours: remove it, or {system.permission_advice(path)}, and start again"
+            ) from None
+        data = None
+    if data is not None:
+        token = data.decode("ascii", "replace").strip()
         if len(token) >= MIN_TOKEN_CHARS and protocol.is_header_token(token):
             return token
         raise IdentityError(f"{path} does not hold a usable token: remove it and start again")
