@@ -226,6 +226,7 @@ if sys.platform == "win32":
 
     from .system_windows import REPLACE_RETRY_DELAY as REPLACE_RETRY_DELAY, REPLACE_RETRY_SECONDS as REPLACE_RETRY_SECONDS
     from .system_windows import Windows as Windows, readable_now as readable_now, selector_class as selector_class
+    from .system_windows import read_now as read_now, write_now as write_now
 
     current = Windows(msvcrt)
 else:
@@ -244,7 +245,7 @@ if not TYPE_CHECKING:  # (mypy would take any system.name for one of these)
 
 
 # The package's interface: module-level names, so callers write system.cache_dir().
-# selector_class and readable_now come from system_windows on Windows.
+# The socket functions come from system_windows on Windows.
 if sys.platform != "win32":
 
     def selector_class() -> type[BaseSelector]:
@@ -263,25 +264,11 @@ if sys.platform != "win32":
         poller.register(sock, select.POLLIN)
         return bool(poller.poll(0))
 
-
-if sys.platform == "win32":
-
     def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
-        """None: a Windows socket is a handle, not a file descriptor (os.write cannot
-        take it), so the caller writes through the socket's own timed path."""
-        return None
-
-    def read_now(sock: Socket, buffer: memoryview) -> int | None:
-        return None
-
-else:
-
-    def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
-        """Write what the socket takes at once, without the poll(2) CPython makes
-        before every send on a socket with a timeout (Modules/socketmodule.c
-        sock_call_ex): the bytes written, 0 if none fit now, None when this socket
-        cannot be written so (TLS, or blocking). Each system call a thread makes
-        hands the GIL over; under load fewer of them is more requests a second."""
+        """What the socket takes at once, written without the poll(2) CPython makes
+        first on a socket with a timeout (socketmodule.c sock_call_ex): bytes written,
+        0 if none fit, None if it cannot be written so (TLS, blocking). Each system
+        call hands the GIL over: fewer of them is more requests a second."""
         if sock.gettimeout() is None or hasattr(sock, "pending"):  # blocking, or an SSLSocket
             return None
         try:
@@ -290,9 +277,8 @@ else:
             return 0
 
     def read_now(sock: Socket, buffer: memoryview) -> int | None:
-        """Read what is there into ``buffer`` without a poll first (see write_now):
-        the bytes read (0 at end of stream), None when this socket cannot be read
-        so or has nothing yet."""
+        """Read into ``buffer`` without a poll first (see write_now): bytes read (0:
+        end of stream), None if it cannot be read so or has nothing yet."""
         if sock.gettimeout() is None or hasattr(sock, "pending"):
             return None
         try:
