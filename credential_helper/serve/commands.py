@@ -3,7 +3,6 @@ policy and the engine, serve until a stop signal. The CLI calls only these."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -48,13 +47,11 @@ def shown_base(host: str, port: int, scheme: str = "http") -> str:
 def make_log(log_format: str = "text") -> tuple[Callable[[str], None], Callable[[str], None]]:
     """(log, write): ``log`` for the server's own messages, ``write`` for a formatted
     request line. With ``--log-format json`` every line on stderr is one JSON
-    object: messages become ``{"time", "message"}``."""
-    lock = threading.Lock()
+    object: messages become ``{"time", "message"}``. Both go through one
+    LineWriter, so their lines stay in order."""
+    from .log_lines import LineWriter
 
-    def write(line: str) -> None:
-        with lock:
-            sys.stderr.write(f"{line}\n")
-            sys.stderr.flush()
+    write = LineWriter()
 
     if log_format != "json":
         return write, write
