@@ -1,31 +1,22 @@
-"""What differs by operating system, and only that.
+"""What differs by operating system, and only that: private directories and
+files, "is this file only mine", the one safe open and read of a file, locks,
+atomic replacement, the default directories, stop signals, listening sockets and
+the engine's socket waits. Other modules call the functions here
+(``system.read_file(...)``); none looks at ``sys.platform``. Three files, one seam:
 
-Private directories and files, "is this file only mine", the one safe open and
-read of a file, exclusive locks, atomic replacement, the default cache and
-config directories, the stop signals and how a listening socket is prepared.
-Every other module calls the functions at the bottom (``system.read_file(...)``);
-nothing else in the package looks at ``sys.platform``. The implementation is
-chosen once, at import, here. Three files, one seam:
-
-- ``system.py``: the choice, the interface, and ``class Posix`` (Linux, macOS,
-  the BSDs): owner uid, mode bits, ``O_NOFOLLOW``, ``O_DIRECTORY``, ``flock``.
-- ``system_windows.py``: ``class Windows`` (no uid, mode bits, ``O_NOFOLLOW``,
-  ``fcntl``: reparse points refused by ``lstat``, ``msvcrt.locking``, privacy
-  from the profile's ACL) and ``select()`` waits.
+- ``system.py``: the choice (once, at import), the interface, and ``class Posix``
+  (Linux, macOS, the BSDs): owner uid, mode bits, ``O_NOFOLLOW``, ``flock``.
+- ``system_windows.py``: ``class Windows`` (reparse points refused by ``lstat``,
+  ``msvcrt.locking``, privacy from the profile's ACL) and its socket functions.
 - ``system_common.py``: the primitives each provides (``Implementation``) and
-  what is built alike on them: the open, check and bounded read of a file, and
-  the all-or-nothing write of a new one.
+  what is built alike on them (the checked, bounded read; the all-or-nothing write).
 
 What exists on one system only sits under a module-level ``if sys.platform ==
-"win32":`` (or ``!=``) branch here, as in CPython's own library and typeshed, so
-that ``mypy --platform win32|linux|darwin`` checks each system's branch against
-what that system's ``os`` really has: ``class Posix`` is not even defined on
-Windows, where ``os.O_NONBLOCK``, ``os.getuid`` and ``os.fchmod`` do not exist.
-``Windows`` uses only names every system has, so its logic runs in the tests on
-Linux too.
-
-Kept lean: ``get``'s cache hit imports the three, which import only ``os``,
-``stat``, ``sys``, ``errno`` and ``time`` (not ``typing``: see TYPE_CHECKING).
+"win32":`` (or ``!=``) branch, as in CPython's library and typeshed, so that
+``mypy --platform win32|linux|darwin`` checks each branch against that system's
+``os``. ``Windows`` uses only names every system has, so its logic runs in the
+tests on Linux too. Kept lean: ``get``'s cache hit imports the three, which
+import only ``os``, ``stat``, ``sys``, ``errno`` and ``time``.
 """
 
 from __future__ import annotations
