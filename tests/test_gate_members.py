@@ -160,22 +160,51 @@ def test_a_tls_file_the_gate_cannot_use_is_named_at_start(run, tmp_path, case):
 
 
 def test_sighup_as_soon_as_the_listening_line_is_read_reloads(tmp_path, start_gate, local_ollama, keys):  # noqa: F811
-    # A supervisor may send SIGHUP the moment it reads the listening line. Break caught: the line
-    # printed before run() installs the SIGHUP handler (the default action ended the gate). Made
-    # deterministic: the start-up warnings of 2,000 skipped lines are more than a pipe holds (64 KiB),
-    # so the gate is blocked writing them, after the listening line, until this test reads them.
+    # A supervisor may send SIGHUP the moment it reads the listening line: the gate must reload,
+    # not die of SIGHUP's default action. (The ordering itself is pinned in-process below.)
     path = both_keys_file(tmp_path, extra="ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ skipped-rsa-key\n" * 2000)
     gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", path)
     gate_.process.send_signal(signal.SIGHUP)
-    lines = [gate_.process.stderr.readline() for _ in range(2000)]
+    lines = [gate_.next_line() for _ in range(2000)]
     assert all("unsupported key type 'ssh-rsa'" in line for line in lines), f"exit {gate_.process.poll()}: {lines[-1]!r}"
-    line = gate_.process.stderr.readline()  # the reload warns of the same lines again, then says so
-    while not line.startswith(f"reloaded {path}:"):
-        assert line, f"the gate said nothing after SIGHUP (exit {gate_.process.poll()})"
-        line = gate_.process.stderr.readline()
+    gate_.wait_for(f"reloaded {path}:")  # the reload warns of the same lines again, then says so
     assert gate_.process.poll() is None
     target, authorization = signed(keys, "GET", "/api/tags")
     conn = http.client.HTTPConnection("127.0.0.1", gate_.port, timeout=10)
     conn.request("GET", target, headers={"Authorization": authorization})
     assert conn.getresponse().status == 200
     conn.close()
+
+
+@pytest.mark.process
+def test_the_listening_line_is_printed_only_once_sighup_is_handled(tmp_path, monkeypatch, capfd):
+    # Deterministic form of the test above: serve_gate in this (main) thread; when the listening
+    # line is out (the ready callback runs after it), SIGHUP and the stop signals must be ours.
+    from credential_helper.serve import commands
+
+    path = both_keys_file(tmp_path)
+    seen = {}
+
+    def ready(server):
+        seen["sighup"] = signal.getsignal(signal.SIGHUP)
+        seen["sigterm"] = signal.getsignal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # and stop
+
+    code = commands.serve_gate(
+        listen="127.0.0.1:0",
+        upstream_text="http://127.0.0.1:9",
+        auth_only=False,
+        authorized_keys=str(path),
+        max_skew=300,
+        tls_cert=None,
+        tls_key=None,
+        timeout=5,
+        max_in_flight=4,
+        grace=1,
+        verbose=False,
+        ready=ready,
+    )
+    assert code == 0
+    assert seen["sighup"] not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    assert seen["sigterm"] not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # put back after the stop
