@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import asset
+from conftest import GOLDEN, asset
 from credential_helper.serve.authorized_keys import parse
 from credential_helper.serve.key_options import (
     NO_OPTIONS,
@@ -104,7 +104,7 @@ def test_an_escaped_quote_is_part_of_the_value():
         ('environment="A=b"', "unknown option"),
         ('tunnel="0"', "unknown option"),
         ('from ="10.0.0.1"', "unknown option"),  # misc.c opt_match: the keyword then '='
-        ("%restrict", "unknown option '%restrict'"),  # shown as written, its first character not repeated
+        ("%restrict", "unknown option (not shown: it may be key material)"),
         ("from=10.0.0.1", "missing start quote"),  # opt_dequote: valued options are quoted
         ('from="10.0.0.1', "unterminated quote"),
         ('from="10.0.0.1";models="x"', "unexpected ';'"),  # sshauthopt_parse: anything but ',' is unknown
@@ -474,3 +474,24 @@ def test_the_gate_admits_exactly_when_sshd_does(real_sshd, options):
     grants = keys.grants_for(base64.b64decode(public[1]))
     gate_admits = any(address_allowed(g.options, "127.0.0.1") and not expired(g.options, time.time()) for g in grants)
     assert gate_admits is sshd_admits, (options, result.stderr)
+
+
+@pytest.mark.parametrize("name", ["ed25519-a", "ed25519-b", "ecdsa-p256", "ed25519-encrypted"])
+def test_a_private_key_pasted_into_the_file_is_named_and_never_echoed(name):
+    # An admin pastes id_ed25519 (not .pub) into authorized_keys: every line of it is skipped, the
+    # warning says what happened, and no run of its text reaches the log (the review found 10
+    # bytes of the seed echoed, lower-cased, as an "unknown option").
+    text = (GOLDEN / "keys" / name).read_text()
+    keys, warnings = parse(text)
+    assert keys.grants_for(BLOB_A) == []
+    shown = " ".join(warnings).lower()
+    body = "".join(text.splitlines()[1:-1]).lower()
+    assert not any(body[i : i + 8] in shown for i in range(len(body) - 8)), warnings
+    assert any("a private key was pasted here" in warning for warning in warnings), warnings
+
+
+def test_only_an_option_sshd_knows_is_named():
+    assert "unknown option 'no-pty' (an sshd option)" in refused("no-pty")
+    assert "unknown option 'restrict' (an sshd option)" in refused("Restrict,from=1.2.3.4")
+    warning = refused("abcdefghijklmnopqrstuvwxyz0123456789=1")
+    assert "abcdef" not in warning and "not shown" in warning

@@ -513,3 +513,17 @@ def test_name_go(raw, expected):
 )
 def test_modelref(raw, expected):
     assert modelname.parse_ref(raw) == expected
+
+
+def test_a_listing_entry_names_no_remote_model_the_key_may_not_use():
+    # A stub made from a cloud or remote model lists its remote_model in /api/tags too
+    # (server/routes.go ListHandler: RemoteModel: cf.RemoteModel), not only in /api/show.
+    tags = {
+        "models": [
+            {"name": "small:latest", "model": "small:latest", "remote_model": "secret-model:671b"},
+            {"name": "small:1", "model": "small:1", "remote_model": "small:latest"},
+        ]
+    }
+    out = json.loads(filter_listing("/api/tags", json.dumps(tags).encode(), allowed))
+    assert [m["remote_model"] for m in out["models"]] == ["", "small:latest"]
+    assert "secret-model" not in json.dumps(out)

@@ -118,6 +118,14 @@ def _dequote(text: str, at: int) -> tuple[str, int]:
     return "".join(out), i + 1
 
 
+# sshd(8) AUTHORIZED_KEYS FILE FORMAT: the options OpenSSH 9 knows (the gate enforces four).
+SSHD_OPTIONS = frozenset(
+    "agent-forwarding cert-authority command environment expiry-time from no-agent-forwarding "
+    "no-port-forwarding no-pty no-user-rc no-x11-forwarding permitlisten permitopen port-forwarding "
+    "principals pty no-touch-required verify-required restrict tunnel user-rc x11-forwarding".split()
+)
+
+
 def parse_options(text: str) -> KeyOptions:
     """The options field (before the key type) as KeyOptions; OptionError when any
     part of it is unknown, malformed or repeated."""
@@ -128,8 +136,12 @@ def parse_options(text: str) -> KeyOptions:
         name = match.group(0).lower() if match else ""
         at += len(name)
         if name not in ("from", "expiry-time", "models", "max-concurrent") or text[at : at + 1] != "=":
-            shown = name + text[at : at + 1] if name else text[at : at + 20]
-            raise OptionError(f"unknown option {shown!r} (the gate knows from=, expiry-time=, models=, max-concurrent=)")
+            if "BEGIN OPENSSH PRIVATE KEY" in text or "b3BlbnNzaC1rZXkt" in text:  # "openssh-key-v1" in base64
+                raise OptionError("a private key was pasted here: remove it, and make a new key (this one is exposed)")
+            # Only an option sshd knows is named: anything else may be key material pasted in
+            # (a private key's base64 lines parse as options), and a secret is never echoed.
+            shown = f"{name!r} (an sshd option)" if name in SSHD_OPTIONS else "(not shown: it may be key material)"
+            raise OptionError(f"unknown option {shown}; the gate knows from=, expiry-time=, models=, max-concurrent=")
         at += 1
         if name in values:
             raise OptionError(f"{name}= appears twice")

@@ -95,12 +95,17 @@ def _modelfile_allowed(text: Any, allowed: Allowed) -> bool:
 
 
 def _blank_parent(entry: Any, allowed: Allowed) -> bool:
-    """Blank ``details.parent_model`` when it names a model the key may not use; True if changed."""
+    """Blank ``details.parent_model`` and ``remote_model`` (a listing's entry carries it too:
+    server/routes.go ListHandler) when they name a model the key may not use; True if changed."""
+    changed = False
     details = entry.get("details") if isinstance(entry, dict) else None
     if isinstance(details, dict) and not _named_allowed(details.get("parent_model"), allowed):
         details["parent_model"] = ""
-        return True
-    return False
+        changed = True
+    if isinstance(entry, dict) and not _named_allowed(entry.get("remote_model"), allowed, remote=True):
+        entry["remote_model"] = ""
+        changed = True
+    return changed
 
 
 def filter_listing(path: str, body: bytes, allowed: Allowed) -> bytes:

@@ -118,13 +118,18 @@ def concurrency_counts(lines: Sequence[Grant], fingerprint: str) -> list[tuple[s
     """The counters a request of this key takes a slot in: (counter, limit, whose), each
     to have room. The key's own lines: one counter for the key, the smallest limit. A key
     with none: one counter per wildcard line that sets a limit, shared by every key the
-    line serves (its line number names it; "whose" says so in the refusal)."""
+    line serves, named by what the line says, not where it stands (a reload that moves the
+    line keeps the count of requests in flight; "whose" names the line in the refusal)."""
     own = [grant for grant in lines if not grant.wildcard]
     if own:
         limits = [grant.options.max_concurrent for grant in own if grant.options.max_concurrent is not None]
         return [(fingerprint, min(limits), "")] if limits else []
     return [
-        (f"* line {grant.line}", grant.options.max_concurrent, f"line {grant.line} (for any key)")
+        (
+            f"* {grant.name} {','.join(sorted(grant.endpoints))} {grant.options!r}",
+            grant.options.max_concurrent,
+            f"line {grant.line} (for any key)",
+        )
         for grant in lines
         if grant.options.max_concurrent is not None
     ]
