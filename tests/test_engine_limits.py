@@ -153,3 +153,42 @@ def test_over_limits_in_flight_a_request_gets_503(serve):
         finally:
             release.set()
             first.close()
+
+
+class Filtering:
+    """Forwards with an answer held whole and filtered (the gate's listings and /api/show)."""
+
+    def decide(self, head: Head) -> Forward:
+        return Forward(head.target, (("Host", "upstream"),), filter_answer=lambda status, body: body, filter_limit=1 << 20)
+
+
+def test_answers_held_to_filter_share_the_held_bytes_budget(serve):
+    # A key allowed one model must not make the gate hold --max-concurrency answers of 32 MiB:
+    # held answers take from limits.held_bodies, as held request bodies do. Break caught: the
+    # answer held without the budget (200 with a budget of 1,000 bytes).
+    big = b"x" * 4000
+
+    def answer(head: bytes, body: bytes, index: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(big), big)
+
+    with KeepAliveServer(answer) as upstream_server:
+        for budget, status in ((1000, b"503"), (1 << 20, b"200")):
+            upstream = Upstream(protocol.URL("http", upstream_server.host, "", ""), 5, environ={})
+            served = InProcess(
+                Filtering(), upstream=upstream, log=lambda line: None, limits=Limits(held_bodies=budget, upstream=5)
+            )
+            try:
+                with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+                    sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+                    got = b""
+                    while b"\r\n\r\n" not in got:
+                        got += sock.recv(65536)
+                    assert got.startswith(b"HTTP/1.1 " + status), got[:200]
+                    if status == b"503":
+                        assert b"X-Ollama-Reason: body" in got and b"Retry-After: 1" in got
+                deadline = time.monotonic() + 5
+                while served.server.body_budget.held and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert served.server.body_budget.held == 0  # given back when the request ended
+            finally:
+                served.close()

@@ -84,3 +84,23 @@ def test_every_line_is_written_before_the_process_exits():
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert done.stderr.splitlines() == [f"line {i}" for i in range(20000)]
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("nonblocking", [False, True])
+def test_lines_wait_for_a_slow_reader_at_exit_and_a_full_nonblocking_stderr_loses_none(nonblocking):
+    # The attack review: with stderr a pipe nobody read for 7 s, 299 of 2,001 lines arrived (the
+    # exit flush gave up after 5 s), and a non-blocking stderr that was full dropped a batch.
+    program = (
+        "import os, sys\n"
+        f"if {nonblocking}: os.set_blocking(2, False)\n"
+        "from credential_helper.serve.log_lines import LineWriter\n"
+        "w = LineWriter()\n"
+        "for i in range(5000): w(f'line {i} ' + 'x' * 40)\n"  # under LineWriter's limit, over a pipe's 64 KiB
+        "w('stopped')\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", program], stderr=subprocess.PIPE, text=True)
+    time.sleep(6)  # past the old 5 s exit flush; the pipe (64 KiB) is full long before
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 0
+    assert err.splitlines() == [f"line {i} " + "x" * 40 for i in range(5000)] + ["stopped"]

@@ -49,7 +49,7 @@ class ClientConnection:
         self.wire = Wire(sock, server.limits)
         self.conn = self.wire.conn
         self.evicted = False
-        self._held = 0  # bytes of a body read for the policy, counted in server.body_budget
+        self.held = 0  # bytes of a body read for the policy or an answer held to filter, in server.body_budget
 
     def evict(self) -> None:
         self.evicted = True
@@ -181,9 +181,9 @@ class ClientConnection:
         try:
             return self._serve_one(head)
         finally:
-            if self._held:
-                self.server.body_budget.give(self._held)  # the body read for the policy is done with
-                self._held = 0
+            if self.held:
+                self.server.body_budget.give(self.held)  # the body read for the policy is done with
+                self.held = 0
 
     def _serve_one(self, head: Head) -> bool:
         started = time.monotonic()
@@ -257,7 +257,7 @@ class ClientConnection:
                         headers=(("Retry-After", "1"),),
                         reason="body",
                     )
-                self._held += len(event.data)
+                self.held += len(event.data)
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)

@@ -6,15 +6,19 @@ write. Each write is a system call, and in a thread-per-connection server each
 system call hands the GIL to another thread (issue 21 measured about 100 futex
 calls per relayed request). Order is kept; at most LIMIT lines wait, after
 which a request thread waits as it did when it wrote itself (a stalled stderr
-slows the server rather than filling its memory); every line handed over is
-written before the process exits (atexit) or ``flush()`` returns."""
+slows the server rather than filling its memory). At exit every line handed
+over is written first, however long stderr takes (as when each request wrote
+its own); ``flush(timeout)`` waits for them too. A stderr that is non-blocking
+and full is waited for, not dropped; only a closed one loses what is left."""
 
 from __future__ import annotations
 
 import atexit
 import collections
+import os
 import sys
 import threading
+import time
 from typing import TextIO
 
 LIMIT = 10_000
@@ -37,11 +41,11 @@ class LineWriter:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="log-lines", daemon=True)
                 self._thread.start()
-                atexit.register(self.flush)
+                atexit.register(self.flush, None)
             self._cond.notify_all()
 
-    def flush(self, timeout: float = 5.0) -> None:
-        """Return once every line handed over so far is written (or ``timeout`` passed)."""
+    def flush(self, timeout: float | None = 5.0) -> None:
+        """Return once every line handed over so far is written (or ``timeout`` passed; None: no limit)."""
         with self._cond:
             self._cond.wait_for(lambda: not self._lines and not self._writing, timeout)
 
@@ -54,12 +58,34 @@ class LineWriter:
                 self._lines.clear()
                 self._writing = True
                 self._cond.notify_all()  # room again for a waiting request thread
-            stream = self._stream or sys.stderr
+            self._write(self._stream or sys.stderr, batch)
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+    @staticmethod
+    def _write(stream: TextIO, batch: str) -> None:
+        try:
+            fd = stream.fileno()
+            stream.flush()  # anything written there before, first
+            if stream.isatty():
+                fd = -1  # a terminal (a Windows console decodes bytes its own way): through the stream
+        except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO), or closed
+            fd = -1
+        if fd < 0:
             try:
                 stream.write(batch)
                 stream.flush()
             except (OSError, ValueError):
                 pass  # stderr closed or gone: there is nowhere left to say so
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
+            return
+        # The bytes to the descriptor ourselves: a TextIOWrapper over a non-blocking stderr that
+        # is full cannot say which characters it kept, os.write says which bytes it wrote.
+        data = memoryview(batch.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace"))
+        while data:
+            try:
+                data = data[os.write(fd, data) :]
+            except BlockingIOError:
+                time.sleep(0.01)  # its reader has not taken the last write yet
+            except OSError:
+                return

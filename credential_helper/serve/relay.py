@@ -15,6 +15,7 @@ Rules kept here (each cites why):
 
 from __future__ import annotations
 
+import dataclasses
 import selectors
 import ssl
 import time
@@ -177,7 +178,16 @@ class Relay:
                 elif isinstance(event, h11.Data) and filtering:
                     buffered += event.data
                     if len(buffered) > forward.filter_limit:
-                        raise UpstreamMalformed(f"a model listing larger than {forward.filter_limit} bytes")
+                        raise UpstreamMalformed(f"an answer to filter larger than {forward.filter_limit} bytes")
+                    # Held answers share the budget of held request bodies: a key allowed one model
+                    # must not make the gate hold 128 answers of 32 MiB each.
+                    if not self.server.body_budget.take(len(event.data)):
+                        up.close()
+                        busy = "the gate is holding as many answers as it may to filter them; retry shortly"
+                        answer = Answer(503, busy, headers=(("Retry-After", "1"),), who=forward.who, key=forward.key)
+                        self.client.finish(head, dataclasses.replace(answer, reason="body"), self.started)
+                        return False
+                    self.client.held += len(event.data)
                 elif isinstance(event, h11.Data):
                     wire.queue(h11.Data(data=bytes(event.data)), len(event.data))
                     if self.usage is not None:
