@@ -18,6 +18,7 @@ gate's key file and its verifier. Pure: no cryptography is imported here.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 
@@ -31,6 +32,7 @@ def is_ed25519_blob(blob: bytes) -> bool:
     return len(blob) == WIRE_KEY_BYTES and blob.startswith(WIRE_PREFIX)
 
 
+@functools.lru_cache(maxsize=256)  # the gate asks for the same few keys' on every request
 def fingerprint(blob: bytes) -> str:
     """``SHA256:<unpadded base64 of SHA-256(blob)>`` exactly as ``ssh-keygen -l`` prints it."""
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")

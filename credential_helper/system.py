@@ -247,35 +247,26 @@ if sys.platform != "win32":
         return selectors.PollSelector
 
     def readable_now(sock: Socket) -> bool:
-        """True when ``sock`` has bytes (or a close) to read at once: poll(2) directly,
-        once per relayed request (about 10x cheaper than a selectors object)."""
-        import select
+        """True when ``sock`` has bytes (or a close, or an error) to read at once."""
+        from . import system_sockets  # ctypes: loaded only by a server (the CLI's start-up stays small)
 
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        return system_sockets.readable_now(sock)
 
     def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
-        """What the socket takes at once, written without the poll(2) CPython makes
-        first on a socket with a timeout (socketmodule.c sock_call_ex): bytes written,
-        0 if none fit, None if it cannot be written so (TLS, blocking). Each system
-        call hands the GIL over: fewer of them is more requests a second."""
-        if sock.gettimeout() is None or hasattr(sock, "pending"):  # blocking, or an SSLSocket
-            return None
-        try:
-            return os.write(sock.fileno(), data)
-        except BlockingIOError:
-            return 0
+        """What the socket takes at once, without a poll(2) first and without letting
+        go of the GIL: bytes written, 0 if none fit, None if it cannot be written so
+        (TLS, a memoryview). Each system call that lets go of the GIL hands it to
+        another thread under load: fewer of them is more requests a second."""
+        from . import system_sockets
+
+        return system_sockets.write_now(sock, data)
 
     def read_now(sock: Socket, buffer: memoryview) -> int | None:
-        """Read into ``buffer`` without a poll first (see write_now): bytes read (0:
-        end of stream), None if it cannot be read so or has nothing yet."""
-        if sock.gettimeout() is None or hasattr(sock, "pending"):
-            return None
-        try:
-            return os.readv(sock.fileno(), [buffer])
-        except BlockingIOError:
-            return None
+        """Read into ``buffer`` what is there at once (see write_now): bytes read
+        (0: end of stream), None if it cannot be read so or has nothing yet."""
+        from . import system_sockets
+
+        return system_sockets.read_now(sock, buffer)
 
 
 def cache_dir() -> str:

@@ -145,13 +145,15 @@ class ClientConnection:
             left = deadline - time.monotonic()
             if left <= 0 or self.evicted:
                 return None
-            current = self.wire.sock.gettimeout()
-            if current is None or abs(current - left) > min(0.05, left / 10):
-                self.wire.sock.settimeout(left)  # an ioctl each (and a GIL hand-off): not for a few ms
-            try:
-                data = self.wire.recv(self.wire.sock)
-            except TimeoutError:
-                return None
+            data = self.wire.recv_now(self.wire.sock)  # kept-alive clients under load: often there already
+            if data is None:
+                current = self.wire.sock.gettimeout()
+                if current is None or abs(current - left) > min(0.05, left / 10):
+                    self.wire.sock.settimeout(left)  # an ioctl each (and a GIL hand-off): not for a few ms
+                try:
+                    data = self.wire.recv(self.wire.sock)
+                except TimeoutError:
+                    return None
             if self.evicted:
                 return None
             if data and not raw:

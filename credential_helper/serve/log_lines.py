@@ -9,7 +9,12 @@ which a request thread waits as it did when it wrote itself (a stalled stderr
 slows the server rather than filling its memory). At exit every line handed
 over is written first, however long stderr takes (as when each request wrote
 its own); ``flush(timeout)`` waits for them too. A stderr that is non-blocking
-and full is waited for, not dropped; only a closed one loses what is left."""
+and full is waited for, not dropped; only a closed one loses what is left.
+
+The writer is woken once per batch, not per line: after the first line it
+waits BATCH seconds for more, so a busy server makes about 1/BATCH writes a
+second and its request threads almost never wake it (each wake-up is a GIL
+hand-off)."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import time
 from typing import TextIO
 
 LIMIT = 10_000
+BATCH = 0.01  # seconds a line may wait for others to leave with it
 
 
 class LineWriter:
@@ -30,6 +36,7 @@ class LineWriter:
         self._limit = limit
         self._lines: collections.deque[str] = collections.deque()
         self._writing = False
+        self._idle = False  # the writer waits for a first line (only then is it woken)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -42,18 +49,26 @@ class LineWriter:
                 self._thread = threading.Thread(target=self._run, name="log-lines", daemon=True)
                 self._thread.start()
                 atexit.register(self.flush, None)
-            self._cond.notify_all()
+            elif self._idle:
+                self._idle = False
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = 5.0) -> None:
         """Return once every line handed over so far is written (or ``timeout`` passed; None: no limit)."""
         with self._cond:
+            if self._idle and self._lines:
+                self._cond.notify_all()
             self._cond.wait_for(lambda: not self._lines and not self._writing, timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._lines:
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
+            time.sleep(BATCH)  # the lines that follow leave with this one
+            with self._cond:
                 batch = "".join(f"{line}\n" for line in self._lines)
                 self._lines.clear()
                 self._writing = True

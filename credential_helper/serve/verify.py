@@ -29,9 +29,13 @@ message never says which key almost matched. Messages hold no signature, no
 canonical check (then through ``sanitize.printable``, bounded).
 """
 
+from __future__ import annotations
+
+import functools
 import math
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import protocol
 from ..keys import fingerprint, is_ed25519_blob
@@ -39,6 +43,9 @@ from .. import sanitize
 from .authorized_keys import AuthorizedKeys, decode_base64
 from .target import canonical_path_problem, split_target, ts_values
 from .key_options import enforceable_by_verify
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 DEFAULT_MAX_SKEW = 300.0
 # "Bearer " + 68 characters of key + ":" + 88 of signature is 164; leave room.
@@ -135,12 +142,18 @@ def _parse_authorization(value: str) -> tuple[bytes, bytes] | Refused:
     return blob, signature
 
 
-def _signature_verifies(blob: bytes, signature: bytes, data: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
+@functools.lru_cache(maxsize=256)  # the same few members sign every request; bounded against a flood of keys
+def _public_key(raw: bytes) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _signature_verifies(blob: bytes, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
-        Ed25519PublicKey.from_public_bytes(blob[-32:]).verify(signature, data)
+        _public_key(blob[-32:]).verify(signature, data)
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -41,6 +41,12 @@ class Wire:
             return self.recv(sock)
         return self._buffer[:read].tobytes()
 
+    def recv_now(self, sock: socket.socket) -> bytes | None:
+        """What ``sock`` has at once (b"": the end of the stream), or None when it has
+        nothing yet or cannot be read without a poll (TLS, Windows)."""
+        read = system.read_now(sock, self._buffer)
+        return None if read is None else self._buffer[:read].tobytes()
+
     def recv_into_buffer(self) -> int:
         """One read from the client whose bytes are not wanted (lingering): how many."""
         return self.sock.recv_into(self._buffer)
