@@ -50,6 +50,28 @@ def test_quick_start_demo_runs_the_full_flow(env):
     assert "demo-user <demo@example.com>, plan free" in out
 
 
+@pytest.mark.process
+def test_demo_help_prints_usage_and_runs_nothing(env):
+    # Break caught: `python -m credential_helper.demo --help` ran the whole demo.
+    done = subprocess.run(
+        [sys.executable, "-m", "credential_helper.demo", "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("usage: python -m credential_helper.demo") and "stand-in for ollama.com" in done.stdout
+    assert "== 1." not in done.stdout  # no step ran
+
+
+def test_demo_main_runs_the_demo_without_arguments_and_only_help_with_help(monkeypatch, capsys):
+    from credential_helper import demo
+
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda: ran.append(True) or 0)
+    assert demo.main([]) == 0 and ran == [True]
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["--help"])
+    assert stopped.value.code == 0 and ran == [True] and "usage:" in capsys.readouterr().out
+
+
 def provider_example() -> str:
     example = README.split("<!-- provider-example:start -->", 1)[1].split("<!-- provider-example:end -->", 1)[0]
     return re.search(r"```python\n(.*?)\n```", example, re.S).group(1)
