@@ -277,3 +277,21 @@ def test_the_link_check_stays_inside_the_timeout_budget(run, env):
     assert checks["network (API)"]["status"] == "ok" and checks["link"]["status"] == "fail", checks
     assert "timed out" in checks["link"]["detail"]
     assert elapsed < 6, elapsed
+
+
+def test_doctor_timeout_help_says_what_the_readme_and_man_page_say(capsys):
+    # Break caught: doctor's --help said "bound on the whole exchange" (get's wording), while
+    # the README and the man page said the network checks share one budget.
+    from conftest import ROOT
+
+    from credential_helper.cli_commands import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["doctor", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    phrase = "all network checks share, not one per check"
+    assert f"--timeout SECONDS the budget {phrase} (default: 10, at most 600)" in text, text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "All network checks share one `--timeout` budget, not one per check (default 10 s, at most 600 s)" in readme
+    man = " ".join(re.sub(r"^\.\w+ ?", "", (ROOT / "man" / "ollama-credential-helper.1").read_text(), flags=re.M).split())
+    assert f"the budget {phrase};" in man
