@@ -299,7 +299,9 @@ def test_doctor_timeout_help_says_what_the_readme_and_man_page_say(capsys):
 
 @pytest.mark.parametrize("verdict", ["refused", None])
 @pytest.mark.parametrize("second_exists", [False, True])
-def test_doctor_host_cli_advice_names_one_key_path_for_the_proxy_and_the_key_to_make(tmp_path, monkeypatch, verdict, second_exists):
+def test_doctor_host_cli_advice_names_one_key_path_for_the_proxy_and_the_key_to_make(
+    tmp_path, monkeypatch, verdict, second_exists
+):
     # Break caught: with no other key admitted, the advice told the member to make ~/.ollama/box_ed25519
     # but to run the proxy with "--identity PATH" (the placeholder, not the key it had just made), and
     # with no key at ~/.ollama/id_ed25519 it named no key to make at all.
