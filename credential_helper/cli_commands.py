@@ -62,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument(
         "--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS", help="bound on the whole exchange (default: 10)"
     )
+    budget = _Parser(add_help=False)  # doctor: several exchanges, one --timeout for them all
+    budget.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="the budget all network checks share, not one per check (default: 10, at most 600)",
+    )
     challenged = _Parser(add_help=False)
     challenged.add_argument("--host", metavar="HOST", help="host[:port] of the request that got the challenge")
 
@@ -132,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = commands.add_parser(
         "doctor",
-        parents=[common, network],
+        parents=[common, budget],
         help="check identity, API key, network, clock, link, registry and cache, and say what to fix",
         description="Run every check in order and print one line each (ok, warn or FAIL) with the fix for "
         "anything not ok. Exit 0 when nothing failed, 1 when a check failed. Never prints a secret.",

@@ -8,6 +8,7 @@ Needs no network, no Ollama and no API key; touches nothing outside a temp dir.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -103,5 +104,21 @@ def run() -> int:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``--help`` prints what the demo does and exits; without arguments it runs."""
+    parser = argparse.ArgumentParser(
+        prog="python -m credential_helper.demo",
+        description=(
+            "Run the whole flow on loopback, printing each step: a throwaway key in a temporary "
+            "$HOME, a stand-in for ollama.com on 127.0.0.1 that verifies signatures from the wire, "
+            "a registry 401 -> signed token request -> token -> Bearer retry, and a signed API call. "
+            "Needs no network, no Ollama and no API key; touches nothing outside a temporary directory."
+        ),
+        epilog="It takes no arguments. Exit 0 when every step was verified.",
+    )
+    parser.parse_args(argv)
+    return run()
+
+
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(main())

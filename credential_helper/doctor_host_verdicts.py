@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 PROBE = "/api/version"
 GATE_MAX_SKEW = 300.0  # the gate's default --max-skew
 CLOCK_WARN = 30.0
+SECOND_KEY = "~/.ollama/box_ed25519"  # the key the advice makes when no other key of the member's got in
 
 
 def reason_of(response: Response) -> str:
@@ -193,10 +194,22 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
     others = [path for path, found in verdicts.items() if found == "admitted" and path != default]
     use = f"OLLAMA_HOST={base.scheme}://{base.host} OLLAMA_AUTH=1 ollama ..."
     why = "Ollama's CLI always signs with ~/.ollama/id_ed25519 (auth/auth.go; it has no option for another key)"
+    # The key the proxy is told to sign with: an admitted one, else the second key the advice makes.
+    second = others[0] if others else SECOND_KEY
     proxy = (
         f"for another key use the proxy: ollama-credential-helper proxy --listen 127.0.0.1:11471 "
-        f"--upstream {base.scheme}://{base.host} --identity {others[0] if others else 'PATH'}"
+        f"--upstream {base.scheme}://{base.host} --identity {second}"
     )
+    if not others and os.path.lexists(os.path.expanduser(SECOND_KEY)):  # there, but not admitted (yet)
+        proxy = (
+            f"once the operator adds the line of {SECOND_KEY} (ollama-credential-helper key --identity {SECOND_KEY} "
+            f"prints it), {proxy}"
+        )
+    elif not others:  # no other key got in: make the one the proxy command names, and have it added
+        proxy = (
+            f"make a second key, not linked to ollama.com: ollama-credential-helper key --generate --identity {SECOND_KEY} "
+            f"(send the operator the line it prints); then {proxy}"
+        )
     if verdict == "admitted":
         return Check(
             "ollama CLI",
@@ -225,11 +238,4 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
         )
     if verdict in ("listed", "expired", "address", "server", "error"):
         return Check("ollama CLI", "warn", f"{why}; that key {state}", f"see the check of key {default} above{meanwhile}")
-    return Check(
-        "ollama CLI",
-        "warn",
-        f"{why}; that key {state}",
-        proxy
-        if others
-        else f"{proxy} (a second key, not linked to ollama.com: ollama-credential-helper key --generate --identity ~/.ollama/box_ed25519)",
-    )
+    return Check("ollama CLI", "warn", f"{why}; that key {state}", proxy)

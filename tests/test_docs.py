@@ -50,6 +50,28 @@ def test_quick_start_demo_runs_the_full_flow(env):
     assert "demo-user <demo@example.com>, plan free" in out
 
 
+@pytest.mark.process
+def test_demo_help_prints_usage_and_runs_nothing(env):
+    # Break caught: `python -m credential_helper.demo --help` ran the whole demo.
+    done = subprocess.run(
+        [sys.executable, "-m", "credential_helper.demo", "--help"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("usage: python -m credential_helper.demo") and "stand-in for ollama.com" in done.stdout
+    assert "== 1." not in done.stdout  # no step ran
+
+
+def test_demo_main_runs_the_demo_without_arguments_and_only_help_with_help(monkeypatch, capsys):
+    from credential_helper import demo
+
+    ran = []
+    monkeypatch.setattr(demo, "run", lambda: ran.append(True) or 0)
+    assert demo.main([]) == 0 and ran == [True]
+    with pytest.raises(SystemExit) as stopped:
+        demo.main(["--help"])
+    assert stopped.value.code == 0 and ran == [True] and "usage:" in capsys.readouterr().out
+
+
 def provider_example() -> str:
     example = README.split("<!-- provider-example:start -->", 1)[1].split("<!-- provider-example:end -->", 1)[0]
     return re.search(r"```python\n(.*?)\n```", example, re.S).group(1)
@@ -197,11 +219,14 @@ def test_man_page_has_the_required_sections():
 
 @pytest.mark.process
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
-def test_man_page_is_warning_free():
+@pytest.mark.parametrize("device", [[], ["-Tutf8"], ["-Tutf8", "-rLL=60n"], ["-Tutf8", "-rLL=100n"], ["-Tutf8", "-rLL=120n"]])
+def test_man_page_is_warning_free(device):
+    # Break caught: -Tutf8 (what man -l renders with) warned "cannot adjust line" at the
+    # --metrics-listen metric names, long words that filled a line each.
     done = subprocess.run(
-        ["groff", "-man", "-ww", "-z", str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True
+        ["groff", "-man", "-ww", "-z", *device, str(ROOT / "man" / "ollama-credential-helper.1")], capture_output=True, text=True
     )
-    assert done.returncode == 0 and done.stdout == "" and done.stderr == ""
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
 
 
 def test_install_instructions_work_on_an_externally_managed_python():

@@ -277,3 +277,51 @@ def test_the_link_check_stays_inside_the_timeout_budget(run, env):
     assert checks["network (API)"]["status"] == "ok" and checks["link"]["status"] == "fail", checks
     assert "timed out" in checks["link"]["detail"]
     assert elapsed < 6, elapsed
+
+
+def test_doctor_timeout_help_says_what_the_readme_and_man_page_say(capsys):
+    # Break caught: doctor's --help said "bound on the whole exchange" (get's wording), while
+    # the README and the man page said the network checks share one budget.
+    from conftest import ROOT
+
+    from credential_helper.cli_commands import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["doctor", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    phrase = "all network checks share, not one per check"
+    assert f"--timeout SECONDS the budget {phrase} (default: 10, at most 600)" in text, text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "All network checks share one `--timeout` budget, not one per check (default 10 s, at most 600 s)" in readme
+    man = " ".join(re.sub(r"^\.\w+ ?", "", (ROOT / "man" / "ollama-credential-helper.1").read_text(), flags=re.M).split())
+    assert f"the budget {phrase};" in man
+
+
+@pytest.mark.parametrize("verdict", ["refused", None])
+@pytest.mark.parametrize("second_exists", [False, True])
+def test_doctor_host_cli_advice_names_one_key_path_for_the_proxy_and_the_key_to_make(
+    tmp_path, monkeypatch, verdict, second_exists
+):
+    # Break caught: with no other key admitted, the advice told the member to make ~/.ollama/box_ed25519
+    # but to run the proxy with "--identity PATH" (the placeholder, not the key it had just made), and
+    # with no key at ~/.ollama/id_ed25519 it named no key to make at all.
+    from credential_helper import protocol
+    from credential_helper.doctor_host_verdicts import check_cli
+
+    SECOND_KEY = "~/.ollama/box_ed25519"  # the README's second key
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ollama").mkdir()
+    default = tmp_path / ".ollama" / "id_ed25519"
+    if verdict is not None:
+        default.write_text("a key")
+    if second_exists:
+        (tmp_path / ".ollama" / "box_ed25519").write_text("a key")
+    verdicts = {str(default): verdict} if verdict is not None else {}
+    fix = check_cli(protocol.parse_url("https://box:11435"), verdicts).fix
+    assert "PATH" not in fix and f"--identity {SECOND_KEY}" in fix and "--upstream https://box:11435" in fix, fix
+    assert (f"key --generate --identity {SECOND_KEY}" in fix) is not second_exists, fix  # never over an existing file
+    # With an admitted key, the proxy signs with that one and nothing is made.
+    admitted = str(tmp_path / ".ollama" / "team_ed25519")
+    fix = check_cli(protocol.parse_url("https://box:11435"), {**verdicts, admitted: "admitted"}).fix
+    assert f"--identity {admitted}" in fix and "--generate" not in fix, fix

@@ -487,6 +487,45 @@ def test_auth_only_says_why_each_option_needs_reverse_proxy_mode_and_what_to_do(
     assert why in result.stderr and not_why not in result.stderr and "without --auth-only" in result.stderr, result.stderr
 
 
+def _refusal(tmp_path, env, text: str) -> str:
+    import subprocess
+
+    path = write_keys(tmp_path, text)
+    result = subprocess.run(
+        [*helper_executable(), "gate", "--auth-only", "--listen", "127.0.0.1:0", "--authorized-keys", path],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 3 and result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+def test_auth_only_names_every_line_it_cannot_enforce_with_its_reason(tmp_path, env):
+    # Break caught: only the first line was named, then "(and 2 more line(s))": a user fixed
+    # line 1, restarted, and learned of line 3 only then.
+    bob = key_line("ed25519-b")
+    stderr = _refusal(
+        tmp_path,
+        env,
+        f'models="small" {bob} bob *\n{bob} fine *\nmax-concurrent=2 {bob} carol *\n\nfrom="10.0.0.0/8" {bob} dave *\n',
+    )
+    assert "3 line(s) it cannot enforce" in stderr, stderr
+    assert "line 1: models= cannot be enforced" in stderr and "carries no body" in stderr, stderr
+    assert "line 3: max-concurrent= cannot be enforced" in stderr and "never sees an answer end" in stderr, stderr
+    assert "line 5: from= needs --trusted-front" in stderr and "line 2" not in stderr and "more line" not in stderr, stderr
+
+
+def test_auth_only_names_at_most_twenty_lines_then_how_many_more(tmp_path, env):
+    bob = key_line("ed25519-b")
+    stderr = _refusal(tmp_path, env, "".join(f'models="small" {bob} user{n} *\n' for n in range(1, 26)))
+    named = [n for n in range(1, 26) if f"line {n}: " in stderr]
+    assert named == list(range(1, 21)) and "25 line(s) it cannot enforce" in stderr, stderr
+    assert stderr.rstrip().endswith("| and 5 more line(s)"), stderr
+
+
 def _multipart(model: str, query_model: str | None = None) -> tuple[bytes, str]:
     boundary = "gateboundary7"
     body = (

@@ -432,3 +432,19 @@ def test_the_log_names_a_caller_by_name_else_fingerprint():
 
 def test_a_header_value_is_cut_at_400_characters():
     assert len(gate.header_text("a" * 1000)) == 400
+
+
+# --- --auth-only's refusal to start ---------------------------------------------------------------
+
+
+def test_auth_only_refusal_names_each_line_up_to_the_bound_then_counts_the_rest():
+    from credential_helper.serve import restrict
+
+    problems = [f"line {n}: why {n}" for n in range(1, 5)]
+    assert restrict.auth_only_refusal(problems[:1]) == "1 line(s) it cannot enforce: line 1: why 1"
+    assert restrict.auth_only_refusal(problems) == (
+        "4 line(s) it cannot enforce: line 1: why 1 | line 2: why 2 | line 3: why 3 | line 4: why 4"
+    )
+    assert restrict.auth_only_refusal(problems, shown=2) == (
+        "4 line(s) it cannot enforce: line 1: why 1 | line 2: why 2 | and 2 more line(s)"
+    )

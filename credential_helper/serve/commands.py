@@ -203,10 +203,7 @@ def serve_gate(
         if problems:
             from ..errors import IdentityError
 
-            raise IdentityError(
-                f"refusing {path} with --auth-only: {problems[0]}"
-                + (f" (and {len(problems) - 1} more line(s))" if len(problems) > 1 else "")
-            )
+            raise IdentityError(f"refusing {path} with --auth-only: {restrict.auth_only_refusal(problems)}")
         decider: gate.AuthOnlyPolicy | gate.GatePolicy = gate.AuthOnlyPolicy(
             keys, max_skew, path_prefix=path_prefix, trusted_fronts=fronts
         )

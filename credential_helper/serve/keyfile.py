@@ -30,7 +30,8 @@ path, and the walk of rule 1 whenever that changes and at least every
    request is refused (503, reason ``keyfile-unusable``) with the problem and
    its fix, and the gate warns once per state of the file. sshd does the same
    (``auth2-pubkeyfile.c`` ``auth_openfile``: "Authentication refused"). It
-   recovers by itself on the first request after the file is fixed.
+   recovers by itself on the first request after the fixed file has settled
+   (rule 3: at once after a ``chmod`` of a file written earlier).
 3. **A write in progress takes no effect.** A changed file is read, parsed and
    put in force only once it has settled: its mtime is at least ``RACY_NS``
    old, or (for a clock that stamps the future) this process has seen the very
@@ -40,8 +41,9 @@ path, and the walk of rule 1 whenever that changes and at least every
    The mtime alone is not enough: a ``stat`` taken during a truncate can show
    the new size with the old mtime, so a settled-looking read that is empty,
    shorter than the bytes in force or unterminated is used only when a second
-   look ``CONFIRM_SECONDS`` later sees the same ``stat``. A settled change
-   applies on the next request. ``SIGHUP`` (``reload``) reads at once.
+   look ``CONFIRM_SECONDS`` later sees the same ``stat``. A change applies on
+   the next request once it has settled (a revocation about ``RACY_NS`` after
+   the edit). ``SIGHUP`` (``reload``) reads at once.
 4. **An unterminated last line is never read.** Cut mid-write,
    ``ssh-ed25519 AAAA... bob /api/tags`` becomes ``ssh-ed25519 AAAA... bob``,
    which would mean every endpoint; a writer can stall longer than any window

@@ -109,6 +109,19 @@ def auth_only_problems(entries: Iterable[tuple[int, KeyOptions]], can_see_addres
     return problems
 
 
+AUTH_ONLY_SHOWN = 20  # lines a refusal to start names; past that, how many more
+
+
+def auth_only_refusal(problems: Sequence[str], shown: int = AUTH_ONLY_SHOWN) -> str:
+    """Every line ``--auth-only`` cannot enforce, in one line of text (an error is one
+    line on stderr): each with its number and reason, up to ``shown`` of them, then
+    how many more."""
+    text = " | ".join(problems[:shown])
+    if len(problems) > shown:
+        text += f" | and {len(problems) - shown} more line(s)"
+    return f"{len(problems)} line(s) it cannot enforce: {text}"
+
+
 def unrestricted(lines: Sequence[Grant]) -> bool:
     """True when one of the lines allows every model (no ``models=``)."""
     return any(grant.options.models is None for grant in lines)
