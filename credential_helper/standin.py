@@ -24,6 +24,7 @@ import time
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from . import system
 from .standin_http import Handler, QuietServer
 from .standin_replies import MODELS, REPLY_WORDS
 
@@ -169,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = StandIn()
     for path in args.authorize:
-        with open(path) as handle:
-            state.authorize(handle.read())
+        try:  # read as the package reads every file it did not write (no FIFO, bounded)
+            data, _ = system.read_file(path, 64 * 1024)
+        except OSError as exc:
+            parser.error(f"--authorize {path}: {exc}")
+        state.authorize(data.decode("utf-8", "replace"))
     state.start()
     print(f"stand-in listening on {state.base_url} (Ctrl-C to stop)", flush=True)
     try:

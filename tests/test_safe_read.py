@@ -382,3 +382,14 @@ def test_a_fifo_or_an_oversized_file_as_the_proxys_token_is_refused(tmp_path, mo
     # Break caught: reading the first 4096 bytes as before (a token of them was accepted).
     with pytest.raises(IdentityError, match="does not hold a usable token"):
         sign.local_token()
+
+
+def test_a_fifo_given_to_the_stand_ins_authorize_is_refused_at_once(tmp_path, capsys):
+    from credential_helper import standin
+
+    fifo = str(tmp_path / "key.pub")
+    fifo_at(fifo)
+    with pytest.raises(SystemExit) as exited:
+        finishes(standin.main, ["--authorize", fifo])  # a plain open() waited for a writer forever
+    assert exited.value.code == 2
+    assert "not a regular file" in capsys.readouterr().err
