@@ -5,6 +5,7 @@ X-Forwarded-For set from the peer the gate saw."""
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import ssl
@@ -126,7 +127,9 @@ def test_a_broken_renewal_keeps_the_previous_certificate(tmp_path, start_gate, l
     conn.close()
 
 
-@pytest.mark.parametrize("case", ["missing-cert", "missing-key", "garbage-cert", "garbage-key", "key-as-cert", "other-key"])
+@pytest.mark.parametrize(
+    "case", ["missing-cert", "missing-key", "garbage-cert", "garbage-key", "key-as-cert", "other-key", "fifo-cert", "fifo-key"]
+)
 def test_a_tls_file_the_gate_cannot_use_is_named_at_start(run, tmp_path, case):
     (tmp_path / "ca").mkdir(), (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
     ca = CertificateAuthority(tmp_path / "ca")
@@ -135,7 +138,11 @@ def test_a_tls_file_the_gate_cannot_use_is_named_at_start(run, tmp_path, case):
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not PEM\n")
     missing = tmp_path / "nope.pem"
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo)  # OpenSSL opens it blocking: the gate would wait for a writer forever
     given, named = {
+        "fifo-cert": ((fifo, key), f"cannot use --tls-cert {fifo}: not a regular file"),
+        "fifo-key": ((cert, fifo), f"cannot use --tls-key {fifo}: not a regular file"),
         "missing-cert": ((missing, key), f"cannot read --tls-cert {missing}: No such file or directory"),
         "missing-key": ((cert, missing), f"cannot read --tls-key {missing}: No such file or directory"),
         "garbage-cert": ((garbage, key), f"cannot use --tls-cert {garbage}: it holds no PEM certificate"),

@@ -3,6 +3,7 @@ policy and the engine, serve until a stop signal. The CLI calls only these."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -301,11 +302,23 @@ def _server_tls(cert: str, key: str) -> ssl.SSLContext:
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        _regular_or_missing(option, path)  # OpenSSL opens them blocking: a FIFO would hang a start or a SIGHUP
     try:
         context.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise InputError(_tls_problem(cert, key, exc)) from None
     return context
+
+
+def _regular_or_missing(option: str, path: str) -> None:
+    try:
+        fd, _ = system.open_file(path)
+    except system.RefusedFile as exc:
+        raise InputError(f"cannot use {option} {path}: {exc.strerror or exc}; give a PEM file") from None
+    except OSError:
+        return  # missing or unreadable: load_cert_chain fails and _tls_problem says which
+    os.close(fd)
 
 
 def _tls_problem(cert: str, key: str, exc: Exception) -> str:
@@ -315,10 +328,10 @@ def _tls_problem(cert: str, key: str, exc: Exception) -> str:
 
     for option, path in (("--tls-cert", cert), ("--tls-key", key)):
         try:
-            with open(path, "rb"):
-                pass
+            fd, _ = system.open_file(path)
         except OSError as error:
             return f"cannot read {option} {path}: {error.strerror or error}"
+        os.close(fd)
     if isinstance(exc, ssl.SSLError) and exc.reason == "KEY_VALUES_MISMATCH":
         return f"--tls-key {key} is not the private key of --tls-cert {cert}; give the key the certificate was issued for"
     try:  # a file holding at least one PEM certificate loads as trust anchors; a key or garbage does not
