@@ -192,3 +192,36 @@ def test_answers_held_to_filter_share_the_held_bytes_budget(serve):
                 assert served.server.body_budget.held == 0  # given back when the request ended
             finally:
                 served.close()
+
+
+def test_an_upstream_flooding_interim_answers_still_meets_the_head_deadline(serve):
+    """h11 takes any number of 1xx answers and the relay skips each: an upstream that
+    always has one ready must still be cut at limits.upstream with a 504, not held forever."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def flood() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            try:
+                while not stop.is_set():
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" * 64)
+            except OSError:
+                pass
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        upstream = Upstream(protocol.URL("http", f"127.0.0.1:{listener.getsockname()[1]}", "", ""), 5, environ={})
+        port = serve(Forwarding(), Limits(upstream=0.5), upstream)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = sock.recv(65536)
+            took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 504 "), answer[:80]
+        assert took < 5, took
+    finally:
+        stop.set()
+        listener.close()

@@ -448,3 +448,27 @@ def test_auth_only_refusal_names_each_line_up_to_the_bound_then_counts_the_rest(
     assert restrict.auth_only_refusal(problems, shown=2) == (
         "4 line(s) it cannot enforce: line 1: why 1 | line 2: why 2 | and 2 more line(s)"
     )
+
+
+def test_a_certificate_that_changes_while_it_is_diagnosed_is_said_unreadable(tmp_path, monkeypatch):
+    """_tls_problem re-reads --tls-cert to say what is wrong with it; a file swapped for a
+    FIFO or removed meanwhile (InterruptedError, FileNotFoundError) is a message, never an
+    internal error that ends a SIGHUP reload or the start."""
+    import ssl
+
+    from credential_helper.serve import commands
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("x\n")
+    key.write_text("y\n")
+
+    with pytest.raises(ssl.SSLError) as failed:  # OpenSSL's own error for the garbage, as at a start
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key))
+
+    class Swapped(ssl.SSLContext):
+        def load_verify_locations(self, *args, **kwargs):
+            raise InterruptedError(4, "Interrupted system call")
+
+    monkeypatch.setattr(ssl, "SSLContext", Swapped)
+    said = commands._tls_problem(str(cert), str(key), failed.value)
+    assert said == f"cannot read --tls-cert {cert}: Interrupted system call"

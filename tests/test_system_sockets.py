@@ -22,8 +22,8 @@ if sys.platform != "win32":
 @pytest.fixture(params=["libc", "os"])
 def calls(request, monkeypatch):
     if request.param == "os":
-        monkeypatch.setattr(system_sockets, "_CALLS", None)
-    elif system_sockets._CALLS is None:
+        monkeypatch.setattr(system_sockets, "_LIBC", None)
+    elif system_sockets._LIBC is None:
         pytest.skip("libc could not be loaded here")
     return request.param
 
@@ -72,12 +72,14 @@ def test_an_empty_buffer_is_not_read(calls, pair):
 @pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "timeout"])
 def test_a_full_socket_is_never_waited_for(calls, pair, timeout):
     """Written until the peer's buffer is full: the last write takes 0 bytes and
-    returns at once, even on a blocking socket (the libc path passes MSG_DONTWAIT)."""
+    returns at once, even on a blocking socket (the libc path passes MSG_DONTWAIT;
+    the os path declines a blocking socket, as os.write would wait on it)."""
     a, b = pair
+    b.settimeout(timeout)
     if calls == "os" and timeout is None:
-        b.setblocking(False)  # the fallback writes with os.write: as the engine's sockets are (timeouts)
-    else:
-        b.settimeout(timeout)
+        assert system_sockets.write_now(b, b"x") is None
+        assert system_sockets.read_now(b, memoryview(bytearray(8))) is None
+        return
     results: list[int | None] = []
 
     def fill() -> None:
@@ -94,6 +96,32 @@ def test_a_full_socket_is_never_waited_for(calls, pair, timeout):
     assert not writer.is_alive(), "a write waited for a peer that reads nothing"
     assert results[-1] == 0
     assert sum(r or 0 for r in results) > 0
+
+
+def test_a_blocking_socket_with_nothing_to_read_is_not_waited_for(calls, pair):
+    a, b = pair
+    a.settimeout(None)  # as the server leaves an accepted socket
+    outcome: list[int | None] = []
+    reader = threading.Thread(target=lambda: outcome.append(system_sockets.read_now(a, memoryview(bytearray(8)))), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "a read waited on a blocking socket"
+    assert outcome == [None]
+
+
+def test_a_read_fills_the_buffer_by_bytes_not_items(calls, pair):
+    a, b = pair
+    a.settimeout(5)
+    b.sendall(bytes(range(16)))
+    words = memoryview(bytearray(16)).cast("I")  # 4 items of 4 bytes
+    got = system_sockets.read_now(a, words)
+    assert got == 16 and bytes(words) == bytes(range(16))
+
+
+def test_without_ctypes_the_os_versions_are_used(monkeypatch):
+    """A Python built without libffi has no _ctypes: the module still loads, and serves."""
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # import ctypes now raises ImportError
+    assert system_sockets._load() is None
 
 
 def test_a_write_to_a_closed_peer_raises(calls, pair):
@@ -132,7 +160,7 @@ def test_tls_sockets_and_memoryviews_take_the_timed_path(pair):
 def test_libc_calls_keep_the_gil():
     """PyDLL functions are called without releasing the GIL (ctypes: FUNCFLAG_PYTHONAPI);
     a CDLL's would let go of it on every call, which is what this module avoids."""
-    if system_sockets._CALLS is None:
+    if system_sockets._LIBC is None:
         pytest.skip("libc could not be loaded here")
-    for call in system_sockets._CALLS:
+    for call in (system_sockets._LIBC.send, system_sockets._LIBC.recv):
         assert call._flags_ & ctypes._FUNCFLAG_PYTHONAPI

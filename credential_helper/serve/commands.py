@@ -271,6 +271,10 @@ def serve_gate(
                 server.tls_context = _server_tls(tls_cert, tls_key)
             except InputError as exc:
                 log(f"warning: {exc}; new connections still get the previous certificate")
+            except Exception as exc:  # a reload must never end the server (a file swapped mid-read, a signal)
+                log(
+                    f"warning: reloading {tls_cert} failed ({type(exc).__name__}); new connections still get the previous certificate"
+                )
             else:
                 log(f"reloaded {tls_cert}: new connections get this certificate")
 
@@ -336,7 +340,9 @@ def _tls_problem(cert: str, key: str, exc: Exception) -> str:
         return f"--tls-key {key} is not the private key of --tls-cert {cert}; give the key the certificate was issued for"
     try:  # a file holding at least one PEM certificate loads as trust anchors; a key or garbage does not
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
-    except ssl.SSLError:
+    except OSError as error:  # it changed since load_cert_chain read it (ssl.SSLError is an OSError too)
+        if not isinstance(error, ssl.SSLError):
+            return f"cannot read --tls-cert {cert}: {error.strerror or error}"
         return f"cannot use --tls-cert {cert}: it holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the certificate chain file (e.g. fullchain.pem)"
     return (
         f"cannot use --tls-key {key}: it holds no unencrypted PEM private key for --tls-cert {cert} "
