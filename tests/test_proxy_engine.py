@@ -619,8 +619,11 @@ def test_a_head_answer_with_a_body_leaves_nothing_for_the_next_request(start_pro
 
 
 def test_print_env_needs_a_real_port(run, proxy_env):
-    result = run(["proxy", "--print-env", "--listen", "127.0.0.1:0"], environment=proxy_env)
+    """The proxy started with --listen :0 says its port on its 'listening on' line; the same
+    --listen (:0) again would be no help, so the message points at that line."""
+    result = run(["proxy", "--print-env", "--listen", "127.0.0.2:0"], environment=proxy_env)
     assert result.code == 2 and result.out == "" and "--listen" in result.err
+    assert "'listening on' line" in result.err and "pass the same --listen" not in result.err
 
 
 @pytest.mark.parametrize("command", [["sign", "POST", "https://ollama.com/api/chat"], ["whoami"]])

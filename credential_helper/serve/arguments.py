@@ -149,7 +149,10 @@ def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
             why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)",
         )
         if port == 0:
-            raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
+            raise InputError(
+                "--print-env needs the port the proxy listens on, not 0: pass --listen the address and port "
+                "from the proxy's 'listening on' line"
+            )
         token = None if args.no_local_token else sign.local_token()
         write_stdout("".join(f"{line}\n" for line in sign.env_lines(commands.shown_base(host, port), token)))
         return EXIT_OK
