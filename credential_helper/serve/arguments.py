@@ -159,6 +159,7 @@ def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
     return commands.serve_proxy(
         listen=args.listen,
         upstream_text=args.upstream if args.upstream is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"),
+        upstream_source="--upstream" if args.upstream is not None else "OLLAMA_CLOUD_BASE_URL",
         identity_path=args.identity or default_identity_path(),
         default_identity=args.identity is None,
         require_token=not args.no_local_token,
