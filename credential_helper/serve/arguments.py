@@ -54,7 +54,7 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
         parents=[verbose_only],
         help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
         description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
-        "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
+        "draft: '[options] <type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
         "or, with --auth-only, answer 204/401/403 for nginx auth_request, ingress-nginx, Caddy forward_auth or Traefik ForwardAuth (200/401/403 for Envoy ext_authz with --path-prefix). "
         "The file is reloaded once a change has settled (its mtime 2 s old; a revocation takes about 2 s), "
         "and at once on SIGHUP.",
