@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="sign one ollama.com API request (scheme 2)",
         description='Sign METHOD URL (or stdin {"method": ..., "url": ...}) and print '
-        "{method, url, authorization, ts, source} as JSON.",
+        "{method, url, authorization, ts, source} as JSON. METHOD is upper-cased before it is signed "
+        "(post signs and prints POST): send the printed method, the one the signature covers.",
     )
-    sign.add_argument("method", nargs="?", metavar="METHOD", help="HTTP method, e.g. POST")
+    sign.add_argument("method", nargs="?", metavar="METHOD", help="HTTP method, e.g. POST (upper-cased: send the printed method)")
     sign.add_argument("url", nargs="?", metavar="URL", help="the full request URL")
     sign.set_defaults(func=cmd_sign)
 

@@ -165,17 +165,19 @@ def url_origin(url: URL) -> tuple[str, str, int]:
     return origin(url.scheme, url.hostname, url.port)
 
 
-def cloud_base_url(value: str | None) -> URL:
+def cloud_base_url(value: str | None, source: str = "OLLAMA_CLOUD_BASE_URL") -> URL:
     """The API base under Ollama's resolveCloudProxyBaseURL rules (server/cloud_proxy.go).
 
-    ``value`` is $OLLAMA_CLOUD_BASE_URL (empty or None: https://ollama.com). A
-    scheme and host only (a trailing '/' is allowed), https unless loopback.
+    ``value`` is $OLLAMA_CLOUD_BASE_URL (empty or None: https://ollama.com), or
+    what ``source`` names (``--upstream``, ``api_base``): every message names where
+    the URL came from. A scheme and host only (a trailing '/' is allowed), https
+    unless loopback.
     """
     text = (value or "").strip() or DEFAULT_CLOUD_BASE
-    base = parse_url(text, what="OLLAMA_CLOUD_BASE_URL")
-    check_cleartext(base, "signed requests (OLLAMA_CLOUD_BASE_URL)")
+    base = parse_url(text, what=source)
+    check_cleartext(base, f"signed requests ({source})")
     if base.path not in ("", "/") or base.raw_query:
-        raise InputError("OLLAMA_CLOUD_BASE_URL must be a scheme and host only, without a path or query")
+        raise InputError(f"{source} must be a scheme and host only, without a path or query")
     return URL(base.scheme, base.host, "", "")
 
 

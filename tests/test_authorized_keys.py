@@ -157,6 +157,18 @@ def test_a_star_in_the_name_field_still_means_no_name():
     assert granted(keys, BLOB_B, "/api/tags") and not granted(keys, BLOB_B, "/api/delete")
 
 
+def test_the_hints_name_placeholder_pasted_as_is_loads_with_a_warning():
+    # The unknown-key hint says 'to admit it add: ssh-ed25519 AAAA... <name> /api/tags'. Pasted
+    # as is, the line grants what it says (a name only labels it), no more; the warning asks
+    # for the holder's name. A name merely holding '<' or '>' is not a placeholder.
+    keys, warnings = parse(f"ssh-ed25519 {A} <name> /api/tags\nssh-ed25519 {B} a<b /api/tags\n")
+    assert len(warnings) == 1 and warnings[0].startswith("line 1: the name '<name>' is a placeholder")
+    assert "skipped" not in warnings[0]
+    [grant] = keys.grants_for(BLOB_A)
+    assert grant.name == "<name>" and grant.allows("/api/tags") and not grant.allows("/api/chat")
+    assert granted(keys, BLOB_B, "/api/tags")
+
+
 # --- issue 19 item 14: a byte order mark ----------------------------------------------------
 
 

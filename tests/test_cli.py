@@ -142,6 +142,7 @@ def test_sign_from_stdin_json(run, standin):
     result = run(["sign"], json.dumps({"method": "post", "url": f"{standin.base_url}/api/generate?b=2&a=1"}))
     assert result.code == 0, result
     printed = result.json()
+    assert printed["method"] == "POST"  # upper-cased, as sign --help, the README and the man page say
     assert printed["url"] == f"{standin.base_url}/api/generate?a=1&b=2&ts={printed['ts']}"
     request = urllib.request.Request(
         printed["url"], data=b"{}", method="POST", headers={"Authorization": printed["authorization"]}

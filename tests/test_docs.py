@@ -168,6 +168,17 @@ def test_man_documents_every_option_and_command():
     assert listed == COMMANDS
 
 
+@pytest.mark.process
+def test_the_key_line_format_is_the_same_in_gate_help_and_the_man_page():
+    # gate --help said '<type> <key> [name] [endpoint,...]' while the man page's FILES had
+    # '[options]' before it: every spelling of the line's format is the one in FILES.
+    files = MAN.split(".SH FILES", 1)[1].split(".SH", 1)[0]
+    spellings = set(re.findall(r'"((?:\[options\] )?<type> <key> \[name\] \[endpoint,\.\.\.\])"', MAN))
+    assert spellings == {"[options] <type> <key> [name] [endpoint,...]"} and spellings.pop() in files
+    shown = " ".join(_help(["gate"]).split())
+    assert re.findall(r"'([^']*<type> <key>[^']*)'", shown) == ["[options] <type> <key> [name] [endpoint,...]"]
+
+
 def _readme_command_rows() -> dict[str, str]:
     """The README's "Commands and output" table: command name -> its first cell."""
     section = README.split("\n## Commands and output\n", 1)[1].split("\n#", 1)[0]

@@ -155,7 +155,7 @@ def test_a_502_and_a_504_name_their_cause_in_the_log(tmp_path, keys):
     finally:
         gate_.close()
     assert (
-        gate_.text[0].startswith("GET /api/tags 502 ") and " bob upstream-failed (cannot connect to 127.0.0.1:" in gate_.text[0]
+        gate_.text[0].startswith("GET /api/tags 502 ") and " bob failed upstream (cannot connect to 127.0.0.1:" in gate_.text[0]
     )
     assert "connection refused" in gate_.text[0]
     entry = json.loads(gate_.json[0])

@@ -619,8 +619,11 @@ def test_a_head_answer_with_a_body_leaves_nothing_for_the_next_request(start_pro
 
 
 def test_print_env_needs_a_real_port(run, proxy_env):
-    result = run(["proxy", "--print-env", "--listen", "127.0.0.1:0"], environment=proxy_env)
+    """The proxy started with --listen :0 says its port on its 'listening on' line; the same
+    --listen (:0) again would be no help, so the message points at that line."""
+    result = run(["proxy", "--print-env", "--listen", "127.0.0.2:0"], environment=proxy_env)
     assert result.code == 2 and result.out == "" and "--listen" in result.err
+    assert "'listening on' line" in result.err and "pass the same --listen" not in result.err
 
 
 @pytest.mark.parametrize("command", [["sign", "POST", "https://ollama.com/api/chat"], ["whoami"]])
@@ -668,3 +671,20 @@ def test_a_malformed_connect_answer_never_shows_the_proxys_bytes(start_proxy, pr
         proxy.stop()
     assert status == 502 and "malformed answer to CONNECT" in json.loads(body)["error"]
     assert "zq9" not in body.decode() and not [line for line in proxy.log if "zq9" in line]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "variable", "named", "not_named"),
+    [
+        (["--upstream", "http://ollama.com"], None, "(--upstream)", "OLLAMA_CLOUD_BASE_URL"),
+        (["--upstream", "https://ollama.com/v1"], None, "--upstream must be", "OLLAMA_CLOUD_BASE_URL"),
+        ([], "http://ollama.com", "(OLLAMA_CLOUD_BASE_URL)", "--upstream"),
+    ],
+)
+def test_a_refused_upstream_names_where_it_came_from(run, proxy_env, arguments, variable, named, not_named):
+    """The message names --upstream when the URL came from it, the variable when from there."""
+    environment = {k: v for k, v in proxy_env.items() if k != "OLLAMA_CLOUD_BASE_URL"}
+    if variable is not None:
+        environment["OLLAMA_CLOUD_BASE_URL"] = variable
+    result = run(["proxy", "--listen", "127.0.0.1:0", *arguments], environment=environment)
+    assert result.code != 0 and named in result.err and not_named not in result.err, result.err

@@ -79,7 +79,11 @@ class KeylessCore:
         self.default_identity = identity is None
         self._warned = False
         # The API host: api_base, else OLLAMA_CLOUD_BASE_URL under Ollama's rules, else ollama.com.
-        base = policy.cloud_base_url(api_base if api_base is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"))
+        base = (
+            policy.cloud_base_url(api_base, "api_base")
+            if api_base is not None
+            else policy.cloud_base_url(os.environ.get("OLLAMA_CLOUD_BASE_URL"))
+        )
         origins = [policy.url_origin(base)]
         for host in api_hosts or ():
             url = protocol.parse_url(host if "://" in host else f"https://{host}", what="API host")

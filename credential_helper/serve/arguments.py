@@ -54,7 +54,7 @@ def add_serve_commands(commands: Any, common: argparse.ArgumentParser, parser_cl
         parents=[verbose_only],
         help="admit people to a self-hosted Ollama by their own keys (verifies Ollama's OLLAMA_AUTH=1 signatures)",
         description="Verify each request's Ollama key signature against authorized_keys (the format of Ollama's "
-        "draft: '<type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
+        "draft: '[options] <type> <key> [name] [endpoint,...]') and forward what is admitted to the upstream Ollama; "
         "or, with --auth-only, answer 204/401/403 for nginx auth_request, ingress-nginx, Caddy forward_auth or Traefik ForwardAuth (200/401/403 for Envoy ext_authz with --path-prefix). "
         "The file is reloaded once a change has settled (its mtime 2 s old; a revocation takes about 2 s), "
         "and at once on SIGHUP.",
@@ -149,13 +149,17 @@ def cmd_proxy(args: argparse.Namespace, log: Log) -> int:
             why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)",
         )
         if port == 0:
-            raise InputError("--print-env needs the port the proxy listens on, not 0 (pass the same --listen as the proxy)")
+            raise InputError(
+                "--print-env needs the port the proxy listens on, not 0: pass --listen the address and port "
+                "from the proxy's 'listening on' line"
+            )
         token = None if args.no_local_token else sign.local_token()
         write_stdout("".join(f"{line}\n" for line in sign.env_lines(commands.shown_base(host, port), token)))
         return EXIT_OK
     return commands.serve_proxy(
         listen=args.listen,
         upstream_text=args.upstream if args.upstream is not None else os.environ.get("OLLAMA_CLOUD_BASE_URL"),
+        upstream_source="--upstream" if args.upstream is not None else "OLLAMA_CLOUD_BASE_URL",
         identity_path=args.identity or default_identity_path(),
         default_identity=args.identity is None,
         require_token=not args.no_local_token,

@@ -43,6 +43,10 @@ warning naming its line number. Such lines are:
   write one): sshd and the draft read the mark as part of the key type and skip
   the line too, so the one file means the same to all three.
 
+A name in angle brackets (``<name>``, the unknown-key hint's placeholder pasted
+as is) is warned about, not skipped: a name only labels a grant, so the line
+grants what it says and no more; the warning asks for the holder's name.
+
 Nothing here ever raises on the file's content. Reading the file from disk
 (safe paths, reloads, writes in progress) is ``keyfile.py``'s.
 """
@@ -66,6 +70,8 @@ BOM = "\ufeff"
 
 # A name field that is one of the gate's options (key_options.py), misplaced after the key.
 _MISPLACED_OPTION = re.compile(r"(?i)(?:from|expiry-time|models|max-concurrent)=")
+# A name that is a placeholder, as the unknown-key hint's '<name>': loaded, with a warning.
+_PLACEHOLDER = re.compile(r"<.+>")
 # Go's regexp \s, which the draft uses to collapse white space.
 _GO_SPACE = re.compile(r"[\t\n\f\r ]+")
 _GO_SPACE_CHARS = "\t\n\f\r "
@@ -350,6 +356,14 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
         if problem is not None or endpoints is None:
             warnings.append(f"line {number}: skipped: {problem}")
             continue
+        if name is not None and _PLACEHOLDER.fullmatch(name):
+            # The unknown-key hint's '<name>' pasted as is: the grant is what the line says
+            # (a name only labels it), so the line loads; its label is not a person's.
+            warnings.append(
+                f"line {number}: the name {quoted(name, 60)} is a placeholder in angle brackets "
+                "(as in the line-to-add hint); the line is loaded, but logs will show that placeholder: "
+                "write the key holder's name there"
+            )
         entry = _Line(number, name, endpoints, options)
         if blob is None:
             wildcards.append(entry)

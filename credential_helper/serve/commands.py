@@ -82,6 +82,7 @@ def serve_proxy(
     verbose: bool,
     ready: Callable[[Server], None] | None = None,
     log_format: str = "text",
+    upstream_source: str = "OLLAMA_CLOUD_BASE_URL",
 ) -> int:
     from . import record, server as server_module, sign
     from .upstream import Upstream
@@ -92,7 +93,7 @@ def serve_proxy(
         loopback_only=True,
         why="the proxy listens on loopback only (127.0.0.0/8 in dotted decimal, ::1 or localhost)",
     )
-    upstream_url = policy.cloud_base_url(upstream_text)
+    upstream_url = policy.cloud_base_url(upstream_text, upstream_source)
     allowed = sign.parse_origins(allow_origins)
     token = sign.local_token() if require_token else None
     signer = sign.Signer(upstream_url, identity_path)  # exit 3 now, not 503 on every request

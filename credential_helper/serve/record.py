@@ -122,14 +122,15 @@ class Record:
 
 
 def text_line(record: Record) -> str:
-    """``METHOD PATH STATUS BYTESB MSms[ CALLER][ refused REASON][ (DETAIL)]``: the
-    caller when known (the proxy's is always its token's holder: none shown)."""
+    """``METHOD PATH STATUS BYTESB MSms[ CALLER][ refused REASON| failed upstream][ (DETAIL)]``:
+    the caller when known (the proxy's is always its token's holder: none shown); REASON
+    is the word X-Ollama-Reason and the JSON line carry, ``upstream`` included."""
     status = record.status if record.status is not None else "-"
     line = f"{sanitize.shown(record.method, 16)} {sanitize.shown(record.path, 200)} {status} {max(record.bytes, 0)}B {record.ms:.0f}ms"
     if record.user or record.key:
         line += f" {sanitize.shown(record.caller, 100)}"
     if record.reason:
-        line += f" refused {record.reason}" if record.reason != "upstream" else " upstream-failed"
+        line += f" refused {record.reason}" if record.reason != "upstream" else " failed upstream"
     if record.detail:
         line += f" ({sanitize.shown(record.detail, 300)})"
     return line
