@@ -38,7 +38,7 @@ import time
 
 from . import client, identity, protocol
 from .doctor import Check
-from .doctor_host_verdicts import PROBE, check_cli, check_clock, gate_reason, read_key_answer, reason_of
+from .doctor_host_verdicts import KNOWN, PROBE, check_cli, check_clock, gate_reason, read_key_answer, reason_of
 from .errors import HelperError, IdentityError, InputError, NetworkError
 from .response import Response
 
@@ -94,11 +94,16 @@ def run(*, host: str, identity_path: str | None, timeout: float) -> list[Check]:
         "not-gate": f"{where} is not a gate",
     }.get(found)
     if not_checked is None:
-        keyed = [check_key(base, path, deadline, dates, verdicts) for path in member_keys(identity_path)]
-        if not any(found in ("admitted", "listed") for found in verdicts.values()):
-            for check in keyed:  # no key of yours gets in: an unknown key is then the failure itself
-                if check.status == "warn":
+        paths = member_keys(identity_path)
+        keyed = [check_key(base, path, deadline, dates, verdicts) for path in paths]
+        if not any(verdict in KNOWN for verdict in verdicts.values()):
+            # No key of yours is known to the gate: an unknown key is then the failure itself. With another
+            # key known (admitted, listed, or refused for a reason of its line's or the server's), it is a
+            # warning, whatever that key's own verdict: the same state, the same severity.
+            for path, check in zip(paths, keyed, strict=True):
+                if verdicts.get(path) == "unknown":
                     check.status = "fail"
+                    check.detail += " (and no other key of yours is: the reason you cannot get in)"
         checks += keyed or [
             Check(
                 "keys",

@@ -27,6 +27,10 @@ PROBE = "/api/version"
 GATE_MAX_SKEW = 300.0  # the gate's default --max-skew
 CLOCK_WARN = 30.0
 SECOND_KEY = "~/.ollama/box_ed25519"  # the key the advice makes when no other key of the member's got in
+# The verdicts of a key the gate knows: admitted, listed, or refused for its line's options (expired,
+# address) or passed on to an Ollama that failed ("server"). An unknown key beside one of these is a
+# warning; beside none, the failure itself (doctor_host.run).
+KNOWN = ("admitted", "listed", "expired", "address", "server")
 
 
 def reason_of(response: Response) -> str:
@@ -116,7 +120,7 @@ def read_key_answer(path: str, loaded: Identity, response: Response, verdicts: d
             "run doctor again in a moment; if it stays busy, tell the server's operator",
         )
     verdicts[path] = {
-        "keyfile-unusable": "server",
+        "keyfile-unusable": "keyfile",  # the gate admits no key, so it says nothing of this one
         "upstream": "server",
         "expired": "expired",
         "address": "address",
@@ -234,6 +238,7 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str], not_checked: str | N
         "expired": "has a line that expired",
         "address": "is refused from this address (from=)",
         "server": "cannot get in while the server has the problem above",
+        "keyfile": "cannot get in while the server has the problem above",
         "clock": "is refused while the clock is off (see the clock check)",
         "unusable": "cannot be used here",
         "error": "could not be checked",
@@ -247,7 +252,7 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str], not_checked: str | N
             f"{why}; that key {state}",
             f"send the operator the line printed for key {default} above; once it is added, {use} works{meanwhile}",
         )
-    if verdict in ("listed", "expired", "address", "server", "clock", "unusable", "error"):
+    if verdict in ("listed", "expired", "address", "server", "keyfile", "clock", "unusable", "error"):
         # Not the key's problem, or one its own check names the fix of: no second key.
         return Check("ollama CLI", "warn", f"{why}; that key {state}", f"see the check of key {default} above{meanwhile}")
     return Check("ollama CLI", "warn", f"{why}; that key {state}", proxy)

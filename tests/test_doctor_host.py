@@ -172,7 +172,7 @@ class _Busy(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("behind", ["busy", "down"])
-def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all(share, behind):
+def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all(share, home, behind):
     # Ollama's own 503 relayed (no X-Ollama-Reason), and the gate's own 502 (reason upstream):
     # the key passed the gate, but nothing works. Break caught: either read as "admitted" (ok, exit 0).
     if behind == "busy":
@@ -192,6 +192,10 @@ def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all
             ollama_.server_close()
     check = checks[f"key {box_key}"]
     assert check["status"] == "fail" and "passed the gate, but" in check["detail"] and ": admitted" not in check["detail"], check
+    # The default key's state is the same as when the second key is admitted (not in the file): the same
+    # warning, not a failure. Break caught: only "admitted"/"listed" kept it a warning (FAIL here, warn there).
+    unknown = checks[f"key {home / '.ollama' / 'id_ed25519'}"]
+    assert unknown["status"] == "warn" and "not in the server's authorized_keys" in unknown["detail"], unknown
     assert (
         ("server busy" in check["detail"])
         if behind == "busy"
