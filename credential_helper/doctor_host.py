@@ -150,6 +150,10 @@ def _send(method: str, url: protocol.URL, deadline: float, dates: list[str], aut
 # --- server ----------------------------------------------------------------------------------
 
 
+# Plain HTTP read as a TLS record: what OpenSSL says when a TLS hello gets an HTTP answer.
+PLAIN_HTTP = ("wrong_version_number", "wrong version number", "http request", "record layer failure", "record_layer_failure")
+
+
 def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> tuple[Check, str]:
     """The server check, and what was found there: "gate", "auth-only" (a ``gate --auth-only``),
     "not-gate" (an answer no gate gives to an unsigned request) or "unreachable"."""
@@ -164,7 +168,14 @@ def check_server(base: protocol.URL, deadline: float, dates: list[str]) -> tuple
         from . import transport
 
         message = str(exc)
-        if exc.fix == transport.FIXES["tls"]:  # diagnosed where it failed (transport.diagnose)
+        if exc.fix == transport.FIXES["tls"] and any(sign in message.lower() for sign in PLAIN_HTTP):
+            fix = (
+                f"the server at {base.host} speaks plain http, not TLS: for a gate on loopback use "
+                f"--host http://{base.host} (--host without a scheme means https://); elsewhere the operator "
+                "gives the gate --tls-cert and --tls-key"
+            )
+            message += " (the server answered in plain http, not TLS)"
+        elif exc.fix == transport.FIXES["tls"]:  # diagnosed where it failed (transport.diagnose)
             fix = (
                 "install the server's CA in this system's trust store (e.g. /usr/local/share/ca-certificates/, then "
                 "update-ca-certificates; the Keychain on macOS), or point SSL_CERT_FILE at its PEM file"

@@ -337,3 +337,18 @@ def test_the_summary_says_1_warning_and_2_warnings():
     assert last("warn", "ok") == "0 failed, 1 warning, 1 ok"
     assert last("warn", "warn", "fail") == "1 failed, 2 warnings, 0 ok"
     assert last("ok") == "0 failed, 0 warnings, 1 ok"
+
+
+def test_doctor_host_help_and_readme_say_a_host_without_a_scheme_is_https(capsys):
+    # Break caught: neither said it, and "--host 127.0.0.1:PORT" at a plain-http gate looked like a TLS trust problem.
+    from conftest import ROOT
+
+    from credential_helper.cli_commands import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["doctor", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "without a scheme, URL means https://URL" in text, text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`--host box:11435`, without a scheme, means `https://box:11435`" in readme
+    assert "`--host` without a scheme means `https://`" in readme

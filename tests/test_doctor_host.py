@@ -322,3 +322,43 @@ def test_doctor_host_names_a_gate_auth_only_and_blames_no_key(tmp_path, env, sta
     assert checks["keys"]["status"] == "warn" and "gate --auth-only" in checks["keys"]["detail"]
     assert checks["ollama CLI"]["fix"] is None and "not checked" in checks["ollama CLI"]["detail"]
     assert not [line for line in gate_.log if "/api/version" in line and "unsigned" not in line and "malformed" not in line]
+
+
+def test_doctor_host_without_a_scheme_at_a_plain_http_gate_says_plain_http(start_gate, tmp_path, env, local_ollama):  # noqa: F811
+    # --host without a scheme is https; a plain-HTTP gate answers the TLS hello in plain http
+    # (WRONG_VERSION_NUMBER). Break caught: the advice to install the server's CA in the trust store.
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(" ".join((GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2]) + " member *\n")
+    os.chmod(authorized, 0o600)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(authorized))
+    code, checks = doctor(f"127.0.0.1:{gate_.port}", env)
+    server = checks["server"]
+    assert code == 1 and server["status"] == "fail" and "TLS failure" in server["detail"], server
+    assert "plain http" in server["fix"] and f"http://127.0.0.1:{gate_.port}" in server["fix"], server
+    assert "--tls-cert" in server["fix"] and "trust store" not in server["fix"], server
+    assert checks["ollama CLI"]["fix"] is None
+
+
+@pytest.mark.interop
+def test_the_readmes_python_route_reaches_the_gate_with_the_second_key(shared, monkeypatch):
+    # The README table's third row as written, over TLS from a CA in the 'system store' (SSL_CERT_DIR, which
+    # httpx would also read itself here: tests/test_adapters_tls.py shows certifi refusing it): the gate admits
+    # the second key. A documentation check: it fails when the README's route does not work.
+    from pathlib import Path
+
+    import ollama
+
+    import credential_helper
+    from credential_helper.integrations.httpx import OllamaAuth
+
+    url, environment, box_key = shared
+    monkeypatch.setenv("HOME", environment["HOME"])
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.setenv("SSL_CERT_DIR", environment["SSL_CERT_DIR"])
+    assert box_key == Path.home() / ".ollama/box_ed25519"
+    client = ollama.Client(
+        host=url,
+        auth=OllamaAuth(api_base=url, identity=Path.home() / ".ollama/box_ed25519"),
+        verify=credential_helper.tls_context(),
+    )
+    assert client.list().models is not None
