@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         metavar="URL",
         help="check a shared server (a gate) instead: TLS trust, clock, "
-        "whether each of your keys is admitted, and which key Ollama's CLI signs with",
+        "whether each of your keys is admitted, and which key Ollama's CLI signs with "
+        "(without a scheme, URL means https://URL; http:// only for loopback)",
     )
     doctor.set_defaults(func=cmd_doctor)
 

@@ -50,7 +50,7 @@ def render(checks: list[Check]) -> str:
             lines.append(f"       fix: {check.fix}")
     failed = sum(check.status == "fail" for check in checks)
     warned = sum(check.status == "warn" for check in checks)
-    lines.append(f"{failed} failed, {warned} warnings, {len(checks) - failed - warned} ok")
+    lines.append(f"{failed} failed, {warned} warning{'' if warned == 1 else 's'}, {len(checks) - failed - warned} ok")
     return "\n".join(lines) + "\n"
 
 

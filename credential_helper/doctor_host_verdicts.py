@@ -27,6 +27,10 @@ PROBE = "/api/version"
 GATE_MAX_SKEW = 300.0  # the gate's default --max-skew
 CLOCK_WARN = 30.0
 SECOND_KEY = "~/.ollama/box_ed25519"  # the key the advice makes when no other key of the member's got in
+# The verdicts of a key the gate knows: admitted, listed, or refused for its line's options (expired,
+# address) or passed on to an Ollama that failed ("server"). An unknown key beside one of these is a
+# warning; beside none, the failure itself (doctor_host.run).
+KNOWN = ("admitted", "listed", "expired", "address", "server")
 
 
 def reason_of(response: Response) -> str:
@@ -115,9 +119,13 @@ def read_key_answer(path: str, loaded: Identity, response: Response, verdicts: d
             f"{who}: admitted, but the server was busy ({response.status}: {reason})",
             "run doctor again in a moment; if it stays busy, tell the server's operator",
         )
-    verdicts[path] = {"keyfile-unusable": "server", "upstream": "server", "expired": "expired", "address": "address"}.get(
-        gate, "refused"
-    )
+    verdicts[path] = {
+        "keyfile-unusable": "keyfile",  # the gate admits no key, so it says nothing of this one
+        "upstream": "server",
+        "expired": "expired",
+        "address": "address",
+        "stale": "clock",
+    }.get(gate, "refused")
     if gate == "expired":
         return Check(
             name,
@@ -188,12 +196,17 @@ def check_clock(date_header: str | None) -> Check:
 # --- Ollama's CLI ----------------------------------------------------------------------------
 
 
-def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
+def check_cli(base: protocol.URL, verdicts: dict[str, str], not_checked: str | None = None) -> Check:
+    """Which key Ollama's CLI signs with, and what to do about it. ``not_checked``: why no key was
+    (the server unreachable, not a gate, a gate --auth-only): then no advice about keys, which would
+    blame the key for the server's problem."""
     default = identity.default_identity_path()
     verdict = verdicts.get(default)
     others = [path for path, found in verdicts.items() if found == "admitted" and path != default]
     use = f"OLLAMA_HOST={base.scheme}://{base.host} OLLAMA_AUTH=1 ollama ..."
     why = "Ollama's CLI always signs with ~/.ollama/id_ed25519 (auth/auth.go; it has no option for another key)"
+    if not_checked is not None:
+        return Check("ollama CLI", "warn", f"{why}; not checked: {not_checked}")
     # The key the proxy is told to sign with: an admitted one, else the second key the advice makes.
     second = others[0] if others else SECOND_KEY
     proxy = (
@@ -225,6 +238,9 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
         "expired": "has a line that expired",
         "address": "is refused from this address (from=)",
         "server": "cannot get in while the server has the problem above",
+        "keyfile": "cannot get in while the server has the problem above",
+        "clock": "is refused while the clock is off (see the clock check)",
+        "unusable": "cannot be used here",
         "error": "could not be checked",
         None: "was not checked",
     }.get(verdict, "is refused")
@@ -236,6 +252,7 @@ def check_cli(base: protocol.URL, verdicts: dict[str, str]) -> Check:
             f"{why}; that key {state}",
             f"send the operator the line printed for key {default} above; once it is added, {use} works{meanwhile}",
         )
-    if verdict in ("listed", "expired", "address", "server", "error"):
+    if verdict in ("listed", "expired", "address", "server", "keyfile", "clock", "unusable", "error"):
+        # Not the key's problem, or one its own check names the fix of: no second key.
         return Check("ollama CLI", "warn", f"{why}; that key {state}", f"see the check of key {default} above{meanwhile}")
     return Check("ollama CLI", "warn", f"{why}; that key {state}", proxy)

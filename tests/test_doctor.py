@@ -63,7 +63,7 @@ def test_human_output_marks_each_line_and_names_the_fix(run, env, linked, tmp_pa
     lines = result.out.splitlines()
     assert lines[0].startswith("[FAIL] identity: no key at ")
     assert lines[1].strip().startswith("fix: ollama-credential-helper key --generate")
-    assert re.fullmatch(r"\d+ failed, \d+ warnings, \d+ ok", lines[-1])
+    assert re.fullmatch(r"\d+ failed, \d+ warnings?, \d+ ok", lines[-1])
     assert all(line.startswith(("[ ok ]", "[warn]", "[FAIL]", "       fix: ")) for line in lines[:-1])
 
 
@@ -325,3 +325,30 @@ def test_doctor_host_cli_advice_names_one_key_path_for_the_proxy_and_the_key_to_
     admitted = str(tmp_path / ".ollama" / "team_ed25519")
     fix = check_cli(protocol.parse_url("https://box:11435"), {**verdicts, admitted: "admitted"}).fix
     assert f"--identity {admitted}" in fix and "--generate" not in fix, fix
+
+
+def test_the_summary_says_1_warning_and_2_warnings():
+    # Break caught: "1 warnings" (the plural whatever the count).
+    from credential_helper.doctor import Check, render
+
+    def last(*statuses: str) -> str:
+        return render([Check(f"c{n}", status, "x") for n, status in enumerate(statuses)]).splitlines()[-1]
+
+    assert last("warn", "ok") == "0 failed, 1 warning, 1 ok"
+    assert last("warn", "warn", "fail") == "1 failed, 2 warnings, 0 ok"
+    assert last("ok") == "0 failed, 0 warnings, 1 ok"
+
+
+def test_doctor_host_help_and_readme_say_a_host_without_a_scheme_is_https(capsys):
+    # Break caught: neither said it, and "--host 127.0.0.1:PORT" at a plain-http gate looked like a TLS trust problem.
+    from conftest import ROOT
+
+    from credential_helper.cli_commands import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["doctor", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "without a scheme, URL means https://URL" in text, text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "`--host box:11435`, without a scheme, means `https://box:11435`" in readme
+    assert "`--host` without a scheme means `https://`" in readme

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import textwrap
 import threading
+from typing import ClassVar
 
 import pytest
 
@@ -171,7 +172,7 @@ class _Busy(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("behind", ["busy", "down"])
-def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all(share, behind):
+def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all(share, home, behind):
     # Ollama's own 503 relayed (no X-Ollama-Reason), and the gate's own 502 (reason upstream):
     # the key passed the gate, but nothing works. Break caught: either read as "admitted" (ok, exit 0).
     if behind == "busy":
@@ -191,6 +192,10 @@ def test_doctor_host_fails_when_ollama_behind_the_gate_answers_5xx_or_not_at_all
             ollama_.server_close()
     check = checks[f"key {box_key}"]
     assert check["status"] == "fail" and "passed the gate, but" in check["detail"] and ": admitted" not in check["detail"], check
+    # The default key's state is the same as when the second key is admitted (not in the file): the same
+    # warning, not a failure. Break caught: only "admitted"/"listed" kept it a warning (FAIL here, warn there).
+    unknown = checks[f"key {home / '.ollama' / 'id_ed25519'}"]
+    assert unknown["status"] == "warn" and "not in the server's authorized_keys" in unknown["detail"], unknown
     assert (
         ("server busy" in check["detail"])
         if behind == "busy"
@@ -238,11 +243,100 @@ def test_doctor_host_finds_a_clock_an_hour_ahead(shared, tmp_path):
     assert checks["clock"]["status"] == "fail" and shown and abs(int(shown.group(1)) - 3600) <= 5, checks["clock"]
     refused = checks[f"key {box_key}"]
     assert refused["status"] == "fail" and "clock" in refused["detail"] and "timedatectl" in refused["fix"]
+    # The clock, not the CLI's key, is the problem: no second key, no proxy. Break caught: a stale refusal
+    # read as "refused" (the advice to add ~/.ollama/box_ed25519's line and use the proxy).
+    cli = checks["ollama CLI"]
+    assert "clock" in cli["detail"] and "box_ed25519" not in cli["fix"] and "proxy" not in cli["fix"], cli
 
 
 def test_doctor_host_over_http_off_loopback_is_refused_before_signing(env):
     code, checks = doctor("http://192.0.2.1:11435", env, "--timeout", "2")
     assert code == 1 and checks["server"]["status"] == "fail" and "https" in checks["server"]["detail"]
+    # Nothing was checked, so no advice about the CLI's key. Break caught: the "once the operator adds the
+    # line of ~/.ollama/box_ed25519 ... use the proxy" advice for a server never reached.
+    assert checks["ollama CLI"]["fix"] is None and "not checked" in checks["ollama CLI"]["detail"]
+
+
+class _AnyServer(http.server.BaseHTTPRequestHandler):
+    """Not a gate: answers every GET with ``status`` (200: Ollama alone; 404: python -m http.server)
+    and records each request's Authorization."""
+
+    status = 404
+    seen: ClassVar[list] = []
+
+    def do_GET(self):
+        self.seen.append(self.headers.get("Authorization"))
+        body = b'{"version":"0.12.0"}' if self.status == 200 else b"not found"
+        self.send_response(self.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_HEAD(self):
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("status", [404, 200])
+def test_doctor_host_fails_a_server_that_is_not_a_gate_and_signs_nothing_for_it(env, status):
+    # Any server answers a signed GET, so its answer admits nothing. Break caught (run() checking the keys
+    # whatever the server check found): "[ ok ] key ...: admitted" and "ollama CLI ... works", exit 0,
+    # with a signed request sent to a server that is not a gate.
+    seen: list = []
+    handler = type("Handler", (_AnyServer,), {"status": status, "seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        code, checks = doctor(url, env)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all("admitted" not in check["detail"] for check in checks.values()), checks
+    assert seen and not any(seen), seen  # asked, unsigned only
+    assert code == 1 and checks["server"]["status"] == "fail" and "not" in checks["server"]["detail"], checks["server"]
+    assert not [name for name in checks if name.startswith("key ")], checks
+    assert checks["keys"]["status"] != "ok" and checks["keys"]["detail"] == f"not checked: {url} is not a gate"
+    cli = checks["ollama CLI"]
+    assert cli["status"] != "ok" and f"not checked: {url} is not a gate" in cli["detail"] and cli["fix"] is None, cli
+
+
+def test_doctor_host_names_a_gate_auth_only_and_blames_no_key(tmp_path, env, start_gate):
+    # A gate --auth-only answers 400 (malformed) without a front server's X-Original-* headers. Break caught
+    # (no auth-only recognition): "not the answer of a gate ... not Ollama's or a front server's", then a
+    # "[FAIL] key ...: 400 (malformed)" per key and advice to add a second key.
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(" ".join((GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2]) + " member *\n")
+    os.chmod(authorized, 0o600)
+    gate_ = start_gate("--auth-only", "--authorized-keys", str(authorized))
+    url = f"http://127.0.0.1:{gate_.port}"
+    code, checks = doctor(url, env)
+    server = checks["server"]
+    assert code == 1 and server["status"] == "fail" and "gate --auth-only" in server["detail"], server
+    assert "front server's URL" in server["fix"] and "not Ollama's" not in server["fix"], server
+    assert not [name for name in checks if name.startswith("key ")], checks
+    assert checks["keys"]["status"] == "warn" and "gate --auth-only" in checks["keys"]["detail"]
+    assert checks["ollama CLI"]["fix"] is None and "not checked" in checks["ollama CLI"]["detail"]
+    assert not [line for line in gate_.log if "/api/version" in line and "unsigned" not in line and "malformed" not in line]
+
+
+def test_doctor_host_without_a_scheme_at_a_plain_http_gate_says_plain_http(start_gate, tmp_path, env, local_ollama):  # noqa: F811
+    # --host without a scheme is https; a plain-HTTP gate answers the TLS hello in plain http
+    # (WRONG_VERSION_NUMBER). Break caught: the advice to install the server's CA in the trust store.
+    authorized = tmp_path / "authorized_keys"
+    authorized.write_text(" ".join((GOLDEN / "keys" / "ed25519-a.pub").read_text().split()[:2]) + " member *\n")
+    os.chmod(authorized, 0o600)
+    gate_ = start_gate("--upstream", local_ollama.base_url, "--authorized-keys", str(authorized))
+    code, checks = doctor(f"127.0.0.1:{gate_.port}", env)
+    server = checks["server"]
+    assert code == 1 and server["status"] == "fail" and "TLS failure" in server["detail"], server
+    assert "plain http" in server["fix"] and f"http://127.0.0.1:{gate_.port}" in server["fix"], server
+    assert "--tls-cert" in server["fix"] and "trust store" not in server["fix"], server
+    assert checks["ollama CLI"]["fix"] is None
 
 
 @pytest.mark.interop
