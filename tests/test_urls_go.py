@@ -128,3 +128,49 @@ def test_parse_url_refuses_hosts_and_ports(url, message):
 def test_parse_url_accepts_hosts_and_ports(url, hostname, port):
     parsed = protocol.parse_url(url)
     assert (parsed.hostname, parsed.port) == (hostname, port)
+
+
+# --- ParseQuery: a bad %-escape drops its pair, the others stay ---------------------------
+
+
+@pytest.mark.parametrize("bad", ["%zA", "%Az", "%A", "%"])
+def test_parse_query_drops_only_the_pair_with_a_bad_escape(bad):
+    # url.ParseQuery keeps every good pair and reports the first error; URL.Query() drops it.
+    assert protocol.parse_query(f"a={bad}&b=1&{bad}=c") == {"b": ["1"]}
+
+
+def test_parse_query_keeps_a_raw_byte():
+    # Go's strings hold bytes: "%FF" is the byte 0xFF, which encodes back to "%FF".
+    values = protocol.parse_query("k=%FF")
+    assert protocol.encode_query(values) == "k=%FF"
+
+
+# --- control characters and lone surrogates (check_text) --------------------------------
+
+
+@pytest.mark.parametrize("ch", ["\t", "\x00", "\x1f", "\x7f", "\x80", "\x9f"])
+def test_control_characters_are_refused(ch):
+    # Go's url.Parse: "net/url: invalid control character in URL" (C0 and DEL); C1 refused here too.
+    with pytest.raises(InputError, match="^the URL contains a control character$"):
+        protocol.parse_url(f"https://ollama.com/a{ch}b")
+
+
+def test_a_tab_passes_only_where_the_caller_allows_it():
+    with pytest.raises(InputError, match="^the field contains a control character$"):
+        protocol.check_text("a\tb", "the field")
+    assert protocol.check_text("a\tb", "the field", allow_tab=True) == "a\tb"
+    with pytest.raises(InputError):
+        protocol.check_text("a\nb", "the field", allow_tab=True)
+
+
+@pytest.mark.parametrize("text", ["\xa0", "\u00ad", "\ue000", "\U000f0000", "\u2028"])
+def test_other_unprintable_characters_pass(text):
+    # Only C0, DEL, C1 and lone surrogates are refused: format, private-use and
+    # separator characters have a UTF-8 form and split no header.
+    assert protocol.check_text(text, "the field") == text
+
+
+@pytest.mark.parametrize("surrogate", ["\ud800", "\udbff", "\udc00", "\udfff"])
+def test_lone_surrogates_are_refused(surrogate):
+    with pytest.raises(InputError, match="^the field contains a lone surrogate"):
+        protocol.check_text(f"a{surrogate}", "the field")
