@@ -11,7 +11,8 @@
 # tests each mutant runs are chosen by tools/mutation_tier.py: the unit tier and
 # a few in-process files. Everything runs under nice -n 19 with at most two
 # workers (MUTATION_CHILDREN). A run resumes where the last one stopped when
-# MUTATION_RESUME=1; otherwise it starts afresh.
+# MUTATION_RESUME=1; otherwise it starts afresh. Each mutant's status is kept in
+# build/mutation/results-$MUTATION_LABEL.txt (default "last").
 # Extra arguments after `--` are mutant names or globs passed to `mutmut run`
 # (a sample: tools/mutation.sh urls -- 'credential_helper.urls.x_*__mutmut_1*').
 set -euo pipefail
@@ -23,7 +24,9 @@ work=$out/work
 children=${MUTATION_CHILDREN:-2}
 
 summary() {
-    (cd "$work" && "$venv/bin/mutmut" results --all true) | "$venv/bin/python" "$root/tools/mutation_summary.py"
+    # Every mutant's status, kept beside the work directory (the next run replaces that).
+    (cd "$work" && "$venv/bin/mutmut" results --all true) >"$out/results-${MUTATION_LABEL:-last}.txt"
+    "$venv/bin/python" "$root/tools/mutation_summary.py" <"$out/results-${MUTATION_LABEL:-last}.txt"
 }
 
 if [ "${1:-}" = "--results" ]; then
