@@ -264,3 +264,59 @@ def test_a_jwt_payload_that_is_not_an_object_is_ignored():
     payload = base64.urlsafe_b64encode(b"[1, 2]").rstrip(b"=").decode()
     assert lifetime_from_response({}, f"e30.{payload}.sig", NOW) == (NOW + 60, 60)
     assert lifetime_from_response({"expires_in": 0}, "opaque", NOW) == (NOW + 60, 60)
+
+
+# --- found by the second look: what each miss leaves behind ------------------------------------
+
+
+def test_the_key_of_an_identity_is_the_sha256_of_its_file():
+    import hashlib
+
+    assert cache_module.identity_digest(b"key bytes") == hashlib.sha256(b"key bytes").hexdigest()
+
+
+def test_a_lookup_never_creates_the_directory(cache):
+    assert cache.lookup(KEY, NOW) is None
+    assert not os.path.exists(cache.directory)
+    assert cache.problem() is not None and not os.path.exists(cache.directory)
+
+
+def test_a_temporary_file_that_cannot_be_made_means_not_cached(cache, monkeypatch):
+    def refuse(path, mode):
+        raise PermissionError(13, "denied", path)
+
+    monkeypatch.setattr(cache_module.system, "create_new", refuse)
+    assert cache.store(KEY, Entry("tok", NOW + 300, 300)) is False
+
+
+def test_a_taken_temporary_name_is_tried_again_with_another(cache, monkeypatch):
+    real = cache_module.system.create_new
+    tried = []
+
+    def first_taken(path, mode):
+        tried.append(path)
+        if len(tried) == 1:
+            raise FileExistsError(17, "exists", path)
+        return real(path, mode)
+
+    monkeypatch.setattr(cache_module.system, "create_new", first_taken)
+    assert cache.store(KEY, Entry("tok", NOW + 300, 300)) is True
+    assert len(tried) == 2 and tried[0] != tried[1]
+    assert cache.lookup(KEY, NOW).token == "tok"
+
+
+def test_where_locks_cannot_work_the_holder_proceeds_at_once(cache, monkeypatch):
+    monkeypatch.setattr(cache_module.system, "try_lock", lambda fd: None)
+    started = time.monotonic()
+    with cache.lock(KEY, 5.0) as lock:
+        assert not lock.acquired
+    assert time.monotonic() - started < 2  # not the 5 s timeout
+
+
+def test_a_jwt_whose_payload_needs_padding_is_read():
+    import base64
+
+    claims = {"exp": NOW + 900, "iat": NOW - 100, "n": 1}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert len(payload) % 4 != 0  # the '=' padding JWTs drop (RFC 7515 2) must be put back
+    assert lifetime_from_response({}, f"e30.{payload}.sig", NOW) == (NOW + 900, 1000.0)

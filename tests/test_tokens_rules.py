@@ -157,3 +157,52 @@ def test_the_authorization_sent_is_redacted_from_the_refusal():
     with pytest.raises(ServerRefusedError) as refused:
         tokens.read_token_response(token_response(b"echo: key:SIGNATURE", 400), "ollama.com", "key:SIGNATURE")
     assert "SIGNATURE" not in str(refused.value)
+
+
+def test_a_refusal_without_a_hint_ends_with_the_excerpt():
+    with pytest.raises(ServerRefusedError) as refused:
+        tokens.raise_for_status(answer(404, "Not Found", b"no such model"), "ollama.com", "the request")
+    assert str(refused.value) == "ollama.com refused the request: 404 Not Found: no such model"
+
+
+def test_a_token_endpoints_refusal_names_the_token_request():
+    with pytest.raises(ServerRefusedError) as refused:
+        tokens.read_token_response(token_response(b"denied", 403), "ollama.com:443")
+    assert str(refused.value) == "ollama.com:443 refused the token request: 403 OK: denied"
+
+
+def test_a_token_answer_that_is_not_json_names_the_server():
+    with pytest.raises(NetworkError, match="^ollama.com answered 200 but the body is not JSON$"):
+        tokens.read_token_response(token_response(b"<html>"), "ollama.com")
+
+
+# --- the flow with the reference vector ----------------------------------------------------
+
+
+def _vector_flow(keys):
+    from conftest import load_vectors
+    from credential_helper import protocol
+    from credential_helper.identity import load_identity
+
+    vector = load_vectors("registry.json")[0]
+    challenge = protocol.Challenge(**vector["challenge"])
+    return vector, challenge, protocol.parse_url(challenge.realm), load_identity(str(keys / vector["key"]))
+
+
+def test_prepare_uses_the_clock_as_it_is_by_default(keys):
+    import datetime
+
+    vector, challenge, realm, identity = _vector_flow(keys)
+    with freeze_time(datetime.datetime.fromtimestamp(vector["ts"], datetime.timezone.utc)):
+        call = tokens.prepare(challenge, realm, identity, nonce=vector["nonce"])
+    assert call.request.token_url == vector["token_url"] and call.authorization == vector["authorization"]
+
+
+def test_the_exchange_returns_the_token_and_its_lifetime(keys):
+    vector, challenge, realm, identity = _vector_flow(keys)
+    flow = tokens.exchange(challenge, realm, identity)
+    next(flow)
+    with freeze_time(email.utils.formatdate(NOW, usegmt=True)):
+        with pytest.raises(StopIteration) as done:
+            flow.send(token_response(b'{"token": "t0k3n", "expires_in": 300}'))
+    assert done.value.value == tokens.Exchanged("t0k3n", NOW + 300.0, 300.0, "")
