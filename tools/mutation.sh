@@ -11,7 +11,8 @@
 # tests each mutant runs are chosen by tools/mutation_tier.py: the unit tier and
 # a few in-process files. Everything runs under nice -n 19 with at most two
 # workers (MUTATION_CHILDREN). A run resumes where the last one stopped when
-# MUTATION_RESUME=1; otherwise it starts afresh. Each mutant's status is kept in
+# MUTATION_RESUME=1; otherwise it starts afresh. MUTATION_TREE=COMMIT runs the
+# package and tests of that commit instead of the checkout (a "before"). Each mutant's status is kept in
 # build/mutation/results-$MUTATION_LABEL.txt (default "last").
 # Extra arguments after `--` are mutant names or globs passed to `mutmut run`
 # (a sample: tools/mutation.sh urls -- 'credential_helper.urls.x_*__mutmut_1*').
@@ -62,9 +63,14 @@ if [ "${MUTATION_RESUME:-0}" != 1 ]; then
     rm -rf "$work"
 fi
 mkdir -p "$work"
-# The checkout as it is now (uncommitted tests included), without build/ and git's files.
-tar -C "$root" --exclude=./build --exclude=./.git --exclude=./.venv --exclude=__pycache__ \
-    --exclude=./.hypothesis --exclude=./.pytest_cache -cf - . | tar -C "$work" -xf -
+if [ -n "${MUTATION_TREE:-}" ]; then
+    # A committed tree (MUTATION_TREE=COMMIT): how a "before" is measured again.
+    git -C "$root" archive "$MUTATION_TREE" | tar -C "$work" -xf -
+else
+    # The checkout as it is now (uncommitted tests included), without build/ and git's files.
+    tar -C "$root" --exclude=./build --exclude=./.git --exclude=./.venv --exclude=__pycache__ \
+        --exclude=./.hypothesis --exclude=./.pytest_cache -cf - . | tar -C "$work" -xf -
+fi
 {
     echo "[mutmut]"
     echo "source_paths = credential_helper"

@@ -1,7 +1,9 @@
 """Per-module counts from `mutmut results --all true` on stdin (tools/mutation.sh).
 
 The kill ratio is (killed + timeout) / total: a mutant that makes a test hang has
-been detected. "no tests" (no chosen test calls the function) counts as survived."""
+been detected. "no tests" (no chosen test calls the function) counts as survived.
+Mutants a run did not try (a sample: `tools/mutation.sh ... -- 'GLOB'`) are "not
+checked": left out of the total and counted apart."""
 
 from __future__ import annotations
 
@@ -23,13 +25,15 @@ def main() -> int:
         match = LINE.match(line)
         if match:
             counts[module_of(match["name"])][match["status"].strip()] += 1
-    print(f"{'module':40} {'total':>6} {'killed':>6} {'survived':>8} {'timeout':>7} {'no tests':>8} {'other':>5} {'ratio':>6}")
+    header = f"{'module':40} {'total':>6} {'killed':>6} {'survived':>8} {'timeout':>7} {'no tests':>8} {'other':>5} {'ratio':>6}"
+    print(header + f" {'unsampled':>9}")
     for module, c in sorted(counts.items()):
+        unsampled = c.pop("not checked", 0)
         total = sum(c.values())
         killed, timeout, survived, untested = c["killed"], c["timeout"], c["survived"], c["no tests"]
         other = total - killed - timeout - survived - untested
         ratio = (killed + timeout) / total if total else 0.0
-        print(f"{module:40} {total:6} {killed:6} {survived:8} {timeout:7} {untested:8} {other:5} {ratio:6.1%}")
+        print(f"{module:40} {total:6} {killed:6} {survived:8} {timeout:7} {untested:8} {other:5} {ratio:6.1%} {unsampled:9}")
     return 0
 
 
