@@ -1,0 +1,291 @@
+"""The engine, the relay and the server in this process, with each request's record
+(serve/engine.py, relay.py, server.py; issue 21, found by mutation: the subprocess
+tests check the wire but a mutant there goes unseen). Expectations: RFC 9112 6
+(framing a forwarded body: one Content-Length or chunked, never both), RFC 9110
+15.6.3 (a 502 for an upstream that failed), the README's log fields (reason
+"upstream" and the failure's kind for an upstream that failed us), the connection
+cap and the graceful stop as the README's "Proxy and gate" section states them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from credential_helper import protocol
+from credential_helper.errors import InputError, ListenError
+from credential_helper.serve import server as server_module
+from credential_helper.serve.limits import Limits
+from credential_helper.serve.messages import Answer, Forward, Head
+from credential_helper.serve.upstream import Upstream
+from faults import KeepAliveServer, ScriptedServer
+from serving import InProcess
+
+pytestmark = pytest.mark.process  # loopback sockets in this process, no subprocess
+
+
+class Forwarding:
+    def decide(self, head: Head) -> Forward:
+        return Forward(head.target, (("Host", "upstream"),), who="alice", key="SHA256:k")
+
+
+class Answering:
+    def decide(self, head: Head) -> Answer:
+        return Answer(200, "ok", keep_alive=True)
+
+
+@pytest.fixture
+def serve():
+    started: list[InProcess] = []
+
+    def start(policy, upstream_host: str | None = None, limits: Limits | None = None) -> tuple[InProcess, list]:
+        records: list = []
+        upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={}) if upstream_host else None
+        served = InProcess(policy, upstream=upstream, log=lambda line: None, limits=limits or Limits(upstream=5), observe=records.append)
+        started.append(served)
+        return served, records
+
+    yield start
+    for served in started:
+        served.close()
+
+
+def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+def wait_for(records: list, count: int = 1) -> list:
+    deadline = time.monotonic() + 5
+    while len(records) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return records
+
+
+def ok(head: bytes, body: bytes, index: int) -> bytes | None:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+
+
+# --- a forwarded body's framing --------------------------------------------------------------
+
+
+def test_a_body_with_a_length_goes_on_with_that_length(serve):
+    with KeepAliveServer(ok) as upstream:
+        served, _ = serve(Forwarding(), upstream.host)
+        answer = exchange(served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        (_, head, body), = upstream.requests
+    lines = [line.lower() for line in head.split(b"\r\n")]
+    assert b"content-length: 5" in lines and not any(line.startswith(b"transfer-encoding") for line in lines)
+    assert body == b"hello"
+
+
+def test_a_chunked_body_goes_on_chunked(serve):
+    with KeepAliveServer(ok) as upstream:
+        served, _ = serve(Forwarding(), upstream.host)
+        answer = exchange(
+            served.port,
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        head = upstream.requests[0][1]
+    lines = [line.lower() for line in head.split(b"\r\n")]
+    assert b"transfer-encoding: chunked" in lines and not any(line.startswith(b"content-length") for line in lines)
+
+
+def test_a_malformed_chunked_body_is_a_400_for_the_body(serve):
+    with KeepAliveServer(ok) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        answer = exchange(served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    record = wait_for(records)[0]
+    assert (record.status, record.reason, record.user, record.key) == (400, "body", "alice", "SHA256:k")
+
+
+# --- an upstream that fails us -----------------------------------------------------------------
+
+
+def test_an_answer_cut_short_cuts_the_client_and_is_logged_as_cut(serve):
+    def cut(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+
+    with ScriptedServer(cut) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\nabc")  # then the connection closed
+    record = wait_for(records)[0]
+    assert (record.status, record.reason, record.upstream_failure) == (200, "upstream", "cut")
+    assert record.detail == "upstream cut its answer short" and record.user == "alice" and record.key == "SHA256:k"
+
+
+def test_an_answer_that_stalls_is_cut_at_the_timeout_and_logged_as_stalled(serve):
+    def stall(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        time.sleep(3)
+
+    with ScriptedServer(stall) as upstream:
+        served, records = serve(Forwarding(), upstream.host, Limits(upstream=0.3))
+        started = time.monotonic()
+        answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+        took = time.monotonic() - started
+    assert answer.endswith(b"abc") and took < 2.5
+    record = wait_for(records)[0]
+    assert (record.status, record.upstream_failure, record.detail) == (200, "stalled", "upstream stalled")
+
+
+def test_an_upstream_that_refuses_the_connection_is_a_502(serve):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, never listening: connections are refused
+        served, records = serve(Forwarding(), f"127.0.0.1:{port}")
+        answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    record = wait_for(records)[0]
+    assert (record.status, record.reason, record.upstream_failure) == (502, "upstream", "connect")
+    assert record.user == "alice"
+
+
+def test_a_client_that_leaves_mid_answer_is_logged_as_gone(serve):
+    def endless(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+        try:
+            for _ in range(2000):
+                conn.sendall(b"x" * 65536)
+        except OSError:
+            pass
+
+    with ScriptedServer(endless) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/pull HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        record = wait_for(records)[0]
+    assert (record.status, record.detail, record.upstream_failure) == (200, "client gone", "")
+
+
+# --- the server's own bookkeeping -------------------------------------------------------------------
+
+
+def test_a_closed_connection_leaves_room_under_the_cap(serve):
+    served, _ = serve(Answering(), limits=Limits(connections=1))
+    for _ in range(3):  # each one closes before the next: the one place is free again
+        assert exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+
+
+def test_requests_in_flight_are_counted_up_and_back_down(serve):
+    release = threading.Event()
+
+    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
+        release.wait(5)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+
+    with KeepAliveServer(slow) as upstream:
+        served, _ = serve(Forwarding(), upstream.host)
+        threads = [
+            threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+            for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while served.server.in_flight < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served.server.in_flight == 2
+        release.set()
+        for thread in threads:
+            thread.join(5)
+        deadline = time.monotonic() + 5
+        while served.server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert served.server.in_flight == 0
+
+
+# --- listening -----------------------------------------------------------------------------------------
+
+
+def test_a_port_in_use_is_one_line_that_says_what_to_do():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError) as refused:
+            server_module.listening_socket(("127.0.0.1", port))
+    assert str(refused.value) == (
+        f"cannot listen on 127.0.0.1:{port}: the port is in use by another program (another gate or proxy?): "
+        "choose another port, or stop that program (ss -ltnp shows which)"
+    )
+
+
+def test_a_host_that_does_not_resolve_is_an_input_error():
+    with pytest.raises(InputError, match=r"^cannot listen on bad host:1: 'bad host' is not an address or a host name"):
+        server_module.listening_socket(("bad host", 1))
+
+
+def test_the_bound_address_is_host_and_port(serve):
+    served, _ = serve(Answering())
+    assert served.server.address == ("127.0.0.1", served.port)
+
+
+# --- a graceful stop ----------------------------------------------------------------------------------------
+
+
+def test_run_stops_on_its_signal_restores_the_handler_and_returns_0():
+    lines: list[str] = []
+    server = server_module.Server(("127.0.0.1", 0), Answering(), upstream=None, log=lines.append)
+    before = signal.getsignal(signal.SIGUSR1)
+    reloads = []
+
+    def ready(s):
+        assert signal.getsignal(signal.SIGUSR1) is not before  # handled while it runs
+        os.kill(os.getpid(), signal.SIGHUP)
+        # The stop comes later: the loop notices the reload within its 0.2 s wait first.
+        threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+
+    previous_hup = signal.getsignal(signal.SIGHUP)
+    assert server_module.run(
+        server, grace=1, log=lines.append, stop_signals=[signal.SIGUSR1], ready=ready, on_reload=lambda: reloads.append(1)
+    ) == 0
+    assert reloads == [1]
+    assert lines[-1] == "stopped"
+    assert signal.getsignal(signal.SIGUSR1) is before and signal.getsignal(signal.SIGHUP) is previous_hup
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.address[1]), timeout=1)  # no longer listening
+
+
+def test_run_says_how_many_requests_it_left_in_flight():
+    lines: list[str] = []
+    server = server_module.Server(("127.0.0.1", 0), Answering(), upstream=None, log=lines.append)
+
+    def ready(s):
+        s.count_in_flight(+1)  # as a relayed request does; it never finishes
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    started = time.monotonic()
+    server_module.run(server, grace=0.3, log=lines.append, stop_signals=[signal.SIGUSR1], ready=ready)
+    assert 0.3 <= time.monotonic() - started < 3
+    assert lines == ["stopping with 1 request(s) still in flight after 0.3s", "stopped"]
+
+
+def test_listen_problem_names_the_common_causes():
+    assert server_module.listen_problem("[::1]:80", OSError(errno.EACCES, "Permission denied")) == (
+        "cannot listen on [::1]:80: permission denied (ports below 1024 need privileges): choose a port from 1024 up"
+    )
+    assert server_module.listen_problem("10.9.9.9:1", OSError(errno.EADDRNOTAVAIL, "x")).endswith(
+        ": this machine has no such address: listen on one of its own addresses, or 0.0.0.0"
+    )
+    assert server_module.listen_problem("h:1", OSError(errno.EPERM, "Operation not permitted")) == (
+        "cannot listen on h:1: Operation not permitted"
+    )
+    assert server_module.listen_problem("h:1", OSError("plain")) == "cannot listen on h:1: plain"
