@@ -289,3 +289,12 @@ def test_listen_problem_names_the_common_causes():
         "cannot listen on h:1: Operation not permitted"
     )
     assert server_module.listen_problem("h:1", OSError("plain")) == "cannot listen on h:1: plain"
+
+
+def test_a_listening_socket_may_rebind_at_once_after_a_restart():
+    # POSIX: SO_REUSEADDR, so a restart does not wait out TIME_WAIT (system.prepare_listening_socket).
+    from credential_helper import system
+
+    with socket.socket() as sock:
+        system.prepare_listening_socket(sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
