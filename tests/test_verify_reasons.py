@@ -150,3 +150,19 @@ def test_max_skew_must_be_finite_and_not_negative():
         with pytest.raises(ValueError, match="^max_skew must be a finite number of seconds, 0 or more$"):
             verify("GET", TARGET, sign("GET", TARGET), TAGS_ONLY, NOW, max_skew=skew)
     assert isinstance(verify("GET", TARGET, sign("GET", TARGET), TAGS_ONLY, NOW, max_skew=0), Admitted)
+
+
+def test_the_key_set_counts_every_line_and_says_what_it_holds():
+    keys = keys_for(f"ssh-ed25519 {A_B64} alice /api/tags\nssh-ed25519 {A_B64} alice /api/chat\n* * team /api/ps\n")
+    assert len(keys) == 3
+    assert repr(keys) == "<AuthorizedKeys 1 keys, 1 wildcard lines>"
+
+
+def test_the_shared_server_warning_is_for_the_default_key_off_ollama_com():
+    from credential_helper import policy, protocol
+
+    other = protocol.parse_url("https://gate.example/api/tags")
+    assert policy.shared_server_warning(other, False) is None  # a key chosen for it: no warning
+    assert policy.shared_server_warning(protocol.parse_url("https://OLLAMA.COM./api/tags"), True) is None
+    warning = policy.shared_server_warning(other, True)
+    assert warning.startswith("signing with your default key toward gate.example: ")
