@@ -298,3 +298,115 @@ def test_a_listening_socket_may_rebind_at_once_after_a_restart():
     with socket.socket() as sock:
         system.prepare_listening_socket(sock)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+
+
+# --- what each request's record holds ---------------------------------------------------------------
+
+
+class Refusing:
+    """Refuses with what a gate's policy gives: who, key and a reason class."""
+
+    def decide(self, head: Head) -> Answer:
+        return Answer(403, "no", who="bob", key="SHA256:b", reason="not-granted")
+
+
+def test_a_refusal_is_recorded_with_its_path_class_and_caller(serve):
+    served, records = serve(Refusing())
+    answer = exchange(served.port, b"GET /api/chat?ts=123&secret=x HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    record = wait_for(records)[0]
+    assert (record.method, record.path, record.status) == ("GET", "/api/chat", 403)  # never the query
+    assert (record.reason, record.user, record.key, record.upstream_failure) == ("not-granted", "bob", "SHA256:b", "")
+    assert record.bytes == len(answer.partition(b"\r\n\r\n")[2]) and record.ms >= 0
+
+
+def test_a_caller_known_only_by_its_key_has_no_user(serve):
+    class ByKey:
+        def decide(self, head: Head) -> Answer:
+            return Answer(403, "no", who="SHA256:b", key="SHA256:b", reason="not-granted")
+
+    served, records = serve(ByKey())
+    exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    record = wait_for(records)[0]
+    assert (record.user, record.key) == ("", "SHA256:b")
+
+
+def test_a_head_h11_refuses_is_recorded_as_malformed(serve):
+    served, records = serve(Answering())
+    answer = exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    record = wait_for(records)[0]
+    assert (record.method, record.path, record.status, record.reason, record.bytes) == ("-", "-", 400, "malformed", 0)
+
+
+def test_a_head_too_large_for_h11_is_431(serve):
+    served, records = serve(Answering())
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(40):  # in pieces: h11 bounds a head that arrives so (its own 431)
+            sock.sendall(b"X-Pad: " + b"a" * 1000 + b"\r\n")
+        sock.sendall(b"\r\n")
+        sock.settimeout(5)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    assert received.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 "))
+    record = wait_for(records)[0]
+    assert record.reason == "malformed" and record.status in (431, 400)
+
+
+def test_over_the_concurrency_limit_the_503_is_recorded_as_concurrency(serve):
+    release = threading.Event()
+
+    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
+        release.wait(5)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+
+    with KeepAliveServer(slow) as upstream:
+        served, records = serve(Forwarding(), upstream.host, Limits(in_flight=1, upstream=5))
+        first = threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        first.start()
+        deadline = time.monotonic() + 5
+        while served.server.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        answer = exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        release.set()
+        first.join(5)
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    refused = [r for r in wait_for(records, 2) if r.status == 503][0]
+    assert (refused.reason, refused.user, refused.key, refused.path) == ("concurrency", "alice", "SHA256:k", "/b")
+
+
+def test_the_in_flight_gauge_hears_each_request_start_and_end(serve):
+    with KeepAliveServer(ok) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        calls: list = []
+        served.server.flight = lambda user, delta: calls.append((user, delta))
+        exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        wait_for(records)
+    assert calls == [("alice", 1), ("alice", -1)]
+
+
+class ReadsBody:
+    """A policy that needs the body (the gate's models=), with a 10-byte limit."""
+
+    def decide(self, head: Head):
+        from credential_helper.serve.messages import NeedBody
+
+        return NeedBody(10, lambda body: Answer(200, f"read {len(body)}", keep_alive=True), who="carol", key="SHA256:c")
+
+
+@pytest.mark.parametrize("size, status", [(10, b"200"), (11, b"413")])
+def test_a_body_read_for_the_policy_is_bounded_by_its_limit(serve, size, status):
+    served, records = serve(ReadsBody())
+    answer = exchange(
+        served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size + b"x" * size
+    )
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
+    record = wait_for(records)[0]
+    if status == b"413":
+        assert (record.reason, record.user, record.key) == ("body", "carol", "SHA256:c")
+        assert b"the request body is larger than the 10 bytes this gate reads to check which model it names" in answer
