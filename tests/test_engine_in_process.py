@@ -410,3 +410,39 @@ def test_a_body_read_for_the_policy_is_bounded_by_its_limit(serve, size, status)
     if status == b"413":
         assert (record.reason, record.user, record.key) == ("body", "carol", "SHA256:c")
         assert b"the request body is larger than the 10 bytes this gate reads to check which model it names" in answer
+
+
+# --- a kept-alive upstream connection that went stale (RFC 9110 9.2.2, RFC 9112 9.3.1) -----------
+
+
+def first_only(head: bytes, body: bytes, index: int) -> bytes | None:
+    """Answers the first request on each connection, then closes without answering the next."""
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+
+
+@pytest.mark.parametrize(
+    "request_bytes, expected, connections",
+    [
+        # A safe method without a body is retried once on a fresh connection: the client sees 200.
+        (b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200 ", 2),
+        (b"HEAD /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 200 ", 2),
+        # Not idempotent, even without a body: never replayed, the failure is the client's to see.
+        (b"POST /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 502 ", 1),
+        (b"DELETE /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"HTTP/1.1 502 ", 1),
+        # A body already sent cannot be sent again.
+        (b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi", b"HTTP/1.1 502 ", 1),
+    ],
+)
+def test_only_a_safe_request_without_a_body_is_retried_on_a_fresh_connection(serve, request_bytes, expected, connections):
+    with KeepAliveServer(first_only) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        assert exchange(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+        wait_for(records)
+        answer = exchange(served.port, request_bytes)
+        assert answer.startswith(expected), answer
+        assert upstream.connections == connections
+    record = wait_for(records, 2)[1]
+    if expected == b"HTTP/1.1 502 ":
+        assert (record.status, record.reason) == (502, "upstream")
+    else:
+        assert (record.status, record.reason, record.upstream_failure) == (200, "", "")
