@@ -43,10 +43,12 @@ class Answering:
 def serve():
     started: list[InProcess] = []
 
-    def start(policy, upstream_host: str | None = None, limits: Limits | None = None) -> tuple[InProcess, list]:
+    def start(policy, upstream_host: str | None = None, limits: Limits | None = None, **options) -> tuple[InProcess, list]:
         records: list = []
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={}) if upstream_host else None
-        served = InProcess(policy, upstream=upstream, log=lambda line: None, limits=limits or Limits(upstream=5), observe=records.append)
+        served = InProcess(
+            policy, upstream=upstream, log=lambda line: None, limits=limits or Limits(upstream=5), observe=records.append, **options
+        )
         started.append(served)
         return served, records
 
@@ -446,3 +448,47 @@ def test_only_a_safe_request_without_a_body_is_retried_on_a_fresh_connection(ser
         assert (record.status, record.reason) == (502, "upstream")
     else:
         assert (record.status, record.reason, record.upstream_failure) == (200, "", "")
+
+
+# --- the answer on its way back ------------------------------------------------------------------------
+
+
+def test_a_forward_that_closes_closes_the_clients_connection_after_the_answer(serve):
+    class Closing:
+        def decide(self, head: Head) -> Forward:
+            return Forward(head.target, (("Host", "upstream"),), close=True)
+
+    with KeepAliveServer(ok) as upstream:
+        served, _ = serve(Closing(), upstream.host)
+        started = time.monotonic()
+        answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive asked for
+        assert time.monotonic() - started < 2  # closed by the server, not by exchange's timeout
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok")
+
+
+def test_an_upstream_that_switches_protocols_uninvited_is_a_502(serve):
+    def switch(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+
+    with ScriptedServer(switch) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    record = wait_for(records)[0]
+    assert (record.status, record.reason, record.upstream_failure) == (502, "upstream", "malformed")
+
+
+def test_token_counts_and_the_model_are_read_from_a_counted_answer(serve):
+    body = b'{"model":"llama3.2","done":true,"prompt_eval_count":5,"eval_count":7}'
+
+    def counted(head: bytes, request_body: bytes, index: int) -> bytes | None:
+        if index:
+            return None
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    with KeepAliveServer(counted) as upstream:
+        served, records = serve(Forwarding(), upstream.host, count_usage=True)
+        answer = exchange(served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    assert answer.endswith(body)
+    record = wait_for(records)[0]
+    assert (record.prompt_tokens, record.completion_tokens, record.model) == (5, 7, "llama3.2")
