@@ -464,6 +464,8 @@ def test_a_forward_that_closes_closes_the_clients_connection_after_the_answer(se
         answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive asked for
         assert time.monotonic() - started < 2  # closed by the server, not by exchange's timeout
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"ok")
+    # RFC 9112 9.6: a server that will close says so in the answer it closes after.
+    assert b"connection: close" in answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
 
 
 def test_an_upstream_that_switches_protocols_uninvited_is_a_502(serve):
