@@ -494,3 +494,19 @@ def test_token_counts_and_the_model_are_read_from_a_counted_answer(serve):
     assert answer.endswith(body)
     record = wait_for(records)[0]
     assert (record.prompt_tokens, record.completion_tokens, record.model) == (5, 7, "llama3.2")
+
+
+def test_a_client_that_expects_100_continue_hears_it_before_sending_its_body(serve):
+    # RFC 9110 10.1.1: a client may wait for 100 (Continue) before the body; the body then goes on.
+    with KeepAliveServer(ok) as upstream:
+        served, _ = serve(Forwarding(), upstream.host)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            interim = sock.recv(65536)
+            assert interim.startswith(b"HTTP/1.1 100 ")
+            sock.sendall(b"hello")
+            final = b""
+            while chunk := sock.recv(65536):
+                final += chunk
+        assert final.startswith(b"HTTP/1.1 200 ")
+        assert upstream.requests[0][2] == b"hello"
