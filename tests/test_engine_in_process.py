@@ -47,7 +47,12 @@ def serve():
         records: list = []
         upstream = Upstream(protocol.URL("http", upstream_host, "", ""), 5, environ={}) if upstream_host else None
         served = InProcess(
-            policy, upstream=upstream, log=lambda line: None, limits=limits or Limits(upstream=5), observe=records.append, **options
+            policy,
+            upstream=upstream,
+            log=lambda line: None,
+            limits=limits or Limits(upstream=5),
+            observe=records.append,
+            **options,
         )
         started.append(served)
         return served, records
@@ -86,9 +91,11 @@ def ok(head: bytes, body: bytes, index: int) -> bytes | None:
 def test_a_body_with_a_length_goes_on_with_that_length(serve):
     with KeepAliveServer(ok) as upstream:
         served, _ = serve(Forwarding(), upstream.host)
-        answer = exchange(served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello")
+        answer = exchange(
+            served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
         assert answer.startswith(b"HTTP/1.1 200 ")
-        (_, head, body), = upstream.requests
+        ((_, head, body),) = upstream.requests
     lines = [line.lower() for line in head.split(b"\r\n")]
     assert b"content-length: 5" in lines and not any(line.startswith(b"transfer-encoding") for line in lines)
     assert body == b"hello"
@@ -256,9 +263,12 @@ def test_run_stops_on_its_signal_restores_the_handler_and_returns_0():
         threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGUSR1)).start()
 
     previous_hup = signal.getsignal(signal.SIGHUP)
-    assert server_module.run(
-        server, grace=1, log=lines.append, stop_signals=[signal.SIGUSR1], ready=ready, on_reload=lambda: reloads.append(1)
-    ) == 0
+    assert (
+        server_module.run(
+            server, grace=1, log=lines.append, stop_signals=[signal.SIGUSR1], ready=ready, on_reload=lambda: reloads.append(1)
+        )
+        == 0
+    )
     assert reloads == [1]
     assert lines[-1] == "stopped"
     assert signal.getsignal(signal.SIGUSR1) is before and signal.getsignal(signal.SIGHUP) is previous_hup
@@ -486,7 +496,10 @@ def test_token_counts_and_the_model_are_read_from_a_counted_answer(serve):
     def counted(head: bytes, request_body: bytes, index: int) -> bytes | None:
         if index:
             return None
-        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
 
     with KeepAliveServer(counted) as upstream:
         served, records = serve(Forwarding(), upstream.host, count_usage=True)
@@ -501,7 +514,9 @@ def test_a_client_that_expects_100_continue_hears_it_before_sending_its_body(ser
     with KeepAliveServer(ok) as upstream:
         served, _ = serve(Forwarding(), upstream.host)
         with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
-            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+            )
             interim = sock.recv(65536)
             assert interim.startswith(b"HTTP/1.1 100 ")
             sock.sendall(b"hello")

@@ -147,7 +147,11 @@ def head(version: str = "1.1", **fields) -> Head:
     [
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 40000 + b"\r\n\r\n", head(), "the request head is too large"),
         (b"GET / HTTP/1.1\nHost: x\n\n", head(), "a line of the request head ends in a bare LF"),
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", head("1.0", Transfer_Encoding="chunked"), "Transfer-Encoding in an HTTP/1.0 request"),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            head("1.0", Transfer_Encoding="chunked"),
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ),
         (
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
             head(Content_Length="1", Transfer_Encoding="chunked"),
