@@ -106,6 +106,7 @@ def test_other_statuses_are_unexpected_answers(status):
     with pytest.raises(NetworkError) as failed:
         tokens.raise_for_status(answer(status, "Odd"), "ollama.com", "the request")
     assert str(failed.value) == f"ollama.com answered {status} Odd to the request"
+    assert failed.value.status == status and failed.value.exit_code == EXIT_NETWORK
 
 
 def test_the_body_excerpt_is_at_most_200_characters():
