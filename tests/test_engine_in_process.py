@@ -250,33 +250,49 @@ def test_the_bound_address_is_host_and_port(serve):
 # --- a graceful stop ----------------------------------------------------------------------------------------
 
 
-def test_run_stops_on_its_signal_restores_the_handler_and_returns_0():
+class NotHandled(Exception):
+    pass
+
+
+@pytest.fixture
+def fallback_handlers():
+    """The test's own SIGUSR1 and SIGHUP handlers while run() is tested: a run() that fails to
+    install its own then fails this test (NotHandled), instead of the signal's default
+    action ending the whole test process."""
+
+    def refuse(signum, frame):
+        raise NotHandled(f"run() did not handle signal {signum}")
+
+    previous = {sig: signal.signal(sig, refuse) for sig in (signal.SIGUSR1, signal.SIGHUP)}
+    yield refuse
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def test_run_stops_on_its_signal_restores_the_handler_and_returns_0(fallback_handlers):
     lines: list[str] = []
     server = server_module.Server(("127.0.0.1", 0), Answering(), upstream=None, log=lines.append)
-    before = signal.getsignal(signal.SIGUSR1)
     reloads = []
 
     def ready(s):
-        assert signal.getsignal(signal.SIGUSR1) is not before  # handled while it runs
+        assert signal.getsignal(signal.SIGUSR1) is not fallback_handlers  # handled while it runs
+        assert signal.getsignal(signal.SIGHUP) is not fallback_handlers
         os.kill(os.getpid(), signal.SIGHUP)
         # The stop comes later: the loop notices the reload within its 0.2 s wait first.
         threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGUSR1)).start()
 
-    previous_hup = signal.getsignal(signal.SIGHUP)
-    assert (
-        server_module.run(
-            server, grace=1, log=lines.append, stop_signals=[signal.SIGUSR1], ready=ready, on_reload=lambda: reloads.append(1)
-        )
-        == 0
+    returned = server_module.run(
+        server, grace=1, log=lines.append, stop_signals=[signal.SIGUSR1], ready=ready, on_reload=lambda: reloads.append(1)
     )
+    assert returned == 0
     assert reloads == [1]
     assert lines[-1] == "stopped"
-    assert signal.getsignal(signal.SIGUSR1) is before and signal.getsignal(signal.SIGHUP) is previous_hup
+    assert signal.getsignal(signal.SIGUSR1) is fallback_handlers and signal.getsignal(signal.SIGHUP) is fallback_handlers
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.address[1]), timeout=1)  # no longer listening
 
 
-def test_run_says_how_many_requests_it_left_in_flight():
+def test_run_says_how_many_requests_it_left_in_flight(fallback_handlers):
     lines: list[str] = []
     server = server_module.Server(("127.0.0.1", 0), Answering(), upstream=None, log=lines.append)
 
