@@ -166,3 +166,35 @@ def test_the_shared_server_warning_is_for_the_default_key_off_ollama_com():
     assert policy.shared_server_warning(protocol.parse_url("https://OLLAMA.COM./api/tags"), True) is None
     warning = policy.shared_server_warning(other, True)
     assert warning.startswith("signing with your default key toward gate.example: ")
+
+
+# --- the key file's grammar at its edges (serve/authorized_keys.py) ---------------------------------
+
+
+def test_a_line_of_8192_characters_is_read_and_a_longer_one_skipped():
+    from credential_helper.serve.authorized_keys import parse
+
+    line = f"ssh-ed25519 {A_B64} alice /api/tags"
+    padded = line + "," + "/x" * ((8192 - len(line) - 1) // 2)
+    padded += "y" * (8192 - len(padded))
+    assert len(padded) == 8192
+    keys, warnings = parse(padded + "\n")
+    assert warnings == [] and len(keys) == 1
+    keys, warnings = parse(padded + "y\n")
+    assert warnings == ["line 1: skipped: longer than 8192 characters"] and len(keys) == 0
+
+
+def test_an_option_where_the_name_goes_is_refused_even_without_endpoints():
+    # sshd reads what follows the key as a comment; taken as a name it would grant every model.
+    from credential_helper.serve.authorized_keys import parse
+
+    for line in (f'ssh-ed25519 {A_B64} models="small"', f'ssh-ed25519 {A_B64} models="small" *'):
+        keys, warnings = parse(line + "\n")
+        assert len(keys) == 0 and len(warnings) == 1 and "is an option where the name goes" in warnings[0], warnings
+
+
+def test_a_bom_before_leading_space_is_still_named():
+    from credential_helper.serve.authorized_keys import parse
+
+    keys, warnings = parse(f" \ufeffssh-ed25519 {A_B64} alice *\n")
+    assert len(keys) == 0 and len(warnings) == 1 and "save the file as UTF-8 without BOM" in warnings[0], warnings
