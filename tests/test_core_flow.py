@@ -12,6 +12,7 @@ token specification's lifetimes, and the vector in golden/registry.json."""
 
 from __future__ import annotations
 
+import base64
 import threading
 
 import pytest
@@ -338,3 +339,64 @@ def test_an_api_key_answers_a_challenge_only_from_ollama_hosts(tmp_path, monkeyp
 
 def test_the_oversized_message_names_the_limit():
     assert str(_core.oversized("ollama.com")) == "ollama.com sent a token response over the 1048576-byte limit"
+
+
+# --- second look: what the mutants of the final run showed -----------------------------------------
+
+
+def test_the_key_is_read_once(core, keys):
+    core.sign("GET", "https://ollama.com/api/tags")
+    (keys / "ed25519-a").unlink()  # gone after the first use: the adapter keeps what it loaded
+    assert core.sign("GET", "https://ollama.com/api/tags")[2]
+
+
+def test_an_unusable_key_is_named_by_its_path(keys):
+    core = _core.KeylessCore(identity=keys / "ed25519-encrypted", cache=False)
+    with pytest.raises(Exception) as refused:
+        core.sign("GET", "https://ollama.com/api/tags")
+    assert str(keys / "ed25519-encrypted") in str(refused.value)
+
+
+def test_each_refusal_names_what_it_would_have_sent(core, tmp_path, monkeypatch):
+    core.environment_proxy = lambda url: "http://proxy.example:3128"
+    core.api_origins = frozenset({("http", "127.0.0.1", 11434)})
+    with pytest.raises(RealmRefusedError, match="^refusing to send a signed request to http://127.0.0.1:11434 "):
+        core.sign("GET", "http://127.0.0.1:11434/api/tags")
+    monkeypatch.setenv("OLLAMA_API_KEY", "sk-test")
+    keyless = _core.KeylessCore(identity=tmp_path / "missing", cache=False)
+    keyless.environment_proxy = lambda url: "http://proxy.example:3128"
+    with pytest.raises(RealmRefusedError, match="^refusing to send OLLAMA_API_KEY to http://127.0.0.1:11434 "):
+        keyless.sign("GET", "http://127.0.0.1:11434/api/tags")
+    with pytest.raises(RealmRefusedError, match="^refusing to send OLLAMA_API_KEY to http://ollama.com: it must use https"):
+        _core.KeylessCore(identity=tmp_path / "missing", cache=False).sign("GET", "http://ollama.com/api/tags")
+
+
+def test_a_token_request_through_a_proxy_is_refused_by_name(core):
+    core.environment_proxy = lambda url: "http://proxy.example:3128"
+    challenge = 'Bearer realm="http://127.0.0.1:5000/token",service="s",scope="repository:x:pull"'
+    with pytest.raises(RealmRefusedError, match="^refusing to send a token to http://127.0.0.1:5000 "):
+        list(_core.bearer_retries(core, "http://127.0.0.1:5000/v2/x", 401, [challenge]))
+
+
+def test_the_token_request_is_signed_as_scheme_1_says(core):
+    # PROTOCOL.md, scheme 1 step 4: sign "GET,<token URL>,<base64 of the empty body's hex SHA-256>".
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+    flow = _core.bearer_retries(core, URL, 401, [CHALLENGE])
+    _, call = next(flow)
+    digest = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
+    key_text, _, signature = call.authorization.partition(":")
+    public = load_ssh_public_key(f"ssh-ed25519 {key_text}".encode())
+    public.verify(base64.b64decode(signature), f"GET,{call.url},{digest}".encode())  # raises if not
+    flow.close()
+
+
+def test_an_api_host_that_is_not_a_host_is_named_as_such(keys):
+    with pytest.raises(InputError, match="^the API host has an invalid host 'a b'$"):
+        _core.KeylessCore(identity=keys / "ed25519-a", api_hosts=["a b"], cache=False)
+
+
+def test_the_default_timeout_is_10_seconds(keys):
+    assert _core.KeylessCore(identity=keys / "ed25519-a", cache=False).timeout == 10.0
