@@ -277,6 +277,8 @@ def test_run_stops_on_its_signal_restores_the_handler_and_returns_0(fallback_han
     def ready(s):
         assert signal.getsignal(signal.SIGUSR1) is not fallback_handlers  # handled while it runs
         assert signal.getsignal(signal.SIGHUP) is not fallback_handlers
+        # It serves while run() waits for a signal.
+        assert exchange(s.address[1], b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
         os.kill(os.getpid(), signal.SIGHUP)
         # The stop comes later: the loop notices the reload within its 0.2 s wait first.
         threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGUSR1)).start()
@@ -541,3 +543,62 @@ def test_a_client_that_expects_100_continue_hears_it_before_sending_its_body(ser
                 final += chunk
         assert final.startswith(b"HTTP/1.1 200 ")
         assert upstream.requests[0][2] == b"hello"
+
+
+# --- accepting ------------------------------------------------------------------------------------------------
+
+
+def test_a_server_left_idle_still_accepts(serve):
+    served, _ = serve(Answering())
+    time.sleep(0.7)  # several of accept's 0.2 s timeouts go by
+    assert exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_connection_refused_at_the_cap_does_not_stop_accepting(serve):
+    release = threading.Event()
+
+    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
+        release.wait(5)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+
+    with KeepAliveServer(slow) as upstream:
+        served, _ = serve(Forwarding(), upstream.host, Limits(connections=1, upstream=5))
+        busy = threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+        busy.start()
+        deadline = time.monotonic() + 5
+        while served.server.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The one place is mid-request, no idle connection to evict: this one is closed unanswered.
+        assert exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2) == b""
+        release.set()
+        busy.join(5)
+        time.sleep(0.1)
+        answer = exchange(served.port, b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize("verbose, detail", [(False, ""), (True, "no")])
+def test_a_refusals_message_is_logged_only_with_verbose(serve, verbose, detail):
+    # README, proxy and gate options: --verbose adds the message a refused client got to its log line.
+    served, records = serve(Refusing(), verbose=verbose)
+    exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert wait_for(records)[0].detail == detail
+
+
+def test_a_relayed_answer_is_recorded_with_its_body_bytes(serve):
+    with KeepAliveServer(ok) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    record = wait_for(records)[0]
+    assert (record.status, record.bytes) == (200, 2)
+
+
+def test_an_ipv6_server_gives_host_and_port():
+    try:
+        server = server_module.Server(("::1", 0), Answering(), upstream=None, log=lambda line: None)
+    except (InputError, ListenError, OSError):
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert server.address == ("::1", server.sock.getsockname()[1])
+    finally:
+        server.close()
