@@ -365,6 +365,7 @@ def test_a_head_h11_refuses_is_recorded_as_malformed(serve):
     served, records = serve(Answering())
     answer = exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"x-ollama-reason: malformed" in answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
     record = wait_for(records)[0]
     assert (record.method, record.path, record.status, record.reason, record.bytes) == ("-", "-", 400, "malformed", 0)
 
@@ -373,9 +374,8 @@ def test_a_head_too_large_for_h11_is_431(serve):
     served, records = serve(Answering())
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        for _ in range(40):  # in pieces: h11 bounds a head that arrives so (its own 431)
+        for _ in range(40):  # never ended: h11 bounds a head still incomplete past its limit (its own 431)
             sock.sendall(b"X-Pad: " + b"a" * 1000 + b"\r\n")
-        sock.sendall(b"\r\n")
         sock.settimeout(5)
         received = b""
         try:
@@ -383,9 +383,9 @@ def test_a_head_too_large_for_h11_is_431(serve):
                 received += chunk
         except (TimeoutError, ConnectionResetError):
             pass
-    assert received.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 400 "))
+    assert received.startswith(b"HTTP/1.1 431 "), received[:200]  # RFC 6585 5: Request Header Fields Too Large
     record = wait_for(records)[0]
-    assert record.reason == "malformed" and record.status in (431, 400)
+    assert (record.reason, record.status) == ("malformed", 431)
 
 
 def test_over_the_concurrency_limit_the_503_is_recorded_as_concurrency(serve):
@@ -602,3 +602,73 @@ def test_an_ipv6_server_gives_host_and_port():
         assert server.address == ("::1", server.sock.getsockname()[1])
     finally:
         server.close()
+
+
+# --- answers of the engine's own, second look ----------------------------------------------------------
+
+
+def test_an_empty_answer_that_keeps_the_connection_keeps_it(serve):
+    class NoContent:
+        def decide(self, head: Head) -> Answer:
+            return Answer(204, keep_alive=True)
+
+    served, _ = serve(NoContent())
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        for _ in range(2):  # the same connection carries the second request
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 204 ")
+
+
+def test_a_refusal_about_another_request_is_logged_as_that_request(serve):
+    class About:
+        def decide(self, head: Head) -> Answer:
+            return Answer(403, "no", about=("POST", "/api/chat?ts=1"), reason="not-granted")
+
+    served, records = serve(About())
+    exchange(served.port, b"GET /auth HTTP/1.1\r\nHost: x\r\n\r\n")
+    record = wait_for(records)[0]
+    assert (record.method, record.path) == ("POST", "/api/chat")
+
+
+def test_with_verbose_a_400s_message_is_logged_too(serve):
+    class Bad:
+        def decide(self, head: Head) -> Answer:
+            return Answer(400, "bad target", reason="malformed")
+
+    served, records = serve(Bad(), verbose=True)
+    exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert wait_for(records)[0].detail == "bad target"
+
+
+def test_bodies_held_for_the_policy_share_one_budget(serve):
+    # limits.held_bodies: all connections together; past it 503 with Retry-After (RFC 9110 10.2.3).
+    served, records = serve(ReadsBody(), limits=Limits(held_bodies=8, upstream=5))
+    request = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\nConnection: close\r\n\r\n123456789"
+    answer = exchange(served.port, request)
+    head = answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in head
+    record = wait_for(records)[0]
+    assert (record.status, record.reason, record.user) == (503, "body", "carol")
+    small = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\nConnection: close\r\n\r\n12345678"
+    for _ in range(3):  # what a finished request held is given back
+        assert exchange(served.port, small).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_body_in_tiny_chunks_is_refused(serve):
+    # More than 4096 pieces averaging under 256 bytes: a client making the gate work for nothing.
+    served, records = serve(_BigBody())
+    chunks = b"".join(b"1\r\nx\r\n" for _ in range(4097))
+    answer = exchange(
+        served.port,
+        b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+        timeout=10,
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert wait_for(records)[0].reason == "body"
+
+
+class _BigBody:
+    def decide(self, head: Head):
+        from credential_helper.serve.messages import NeedBody
+
+        return NeedBody(1 << 20, lambda body: Answer(200, "read", keep_alive=True))
