@@ -672,3 +672,31 @@ class _BigBody:
         from credential_helper.serve.messages import NeedBody
 
         return NeedBody(1 << 20, lambda body: Answer(200, "read", keep_alive=True))
+
+
+def test_a_502_names_the_upstream_and_closes_the_connection(serve):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        served, _ = serve(Forwarding(), f"127.0.0.1:{port}")
+        started = time.monotonic()
+        answer = exchange(served.port, b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive asked for
+        took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 502 ") and f"127.0.0.1:{port}".encode() in answer.partition(b"\r\n\r\n")[2]
+    assert took < 2  # closed by the server after its 502, not by exchange's timeout
+
+
+def test_a_head_request_is_never_held_to_filter(serve):
+    # RFC 9110 9.3.2: the answer to HEAD has no body, and its Content-Length is the GET's.
+    class Filtering:
+        def decide(self, head: Head) -> Forward:
+            return Forward(head.target, (("Host", "upstream"),), filter_answer=lambda status, body: b"[]", filter_limit=1 << 20)
+
+    def head_answer(head: bytes, body: bytes, index: int) -> bytes | None:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 25\r\n\r\n" if index == 0 else None
+
+    with KeepAliveServer(head_answer) as upstream:
+        served, _ = serve(Filtering(), upstream.host)
+        answer = exchange(served.port, b"HEAD /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"content-length: 25" in head
