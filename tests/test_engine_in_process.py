@@ -365,7 +365,9 @@ def test_a_head_h11_refuses_is_recorded_as_malformed(serve):
     served, records = serve(Answering())
     answer = exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400 ")
-    assert b"x-ollama-reason: malformed" in answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    head = answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert b"x-ollama-reason: malformed" in head
+    assert b"connection: close" in head  # RFC 9112 9.6: the engine closes after it
     record = wait_for(records)[0]
     assert (record.method, record.path, record.status, record.reason, record.bytes) == ("-", "-", 400, "malformed", 0)
 
@@ -700,3 +702,44 @@ def test_a_head_request_is_never_held_to_filter(serve):
         answer = exchange(served.port, b"HEAD /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head = answer.partition(b"\r\n\r\n")[0].lower().split(b"\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ") and b"content-length: 25" in head
+
+
+# --- tiny chunks, at the bound (failures.tiny: more than 4096 pieces under 256 bytes on average) ---------
+
+
+def chunked(pieces: int) -> bytes:
+    return b"".join(b"1\r\nx\r\n" for _ in range(pieces)) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("pieces, status", [(4096, b"200"), (4097, b"400")])
+def test_a_body_read_for_the_policy_may_have_4096_tiny_chunks(serve, pieces, status):
+    served, records = serve(_BigBody())
+    head = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    answer = exchange(served.port, head + chunked(pieces), timeout=10)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:100]
+
+
+@pytest.mark.parametrize("pieces, status", [(4096, b"200"), (4097, b"400")])
+def test_a_forwarded_body_may_have_4096_tiny_chunks(serve, pieces, status):
+    with KeepAliveServer(ok) as upstream:
+        served, records = serve(Forwarding(), upstream.host)
+        head = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        answer = exchange(served.port, head + chunked(pieces), timeout=10)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:100]
+    if status == b"400":
+        assert wait_for(records)[0].reason == "body"
+
+
+def test_a_head_the_intermediary_refuses_is_a_400_for_that_request(serve):
+    served, records = serve(Answering())
+    answer = exchange(served.port, b"POST /api/me HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"both Content-Length and Transfer-Encoding" in answer
+    record = wait_for(records)[0]
+    assert (record.method, record.path, record.status, record.reason) == ("POST", "/api/me", 400, "malformed")
+
+
+def test_a_malformed_body_read_for_the_policy_is_a_400_for_the_body(serve):
+    served, records = serve(_BigBody())
+    answer = exchange(served.port, b"POST /api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert wait_for(records)[0].reason == "body"
