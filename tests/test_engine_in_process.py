@@ -574,7 +574,9 @@ def test_a_connection_refused_at_the_cap_does_not_stop_accepting(serve):
         assert exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2) == b""
         release.set()
         busy.join(5)
-        time.sleep(0.1)
+        deadline = time.monotonic() + 5  # the first connection's thread lets go of its place
+        while served.server._open and time.monotonic() < deadline:
+            time.sleep(0.01)
         answer = exchange(served.port, b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ")
 

@@ -90,6 +90,13 @@ fi
 
 started=$(date +%s)
 cd "$work"
+# A mutant may ignore the directory it is given (a cache, a lock) and write to the
+# default one: every run gets a scratch home, never the user's (seen: ~/.cache
+# entries and ~/AppData/Local locks left by an earlier run).
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+export HOME="$scratch" XDG_CACHE_HOME="$scratch/.cache" XDG_CONFIG_HOME="$scratch/.config" \
+    LOCALAPPDATA="$scratch/AppData/Local" APPDATA="$scratch/AppData/Roaming"
 PYTHONPATH="$root/tools" nice -n 19 "$venv/bin/mutmut" run --max-children "$children" "${names[@]}"
 echo "tools/mutation.sh: mutmut ran $(($(date +%s) - started)) s"
 summary

@@ -84,10 +84,11 @@ class ClientConnection:
 
     def _linger(self) -> None:
         """Before closing on a client still sending its body (a refusal answered
-        early), read what it sends for a moment: closing with unread bytes makes
-        the kernel send a reset, which can destroy the answer before the client
-        reads it (nginx's lingering_close)."""
-        if self.conn.their_state is not h11.SEND_BODY or self.evicted:
+        early) or a head refused mid-way (431, 400), read what it sends for a
+        moment: closing with unread bytes makes the kernel send a reset, which can
+        destroy the answer before the client reads it (nginx's lingering_close;
+        RFC 9112 9.6)."""
+        if (self.conn.their_state is not h11.SEND_BODY and self.conn.their_state is not h11.ERROR) or self.evicted:
             return
         self.server.idle(self, True)  # still counted at the cap, and the first to make room
         if not isinstance(self.wire.sock, ssl.SSLSocket):
