@@ -271,16 +271,21 @@ def request(proxy: Running, method: str, path: str, body: bytes | None = None, h
         return err.code, dict(err.headers), err.read()
 
 
-def raw_exchange(proxy: Running, data: bytes, timeout: float = 10) -> bytes:
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=timeout) as sock:
+def exchange(port: int, data: bytes, timeout: float = 5, *, reset_ends: bool = True) -> bytes:
+    """Send ``data`` on a new loopback connection and read until the server closes it
+    (or ``timeout`` passes between reads): everything the server answered. A reset
+    ends the read like a close unless ``reset_ends`` is False (then it raises)."""
+    ends: tuple[type[BaseException], ...] = (TimeoutError, ConnectionResetError) if reset_ends else (TimeoutError,)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except ends:
+            pass
+    return received
+
+
+def raw_exchange(proxy: Running, data: bytes, timeout: float = 10) -> bytes:
+    return exchange(proxy.port, data, timeout, reset_ends=False)

@@ -13,6 +13,7 @@ import time
 
 import pytest
 from faults import KeepAliveServer
+import serving
 from serving import InProcess
 
 from credential_helper.serve.limits import Limits
@@ -76,15 +77,7 @@ def engine():
 
 
 def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pass
-    return received
+    return serving.exchange(port, data, timeout, reset_ends=False)
 
 
 def test_a_chunked_body_is_read_whole_then_forwarded_with_one_content_length(engine):

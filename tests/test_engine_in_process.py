@@ -24,7 +24,7 @@ from credential_helper.serve.limits import Limits
 from credential_helper.serve.messages import Answer, Forward, Head
 from credential_helper.serve.upstream import Upstream
 from faults import KeepAliveServer, ScriptedServer
-from serving import InProcess
+from serving import InProcess, exchange
 
 pytestmark = pytest.mark.process  # loopback sockets in this process, no subprocess
 
@@ -62,23 +62,26 @@ def serve():
         served.close()
 
 
-def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except (TimeoutError, ConnectionResetError):
-            pass
-    return received
+def until(condition, seconds: float = 5) -> None:
+    """Wait while ``condition()`` holds, at most ``seconds`` (the assertion that follows says what failed)."""
+    deadline = time.monotonic() + seconds
+    while condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def wait_for(records: list, count: int = 1) -> list:
-    deadline = time.monotonic() + 5
-    while len(records) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(lambda: len(records) < count)
     return records
+
+
+def held_until(release: threading.Event):
+    """An upstream answer that waits for ``release`` (at most 5 s), then says ok once."""
+
+    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
+        release.wait(5)
+        return ok(head, body, index)
+
+    return slow
 
 
 def ok(head: bytes, body: bytes, index: int) -> bytes | None:
@@ -196,9 +199,7 @@ def test_a_closed_connection_leaves_room_under_the_cap(serve):
 def test_requests_in_flight_are_counted_up_and_back_down(serve):
     release = threading.Event()
 
-    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
-        release.wait(5)
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+    slow = held_until(release)
 
     with KeepAliveServer(slow) as upstream:
         served, _ = serve(Forwarding(), upstream.host)
@@ -208,16 +209,12 @@ def test_requests_in_flight_are_counted_up_and_back_down(serve):
         ]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 5
-        while served.server.in_flight < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: served.server.in_flight < 2)
         assert served.server.in_flight == 2
         release.set()
         for thread in threads:
             thread.join(5)
-        deadline = time.monotonic() + 5
-        while served.server.in_flight and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: served.server.in_flight)
         assert served.server.in_flight == 0
 
 
@@ -393,17 +390,13 @@ def test_a_head_too_large_for_h11_is_431(serve):
 def test_over_the_concurrency_limit_the_503_is_recorded_as_concurrency(serve):
     release = threading.Event()
 
-    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
-        release.wait(5)
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+    slow = held_until(release)
 
     with KeepAliveServer(slow) as upstream:
         served, records = serve(Forwarding(), upstream.host, Limits(in_flight=1, upstream=5))
         first = threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         first.start()
-        deadline = time.monotonic() + 5
-        while served.server.in_flight < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: served.server.in_flight < 1)
         answer = exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
         release.set()
         first.join(5)
@@ -559,24 +552,18 @@ def test_a_server_left_idle_still_accepts(serve):
 def test_a_connection_refused_at_the_cap_does_not_stop_accepting(serve):
     release = threading.Event()
 
-    def slow(head: bytes, body: bytes, index: int) -> bytes | None:
-        release.wait(5)
-        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if index == 0 else None
+    slow = held_until(release)
 
     with KeepAliveServer(slow) as upstream:
         served, _ = serve(Forwarding(), upstream.host, Limits(connections=1, upstream=5))
         busy = threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
         busy.start()
-        deadline = time.monotonic() + 5
-        while served.server.in_flight < 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: served.server.in_flight < 1)
         # The one place is mid-request, no idle connection to evict: this one is closed unanswered.
         assert exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2) == b""
         release.set()
         busy.join(5)
-        deadline = time.monotonic() + 5  # the first connection's thread lets go of its place
-        while served.server._open and time.monotonic() < deadline:
-            time.sleep(0.01)
+        until(lambda: served.server._open)  # the first connection's thread lets go of its place
         answer = exchange(served.port, b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ")
 
