@@ -217,7 +217,7 @@ if sys.platform == "win32":
 
     from .system_windows import REPLACE_RETRY_DELAY as REPLACE_RETRY_DELAY, REPLACE_RETRY_SECONDS as REPLACE_RETRY_SECONDS
     from .system_windows import Windows as Windows, readable_now as readable_now, selector_class as selector_class
-    from .system_windows import read_now as read_now, write_now as write_now
+    from .system_windows import read_now as read_now, selector_capacity as selector_capacity, write_now as write_now
 
     current = Windows(msvcrt)
 else:
@@ -240,11 +240,16 @@ if not TYPE_CHECKING:  # (mypy would take any system.name for one of these)
 if sys.platform != "win32":
 
     def selector_class() -> type[BaseSelector]:
-        """poll(2): any fd number (select() fails above 1024) and, unlike epoll or
-        kqueue, no kernel object to create, register with and close on every use."""
+        """The serving loop's selector (serve/loop.py): epoll on Linux, kqueue on
+        macOS and the BSDs (selectors.DefaultSelector): one kernel object for the
+        server's life, any fd number, no cost per idle connection."""
         import selectors
 
-        return selectors.PollSelector
+        return selectors.DefaultSelector
+
+    def selector_capacity() -> int | None:
+        """How many sockets one selector may watch: no bound here."""
+        return None
 
     def readable_now(sock: Socket) -> bool:
         """True when ``sock`` has bytes (or a close, or an error) to read at once."""

@@ -252,12 +252,16 @@ class Windows:
 def selector_class() -> type[BaseSelector]:
     """select(): Windows has neither poll nor epoll. There it takes sockets only
     and CPython's build caps each set at FD_SETSIZE = 512 (PC/pyconfig.h; a
-    ValueError beyond, Modules/selectmodule.c). An engine wait watches at most
-    two sockets (client, upstream), so the cap never binds; the number of
-    connections is bounded by serve/limits.Limits.connections, not by select()."""
+    ValueError beyond, Modules/selectmodule.c): see selector_capacity."""
     import selectors
 
     return selectors.SelectSelector
+
+
+def selector_capacity() -> int | None:
+    """FD_SETSIZE in CPython's Windows build: the serving loop watches every
+    connection in one select(), so the connection cap is lowered to fit."""
+    return 512
 
 
 def readable_now(sock: Socket) -> bool:

@@ -31,6 +31,7 @@ import h11
 
 from . import answers, record
 from .failures import TINY_MESSAGE, ClientGone, protocol_message, tiny
+from .loop import Task, handshake
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, head_problem, request_has_body
 from .relay import Relay
 from .wire import Wire
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
 
 
 class ClientConnection:
-    """One client connection: requests in order, each answered or relayed."""
+    """One client connection: requests in order, each answered or relayed. ``run``
+    is its task on the server's loop (loop.py): every wait is a ``yield``."""
 
     def __init__(self, server: Server, sock: socket.socket) -> None:
         self.server = server
@@ -58,31 +60,36 @@ class ClientConnection:
         except OSError:
             pass
 
-    def run(self) -> None:
+    def run(self) -> Task[None]:
         try:
-            if self.server.tls_context is not None:
-                self.wire.sock.settimeout(self.limits.head)
-                self.wire.sock = self.server.tls_context.wrap_socket(self.wire.sock, server_side=True)
-            first = True
-            while not self.server.stopping.is_set():
-                head = self._read_head(self.limits.head if first else self.limits.idle)
-                first = False
-                if head is None or not self._serve(head):
-                    break
-                self.conn.start_next_cycle()
-        except (OSError, ssl.SSLError, ClientGone):
-            pass
-        except Exception as exc:  # a bug must cost one connection, never the server, and no traceback
-            self.server.log(f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it")
-        finally:
-            self._linger()
+            try:
+                yield from self._requests()
+            except (OSError, ssl.SSLError, ClientGone):
+                pass
+            except Exception as exc:  # a bug must cost one connection, never the server, and no traceback
+                self.server.log(f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it")
+            yield from self._linger()
+        finally:  # no yield here: a task the loop drops at exit is closed (GeneratorExit)
             self.server.closed(self)
             try:
                 self.wire.sock.close()
             except OSError:
                 pass
 
-    def _linger(self) -> None:
+    def _requests(self) -> Task[None]:
+        if self.server.tls_context is not None:
+            tls = self.server.tls_context.wrap_socket(self.wire.sock, server_side=True, do_handshake_on_connect=False)
+            self.wire.sock = tls
+            yield from handshake(tls, time.monotonic() + self.limits.head)
+        first = True
+        while not self.server.stopping.is_set():
+            head = yield from self._read_head(self.limits.head if first else self.limits.idle)
+            first = False
+            if head is None or not (yield from self._serve(head)):
+                break
+            self.conn.start_next_cycle()
+
+    def _linger(self) -> Task[None]:
         """Before closing on a client still sending its body (a refusal answered
         early) or a head refused mid-way (431, 400), read what it sends for a
         moment: closing with unread bytes makes the kernel send a reset, which can
@@ -99,20 +106,16 @@ class ClientConnection:
         deadline, left = time.monotonic() + self.limits.linger, self.limits.linger_bytes
         try:
             while left > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self.wire.sock.settimeout(remaining)
-                read = self.wire.recv_into_buffer()
+                read = yield from self.wire.recv_into_buffer(deadline)
                 if not read:
                     return
                 left -= read
-        except (OSError, ssl.SSLError):
+        except (OSError, ssl.SSLError):  # TimeoutError included
             return
 
     # -- the request head --------------------------------------------------------------------
 
-    def _read_head(self, idle_timeout: float) -> Head | None:
+    def _read_head(self, idle_timeout: float) -> Task[Head | None]:
         """The next request head, checked; None when the connection should end."""
         raw = bytearray(self.conn.trailing_data[0])  # a pipelined request already received
         deadline = time.monotonic() + (self.limits.head if raw else idle_timeout)
@@ -125,7 +128,7 @@ class ClientConnection:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
                 self.server.idle(self, False)
-                self._answer_bad_head(exc)
+                yield from self._answer_bad_head(exc)
                 return None
             if isinstance(event, h11.Request):
                 self.server.idle(self, False)
@@ -138,7 +141,7 @@ class ClientConnection:
                 )
                 problem = head_problem(bytes(raw), head)
                 if problem is not None:
-                    self.finish(head, Answer(400, problem, reason="malformed"), time.monotonic())
+                    yield from self.finish(head, Answer(400, problem, reason="malformed"), time.monotonic())
                     return None
                 return head
             if event is not h11.NEED_DATA:  # ConnectionClosed
@@ -146,15 +149,10 @@ class ClientConnection:
             left = deadline - time.monotonic()
             if left <= 0 or self.evicted:
                 return None
-            data = self.wire.recv_now(self.wire.sock)  # kept-alive clients under load: often there already
-            if data is None:
-                current = self.wire.sock.gettimeout()
-                if current is None or abs(current - left) > min(0.05, left / 10):
-                    self.wire.sock.settimeout(left)  # an ioctl each (and a GIL hand-off): not for a few ms
-                try:
-                    data = self.wire.recv(self.wire.sock)
-                except TimeoutError:
-                    return None
+            try:
+                data = yield from self.wire.recv(self.wire.sock, deadline)
+            except TimeoutError:
+                return None
             if self.evicted:
                 return None
             if data and not raw:
@@ -168,36 +166,36 @@ class ClientConnection:
                 raw += data
             self.conn.receive_data(data)
 
-    def _answer_bad_head(self, exc: h11.RemoteProtocolError) -> None:
+    def _answer_bad_head(self, exc: h11.RemoteProtocolError) -> Task[None]:
         status = 431 if exc.error_status_hint == 431 else 400
         message = protocol_message(exc)
         if self.conn.our_state is h11.IDLE or self.conn.our_state is h11.SEND_RESPONSE:
-            self._write_answer(Answer(status, message, reason="malformed"), None)
+            yield from self._write_answer(Answer(status, message, reason="malformed"), None)
         self.log(
             Head("-", "-", "", ()), status, 0, time.monotonic(), reason="malformed", detail=message if self.server.verbose else ""
         )
 
     # -- one request ---------------------------------------------------------------------------
 
-    def _serve(self, head: Head) -> bool:
+    def _serve(self, head: Head) -> Task[bool]:
         """Answer or relay one request; True to keep the connection for another."""
         try:
-            return self._serve_one(head)
+            return (yield from self._serve_one(head))
         finally:
             if self.held:
                 self.server.body_budget.give(self.held)  # the body read for the policy is done with
                 self.held = 0
 
-    def _serve_one(self, head: Head) -> bool:
+    def _serve_one(self, head: Head) -> Task[bool]:
         started = time.monotonic()
         decision = self.server.policy.decide(head)
         if isinstance(decision, NeedBody):
-            decision = self._decide_with_body(head, decision)
+            decision = yield from self._decide_with_body(head, decision)
         if isinstance(decision, Answer):
-            return self.finish(head, decision, started)
+            return (yield from self.finish(head, decision, started))
         try:
             if not self.server.slots.acquire(blocking=False):
-                return self.finish(
+                return (yield from self.finish(
                     head,
                     Answer(
                         503,
@@ -207,12 +205,12 @@ class ClientConnection:
                         key=decision.key,
                     ),
                     started,
-                )
+                ))
             self.server.count_in_flight(+1)
             user = decision.who if decision.who and decision.who != decision.key else ""
             self.server.flight(user, +1)
             try:
-                return Relay(self, head, decision, started).run()
+                return (yield from Relay(self, head, decision, started).run())
             finally:
                 self.server.flight(user, -1)
                 self.server.count_in_flight(-1)
@@ -221,10 +219,10 @@ class ClientConnection:
             if decision.release is not None:
                 decision.release()  # a per-key count: the answer ended or the client went
 
-    def _decide_with_body(self, head: Head, need: NeedBody) -> Forward | Answer:
+    def _decide_with_body(self, head: Head, need: NeedBody) -> Task[Forward | Answer]:
         """Read the whole request body (bounded) before anything goes upstream, then
         ask the policy again; a Forward carries the bytes read (sent with Content-Length)."""
-        body = self._read_whole_body(head, need.limit)
+        body = yield from self._read_whole_body(head, need.limit)
         if isinstance(body, Answer):
             return dataclasses.replace(body, who=need.who, key=need.key)
         decision = need.then(body)
@@ -232,7 +230,7 @@ class ClientConnection:
             decision = dataclasses.replace(decision, body=body)
         return decision
 
-    def _read_whole_body(self, head: Head, limit: int) -> bytes | Answer:
+    def _read_whole_body(self, head: Head, limit: int) -> Task[bytes | Answer]:
         too_large = Answer(
             413, f"the request body is larger than the {limit} bytes this gate reads to check which model it names", reason="body"
         )
@@ -243,7 +241,7 @@ class ClientConnection:
         pieces = 0
         while True:
             try:
-                event = self.wire.next_body_event()
+                event = yield from self.wire.next_body_event()
             except h11.RemoteProtocolError as exc:
                 return Answer(400, protocol_message(exc), reason="body")
             if isinstance(event, h11.Data):
@@ -267,7 +265,7 @@ class ClientConnection:
             else:
                 raise ClientGone()
 
-    def finish(self, head: Head, answer: Answer, started: float, failure: str = "") -> bool:
+    def finish(self, head: Head, answer: Answer, started: float, failure: str = "") -> Task[bool]:
         keep = answer.keep_alive and not request_has_body(head) and not self.server.stopping.is_set()
         if keep and self.conn.their_state is h11.SEND_BODY:
             keep = self._take_empty_body()
@@ -276,7 +274,7 @@ class ClientConnection:
             # refusals back to back and never reads them would hold a connection
             # (and the cap) for nothing. Front servers send one at a time.
             keep = False
-        written = self._write_answer(answer, head, keep)
+        written = yield from self._write_answer(answer, head, keep)
         reason = record.reason_class(answer.status, answer.reason)
         # The cause of a 502/504 and the line to add for an unknown key always; other messages with --verbose.
         detail = answer.hint or (answer.message if reason == "upstream" or (self.server.verbose and answer.status >= 400) else "")
@@ -305,16 +303,16 @@ class ClientConnection:
         except h11.RemoteProtocolError:
             return False
 
-    def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> int:
+    def _write_answer(self, answer: Answer, head: Head | None, keep: bool = False) -> Task[int]:
         """Write an answer of our own; the body bytes written, -1 if the client did not take it."""
         response, body = answers.own_answer(answer, head, keep)
         try:
             # An answer of our own is small: a client that does not take it within
             # limits.head is not reading (the relay's writes wait --timeout).
-            self.wire.send(response, self.limits.head)
+            yield from self.wire.send(response, self.limits.head)
             if body:
-                self.wire.send(h11.Data(data=body), self.limits.head)
-            self.wire.send(h11.EndOfMessage(), self.limits.head)
+                yield from self.wire.send(h11.Data(data=body), self.limits.head)
+            yield from self.wire.send(h11.EndOfMessage(), self.limits.head)
         except (ClientGone, h11.LocalProtocolError):
             return -1
         return len(body)

@@ -141,8 +141,8 @@ class Exporter:
 
     def close(self) -> None:
         self.server.stop_accepting()
+        self.server.close()  # ends its loop, and waits for that
         self.thread.join(timeout=2)
-        self.server.close()
 
 
 class _Scrape:

@@ -1,6 +1,7 @@
 """Listening for an intermediary: accept, the connection cap, requests in flight,
-and a graceful stop. Each accepted connection is an engine.ClientConnection on
-its own thread."""
+and a graceful stop. One thread serves every connection: each accepted one is
+an engine.ClientConnection whose ``run`` is a task on the server's loop
+(loop.py), which also accepts."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from .. import system
 from ..errors import InputError, ListenError
 from . import record
 from .engine import ClientConnection
 from .limits import Limits
+from .loop import Loop, Task, Wait
 from .messages import Answer, Forward, Head, NeedBody
 from .upstream import Upstream
 
@@ -27,6 +30,7 @@ class Policy(Protocol):
 
 
 LISTEN_BACKLOG = 128  # absorbs a burst of clients; the cap is enforced after accept
+ACCEPT_BURST = 32  # connections taken per wake before the loop serves the others
 
 
 def listening_socket(address: tuple[str, int], prepare_socket: Callable[[socket.socket], None] | None = None) -> socket.socket:
@@ -104,7 +108,7 @@ class Server:
         count_usage: bool = False,
     ) -> None:
         self.sock = listening_socket(address, prepare_socket)
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)
         self.address = self.sock.getsockname()[:2]
         if policy is not None:
             self.policy = policy
@@ -114,6 +118,10 @@ class Server:
         self.count_usage = count_usage  # read token counts from answers (the JSON log, metrics)
         self.flight = _no_flight  # (user, +1/-1) around each relayed request: metrics' in-flight gauge
         self.limits = limits if limits is not None else Limits()  # every bound, handed in (limits.py)
+        # Where one select() watches every socket (Windows: 512 at most), two per connection.
+        capacity = system.selector_capacity()
+        self.connection_cap = self.limits.connections if capacity is None else min(self.limits.connections, capacity // 2 - 8)
+        self.loop = Loop(system.selector_class()())
         self.verbose, self.tls_context = verbose, tls_context
         self.slots = threading.BoundedSemaphore(self.limits.in_flight)
         self.body_budget = Budget(self.limits.held_bodies)  # request bodies held whole for the policy (models=)
@@ -126,24 +134,33 @@ class Server:
     # -- accepting ---------------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        while not self.stopping.is_set():
+        """Accept and serve on this thread until close()."""
+        if not self.stopping.is_set():
+            self.loop.add_reader(self.sock, self._accept)
+        self.loop.run()
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BURST):
+            if self.stopping.is_set():
+                self.loop.remove_reader(self.sock)
+                return
             try:
                 sock, peer = self.sock.accept()
-            except (TimeoutError, BlockingIOError, InterruptedError):
-                continue
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError:
-                if self.stopping.is_set():
-                    return
-                time.sleep(0.05)  # out of file descriptors: let others finish
-                continue
-            sock.settimeout(None)
+                if not self.stopping.is_set():  # out of file descriptors: let others finish
+                    self.loop.remove_reader(self.sock)
+                    self.loop.spawn(self._accept_later(0.05), self._ended)
+                return
+            sock.setblocking(False)
             # An answer's head and body can leave in separate writes (one per upstream
             # read): without this, Nagle's algorithm holds the second until the client's
             # delayed ACK, about 40 ms on Linux (RFC 1122 4.2.3.4, 4.2.3.2).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = ClientConnection(self, sock)
             with self._lock:
-                if len(self._open) >= self.limits.connections:
+                if len(self._open) >= self.connection_cap:
                     victim = next(iter(self._idle), None)
                     if victim is None:
                         sock.close()  # every connection is mid-request: refuse this one
@@ -152,7 +169,16 @@ class Server:
                     victim.evict()
                 self._open.add(client)
                 self._idle[client] = None
-            threading.Thread(target=client.run, daemon=True).start()
+            self.loop.spawn(client.run(), self._ended)
+
+    def _accept_later(self, seconds: float) -> Task[None]:
+        yield Wait(deadline=time.monotonic() + seconds)
+        if not self.stopping.is_set():
+            self.loop.add_reader(self.sock, self._accept)
+
+    def _ended(self, error: BaseException | None) -> None:
+        if error is not None and not isinstance(error, GeneratorExit):  # ClientConnection.run catches the rest
+            self.log(f"internal error ({type(error).__name__}) while serving a request; rerun with --verbose and report it")
 
     def idle(self, client: ClientConnection, waiting: bool) -> None:
         with self._lock:
@@ -167,23 +193,52 @@ class Server:
             self._idle.pop(client, None)
 
     def stop_accepting(self) -> None:
-        """Stop accepting; connections waiting for a request close now."""
+        """Stop accepting; connections waiting for a request close now (any thread)."""
         self.stopping.set()
         with self._lock:
             idle, self._idle = list(self._idle), OrderedDict()
         for client in idle:
-            client.evict()
+            client.evict()  # a shutdown(): its task sees the end of the stream
+        self.loop.wake()
 
     def close_listening(self) -> None:
+        """Close the listening socket (any thread): the loop stops watching it first."""
+        self._in_loop(self._close_listening_now)
+
+    def _close_listening_now(self) -> None:
+        self.loop.remove_reader(self.sock)
         try:
             self.sock.close()
         except OSError:
             pass
 
     def close(self) -> None:
+        """Close the listening socket and the upstream's pool, and end the loop:
+        connections still open are closed with it."""
         self.close_listening()
         if self.upstream is not None:
             self.upstream.close_all()
+        self.loop.stop()
+        thread = self.loop.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+
+    def _in_loop(self, call: Callable[[], None]) -> None:
+        """``call`` on the loop's thread while it runs (and wait for it), else here."""
+        thread = self.loop.thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            done = threading.Event()
+
+            def then() -> None:
+                try:
+                    call()
+                finally:
+                    done.set()
+
+            self.loop.call_soon_threadsafe(then)
+            if done.wait(2):
+                return
+        call()
 
     def count_in_flight(self, delta: int) -> None:
         with self._lock:
@@ -211,7 +266,7 @@ def run(
     # Handlers can be set only from the main thread (tests may serve from another).
     in_main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()} if in_main else {}
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop = threading.Thread(target=server.serve_forever, daemon=True, name="serve-loop")
     loop.start()
     if ready is not None:
         ready(server)
@@ -223,7 +278,6 @@ def run(
                     on_reload()
     finally:
         server.stop_accepting()
-        loop.join(timeout=2)
         # Closed now, not after the grace period: the kernel would otherwise go on
         # accepting connections that nobody serves, and reset them at exit.
         server.close_listening()

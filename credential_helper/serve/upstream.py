@@ -3,7 +3,10 @@
 Each connection is a socket and an h11 client state machine. h11 knows which
 answer belongs to which request (interim ``1xx`` answers included), when a body
 ends, and whether the connection may carry another request: a connection goes
-back to the pool only when both sides finished their messages cleanly.
+back to the pool only when both sides finished their messages cleanly. A
+pooled connection's socket is non-blocking, used from the server's loop
+(loop.py); connecting blocks (name lookup, TLS, a CONNECT tunnel), so it runs
+on one of the loop's worker threads.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import h11
 
 from .. import protocol, system
 from ..errors import NetworkError
+from .loop import Task, run_blocking, send_all
 
 if TYPE_CHECKING:
     from ..proxy_env import Proxy
@@ -29,40 +33,19 @@ MAX_IDLE_UPSTREAM = 32
 MAX_IDLE_SECONDS = 20.0  # servers drop idle connections; do not find out mid-request
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head
 
-# poll(2) where the system has it, select() on Windows (system.selector_class says why).
-Selector = system.selector_class()
-
-
-def set_timeout(sock: socket.socket, seconds: float) -> None:
-    """settimeout only when it changes: each call is an ioctl (and a GIL hand-off)."""
-    if sock.gettimeout() != seconds:
-        sock.settimeout(seconds)
-
-
-def send_all(sock: socket.socket, data: bytes, timeout: float | None = None) -> None:
-    """sendall, with what the socket takes at once written without a poll first
-    (system.write_now); the rest through sendall, which waits ``timeout`` (None:
-    the socket's own) for each part. A write done at once needs no timeout set."""
-    written = system.write_now(sock, data)
-    if written is not None and written >= len(data):
-        return
-    if timeout is not None:
-        set_timeout(sock, timeout)
-    sock.sendall(memoryview(data)[written or 0 :])
-
-
 class Connection:
-    __slots__ = ("sock", "h11", "idle_since")
+    __slots__ = ("sock", "h11", "idle_since", "timeout")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock  # non-blocking
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.idle_since = 0.0
+        self.timeout = timeout  # --timeout: a write the upstream does not take
 
-    def send(self, event: h11.Event) -> None:
+    def send(self, event: h11.Event) -> Task[None]:
         data = self.h11.send(event)
         if data:
-            send_all(self.sock, data)
+            yield from send_all(self.sock, data, self.timeout)
 
     def quiet(self) -> bool:
         """Nothing arrived while idle: no close, and no stray bytes (an answer to
@@ -108,16 +91,15 @@ class Upstream:
             return f"http://{self.url.host}{target}"
         return target
 
-    def take(self) -> tuple[Connection, bool]:
+    def take(self) -> Task[tuple[Connection, bool]]:
         """(connection, reused): the most recently idle quiet one, else a new one."""
         now = time.monotonic()
         while True:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return self.connect(), False
+                return (yield from run_blocking(self.connect)), False
             if now - conn.idle_since < MAX_IDLE_SECONDS and conn.quiet():
-                set_timeout(conn.sock, self.read_timeout)
                 return conn, True
             conn.close()
 
@@ -140,6 +122,7 @@ class Upstream:
             conn.close()
 
     def connect(self) -> Connection:
+        """A new connection (blocking: a worker thread's, never the loop's)."""
         host, port = self.url.hostname, self.url.port or (443 if self.url.scheme == "https" else 80)
         first = (self.via.host, self.via.port) if self.via is not None else (host, port)
         sock = socket.create_connection(first, timeout=CONNECT_TIMEOUT)
@@ -151,11 +134,11 @@ class Upstream:
                 if self.via is not None:
                     self._tunnel(sock, f"{host}:{port}", self.via)
                 sock = self.context.wrap_socket(sock, server_hostname=host)
-            sock.settimeout(self.read_timeout)
+            sock.setblocking(False)  # from here the loop's
         except BaseException:
             sock.close()
             raise
-        return Connection(sock)
+        return Connection(sock, self.read_timeout)
 
     def _tunnel(self, sock: socket.socket, authority: str, via: Proxy) -> None:
         """CONNECT through the http:// proxy ``via`` (RFC 9110 9.3.6), with h11 reading its answer."""

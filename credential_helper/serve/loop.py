@@ -1,0 +1,304 @@
+"""One thread serves every connection: a selector loop driving each connection
+as a generator (issue 21's throughput).
+
+A thread per connection spent more of each request handing the GIL from thread
+to thread than serving it: about 16 context switches a request, and the gate's
+CPU per request 600 us where its work is about 350 (measured with
+``benchmarks/gate_bench.py``; the note of issue 21). Here a connection's code
+stays written in order, as before, but each place it would block yields what it
+waits for instead:
+
+- ``Wait(read=..., write=..., deadline=...)``: resumed with the set of sockets
+  ready, an empty set once ``deadline`` (``time.monotonic()``) has passed;
+- ``Blocking(call)``: ``call()`` runs on a worker thread (what cannot be made
+  non-blocking: resolving and connecting to an upstream, a TLS handshake or a
+  CONNECT tunnel through a proxy); resumed with its result, or its exception
+  thrown in.
+
+The I/O steps every connection uses (read, write all, a TLS handshake) are
+here, once: each raises ``TimeoutError`` when its deadline passes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
+
+BLOCKING_WORKERS = 8  # upstream connects at once; more wait their turn
+
+
+class Wait:
+    """Wait until one of ``read`` is readable or ``write`` writable, or ``deadline`` passes (None: never)."""
+
+    __slots__ = ("read", "write", "deadline")
+
+    def __init__(
+        self, read: Collection[socket.socket] = (), write: Collection[socket.socket] = (), deadline: float | None = None
+    ) -> None:
+        self.read, self.write, self.deadline = read, write, deadline
+
+
+class Blocking:
+    """Run ``call`` on a worker thread; the task resumes with what it returns or raises."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self.call = call
+
+
+Step = Union[Wait, Blocking]
+Task = Generator[Step, Any, T]
+
+
+class _Running:
+    __slots__ = ("gen", "socks", "timer", "on_exit")
+
+    def __init__(self, gen: Task[None], on_exit: Callable[[BaseException | None], None]) -> None:
+        self.gen = gen
+        self.socks: list[socket.socket] = []  # registered for this task's current Wait
+        self.timer = 0  # the sequence number of its current deadline; 0: none
+        self.on_exit = on_exit
+
+
+class Loop:
+    """The selector loop. ``spawn`` from the loop's thread; ``call_soon_threadsafe``
+    from any thread; ``run`` until ``stop`` is called."""
+
+    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._calls: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, _Running]] = []
+        self._sequence = itertools.count(1)
+        self._pool: ThreadPoolExecutor | None = None
+        self._stopped = self._closed = False
+        self._live: set[_Running] = set()
+        self.thread: threading.Thread | None = None
+
+    # -- from any thread -------------------------------------------------------------------------
+
+    def call_soon_threadsafe(self, call: Callable[[], None]) -> None:
+        self._calls.append(call)
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # already full (a wake is pending) or closed (stopped)
+
+    def stop(self) -> None:
+        """End run() (any thread); a loop that never ran lets go of its selector now."""
+        self._stopped = True
+        if self.thread is None:
+            self._close()
+        else:
+            self.wake()
+
+    @property
+    def tasks(self) -> int:
+        return len(self._live)
+
+    # -- from the loop's thread ------------------------------------------------------------------
+
+    def add_reader(self, sock: socket.socket, callback: Callable[[], None]) -> None:
+        self._selector.register(sock, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, sock: socket.socket) -> None:
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def spawn(self, gen: Task[None], on_exit: Callable[[BaseException | None], None]) -> None:
+        """Start ``gen`` now; ``on_exit(None)`` when it returns, ``on_exit(exc)`` when it raises."""
+        task = _Running(gen, on_exit)
+        self._live.add(task)
+        self._step(task, None, None)
+
+    def run(self) -> None:
+        self.thread = threading.current_thread()
+        if self._closed:
+            return
+        select = self._selector.select
+        try:
+            while not self._stopped:
+                timeout = None
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                if self._calls:
+                    timeout = 0.0
+                ready = select(timeout)
+                woken: dict[_Running, set[socket.socket]] = {}
+                for key, _ in ready:
+                    data = key.data
+                    if data is None:
+                        self._drain_wake()
+                    elif isinstance(data, _Running):
+                        woken.setdefault(data, set()).add(key.fileobj)  # type: ignore[arg-type]
+                    else:
+                        data()  # a reader: the listening socket
+                for task, socks in woken.items():
+                    self._resume(task, socks, None)
+                while self._calls:
+                    self._calls.popleft()()
+                if self._timers:
+                    now = time.monotonic()
+                    while self._timers and self._timers[0][0] <= now:
+                        _, sequence, task = heapq.heappop(self._timers)
+                        if task.timer == sequence:
+                            self._resume(task, set(), None)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._live):  # each closes its sockets (its finally clauses run)
+            self._live.discard(task)
+            try:
+                task.gen.close()
+            except Exception:  # noqa: BLE001 - at exit, one task's failure must not keep the others open
+                pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._selector.close()
+        except OSError:
+            pass
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _resume(self, task: _Running, value: Any, error: BaseException | None) -> None:
+        for sock in task.socks:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass  # closed meanwhile by another thread (a stop)
+        task.socks = []
+        task.timer = 0
+        self._step(task, value, error)
+
+    def _step(self, task: _Running, value: Any, error: BaseException | None) -> None:
+        try:
+            step = task.gen.send(value) if error is None else task.gen.throw(error)
+        except StopIteration:
+            self._exit(task, None)
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to on_exit; the loop goes on
+            self._exit(task, exc)
+            return
+        if isinstance(step, Wait):
+            events: dict[socket.socket, int] = {}
+            for sock in step.read:
+                events[sock] = events.get(sock, 0) | selectors.EVENT_READ
+            for sock in step.write:
+                events[sock] = events.get(sock, 0) | selectors.EVENT_WRITE
+            try:
+                for sock, mask in events.items():
+                    self._selector.register(sock, mask, task)
+                    task.socks.append(sock)
+            except (ValueError, OSError) as exc:  # a socket closed under it (an eviction, a stop)
+                self._resume(task, None, exc if isinstance(exc, OSError) else OSError(str(exc)))
+                return
+            if step.deadline is not None:
+                task.timer = next(self._sequence)
+                heapq.heappush(self._timers, (step.deadline, task.timer, task))
+        elif isinstance(step, Blocking):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(BLOCKING_WORKERS, thread_name_prefix="serve-blocking")
+            future = self._pool.submit(step.call)
+            future.add_done_callback(lambda done: self.call_soon_threadsafe(lambda: self._finished(task, done)))
+        else:  # a bug in a task: end it, never the loop
+            self._resume(task, None, TypeError(f"a task yielded {type(step).__name__}"))
+
+    def _finished(self, task: _Running, done: Future[Any]) -> None:
+        error = done.exception()
+        self._step(task, None if error is not None else done.result(), error)
+
+    def _exit(self, task: _Running, error: BaseException | None) -> None:
+        self._live.discard(task)
+        task.on_exit(error)
+
+
+# -- the I/O steps every connection uses ------------------------------------------------------------
+
+
+def wait_read(sock: socket.socket, deadline: float | None) -> Task[None]:
+    """Until ``sock`` is readable; TimeoutError once ``deadline`` has passed."""
+    if not (yield Wait(read=(sock,), deadline=deadline)):
+        raise TimeoutError()
+
+
+def recv_into(sock: socket.socket, buffer: memoryview, deadline: float | None) -> Task[int]:
+    """One read into ``buffer`` (0: the end of the stream), waiting until ``deadline``."""
+    while True:
+        try:
+            return sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+            yield from wait_read(sock, deadline)
+        except ssl.SSLWantWriteError:
+            if not (yield Wait(write=(sock,), deadline=deadline)):
+                raise TimeoutError() from None
+
+
+def send_all(sock: socket.socket, data: bytes | bytearray | memoryview, timeout: float) -> Task[None]:
+    """All of ``data`` within ``timeout`` seconds in total (as socket.sendall with a
+    timeout, Python 3.5 on), else TimeoutError."""
+    view = memoryview(data)
+    deadline: float | None = None
+    while view:
+        try:
+            sent = sock.send(view)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            deadline = deadline or time.monotonic() + timeout
+            if not (yield Wait(write=(sock,), deadline=deadline)):
+                raise TimeoutError() from None
+            continue
+        except ssl.SSLWantReadError:
+            deadline = deadline or time.monotonic() + timeout
+            yield from wait_read(sock, deadline)
+            continue
+        view = view[sent:]
+
+
+def handshake(sock: ssl.SSLSocket, deadline: float) -> Task[None]:
+    """A TLS handshake on a non-blocking socket, within ``deadline``."""
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            yield from wait_read(sock, deadline)
+        except ssl.SSLWantWriteError:
+            if not (yield Wait(write=(sock,), deadline=deadline)):
+                raise TimeoutError() from None
+
+
+def run_blocking(call: Callable[[], T]) -> Task[T]:
+    """``call()`` on a worker thread: its result, or its exception raised here."""
+    result = yield Blocking(call)
+    return result  # type: ignore[no-any-return]
