@@ -217,7 +217,7 @@ if sys.platform == "win32":
 
     from .system_windows import REPLACE_RETRY_DELAY as REPLACE_RETRY_DELAY, REPLACE_RETRY_SECONDS as REPLACE_RETRY_SECONDS
     from .system_windows import Windows as Windows, readable_now as readable_now, selector_class as selector_class
-    from .system_windows import read_now as read_now, selector_capacity as selector_capacity, write_now as write_now
+    from .system_windows import selector_capacity as selector_capacity
 
     current = Windows(msvcrt)
 else:
@@ -252,26 +252,13 @@ if sys.platform != "win32":
         return None
 
     def readable_now(sock: Socket) -> bool:
-        """True when ``sock`` has bytes (or a close, or an error) to read at once."""
-        from . import system_sockets  # ctypes: loaded only by a server (the CLI's start-up stays small)
+        """True when ``sock`` has a byte, a close or an error to read at once (of a
+        TLS socket, its raw stream): a pooled upstream connection that is not quiet."""
+        import select
 
-        return system_sockets.readable_now(sock)
-
-    def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
-        """What the socket takes at once, without a poll(2) first and without letting
-        go of the GIL: bytes written, 0 if none fit, None if it cannot be written so
-        (TLS, a memoryview). Each system call that lets go of the GIL hands it to
-        another thread under load: fewer of them is more requests a second."""
-        from . import system_sockets
-
-        return system_sockets.write_now(sock, data)
-
-    def read_now(sock: Socket, buffer: memoryview) -> int | None:
-        """Read into ``buffer`` what is there at once (see write_now): bytes read
-        (0: end of stream), None if it cannot be read so or has nothing yet."""
-        from . import system_sockets
-
-        return system_sockets.read_now(sock, buffer)
+        poller = select.poll()  # poll(2), not select(): any fd number
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
 
 def cache_dir() -> str:

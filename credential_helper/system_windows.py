@@ -270,12 +270,3 @@ def readable_now(sock: Socket) -> bool:
 
     return bool(select.select([sock], [], [], 0)[0])
 
-
-def write_now(sock: Socket, data: bytes | memoryview) -> int | None:
-    """None: a Windows socket is a handle, not a file descriptor os.write takes;
-    the caller writes through the socket's own timed path."""
-    return None
-
-
-def read_now(sock: Socket, buffer: memoryview) -> int | None:
-    return None

@@ -76,7 +76,8 @@ class Loop:
     """The selector loop. ``spawn`` from the loop's thread; ``call_soon_threadsafe``
     from any thread; ``run`` until ``stop`` is called."""
 
-    def __init__(self, selector: selectors.BaseSelector | None = None) -> None:
+    def __init__(self, selector: selectors.BaseSelector | None = None, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self._on_error = on_error  # a callback that raised (a bug): reported, and the loop goes on
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -152,17 +153,22 @@ class Loop:
                     elif isinstance(data, _Running):
                         woken.setdefault(data, set()).add(key.fileobj)  # type: ignore[arg-type]
                     else:
-                        data()  # a reader: the listening socket
+                        self._call(data)  # a reader: the listening socket
                 for task, socks in woken.items():
                     self._resume(task, socks, None)
                 while self._calls:
-                    self._calls.popleft()()
+                    self._call(self._calls.popleft())
                 if self._timers:
                     now = time.monotonic()
                     while self._timers and self._timers[0][0] <= now:
                         _, sequence, task = heapq.heappop(self._timers)
                         if task.timer == sequence:
                             self._resume(task, set(), None)
+                    if len(self._timers) > 2 * len(self._live) + 64:
+                        # Deadlines of waits that ended early stay until they pass (300 s for
+                        # --timeout): under load that is thousands a second. Keep the live ones.
+                        self._timers = [entry for entry in self._timers if entry[2].timer == entry[1]]
+                        heapq.heapify(self._timers)
         finally:
             self._close()
 
@@ -184,6 +190,13 @@ class Loop:
             pass
         self._wake_r.close()
         self._wake_w.close()
+
+    def _call(self, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - a bug costs that call, never the server
+            if self._on_error is not None:
+                self._on_error(exc)
 
     def _drain_wake(self) -> None:
         try:
@@ -221,7 +234,7 @@ class Loop:
                 for sock, mask in events.items():
                     self._selector.register(sock, mask, task)
                     task.socks.append(sock)
-            except (ValueError, OSError) as exc:  # a socket closed under it (an eviction, a stop)
+            except (ValueError, KeyError, OSError) as exc:  # a socket closed under it (an eviction, a stop)
                 self._resume(task, None, exc if isinstance(exc, OSError) else OSError(str(exc)))
                 return
             if step.deadline is not None:
@@ -241,7 +254,7 @@ class Loop:
 
     def _exit(self, task: _Running, error: BaseException | None) -> None:
         self._live.discard(task)
-        task.on_exit(error)
+        self._call(lambda: task.on_exit(error))
 
 
 # -- the I/O steps every connection uses ------------------------------------------------------------

@@ -121,7 +121,7 @@ class Server:
         # Where one select() watches every socket (Windows: 512 at most), two per connection.
         capacity = system.selector_capacity()
         self.connection_cap = self.limits.connections if capacity is None else min(self.limits.connections, capacity // 2 - 8)
-        self.loop = Loop(system.selector_class()())
+        self.loop = Loop(system.selector_class()(), on_error=self._ended)
         self.verbose, self.tls_context = verbose, tls_context
         self.slots = threading.BoundedSemaphore(self.limits.in_flight)
         self.body_budget = Budget(self.limits.held_bodies)  # request bodies held whole for the policy (models=)

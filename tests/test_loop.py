@@ -1,0 +1,247 @@
+"""serve/loop.py: one thread serving every connection (issue 21's throughput).
+
+The loop and its I/O steps on real loopback sockets in this process: what a
+task waits for, deadlines, work handed to a worker thread, a task that fails,
+a stop, and the bound on deadlines left behind by waits that ended early
+(without it, memory grew with every request under load)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from credential_helper.serve import loop as loop_module
+from credential_helper.serve.loop import Blocking, Loop, Wait
+
+pytestmark = pytest.mark.process  # socketpairs
+
+
+class Running:
+    """A Loop on its own thread; ``call`` runs a function on it and returns its result."""
+
+    def __init__(self) -> None:
+        self.errors: list[BaseException] = []
+        self.loop = Loop(on_error=self.errors.append)
+        self.thread = threading.Thread(target=self.loop.run, daemon=True)
+        self.thread.start()
+
+    def call(self, fn):
+        done, box = threading.Event(), []
+        self.loop.call_soon_threadsafe(lambda: (box.append(fn()), done.set()))
+        assert done.wait(5), "the loop did not run the call"
+        return box[0]
+
+    def spawn(self, gen) -> list:
+        """Start ``gen``; the list gets ("exit", error) when it ends."""
+        ended: list = []
+        self.call(lambda: self.loop.spawn(gen, lambda error: ended.append(("exit", error))))
+        return ended
+
+    def close(self) -> None:
+        self.loop.stop()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def running():
+    r = Running()
+    yield r
+    r.close()
+
+
+def until(condition, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_task_resumes_when_its_socket_is_readable_with_the_socket(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    seen: list = []
+
+    def task():
+        ready = yield Wait(read=(a,))
+        seen.append(ready)
+        seen.append(a.recv(10))
+
+    ended = running.spawn(task())
+    time.sleep(0.05)
+    assert seen == []  # nothing to read yet: still waiting
+    b.send(b"hi")
+    until(lambda: ended)
+    assert seen == [{a}, b"hi"] and ended == [("exit", None)]
+    a.close(), b.close()
+
+
+def test_a_deadline_resumes_with_nothing_ready_and_recv_into_raises_timeout(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    seen: list = []
+
+    def task():
+        started = time.monotonic()
+        seen.append((yield Wait(read=(a,), deadline=started + 0.05)))
+        try:
+            yield from loop_module.recv_into(a, memoryview(bytearray(8)), time.monotonic() + 0.05)
+        except TimeoutError:
+            seen.append("timeout")
+        seen.append(time.monotonic() - started)
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert seen[0] == set() and seen[1] == "timeout"
+    assert 0.1 <= seen[2] < 2
+    a.close(), b.close()
+
+
+def test_send_all_gives_up_on_a_peer_that_reads_nothing_within_its_timeout(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    outcome: list = []
+
+    def task():
+        started = time.monotonic()
+        try:
+            yield from loop_module.send_all(a, b"x" * (8 << 20), 0.2)
+        except TimeoutError:
+            outcome.append(time.monotonic() - started)
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert outcome and 0.2 <= outcome[0] < 3
+    a.close(), b.close()
+
+
+def test_send_all_writes_everything_to_a_peer_that_reads_slowly(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    data = bytes(range(256)) * 4096  # 1 MiB: more than a socket buffer
+    received = bytearray()
+
+    def reader():
+        while len(received) < len(data):
+            chunk = b.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    ended = running.spawn(loop_module.send_all(a, data, 5))
+    threading.Thread(target=reader, daemon=True).start()
+    until(lambda: ended and len(received) == len(data))
+    assert bytes(received) == data and ended == [("exit", None)]
+    a.close(), b.close()
+
+
+def test_blocking_work_runs_on_another_thread_and_its_result_or_error_comes_back(running):
+    seen: list = []
+
+    def fails():
+        raise ValueError("from the worker")
+
+    def task():
+        seen.append((yield Blocking(threading.current_thread)))
+        try:
+            yield Blocking(fails)
+        except ValueError as exc:
+            seen.append(str(exc))
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert seen[0] is not running.thread and seen[1] == "from the worker"
+
+
+def test_a_failing_task_ends_alone_and_the_loop_serves_the_others(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    def broken():
+        yield Wait(deadline=time.monotonic())
+        raise RuntimeError("a bug")
+
+    def healthy():
+        yield Wait(read=(a,))
+
+    failed = running.spawn(broken())
+    fine = running.spawn(healthy())
+    until(lambda: failed)
+    assert isinstance(failed[0][1], RuntimeError)
+    b.send(b"x")
+    until(lambda: fine)
+    assert fine == [("exit", None)]
+    a.close(), b.close()
+
+
+def test_a_task_yielding_something_else_is_ended_with_an_error(running):
+    def wrong():
+        yield "not a Wait"
+
+    ended = running.spawn(wrong())
+    until(lambda: ended)
+    assert isinstance(ended[0][1], TypeError)
+
+
+def test_a_wait_on_a_closed_socket_is_an_error_in_the_task_not_the_loop(running):
+    a, b = socket.socketpair()
+    a.close()
+    seen: list = []
+
+    def task():
+        try:
+            yield Wait(read=(a,))
+        except OSError:
+            seen.append("oserror")
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert seen == ["oserror"] and ended == [("exit", None)]
+    b.close()
+
+
+def test_stop_ends_the_loop_and_closes_the_tasks_still_waiting():
+    r = Running()
+    a, b = socket.socketpair()
+    closed: list = []
+
+    def task():
+        try:
+            yield Wait(read=(a,))
+        finally:
+            closed.append("finally")
+
+    r.spawn(task())
+    r.close()
+    assert closed == ["finally"]
+    a.close(), b.close()
+
+
+def test_deadlines_of_waits_that_ended_early_do_not_pile_up(running):
+    # Each request sets a deadline (--timeout: 300 s) and usually ends long before
+    # it: at thousands of requests a second, kept until they pass, they would be
+    # hundreds of thousands of heap entries.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    rounds = 5000
+
+    def task():
+        for _ in range(rounds):
+            yield Wait(read=(a,), deadline=time.monotonic() + 300)  # ready at once: b wrote
+    b.send(b"x")  # never read: a stays readable
+    ended = running.spawn(task())
+    until(lambda: ended, 30)
+    assert ended == [("exit", None)]
+    assert running.call(lambda: len(running.loop._timers)) <= 2 * running.loop.tasks + 64
+    a.close(), b.close()
+
+
+def test_a_loop_that_never_ran_lets_go_of_its_sockets_on_stop():
+    loop = Loop()
+    wake = loop._wake_r
+    loop.stop()
+    assert wake.fileno() == -1
