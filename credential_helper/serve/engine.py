@@ -6,7 +6,9 @@ hands the request to a Relay (relay.py), which sends it upstream and streams
 the answer back. What it owns: reading each request head, deadlines, bodies a
 policy reads whole, answers of its own, and one record per request. The
 client's socket and h11 are wire.py's; answer heads are answers.py's (pure);
-listening, the connection cap and stopping are server.py's.
+listening, the connection cap and stopping are server.py's. A connection is a
+task on the server's one loop (loop.py): where it would block it yields what
+it waits for, so its code still reads in order.
 
 Rules it keeps (each cites why):
 - a request head must arrive within limits.head in total; until it has, the
@@ -31,7 +33,7 @@ import h11
 
 from . import answers, record
 from .failures import TINY_MESSAGE, ClientGone, protocol_message, tiny
-from .loop import Task, handshake
+from .loop import Task, handshake, off_loop
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, head_problem, request_has_body
 from .relay import Relay
 from .wire import Wire
@@ -225,7 +227,7 @@ class ClientConnection:
         body = yield from self._read_whole_body(head, need.limit)
         if isinstance(body, Answer):
             return dataclasses.replace(body, who=need.who, key=need.key)
-        decision = need.then(body)
+        decision = yield from off_loop(len(body), lambda: need.then(body))
         if isinstance(decision, Forward) and decision.body is None:
             decision = dataclasses.replace(decision, body=body)
         return decision

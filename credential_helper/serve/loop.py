@@ -315,3 +315,15 @@ def run_blocking(call: Callable[[], T]) -> Task[T]:
     """``call()`` on a worker thread: its result, or its exception raised here."""
     result = yield Blocking(call)
     return result  # type: ignore[no-any-return]
+
+
+OFF_LOOP_BYTES = 256 * 1024  # a body this large is parsed on a worker thread
+
+
+def off_loop(size: int, call: Callable[[], T]) -> Task[T]:
+    """``call()``, which reads ``size`` bytes: at once when small; on a worker thread
+    when large (a 32 MiB body read by Go's JSON rules is tenths of a second of CPU),
+    so that the loop goes on serving the other connections meanwhile."""
+    if size <= OFF_LOOP_BYTES:
+        return call()
+    return (yield from run_blocking(call))

@@ -24,7 +24,7 @@ import h11
 
 from . import answers, usage
 from .failures import TINY_MESSAGE, BadBody, ClientGone, Stale, UpstreamMalformed, protocol_message, tiny, upstream_failure
-from .loop import Task, Wait
+from .loop import Task, Wait, off_loop
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, request_has_body
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class Relay:
                 if filtering:
                     assert held is not None  # h11: the answer's head comes before its end
                     self.status = status = held.status_code
-                    self._queue_filtered(held, bytes(buffered))  # may raise: before pooling
+                    yield from self._queue_filtered(held, bytes(buffered))  # may raise: before pooling
                 # Pooled before the client can see the end: its next request may follow at once.
                 # From here the connection is the pool's: a client gone now must not close it.
                 assert self.server.upstream is not None  # it is relaying (see run)
@@ -215,9 +215,10 @@ class Relay:
     def _closing(self) -> bool:
         return self.forward.close or self.server.stopping.is_set()
 
-    def _queue_filtered(self, event: h11.Response, body: bytes) -> None:
+    def _queue_filtered(self, event: h11.Response, body: bytes) -> Task[None]:
+        closing = self._closing()
         try:
-            response, body = answers.filtered_answer(event, body, self.forward, self._closing())
+            response, body = yield from off_loop(len(body), lambda: answers.filtered_answer(event, body, self.forward, closing))
         except ValueError as exc:
             raise UpstreamMalformed(f"a model listing the gate cannot read ({exc})") from None
         self.wire.queue(response)
