@@ -269,4 +269,3 @@ def readable_now(sock: Socket) -> bool:
     import select
 
     return bool(select.select([sock], [], [], 0)[0])
-

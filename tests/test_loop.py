@@ -232,6 +232,7 @@ def test_deadlines_of_waits_that_ended_early_do_not_pile_up(running):
     def task():
         for _ in range(rounds):
             yield Wait(read=(a,), deadline=time.monotonic() + 300)  # ready at once: b wrote
+
     b.send(b"x")  # never read: a stays readable
     ended = running.spawn(task())
     until(lambda: ended, 30)

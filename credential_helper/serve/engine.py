@@ -69,7 +69,9 @@ class ClientConnection:
             except (OSError, ssl.SSLError, ClientGone):
                 pass
             except Exception as exc:  # a bug must cost one connection, never the server, and no traceback
-                self.server.log(f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it")
+                self.server.log(
+                    f"internal error ({type(exc).__name__}) while serving a request; rerun with --verbose and report it"
+                )
             yield from self._linger()
         finally:  # no yield here: a task the loop drops at exit is closed (GeneratorExit)
             self.server.closed(self)
@@ -197,17 +199,19 @@ class ClientConnection:
             return (yield from self.finish(head, decision, started))
         try:
             if not self.server.slots.acquire(blocking=False):
-                return (yield from self.finish(
-                    head,
-                    Answer(
-                        503,
-                        "the server is at its concurrency limit; try again shortly",
-                        reason="concurrency",
-                        who=decision.who,
-                        key=decision.key,
-                    ),
-                    started,
-                ))
+                return (
+                    yield from self.finish(
+                        head,
+                        Answer(
+                            503,
+                            "the server is at its concurrency limit; try again shortly",
+                            reason="concurrency",
+                            who=decision.who,
+                            key=decision.key,
+                        ),
+                        started,
+                    )
+                )
             self.server.count_in_flight(+1)
             user = decision.who if decision.who and decision.who != decision.key else ""
             self.server.flight(user, +1)

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ class Blocking:
         self.call = call
 
 
-Step = Union[Wait, Blocking]
+Step = Wait | Blocking
 Task = Generator[Step, Any, T]
 
 
@@ -76,7 +76,9 @@ class Loop:
     """The selector loop. ``spawn`` from the loop's thread; ``call_soon_threadsafe``
     from any thread; ``run`` until ``stop`` is called."""
 
-    def __init__(self, selector: selectors.BaseSelector | None = None, on_error: Callable[[BaseException], None] | None = None) -> None:
+    def __init__(
+        self, selector: selectors.BaseSelector | None = None, on_error: Callable[[BaseException], None] | None = None
+    ) -> None:
         self._on_error = on_error  # a callback that raised (a bug): reported, and the loop goes on
         self._selector = selector if selector is not None else selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -180,7 +182,7 @@ class Loop:
             self._live.discard(task)
             try:
                 task.gen.close()
-            except Exception:  # noqa: BLE001 - at exit, one task's failure must not keep the others open
+            except Exception:  # at exit, one task's failure must not keep the others open
                 pass
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -194,7 +196,7 @@ class Loop:
     def _call(self, call: Callable[[], None]) -> None:
         try:
             call()
-        except Exception as exc:  # noqa: BLE001 - a bug costs that call, never the server
+        except Exception as exc:  # a bug costs that call, never the server
             if self._on_error is not None:
                 self._on_error(exc)
 
@@ -221,7 +223,7 @@ class Loop:
         except StopIteration:
             self._exit(task, None)
             return
-        except BaseException as exc:  # noqa: BLE001 - handed to on_exit; the loop goes on
+        except BaseException as exc:  # handed to on_exit; the loop goes on
             self._exit(task, exc)
             return
         if isinstance(step, Wait):
@@ -314,7 +316,7 @@ def handshake(sock: ssl.SSLSocket, deadline: float) -> Task[None]:
 def run_blocking(call: Callable[[], T]) -> Task[T]:
     """``call()`` on a worker thread: its result, or its exception raised here."""
     result = yield Blocking(call)
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 OFF_LOOP_BYTES = 256 * 1024  # a body this large is parsed on a worker thread

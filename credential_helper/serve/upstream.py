@@ -33,6 +33,7 @@ MAX_IDLE_UPSTREAM = 32
 MAX_IDLE_SECONDS = 20.0  # servers drop idle connections; do not find out mid-request
 MAX_HEAD_BYTES = 64 * 1024  # an upstream's answer head
 
+
 class Connection:
     __slots__ = ("sock", "h11", "idle_since", "timeout")
 
