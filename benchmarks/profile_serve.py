@@ -4,8 +4,8 @@
 
 The engine runs in this process with the policy the command would build (the
 proxy's SigningPolicy with the golden key, or the gate's GatePolicy /
-AuthOnlyPolicy over an authorized_keys file), every client-connection thread
-profiled; gate_bench's minimal upstream and its asyncio load generator run in
+AuthOnlyPolicy over an authorized_keys file), the loop's
+thread (which serves every connection) profiled; gate_bench's minimal upstream and its asyncio load generator run in
 child processes, so neither is in the profile. Prints requests/s and the
 functions with the most cumulative and own time per request.
 """
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from credential_helper import protocol
-    from credential_helper.serve import engine, gate, server, sign
+    from credential_helper.serve import gate, server, sign
     from credential_helper.serve.authorized_keys import KeyFile
     from credential_helper.serve.limits import Limits
     from credential_helper.serve.upstream import Upstream
@@ -81,16 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             server.policy = gate.AuthOnlyPolicy(KeyFile(keys, lines.append), 300)
 
-        profiles: list[cProfile.Profile] = []
-        plain_run = engine.ClientConnection.run
-
-        def profiled_run(client) -> None:
-            profile = cProfile.Profile()
-            profiles.append(profile)
-            profile.runcall(plain_run, client)
-
-        engine.ClientConnection.run = profiled_run
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # One thread serves every connection (serve/loop.py): profile it whole.
+        profile = cProfile.Profile()
+        loop_thread = threading.Thread(target=profile.runcall, args=(server.serve_forever,), daemon=True)
+        loop_thread.start()
         load = subprocess.run(
             [
                 sys.executable,
@@ -112,15 +106,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         answers, bad, rate = load.stdout.split()
         server.stop_accepting()
-        time.sleep(0.5)  # the client threads end and their profiles close
-        server.close()
+        server.close()  # ends the loop, and its profile with it
+        loop_thread.join(5)
         print(
             f"{args.mode}: {int(answers):,} answers ({bad} not 2xx), {float(rate):,.0f}/s with {args.clients} clients, "
             f"{len(lines):,} log lines; cProfile slows everything down, compare shares, not absolute times"
         )
-        stats = pstats.Stats(profiles[0])
-        for profile in profiles[1:]:
-            stats.add(profile)
+        stats = pstats.Stats(profile)
         stats.sort_stats("cumulative").print_stats(args.top)
         stats.sort_stats("tottime").print_stats(args.top)
     finally:

@@ -299,6 +299,9 @@ def test_a_client_that_hangs_up_mid_stream_ends_the_upstream_request(public_line
         slow.authorize(public_line("ed25519-a"))
         slow.stream_chunks = 10  # 40 seconds if nobody stops it
         proxy = start_proxy("--upstream", slow.base_url)
+        # One thread serves every connection; a worker thread makes upstream
+        # connections and stays for the next (serve/loop.py): counted once one has run.
+        assert request(proxy, "POST", "/api/me", b"")[0] == 200
         threads_before = proxy.threads()
         with socket.create_connection(("127.0.0.1", proxy.port)) as sock:
             body = b'{"stream": true}'
