@@ -246,3 +246,26 @@ def test_a_loop_that_never_ran_lets_go_of_its_sockets_on_stop():
     wake = loop._wake_r
     loop.stop()
     assert wake.fileno() == -1
+
+
+def test_a_stop_does_not_wait_for_blocking_work_in_progress():
+    # An upstream connect can take its whole 10 s timeout: a stopping server must
+    # not wait for it, in the loop or at the interpreter's exit (daemon threads).
+    r = Running()
+    started = threading.Event()
+    workers: list = []
+
+    def slow():
+        workers.append(threading.current_thread())
+        started.set()
+        time.sleep(3)
+
+    def task():
+        yield Blocking(slow)
+
+    r.spawn(task())
+    assert started.wait(5)
+    began = time.monotonic()
+    r.close()
+    assert time.monotonic() - began < 1.5
+    assert workers[0].daemon

@@ -29,8 +29,8 @@ import ssl
 import threading
 import time
 from collections import deque
+import queue
 from collections.abc import Callable, Collection, Generator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -62,6 +62,48 @@ Step = Wait | Blocking
 Task = Generator[Step, Any, T]
 
 
+class _Workers:
+    """Daemon threads for ``Blocking`` work, started as needed up to ``most``: a stop
+    never waits for an upstream connect in progress (concurrent.futures' threads
+    are joined at exit)."""
+
+    def __init__(self, most: int) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Callable[[Any, BaseException | None], None]] | None]
+        self._queue = queue.SimpleQueue()
+        self._most, self._started, self._idle = most, 0, 0
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[], Any], done: Callable[[Any, BaseException | None], None]) -> None:
+        with self._lock:
+            start = self._idle == 0 and self._started < self._most
+            if start:
+                self._started += 1
+        self._queue.put((call, done))
+        if start:
+            threading.Thread(target=self._work, daemon=True, name="serve-blocking").start()
+
+    def stop(self) -> None:
+        for _ in range(self._started):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            call, done = item
+            try:
+                result = call()
+            except BaseException as exc:  # handed to the task that asked
+                done(None, exc)
+            else:
+                done(result, None)
+
+
 class _Running:
     __slots__ = ("gen", "socks", "timer", "on_exit")
 
@@ -88,7 +130,7 @@ class Loop:
         self._calls: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, _Running]] = []
         self._sequence = itertools.count(1)
-        self._pool: ThreadPoolExecutor | None = None
+        self._workers = _Workers(BLOCKING_WORKERS)
         self._stopped = self._closed = False
         self._live: set[_Running] = set()
         self.thread: threading.Thread | None = None
@@ -184,8 +226,7 @@ class Loop:
                 task.gen.close()
             except Exception:  # at exit, one task's failure must not keep the others open
                 pass
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._workers.stop()
         try:
             self._selector.close()
         except OSError:
@@ -243,16 +284,11 @@ class Loop:
                 task.timer = next(self._sequence)
                 heapq.heappush(self._timers, (step.deadline, task.timer, task))
         elif isinstance(step, Blocking):
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(BLOCKING_WORKERS, thread_name_prefix="serve-blocking")
-            future = self._pool.submit(step.call)
-            future.add_done_callback(lambda done: self.call_soon_threadsafe(lambda: self._finished(task, done)))
+            self._workers.submit(
+                step.call, lambda result, error: self.call_soon_threadsafe(lambda: self._step(task, result, error))
+            )
         else:  # a bug in a task: end it, never the loop
             self._resume(task, None, TypeError(f"a task yielded {type(step).__name__}"))
-
-    def _finished(self, task: _Running, done: Future[Any]) -> None:
-        error = done.exception()
-        self._step(task, None if error is not None else done.result(), error)
 
     def _exit(self, task: _Running, error: BaseException | None) -> None:
         self._live.discard(task)

@@ -44,7 +44,7 @@ class Wire:
         """What ``sock`` has at once (b"": the end of the stream), or None when it has nothing yet."""
         try:
             read = sock.recv_into(self._buffer)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return None
         return self._buffer[:read].tobytes()
 
