@@ -1,20 +1,18 @@
 """The server's log lines reach stderr from one thread.
 
-A request thread hands its line over and goes on: it never waits for the
-terminal or the pipe behind stderr, and under load many lines leave in one
-write. Each write is a system call, and in a thread-per-connection server each
-system call hands the GIL to another thread (issue 21 measured about 100 futex
-calls per relayed request). Order is kept; at most LIMIT lines wait, after
-which a request thread waits as it did when it wrote itself (a stalled stderr
-slows the server rather than filling its memory). At exit every line handed
-over is written first, however long stderr takes (as when each request wrote
-its own); ``flush(timeout)`` waits for them too. A stderr that is non-blocking
-and full is waited for, not dropped; only a closed one loses what is left.
+The serving loop (loop.py) hands each line over and goes on: it never waits
+for the terminal or the pipe behind stderr, and under load many lines leave in
+one write. Order is kept; at most LIMIT lines wait, after which the loop waits
+as it would if it wrote itself (a stalled stderr slows the server rather than
+filling its memory). At exit every line handed over is written first, however
+long stderr takes; ``flush(timeout)`` waits for them too. A stderr that is
+non-blocking and full is waited for, not dropped; only a closed one loses what
+is left.
 
 The writer is woken once per batch, not per line: after the first line it
 waits BATCH seconds for more, so a busy server makes about 1/BATCH writes a
-second and its request threads almost never wake it (each wake-up is a GIL
-hand-off)."""
+second (issue 21: a write per line was a system call and a thread hand-off per
+request)."""
 
 from __future__ import annotations
 
