@@ -70,7 +70,7 @@ class LineWriter:
                 batch = "".join(f"{line}\n" for line in self._lines)
                 self._lines.clear()
                 self._writing = True
-                self._cond.notify_all()  # room again for a waiting request thread
+                self._cond.notify_all()  # room again for a waiting caller (the loop)
             self._write(self._stream or sys.stderr, batch)
             with self._cond:
                 self._writing = False
