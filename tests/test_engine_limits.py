@@ -231,8 +231,8 @@ def test_after_refusing_a_head_the_engine_reads_for_limits_linger_then_closes(se
     # RFC 9112 9.6: a server closing on a client that may still be sending half-closes
     # first and keeps reading for a while, so that the client's bytes do not reset the
     # connection before it reads the answer; then it closes. Here: a malformed head
-    # (400, RFC 9112 5.1: a field line without a colon), limits.linger 1 s.
-    port = serve(Answering(), Limits(linger=1.0))
+    # (400, RFC 9112 5.1: a field line without a colon), limits.linger 2 s.
+    port = serve(Answering(), Limits(linger=2.0))
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
         answer = b""
