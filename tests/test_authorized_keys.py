@@ -10,6 +10,7 @@ TestParse), asserted as the grants they must give rather than the draft's map.
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 
@@ -227,6 +228,65 @@ def test_an_invalid_key_line_is_skipped_with_its_line_number(line, why):
     assert not any(key[4:16] in warnings[0] for key in (A, RSA, ECDSA)), warnings  # the key is never shown
     assert keys.grants_for(BLOB_A) == []
     assert [g.line for g in keys.grants_for(BLOB_B)] == [2]  # the good line is kept
+
+
+# RFC 8709 / RFC 4253 6.6: every Ed25519 public key's base64 starts with the same
+# 19 bytes (string "ssh-ed25519", then the key's length, 32): 25 characters, the
+# 26th mixes in the key. What follows is the key itself.
+KEY_OWN = A[26:]
+
+
+def test_a_key_type_glued_to_its_key_is_skipped_without_showing_the_key():
+    # 'ssh-ed25519AAAA...' (the space lost in a paste): one unknown key type, and the
+    # warning names it without reproducing the key after the shared header.
+    keys, warnings = parse(f"ssh-ed25519 {B} bob\nssh-ed25519{A} alice *\n")
+    assert keys.grants_for(BLOB_A) == [] and granted(keys, BLOB_B, "/api/chat")
+    assert len(warnings) == 1 and warnings[0].startswith("line 2: skipped: "), warnings
+    assert not any(KEY_OWN[i : i + 8] in warnings[0] for i in range(len(KEY_OWN) - 7)), warnings
+
+
+def test_an_option_after_the_key_warns_that_options_go_before_the_key_type():
+    # README: 'ssh-ed25519 AAAA... models="small" *' grants nothing, with a warning;
+    # "Options go before the key type" (sshd(8): options, keytype, base64 key, comment).
+    keys, warnings = parse(f'ssh-ed25519 {A} models="small" *\n')
+    assert keys.grants_for(BLOB_A) == []
+    [warning] = warnings
+    assert re.search(r"\bbefore the key type\b", warning), warning
+    # The form the warning shows, filled in, is a line that grants with the option.
+    [form] = [quoted for quoted in re.findall(r"'([^']*)'", warning) if "ssh-ed25519" in quoted]
+    line = form.replace('"..."', '"small"').replace("<public key>", A).replace("<name>", "alice")
+    line = line.replace("<endpoint>,...", "/api/chat")
+    keys, warnings = parse(line + "\n")
+    [grant] = keys.grants_for(BLOB_A)
+    assert warnings == [] and grant.options.models == ("small",) and grant.allows("/api/chat")
+
+
+@pytest.mark.parametrize("placeholder", ["XXXX", "TODO", "<endpoint>,...", "...", "none"])
+def test_a_placeholder_left_in_the_endpoint_field_grants_nothing(placeholder):
+    # A word where the endpoint list goes is no path (the draft matches paths exactly):
+    # the line never falls back to every endpoint.
+    keys, warnings = parse(f"ssh-ed25519 {A} alice {placeholder}\n")
+    assert keys.grants_for(BLOB_A) == []
+    assert len(warnings) == 1 and warnings[0].startswith("line 1: skipped: "), warnings
+
+
+def test_a_value_too_long_to_be_a_number_skips_its_line_and_nothing_else():
+    # README: "a malformed value ... makes the line grant nothing, with a warning", and
+    # "the gate never crashes on the file". 5,000 digits are past what Python's int()
+    # converts from text by default (4,300).
+    text = f"ssh-ed25519 {B} bob\nmax-concurrent={'9' * 5000} ssh-ed25519 {A} alice\n* * * /api/tags\n"
+    keys, warnings = parse(text)
+    assert len(warnings) == 1 and warnings[0].startswith("line 2: skipped: "), warnings
+    assert [(g.line, g.wildcard) for g in keys.grants_for(BLOB_A)] == [(3, True)]
+    assert granted(keys, BLOB_B, "/api/chat")
+
+
+def test_a_grant_printed_names_its_line_name_fingerprint_and_endpoints():
+    keys, _ = parse(f"\nssh-ed25519 {A} alice /api/tags,/api/show\n")
+    [grant] = keys.grants_for(BLOB_A)
+    shown = repr(grant)
+    assert "line 2" in shown and "'alice'" in shown and fingerprint(BLOB_A) in shown
+    assert "/api/show" in shown and "/api/tags" in shown
 
 
 @pytest.mark.parametrize(

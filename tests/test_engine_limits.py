@@ -225,3 +225,64 @@ def test_an_upstream_flooding_interim_answers_still_meets_the_head_deadline(serv
     finally:
         stop.set()
         listener.close()
+
+
+def test_after_refusing_a_head_the_engine_reads_for_limits_linger_then_closes(serve):
+    # RFC 9112 9.6: a server closing on a client that may still be sending half-closes
+    # first and keeps reading for a while, so that the client's bytes do not reset the
+    # connection before it reads the answer; then it closes. Here: a malformed head
+    # (400, RFC 9112 5.1: a field line without a colon), limits.linger 2 s.
+    port = serve(Answering(), Limits(linger=2.0))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):  # the answer, then the server's half-close
+            answer += chunk
+        half_closed = time.monotonic()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        sock.sendall(b"x" * 4096)  # the rest of what the client was sending: read, not refused
+        time.sleep(0.2)
+        sock.sendall(b"x" * 4096)
+        reset_after = None
+        while time.monotonic() - half_closed < 8:
+            try:
+                sock.sendall(b"x")
+            except (BrokenPipeError, ConnectionResetError):
+                reset_after = time.monotonic() - half_closed
+                break
+            time.sleep(0.05)
+    # closed once the linger is over: the connection is not kept (nor its place at the cap)
+    assert reset_after is not None and reset_after > 0.2, reset_after
+
+
+class AnsweringBig:
+    """Answers every request itself, with a body far larger than socket buffers hold."""
+
+    size = 16 << 20
+
+    def decide(self, head: Head) -> Answer:
+        return Answer(200, body=b"x" * self.size, keep_alive=True)
+
+
+def test_a_client_that_does_not_take_an_answer_of_the_engines_own_is_let_go_at_limits_head(serve):
+    # An answer of the engine's own is written within limits.head; a client that takes
+    # none of it for that long is not reading, and is not waited on for --timeout
+    # (limits.upstream, the bound for relayed answers, which may be slow to come).
+    port = serve(AnsweringBig(), Limits(head=0.5, upstream=60))
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # little room before the server must wait
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(2)  # reads nothing for four times limits.head
+        sock.settimeout(3)
+        received = bytearray()
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+        except TimeoutError:
+            pass  # still open after 3 s without a byte: the engine is still waiting to write
+        except ConnectionResetError:
+            pass
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and f"content-length: {AnsweringBig.size}".encode() in head.lower(), head
+    assert len(body) < AnsweringBig.size  # the engine stopped writing and closed: cut, not waited on
