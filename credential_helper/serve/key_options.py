@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..sanitize import quoted
+
 MAX_PATTERNS = 256
 MAX_PATTERN_CHARS = 1023  # match.c match_pattern_list: longer subpatterns never match
 MAX_CONCURRENT = 100_000
@@ -178,8 +180,9 @@ def _value(name: str, raw: str) -> object:
         return _pattern_list(raw, "models", _check_model_pattern)
     if name == "expiry-time":
         return parse_timespec(raw)
-    if not re.fullmatch(r"[1-9][0-9]*", raw) or int(raw) > MAX_CONCURRENT:
-        raise OptionError(f"max-concurrent={raw!r} is not a whole number from 1 to {MAX_CONCURRENT}")
+    # The length first: int() of text past 4,300 digits raises (Python's default limit).
+    if not re.fullmatch(r"[1-9][0-9]*", raw) or len(raw) > len(str(MAX_CONCURRENT)) or int(raw) > MAX_CONCURRENT:
+        raise OptionError(f"max-concurrent={quoted(raw)} is not a whole number from 1 to {MAX_CONCURRENT}")
     return int(raw)
 
 
@@ -201,7 +204,9 @@ def _pattern_list(raw: str, name: str, check: Callable[[str], None]) -> tuple[st
 def _check_address_pattern(pattern: str) -> None:
     if "*" in pattern or "?" in pattern:
         if not _ADDRESS_WILDCARD.fullmatch(pattern):
-            raise OptionError(f"from= pattern {pattern!r} is not an address: the gate matches client addresses, never host names")
+            raise OptionError(
+                f"from= pattern {quoted(pattern)} is not an address: the gate matches client addresses, never host names"
+            )
         return
     try:
         if not _ADDRESS.fullmatch(pattern):
@@ -210,18 +215,18 @@ def _check_address_pattern(pattern: str) -> None:
     except ValueError:
         if "/" in pattern:
             # addr.c addr_pton_cidr: a bad mask length, or host bits set under the mask, is -2.
-            raise OptionError(f"from= CIDR {pattern!r} has a bad mask length or host bits set") from None
+            raise OptionError(f"from= CIDR {quoted(pattern)} has a bad mask length or host bits set") from None
         # Host names need DNS (the gate does none); 10.1 or 012.0.0.1 mean other
         # addresses to sshd's getaddrinfo than to anyone reading them.
         raise OptionError(
-            f"from= pattern {pattern!r} is not an address or CIDR range in canonical form "
+            f"from= pattern {quoted(pattern)} is not an address or CIDR range in canonical form "
             "(the gate matches client addresses, never host names)"
         ) from None
 
 
 def _check_model_pattern(pattern: str) -> None:
     if not _MODEL_PATTERN.fullmatch(pattern) or '"' in pattern:
-        raise OptionError(f"models= pattern {pattern!r} holds spaces, quotes, control or non-ASCII characters")
+        raise OptionError(f"models= pattern {quoted(pattern)} holds spaces, quotes, control or non-ASCII characters")
 
 
 def _compile_addresses(patterns: tuple[str, ...]) -> tuple:
@@ -249,20 +254,20 @@ def parse_timespec(raw: str) -> float:
         text, utc = text[:-3], True
     match = _TIMESPEC.fullmatch(text) if len(text) in (8, 12, 14) else None
     if match is None:
-        raise OptionError(f"expiry-time={raw!r} is not YYYYMMDD[Z] or YYYYMMDDHHMM[SS][Z]")
+        raise OptionError(f"expiry-time={quoted(raw)} is not YYYYMMDD[Z] or YYYYMMDDHHMM[SS][Z]")
     year, month, day, hour, minute, second = (int(part) if part else 0 for part in match.groups())
     if (
         not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1] and hour < 24 and minute < 60 and second < 60)
         or year < 1970
     ):
-        raise OptionError(f"expiry-time={raw!r} is not a valid date and time")
+        raise OptionError(f"expiry-time={quoted(raw)} is not a valid date and time")
     fields = (year, month, day, hour, minute, second, 0, 0, 0)
     try:
         moment = calendar.timegm(fields) if utc else time.mktime(fields)
     except (OverflowError, ValueError):
-        raise OptionError(f"expiry-time={raw!r} is out of range") from None
+        raise OptionError(f"expiry-time={quoted(raw)} is out of range") from None
     if moment <= 0:
-        raise OptionError(f"expiry-time={raw!r} is out of range")  # auth-options.c: valid_before == 0 is invalid
+        raise OptionError(f"expiry-time={quoted(raw)} is out of range")  # auth-options.c: valid_before == 0 is invalid
     return float(moment)
 
 
