@@ -22,6 +22,7 @@ IN_PROCESS_FILES = {
     "test_engine_body.py",
     "test_engine_limits.py",
     "test_engine_in_process.py",
+    "test_engine_edges.py",
     "test_core_flow.py",  # one test needs an event loop's socketpair; the rest are unit
 }
 # The fixtures that start a process (tests/conftest.py PROCESS_FIXTURES, less the
