@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -24,7 +25,7 @@ from credential_helper import protocol
 from credential_helper.serve.limits import Limits
 from credential_helper.serve.messages import Answer, Forward, Head, NeedBody
 from credential_helper.serve.upstream import Upstream
-from faults import KeepAliveServer, ScriptedServer
+from faults import CertificateAuthority, KeepAliveServer, ScriptedServer
 from serving import InProcess, exchange
 
 pytestmark = pytest.mark.process  # loopback sockets in this process, no subprocess
@@ -416,3 +417,126 @@ def test_a_client_that_does_not_read_an_answer_of_the_engines_own_is_let_go_at_l
         client.close()
     assert took < 5, took
     assert served.records[0].status == 200
+
+
+# --- deadlines of the request head -------------------------------------------------------------------
+
+
+def test_a_pipelined_head_left_incomplete_after_a_relayed_answer_is_cut_at_limits_head(serve):
+    # A request head must arrive within limits.head in total, also when its first bytes came
+    # in behind the previous request: that is a head begun, not an idle connection (limits.idle).
+    with KeepAliveServer(lambda head, body, index: OK) as upstream:
+        served = serve(Forwarding(), upstream.host, Limits(head=0.3, idle=10, upstream=5))
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\nGET /api/ps HTTP/1.1\r\nHost: x\r\n")
+            (answer,) = read_answers(sock, 1)
+            started = time.monotonic()
+            sock.settimeout(8)
+            try:
+                rest = sock.recv(65536)
+            except ConnectionResetError:
+                rest = b""
+            took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert took < 3, took
+    assert not rest.startswith(b"HTTP/1.1 200 ")  # the second request never completed: never relayed
+    assert len(upstream.requests) == 1
+
+
+# --- TLS -----------------------------------------------------------------------------------------------
+
+
+def test_a_request_over_tls_is_answered(serve, tmp_path):
+    ca = CertificateAuthority(tmp_path)
+
+    class Answering:
+        def decide(self, head: Head) -> Answer:
+            return Answer(200, "ok", keep_alive=True)
+
+    served = serve(Answering(), tls_context=ca.server_context([], ["127.0.0.1"]))
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and error_of(answer) == "ok"
+
+
+# --- lingering after an early refusal (nginx's lingering_close; RFC 9112 9.6) -------------------------------
+
+
+class RefusesPosts:
+    """Refuses a POST from its head alone (its body unread); answers anything else."""
+
+    def decide(self, head: Head) -> Answer:
+        if head.method == "POST":
+            return Answer(403, "no", reason="not-granted")
+        return Answer(200, "ok", keep_alive=True)
+
+
+REFUSED = b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000
+
+
+def refused_early(port: int) -> tuple[socket.socket, bytes]:
+    """A connection whose POST was refused before its body was sent, and the answer it got."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(REFUSED)
+    answer = b""
+    while chunk := sock.recv(65536):  # the answer, then the server's end of writing
+        answer += chunk
+    return sock, answer
+
+
+def test_after_an_early_refusal_what_the_client_still_sends_is_read_not_reset(serve):
+    # Closing on unread bytes makes the kernel send a reset, which can destroy the answer
+    # before the client reads it: for a moment (limits.linger) the rest is read and dropped.
+    served = serve(RefusesPosts(), limits=Limits(linger=5))
+    sock, answer = refused_early(served.port)
+    with sock:
+        assert answer.startswith(b"HTTP/1.1 403 ")
+        for _ in range(10):  # the rest of the body keeps coming, and keeps being taken
+            time.sleep(0.05)
+            sock.sendall(b"x" * 4096)
+
+
+def test_lingering_ends_at_limits_linger(serve):
+    served = serve(RefusesPosts(), limits=Limits(linger=0.3))
+    sock, answer = refused_early(served.port)
+    started = time.monotonic()
+    with sock:
+        assert answer.startswith(b"HTTP/1.1 403 ")
+        try:
+            while time.monotonic() - started < 4:  # a client that never stops sending
+                sock.sendall(b"x" * 1024)
+                time.sleep(0.05)
+        except (ConnectionResetError, BrokenPipeError):  # the server closed: a reset
+            pass
+        took = time.monotonic() - started
+    assert took < 2.5, took
+
+
+def test_lingering_ends_after_limits_linger_bytes(serve):
+    served = serve(RefusesPosts(), limits=Limits(linger=10, linger_bytes=64 << 10))
+    sock, answer = refused_early(served.port)
+    sent = 0
+    with sock:
+        assert answer.startswith(b"HTTP/1.1 403 ")
+        try:
+            while sent < 16 << 20:  # far past what the server reads before closing
+                sock.sendall(b"x" * 65536)
+                sent += 65536
+        except (ConnectionResetError, BrokenPipeError):  # the server closed (a wait that times out fails)
+            pass
+    assert sent < 16 << 20
+
+
+def test_a_lingering_connection_makes_room_at_the_cap(serve):
+    # It is still counted at the cap and, holding nothing, the first to make room.
+    served = serve(RefusesPosts(), limits=Limits(connections=1, linger=5))
+    sock, answer = refused_early(served.port)
+    with sock:
+        assert answer.startswith(b"HTTP/1.1 403 ")
+        newcomer = exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert newcomer.startswith(b"HTTP/1.1 200 ")
