@@ -540,3 +540,71 @@ def test_a_lingering_connection_makes_room_at_the_cap(serve):
         assert answer.startswith(b"HTTP/1.1 403 ")
         newcomer = exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert newcomer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_head_trickled_on_a_kept_alive_connection_is_cut_at_limits_head(serve):
+    # limits.idle is how long a kept-alive connection may say nothing; once a head begins,
+    # it has limits.head in total, however slowly its bytes come (each inside any per-read wait).
+    with KeepAliveServer(lambda head, body, index: OK) as upstream:
+        served = serve(Forwarding(), upstream.host, Limits(head=0.5, idle=10, upstream=5))
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n\r\n")
+            (answer,) = read_answers(sock, 1)
+            started = time.monotonic()
+            try:
+                for byte in b"GET /api/ps HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+                    sock.sendall(bytes([byte]))
+                    time.sleep(0.05)
+            except OSError:  # closed by the server
+                pass
+            took = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert took < 4, took  # 200 bytes at 20 a second would take 10 s
+    assert len(upstream.requests) == 1
+
+
+def test_a_stale_upstream_connection_reset_under_a_request_that_cannot_be_retried_is_a_502_naming_the_reset(serve):
+    # RFC 9110 9.2.2: a POST is not replayed on a fresh connection; the 502 gives the cause the
+    # system reported (ECONNRESET), not a bare "failed".
+    def reset_second(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK)
+        conn.settimeout(5)
+        if conn.recv(65536):  # the next request on the kept-alive connection
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # close with RST
+
+    with ScriptedServer(reset_second) as upstream:
+        served = serve(Forwarding(), upstream.host)
+        assert exchange(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+        records_of(served)
+        answer = exchange(served.port, b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 "), answer
+    assert "reset" in error_of(answer).lower()
+    assert len(upstream.requests) == 1  # one connection: never retried on a fresh one
+
+
+def test_a_client_that_hangs_up_before_the_upstreams_answer_is_written_is_logged_as_gone(serve):
+    # README: a log line says why a stream ended early ("client gone"). Here the upstream
+    # answers early (before the request body ends, as RFC 9112 9.3 lets a server do), the
+    # client sends the rest of its body and resets the connection: the answer, complete
+    # upstream, cannot be written, and the record says the client went.
+    answered = threading.Event()
+
+    def early(conn: socket.socket, head: bytes) -> None:
+        conn.sendall(OK)
+        answered.set()
+        conn.settimeout(5)
+        received = head.partition(b"\r\n\r\n")[2]
+        while len(received) < 10 and (chunk := conn.recv(65536)):
+            received += chunk
+
+    with ScriptedServer(early) as upstream:
+        served = serve(Forwarding(), upstream.host)
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+        sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        assert answered.wait(5)
+        time.sleep(0.1)  # the answer is in the intermediary's socket, unread while it reads the body
+        sock.sendall(b"67890")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # with a reset
+        record = records_of(served)[0]
+    assert (record.status, record.detail, record.user) == (200, "client gone", "alice")
