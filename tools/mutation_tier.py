@@ -22,6 +22,7 @@ IN_PROCESS_FILES = {
     "test_engine_body.py",
     "test_engine_limits.py",
     "test_engine_in_process.py",
+    "test_engine_edges.py",
     "test_core_flow.py",  # one test needs an event loop's socketpair; the rest are unit
     "test_loop.py",  # serve/loop.py on loopback socketpairs
 }
