@@ -33,7 +33,7 @@ import h11
 
 from . import answers, record
 from .failures import TINY_MESSAGE, ClientGone, protocol_message, tiny
-from .loop import Task, handshake, off_loop
+from .loop import Task, fair, handshake, off_loop
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, head_problem, request_has_body
 from .relay import Relay
 from .wire import Wire
@@ -58,7 +58,9 @@ class ClientConnection:
     def evict(self) -> None:
         self.evicted = True
         try:
-            self.wire.sock.shutdown(socket.SHUT_RDWR)
+            # The TCP socket's shutdown, never SSLSocket.shutdown: that one drops the TLS
+            # object, and the task's next handshake step or read raised AttributeError.
+            socket.socket.shutdown(self.wire.sock, socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -114,6 +116,7 @@ class ClientConnection:
                 if not read:
                     return
                 left -= read
+                yield from fair()
         except (OSError, ssl.SSLError):  # TimeoutError included
             return
 
@@ -266,6 +269,7 @@ class ClientConnection:
                     )
                 self.held += len(event.data)
                 body += event.data
+                yield from fair()
             elif isinstance(event, h11.EndOfMessage):
                 return bytes(body)
             else:

@@ -21,8 +21,10 @@ here, once: each raises ``TimeoutError`` when its deadline passes.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
+import os
 import selectors
 import socket
 import ssl
@@ -35,7 +37,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-BLOCKING_WORKERS = 8  # upstream connects at once; more wait their turn
+LOOKUP_WORKERS = 16  # name lookups at once (each bounded by the connect deadline); more wait their turn
+CPU_WORKERS = 2  # large bodies parsed at once (the GIL runs one at a time anyway)
 
 
 class Wait:
@@ -50,15 +53,28 @@ class Wait:
 
 
 class Blocking:
-    """Run ``call`` on a worker thread; the task resumes with what it returns or raises."""
+    """Run ``call`` on a worker thread; the task resumes with what it returns or raises,
+    or with TimeoutError once ``deadline`` has passed (a late result is dropped).
+    ``pool``: "lookup" (name lookups, waiting on the network) or "cpu" (parsing a
+    large body): the two never wait for each other's threads."""
 
-    __slots__ = ("call",)
+    __slots__ = ("call", "deadline", "pool")
 
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self.call = call
+    def __init__(self, call: Callable[[], Any], deadline: float | None = None, pool: str = "lookup") -> None:
+        self.call, self.deadline, self.pool = call, deadline, pool
 
 
-Step = Wait | Blocking
+class Turn:
+    """Let every other task that is ready run once, then go on (see ``fair``)."""
+
+    __slots__ = ()
+
+
+TURN = Turn()
+SLICE = 0.002  # seconds a task may hold the loop without waiting before the others get a turn
+_running = threading.local()  # .since: when this thread's loop resumed the task now running
+
+Step = Wait | Blocking | Turn
 Task = Generator[Step, Any, T]
 
 
@@ -105,12 +121,13 @@ class _Workers:
 
 
 class _Running:
-    __slots__ = ("gen", "socks", "timer", "on_exit")
+    __slots__ = ("gen", "socks", "timer", "blocking", "on_exit")
 
     def __init__(self, gen: Task[None], on_exit: Callable[[BaseException | None], None]) -> None:
         self.gen = gen
         self.socks: list[socket.socket] = []  # registered for this task's current Wait
         self.timer = 0  # the sequence number of its current deadline; 0: none
+        self.blocking = 0  # the sequence number of the Blocking call it waits for; 0: none
         self.on_exit = on_exit
 
 
@@ -128,9 +145,10 @@ class Loop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._calls: deque[Callable[[], None]] = deque()
+        self._turned: deque[_Running] = deque()  # tasks that gave the others a turn (fair)
         self._timers: list[tuple[float, int, _Running]] = []
         self._sequence = itertools.count(1)
-        self._workers = _Workers(BLOCKING_WORKERS)
+        self._workers = {"lookup": _Workers(LOOKUP_WORKERS), "cpu": _Workers(CPU_WORKERS)}
         self._stopped = self._closed = False
         self._live: set[_Running] = set()
         self.thread: threading.Thread | None = None
@@ -186,7 +204,7 @@ class Loop:
                 timeout = None
                 if self._timers:
                     timeout = max(0.0, self._timers[0][0] - time.monotonic())
-                if self._calls:
+                if self._calls or self._turned:
                     timeout = 0.0
                 ready = select(timeout)
                 woken: dict[_Running, set[socket.socket]] = {}
@@ -200,13 +218,25 @@ class Loop:
                         self._call(data)  # a reader: the listening socket
                 for task, socks in woken.items():
                     self._resume(task, socks, None)
-                while self._calls:
+                # Only what was queued when this pass began: a task that turns again, or a
+                # deadline already past when it waits again, runs in the next pass, after
+                # select() has seen everyone else.
+                for _ in range(len(self._turned)):
+                    self._step(self._turned.popleft(), None, None)
+                for _ in range(len(self._calls)):
                     self._call(self._calls.popleft())
                 if self._timers:
                     now = time.monotonic()
+                    due = []
                     while self._timers and self._timers[0][0] <= now:
-                        _, sequence, task = heapq.heappop(self._timers)
-                        if task.timer == sequence:
+                        due.append(heapq.heappop(self._timers))
+                    for _, sequence, task in due:
+                        if task.timer != sequence:
+                            continue
+                        if task.blocking == sequence:  # a Blocking call past its deadline
+                            task.blocking = task.timer = 0
+                            self._step(task, None, TimeoutError())
+                        else:
                             self._resume(task, set(), None)
                     if len(self._timers) > 2 * len(self._live) + 64:
                         # Deadlines of waits that ended early stay until they pass (300 s for
@@ -226,7 +256,8 @@ class Loop:
                 task.gen.close()
             except Exception:  # at exit, one task's failure must not keep the others open
                 pass
-        self._workers.stop()
+        for workers in self._workers.values():
+            workers.stop()
         try:
             self._selector.close()
         except OSError:
@@ -259,6 +290,7 @@ class Loop:
         self._step(task, value, error)
 
     def _step(self, task: _Running, value: Any, error: BaseException | None) -> None:
+        _running.since = time.monotonic()
         try:
             step = task.gen.send(value) if error is None else task.gen.throw(error)
         except StopIteration:
@@ -283,12 +315,25 @@ class Loop:
             if step.deadline is not None:
                 task.timer = next(self._sequence)
                 heapq.heappush(self._timers, (step.deadline, task.timer, task))
+        elif isinstance(step, Turn):
+            self._turned.append(task)
         elif isinstance(step, Blocking):
-            self._workers.submit(
-                step.call, lambda result, error: self.call_soon_threadsafe(lambda: self._step(task, result, error))
+            token = task.blocking = next(self._sequence)
+            if step.deadline is not None:
+                task.timer = token
+                heapq.heappush(self._timers, (step.deadline, token, task))
+            self._workers[step.pool].submit(
+                step.call,
+                lambda result, error: self.call_soon_threadsafe(lambda: self._blocking_done(task, token, result, error)),
             )
         else:  # a bug in a task: end it, never the loop
             self._resume(task, None, TypeError(f"a task yielded {type(step).__name__}"))
+
+    def _blocking_done(self, task: _Running, token: int, result: Any, error: BaseException | None) -> None:
+        if task.blocking != token:
+            return  # it timed out (or the task is gone): the result is not wanted
+        task.blocking = task.timer = 0
+        self._step(task, result, error)
 
     def _exit(self, task: _Running, error: BaseException | None) -> None:
         self._live.discard(task)
@@ -349,10 +394,37 @@ def handshake(sock: ssl.SSLSocket, deadline: float) -> Task[None]:
                 raise TimeoutError() from None
 
 
-def run_blocking(call: Callable[[], T]) -> Task[T]:
-    """``call()`` on a worker thread: its result, or its exception raised here."""
-    result = yield Blocking(call)
+def fair() -> Task[None]:
+    """Give the other connections a turn when the running task has held the loop for
+    SLICE seconds without waiting: one whose sockets are always ready (a fast stream
+    both ways, an upstream sending a million 1-byte chunks) would otherwise never let
+    go of the one thread (review of issue 21: others waited 16 s)."""
+    if time.monotonic() - _running.since >= SLICE:
+        yield TURN
+
+
+def run_blocking(call: Callable[[], T], deadline: float | None = None, pool: str = "lookup") -> Task[T]:
+    """``call()`` on a worker thread: its result, or its exception raised here
+    (TimeoutError once ``deadline`` has passed)."""
+    result = yield Blocking(call, deadline, pool)
     return result
+
+
+def connect(sock: socket.socket, address: Any, deadline: float) -> Task[None]:
+    """A TCP connect without blocking, within ``deadline``; its failure as the OSError
+    the system named (ECONNREFUSED is a ConnectionRefusedError, PEP 3151)."""
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code in _CONNECTING:
+        if not (yield Wait(write=(sock,), deadline=deadline)):
+            raise TimeoutError("timed out")
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
+
+
+# connect_ex on a non-blocking socket: POSIX says EINPROGRESS; Windows WSAEWOULDBLOCK (10035).
+_CONNECTING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", 10035)}
 
 
 OFF_LOOP_BYTES = 256 * 1024  # a body this large is parsed on a worker thread
@@ -364,4 +436,4 @@ def off_loop(size: int, call: Callable[[], T]) -> Task[T]:
     so that the loop goes on serving the other connections meanwhile."""
     if size <= OFF_LOOP_BYTES:
         return call()
-    return (yield from run_blocking(call))
+    return (yield from run_blocking(call, pool="cpu"))

@@ -24,7 +24,7 @@ import h11
 
 from . import answers, usage
 from .failures import TINY_MESSAGE, BadBody, ClientGone, Stale, UpstreamMalformed, protocol_message, tiny, upstream_failure
-from .loop import Task, Wait, off_loop
+from .loop import Task, Wait, fair, off_loop
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, request_has_body
 
 if TYPE_CHECKING:
@@ -111,6 +111,7 @@ class Relay:
                     if tiny(pieces, size):
                         raise BadBody(TINY_MESSAGE)
                     yield from up.send(h11.Data(data=bytes(event.data)))
+                    yield from fair()
                 elif isinstance(event, h11.EndOfMessage):
                     yield from up.send(h11.EndOfMessage())
                     return
@@ -143,6 +144,7 @@ class Relay:
         head_deadline = time.monotonic() + self.limits.upstream
         self.watching = wire.request_read()  # a read from the client now means a hang-up (or the next request)
         while True:
+            yield from fair()
             try:
                 event = up.h11.next_event()
             except h11.RemoteProtocolError as exc:

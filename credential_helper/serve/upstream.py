@@ -3,27 +3,27 @@
 Each connection is a socket and an h11 client state machine. h11 knows which
 answer belongs to which request (interim ``1xx`` answers included), when a body
 ends, and whether the connection may carry another request: a connection goes
-back to the pool only when both sides finished their messages cleanly. A
-pooled connection's socket is non-blocking, used from the server's loop
-(loop.py); connecting blocks (name lookup, TLS, a CONNECT tunnel), so it runs
-on one of the loop's worker threads.
+back to the pool only when both sides finished their messages cleanly. Its
+socket is non-blocking, served by the server's loop (loop.py), which also makes
+each connection (only a name lookup runs on a worker thread).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h11
 
 from .. import protocol, system
 from ..errors import NetworkError
-from .loop import Task, run_blocking, send_all
+from .loop import Task, connect, handshake, recv_into, run_blocking, send_all
 
 if TYPE_CHECKING:
     from ..proxy_env import Proxy
@@ -99,7 +99,7 @@ class Upstream:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return (yield from run_blocking(self.connect)), False
+                return (yield from self.connect()), False
             if now - conn.idle_since < MAX_IDLE_SECONDS and conn.quiet():
                 return conn, True
             conn.close()
@@ -122,56 +122,83 @@ class Upstream:
         for conn in idle:
             conn.close()
 
-    def connect(self) -> Connection:
-        """A new connection (blocking: a worker thread's, never the loop's)."""
+    def connect(self) -> Task[Connection]:
+        """A new connection, made on the loop within CONNECT_TIMEOUT in all: the name
+        looked up on a worker thread (an address needs none), then the TCP connect,
+        a CONNECT tunnel and the TLS handshake each waited for without blocking (a
+        hung upstream holds its own request, never a thread other requests need)."""
         host, port = self.url.hostname, self.url.port or (443 if self.url.scheme == "https" else 80)
         first = (self.via.host, self.via.port) if self.via is not None else (host, port)
-        sock = socket.create_connection(first, timeout=CONNECT_TIMEOUT)
-        try:
-            # Head and body go out in separate writes: without this, Nagle's
-            # algorithm holds the body until the server's delayed ACK (~40 ms).
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.context is not None:  # https
-                if self.via is not None:
-                    self._tunnel(sock, f"{host}:{port}", self.via)
-                sock = self.context.wrap_socket(sock, server_hostname=host)
-            sock.setblocking(False)  # from here the loop's
-        except BaseException:
-            sock.close()
-            raise
-        return Connection(sock, self.read_timeout)
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        failure: OSError = OSError(f"no address for {first[0]}")
+        for family, kind, proto, _, address in (yield from resolve(first[0], first[1], deadline)):
+            sock = socket.socket(family, kind, proto)
+            try:
+                yield from connect(sock, address, deadline)
+            except TimeoutError:
+                sock.close()
+                raise
+            except OSError as exc:  # refused, unreachable: the next address, as socket.create_connection does
+                sock.close()
+                failure = exc
+                continue
+            try:
+                # Head and body go out in separate writes: without this, Nagle's
+                # algorithm holds the body until the server's delayed ACK (~40 ms).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.context is not None:  # https
+                    if self.via is not None:
+                        yield from self._tunnel(sock, f"{host}:{port}", self.via, deadline)
+                    tls = self.context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                    sock = tls
+                    yield from handshake(tls, deadline)
+            except BaseException:
+                sock.close()
+                raise
+            return Connection(sock, self.read_timeout)
+        raise failure
 
-    def _tunnel(self, sock: socket.socket, authority: str, via: Proxy) -> None:
+    def _tunnel(self, sock: socket.socket, authority: str, via: Proxy, deadline: float) -> Task[None]:
         """CONNECT through the http:// proxy ``via`` (RFC 9110 9.3.6), with h11 reading its answer."""
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         headers = [("Host", authority)]
         authorization = via.authorization()
         if authorization:
             headers.append(("Proxy-Authorization", authorization))
-        sock.sendall(conn.send(h11.Request(method="CONNECT", target=authority, headers=headers)))
-        sock.sendall(conn.send(h11.EndOfMessage()))
-        deadline = time.monotonic() + CONNECT_TIMEOUT
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError:
-                # Not shown: the proxy's own bytes can echo its credentials.
-                raise NetworkError(f"the proxy {via} ({via.variable}) sent a malformed answer to CONNECT") from None
-            if event is h11.NEED_DATA:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("the proxy did not answer CONNECT in time")
-                sock.settimeout(left)
-                conn.receive_data(sock.recv(65536))
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                if 200 <= event.status_code < 300 and not conn.trailing_data[0]:
-                    return
-                # Its reason phrase is not shown: a proxy can echo the credentials in it.
-                hint = " (check the user and password in the proxy URL)" if event.status_code == 407 else ""
-                raise NetworkError(
-                    f"the proxy {via} ({via.variable}) refused the tunnel to {authority} with status {event.status_code}{hint}"
-                )
-            raise NetworkError(f"the proxy {via} closed the tunnel to {authority}")
+        request = conn.send(h11.Request(method="CONNECT", target=authority, headers=headers)) or b""
+        buffer = memoryview(bytearray(65536))
+        try:
+            yield from send_all(sock, request + (conn.send(h11.EndOfMessage()) or b""), max(0.0, deadline - time.monotonic()))
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError:
+                    # Not shown: the proxy's own bytes can echo its credentials.
+                    raise NetworkError(f"the proxy {via} ({via.variable}) sent a malformed answer to CONNECT") from None
+                if event is h11.NEED_DATA:
+                    read = yield from recv_into(sock, buffer, deadline)
+                    conn.receive_data(bytes(buffer[:read]))
+                    continue
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    if 200 <= event.status_code < 300 and not conn.trailing_data[0]:
+                        return
+                    # Its reason phrase is not shown: a proxy can echo the credentials in it.
+                    hint = " (check the user and password in the proxy URL)" if event.status_code == 407 else ""
+                    raise NetworkError(
+                        f"the proxy {via} ({via.variable}) refused the tunnel to {authority} with status {event.status_code}{hint}"
+                    )
+                raise NetworkError(f"the proxy {via} closed the tunnel to {authority}")
+        except TimeoutError:
+            raise TimeoutError("the proxy did not answer CONNECT in time") from None
+
+
+def resolve(host: str, port: int, deadline: float) -> Task[list[tuple[Any, ...]]]:
+    """getaddrinfo: at once for an address; on a worker thread for a name (resolving
+    blocks), within ``deadline``."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return (yield from run_blocking(lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), deadline))
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
