@@ -269,3 +269,32 @@ def test_a_stop_does_not_wait_for_blocking_work_in_progress():
     r.close()
     assert time.monotonic() - began < 1.5
     assert workers[0].daemon
+
+
+def test_the_stop_and_reload_signal_handlers_take_no_lock():
+    # A handler runs between any two bytecodes of the main thread, also inside a lock
+    # that thread holds: a handler that takes a lock (threading.Event.set) can wait
+    # for itself forever. Seen once: two SIGTERMs microseconds apart (GNU timeout
+    # signals the process and its group) left a gate that never stopped.
+    import sys
+
+    from credential_helper.serve.server import SignalRequests
+
+    asked = SignalRequests()
+    called: list[str] = []
+
+    def watch(frame, event, arg):
+        if event == "c_call":
+            called.append(getattr(arg, "__qualname__", repr(arg)))
+        elif event == "call":
+            called.append(frame.f_code.co_qualname if hasattr(frame.f_code, "co_qualname") else frame.f_code.co_name)
+
+    sys.setprofile(watch)
+    try:
+        asked.stop_handler(15, None)
+        asked.reload_handler(1, None)
+    finally:
+        sys.setprofile(None)
+    assert asked.stop and asked.reload
+    locking = [name for name in called if "acquire" in name or "__enter__" in name or name.endswith(".set") or "notify" in name]
+    assert locking == [], called

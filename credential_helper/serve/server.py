@@ -259,10 +259,10 @@ def run(
     calls ``on_reload`` from this thread, not from the signal handler."""
     import signal
 
-    stop, reload = threading.Event(), threading.Event()
-    handlers = {sig: (lambda signum, frame: stop.set()) for sig in stop_signals}
+    asked = SignalRequests()
+    handlers = {sig: asked.stop_handler for sig in stop_signals}
     if on_reload is not None and hasattr(signal, "SIGHUP"):
-        handlers[signal.SIGHUP] = lambda signum, frame: reload.set()
+        handlers[signal.SIGHUP] = asked.reload_handler
     # Handlers can be set only from the main thread (tests may serve from another).
     in_main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()} if in_main else {}
@@ -271,9 +271,10 @@ def run(
     if ready is not None:
         ready(server)
     try:
-        while not stop.wait(0.2):
-            if reload.is_set():
-                reload.clear()
+        while not asked.stop:
+            time.sleep(0.2)  # a signal's handler runs here; the flag is read within 0.2 s
+            if asked.reload:
+                asked.reload = False
                 if on_reload is not None:  # always: reload is set only then
                     on_reload()
     finally:
@@ -291,6 +292,25 @@ def run(
             signal.signal(sig, handler)
     log("stopped")
     return 0
+
+
+class SignalRequests:
+    """What the stop and reload signals ask for, as two flags. A handler runs in the
+    main thread between any two of its bytecodes, even while that thread holds a
+    lock, so it must take none: with ``threading.Event.set`` a second SIGTERM that
+    landed inside the first handler's ``set()`` waited forever for the Event's own
+    lock (a new user's gate under GNU timeout, which signals the process and its
+    group: it never stopped). Setting an attribute takes no lock."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.reload = False
+
+    def stop_handler(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def reload_handler(self, signum: int, frame: object) -> None:
+        self.reload = True
 
 
 def _no_flight(user: str, delta: int) -> None:
