@@ -464,6 +464,28 @@ def test_a_request_over_tls_is_answered(serve, tmp_path):
     assert answer.startswith(b"HTTP/1.1 200 ") and error_of(answer) == "ok"
 
 
+def test_a_tls_connection_evicted_mid_handshake_ends_quietly(serve, tmp_path):
+    # Review of the selector loop: evicting shut the TLS object down (SSLSocket.shutdown
+    # drops it), and the task's next handshake step raised AttributeError, logged as an
+    # internal error to report. Any client could make that line at will.
+    ca = CertificateAuthority(tmp_path)
+
+    class Answering:
+        def decide(self, head: Head) -> Answer:
+            return Answer(200, "ok", keep_alive=True)
+
+    served = serve(Answering(), limits=Limits(connections=2), tls_context=ca.server_context([], ["127.0.0.1"]))
+    silent = [socket.create_connection(("127.0.0.1", served.port), timeout=5) for _ in range(3)]  # the third evicts one
+    try:
+        time.sleep(0.5)
+        served.server.stop_accepting()  # and a stop evicts the rest
+        time.sleep(0.5)
+    finally:
+        for sock in silent:
+            sock.close()
+    assert not [line for line in served.lines if "internal error" in line], served.lines
+
+
 # --- lingering after an early refusal (nginx's lingering_close; RFC 9112 9.6) -------------------------------
 
 

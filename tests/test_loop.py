@@ -298,3 +298,109 @@ def test_the_stop_and_reload_signal_handlers_take_no_lock():
     assert asked.stop and asked.reload
     locking = [name for name in called if "acquire" in name or "__enter__" in name or name.endswith(".set") or "notify" in name]
     assert locking == [], called
+
+
+def test_a_task_that_never_waits_gives_the_others_a_turn(running):
+    # Review of the loop: a stream whose sockets are always ready (an upstream of a
+    # million 1-byte chunks) never waited, and every other connection waited 16 s.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.send(b"x")  # the reader is ready at once
+    order: list[str] = []
+
+    def busy():
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # one second of work that never waits
+            time.sleep(0.0005)
+            yield from loop_module.fair()
+        order.append("busy done")
+
+    def reader():
+        yield Wait(read=(a,))
+        order.append("reader")
+
+    busy_ended: list = []
+    reader_ended: list = []
+
+    def both():  # in one call: the loop cannot run passes between the two
+        running.loop.spawn(busy(), busy_ended.append)
+        running.loop.spawn(reader(), reader_ended.append)
+
+    running.call(both)
+    until(lambda: busy_ended and reader_ended)
+    assert order == ["reader", "busy done"]
+    a.close(), b.close()
+
+
+def test_a_deadline_already_past_does_not_hold_the_loop(running):
+    # A task that waits again with a deadline already past is resumed in the next
+    # pass, after select() has seen the others, not again and again in this one.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.send(b"x")
+    order: list[str] = []
+
+    def expiring():
+        for _ in range(200):
+            yield Wait(deadline=time.monotonic() - 1)
+        order.append("expiring done")
+
+    def reader():
+        yield Wait(read=(a,))
+        order.append("reader")
+
+    first: list = []
+    second: list = []
+
+    def both():  # in one call: the loop cannot run passes between the two
+        running.loop.spawn(expiring(), first.append)
+        running.loop.spawn(reader(), second.append)
+
+    running.call(both)
+    until(lambda: first and second)
+    assert order == ["reader", "expiring done"]
+    a.close(), b.close()
+
+
+def test_blocking_work_past_its_deadline_ends_the_wait_and_its_late_result_is_dropped(running):
+    seen: list = []
+    release = threading.Event()
+
+    def task():
+        try:
+            yield Blocking(lambda: release.wait(5), deadline=time.monotonic() + 0.1)
+        except TimeoutError:
+            seen.append("timeout")
+        seen.append((yield Wait(deadline=time.monotonic() + 0.2)))  # the late result must not land here
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    release.set()
+    assert seen == ["timeout", set()]
+
+
+def test_an_upstream_named_by_address_is_connected_on_the_loop_without_a_worker():
+    # A connect that hangs must hold only its own request: the loop connects itself
+    # (only a name lookup uses a worker thread).
+    from credential_helper import protocol
+    from credential_helper.serve.upstream import Upstream
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    upstream = Upstream(protocol.URL("http", f"127.0.0.1:{listener.getsockname()[1]}", "", ""), 5, environ={})
+    r = Running()
+    made: list = []
+
+    def task():
+        made.append((yield from upstream.connect()))
+
+    try:
+        ended = r.spawn(task())
+        until(lambda: ended)
+        assert ended == [("exit", None)] and made and made[0].sock.getblocking() is False
+        assert all(workers._started == 0 for workers in r.loop._workers.values())
+        made[0].close()
+    finally:
+        r.close()
+        listener.close()
