@@ -260,7 +260,7 @@ def run(
     import signal
 
     asked = SignalRequests()
-    handlers = {sig: asked.stop_handler for sig in stop_signals}
+    handlers: dict[int, Callable[[int, object], None]] = dict.fromkeys(stop_signals, asked.stop_handler)
     if on_reload is not None and hasattr(signal, "SIGHUP"):
         handlers[signal.SIGHUP] = asked.reload_handler
     # Handlers can be set only from the main thread (tests may serve from another).
