@@ -254,11 +254,11 @@ def test_an_option_after_the_key_warns_that_options_go_before_the_key_type():
     assert re.search(r"\bbefore the key type\b", warning), warning
     # The form the warning shows, filled in, is a line that grants with the option.
     [form] = [quoted for quoted in re.findall(r"'([^']*)'", warning) if "ssh-ed25519" in quoted]
-    line = form.replace('"..."', '"small"').replace("<public key>", A).replace("<name>", "alice")
+    line = form.replace('"..."', '"small:*"').replace("<public key>", A).replace("<name>", "alice")
     line = line.replace("<endpoint>,...", "/api/chat")
     keys, warnings = parse(line + "\n")
     [grant] = keys.grants_for(BLOB_A)
-    assert warnings == [] and grant.options.models == ("small",) and grant.allows("/api/chat")
+    assert warnings == [] and grant.options.models == ("small:*",) and grant.allows("/api/chat")
 
 
 @pytest.mark.parametrize("placeholder", ["XXXX", "TODO", "<endpoint>,...", "...", "none"])
@@ -406,3 +406,15 @@ def test_the_lines_named_as_broken_are_no_key_to_ssh_keygen_either(tmp_path, lin
 def test_default_path_is_under_dot_ollama(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert default_path() == str(tmp_path / ".ollama" / "authorized_keys")
+
+
+def test_a_models_pattern_without_tag_or_wildcard_is_warned_about_as_matching_nothing():
+    # A new user wrote models="llama3": every name is matched with its tag (the README:
+    # llama3 is llama3:latest, as types/model/name.go completes it), so the pattern
+    # matched nothing and every request got 403 with no word at load.
+    keys, warnings = parse(f'models="llama3,gemma3:4b,qwen*,!mistral" ssh-ed25519 {A} alice *\n')
+    assert [(g.line, g.name) for g in keys.grants_for(BLOB_A)] == [(1, "alice")]  # still loaded: it grants less
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("line 1: models= pattern 'llama3' has no tag and no wildcard, so it matches no model")
+    assert "write 'llama3:latest' or 'llama3:*'" in warnings[0]
+    assert "'!mistral'" in warnings[1]

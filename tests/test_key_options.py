@@ -71,7 +71,7 @@ def test_the_four_options_together():
 
 
 @pytest.mark.parametrize(
-    "text", ['FROM="10.0.0.1"', 'From="10.0.0.1"', 'Expiry-Time="20991231Z"', 'MODELS="x"', "Max-Concurrent=3"]
+    "text", ['FROM="10.0.0.1"', 'From="10.0.0.1"', 'Expiry-Time="20991231Z"', 'MODELS="x:*"', "Max-Concurrent=3"]
 )
 def test_option_keywords_are_case_insensitive(text):
     options, warnings = options_of(f"{text} ssh-ed25519 {A} bob *")
@@ -121,7 +121,7 @@ def test_an_unknown_malformed_or_repeated_option_grants_nothing(text, why):
 def test_a_space_after_a_comma_ends_the_options():
     # "No spaces are permitted, except within double quotes": the options end at the
     # space, and what follows is read as the key type.
-    keys, warnings = parse(f'from="10.0.0.1", models="x" ssh-ed25519 {A} bob *\n')
+    keys, warnings = parse(f'from="10.0.0.1", models="x:*" ssh-ed25519 {A} bob *\n')
     assert keys.grants_for(BLOB_A) == [] and len(warnings) == 1 and "unsupported key type" in warnings[0]
 
 
@@ -327,7 +327,7 @@ def test_models_negations_alone_admit_nothing_and_no_option_admits_all():
 
 def test_which_lines_need_reverse_proxy_mode():
     keys, warnings = parse(
-        f'ssh-ed25519 {A} a *\nfrom="10.0.0.0/8" ssh-ed25519 {A} b *\nmodels="x" ssh-ed25519 {A} c *\n'
+        f'ssh-ed25519 {A} a *\nfrom="10.0.0.0/8" ssh-ed25519 {A} b *\nmodels="x:*" ssh-ed25519 {A} c *\n'
         f'max-concurrent=1 * * d /api/tags\nexpiry-time="20991231Z" * * e /api/tags\n'
     )
     assert warnings == [] and keys.needing_reverse_proxy() == [3, 4]

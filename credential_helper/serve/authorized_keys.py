@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING
 from ..keys import KEY_TYPE, blob_key_type, fingerprint, is_ed25519_blob, key_text_problem
 from ..sanitize import quoted
 from .target import path_problem
-from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options
+from .key_options import NO_OPTIONS, KeyOptions, OptionError, looks_like_key_type, parse_options, split_options, tagless_patterns
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_LINE_CHARS = 8192
@@ -363,6 +363,13 @@ def parse(text: str) -> tuple[AuthorizedKeys, list[str]]:
                 f"line {number}: the name {quoted(name, 60)} is a placeholder in angle brackets "
                 "(as in the line-to-add hint); the line is loaded, but logs will show that placeholder: "
                 "write the key holder's name there"
+            )
+        for pattern in tagless_patterns(options):
+            bare = pattern.lstrip("!")
+            warnings.append(
+                f"line {number}: models= pattern {quoted(pattern, 60)} has no tag and no wildcard, so it matches "
+                f"no model (names are matched with their tag, {quoted(bare, 60)} as {quoted(bare + ':latest', 70)}): "
+                f"write {quoted(pattern + ':latest', 70)} or {quoted(pattern + ':*', 70)}"
             )
         entry = _Line(number, name, endpoints, options)
         if blob is None:

@@ -320,6 +320,14 @@ def expired(options: KeyOptions, now: float) -> bool:
     return options.expiry is not None and options.expiry < now
 
 
+def tagless_patterns(options: KeyOptions) -> list[str]:
+    """The ``models=`` patterns that can match no model: without a tag and without a
+    wildcard, while every name they are matched against carries its tag (``llama3``
+    is matched as ``llama3:latest``, types/model/name.go). The line still loads; this
+    is what its warning names."""
+    return [entry for entry in options.models or () if not any(mark in entry.lstrip("!") for mark in ":*?")]
+
+
 def model_allowed(options: KeyOptions, name: str) -> bool:
     """``models=`` as match.c ``match_pattern_list`` decides, case-insensitively (Ollama
     compares model names without case, ``types/model/name.go`` ``EqualFold``): a
