@@ -639,3 +639,14 @@ def test_rewritten_in_place_twenty_times_a_second_no_granted_key_is_refused_and_
         thread.join(5)
     assert rewrites[0] >= 40 and checks > 1000, (rewrites, checks)
     assert (refusals, admissions_of_revoked, wider) == (0, 0, 0), (refusals, admissions_of_revoked, wider)
+
+
+def test_a_quoted_tilde_is_named_as_the_shell_expanding_it_never_as_a_directory_to_create(tmp_path):
+    # A new user wrote --authorized-keys '~/.ollama/authorized_keys': the shell leaves a
+    # quoted '~' alone, and the advice was to create a directory literally named '~'.
+    seen = safe_path.look(str(tmp_path / "~" / ".ollama" / "authorized_keys"))
+    assert seen.problem is not None and "quoted" in seen.problem and "$HOME" in seen.problem, seen.problem
+    assert "mkdir" not in seen.problem
+    # Any other missing directory keeps its advice.
+    other = safe_path.look(str(tmp_path / "keys" / "authorized_keys"))
+    assert other.problem is not None and f"mkdir -m 700 {tmp_path / 'keys'}" in other.problem, other.problem

@@ -143,6 +143,11 @@ def look(path: str) -> Look:
             info = stat_(candidate)
         except FileNotFoundError:
             if pending:
+                if name == "~":  # '~/...' in quotes reaches us unexpanded: a directory named '~' is not what was meant
+                    return failed(
+                        f"the directory {printable(candidate)} does not exist: '~' is expanded by the shell only when "
+                        "it is not quoted; write the path without quotes, or with $HOME"
+                    )
                 return failed(
                     f"the directory {printable(candidate)} does not exist: create it "
                     f"(mkdir -m 700 {printable(candidate)}) and the file in it"
