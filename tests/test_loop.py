@@ -404,3 +404,31 @@ def test_an_upstream_named_by_address_is_connected_on_the_loop_without_a_worker(
     finally:
         r.close()
         listener.close()
+
+
+def test_a_server_stopped_before_its_loop_starts_ends_without_a_traceback():
+    # A stop signal right after start (the listening socket closed from the main
+    # thread before the loop's thread got going) printed a thread traceback.
+    from credential_helper.serve import server as server_module
+    from credential_helper.serve.messages import Answer
+
+    class Answering:
+        def decide(self, head):
+            return Answer(200, "ok")
+
+    failures: list = []
+    previous = threading.excepthook
+    threading.excepthook = failures.append
+    try:
+        for _ in range(20):
+            server = server_module.Server(("127.0.0.1", 0), Answering(), upstream=None, log=lambda line: None)
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            server.stop_accepting()
+            server.close_listening()
+            thread.start()
+            server.close()
+            thread.join(5)
+            assert not thread.is_alive()
+    finally:
+        threading.excepthook = previous
+    assert failures == []

@@ -194,10 +194,14 @@ class Loop:
         self._live.add(task)
         self._step(task, None, None)
 
-    def run(self) -> None:
+    def run(self, start: Callable[[], None] | None = None) -> None:
+        """Serve until stop(); ``start`` is called first, on this thread (from here on,
+        other threads hand their calls to it: call_soon_threadsafe)."""
         self.thread = threading.current_thread()
         if self._closed:
             return
+        if start is not None:
+            self._call(start)
         select = self._selector.select
         try:
             while not self._stopped:

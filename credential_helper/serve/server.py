@@ -135,9 +135,12 @@ class Server:
 
     def serve_forever(self) -> None:
         """Accept and serve on this thread until close()."""
-        if not self.stopping.is_set():
+        self.loop.run(start=self._start_accepting)
+
+    def _start_accepting(self) -> None:
+        # A stop may have come first (and closed the socket from its thread).
+        if not self.stopping.is_set() and self.sock.fileno() != -1:
             self.loop.add_reader(self.sock, self._accept)
-        self.loop.run()
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BURST):
