@@ -140,7 +140,10 @@ class Server:
     def _start_accepting(self) -> None:
         # A stop may have come first (and closed the socket from its thread).
         if not self.stopping.is_set() and self.sock.fileno() != -1:
-            self.loop.add_reader(self.sock, self._accept)
+            try:
+                self.loop.add_reader(self.sock, self._accept)
+            except (ValueError, OSError):
+                pass  # closed by a stop between the check and here
 
     def _accept(self) -> None:
         for _ in range(ACCEPT_BURST):
