@@ -401,6 +401,7 @@ def test_over_the_concurrency_limit_the_503_is_recorded_as_concurrency(serve):
         release.set()
         first.join(5)
     assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nretry-after: 1\r\n" in answer.split(b"\r\n\r\n")[0].lower() + b"\r\n"  # RFC 9110 10.2.3: when to come back
     refused = [r for r in wait_for(records, 2) if r.status == 503][0]
     assert (refused.reason, refused.user, refused.key, refused.path) == ("concurrency", "alice", "SHA256:k", "/b")
 

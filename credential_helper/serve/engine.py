@@ -208,6 +208,7 @@ class ClientConnection:
                         Answer(
                             503,
                             "the server is at its concurrency limit; try again shortly",
+                            headers=(("Retry-After", "1"),),  # RFC 9110 10.2.3, as the held-bodies 503
                             reason="concurrency",
                             who=decision.who,
                             key=decision.key,
