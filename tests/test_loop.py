@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from credential_helper.serve import loop as loop_module
+from credential_helper.serve import steps
 from credential_helper.serve.loop import Blocking, Loop, Wait
 
 pytestmark = pytest.mark.process  # socketpairs
@@ -88,7 +88,7 @@ def test_a_deadline_resumes_with_nothing_ready_and_recv_into_raises_timeout(runn
         started = time.monotonic()
         seen.append((yield Wait(read=(a,), deadline=started + 0.05)))
         try:
-            yield from loop_module.recv_into(a, memoryview(bytearray(8)), time.monotonic() + 0.05)
+            yield from steps.recv_into(a, memoryview(bytearray(8)), time.monotonic() + 0.05)
         except TimeoutError:
             seen.append("timeout")
         seen.append(time.monotonic() - started)
@@ -109,7 +109,7 @@ def test_send_all_gives_up_on_a_peer_that_reads_nothing_within_its_timeout(runni
     def task():
         started = time.monotonic()
         try:
-            yield from loop_module.send_all(a, b"x" * (8 << 20), 0.2)
+            yield from steps.send_all(a, b"x" * (8 << 20), 0.2)
         except TimeoutError:
             outcome.append(time.monotonic() - started)
 
@@ -132,7 +132,7 @@ def test_send_all_writes_everything_to_a_peer_that_reads_slowly(running):
                 return
             received.extend(chunk)
 
-    ended = running.spawn(loop_module.send_all(a, data, 5))
+    ended = running.spawn(steps.send_all(a, data, 5))
     threading.Thread(target=reader, daemon=True).start()
     until(lambda: ended and len(received) == len(data))
     assert bytes(received) == data and ended == [("exit", None)]
@@ -312,7 +312,7 @@ def test_a_task_that_never_waits_gives_the_others_a_turn(running):
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:  # one second of work that never waits
             time.sleep(0.0005)
-            yield from loop_module.fair()
+            yield from steps.fair()
         order.append("busy done")
 
     def reader():

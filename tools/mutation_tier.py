@@ -24,7 +24,7 @@ IN_PROCESS_FILES = {
     "test_engine_in_process.py",
     "test_engine_edges.py",
     "test_core_flow.py",  # one test needs an event loop's socketpair; the rest are unit
-    "test_loop.py",  # serve/loop.py on loopback socketpairs
+    "test_loop.py",  # serve/loop.py and serve/steps.py on loopback socketpairs
 }
 # The fixtures that start a process (tests/conftest.py PROCESS_FIXTURES, less the
 # in-process ones): a test in an in-process file that uses one is left out.

@@ -33,7 +33,8 @@ import h11
 
 from . import answers, record
 from .failures import TINY_MESSAGE, ClientGone, protocol_message, tiny
-from .loop import Task, fair, handshake, off_loop
+from .loop import Task
+from .steps import fair, handshake, off_loop
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, NeedBody, head_problem, request_has_body
 from .relay import Relay
 from .wire import Wire

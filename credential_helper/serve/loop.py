@@ -15,19 +15,16 @@ waits for instead:
   CONNECT tunnel through a proxy); resumed with its result, or its exception
   thrown in.
 
-The I/O steps every connection uses (read, write all, a TLS handshake) are
-here, once: each raises ``TimeoutError`` when its deadline passes.
+The I/O steps every connection uses (read, write all, connect, a TLS
+handshake, a fair turn) are in steps.py, once.
 """
 
 from __future__ import annotations
 
-import errno
 import heapq
 import itertools
-import os
 import selectors
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -73,6 +70,12 @@ class Turn:
 TURN = Turn()
 SLICE = 0.002  # seconds a task may hold the loop without waiting before the others get a turn
 _running = threading.local()  # .since: when this thread's loop resumed the task now running
+
+
+def held_for() -> float:
+    """Seconds since this thread's loop resumed the task now running (steps.fair)."""
+    return time.monotonic() - _running.since
+
 
 Step = Wait | Blocking | Turn
 Task = Generator[Step, Any, T]
@@ -342,102 +345,3 @@ class Loop:
     def _exit(self, task: _Running, error: BaseException | None) -> None:
         self._live.discard(task)
         self._call(lambda: task.on_exit(error))
-
-
-# -- the I/O steps every connection uses ------------------------------------------------------------
-
-
-def wait_read(sock: socket.socket, deadline: float | None) -> Task[None]:
-    """Until ``sock`` is readable; TimeoutError once ``deadline`` has passed."""
-    if not (yield Wait(read=(sock,), deadline=deadline)):
-        raise TimeoutError()
-
-
-def recv_into(sock: socket.socket, buffer: memoryview, deadline: float | None) -> Task[int]:
-    """One read into ``buffer`` (0: the end of the stream), waiting until ``deadline``."""
-    while True:
-        try:
-            return sock.recv_into(buffer)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            yield from wait_read(sock, deadline)
-        except ssl.SSLWantWriteError:
-            if not (yield Wait(write=(sock,), deadline=deadline)):
-                raise TimeoutError() from None
-
-
-def send_all(sock: socket.socket, data: bytes | bytearray | memoryview, timeout: float) -> Task[None]:
-    """All of ``data`` within ``timeout`` seconds in total (as socket.sendall with a
-    timeout, Python 3.5 on), else TimeoutError."""
-    view = memoryview(data)
-    deadline: float | None = None
-    while view:
-        try:
-            sent = sock.send(view)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
-            deadline = deadline or time.monotonic() + timeout
-            if not (yield Wait(write=(sock,), deadline=deadline)):
-                raise TimeoutError() from None
-            continue
-        except ssl.SSLWantReadError:
-            deadline = deadline or time.monotonic() + timeout
-            yield from wait_read(sock, deadline)
-            continue
-        view = view[sent:]
-
-
-def handshake(sock: ssl.SSLSocket, deadline: float) -> Task[None]:
-    """A TLS handshake on a non-blocking socket, within ``deadline``."""
-    while True:
-        try:
-            sock.do_handshake()
-            return
-        except ssl.SSLWantReadError:
-            yield from wait_read(sock, deadline)
-        except ssl.SSLWantWriteError:
-            if not (yield Wait(write=(sock,), deadline=deadline)):
-                raise TimeoutError() from None
-
-
-def fair() -> Task[None]:
-    """Give the other connections a turn when the running task has held the loop for
-    SLICE seconds without waiting: one whose sockets are always ready (a fast stream
-    both ways, an upstream sending a million 1-byte chunks) would otherwise never let
-    go of the one thread (review of issue 21: others waited 16 s)."""
-    if time.monotonic() - _running.since >= SLICE:
-        yield TURN
-
-
-def run_blocking(call: Callable[[], T], deadline: float | None = None, pool: str = "lookup") -> Task[T]:
-    """``call()`` on a worker thread: its result, or its exception raised here
-    (TimeoutError once ``deadline`` has passed)."""
-    result = yield Blocking(call, deadline, pool)
-    return result
-
-
-def connect(sock: socket.socket, address: Any, deadline: float) -> Task[None]:
-    """A TCP connect without blocking, within ``deadline``; its failure as the OSError
-    the system named (ECONNREFUSED is a ConnectionRefusedError, PEP 3151)."""
-    sock.setblocking(False)
-    code = sock.connect_ex(address)
-    if code in _CONNECTING:
-        if not (yield Wait(write=(sock,), deadline=deadline)):
-            raise TimeoutError("timed out")
-        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if code:
-        raise OSError(code, os.strerror(code))
-
-
-# connect_ex on a non-blocking socket: POSIX says EINPROGRESS; Windows WSAEWOULDBLOCK (10035).
-_CONNECTING = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", 10035)}
-
-
-OFF_LOOP_BYTES = 256 * 1024  # a body this large is parsed on a worker thread
-
-
-def off_loop(size: int, call: Callable[[], T]) -> Task[T]:
-    """``call()``, which reads ``size`` bytes: at once when small; on a worker thread
-    when large (a 32 MiB body read by Go's JSON rules is tenths of a second of CPU),
-    so that the loop goes on serving the other connections meanwhile."""
-    if size <= OFF_LOOP_BYTES:
-        return call()
-    return (yield from run_blocking(call, pool="cpu"))

@@ -24,7 +24,8 @@ import h11
 
 from . import answers, usage
 from .failures import TINY_MESSAGE, BadBody, ClientGone, Stale, UpstreamMalformed, protocol_message, tiny, upstream_failure
-from .loop import Task, Wait, fair, off_loop
+from .loop import Task, Wait
+from .steps import fair, off_loop
 from .messages import MAX_HEAD_BYTES, Answer, Forward, Head, request_has_body
 
 if TYPE_CHECKING:

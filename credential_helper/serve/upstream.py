@@ -23,7 +23,8 @@ import h11
 
 from .. import protocol, system
 from ..errors import NetworkError
-from .loop import Task, connect, handshake, recv_into, run_blocking, send_all
+from .loop import Task
+from .steps import connect, handshake, recv_into, run_blocking, send_all
 
 if TYPE_CHECKING:
     from ..proxy_env import Proxy

@@ -13,7 +13,7 @@ from typing import cast
 
 import h11
 
-from . import loop
+from . import steps
 from .failures import ClientGone
 from .limits import Limits
 from .messages import MAX_HEAD_BYTES
@@ -37,7 +37,7 @@ class Wire:
     def recv(self, sock: socket.socket, deadline: float | None) -> Task[bytes]:
         """One read (this client's socket or an upstream's) through the buffer, waiting
         until ``deadline`` (TimeoutError past it): only its bytes are copied out."""
-        read = yield from loop.recv_into(sock, self._buffer, deadline)
+        read = yield from steps.recv_into(sock, self._buffer, deadline)
         return self._buffer[:read].tobytes()
 
     def recv_now(self, sock: socket.socket) -> bytes | None:
@@ -50,7 +50,7 @@ class Wire:
 
     def recv_into_buffer(self, deadline: float) -> Task[int]:
         """One read from the client whose bytes are not wanted (lingering): how many."""
-        return (yield from loop.recv_into(self.sock, self._buffer, deadline))
+        return (yield from steps.recv_into(self.sock, self._buffer, deadline))
 
     def request_read(self) -> bool:
         """The whole request is in: a read now is the next request or a hang-up."""
@@ -86,7 +86,7 @@ class Wire:
         if self._out:
             data, self._out = self._out, bytearray()
             try:
-                yield from loop.send_all(self.sock, data, self.limits.upstream)
+                yield from steps.send_all(self.sock, data, self.limits.upstream)
             except OSError:
                 raise ClientGone() from None
         self.sent += self._out_body
@@ -97,6 +97,6 @@ class Wire:
         data = self.conn.send(event)
         if data:
             try:
-                yield from loop.send_all(self.sock, data, self.limits.upstream if timeout is None else timeout)
+                yield from steps.send_all(self.sock, data, self.limits.upstream if timeout is None else timeout)
             except OSError:
                 raise ClientGone() from None
