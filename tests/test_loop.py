@@ -46,6 +46,33 @@ class Running:
         assert not self.thread.is_alive()
 
 
+def runs_before_a_ready_reader(running: Running, hog) -> list[str]:
+    """Start ``hog`` and a task whose socket is readable at once, in one loop call (no
+    pass between them); the order they finished in ("reader", then "hog")."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.send(b"x")
+    order: list[str] = []
+    ended: list = []
+
+    def hogging():
+        yield from hog()
+        order.append("hog")
+
+    def reader():
+        yield Wait(read=(a,))
+        order.append("reader")
+
+    def both():
+        running.loop.spawn(hogging(), ended.append)
+        running.loop.spawn(reader(), ended.append)
+
+    running.call(both)
+    until(lambda: len(ended) == 2)
+    a.close(), b.close()
+    return order
+
+
 @pytest.fixture
 def running():
     r = Running()
@@ -303,63 +330,23 @@ def test_the_stop_and_reload_signal_handlers_take_no_lock():
 def test_a_task_that_never_waits_gives_the_others_a_turn(running):
     # Review of the loop: a stream whose sockets are always ready (an upstream of a
     # million 1-byte chunks) never waited, and every other connection waited 16 s.
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.send(b"x")  # the reader is ready at once
-    order: list[str] = []
-
     def busy():
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:  # one second of work that never waits
             time.sleep(0.0005)
             yield from steps.fair()
-        order.append("busy done")
 
-    def reader():
-        yield Wait(read=(a,))
-        order.append("reader")
-
-    busy_ended: list = []
-    reader_ended: list = []
-
-    def both():  # in one call: the loop cannot run passes between the two
-        running.loop.spawn(busy(), busy_ended.append)
-        running.loop.spawn(reader(), reader_ended.append)
-
-    running.call(both)
-    until(lambda: busy_ended and reader_ended)
-    assert order == ["reader", "busy done"]
-    a.close(), b.close()
+    assert runs_before_a_ready_reader(running, busy) == ["reader", "hog"]
 
 
 def test_a_deadline_already_past_does_not_hold_the_loop(running):
     # A task that waits again with a deadline already past is resumed in the next
     # pass, after select() has seen the others, not again and again in this one.
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.send(b"x")
-    order: list[str] = []
-
     def expiring():
         for _ in range(200):
             yield Wait(deadline=time.monotonic() - 1)
-        order.append("expiring done")
 
-    def reader():
-        yield Wait(read=(a,))
-        order.append("reader")
-
-    first: list = []
-    second: list = []
-
-    def both():  # in one call: the loop cannot run passes between the two
-        running.loop.spawn(expiring(), first.append)
-        running.loop.spawn(reader(), second.append)
-
-    running.call(both)
-    until(lambda: first and second)
-    assert order == ["reader", "expiring done"]
-    a.close(), b.close()
+    assert runs_before_a_ready_reader(running, expiring) == ["reader", "hog"]
 
 
 def test_blocking_work_past_its_deadline_ends_the_wait_and_its_late_result_is_dropped(running):
