@@ -418,3 +418,12 @@ def test_a_server_stopped_before_its_loop_starts_ends_without_a_traceback():
     finally:
         threading.excepthook = previous
     assert failures == []
+
+
+def test_a_wait_for_nothing_and_no_deadline_is_an_error_not_a_task_stuck_forever(running):
+    def task():
+        yield Wait()
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert isinstance(ended[0][1], TypeError)

@@ -10,10 +10,11 @@ waits for instead:
 
 - ``Wait(read=..., write=..., deadline=...)``: resumed with the set of sockets
   ready, an empty set once ``deadline`` (``time.monotonic()``) has passed;
-- ``Blocking(call)``: ``call()`` runs on a worker thread (what cannot be made
-  non-blocking: resolving and connecting to an upstream, a TLS handshake or a
-  CONNECT tunnel through a proxy); resumed with its result, or its exception
-  thrown in.
+- ``Blocking(call, deadline, pool)``: ``call()`` runs on a worker thread (what
+  cannot be made non-blocking: a name lookup; what would hold the loop too long:
+  parsing a large body); resumed with its result, or its exception thrown in;
+- ``Turn``: resumed once every other task that is ready has run (a task whose
+  sockets never make it wait, steps.fair).
 
 The I/O steps every connection uses (read, write all, connect, a TLS
 handshake, a fair turn) are in steps.py, once.
@@ -25,10 +26,10 @@ import heapq
 import itertools
 import selectors
 import socket
+import queue
 import threading
 import time
 from collections import deque
-import queue
 from collections.abc import Callable, Collection, Generator
 from typing import Any, TypeVar
 
@@ -307,6 +308,9 @@ class Loop:
             self._exit(task, exc)
             return
         if isinstance(step, Wait):
+            if not step.read and not step.write and step.deadline is None:  # would never resume
+                self._step(task, None, TypeError("a Wait for nothing and no deadline"))
+                return
             events: dict[socket.socket, int] = {}
             for sock in step.read:
                 events[sock] = events.get(sock, 0) | selectors.EVENT_READ
