@@ -428,3 +428,131 @@ def test_a_wait_for_nothing_and_no_deadline_is_an_error_not_a_task_stuck_forever
     ended = running.spawn(task())
     until(lambda: ended)
     assert isinstance(ended[0][1], TypeError)
+
+
+# --- second look, from the mutation run over the loop (each a behaviour a survivor changed) ---------
+
+
+def test_fair_lets_a_task_that_just_resumed_go_on(running):
+    seen: list = []
+
+    def task():
+        yield Wait(deadline=time.monotonic())  # resumed by the loop (a deadline at once)
+        seen.append(list(steps.fair()))  # its turn has just begun: nothing to yield
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert seen == [[]]
+
+
+def test_cpu_work_runs_on_at_most_two_threads_and_a_second_starts_while_the_first_is_busy(running):
+    from credential_helper.serve.loop import CPU_WORKERS
+
+    busy, most, lock = [0], [0], threading.Lock()
+    second_started = threading.Event()
+
+    def work(first: bool):
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+            if busy[0] >= 2:
+                second_started.set()
+        if first:
+            second_started.wait(5)  # only a second worker can let the first finish
+        time.sleep(0.05)
+        with lock:
+            busy[0] -= 1
+
+    ends = [running.spawn(steps.run_blocking(lambda first=(i == 0): work(first), pool="cpu")) for i in range(6)]
+    until(lambda: all(ends), 10)
+    assert all(end == [("exit", None)] for end in ends)
+    assert second_started.is_set() and most[0] == CPU_WORKERS == 2
+
+
+def test_run_blocking_uses_the_lookup_workers_by_default(running):
+    seen: list = []
+
+    def task():
+        seen.append((yield from steps.run_blocking(lambda: threading.current_thread().name)))
+
+    ended = running.spawn(task())
+    until(lambda: ended)
+    assert ended == [("exit", None)] and seen == ["serve-blocking"]
+
+
+def test_a_call_that_raises_is_reported_and_the_loop_goes_on(running):
+    running.loop.call_soon_threadsafe(lambda: 1 / 0)
+    assert running.call(lambda: "still serving") == "still serving"
+    assert [type(error) for error in running.errors] == [ZeroDivisionError]
+
+
+def test_a_removed_reader_is_not_called_again(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    calls: list = []
+    running.call(lambda: running.loop.add_reader(a, lambda: calls.append(1)))
+    running.call(lambda: running.loop.remove_reader(a))
+    b.send(b"x")
+    time.sleep(0.1)
+    assert calls == []
+    a.close(), b.close()
+
+
+def test_the_loop_counts_the_tasks_it_runs(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    def task():
+        yield Wait(read=(a,))
+
+    ended = running.spawn(task())
+    assert running.call(lambda: running.loop.tasks) == 1
+    b.send(b"x")
+    until(lambda: ended)
+    assert running.call(lambda: running.loop.tasks) == 0
+    a.close(), b.close()
+
+
+def test_the_deadline_of_a_wait_that_ended_early_never_ends_a_later_wait(running):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    seen: list = []
+
+    def task():
+        yield Wait(read=(a,), deadline=time.monotonic() + 0.1)  # ends early: b writes at once
+        a.recv(10)
+        started = time.monotonic()
+        ready = yield Wait(read=(a,), deadline=time.monotonic() + 0.6)  # nothing comes
+        seen.append((ready, time.monotonic() - started))
+
+    b.send(b"x")
+    ended = running.spawn(task())
+    until(lambda: ended)
+    (ready, waited) = seen[0]
+    assert ready == set() and waited >= 0.55, seen
+    a.close(), b.close()
+
+
+def test_a_refused_connect_is_a_connection_refused_error():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nobody listens there now
+    r = Running()
+    failures: list = []
+
+    def task():
+        sock = socket.socket()
+        try:
+            yield from steps.connect(sock, ("127.0.0.1", port), time.monotonic() + 5)
+        except OSError as exc:
+            failures.append(exc)
+        finally:
+            sock.close()
+
+    try:
+        ended = r.spawn(task())
+        until(lambda: ended)
+    finally:
+        r.close()
+    assert len(failures) == 1 and isinstance(failures[0], ConnectionRefusedError), failures
