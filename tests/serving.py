@@ -247,7 +247,7 @@ class InProcess:
     def close(self) -> None:
         self.server.stop_accepting()
         self.server.close()
-        self.thread.join(2)  # it sees the stop within its accept timeout (0.2 s)
+        self.thread.join(2)  # close() ends the loop and waits for it
 
     def __enter__(self) -> InProcess:
         return self

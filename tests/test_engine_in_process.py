@@ -8,12 +8,14 @@ cap and the graceful stop as the README's "Proxy and gate" section states them."
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -82,6 +84,20 @@ def held_until(release: threading.Event):
         return ok(head, body, index)
 
     return slow
+
+
+@contextlib.contextmanager
+def one_request_held(port: int, release: threading.Event, server) -> Iterator[None]:
+    """A request on a connection of its own, relayed to a ``held_until(release)``
+    upstream and in flight while the block runs; released and finished after it."""
+    first = threading.Thread(target=exchange, args=(port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    first.start()
+    until(lambda: server.in_flight < 1)
+    try:
+        yield
+    finally:
+        release.set()
+        first.join(5)
 
 
 def ok(head: bytes, body: bytes, index: int) -> bytes | None:
@@ -394,12 +410,8 @@ def test_over_the_concurrency_limit_the_503_is_recorded_as_concurrency(serve):
 
     with KeepAliveServer(slow) as upstream:
         served, records = serve(Forwarding(), upstream.host, Limits(in_flight=1, upstream=5))
-        first = threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
-        first.start()
-        until(lambda: served.server.in_flight < 1)
-        answer = exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-        release.set()
-        first.join(5)
+        with one_request_held(served.port, release, served.server):
+            answer = exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert b"\r\nretry-after: 1\r\n" in answer.split(b"\r\n\r\n")[0].lower() + b"\r\n"  # RFC 9110 10.2.3: when to come back
     refused = [r for r in wait_for(records, 2) if r.status == 503][0]
@@ -546,7 +558,7 @@ def test_a_client_that_expects_100_continue_hears_it_before_sending_its_body(ser
 
 def test_a_server_left_idle_still_accepts(serve):
     served, _ = serve(Answering())
-    time.sleep(0.7)  # several of accept's 0.2 s timeouts go by
+    time.sleep(0.7)  # the loop waits with nothing to do for a while
     assert exchange(served.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
 
 
@@ -557,14 +569,10 @@ def test_a_connection_refused_at_the_cap_does_not_stop_accepting(serve):
 
     with KeepAliveServer(slow) as upstream:
         served, _ = serve(Forwarding(), upstream.host, Limits(connections=1, upstream=5))
-        busy = threading.Thread(target=exchange, args=(served.port, b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
-        busy.start()
-        until(lambda: served.server.in_flight < 1)
-        # The one place is mid-request, no idle connection to evict: this one is closed unanswered.
-        assert exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2) == b""
-        release.set()
-        busy.join(5)
-        until(lambda: served.server._open)  # the first connection's thread lets go of its place
+        with one_request_held(served.port, release, served.server):
+            # The one place is mid-request, no idle connection to evict: this one is closed unanswered.
+            assert exchange(served.port, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n", timeout=2) == b""
+        until(lambda: served.server._open)  # the first connection lets go of its place
         answer = exchange(served.port, b"GET /c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ")
 
